@@ -1,0 +1,1 @@
+//! Configuration: TOML into a validated Config.

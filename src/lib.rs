@@ -1,0 +1,13 @@
+//! Angos: an OCI registry on one thread. The module tree below is the
+//! architecture: `reactor` is the only code touching sockets and the real
+//! clock; everything else takes bytes and a `now` and returns what to do.
+
+pub mod clock;
+pub mod config;
+pub mod digest;
+pub mod http;
+pub mod logger;
+pub mod reactor;
+pub mod registry;
+pub mod storage;
+pub mod timer;
