@@ -1,1 +1,481 @@
-//! Configuration: TOML into a validated Config.
+//! Configuration: TOML files into one validated `Config`. Every limit is
+//! explicit here with its default; every error names the file and the key.
+//! Unknown keys are accepted with a warning naming them, so typos are visible.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// The validated configuration the server runs on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub global: GlobalConfig,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub bind_address: IpAddr,
+    /// 0 asks the kernel for a free port (tests read it from the log line).
+    pub port: u16,
+    /// Open client connections beyond this are refused with 503.
+    pub max_connections: usize,
+    /// A request head larger than this gets 431.
+    pub max_header_size: usize,
+    /// A request head must arrive completely within this time.
+    pub header_timeout_ms: u64,
+    /// A request body must make progress at least this often.
+    pub body_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this time.
+    pub keep_alive_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageConfig {
+    pub root_dir: PathBuf,
+    pub sync_to_disk: bool,
+    pub max_upload_sessions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalConfig {
+    pub max_manifest_size: u64,
+    pub max_blob_size: u64,
+    pub shutdown_drain_secs: u64,
+}
+
+impl Default for Config {
+    /// The built-in defaults of SPEC section 1: `angos server` alone serves.
+    fn default() -> Config {
+        Config {
+            server: ServerConfig {
+                bind_address: IpAddr::from([127, 0, 0, 1]),
+                port: 8000,
+                max_connections: 4096,
+                max_header_size: 16 * 1024,
+                header_timeout_ms: 10_000,
+                body_timeout_ms: 30_000,
+                keep_alive_timeout_ms: 60_000,
+            },
+            storage: StorageConfig {
+                root_dir: PathBuf::from("./data"),
+                sync_to_disk: false,
+                max_upload_sessions: 4096,
+            },
+            global: GlobalConfig {
+                max_manifest_size: 5 * 1024 * 1024,
+                max_blob_size: 100 * 1024 * 1024 * 1024,
+                shutdown_drain_secs: 30,
+            },
+        }
+    }
+}
+
+/// A configuration error, naming the file and the offending key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.message)
+        }
+    }
+}
+
+/// The result of loading: the configuration and the warnings to log
+/// (unknown keys), kept apart so reload can decide when to log them.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Reads and merges `files` in order (later files override earlier keys
+/// table by table), then validates. No files means the built-in defaults.
+pub fn load_files(files: &[PathBuf]) -> Result<Loaded, ConfigError> {
+    let mut sources = Vec::with_capacity(files.len());
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(|error| ConfigError {
+            file: file.display().to_string(),
+            key: String::new(),
+            message: format!("cannot read: {error}"),
+        })?;
+        sources.push((file.display().to_string(), text));
+    }
+    load_sources(&sources)
+}
+
+/// Like `load_files` on in-memory `(file name, text)` pairs; what tests and
+/// the fuzzer call.
+pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, ConfigError> {
+    let mut builder = Builder {
+        config: Config::default(),
+        warnings: Vec::new(),
+    };
+    for (file, text) in sources {
+        let table: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError {
+            file: file.clone(),
+            key: String::new(),
+            message: format!("invalid TOML: {}", error.message()),
+        })?;
+        builder.apply(file, &table)?;
+    }
+    Ok(Loaded {
+        config: builder.config,
+        warnings: builder.warnings,
+    })
+}
+
+struct Builder {
+    config: Config,
+    warnings: Vec<String>,
+}
+
+/// A view of one TOML table that remembers which keys were read, so the
+/// rest can be reported as unknown.
+struct Section<'a> {
+    file: &'a str,
+    path: String,
+    table: &'a toml::Table,
+    seen: Vec<&'static str>,
+}
+
+impl<'a> Section<'a> {
+    fn new(file: &'a str, path: &str, table: &'a toml::Table) -> Section<'a> {
+        Section {
+            file,
+            path: path.to_string(),
+            table,
+            seen: Vec::new(),
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn error(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            key: self.key_path(key),
+            message: message.into(),
+        }
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a toml::Value> {
+        self.seen.push(key);
+        self.table.get(key)
+    }
+
+    fn string(&mut self, key: &'static str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(self.error(key, "expected a string")),
+        }
+    }
+
+    fn boolean(&mut self, key: &'static str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Boolean(value)) => Ok(Some(*value)),
+            Some(_) => Err(self.error(key, "expected true or false")),
+        }
+    }
+
+    fn integer(&mut self, key: &'static str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Integer(value))
+                if *value >= 0 && (*value as u64) >= min && (*value as u64) <= max =>
+            {
+                Ok(Some(*value as u64))
+            }
+            Some(toml::Value::Integer(_)) => Err(self.error(key, format!("must be between {min} and {max}"))),
+            Some(_) => Err(self.error(key, "expected an integer")),
+        }
+    }
+
+    /// A size: an integer of bytes or a string like `5MiB`, `100GiB`, `512KB`.
+    fn size(&mut self, key: &'static str) -> Result<Option<u64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Integer(value)) if *value >= 0 => Ok(Some(*value as u64)),
+            Some(toml::Value::String(text)) => parse_size(text).map(Some).ok_or_else(|| {
+                self.error(
+                    key,
+                    format!("invalid size {text:?} (examples: 512KiB, 5MiB, 100GiB)"),
+                )
+            }),
+            Some(_) => Err(self.error(key, "expected a size such as \"5MiB\"")),
+        }
+    }
+
+    fn table(&mut self, key: &'static str) -> Result<Option<&'a toml::Table>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Table(table)) => Ok(Some(table)),
+            Some(_) => Err(self.error(key, "expected a table")),
+        }
+    }
+
+    /// Warns about every key of the table that no accessor asked for.
+    fn finish(self, warnings: &mut Vec<String>) {
+        for key in self.table.keys() {
+            if !self.seen.contains(&key.as_str()) {
+                warnings.push(format!(
+                    "{}: unknown key {} ignored",
+                    self.file,
+                    self.key_path(key)
+                ));
+            }
+        }
+    }
+}
+
+impl Builder {
+    fn apply(&mut self, file: &str, table: &toml::Table) -> Result<(), ConfigError> {
+        let mut root = Section::new(file, "", table);
+        if let Some(server) = root.table("server")? {
+            self.apply_server(file, server)?;
+        }
+        if let Some(blob_store) = root.table("blob_store")? {
+            let mut section = Section::new(file, "blob_store", blob_store);
+            if let Some(fs) = section.table("fs")? {
+                self.apply_storage(file, fs)?;
+            }
+            section.finish(&mut self.warnings);
+        }
+        if let Some(global) = root.table("global")? {
+            self.apply_global(file, global)?;
+        }
+        root.finish(&mut self.warnings);
+        Ok(())
+    }
+
+    fn apply_server(&mut self, file: &str, table: &toml::Table) -> Result<(), ConfigError> {
+        let mut section = Section::new(file, "server", table);
+        let server = &mut self.config.server;
+        // SPEC section 3: bind_address is required whenever [server] is present.
+        let Some(address) = section.string("bind_address")? else {
+            return Err(section.error("bind_address", "is required when [server] is present"));
+        };
+        server.bind_address = address
+            .parse()
+            .map_err(|_| section.error("bind_address", format!("{address:?} is not an IP address")))?;
+        if let Some(port) = section.integer("port", 0, u16::MAX as u64)? {
+            server.port = port as u16;
+        }
+        if let Some(value) = section.integer("max_connections", 1, 1_000_000)? {
+            server.max_connections = value as usize;
+        }
+        if let Some(value) = section.size("max_header_size")? {
+            if !(1024..=1024 * 1024).contains(&value) {
+                return Err(section.error("max_header_size", "must be between 1KiB and 1MiB"));
+            }
+            server.max_header_size = value as usize;
+        }
+        let timeout_ms_max = 24 * 3600 * 1000;
+        if let Some(value) = section.integer("header_timeout_ms", 1, timeout_ms_max)? {
+            server.header_timeout_ms = value;
+        }
+        if let Some(value) = section.integer("body_timeout_ms", 1, timeout_ms_max)? {
+            server.body_timeout_ms = value;
+        }
+        if let Some(value) = section.integer("keep_alive_timeout_ms", 1, timeout_ms_max)? {
+            server.keep_alive_timeout_ms = value;
+        }
+        section.finish(&mut self.warnings);
+        Ok(())
+    }
+
+    fn apply_storage(&mut self, file: &str, table: &toml::Table) -> Result<(), ConfigError> {
+        let mut section = Section::new(file, "blob_store.fs", table);
+        let storage = &mut self.config.storage;
+        if let Some(root) = section.string("root_dir")? {
+            if root.is_empty() {
+                return Err(section.error("root_dir", "must not be empty"));
+            }
+            storage.root_dir = PathBuf::from(root);
+        }
+        if let Some(sync) = section.boolean("sync_to_disk")? {
+            storage.sync_to_disk = sync;
+        }
+        if let Some(value) = section.integer("max_upload_sessions", 1, 1_000_000)? {
+            storage.max_upload_sessions = value as usize;
+        }
+        section.finish(&mut self.warnings);
+        Ok(())
+    }
+
+    fn apply_global(&mut self, file: &str, table: &toml::Table) -> Result<(), ConfigError> {
+        let mut section = Section::new(file, "global", table);
+        let global = &mut self.config.global;
+        if let Some(size) = section.size("max_manifest_size")? {
+            if size == 0 || size > 1024 * 1024 * 1024 {
+                return Err(section.error("max_manifest_size", "must be between 1 byte and 1GiB"));
+            }
+            global.max_manifest_size = size;
+        }
+        if let Some(size) = section.size("max_blob_size")? {
+            if size == 0 {
+                return Err(section.error("max_blob_size", "must be greater than 0"));
+            }
+            global.max_blob_size = size;
+        }
+        if let Some(secs) = section.integer("shutdown_drain_secs", 0, 24 * 3600)? {
+            global.shutdown_drain_secs = secs;
+        }
+        section.finish(&mut self.warnings);
+        Ok(())
+    }
+}
+
+/// Parses `5MiB`, `100GiB`, `512KB`, `42` (bytes), `1.5GiB`. Binary (KiB,
+/// MiB, GiB, TiB) and decimal (KB, MB, GB, TB) units; `B` or no unit is bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "tb" => 1000 * 1000 * 1000 * 1000,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        _ => return None,
+    };
+    if number.is_empty() {
+        return None;
+    }
+    if let Ok(whole) = number.parse::<u64>() {
+        return whole.checked_mul(multiplier);
+    }
+    let fractional: f64 = number.parse().ok()?;
+    let bytes = fractional * multiplier as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// The files to load when no `-c` was given: `./config.toml` when it exists.
+pub fn default_files() -> Vec<PathBuf> {
+    let default = Path::new("config.toml");
+    if default.exists() {
+        vec![default.to_path_buf()]
+    } else {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Loaded, ConfigError> {
+        load_sources(&[("test.toml".to_string(), text.to_string())])
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("5MiB"), Some(5 * 1024 * 1024));
+        assert_eq!(parse_size("100GiB"), Some(100 << 30));
+        assert_eq!(parse_size("512KB"), Some(512_000));
+        assert_eq!(parse_size("42"), Some(42));
+        assert_eq!(parse_size("1.5KiB"), Some(1536));
+        assert_eq!(parse_size("5 MiB"), Some(5 << 20));
+        assert_eq!(parse_size("MiB"), None);
+        assert_eq!(parse_size("5XB"), None);
+        assert_eq!(parse_size("99999999999999999999TiB"), None);
+    }
+
+    #[test]
+    fn no_file_gives_the_built_in_defaults() {
+        let loaded = load_sources(&[]).unwrap();
+        assert_eq!(loaded.config, Config::default());
+        assert_eq!(loaded.config.server.port, 8000);
+        assert_eq!(loaded.config.storage.root_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn full_file_loads() {
+        let loaded = load(
+            r#"
+            [server]
+            bind_address = "0.0.0.0"
+            port = 5000
+            max_connections = 10
+            [blob_store.fs]
+            root_dir = "/var/lib/angos"
+            sync_to_disk = true
+            [global]
+            max_manifest_size = "1MiB"
+            max_blob_size = "1GiB"
+            "#,
+        )
+        .unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let config = loaded.config;
+        assert_eq!(config.server.port, 5000);
+        assert_eq!(config.server.max_connections, 10);
+        assert!(config.storage.sync_to_disk);
+        assert_eq!(config.global.max_manifest_size, 1 << 20);
+        assert_eq!(config.global.max_blob_size, 1 << 30);
+    }
+
+    #[test]
+    fn unknown_keys_warn_with_their_path() {
+        let loaded = load("[global]\nmax_retires = 3\n[blob_store.fs]\nroot = \"x\"\n").unwrap();
+        assert_eq!(
+            loaded.warnings,
+            vec![
+                "test.toml: unknown key blob_store.fs.root ignored".to_string(),
+                "test.toml: unknown key global.max_retires ignored".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let error = load("[server]\nport = 8000\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "test.toml: server.bind_address: is required when [server] is present"
+        );
+        let error = load("[global]\nmax_manifest_size = \"lots\"\n").unwrap_err();
+        assert_eq!(error.key, "global.max_manifest_size");
+        let error = load("[server]\nbind_address = \"127.0.0.1\"\nport = 70000\n").unwrap_err();
+        assert_eq!(error.key, "server.port");
+        let error = load("[server\n").unwrap_err();
+        assert!(
+            error.to_string().starts_with("test.toml: invalid TOML"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn later_files_override_earlier_ones() {
+        let loaded = load_sources(&[
+            ("a.toml".into(), "[global]\nmax_blob_size = \"1GiB\"\n".into()),
+            ("b.toml".into(), "[global]\nmax_blob_size = \"2GiB\"\n".into()),
+        ])
+        .unwrap();
+        assert_eq!(loaded.config.global.max_blob_size, 2 << 30);
+    }
+}

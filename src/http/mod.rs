@@ -1,1 +1,9 @@
-//! HTTP/1.1 framing and connection machines.
+//! HTTP/1.1 framing, sans-IO: request heads and body framing (RFC 9112),
+//! the chunked decoder, and response heads. Nothing here touches a socket.
+
+pub mod chunked;
+pub mod request;
+pub mod response;
+
+pub use request::{BodyFraming, Method, RequestDecoder, RequestError, RequestEvent, RequestHead};
+pub use response::{Body, Response};

@@ -1,1 +1,364 @@
-//! The reactor: the only module that touches mio, sockets and the real clock.
+//! The reactor: the only module that touches mio, sockets, signals and the
+//! real clock. One thread, one `Poll`; connections live in a slab keyed by
+//! token; every deadline is an entry of the timer wheel.
+
+mod connection;
+mod output;
+mod signals;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::clock::{self, Clock};
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::timer::{TimerKey, TimerWheel};
+use connection::{Connection, Context, Next, Timeouts};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+/// Connection tokens start here; token = slot index + this.
+const FIRST_CONNECTION: usize = 2;
+/// The shared read buffer: large enough that a blob upload moves in big reads.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+struct Slot {
+    connection: Connection,
+    generation: u64,
+    timer: Option<(TimerKey, u64)>,
+}
+
+/// A timer entry names a connection slot and the generation it belonged to,
+/// so a timer of a closed connection cannot touch its slot's next owner.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    slot: usize,
+    generation: u64,
+}
+
+pub struct Reactor<C: Clock> {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: signals::SignalPipe,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    open: usize,
+    next_generation: u64,
+    timers: TimerWheel<Deadline>,
+    registry: Registry,
+    clock: C,
+    config: Config,
+    read_buffer: Vec<u8>,
+    /// Connections whose budget ran out and that must run again without an event.
+    again: Vec<usize>,
+    date: String,
+    date_secs: u64,
+    shutting_down: bool,
+    shutdown_deadline_ms: u64,
+}
+
+impl<C: Clock> Reactor<C> {
+    /// Binds the listener and installs the signal handlers.
+    pub fn bind(config: Config, registry: Registry, clock: C) -> io::Result<Reactor<C>> {
+        let address = SocketAddr::new(config.server.bind_address, config.server.port);
+        let mut listener = TcpListener::bind(address)?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let signals = signals::SignalPipe::install()?;
+        poll.registry()
+            .register(&mut SourceFd(&signals.raw_fd()), SIGNALS, Interest::READABLE)?;
+        let now = clock.now_ms();
+        Ok(Reactor {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals,
+            slots: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            next_generation: 0,
+            timers: TimerWheel::new(now),
+            registry,
+            clock,
+            config,
+            read_buffer: vec![0; READ_BUFFER_BYTES],
+            again: Vec::new(),
+            date: String::new(),
+            date_secs: u64::MAX,
+            shutting_down: false,
+            shutdown_deadline_ms: 0,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains and returns.
+    pub fn run(&mut self) -> io::Result<()> {
+        log::info!(target: "angos::reactor", "listening on {}", self.local_addr);
+        let mut events = Events::with_capacity(1024);
+        let mut fired = Vec::new();
+        loop {
+            let timeout = if !self.again.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                let now = self.clock.now_ms();
+                self.timers
+                    .next_deadline()
+                    .map(|deadline| Duration::from_millis(deadline.saturating_sub(now)))
+            };
+            if let Err(error) = self.poll.poll(&mut events, timeout)
+                && error.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(error);
+            }
+            self.refresh_date();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    SIGNALS => {
+                        if self.signals.drain() {
+                            self.begin_shutdown();
+                        }
+                    }
+                    Token(token) => self.run_connection(token - FIRST_CONNECTION),
+                }
+            }
+            for slot in std::mem::take(&mut self.again) {
+                self.run_connection(slot);
+            }
+            let now = self.clock.now_ms();
+            self.timers.poll(now, &mut fired);
+            for deadline in fired.drain(..) {
+                self.on_deadline(deadline, now);
+            }
+            if self.shutting_down {
+                self.close_idle_connections();
+                if self.open == 0 {
+                    log::info!(target: "angos::reactor", "shutdown complete");
+                    return Ok(());
+                }
+                if now >= self.shutdown_deadline_ms {
+                    log::warn!(
+                        target: "angos::reactor",
+                        "shutdown drain time over; closing {} connections with requests in progress",
+                        self.open
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn refresh_date(&mut self) {
+        let secs = self.clock.unix_micros() / 1_000_000;
+        if secs != self.date_secs {
+            self.date_secs = secs;
+            self.date = clock::http_date(secs);
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((socket, _peer)) => self.admit(socket),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    // EMFILE and friends: log, and let the next readiness retry.
+                    log::warn!(target: "angos::reactor", "accept failed: {error}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, mut socket: TcpStream) {
+        if self.open >= self.config.server.max_connections {
+            log::warn!(
+                target: "angos::reactor",
+                "connection limit server.max_connections = {} reached; refusing a connection",
+                self.config.server.max_connections
+            );
+            // Best effort: the socket is fresh, so a short answer fits its buffer.
+            let answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 1\r\n\r\n";
+            let _ = io::Write::write(&mut socket, answer);
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        let token = Token(slot + FIRST_CONNECTION);
+        if let Err(error) =
+            self.poll
+                .registry()
+                .register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!(target: "angos::reactor", "cannot register a connection: {error}");
+            self.free.push(slot);
+            return;
+        }
+        let now = self.clock.now_ms();
+        let connection = Connection::new(socket, self.config.server.max_header_size, now, self.timeouts());
+        self.next_generation += 1;
+        self.slots[slot] = Some(Slot {
+            connection,
+            generation: self.next_generation,
+            timer: None,
+        });
+        self.open += 1;
+        // Data may already be waiting (edge-triggered: no event would say so again).
+        self.run_connection(slot);
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            header_ms: self.config.server.header_timeout_ms,
+            body_ms: self.config.server.body_timeout_ms,
+            keep_alive_ms: self.config.server.keep_alive_timeout_ms,
+        }
+    }
+
+    fn run_connection(&mut self, slot: usize) {
+        let timeouts = self.timeouts();
+        let now = self.clock.now_ms();
+        let Some(Some(entry)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let mut cx = Context {
+            registry: &mut self.registry,
+            read_buffer: &mut self.read_buffer,
+            now_ms: now,
+            date: &self.date,
+            timeouts,
+        };
+        match entry.connection.run(&mut cx) {
+            Next::Close => self.close(slot),
+            Next::Again => {
+                self.again.push(slot);
+                self.arm_timer(slot);
+            }
+            Next::Wait => self.arm_timer(slot),
+        }
+    }
+
+    /// Keeps one wheel entry per connection, at or before its deadline.
+    /// Deadlines that move later (progress) do not touch the wheel: the entry
+    /// fires, sees the later deadline, and re-arms.
+    fn arm_timer(&mut self, slot: usize) {
+        let Some(Some(entry)) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let deadline = entry.connection.deadline_ms;
+        match entry.timer {
+            Some((_, armed)) if armed <= deadline => {}
+            Some((key, _)) => {
+                self.timers.cancel(key);
+                let key = self.timers.insert(
+                    deadline,
+                    Deadline {
+                        slot,
+                        generation: entry.generation,
+                    },
+                );
+                entry.timer = Some((key, deadline));
+            }
+            None => {
+                let key = self.timers.insert(
+                    deadline,
+                    Deadline {
+                        slot,
+                        generation: entry.generation,
+                    },
+                );
+                entry.timer = Some((key, deadline));
+            }
+        }
+    }
+
+    fn on_deadline(&mut self, deadline: Deadline, now: u64) {
+        let timeouts = self.timeouts();
+        let Some(Some(entry)) = self.slots.get_mut(deadline.slot) else {
+            return;
+        };
+        if entry.generation != deadline.generation {
+            return;
+        }
+        entry.timer = None;
+        if now < entry.connection.deadline_ms {
+            self.arm_timer(deadline.slot);
+            return;
+        }
+        let mut cx = Context {
+            registry: &mut self.registry,
+            read_buffer: &mut self.read_buffer,
+            now_ms: now,
+            date: &self.date,
+            timeouts,
+        };
+        match entry.connection.on_timeout(&mut cx) {
+            Next::Close => self.close(deadline.slot),
+            Next::Wait | Next::Again => self.arm_timer(deadline.slot),
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        let Some(Some(mut entry)) = self.slots.get_mut(slot).map(Option::take) else {
+            return;
+        };
+        if let Some((key, _)) = entry.timer {
+            self.timers.cancel(key);
+        }
+        let mut cx = Context {
+            registry: &mut self.registry,
+            read_buffer: &mut self.read_buffer,
+            now_ms: 0,
+            date: &self.date,
+            timeouts: Timeouts {
+                header_ms: 0,
+                body_ms: 0,
+                keep_alive_ms: 0,
+            },
+        };
+        entry.connection.abort(&mut cx);
+        let _ = self.poll.registry().deregister(&mut entry.connection.socket);
+        self.free.push(slot);
+        self.open -= 1;
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        log::info!(target: "angos::reactor", "shutdown requested; finishing requests in progress");
+        self.shutting_down = true;
+        self.shutdown_deadline_ms = self.clock.now_ms() + self.config.global.shutdown_drain_secs * 1000;
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+    }
+
+    fn close_idle_connections(&mut self) {
+        for slot in 0..self.slots.len() {
+            let idle = match &mut self.slots[slot] {
+                Some(entry) => entry.connection.stop_reading_new_requests(),
+                None => false,
+            };
+            if idle {
+                self.close(slot);
+            }
+        }
+    }
+}

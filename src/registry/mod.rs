@@ -1,5 +1,350 @@
-//! The OCI Distribution registry: routes, handlers and errors over `storage`.
+//! The OCI Distribution registry (spec v1.1) over `storage`: routes requests,
+//! validates names, tags and digests, and answers with the spec's statuses,
+//! headers and error codes. Sans-IO apart from local file I/O: it takes
+//! request heads and body bytes and returns responses; sockets are the
+//! reactor's business.
 
+pub mod error;
 pub mod manifest;
 pub mod range;
 pub mod reference;
+pub mod route;
+
+mod blobs;
+mod manifests;
+
+use crate::http::{Method, RequestHead, Response};
+use crate::storage::{Storage, UploadWriter};
+use error::{ErrorCode, RegistryError};
+use reference::Reference;
+use route::Route;
+
+/// Limits the registry enforces on request bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_manifest_size: u64,
+    pub max_blob_size: u64,
+}
+
+pub struct Registry {
+    storage: Storage,
+    limits: Limits,
+}
+
+/// What to do with a request once its head is known.
+pub enum Begin {
+    /// Answer now; any body the request carries is not wanted.
+    Answer(Response),
+    /// Read the body into the exchange (`Registry::body`), then `finish`.
+    ReadBody(Exchange),
+}
+
+/// A request whose body is being received.
+pub struct Exchange {
+    route_label: &'static str,
+    state: ExchangeState,
+}
+
+enum ExchangeState {
+    /// The answer is known; the body (if any) is read and dropped.
+    Ready(Response),
+    /// A manifest PUT collecting its body, at most `limit` bytes.
+    Manifest {
+        name: String,
+        reference: Reference,
+        content_type: String,
+        tags: Vec<String>,
+        body: Vec<u8>,
+    },
+    /// Bytes streaming into an upload session.
+    Upload {
+        name: String,
+        id: String,
+        writer: Box<UploadWriter>,
+        then: AfterUpload,
+        /// For a chunk with `Content-Range`: the byte count it announced.
+        expected_bytes: Option<u64>,
+        received: u64,
+    },
+}
+
+/// What completes an upload body.
+enum AfterUpload {
+    /// PATCH: report progress.
+    Progress,
+    /// PUT `?digest=` or POST `?digest=`: verify and commit.
+    Commit(crate::digest::Digest),
+}
+
+impl Exchange {
+    pub fn route_label(&self) -> &'static str {
+        self.route_label
+    }
+}
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+impl Registry {
+    pub fn new(storage: Storage, limits: Limits) -> Registry {
+        Registry { storage, limits }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Routes a request head: answers at once, or prepares to read its body.
+    pub fn begin(&mut self, head: &RequestHead) -> Begin {
+        let route = route::route(&head.path);
+        let label = route.label();
+        match self.dispatch(head, route) {
+            Ok(state) => match state {
+                ExchangeState::Ready(response) if head.content_length() == Some(0) => Begin::Answer(response),
+                state => Begin::ReadBody(Exchange {
+                    route_label: label,
+                    state,
+                }),
+            },
+            Err(error) => Begin::Answer(error.into_response()),
+        }
+    }
+
+    /// Feeds body bytes of a request in progress. An error answer ends the
+    /// exchange: the caller sends it and closes the connection.
+    pub fn body(&mut self, exchange: &mut Exchange, data: &[u8]) -> Result<(), Response> {
+        let limits = self.limits;
+        match &mut exchange.state {
+            ExchangeState::Ready(_) => Ok(()),
+            ExchangeState::Manifest { body, .. } => {
+                if (body.len() + data.len()) as u64 > limits.max_manifest_size {
+                    return Err(manifest_too_large(limits.max_manifest_size).into_response());
+                }
+                body.extend_from_slice(data);
+                Ok(())
+            }
+            ExchangeState::Upload {
+                writer,
+                received,
+                expected_bytes,
+                ..
+            } => {
+                *received += data.len() as u64;
+                if expected_bytes.is_some_and(|expected| *received > expected) {
+                    return Err(self.fail_upload(exchange, range_mismatch()));
+                }
+                if writer.size() + data.len() as u64 > limits.max_blob_size {
+                    return Err(self.fail_upload(exchange, blob_too_large(limits.max_blob_size)));
+                }
+                if let Err(error) = writer.write(data) {
+                    return Err(self.fail_upload(exchange, RegistryError::storage(error)));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Completes a request whose body was read entirely.
+    pub fn finish(&mut self, exchange: Exchange) -> Response {
+        let result = match exchange.state {
+            ExchangeState::Ready(response) => Ok(response),
+            ExchangeState::Manifest {
+                name,
+                reference,
+                content_type,
+                tags,
+                body,
+            } => self.put_manifest(&name, &reference, &content_type, &tags, &body),
+            ExchangeState::Upload {
+                name,
+                id,
+                writer,
+                then,
+                expected_bytes,
+                received,
+            } => {
+                self.storage.release_writer(&name, &id, *writer);
+                if expected_bytes.is_some_and(|expected| expected != received) {
+                    let _ = self.storage.cancel_upload(&name, &id);
+                    Err(range_mismatch())
+                } else {
+                    match then {
+                        AfterUpload::Progress => Ok(self.upload_progress(&name, &id, 202)),
+                        AfterUpload::Commit(digest) => self.commit_upload(&name, &id, &digest),
+                    }
+                }
+            }
+        };
+        result.unwrap_or_else(RegistryError::into_response)
+    }
+
+    /// The connection ended before the body did. An upload keeps what it
+    /// received (the client may ask the upload's status and resume), except
+    /// a monolithic one, which has no session the client knows of to resume.
+    pub fn abort(&mut self, exchange: Exchange) {
+        if let ExchangeState::Upload {
+            name,
+            id,
+            writer,
+            then,
+            ..
+        } = exchange.state
+        {
+            self.storage.release_writer(&name, &id, *writer);
+            if matches!(then, AfterUpload::Commit(_)) {
+                let _ = self.storage.cancel_upload(&name, &id);
+            }
+        }
+    }
+
+    /// Ends an upload exchange on an error: the session is removed, since its
+    /// bytes no longer match what the client believes it sent.
+    fn fail_upload(&mut self, exchange: &mut Exchange, error: RegistryError) -> Response {
+        let state = std::mem::replace(&mut exchange.state, ExchangeState::Ready(Response::new(500)));
+        if let ExchangeState::Upload { name, id, writer, .. } = state {
+            self.storage.release_writer(&name, &id, *writer);
+            let _ = self.storage.cancel_upload(&name, &id);
+        }
+        error.into_response().with_close()
+    }
+
+    fn dispatch(&mut self, head: &RequestHead, route: Route) -> Result<ExchangeState> {
+        let ready = |response: Response| Ok(ExchangeState::Ready(response));
+        match (route, &head.method) {
+            (Route::Healthz, Method::Get | Method::Head) => ready(Response::new(200).body(text("ok\n"))),
+            (Route::Readyz, Method::Get | Method::Head) => ready(Response::new(200).body(text("ready\n"))),
+            (Route::Base, Method::Get | Method::Head) => ready(
+                Response::json(200, &serde_json::json!({}))
+                    .header("Docker-Distribution-API-Version", "registry/2.0"),
+            ),
+            (Route::Catalog, Method::Get | Method::Head) => ready(self.catalog(head)?),
+            (Route::Tags { name }, Method::Get | Method::Head) => {
+                ready(self.list_tags(head, valid_name(name)?)?)
+            }
+            (Route::Manifest { name, reference }, method) => {
+                let name = valid_name(name)?;
+                let reference = parse_reference(&reference)?;
+                match method {
+                    Method::Get | Method::Head => ready(self.get_manifest(head, &name, &reference)?),
+                    Method::Put => self.begin_manifest_put(head, name, reference),
+                    Method::Delete => ready(self.delete_manifest(&name, &reference)?),
+                    _ => Err(method_not_allowed()),
+                }
+            }
+            (Route::Blob { name, digest }, method) => {
+                let name = valid_name(name)?;
+                let digest = parse_digest(&digest)?;
+                match method {
+                    Method::Get | Method::Head => ready(self.get_blob(head, &name, &digest)?),
+                    Method::Delete => ready(self.delete_blob(&name, &digest)?),
+                    _ => Err(method_not_allowed()),
+                }
+            }
+            (Route::UploadStart { name }, Method::Post) => self.start_upload(head, valid_name(name)?),
+            (Route::Upload { name, id }, method) => {
+                let name = valid_name(name)?;
+                if !is_upload_id(&id) || self.storage.upload_size(&name, &id).is_none() {
+                    return Err(RegistryError::new(ErrorCode::BlobUploadUnknown, "upload unknown"));
+                }
+                match method {
+                    Method::Get => ready(self.upload_progress(&name, &id, 204)),
+                    Method::Patch => self.begin_upload_data(head, name, id, None),
+                    Method::Put => {
+                        let digest = required_digest_param(head)?;
+                        self.begin_upload_data(head, name, id, Some(digest))
+                    }
+                    Method::Delete => {
+                        self.storage
+                            .cancel_upload(&name, &id)
+                            .map_err(RegistryError::storage)?;
+                        ready(Response::new(204))
+                    }
+                    _ => Err(method_not_allowed()),
+                }
+            }
+            (Route::Referrers { name, digest }, Method::Get | Method::Head) => {
+                let name = valid_name(name)?;
+                let digest = parse_digest(&digest)?;
+                ready(self.referrers(head, &name, &digest)?)
+            }
+            (Route::NotFound, _) => {
+                Err(RegistryError::new(ErrorCode::Unsupported, "unknown endpoint").status(404))
+            }
+            _ => Err(method_not_allowed()),
+        }
+    }
+}
+
+fn text(body: &str) -> crate::http::Body {
+    crate::http::Body::Bytes(body.as_bytes().to_vec())
+}
+
+fn valid_name(name: String) -> Result<String> {
+    if reference::is_valid_name(&name) {
+        Ok(name)
+    } else {
+        Err(
+            RegistryError::new(ErrorCode::NameInvalid, "invalid repository name")
+                .detail(serde_json::json!({ "name": name })),
+        )
+    }
+}
+
+fn parse_reference(text: &str) -> Result<Reference> {
+    Reference::parse(text).map_err(|error| match error {
+        reference::ReferenceError::InvalidTag => RegistryError::new(ErrorCode::TagInvalid, "invalid tag")
+            .detail(serde_json::json!({ "tag": text })),
+        reference::ReferenceError::Digest(_) => digest_invalid(text),
+    })
+}
+
+fn parse_digest(text: &str) -> Result<crate::digest::Digest> {
+    crate::digest::Digest::parse(text).map_err(|_| digest_invalid(text))
+}
+
+fn digest_invalid(text: &str) -> RegistryError {
+    RegistryError::new(ErrorCode::DigestInvalid, "invalid or unsupported digest")
+        .detail(serde_json::json!({ "digest": text }))
+}
+
+fn required_digest_param(head: &RequestHead) -> Result<crate::digest::Digest> {
+    match head.query_value("digest") {
+        Some(text) => parse_digest(&text),
+        None => Err(RegistryError::new(
+            ErrorCode::DigestInvalid,
+            "the digest parameter is required",
+        )),
+    }
+}
+
+/// Session ids are ours (32 lowercase hex); anything else cannot name a
+/// session and must never reach the filesystem as a path component.
+fn is_upload_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn method_not_allowed() -> RegistryError {
+    RegistryError::new(ErrorCode::Unsupported, "method not allowed on this endpoint")
+}
+
+fn manifest_too_large(limit: u64) -> RegistryError {
+    RegistryError::new(
+        ErrorCode::SizeInvalid,
+        format!("manifest larger than {limit} bytes"),
+    )
+    .status(413)
+}
+
+fn blob_too_large(limit: u64) -> RegistryError {
+    RegistryError::new(ErrorCode::SizeInvalid, format!("blob larger than {limit} bytes")).status(413)
+}
+
+fn range_mismatch() -> RegistryError {
+    RegistryError::new(
+        ErrorCode::BlobUploadInvalid,
+        "body length does not match Content-Range",
+    )
+    .status(416)
+}

@@ -18,8 +18,11 @@
 //!                                                     the referrer's descriptor JSON
 //! ```
 
-use std::fs::File;
-use std::io;
+mod atomic;
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, Hasher};
@@ -27,10 +30,45 @@ use crate::digest::{Digest, Hasher};
 /// Bounds the number of open upload sessions (each keeps a hasher in memory).
 pub const UPLOAD_SESSIONS_MAX_DEFAULT: usize = 4096;
 
+/// Read size when a session must be rehashed with another algorithm.
+const REHASH_CHUNK_BYTES: usize = 1 << 20;
+
+/// Random bytes in an upload id (32 hex characters) and a temporary file name.
+const RANDOM_ID_BYTES: usize = 16;
+
+const TMP_DIR: &str = "_tmp";
+const UPLOADS_DIR: &str = "_uploads";
+const BLOBS_DIR: &str = "blobs";
+const REPOSITORIES_DIR: &str = "repositories";
+const LAYERS_DIR: &str = "_layers";
+const MANIFESTS_DIR: &str = "_manifests";
+const REFERRERS_DIR: &str = "_referrers";
+const SESSION_DATA_FILE: &str = "data";
+const SESSION_NAMESPACE_FILE: &str = "namespace";
+
+#[derive(Debug)]
 pub struct Storage {
-    // IMPLEMENT: root, sync_to_disk, sessions: HashMap<String /*id*/, session state
-    // (namespace, size, hasher)>, upload_sessions_max.
-    _root: PathBuf,
+    root: PathBuf,
+    sync_to_disk: bool,
+    /// Open upload sessions by id. Never iterated, so its order cannot leak.
+    sessions: HashMap<String, UploadSession>,
+    upload_sessions_max: usize,
+}
+
+/// The in-memory half of an upload session; its bytes are in
+/// `_uploads/<id>/data`.
+#[derive(Debug)]
+struct UploadSession {
+    namespace: String,
+    /// Bytes in the data file as of the last released writer.
+    size: u64,
+    /// `None` while an `UploadWriter` holds it: that is how "one writer at a
+    /// time" is enforced, and why a session with a writer out cannot be
+    /// verified or committed (its file may still grow).
+    hasher: Option<Hasher>,
+    /// The digest `verify_upload` last accepted, cleared by any later write,
+    /// so `commit_upload` can skip a second hash of the same bytes.
+    verified: Option<Digest>,
 }
 
 /// A manifest as stored: its media type and exact bytes.
@@ -42,18 +80,32 @@ pub struct StoredManifest {
 
 /// Appends bytes to an upload session while hashing them. Obtained from
 /// `Storage::upload_writer`, handed back with `Storage::release_writer`.
+#[derive(Debug)]
 pub struct UploadWriter {
-    // IMPLEMENT: file opened for append, hasher, size.
+    /// The session this writer belongs to, checked on release.
+    id: String,
+    file: File,
+    hasher: Hasher,
+    size: u64,
 }
 
 impl UploadWriter {
     /// Writes all of `bytes` to the session file and feeds the hasher.
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        todo!()
+        if let Err(error) = self.file.write_all(bytes) {
+            // A partial write would leave bytes in the file that the hasher
+            // and size never saw; cut them off so the session stays
+            // consistent and the client can resume from `size()`.
+            let _ = self.file.set_len(self.size);
+            return Err(error);
+        }
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
     }
     /// Bytes in the session so far.
     pub fn size(&self) -> u64 {
-        todo!()
+        self.size
     }
 }
 
@@ -68,6 +120,26 @@ pub enum UploadError {
     Io(io::Error),
 }
 
+impl std::fmt::Display for UploadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UploadError::Unknown => f.write_str("unknown upload session"),
+            UploadError::DigestMismatch => f.write_str("upload does not match its digest"),
+            UploadError::TooManySessions => f.write_str("too many upload sessions"),
+            UploadError::Io(error) => write!(f, "upload storage error: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for UploadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UploadError::Io(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
 impl From<io::Error> for UploadError {
     fn from(error: io::Error) -> UploadError {
         UploadError::Io(error)
@@ -79,30 +151,148 @@ impl Storage {
     /// previous run: everything in `_tmp` and every upload session in `_uploads`
     /// (sessions do not survive a restart; clients restart the upload).
     pub fn open(root: &Path, sync_to_disk: bool, upload_sessions_max: usize) -> io::Result<Storage> {
-        todo!()
+        for dir in [TMP_DIR, UPLOADS_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
+            atomic::create_dirs(&root.join(dir), sync_to_disk)?;
+        }
+        for dir in [TMP_DIR, UPLOADS_DIR] {
+            remove_dir_contents(&root.join(dir))?;
+        }
+        Ok(Storage {
+            root: root.to_path_buf(),
+            sync_to_disk,
+            sessions: HashMap::new(),
+            upload_sessions_max,
+        })
+    }
+
+    /// The root directory this storage owns.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Number of open upload sessions (for metrics).
+    pub fn upload_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    // ---- paths -----------------------------------------------------------
+
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join(TMP_DIR)
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root
+            .join(BLOBS_DIR)
+            .join(digest.algorithm())
+            .join(&hex[..2])
+            .join(hex)
+    }
+
+    fn repository_path(&self, namespace: &str) -> PathBuf {
+        debug_assert_namespace(namespace);
+        self.root.join(REPOSITORIES_DIR).join(namespace)
+    }
+
+    fn layer_link_path(&self, namespace: &str, digest: &Digest) -> PathBuf {
+        self.repository_path(namespace)
+            .join(LAYERS_DIR)
+            .join(digest.algorithm())
+            .join(digest.hex())
+    }
+
+    fn revision_path(&self, namespace: &str, digest: &Digest) -> PathBuf {
+        self.repository_path(namespace)
+            .join(MANIFESTS_DIR)
+            .join("revisions")
+            .join(digest.algorithm())
+            .join(digest.hex())
+    }
+
+    fn tags_dir(&self, namespace: &str) -> PathBuf {
+        self.repository_path(namespace).join(MANIFESTS_DIR).join("tags")
+    }
+
+    fn tag_path(&self, namespace: &str, tag: &str) -> PathBuf {
+        debug_assert_tag(tag);
+        self.tags_dir(namespace).join(tag)
+    }
+
+    fn referrers_dir(&self, namespace: &str, subject: &Digest) -> PathBuf {
+        self.repository_path(namespace)
+            .join(REFERRERS_DIR)
+            .join(subject.algorithm())
+            .join(subject.hex())
+    }
+
+    fn referrer_path(&self, namespace: &str, subject: &Digest, referrer: &Digest) -> PathBuf {
+        self.referrers_dir(namespace, subject)
+            .join(format!("{}-{}", referrer.algorithm(), referrer.hex()))
+    }
+
+    fn session_dir(&self, id: &str) -> PathBuf {
+        self.root.join(UPLOADS_DIR).join(id)
+    }
+
+    fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> io::Result<()> {
+        atomic::write_file(&self.tmp_dir(), dest, bytes, self.sync_to_disk)
+    }
+
+    /// Writes the (empty) link that lets `namespace` read `digest`, unless
+    /// it is there already: re-linking is common (every push of a shared base
+    /// layer) and would otherwise cost a file and two fsyncs.
+    fn ensure_layer_link(&self, namespace: &str, digest: &Digest) -> io::Result<()> {
+        let link = self.layer_link_path(namespace, digest);
+        if exists(&link)? {
+            return Ok(());
+        }
+        self.write_atomic(&link, b"")
     }
 
     // ---- blobs -----------------------------------------------------------
 
     /// Size of `digest` if `namespace` may read it (uploaded or mounted there).
     pub fn blob_size(&self, namespace: &str, digest: &Digest) -> io::Result<Option<u64>> {
-        todo!()
+        if !exists(&self.layer_link_path(namespace, digest))? {
+            return Ok(None);
+        }
+        match fs::metadata(self.blob_path(digest)) {
+            Ok(metadata) => Ok(Some(metadata.len())),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// Opens `digest` for reading if `namespace` may read it; returns the file and its size.
     pub fn open_blob(&self, namespace: &str, digest: &Digest) -> io::Result<Option<(File, u64)>> {
-        todo!()
+        if !exists(&self.layer_link_path(namespace, digest))? {
+            return Ok(None);
+        }
+        let Some(file) = not_found_as_none(File::open(self.blob_path(digest)))? else {
+            return Ok(None);
+        };
+        // The size of the open file, not of the path: the two cannot differ
+        // for content-addressed files, but this needs no second lookup.
+        let size = file.metadata()?.len();
+        Ok(Some((file, size)))
     }
 
     /// Lets `namespace` read an existing blob (cross-repository mount). `false`
     /// when the blob content does not exist at all.
     pub fn link_blob(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
-        todo!()
+        if !exists(&self.blob_path(digest))? {
+            return Ok(false);
+        }
+        self.ensure_layer_link(namespace, digest)?;
+        Ok(true)
     }
 
     /// Removes `namespace`'s access to `digest`; `false` when it had none.
     pub fn delete_blob(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
-        todo!()
+        // The content stays: other namespaces may link it, and reclaiming
+        // unreferenced content is garbage collection, not a request's job.
+        atomic::remove_file(&self.layer_link_path(namespace, digest), self.sync_to_disk)
     }
 
     // ---- uploads ---------------------------------------------------------
@@ -110,31 +300,109 @@ impl Storage {
     /// Opens a new empty session for `namespace` and returns its id (32 random
     /// lowercase hex characters, from `getrandom`).
     pub fn start_upload(&mut self, namespace: &str) -> Result<String, UploadError> {
-        todo!()
+        debug_assert_namespace(namespace);
+        if self.sessions.len() >= self.upload_sessions_max {
+            return Err(UploadError::TooManySessions);
+        }
+        let id = random_hex(RANDOM_ID_BYTES);
+        let dir = self.session_dir(&id);
+        // No fsync and no atomic rename here: sessions are wiped at start-up,
+        // so nothing under `_uploads` needs to survive a crash.
+        // `create_dir` fails on an existing id, so a (128-bit) collision can
+        // never hand out or clean up another session's directory.
+        fs::create_dir(&dir)?;
+        let filled = fs::write(dir.join(SESSION_NAMESPACE_FILE), namespace)
+            .and_then(|()| File::create(dir.join(SESSION_DATA_FILE)).map(drop));
+        if let Err(error) = filled {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(error.into());
+        }
+        self.sessions.insert(
+            id.clone(),
+            UploadSession {
+                namespace: namespace.to_owned(),
+                size: 0,
+                hasher: Some(Hasher::sha256()),
+                verified: None,
+            },
+        );
+        Ok(id)
     }
 
     /// Bytes received so far by a session, `None` when unknown for `namespace`.
     pub fn upload_size(&self, namespace: &str, id: &str) -> Option<u64> {
-        todo!()
+        match self.sessions.get(id) {
+            Some(session) if session.namespace == namespace => Some(session.size),
+            _ => None,
+        }
     }
 
     /// Takes the session's writer for appending; while taken, the session
     /// still exists but a second `upload_writer` for it returns `Unknown`
     /// (one writer at a time).
     pub fn upload_writer(&mut self, namespace: &str, id: &str) -> Result<UploadWriter, UploadError> {
-        todo!()
+        let data = self.session_dir(id).join(SESSION_DATA_FILE);
+        let session = self.session_mut(namespace, id)?;
+        if session.hasher.is_none() {
+            return Err(UploadError::Unknown);
+        }
+        // Open before taking the hasher, so a failed open leaves the session usable.
+        let file = OpenOptions::new().append(true).open(data)?;
+        let Some(hasher) = session.hasher.take() else {
+            return Err(UploadError::Unknown);
+        };
+        session.verified = None;
+        Ok(UploadWriter {
+            id: id.to_owned(),
+            file,
+            hasher,
+            size: session.size,
+        })
     }
 
     /// Hands a writer back so the session keeps its size and hash state.
     pub fn release_writer(&mut self, namespace: &str, id: &str, writer: UploadWriter) {
-        todo!()
+        debug_assert_eq!(writer.id, id, "writer released to another session");
+        if writer.id != id {
+            return;
+        }
+        // The session may have been cancelled meanwhile; the writer's file
+        // is then already unlinked and dropping it is all there is to do.
+        if let Some(session) = self.sessions.get_mut(id)
+            && session.namespace == namespace
+            && session.hasher.is_none()
+        {
+            session.size = writer.size;
+            session.hasher = Some(writer.hasher);
+        }
     }
 
     /// Checks that the session's bytes hash to `expected` (rehashing the file
     /// when `expected` uses another algorithm than the incremental hasher) and
     /// returns the size. On mismatch the session is removed. Does not commit.
-    pub fn verify_upload(&mut self, namespace: &str, id: &str, expected: &Digest) -> Result<u64, UploadError> {
-        todo!()
+    pub fn verify_upload(
+        &mut self,
+        namespace: &str,
+        id: &str,
+        expected: &Digest,
+    ) -> Result<u64, UploadError> {
+        let data = self.session_dir(id).join(SESSION_DATA_FILE);
+        let session = self.session_mut(namespace, id)?;
+        let Some(hasher) = &session.hasher else {
+            // A writer is out: the file may still grow after we hash it.
+            return Err(UploadError::Unknown);
+        };
+        let actual = if hasher.algorithm() == expected.algorithm() {
+            hasher.digest()
+        } else {
+            rehash(&data, expected)?
+        };
+        if actual != *expected {
+            self.remove_session(id);
+            return Err(UploadError::DigestMismatch);
+        }
+        session.verified = Some(actual);
+        Ok(session.size)
     }
 
     /// Commits a verified session: renames its data into the blob store (or
@@ -142,12 +410,65 @@ impl Storage {
     /// uploads of one blob end in one correct blob), links it into
     /// `namespace`, and removes the session.
     pub fn commit_upload(&mut self, namespace: &str, id: &str, digest: &Digest) -> Result<(), UploadError> {
-        todo!()
+        let session = self.session_mut(namespace, id)?;
+        if session.verified.as_ref() != Some(digest) {
+            // Never let unverified bytes into the content-addressed store:
+            // a wrong file under a digest's name would be served as that digest.
+            self.verify_upload(namespace, id, digest)?;
+        }
+        // From here on the session is consumed whatever happens: on an I/O
+        // error the client restarts the upload, and no half-committed session
+        // lingers in the map.
+        self.sessions.remove(id);
+        let dir = self.session_dir(id);
+        let result = self.commit_session_data(&dir.join(SESSION_DATA_FILE), digest);
+        let _ = fs::remove_dir_all(&dir);
+        result?;
+        self.ensure_layer_link(namespace, digest)?;
+        Ok(())
+    }
+
+    /// Moves verified session bytes to the content store, unless the content
+    /// is already there.
+    fn commit_session_data(&self, data: &Path, digest: &Digest) -> io::Result<()> {
+        let blob = self.blob_path(digest);
+        if exists(&blob)? {
+            // Content-addressed: the existing file holds the same bytes.
+            return Ok(());
+        }
+        if self.sync_to_disk {
+            // The appends were never flushed; the rename must not reach the
+            // disk before the bytes do.
+            File::open(data)?.sync_all()?;
+        }
+        atomic::rename(data, &blob, self.sync_to_disk)
     }
 
     /// Removes a session; `false` when unknown.
     pub fn cancel_upload(&mut self, namespace: &str, id: &str) -> io::Result<bool> {
-        todo!()
+        if self.session_mut(namespace, id).is_err() {
+            return Ok(false);
+        }
+        self.sessions.remove(id);
+        fs::remove_dir_all(self.session_dir(id))?;
+        Ok(true)
+    }
+
+    fn session_mut(&mut self, namespace: &str, id: &str) -> Result<&mut UploadSession, UploadError> {
+        match self.sessions.get_mut(id) {
+            // Another namespace's session id is as unknown as a made-up one:
+            // ids are capabilities scoped to the repository that opened them.
+            Some(session) if session.namespace == namespace => Ok(session),
+            _ => Err(UploadError::Unknown),
+        }
+    }
+
+    fn remove_session(&mut self, id: &str) {
+        self.sessions.remove(id);
+        if let Err(error) = fs::remove_dir_all(self.session_dir(id)) {
+            // Harmless: `open` removes it at the next start.
+            log::warn!("removing upload session {id}: {error}");
+        }
     }
 
     // ---- manifests and tags ---------------------------------------------
@@ -165,58 +486,993 @@ impl Storage {
         tags: &[String],
         referrer: Option<(&Digest, &serde_json::Value)>,
     ) -> io::Result<()> {
-        todo!()
+        if media_type.contains(['\n', '\r']) {
+            // It would split the revision link into more lines than it has.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "media type contains a line break",
+            ));
+        }
+        for tag in tags {
+            debug_assert_tag(tag);
+        }
+        let blob = self.blob_path(digest);
+        if !exists(&blob)? {
+            self.write_atomic(&blob, body)?;
+        }
+        let subject = referrer
+            .map(|(subject, _)| subject.to_string())
+            .unwrap_or_default();
+        let revision = format!("{media_type}\n{subject}\n");
+        self.write_atomic(&self.revision_path(namespace, digest), revision.as_bytes())?;
+        if let Some((subject, descriptor)) = referrer {
+            let json = serde_json::to_vec(descriptor).map_err(io::Error::other)?;
+            self.write_atomic(&self.referrer_path(namespace, subject, digest), &json)?;
+        }
+        let tag_content = format!("{digest}\n");
+        for tag in tags {
+            self.write_atomic(&self.tag_path(namespace, tag), tag_content.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// The manifest `digest` if `namespace` has it.
     pub fn manifest(&self, namespace: &str, digest: &Digest) -> io::Result<Option<StoredManifest>> {
-        todo!()
+        let Some(revision) = self.revision(namespace, digest)? else {
+            return Ok(None);
+        };
+        let Some(body) = not_found_as_none(fs::read(self.blob_path(digest)))? else {
+            return Ok(None);
+        };
+        Ok(Some(StoredManifest {
+            media_type: revision.media_type,
+            body,
+        }))
+    }
+
+    fn revision(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Revision>> {
+        let path = self.revision_path(namespace, digest);
+        let Some(text) = not_found_as_none(fs::read_to_string(&path))? else {
+            return Ok(None);
+        };
+        parse_revision(&text)
+            .map(Some)
+            .ok_or_else(|| invalid_data(&path, "corrupt revision link"))
     }
 
     /// The digest a tag points to.
     pub fn tag(&self, namespace: &str, tag: &str) -> io::Result<Option<Digest>> {
-        todo!()
+        read_tag(&self.tag_path(namespace, tag))
     }
 
     /// Deletes manifest `digest` from `namespace`: its revision link, every tag
     /// pointing to it, and its referrer entry. Returns the removed tags
     /// (sorted), `None` when the namespace did not have the manifest.
     pub fn delete_manifest(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Vec<String>>> {
-        todo!()
+        let Some(revision) = self.revision(namespace, digest)? else {
+            return Ok(None);
+        };
+        // The revision link goes last: a crash midway leaves the manifest
+        // present, so a retried DELETE finds it and finishes the job.
+        let mut removed = Vec::new();
+        for (tag, path) in self.tag_files(namespace)? {
+            match read_tag(&path) {
+                Ok(Some(target)) if target == *digest => {
+                    if atomic::remove_file(&path, self.sync_to_disk)? {
+                        removed.push(tag);
+                    }
+                }
+                Ok(_) => {}
+                // One corrupt tag must not make every manifest undeletable.
+                Err(error) => log::warn!("skipping tag {namespace}:{tag}: {error}"),
+            }
+        }
+        if let Some(subject) = &revision.subject {
+            atomic::remove_file(&self.referrer_path(namespace, subject, digest), self.sync_to_disk)?;
+        }
+        atomic::remove_file(&self.revision_path(namespace, digest), self.sync_to_disk)?;
+        removed.sort();
+        Ok(Some(removed))
     }
 
     /// Deletes a tag (not the manifest); returns the digest it pointed to.
     pub fn delete_tag(&self, namespace: &str, tag: &str) -> io::Result<Option<Digest>> {
-        todo!()
+        let path = self.tag_path(namespace, tag);
+        let Some(digest) = read_tag(&path)? else {
+            return Ok(None);
+        };
+        if !atomic::remove_file(&path, self.sync_to_disk)? {
+            return Ok(None);
+        }
+        Ok(Some(digest))
     }
 
     /// Tags of `namespace`, sorted lexically (byte order); `None` when the
     /// namespace does not exist (never had a blob or manifest).
     pub fn tags(&self, namespace: &str) -> io::Result<Option<Vec<String>>> {
-        todo!()
+        // Same test as `catalog`: `repositories/a` exists as a mere parent
+        // of `a/b`, and must not make `a` a namespace.
+        if !is_namespace_dir(&self.repository_path(namespace))? {
+            return Ok(None);
+        }
+        let mut tags: Vec<String> = self
+            .tag_files(namespace)?
+            .into_iter()
+            .map(|(tag, _)| tag)
+            .collect();
+        tags.sort();
+        Ok(Some(tags))
+    }
+
+    /// Tag names and paths of `namespace`, unordered; empty when it has none.
+    fn tag_files(&self, namespace: &str) -> io::Result<Vec<(String, PathBuf)>> {
+        let Some(entries) = not_found_as_none(fs::read_dir(self.tags_dir(namespace)))? else {
+            return Ok(Vec::new());
+        };
+        let mut tags = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            // Tags are ASCII by grammar; anything else was not written by us.
+            if let Ok(tag) = entry.file_name().into_string() {
+                tags.push((tag, entry.path()));
+            }
+        }
+        Ok(tags)
     }
 
     /// Referrer descriptors stored under `subject`, sorted by referrer digest.
     pub fn referrers(&self, namespace: &str, subject: &Digest) -> io::Result<Vec<serde_json::Value>> {
-        todo!()
+        let Some(entries) = not_found_as_none(fs::read_dir(self.referrers_dir(namespace, subject)))? else {
+            return Ok(Vec::new());
+        };
+        let mut referrers = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let path = entry.path();
+            // Removed between listing and reading by nobody on this thread,
+            // but treat it like any other missing file.
+            let Some(bytes) = not_found_as_none(fs::read(&path))? else {
+                continue;
+            };
+            let descriptor: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|_| invalid_data(&path, "corrupt referrer descriptor"))?;
+            referrers.push((name, descriptor));
+        }
+        // Names are "<alg>-<hex>"; the algorithms differ before the separator,
+        // so name order is digest order ("alg:hex").
+        referrers.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(referrers.into_iter().map(|(_, descriptor)| descriptor).collect())
     }
 
     /// Every namespace that has a blob link or a manifest, sorted lexically.
     pub fn catalog(&self) -> io::Result<Vec<String>> {
-        todo!()
+        let mut namespaces = Vec::new();
+        // Explicit stack rather than recursion: depth is bounded by the name
+        // length the registry accepts, but a stack cannot overflow either way.
+        let mut pending = vec![(self.root.join(REPOSITORIES_DIR), String::new())];
+        while let Some((dir, name)) = pending.pop() {
+            if !name.is_empty() && is_namespace_dir(&dir)? {
+                namespaces.push(name.clone());
+            }
+            let Some(entries) = not_found_as_none(fs::read_dir(&dir))? else {
+                continue;
+            };
+            for entry in entries {
+                let entry = entry?;
+                if !entry.file_type()?.is_dir() {
+                    continue;
+                }
+                let Ok(component) = entry.file_name().into_string() else {
+                    continue;
+                };
+                // `_layers` & co. hold data, not nested namespaces; `.`
+                // entries are never ours.
+                if component.starts_with(['_', '.']) {
+                    continue;
+                }
+                let child = if name.is_empty() {
+                    component
+                } else {
+                    format!("{name}/{component}")
+                };
+                pending.push((entry.path(), child));
+            }
+        }
+        namespaces.sort();
+        Ok(namespaces)
     }
+}
+
+/// The parsed revision link.
+struct Revision {
+    media_type: String,
+    subject: Option<Digest>,
+}
+
+/// Parses "<media type>\n<subject digest or empty>\n".
+fn parse_revision(text: &str) -> Option<Revision> {
+    let rest = text.strip_suffix('\n')?;
+    let (media_type, subject) = rest.split_once('\n')?;
+    if subject.contains('\n') {
+        return None;
+    }
+    let subject = if subject.is_empty() {
+        None
+    } else {
+        Some(Digest::parse(subject).ok()?)
+    };
+    Some(Revision {
+        media_type: media_type.to_owned(),
+        subject,
+    })
+}
+
+fn read_tag(path: &Path) -> io::Result<Option<Digest>> {
+    let Some(text) = not_found_as_none(fs::read_to_string(path))? else {
+        return Ok(None);
+    };
+    text.strip_suffix('\n')
+        .and_then(|digest| Digest::parse(digest).ok())
+        .map(Some)
+        .ok_or_else(|| invalid_data(path, "corrupt tag"))
+}
+
+/// A directory under `repositories/` is a namespace once it has a blob link
+/// or a manifest (written only by `ensure_layer_link` and `put_manifest`).
+fn is_namespace_dir(dir: &Path) -> io::Result<bool> {
+    Ok(exists(&dir.join(LAYERS_DIR))? || exists(&dir.join(MANIFESTS_DIR))?)
+}
+
+fn exists(path: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+fn not_found_as_none<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+fn invalid_data(path: &Path, what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {}", path.display()))
+}
+
+/// Hashes a session's data file with `expected`'s algorithm.
+fn rehash(data: &Path, expected: &Digest) -> io::Result<Digest> {
+    let Some(mut hasher) = Hasher::for_algorithm(expected.algorithm()) else {
+        // Unreachable for a parsed `Digest`, which only has algorithms we hash.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no hasher for {}", expected.algorithm()),
+        ));
+    };
+    let mut file = File::open(data)?;
+    let mut buffer = vec![0; REHASH_CHUNK_BYTES];
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hasher.digest())
+}
+
+/// Empties `dir` without removing it.
+fn remove_dir_contents(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Names reach the filesystem as path components; the registry's grammar
+/// check is what keeps them inside `repositories/<ns>` and away from the
+/// `_` directories. This catches a handler that forgot it.
+fn debug_assert_namespace(namespace: &str) {
+    debug_assert!(
+        !namespace.is_empty()
+            && namespace
+                .split('/')
+                .all(|component| !component.is_empty() && !component.starts_with(['_', '.'])),
+        "unvalidated namespace {namespace:?}"
+    );
+}
+
+fn debug_assert_tag(tag: &str) {
+    debug_assert!(
+        !tag.is_empty() && !tag.contains('/') && !tag.starts_with('.'),
+        "unvalidated tag {tag:?}"
+    );
 }
 
 /// Fills `buf` with random bytes from the kernel (`getrandom(2)`).
 pub fn random_bytes(buf: &mut [u8]) {
-    todo!()
+    let mut filled = 0;
+    // Each pass fills at least one byte or is interrupted by a signal, so
+    // the loop ends; requests over 256 bytes may legitimately come back short.
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes.
+        let result = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if result < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // Only ENOSYS (a pre-3.17 kernel) is possible here; ids must not
+            // be guessable, so there is no weaker fallback.
+            panic!("getrandom failed: {error}");
+        }
+        filled += result as usize;
+    }
+}
+
+/// `bytes` random bytes as lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0; bytes];
+    random_bytes(&mut buf);
+    to_lower_hex(&buf)
+}
+
+fn to_lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 /// A random (version 4, RFC 9562) UUID in its hyphenated lowercase form.
 pub fn uuid_v4() -> String {
-    todo!()
+    let mut bytes = [0u8; 16];
+    random_bytes(&mut bytes);
+    // RFC 9562 section 5.4: version 0b0100 in the high nibble of octet 6,
+    // variant 0b10 in the top bits of octet 8.
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = to_lower_hex(&bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
-// Kept so the stub compiles until implemented.
-#[allow(dead_code)]
-fn _unused(_: Hasher) {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch root under the system temp dir, removed on drop (even when
+    /// the test panics).
+    struct TempRoot(PathBuf);
+
+    impl TempRoot {
+        fn new() -> TempRoot {
+            let path = std::env::temp_dir().join(format!("angos-storage-test-{}", random_hex(8)));
+            fs::create_dir_all(&path).unwrap();
+            TempRoot(path)
+        }
+    }
+
+    impl Drop for TempRoot {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn open(root: &TempRoot) -> Storage {
+        Storage::open(&root.0, true, UPLOAD_SESSIONS_MAX_DEFAULT).unwrap()
+    }
+
+    fn sha512_of(bytes: &[u8]) -> Digest {
+        let mut hasher = Hasher::for_algorithm("sha512").unwrap();
+        hasher.update(bytes);
+        hasher.digest()
+    }
+
+    fn upload(storage: &mut Storage, namespace: &str, chunks: &[&[u8]]) -> String {
+        let id = storage.start_upload(namespace).unwrap();
+        for chunk in chunks {
+            let mut writer = storage.upload_writer(namespace, &id).unwrap();
+            writer.write(chunk).unwrap();
+            storage.release_writer(namespace, &id, writer);
+        }
+        id
+    }
+
+    fn push_blob(storage: &mut Storage, namespace: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        let id = upload(storage, namespace, &[bytes]);
+        storage.verify_upload(namespace, &id, &digest).unwrap();
+        storage.commit_upload(namespace, &id, &digest).unwrap();
+        digest
+    }
+
+    fn read_blob(storage: &Storage, namespace: &str, digest: &Digest) -> Option<Vec<u8>> {
+        let (mut file, size) = storage.open_blob(namespace, digest).unwrap()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        Some(bytes)
+    }
+
+    fn dir_entries(dir: &Path) -> usize {
+        fs::read_dir(dir).unwrap().count()
+    }
+
+    fn tags(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    #[test]
+    fn upload_in_two_writes_then_verify_and_commit() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        let id = storage.start_upload("library/alpine").unwrap();
+        assert_eq!(id.len(), 32);
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        assert_eq!(storage.upload_size("library/alpine", &id), Some(0));
+
+        let mut writer = storage.upload_writer("library/alpine", &id).unwrap();
+        writer.write(b"hello ").unwrap();
+        assert_eq!(writer.size(), 6);
+        storage.release_writer("library/alpine", &id, writer);
+        assert_eq!(storage.upload_size("library/alpine", &id), Some(6));
+
+        let mut writer = storage.upload_writer("library/alpine", &id).unwrap();
+        writer.write(b"world").unwrap();
+        storage.release_writer("library/alpine", &id, writer);
+        assert_eq!(storage.upload_size("library/alpine", &id), Some(11));
+
+        let digest = Digest::sha256_of(b"hello world");
+        assert_eq!(storage.blob_size("library/alpine", &digest).unwrap(), None);
+        assert_eq!(storage.verify_upload("library/alpine", &id, &digest).unwrap(), 11);
+        storage.commit_upload("library/alpine", &id, &digest).unwrap();
+
+        assert_eq!(storage.upload_size("library/alpine", &id), None);
+        assert_eq!(storage.upload_sessions(), 0);
+        assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
+        assert_eq!(dir_entries(&root.0.join(TMP_DIR)), 0);
+        assert_eq!(storage.blob_size("library/alpine", &digest).unwrap(), Some(11));
+        assert_eq!(
+            read_blob(&storage, "library/alpine", &digest).unwrap(),
+            b"hello world"
+        );
+        // The documented layout, byte for byte.
+        let hex = digest.hex();
+        let blob = root.0.join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
+        assert_eq!(fs::read(blob).unwrap(), b"hello world");
+        assert!(
+            root.0
+                .join(format!("repositories/library/alpine/_layers/sha256/{hex}"))
+                .is_file()
+        );
+    }
+
+    #[test]
+    fn one_writer_at_a_time_and_sessions_scoped_to_namespace() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        let id = storage.start_upload("a").unwrap();
+        assert!(matches!(
+            storage.upload_writer("b", &id),
+            Err(UploadError::Unknown)
+        ));
+        assert_eq!(storage.upload_size("b", &id), None);
+        assert!(matches!(
+            storage.upload_writer("a", "nope"),
+            Err(UploadError::Unknown)
+        ));
+
+        let mut writer = storage.upload_writer("a", &id).unwrap();
+        assert!(matches!(
+            storage.upload_writer("a", &id),
+            Err(UploadError::Unknown)
+        ));
+        let digest = Digest::sha256_of(b"x");
+        // The file may still grow while a writer is out.
+        assert!(matches!(
+            storage.verify_upload("a", &id, &digest),
+            Err(UploadError::Unknown)
+        ));
+        assert!(matches!(
+            storage.commit_upload("a", &id, &digest),
+            Err(UploadError::Unknown)
+        ));
+        writer.write(b"x").unwrap();
+        storage.release_writer("a", &id, writer);
+        assert_eq!(storage.verify_upload("a", &id, &digest).unwrap(), 1);
+        assert!(!storage.cancel_upload("b", &id).unwrap());
+        storage.commit_upload("a", &id, &digest).unwrap();
+        assert_eq!(storage.blob_size("b", &digest).unwrap(), None);
+        assert_eq!(storage.blob_size("a", &digest).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn digest_mismatch_removes_the_session() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        let id = upload(&mut storage, "ns", &[b"some bytes"]);
+        let wrong = Digest::sha256_of(b"other bytes");
+        assert!(matches!(
+            storage.verify_upload("ns", &id, &wrong),
+            Err(UploadError::DigestMismatch)
+        ));
+        assert_eq!(storage.upload_size("ns", &id), None);
+        assert!(!root.0.join(UPLOADS_DIR).join(&id).exists());
+        assert_eq!(storage.blob_size("ns", &wrong).unwrap(), None);
+        assert_eq!(dir_entries(&root.0.join(BLOBS_DIR)), 0);
+    }
+
+    #[test]
+    fn commit_without_verify_still_checks_the_digest() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        let id = upload(&mut storage, "ns", &[b"bytes"]);
+        let wrong = Digest::sha256_of(b"not these");
+        assert!(matches!(
+            storage.commit_upload("ns", &id, &wrong),
+            Err(UploadError::DigestMismatch)
+        ));
+        assert_eq!(dir_entries(&root.0.join(BLOBS_DIR)), 0);
+        assert_eq!(storage.upload_sessions(), 0);
+
+        // A write after verification invalidates it.
+        let id = upload(&mut storage, "ns", &[b"bytes"]);
+        let right = Digest::sha256_of(b"bytes");
+        storage.verify_upload("ns", &id, &right).unwrap();
+        let mut writer = storage.upload_writer("ns", &id).unwrap();
+        writer.write(b" more").unwrap();
+        storage.release_writer("ns", &id, writer);
+        assert!(matches!(
+            storage.commit_upload("ns", &id, &right),
+            Err(UploadError::DigestMismatch)
+        ));
+        assert_eq!(storage.blob_size("ns", &right).unwrap(), None);
+    }
+
+    #[test]
+    fn verify_rehashes_for_another_algorithm() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        // More than one rehash chunk, so the read loop runs several times.
+        let bytes: Vec<u8> = (0..REHASH_CHUNK_BYTES * 2 + 7).map(|i| (i % 251) as u8).collect();
+        let (first, second) = bytes.split_at(1000);
+        let id = upload(&mut storage, "ns", &[first, second]);
+        let digest = sha512_of(&bytes);
+        assert_eq!(
+            storage.verify_upload("ns", &id, &digest).unwrap(),
+            bytes.len() as u64
+        );
+        storage.commit_upload("ns", &id, &digest).unwrap();
+        assert_eq!(read_blob(&storage, "ns", &digest).unwrap(), bytes);
+        let hex = digest.hex();
+        assert!(root.0.join(format!("blobs/sha512/{}/{hex}", &hex[..2])).is_file());
+
+        let id = upload(&mut storage, "ns", &[b"abc"]);
+        let wrong = sha512_of(b"abd");
+        assert!(matches!(
+            storage.verify_upload("ns", &id, &wrong),
+            Err(UploadError::DigestMismatch)
+        ));
+        assert_eq!(storage.upload_sessions(), 0);
+    }
+
+    #[test]
+    fn cancel_removes_the_session() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        let id = upload(&mut storage, "ns", &[b"partial"]);
+        let writer = storage.upload_writer("ns", &id).unwrap();
+        assert!(storage.cancel_upload("ns", &id).unwrap());
+        assert!(!storage.cancel_upload("ns", &id).unwrap());
+        // Releasing a writer of a cancelled session is harmless.
+        storage.release_writer("ns", &id, writer);
+        assert_eq!(storage.upload_size("ns", &id), None);
+        assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
+    }
+
+    #[test]
+    fn too_many_sessions() {
+        let root = TempRoot::new();
+        let mut storage = Storage::open(&root.0, false, 2).unwrap();
+        let first = storage.start_upload("ns").unwrap();
+        let second = storage.start_upload("ns").unwrap();
+        assert_ne!(first, second);
+        assert!(matches!(
+            storage.start_upload("ns"),
+            Err(UploadError::TooManySessions)
+        ));
+        assert!(storage.cancel_upload("ns", &first).unwrap());
+        storage.start_upload("other").unwrap();
+        assert!(matches!(
+            storage.start_upload("other"),
+            Err(UploadError::TooManySessions)
+        ));
+    }
+
+    #[test]
+    fn concurrent_sessions_of_the_same_content_both_commit() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        let bytes = b"the same layer pushed twice";
+        let digest = Digest::sha256_of(bytes);
+        let first = upload(&mut storage, "a", &[&bytes[..10]]);
+        let second = upload(&mut storage, "b", &[&bytes[..5]]);
+        for (namespace, id, rest) in [("a", &first, &bytes[10..]), ("b", &second, &bytes[5..])] {
+            let mut writer = storage.upload_writer(namespace, id).unwrap();
+            writer.write(rest).unwrap();
+            storage.release_writer(namespace, id, writer);
+        }
+        storage.verify_upload("a", &first, &digest).unwrap();
+        storage.verify_upload("b", &second, &digest).unwrap();
+        storage.commit_upload("b", &second, &digest).unwrap();
+        storage.commit_upload("a", &first, &digest).unwrap();
+        assert_eq!(read_blob(&storage, "a", &digest).unwrap(), bytes);
+        assert_eq!(read_blob(&storage, "b", &digest).unwrap(), bytes);
+        assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
+        assert_eq!(dir_entries(&root.0.join(BLOBS_DIR).join("sha256")), 1);
+    }
+
+    #[test]
+    fn mount_link_and_delete_blob() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        let digest = push_blob(&mut storage, "source", b"layer");
+        assert_eq!(storage.blob_size("target", &digest).unwrap(), None);
+        assert!(storage.open_blob("target", &digest).unwrap().is_none());
+
+        assert!(storage.link_blob("target", &digest).unwrap());
+        assert!(storage.link_blob("target", &digest).unwrap()); // idempotent
+        assert_eq!(read_blob(&storage, "target", &digest).unwrap(), b"layer");
+
+        let missing = Digest::sha256_of(b"never uploaded");
+        assert!(!storage.link_blob("target", &missing).unwrap());
+        assert_eq!(storage.blob_size("target", &missing).unwrap(), None);
+
+        assert!(storage.delete_blob("target", &digest).unwrap());
+        assert!(!storage.delete_blob("target", &digest).unwrap());
+        assert_eq!(storage.blob_size("target", &digest).unwrap(), None);
+        // Other namespaces keep their access; the content stays.
+        assert_eq!(storage.blob_size("source", &digest).unwrap(), Some(5));
+        assert!(!storage.delete_blob("never", &missing).unwrap());
+    }
+
+    #[test]
+    fn manifest_put_and_get_by_tag_and_digest() {
+        let root = TempRoot::new();
+        let storage = open(&root);
+        let body = br#"{"schemaVersion":2}"#;
+        let digest = Digest::sha256_of(body);
+        assert_eq!(storage.manifest("ns", &digest).unwrap(), None);
+        assert_eq!(storage.tag("ns", "latest").unwrap(), None);
+        assert_eq!(storage.tags("ns").unwrap(), None);
+
+        storage
+            .put_manifest("ns", &digest, MANIFEST_TYPE, body, &tags(&["latest", "v1"]), None)
+            .unwrap();
+        let stored = storage.manifest("ns", &digest).unwrap().unwrap();
+        assert_eq!(stored.media_type, MANIFEST_TYPE);
+        assert_eq!(stored.body, body);
+        assert_eq!(storage.tag("ns", "latest").unwrap(), Some(digest.clone()));
+        assert_eq!(storage.tag("ns", "v1").unwrap(), Some(digest.clone()));
+        assert_eq!(storage.tags("ns").unwrap(), Some(tags(&["latest", "v1"])));
+        // Another namespace does not see it.
+        assert_eq!(storage.manifest("other", &digest).unwrap(), None);
+        assert_eq!(storage.tag("other", "latest").unwrap(), None);
+        // Re-putting the same manifest is fine.
+        storage
+            .put_manifest("ns", &digest, MANIFEST_TYPE, body, &[], None)
+            .unwrap();
+        assert_eq!(storage.manifest("ns", &digest).unwrap().unwrap(), stored);
+
+        // The documented layout, byte for byte.
+        let repo = root.0.join("repositories/ns/_manifests");
+        assert_eq!(
+            fs::read_to_string(repo.join("tags/latest")).unwrap(),
+            format!("{digest}\n")
+        );
+        assert_eq!(
+            fs::read_to_string(repo.join(format!("revisions/sha256/{}", digest.hex()))).unwrap(),
+            format!("{MANIFEST_TYPE}\n\n")
+        );
+        assert_eq!(dir_entries(&root.0.join(TMP_DIR)), 0);
+    }
+
+    #[test]
+    fn tags_of_a_namespace_without_tags_is_empty() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        push_blob(&mut storage, "ns", b"layer");
+        assert_eq!(storage.tags("ns").unwrap(), Some(Vec::new()));
+        // Only the parent directory of a namespace: not one itself.
+        push_blob(&mut storage, "x/y", b"layer");
+        assert_eq!(storage.tags("x").unwrap(), None);
+    }
+
+    #[test]
+    fn tag_moves_to_the_new_manifest() {
+        let root = TempRoot::new();
+        let storage = open(&root);
+        let first = Digest::sha256_of(b"first");
+        let second = Digest::sha256_of(b"second");
+        storage
+            .put_manifest("ns", &first, MANIFEST_TYPE, b"first", &tags(&["latest"]), None)
+            .unwrap();
+        storage
+            .put_manifest("ns", &second, MANIFEST_TYPE, b"second", &tags(&["latest"]), None)
+            .unwrap();
+        assert_eq!(storage.tag("ns", "latest").unwrap(), Some(second.clone()));
+        assert_eq!(storage.tags("ns").unwrap(), Some(tags(&["latest"])));
+        // The old manifest is still there by digest.
+        assert_eq!(storage.manifest("ns", &first).unwrap().unwrap().body, b"first");
+        // Deleting the old manifest leaves the moved tag alone.
+        assert_eq!(storage.delete_manifest("ns", &first).unwrap(), Some(Vec::new()));
+        assert_eq!(storage.tag("ns", "latest").unwrap(), Some(second));
+    }
+
+    #[test]
+    fn delete_by_tag_keeps_the_manifest() {
+        let root = TempRoot::new();
+        let storage = open(&root);
+        let digest = Digest::sha256_of(b"m");
+        storage
+            .put_manifest("ns", &digest, MANIFEST_TYPE, b"m", &tags(&["a", "b"]), None)
+            .unwrap();
+        assert_eq!(storage.delete_tag("ns", "a").unwrap(), Some(digest.clone()));
+        assert_eq!(storage.delete_tag("ns", "a").unwrap(), None);
+        assert_eq!(storage.tag("ns", "a").unwrap(), None);
+        assert_eq!(storage.tags("ns").unwrap(), Some(tags(&["b"])));
+        assert!(storage.manifest("ns", &digest).unwrap().is_some());
+    }
+
+    #[test]
+    fn delete_manifest_removes_its_tags_and_referrer_entry() {
+        let root = TempRoot::new();
+        let storage = open(&root);
+        let subject = Digest::sha256_of(b"subject");
+        storage
+            .put_manifest("ns", &subject, MANIFEST_TYPE, b"subject", &tags(&["base"]), None)
+            .unwrap();
+        let body = b"signature";
+        let digest = Digest::sha256_of(body);
+        let descriptor = serde_json::json!({
+            "mediaType": MANIFEST_TYPE,
+            "digest": digest.to_string(),
+            "size": body.len(),
+            "artifactType": "application/example.sig",
+        });
+        storage
+            .put_manifest(
+                "ns",
+                &digest,
+                MANIFEST_TYPE,
+                body,
+                &tags(&["sig", "also", "zz"]),
+                Some((&subject, &descriptor)),
+            )
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(root.0.join(format!(
+                "repositories/ns/_manifests/revisions/sha256/{}",
+                digest.hex()
+            )))
+            .unwrap(),
+            format!("{MANIFEST_TYPE}\n{subject}\n")
+        );
+        assert_eq!(storage.referrers("ns", &subject).unwrap(), vec![descriptor]);
+
+        assert_eq!(
+            storage.delete_manifest("ns", &digest).unwrap(),
+            Some(tags(&["also", "sig", "zz"]))
+        );
+        assert_eq!(storage.manifest("ns", &digest).unwrap(), None);
+        assert_eq!(storage.tags("ns").unwrap(), Some(tags(&["base"])));
+        assert_eq!(
+            storage.referrers("ns", &subject).unwrap(),
+            Vec::<serde_json::Value>::new()
+        );
+        assert_eq!(storage.delete_manifest("ns", &digest).unwrap(), None);
+        // The subject is untouched.
+        assert!(storage.manifest("ns", &subject).unwrap().is_some());
+        assert_eq!(storage.tag("ns", "base").unwrap(), Some(subject));
+    }
+
+    #[test]
+    fn referrers_listing() {
+        let root = TempRoot::new();
+        let storage = open(&root);
+        let subject = Digest::sha256_of(b"subject");
+        assert!(storage.referrers("ns", &subject).unwrap().is_empty());
+        assert!(storage.referrers("unknown", &subject).unwrap().is_empty());
+
+        let mut expected = Vec::new();
+        for (index, body) in [&b"r1"[..], b"r2", b"r3"].into_iter().enumerate() {
+            let digest = if index == 1 {
+                sha512_of(body)
+            } else {
+                Digest::sha256_of(body)
+            };
+            let descriptor = serde_json::json!({ "digest": digest.to_string(), "n": index });
+            storage
+                .put_manifest(
+                    "ns",
+                    &digest,
+                    MANIFEST_TYPE,
+                    body,
+                    &[],
+                    Some((&subject, &descriptor)),
+                )
+                .unwrap();
+            expected.push((digest, descriptor));
+        }
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        let expected: Vec<_> = expected.into_iter().map(|(_, descriptor)| descriptor).collect();
+        assert_eq!(storage.referrers("ns", &subject).unwrap(), expected);
+        // Scoped to the namespace and the subject.
+        assert!(storage.referrers("other", &subject).unwrap().is_empty());
+        assert!(
+            storage
+                .referrers("ns", &Digest::sha256_of(b"r1"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn catalog_is_sorted_and_nested() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        assert!(storage.catalog().unwrap().is_empty());
+        push_blob(&mut storage, "b", b"layer");
+        let digest = Digest::sha256_of(b"m");
+        storage
+            .put_manifest("a/b", &digest, MANIFEST_TYPE, b"m", &[], None)
+            .unwrap();
+        push_blob(&mut storage, "a", b"layer");
+        // Only an intermediate directory: not a namespace.
+        push_blob(&mut storage, "c/d/e", b"layer");
+        // Tags named like namespaces must not be walked into.
+        storage
+            .put_manifest("b", &digest, MANIFEST_TYPE, b"m", &tags(&["x"]), None)
+            .unwrap();
+        assert_eq!(storage.catalog().unwrap(), tags(&["a", "a/b", "b", "c/d/e"]));
+    }
+
+    #[test]
+    fn open_cleans_leftovers() {
+        let root = TempRoot::new();
+        let digest;
+        {
+            let mut storage = open(&root);
+            digest = push_blob(&mut storage, "ns", b"kept");
+            let id = upload(&mut storage, "ns", &[b"in flight"]);
+            assert!(root.0.join(UPLOADS_DIR).join(id).is_dir());
+        }
+        fs::write(root.0.join(TMP_DIR).join("torn"), b"half").unwrap();
+        fs::create_dir_all(root.0.join(TMP_DIR).join("dir/nested")).unwrap();
+        let storage = open(&root);
+        assert_eq!(dir_entries(&root.0.join(TMP_DIR)), 0);
+        assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
+        assert_eq!(storage.upload_sessions(), 0);
+        assert_eq!(read_blob(&storage, "ns", &digest).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn open_creates_missing_dirs() {
+        let root = TempRoot::new();
+        let nested = root.0.join("deep/er");
+        Storage::open(&nested, true, 1).unwrap();
+        for dir in [TMP_DIR, UPLOADS_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
+            assert!(nested.join(dir).is_dir());
+        }
+    }
+
+    #[test]
+    fn corrupt_links_are_invalid_data() {
+        let root = TempRoot::new();
+        let storage = open(&root);
+        let digest = Digest::sha256_of(b"m");
+        storage
+            .put_manifest("ns", &digest, MANIFEST_TYPE, b"m", &tags(&["ok"]), None)
+            .unwrap();
+        let tags_dir = root.0.join("repositories/ns/_manifests/tags");
+        fs::write(tags_dir.join("bad"), b"sha256:nothex\n").unwrap();
+        assert_eq!(
+            storage.tag("ns", "bad").unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // A corrupt tag does not block deleting an unrelated manifest.
+        assert_eq!(
+            storage.delete_manifest("ns", &digest).unwrap(),
+            Some(tags(&["ok"]))
+        );
+
+        let revision = root.0.join(format!(
+            "repositories/ns/_manifests/revisions/sha256/{}",
+            digest.hex()
+        ));
+        fs::write(&revision, b"no trailing newline").unwrap();
+        assert_eq!(
+            storage.manifest("ns", &digest).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        assert!(
+            storage
+                .put_manifest("ns", &digest, "a\nb", b"m", &[], None)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn parse_revision_cases() {
+        let subject = Digest::sha256_of(b"s");
+        let parsed = parse_revision(&format!("text/plain\n{subject}\n")).unwrap();
+        assert_eq!(parsed.media_type, "text/plain");
+        assert_eq!(parsed.subject, Some(subject));
+        assert!(parse_revision("text/plain\n\n").unwrap().subject.is_none());
+        for bad in ["", "text/plain", "text/plain\n", "a\nb\n", "a\n\nc\n", "a\n\n\n"] {
+            assert!(parse_revision(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn uuid_v4_format() {
+        let uuid = uuid_v4();
+        assert_eq!(uuid.len(), 36);
+        let groups: Vec<&str> = uuid.split('-').collect();
+        assert_eq!(
+            groups.iter().map(|g| g.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(
+            uuid.bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        );
+        assert_eq!(&uuid[14..15], "4");
+        assert!(matches!(&uuid[19..20], "8" | "9" | "a" | "b"));
+        assert_ne!(uuid_v4(), uuid);
+    }
+
+    #[test]
+    fn random_bytes_fills_large_buffers() {
+        // Over 256 bytes getrandom may return short; the loop must cover it.
+        let mut buf = vec![0u8; 4096];
+        random_bytes(&mut buf);
+        assert!(buf.iter().filter(|&&b| b != 0).count() > 3000);
+        random_bytes(&mut []);
+    }
+}

@@ -1,0 +1,496 @@
+//! Request heads and body framing (RFC 9112 sections 2 to 7): which length
+//! wins, which errors are 400, 431 or 501, and smuggling refused. The
+//! `RequestDecoder` turns a connection's bytes into heads and body slices.
+
+use super::chunked::{ChunkedDecoder, ChunkedError};
+
+/// Headers per request we parse; more is answered 431.
+const HEADERS_MAX: usize = 96;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+    Other(String),
+}
+
+impl Method {
+    fn parse(text: &str) -> Method {
+        match text {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "PATCH" => Method::Patch,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            other => Method::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Other(other) => other,
+        }
+    }
+}
+
+/// How the request body is delimited (RFC 9112 section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head. Header names are lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: Method,
+    /// The percent-decoded path (a `%2F` stays encoded so it cannot split a path segment).
+    pub path: String,
+    /// The raw query string, without `?`.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub framing: BodyFraming,
+    /// The client asked for `100 Continue` before sending its body.
+    pub expect_continue: bool,
+    /// The connection may serve another request after this one.
+    pub keep_alive: bool,
+}
+
+impl RequestHead {
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// The decoded values of query parameter `key`, in order.
+    pub fn query_values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.query.split('&').filter_map(move |pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name, true) == key).then(|| percent_decode(value, true))
+        })
+    }
+
+    /// The first decoded value of query parameter `key`.
+    pub fn query_value(&self, key: &str) -> Option<String> {
+        self.query_values(key).next()
+    }
+
+    /// The body length when the request declares it; `None` for chunked bodies.
+    pub fn content_length(&self) -> Option<u64> {
+        match self.framing {
+            BodyFraming::None => Some(0),
+            BodyFraming::Length(length) => Some(length),
+            BodyFraming::Chunked => None,
+        }
+    }
+}
+
+/// Why a request could not be read; each maps to one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// 431: the head exceeds `max_header_size` or has too many fields.
+    HeaderTooLarge,
+    /// 400: a malformed head, bad framing, or a smuggling attempt.
+    Malformed(&'static str),
+    /// 501: a transfer coding other than chunked.
+    UnsupportedTransferCoding,
+}
+
+impl RequestError {
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestError::HeaderTooLarge => 431,
+            RequestError::Malformed(_) => 400,
+            RequestError::UnsupportedTransferCoding => 501,
+        }
+    }
+
+    pub fn message(&self) -> &'static str {
+        match self {
+            RequestError::HeaderTooLarge => "request header fields too large",
+            RequestError::Malformed(why) => why,
+            RequestError::UnsupportedTransferCoding => "transfer coding not implemented",
+        }
+    }
+}
+
+impl From<ChunkedError> for RequestError {
+    fn from(_: ChunkedError) -> RequestError {
+        RequestError::Malformed("malformed chunked body")
+    }
+}
+
+/// What the decoder found in the input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RequestEvent<'a> {
+    Head(Box<RequestHead>),
+    /// Body bytes of the current request, a slice of the input.
+    Body(&'a [u8]),
+    /// The current request's body is complete (immediately after a head
+    /// without body).
+    End,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Head,
+    Length {
+        remaining: u64,
+    },
+    Chunked(ChunkedDecoder),
+    /// The body is complete; `End` is due.
+    Ending,
+}
+
+/// Splits a connection's byte stream into request heads and bodies.
+#[derive(Debug, Clone)]
+pub struct RequestDecoder {
+    state: State,
+    max_header_size: usize,
+}
+
+impl RequestDecoder {
+    pub fn new(max_header_size: usize) -> RequestDecoder {
+        RequestDecoder {
+            state: State::Head,
+            max_header_size,
+        }
+    }
+
+    /// `true` between requests: no head or body is partly read.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Head
+    }
+
+    /// `true` while a request body is being received.
+    pub fn in_body(&self) -> bool {
+        matches!(self.state, State::Length { .. } | State::Chunked(_))
+    }
+
+    /// Decodes the next event from `input`; returns the bytes consumed and
+    /// the event, or no event when more input is needed.
+    pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Option<RequestEvent<'a>>), RequestError> {
+        match &mut self.state {
+            State::Head => {
+                let Some((consumed, head)) = parse_head(input, self.max_header_size)? else {
+                    return Ok((0, None));
+                };
+                self.state = match head.framing {
+                    BodyFraming::None | BodyFraming::Length(0) => State::Ending,
+                    BodyFraming::Length(length) => State::Length { remaining: length },
+                    BodyFraming::Chunked => State::Chunked(ChunkedDecoder::new()),
+                };
+                Ok((consumed, Some(RequestEvent::Head(Box::new(head)))))
+            }
+            State::Length { remaining } => {
+                if input.is_empty() {
+                    return Ok((0, None));
+                }
+                let take = (input.len() as u64).min(*remaining) as usize;
+                *remaining -= take as u64;
+                if *remaining == 0 {
+                    self.state = State::Ending;
+                }
+                Ok((take, Some(RequestEvent::Body(&input[..take]))))
+            }
+            State::Chunked(decoder) => {
+                let step = decoder.step(input)?;
+                if decoder.is_done() {
+                    self.state = State::Ending;
+                }
+                match step.data {
+                    Some(data) if !data.is_empty() => Ok((step.consumed, Some(RequestEvent::Body(data)))),
+                    _ if self.state == State::Ending => {
+                        self.state = State::Head;
+                        Ok((step.consumed, Some(RequestEvent::End)))
+                    }
+                    _ => Ok((step.consumed, None)),
+                }
+            }
+            State::Ending => {
+                self.state = State::Head;
+                Ok((0, Some(RequestEvent::End)))
+            }
+        }
+    }
+}
+
+/// Parses one request head from the start of `input`; `None` when incomplete.
+pub fn parse_head(
+    input: &[u8],
+    max_header_size: usize,
+) -> Result<Option<(usize, RequestHead)>, RequestError> {
+    let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut request = httparse::Request::new(&mut fields);
+    let limited = &input[..input.len().min(max_header_size)];
+    let consumed = match request.parse(limited) {
+        Ok(httparse::Status::Complete(consumed)) => consumed,
+        Ok(httparse::Status::Partial) => {
+            if limited.len() >= max_header_size {
+                return Err(RequestError::HeaderTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(RequestError::HeaderTooLarge),
+        Err(_) => return Err(RequestError::Malformed("malformed request head")),
+    };
+    let method = Method::parse(request.method.unwrap_or_default());
+    let target = request.path.unwrap_or_default();
+    let http10 = request.version == Some(0);
+    if !target.starts_with('/') {
+        // Absolute-form and asterisk-form targets are for proxies and OPTIONS *.
+        return Err(RequestError::Malformed("request target must be a path"));
+    }
+    let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
+
+    let mut headers = Vec::with_capacity(request.headers.len());
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding: Option<String> = None;
+    let mut connection_close = http10;
+    let mut expect_continue = false;
+    for field in request.headers.iter() {
+        let name = field.name.to_ascii_lowercase();
+        let value = std::str::from_utf8(field.value)
+            .map_err(|_| RequestError::Malformed("header value is not UTF-8"))?
+            .trim()
+            .to_string();
+        match name.as_str() {
+            "content-length" => {
+                // Repeated or listed lengths must agree (RFC 9112 section 6.3 item 5).
+                for part in value.split(',') {
+                    let part = part.trim();
+                    if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) || part.len() > 19 {
+                        return Err(RequestError::Malformed("invalid Content-Length"));
+                    }
+                    let length: u64 = part
+                        .parse()
+                        .map_err(|_| RequestError::Malformed("invalid Content-Length"))?;
+                    if content_length.is_some_and(|previous| previous != length) {
+                        return Err(RequestError::Malformed("conflicting Content-Length values"));
+                    }
+                    content_length = Some(length);
+                }
+            }
+            "transfer-encoding" => {
+                let joined = match transfer_encoding.take() {
+                    Some(previous) => format!("{previous}, {value}"),
+                    None => value.clone(),
+                };
+                transfer_encoding = Some(joined);
+            }
+            "connection" => {
+                for token in value.split(',') {
+                    let token = token.trim();
+                    if token.eq_ignore_ascii_case("close") {
+                        connection_close = true;
+                    } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                        connection_close = false;
+                    }
+                }
+            }
+            "expect" if value.eq_ignore_ascii_case("100-continue") => expect_continue = !http10,
+            _ => {}
+        }
+        headers.push((name, value));
+    }
+
+    let framing = match (transfer_encoding, content_length) {
+        // Both present is how request smuggling starts: refuse (RFC 9112 section 6.1).
+        (Some(_), Some(_)) => {
+            return Err(RequestError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ));
+        }
+        (Some(_), None) if http10 => return Err(RequestError::Malformed("Transfer-Encoding in HTTP/1.0")),
+        (Some(coding), None) => {
+            let codings: Vec<&str> = coding.split(',').map(str::trim).collect();
+            match codings.as_slice() {
+                [only] if only.eq_ignore_ascii_case("chunked") => BodyFraming::Chunked,
+                // chunked must be final, and we implement no other coding.
+                [.., last] if last.eq_ignore_ascii_case("chunked") => {
+                    return Err(RequestError::UnsupportedTransferCoding);
+                }
+                _ => {
+                    return Err(RequestError::Malformed(
+                        "chunked must be the final transfer coding",
+                    ));
+                }
+            }
+        }
+        (None, Some(0)) | (None, None) => BodyFraming::None,
+        (None, Some(length)) => BodyFraming::Length(length),
+    };
+
+    let head = RequestHead {
+        method,
+        path: percent_decode(raw_path, false),
+        query: query.to_string(),
+        headers,
+        framing,
+        expect_continue: expect_continue && framing != BodyFraming::None,
+        keep_alive: !connection_close,
+    };
+    Ok(Some((consumed, head)))
+}
+
+/// Decodes `%XX` escapes (and `+` as space in query components). Invalid
+/// escapes stay as written; in paths `%2F` stays encoded so a decoded slash
+/// cannot change how the path splits.
+pub fn percent_decode(text: &str, query: bool) -> String {
+    if !text.contains(['%', '+']) {
+        return text.to_string();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        if byte == b'%' && at + 2 < bytes.len() {
+            let high = (bytes[at + 1] as char).to_digit(16);
+            let low = (bytes[at + 2] as char).to_digit(16);
+            if let (Some(high), Some(low)) = (high, low) {
+                let decoded = (high * 16 + low) as u8;
+                if query || decoded != b'/' {
+                    out.push(decoded);
+                    at += 3;
+                    continue;
+                }
+            }
+        } else if byte == b'+' && query {
+            out.push(b' ');
+            at += 1;
+            continue;
+        }
+        out.push(byte);
+        at += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> Result<Option<(usize, RequestHead)>, RequestError> {
+        parse_head(text.as_bytes(), 16 * 1024)
+    }
+
+    #[test]
+    fn parses_a_simple_request() {
+        let (consumed, head) = head("GET /v2/a/tags/list?n=2&last=b%3Ac HTTP/1.1\r\nHost: x\r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(consumed, 56);
+        assert_eq!(head.method, Method::Get);
+        assert_eq!(head.path, "/v2/a/tags/list");
+        assert_eq!(head.query_value("n").as_deref(), Some("2"));
+        assert_eq!(head.query_value("last").as_deref(), Some("b:c"));
+        assert_eq!(head.header("host"), Some("x"));
+        assert!(head.keep_alive);
+        assert_eq!(head.framing, BodyFraming::None);
+    }
+
+    #[test]
+    fn incomplete_heads_wait_and_oversized_ones_are_431() {
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: x\r\n").unwrap(), None);
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        assert_eq!(head(&big).unwrap_err(), RequestError::HeaderTooLarge);
+        let many: String = (0..200).map(|i| format!("X-{i}: a\r\n")).collect();
+        assert_eq!(
+            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),
+            RequestError::HeaderTooLarge
+        );
+    }
+
+    #[test]
+    fn smuggling_attempts_are_refused() {
+        let both = "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(head(both).unwrap_err().status(), 400);
+        let conflicting = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        assert_eq!(head(conflicting).unwrap_err().status(), 400);
+        let listed = "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n";
+        assert_eq!(head(listed).unwrap_err().status(), 400);
+        let signed = "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n";
+        assert_eq!(head(signed).unwrap_err().status(), 400);
+        let not_final = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        assert_eq!(head(not_final).unwrap_err().status(), 400);
+        let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(head(gzip).unwrap_err().status(), 501);
+        let http10 = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(head(http10).unwrap_err().status(), 400);
+        let same = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(head(same).unwrap().unwrap().1.framing, BodyFraming::Length(5));
+    }
+
+    #[test]
+    fn connection_and_expect_headers() {
+        let (_, close) = head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!close.keep_alive);
+        let (_, old) = head("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert!(!old.keep_alive);
+        let (_, old_keep) = head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(old_keep.keep_alive);
+        let (_, expect) = head("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(expect.expect_continue);
+    }
+
+    #[test]
+    fn decoder_splits_pipelined_requests_and_bodies() {
+        let input = b"PUT /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPATCH /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
+        let mut decoder = RequestDecoder::new(16 * 1024);
+        let mut at = 0;
+        let mut seen = Vec::new();
+        loop {
+            let (consumed, event) = decoder.decode(&input[at..]).unwrap();
+            at += consumed;
+            match event {
+                Some(RequestEvent::Head(head)) => seen.push(format!("head {}", head.path)),
+                Some(RequestEvent::Body(data)) => {
+                    seen.push(format!("body {}", String::from_utf8_lossy(data)))
+                }
+                Some(RequestEvent::End) => seen.push("end".to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "head /a", "body abc", "end", "head /b", "body de", "end", "head /c", "end"
+            ]
+        );
+        assert_eq!(at, input.len());
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("sha256%3Aab", true), "sha256:ab");
+        assert_eq!(percent_decode("a%2Fb", false), "a%2Fb");
+        assert_eq!(percent_decode("a%2Fb", true), "a/b");
+        assert_eq!(percent_decode("bad%zz%", true), "bad%zz%");
+        assert_eq!(percent_decode("a+b", true), "a b");
+    }
+}

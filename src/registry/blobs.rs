@@ -1,0 +1,204 @@
+//! Blob endpoints: HEAD/GET (with a single `Range`), DELETE, and uploads
+//! (session start, cross-repository mount, monolithic, chunked and streamed
+//! data, status, completion, cancel).
+
+use super::error::{ErrorCode, RegistryError};
+use super::range::{self, RangeError};
+use super::{AfterUpload, ExchangeState, Registry, Result};
+use crate::digest::Digest;
+use crate::http::{Body, Method, RequestHead, Response};
+use crate::storage::UploadError;
+
+impl Registry {
+    pub(super) fn get_blob(&mut self, head: &RequestHead, name: &str, digest: &Digest) -> Result<Response> {
+        let blob_unknown = || {
+            RegistryError::new(ErrorCode::BlobUnknown, "blob unknown to registry")
+                .detail(serde_json::json!({ "digest": digest.to_string() }))
+        };
+        let base = |status: u16| {
+            Response::new(status)
+                .header("Content-Type", "application/octet-stream")
+                .header("Docker-Content-Digest", digest.to_string())
+                .header("Accept-Ranges", "bytes")
+                .header("ETag", format!("\"{digest}\""))
+                .header("Cache-Control", "max-age=31536000")
+        };
+        if head.method == Method::Head {
+            let size = self
+                .storage
+                .blob_size(name, digest)
+                .map_err(RegistryError::storage)?
+                .ok_or_else(blob_unknown)?;
+            return Ok(base(200).body(Body::Length(size)));
+        }
+        let (file, size) = self
+            .storage
+            .open_blob(name, digest)
+            .map_err(RegistryError::storage)?
+            .ok_or_else(blob_unknown)?;
+        if let Some(value) = head.header("range") {
+            match range::parse_range(value, size) {
+                Ok(range) => {
+                    let len = range.end - range.start + 1;
+                    return Ok(base(206)
+                        .header(
+                            "Content-Range",
+                            format!("bytes {}-{}/{size}", range.start, range.end),
+                        )
+                        .body(Body::File {
+                            file,
+                            offset: range.start,
+                            len,
+                        }));
+                }
+                Err(RangeError::Unsatisfiable) => {
+                    return Ok(Response::new(416).header("Content-Range", format!("bytes */{size}")));
+                }
+                // RFC 9110 section 14.2: a Range we do not understand is ignored.
+                Err(RangeError::Unsupported) => {}
+            }
+        }
+        Ok(base(200).body(Body::File {
+            file,
+            offset: 0,
+            len: size,
+        }))
+    }
+
+    pub(super) fn delete_blob(&mut self, name: &str, digest: &Digest) -> Result<Response> {
+        if self
+            .storage
+            .delete_blob(name, digest)
+            .map_err(RegistryError::storage)?
+        {
+            Ok(Response::new(202))
+        } else {
+            Err(
+                RegistryError::new(ErrorCode::BlobUnknown, "blob unknown to registry")
+                    .detail(serde_json::json!({ "digest": digest.to_string() })),
+            )
+        }
+    }
+
+    /// `POST /v2/<name>/blobs/uploads/`: a mount, a monolithic upload with
+    /// `?digest=`, or a new session.
+    pub(super) fn start_upload(&mut self, head: &RequestHead, name: String) -> Result<ExchangeState> {
+        if let (Some(mount), Some(from)) = (head.query_value("mount"), head.query_value("from")) {
+            // Invalid mount arguments fall back to a plain upload (spec: "Cross
+            // Repository Blob Mount").
+            if let (Ok(digest), true) = (Digest::parse(&mount), super::reference::is_valid_name(&from)) {
+                let readable = self
+                    .storage
+                    .blob_size(&from, &digest)
+                    .map_err(RegistryError::storage)?;
+                if readable.is_some()
+                    && self
+                        .storage
+                        .link_blob(&name, &digest)
+                        .map_err(RegistryError::storage)?
+                {
+                    return Ok(ExchangeState::Ready(blob_created(&name, &digest)));
+                }
+            }
+        }
+        let digest = match head.query_value("digest") {
+            Some(text) => Some(super::parse_digest(&text)?),
+            None => None,
+        };
+        let id = self.storage.start_upload(&name).map_err(upload_error)?;
+        match digest {
+            Some(digest) => self.begin_upload_data(head, name, id, Some(digest)),
+            None => Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 202))),
+        }
+    }
+
+    /// PATCH, PUT and monolithic POST bodies: check `Content-Range` and the
+    /// size limit before any byte is accepted, then stream into the session.
+    pub(super) fn begin_upload_data(
+        &mut self,
+        head: &RequestHead,
+        name: String,
+        id: String,
+        commit: Option<Digest>,
+    ) -> Result<ExchangeState> {
+        let size = self.storage.upload_size(&name, &id).unwrap_or(0);
+        let mut expected_bytes = None;
+        if let Some(value) = head.header("content-range") {
+            let range = range::parse_content_range(value);
+            // A chunk must start right after the bytes we have (spec: 416 for
+            // an invalid or out-of-order Content-Range).
+            let Some(range) = range.filter(|range| range.start == size) else {
+                return Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 416)));
+            };
+            let announced = range.end - range.start + 1;
+            if head.content_length().is_some_and(|length| length != announced) {
+                return Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 416)));
+            }
+            expected_bytes = Some(announced);
+        }
+        if let Some(length) = head.content_length()
+            && size.saturating_add(length) > self.limits.max_blob_size
+        {
+            if commit.is_some() && head.method == Method::Post {
+                let _ = self.storage.cancel_upload(&name, &id);
+            }
+            return Err(super::blob_too_large(self.limits.max_blob_size));
+        }
+        let writer = Box::new(self.storage.upload_writer(&name, &id).map_err(upload_error)?);
+        Ok(ExchangeState::Upload {
+            name,
+            id,
+            writer,
+            then: match commit {
+                Some(digest) => AfterUpload::Commit(digest),
+                None => AfterUpload::Progress,
+            },
+            expected_bytes,
+            received: 0,
+        })
+    }
+
+    /// The upload status answer: `Location`, `Range` of the bytes received,
+    /// and the session id headers.
+    pub(super) fn upload_progress(&self, name: &str, id: &str, status: u16) -> Response {
+        let size = self.storage.upload_size(name, id).unwrap_or(0);
+        // The spec's inclusive range; an empty session reports "0-0" as
+        // distribution does, since "0--1" is not a range.
+        let end = size.saturating_sub(1);
+        Response::new(status)
+            .header("Location", format!("/v2/{name}/blobs/uploads/{id}"))
+            .header("Range", format!("0-{end}"))
+            .header("Blob-Upload-Session-ID", id)
+            .header("Docker-Upload-UUID", id)
+    }
+
+    pub(super) fn commit_upload(&mut self, name: &str, id: &str, digest: &Digest) -> Result<Response> {
+        self.storage
+            .verify_upload(name, id, digest)
+            .map_err(upload_error)?;
+        self.storage
+            .commit_upload(name, id, digest)
+            .map_err(upload_error)?;
+        Ok(blob_created(name, digest))
+    }
+}
+
+fn blob_created(name: &str, digest: &Digest) -> Response {
+    Response::new(201)
+        .header("Location", format!("/v2/{name}/blobs/{digest}"))
+        .header("Docker-Content-Digest", digest.to_string())
+}
+
+fn upload_error(error: UploadError) -> RegistryError {
+    match error {
+        UploadError::Unknown => RegistryError::new(ErrorCode::BlobUploadUnknown, "upload unknown"),
+        UploadError::DigestMismatch => RegistryError::new(
+            ErrorCode::DigestInvalid,
+            "provided digest did not match uploaded content",
+        ),
+        UploadError::TooManySessions => {
+            RegistryError::new(ErrorCode::TooManyRequests, "too many upload sessions in progress")
+        }
+        UploadError::Io(error) => RegistryError::storage(error),
+    }
+}

@@ -1,0 +1,275 @@
+//! Manifest endpoints (HEAD/GET/PUT/DELETE by tag or digest), tag listing,
+//! the `_catalog`, and the referrers API.
+
+use super::error::{ErrorCode, RegistryError};
+use super::manifest::{self, OCI_INDEX};
+use super::reference::{self, Reference};
+use super::{ExchangeState, Registry, Result};
+use crate::digest::{Digest, Hasher};
+use crate::http::{Body, Method, RequestHead, Response};
+
+impl Registry {
+    fn resolve(&self, name: &str, reference: &Reference) -> Result<Option<Digest>> {
+        match reference {
+            Reference::Digest(digest) => Ok(Some(digest.clone())),
+            Reference::Tag(tag) => self.storage.tag(name, tag).map_err(RegistryError::storage),
+        }
+    }
+
+    pub(super) fn get_manifest(
+        &self,
+        head: &RequestHead,
+        name: &str,
+        reference: &Reference,
+    ) -> Result<Response> {
+        let unknown = || {
+            RegistryError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry")
+                .detail(serde_json::json!({ "reference": reference.to_string() }))
+        };
+        let digest = self.resolve(name, reference)?.ok_or_else(unknown)?;
+        let stored = self
+            .storage
+            .manifest(name, &digest)
+            .map_err(RegistryError::storage)?
+            .ok_or_else(unknown)?;
+        let body = if head.method == Method::Head {
+            Body::Length(stored.body.len() as u64)
+        } else {
+            Body::Bytes(stored.body)
+        };
+        Ok(Response::new(200)
+            .header("Content-Type", stored.media_type)
+            .header("Docker-Content-Digest", digest.to_string())
+            .header("ETag", format!("\"{digest}\""))
+            .body(body))
+    }
+
+    pub(super) fn begin_manifest_put(
+        &mut self,
+        head: &RequestHead,
+        name: String,
+        reference: Reference,
+    ) -> Result<ExchangeState> {
+        let limit = self.limits.max_manifest_size;
+        if head.content_length().is_some_and(|length| length > limit) {
+            return Err(super::manifest_too_large(limit));
+        }
+        // OCI 1.1 lets a PUT by digest carry `?tag=` parameters to tag it too.
+        let mut tags = Vec::new();
+        if let Reference::Tag(tag) = &reference {
+            tags.push(tag.clone());
+        }
+        for tag in head.query_values("tag") {
+            if !reference::is_valid_tag(&tag) {
+                return Err(RegistryError::new(ErrorCode::TagInvalid, "invalid tag")
+                    .detail(serde_json::json!({ "tag": tag })));
+            }
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+        let content_type = head.header("content-type").unwrap_or_default().to_string();
+        let capacity = head.content_length().unwrap_or(0).min(limit) as usize;
+        Ok(ExchangeState::Manifest {
+            name,
+            reference,
+            content_type,
+            tags,
+            body: Vec::with_capacity(capacity),
+        })
+    }
+
+    pub(super) fn put_manifest(
+        &mut self,
+        name: &str,
+        reference: &Reference,
+        content_type: &str,
+        tags: &[String],
+        body: &[u8],
+    ) -> Result<Response> {
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let mut hasher = Hasher::for_digest(expected);
+                hasher.update(body);
+                let actual = hasher.digest();
+                if &actual != expected {
+                    return Err(RegistryError::new(
+                        ErrorCode::DigestInvalid,
+                        "manifest digest does not match",
+                    )
+                    .detail(serde_json::json!({ "digest": expected.to_string() })));
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(body),
+        };
+        let parsed = manifest::parse(content_type, body)
+            .map_err(|error| RegistryError::new(ErrorCode::ManifestInvalid, error.to_string()))?;
+        let media_type = match (content_type.split(';').next().map(str::trim), &parsed.media_type) {
+            (Some(from_header), _) if !from_header.is_empty() => from_header.to_string(),
+            (_, Some(from_body)) => from_body.clone(),
+            _ => manifest::OCI_MANIFEST.to_string(),
+        };
+        let mut missing = Vec::new();
+        for blob in &parsed.blobs {
+            if self
+                .storage
+                .blob_size(name, &blob.digest)
+                .map_err(RegistryError::storage)?
+                .is_none()
+            {
+                missing.push(blob.digest.to_string());
+            }
+        }
+        for child in &parsed.manifests {
+            if self
+                .storage
+                .manifest(name, &child.digest)
+                .map_err(RegistryError::storage)?
+                .is_none()
+            {
+                missing.push(child.digest.to_string());
+            }
+        }
+        if let Some(first) = missing.first() {
+            return Err(RegistryError::new(
+                ErrorCode::ManifestBlobUnknown,
+                "manifest references unknown content",
+            )
+            .detail(serde_json::json!({ "digest": first, "missing": missing })));
+        }
+        let descriptor = parsed
+            .subject
+            .as_ref()
+            .map(|_| manifest::referrer_descriptor(&parsed, &media_type, &digest, body.len() as u64));
+        let referrer = parsed
+            .subject
+            .as_ref()
+            .zip(descriptor.as_ref())
+            .map(|(subject, descriptor)| (&subject.digest, descriptor));
+        self.storage
+            .put_manifest(name, &digest, &media_type, body, tags, referrer)
+            .map_err(RegistryError::storage)?;
+        let mut response = Response::new(201)
+            .header("Location", format!("/v2/{name}/manifests/{digest}"))
+            .header("Docker-Content-Digest", digest.to_string());
+        if let Some(subject) = &parsed.subject {
+            response = response.header("OCI-Subject", subject.digest.to_string());
+        }
+        Ok(response)
+    }
+
+    pub(super) fn delete_manifest(&mut self, name: &str, reference: &Reference) -> Result<Response> {
+        let found = match reference {
+            Reference::Digest(digest) => self
+                .storage
+                .delete_manifest(name, digest)
+                .map_err(RegistryError::storage)?
+                .is_some(),
+            Reference::Tag(tag) => self
+                .storage
+                .delete_tag(name, tag)
+                .map_err(RegistryError::storage)?
+                .is_some(),
+        };
+        if found {
+            Ok(Response::new(202))
+        } else {
+            Err(
+                RegistryError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry")
+                    .detail(serde_json::json!({ "reference": reference.to_string() })),
+            )
+        }
+    }
+
+    pub(super) fn list_tags(&self, head: &RequestHead, name: String) -> Result<Response> {
+        let Some(tags) = self.storage.tags(&name).map_err(RegistryError::storage)? else {
+            return Err(
+                RegistryError::new(ErrorCode::NameUnknown, "repository name not known to registry")
+                    .detail(serde_json::json!({ "name": name })),
+            );
+        };
+        let page = paginate(head, tags)?;
+        let mut response = Response::json(200, &serde_json::json!({ "name": name, "tags": page.items }));
+        if let Some(link) = page.next_link(&format!("/v2/{name}/tags/list")) {
+            response = response.header("Link", link);
+        }
+        Ok(response)
+    }
+
+    pub(super) fn catalog(&self, head: &RequestHead) -> Result<Response> {
+        let names = self.storage.catalog().map_err(RegistryError::storage)?;
+        let page = paginate(head, names)?;
+        let mut response = Response::json(200, &serde_json::json!({ "repositories": page.items }));
+        if let Some(link) = page.next_link("/v2/_catalog") {
+            response = response.header("Link", link);
+        }
+        Ok(response)
+    }
+
+    pub(super) fn referrers(&self, head: &RequestHead, name: &str, subject: &Digest) -> Result<Response> {
+        let mut descriptors = self
+            .storage
+            .referrers(name, subject)
+            .map_err(RegistryError::storage)?;
+        let filter = head.query_value("artifactType");
+        if let Some(wanted) = &filter {
+            descriptors.retain(|descriptor| descriptor["artifactType"].as_str() == Some(wanted.as_str()));
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": descriptors,
+        });
+        let mut response = Response::json(200, &index);
+        response.headers[0].1 = OCI_INDEX.to_string();
+        if filter.is_some() {
+            response = response.header("OCI-Filters-Applied", "artifactType");
+        }
+        Ok(response)
+    }
+}
+
+/// One page of a sorted listing (`n` and `last`, spec "Listing Tags").
+struct Page {
+    items: Vec<String>,
+    limit: Option<usize>,
+    more: bool,
+}
+
+impl Page {
+    fn next_link(&self, path: &str) -> Option<String> {
+        let (limit, last) = (self.limit?, self.items.last()?);
+        self.more
+            .then(|| format!("<{path}?n={limit}&last={}>; rel=\"next\"", query_escape(last)))
+    }
+}
+
+fn paginate(head: &RequestHead, sorted: Vec<String>) -> Result<Page> {
+    let limit = match head.query_value("n") {
+        Some(text) => Some(text.parse::<usize>().map_err(|_| {
+            RegistryError::new(
+                ErrorCode::Unsupported,
+                "the n parameter must be a non-negative integer",
+            )
+            .status(400)
+        })?),
+        None => None,
+    };
+    let last = head.query_value("last");
+    let start = match &last {
+        Some(last) => sorted.partition_point(|item| item.as_str() <= last.as_str()),
+        None => 0,
+    };
+    let mut items: Vec<String> = sorted.into_iter().skip(start).collect();
+    let more = limit.is_some_and(|limit| items.len() > limit);
+    if let Some(limit) = limit {
+        items.truncate(limit);
+    }
+    Ok(Page { items, limit, more })
+}
+
+/// Escapes a name or tag for a query string (names carry `/`).
+fn query_escape(text: &str) -> String {
+    text.replace('%', "%25").replace('/', "%2F").replace('&', "%26")
+}
