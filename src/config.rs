@@ -36,6 +36,8 @@ pub struct StorageConfig {
     pub root_dir: PathBuf,
     pub sync_to_disk: bool,
     pub max_upload_sessions: usize,
+    /// Memory for manifests and tags already read (0 disables the cache).
+    pub manifest_cache_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +64,7 @@ impl Default for Config {
                 root_dir: PathBuf::from("./data"),
                 sync_to_disk: false,
                 max_upload_sessions: 4096,
+                manifest_cache_size: 4 << 20,
             },
             global: GlobalConfig {
                 max_manifest_size: 5 * 1024 * 1024,
@@ -315,6 +318,12 @@ impl Builder {
         }
         if let Some(value) = section.integer("max_upload_sessions", 1, 1_000_000)? {
             storage.max_upload_sessions = value as usize;
+        }
+        if let Some(size) = section.size("manifest_cache_size")? {
+            if size > 1 << 30 {
+                return Err(section.error("manifest_cache_size", "must be at most 1GiB"));
+            }
+            storage.manifest_cache_size = size as usize;
         }
         section.finish(&mut self.warnings);
         Ok(())

@@ -19,7 +19,9 @@
 //! ```
 
 mod atomic;
+mod cache;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -29,6 +31,9 @@ use crate::digest::{Digest, Hasher};
 
 /// Bounds the number of open upload sessions (each keeps a hasher in memory).
 pub const UPLOAD_SESSIONS_MAX_DEFAULT: usize = 4096;
+
+/// Default budget of the in-memory manifest and tag cache.
+pub const MANIFEST_CACHE_BYTES_DEFAULT: usize = 4 << 20;
 
 /// Read size when a session must be rehashed with another algorithm.
 const REHASH_CHUNK_BYTES: usize = 1 << 20;
@@ -53,6 +58,8 @@ pub struct Storage {
     /// Open upload sessions by id. Never iterated, so its order cannot leak.
     sessions: HashMap<String, UploadSession>,
     upload_sessions_max: usize,
+    /// Manifests and tags already read; see `cache.rs` for why it is coherent.
+    cache: RefCell<cache::ManifestCache>,
 }
 
 /// The in-memory half of an upload session; its bytes are in
@@ -162,7 +169,14 @@ impl Storage {
             sync_to_disk,
             sessions: HashMap::new(),
             upload_sessions_max,
+            cache: RefCell::new(cache::ManifestCache::new(MANIFEST_CACHE_BYTES_DEFAULT)),
         })
+    }
+
+    /// Sets the manifest cache budget (0 disables the cache).
+    pub fn with_manifest_cache(self, budget_bytes: usize) -> Storage {
+        self.cache.replace(cache::ManifestCache::new(budget_bytes));
+        self
     }
 
     /// The root directory this storage owns.
@@ -496,6 +510,7 @@ impl Storage {
         for tag in tags {
             debug_assert_tag(tag);
         }
+        self.cache.borrow_mut().invalidate(namespace);
         let blob = self.blob_path(digest);
         if !exists(&blob)? {
             self.write_atomic(&blob, body)?;
@@ -518,16 +533,23 @@ impl Storage {
 
     /// The manifest `digest` if `namespace` has it.
     pub fn manifest(&self, namespace: &str, digest: &Digest) -> io::Result<Option<StoredManifest>> {
+        if let Some(cached) = self.cache.borrow().manifest(namespace, digest) {
+            return Ok(Some(cached.clone()));
+        }
         let Some(revision) = self.revision(namespace, digest)? else {
             return Ok(None);
         };
         let Some(body) = not_found_as_none(fs::read(self.blob_path(digest)))? else {
             return Ok(None);
         };
-        Ok(Some(StoredManifest {
+        let manifest = StoredManifest {
             media_type: revision.media_type,
             body,
-        }))
+        };
+        self.cache
+            .borrow_mut()
+            .insert_manifest(namespace, digest, &manifest);
+        Ok(Some(manifest))
     }
 
     fn revision(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Revision>> {
@@ -542,13 +564,21 @@ impl Storage {
 
     /// The digest a tag points to.
     pub fn tag(&self, namespace: &str, tag: &str) -> io::Result<Option<Digest>> {
-        read_tag(&self.tag_path(namespace, tag))
+        if let Some(cached) = self.cache.borrow().tag(namespace, tag) {
+            return Ok(Some(cached.clone()));
+        }
+        let digest = read_tag(&self.tag_path(namespace, tag))?;
+        if let Some(digest) = &digest {
+            self.cache.borrow_mut().insert_tag(namespace, tag, digest);
+        }
+        Ok(digest)
     }
 
     /// Deletes manifest `digest` from `namespace`: its revision link, every tag
     /// pointing to it, and its referrer entry. Returns the removed tags
     /// (sorted), `None` when the namespace did not have the manifest.
     pub fn delete_manifest(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Vec<String>>> {
+        self.cache.borrow_mut().invalidate(namespace);
         let Some(revision) = self.revision(namespace, digest)? else {
             return Ok(None);
         };
@@ -577,6 +607,7 @@ impl Storage {
 
     /// Deletes a tag (not the manifest); returns the digest it pointed to.
     pub fn delete_tag(&self, namespace: &str, tag: &str) -> io::Result<Option<Digest>> {
+        self.cache.borrow_mut().invalidate(namespace);
         let path = self.tag_path(namespace, tag);
         let Some(digest) = read_tag(&path)? else {
             return Ok(None);
