@@ -5,8 +5,11 @@
 pub mod clock;
 pub mod config;
 pub mod digest;
+pub mod dns;
+pub mod event_webhook;
 pub mod http;
 pub mod logger;
+pub mod metrics;
 pub mod reactor;
 pub mod registry;
 pub mod storage;

@@ -2,6 +2,7 @@
 //! the chunked decoder, and response heads. Nothing here touches a socket.
 
 pub mod chunked;
+pub mod client;
 pub mod request;
 pub mod response;
 

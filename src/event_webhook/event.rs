@@ -1,0 +1,1 @@
+//! Registry events and their JSON payload.

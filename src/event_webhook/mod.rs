@@ -1,0 +1,5 @@
+//! Event webhooks: events, signatures, the delivery machine, the dispatcher
+//! and its queues. Sans-IO: the reactor carries the bytes.
+
+pub mod event;
+pub mod signature;

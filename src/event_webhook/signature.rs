@@ -1,0 +1,1 @@
+//! HMAC-SHA256 signatures of webhook bodies (RFC 2104).
