@@ -1,5 +1,8 @@
 //! Event webhooks: events, signatures, the delivery machine, the dispatcher
 //! and its queues. Sans-IO: the reactor carries the bytes.
 
+pub mod dispatcher;
 pub mod event;
+pub mod queue;
+pub mod routing;
 pub mod signature;

@@ -2,9 +2,14 @@
 //! explicit here with its default; every error names the file and the key.
 //! Unknown keys are accepted with a warning naming them, so typos are visible.
 
+pub mod webhook;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+
+pub use webhook::{Policy, RepositoryConfig, Scheme, WebhookConfig, WebhookUrl};
 
 /// The validated configuration the server runs on.
 #[derive(Debug, Clone, PartialEq)]
@@ -12,6 +17,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub storage: StorageConfig,
     pub global: GlobalConfig,
+    /// `[repository."X"]` by key.
+    pub repositories: BTreeMap<String, RepositoryConfig>,
+    /// `[event_webhook.NAME]` by name.
+    pub webhooks: BTreeMap<String, WebhookConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +54,10 @@ pub struct GlobalConfig {
     pub max_manifest_size: u64,
     pub max_blob_size: u64,
     pub shutdown_drain_secs: u64,
+    /// Webhooks for every namespace without its own `event_webhooks`.
+    pub event_webhooks: Vec<String>,
+    /// Events queued per async webhook before the oldest is dropped.
+    pub event_webhook_queue_length: usize,
 }
 
 impl Default for Config {
@@ -70,7 +83,11 @@ impl Default for Config {
                 max_manifest_size: 5 * 1024 * 1024,
                 max_blob_size: 100 * 1024 * 1024 * 1024,
                 shutdown_drain_secs: 30,
+                event_webhooks: Vec::new(),
+                event_webhook_queue_length: 10_000,
             },
+            repositories: BTreeMap::new(),
+            webhooks: BTreeMap::new(),
         }
     }
 }
@@ -122,6 +139,8 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, ConfigError>
     let mut builder = Builder {
         config: Config::default(),
         warnings: Vec::new(),
+        lists: Vec::new(),
+        repositories: BTreeMap::new(),
     };
     for (file, text) in sources {
         let table: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError {
@@ -131,6 +150,19 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, ConfigError>
         })?;
         builder.apply(file, &table)?;
     }
+    let mut lists = builder.lists;
+    lists.extend(
+        builder
+            .repositories
+            .values()
+            .filter_map(|(origin, repository)| Some((origin.clone(), repository.event_webhooks.clone()?))),
+    );
+    webhook::check_references(&builder.config.webhooks, &lists, &builder.repositories)?;
+    builder.config.repositories = builder
+        .repositories
+        .into_iter()
+        .map(|(key, (_, repository))| (key, repository))
+        .collect();
     Ok(Loaded {
         config: builder.config,
         warnings: builder.warnings,
@@ -140,6 +172,9 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, ConfigError>
 struct Builder {
     config: Config,
     warnings: Vec<String>,
+    /// `global.event_webhooks` as last set, with where it was set.
+    lists: Vec<(webhook::Origin, Vec<String>)>,
+    repositories: BTreeMap<String, (webhook::Origin, RepositoryConfig)>,
 }
 
 /// A view of one TOML table that remembers which keys were read, so the
@@ -162,7 +197,9 @@ impl<'a> Section<'a> {
     }
 
     fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() {
+        if key.is_empty() {
+            self.path.clone()
+        } else if self.path.is_empty() {
             key.to_string()
         } else {
             format!("{}.{key}", self.path)
@@ -264,6 +301,53 @@ impl Builder {
         if let Some(global) = root.table("global")? {
             self.apply_global(file, global)?;
         }
+        if let Some(repositories) = root.table("repository")? {
+            for (key, value) in repositories {
+                let path = format!("repository.\"{key}\"");
+                let toml::Value::Table(table) = value else {
+                    return Err(ConfigError {
+                        file: file.to_string(),
+                        key: path,
+                        message: "expected a table".into(),
+                    });
+                };
+                if !crate::registry::reference::is_valid_name(key) {
+                    return Err(ConfigError {
+                        file: file.to_string(),
+                        key: path,
+                        message: "is not a valid repository name".into(),
+                    });
+                }
+                let mut section = Section::new(file, &path, table);
+                let event_webhooks = webhook::parse_name_list(&mut section, "event_webhooks")?;
+                let origin = webhook::Origin {
+                    file: file.to_string(),
+                    key: section.key_path("event_webhooks"),
+                };
+                section.finish(&mut self.warnings);
+                let entry = self.repositories.entry(key.clone()).or_default();
+                entry.0 = origin;
+                if event_webhooks.is_some() {
+                    entry.1.event_webhooks = event_webhooks;
+                }
+            }
+        }
+        if let Some(webhooks) = root.table("event_webhook")? {
+            for (name, value) in webhooks {
+                let path = format!("event_webhook.{name}");
+                let toml::Value::Table(table) = value else {
+                    return Err(ConfigError {
+                        file: file.to_string(),
+                        key: path,
+                        message: "expected a table".into(),
+                    });
+                };
+                let mut section = Section::new(file, &path, table);
+                let webhook = webhook::parse_webhook(&mut section, name)?;
+                section.finish(&mut self.warnings);
+                self.config.webhooks.insert(name.clone(), webhook);
+            }
+        }
         root.finish(&mut self.warnings);
         Ok(())
     }
@@ -346,6 +430,17 @@ impl Builder {
         }
         if let Some(secs) = section.integer("shutdown_drain_secs", 0, 24 * 3600)? {
             global.shutdown_drain_secs = secs;
+        }
+        if let Some(length) = section.integer("event_webhook_queue_length", 1, 10_000_000)? {
+            global.event_webhook_queue_length = length as usize;
+        }
+        if let Some(names) = webhook::parse_name_list(&mut section, "event_webhooks")? {
+            self.config.global.event_webhooks = names.clone();
+            let origin = webhook::Origin {
+                file: file.to_string(),
+                key: "global.event_webhooks".into(),
+            };
+            self.lists = vec![(origin, names)];
         }
         section.finish(&mut self.warnings);
         Ok(())
