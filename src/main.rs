@@ -83,7 +83,7 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
         max_blob_size: config.global.max_blob_size,
     };
     let registry = Registry::new(storage, limits);
-    let mut reactor = match Reactor::bind(config, registry, SystemClock::new()) {
+    let mut reactor = match Reactor::bind(config, files, registry, SystemClock::new()) {
         Ok(reactor) => reactor,
         Err(error) => {
             log::error!("cannot listen: {error}");

@@ -201,19 +201,27 @@ pub struct Origin {
 }
 
 pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<WebhookConfig, ConfigError> {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         return Err(section.error("", "webhook names use letters, digits, '-', '_' and '.'"));
     }
     let Some(url_text) = section.string("url")? else {
         return Err(section.error("url", "is required"));
     };
-    let url = WebhookUrl::parse(url_text).map_err(|why| section.error("url", format!("{url_text:?}: {why}")))?;
+    let url =
+        WebhookUrl::parse(url_text).map_err(|why| section.error("url", format!("{url_text:?}: {why}")))?;
     let policy = match section.string("policy")? {
         Some("required") => Policy::Required,
         Some("optional") => Policy::Optional,
         Some("async") => Policy::Async,
         Some(other) => {
-            return Err(section.error("policy", format!("{other:?} is not one of required, optional, async")));
+            return Err(section.error(
+                "policy",
+                format!("{other:?} is not one of required, optional, async"),
+            ));
         }
         None => return Err(section.error("policy", "is required (required, optional or async)")),
     };
@@ -250,7 +258,9 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
         Some(token) => Some(token.to_string()),
         None => None,
     };
-    let timeout_ms = section.integer("timeout_ms", 1, 3_600_000)?.unwrap_or(TIMEOUT_MS_DEFAULT);
+    let timeout_ms = section
+        .integer("timeout_ms", 1, 3_600_000)?
+        .unwrap_or(TIMEOUT_MS_DEFAULT);
     let default_retries = if policy == Policy::Required { 3 } else { 0 };
     let max_retries = section
         .integer("max_retries", 0, MAX_RETRIES_LIMIT as u64)?
@@ -287,7 +297,10 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
     })
 }
 
-pub(super) fn parse_name_list(section: &mut Section, key: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
+pub(super) fn parse_name_list(
+    section: &mut Section,
+    key: &'static str,
+) -> Result<Option<Vec<String>>, ConfigError> {
     match section.get(key) {
         None => Ok(None),
         Some(toml::Value::Array(items)) => {
@@ -325,7 +338,11 @@ pub(super) fn check_references(
     let keys: Vec<&String> = repositories.keys().collect();
     for (index, key) in keys.iter().enumerate() {
         for other in &keys[index + 1..] {
-            let (short, long) = if key.len() <= other.len() { (key, other) } else { (other, key) };
+            let (short, long) = if key.len() <= other.len() {
+                (key, other)
+            } else {
+                (other, key)
+            };
             if long.starts_with(short.as_str()) && long.as_bytes().get(short.len()) == Some(&b'/') {
                 let origin = &repositories[long.as_str()].0;
                 return Err(ConfigError {

@@ -76,7 +76,10 @@ pub enum AttemptResult {
 pub enum GateOutcome {
     Passed,
     /// A required webhook failed after its retries.
-    Failed { webhook: String, reason: String },
+    Failed {
+        webhook: String,
+        reason: String,
+    },
 }
 
 /// Whether a gate fails fast (required) or waits for all (optional).
@@ -174,7 +177,12 @@ impl Dispatcher {
 
     /// Starts one delivery per item, all at once; the gate reports when its
     /// verdict is known. An empty gate passes at once.
-    pub fn gate(&mut self, kind: GateKind, items: Vec<(Rc<WebhookConfig>, Rc<Payload>)>, now_ms: u64) -> GateId {
+    pub fn gate(
+        &mut self,
+        kind: GateKind,
+        items: Vec<(Rc<WebhookConfig>, Rc<Payload>)>,
+        now_ms: u64,
+    ) -> GateId {
         self.next_gate += 1;
         let id = GateId(self.next_gate);
         self.gates.insert(
@@ -196,7 +204,12 @@ impl Dispatcher {
 
     /// Queues an async delivery. When the webhook's queue is full its oldest
     /// waiting event is dropped and returned (the caller logs and counts it).
-    pub fn enqueue(&mut self, webhook: Rc<WebhookConfig>, payload: Rc<Payload>, now_ms: u64) -> Option<Rc<Payload>> {
+    pub fn enqueue(
+        &mut self,
+        webhook: Rc<WebhookConfig>,
+        payload: Rc<Payload>,
+        now_ms: u64,
+    ) -> Option<Rc<Payload>> {
         let name = webhook.name.clone();
         let dropped = self.queue.push(webhook, payload);
         if dropped.is_some() {
@@ -214,7 +227,9 @@ impl Dispatcher {
         let mut dropped = 0;
         for name in self.queue.webhooks() {
             match webhooks.get(&name) {
-                Some(webhook) if webhook.policy == Policy::Async => self.queue.set_webhook(&name, webhook.clone()),
+                Some(webhook) if webhook.policy == Policy::Async => {
+                    self.queue.set_webhook(&name, webhook.clone())
+                }
                 _ => dropped += self.queue.remove_webhook(&name),
             }
         }
@@ -245,7 +260,9 @@ impl Dispatcher {
         let mut fired = Vec::new();
         self.timers.poll(now_ms, &mut fired);
         for (id, kind) in fired {
-            let Some(delivery) = self.deliveries.get_mut(&id) else { continue };
+            let Some(delivery) = self.deliveries.get_mut(&id) else {
+                continue;
+            };
             delivery.timer = None;
             match (kind, delivery.state) {
                 (TimerKind::Retry, State::Backoff) => self.send_attempt(id, now_ms),
@@ -258,7 +275,9 @@ impl Dispatcher {
             }
         }
         debug_assert!(
-            self.timers.next_deadline().is_none_or(|deadline| deadline > now_ms),
+            self.timers
+                .next_deadline()
+                .is_none_or(|deadline| deadline > now_ms),
             "a timer at or before now survived handle_timeout"
         );
     }
@@ -302,7 +321,9 @@ impl Dispatcher {
         if self.async_in_flight.contains_key(name) {
             return;
         }
-        let Some((webhook, payload)) = self.queue.start_front(name) else { return };
+        let Some((webhook, payload)) = self.queue.start_front(name) else {
+            return;
+        };
         let id = self.start_delivery(webhook, payload, Owner::Async, now_ms);
         self.async_in_flight.insert(name.to_string(), id);
     }
@@ -336,7 +357,9 @@ impl Dispatcher {
     }
 
     fn send_attempt(&mut self, id: DeliveryId, now_ms: u64) {
-        let Some(delivery) = self.deliveries.get_mut(&id) else { return };
+        let Some(delivery) = self.deliveries.get_mut(&id) else {
+            return;
+        };
         delivery.attempts += 1;
         delivery.state = State::InFlight;
         let deadline = now_ms + delivery.webhook.timeout_ms;
@@ -358,7 +381,9 @@ impl Dispatcher {
     }
 
     fn attempt_failed(&mut self, id: DeliveryId, reason: String, now_ms: u64) {
-        let Some(delivery) = self.deliveries.get_mut(&id) else { return };
+        let Some(delivery) = self.deliveries.get_mut(&id) else {
+            return;
+        };
         log::debug!(
             target: "angos::event_webhook",
             "webhook {:?}: attempt {} for event {} failed: {reason}",
@@ -377,7 +402,9 @@ impl Dispatcher {
     }
 
     fn finish(&mut self, id: DeliveryId, success: bool, now_ms: u64) {
-        let Some(mut delivery) = self.deliveries.remove(&id) else { return };
+        let Some(mut delivery) = self.deliveries.remove(&id) else {
+            return;
+        };
         if let Some(key) = delivery.timer.take() {
             self.timers.cancel(key);
         }
@@ -394,7 +421,9 @@ impl Dispatcher {
         });
         match delivery.owner {
             Owner::Gate(gate_id) => {
-                let Some(gate) = self.gates.get_mut(&gate_id) else { return };
+                let Some(gate) = self.gates.get_mut(&gate_id) else {
+                    return;
+                };
                 gate.pending -= 1;
                 let verdict = match (gate.kind, success) {
                     (GateKind::Required, false) => Some(GateOutcome::Failed {
@@ -498,7 +527,10 @@ mod tests {
     #[test]
     fn retry_delays_double_from_100ms_and_cap_at_10s() {
         let delays: Vec<u64> = (1..=10).map(retry_delay_ms).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+        );
         assert_eq!(retry_delay_ms(u32::MAX), 10_000);
     }
 
@@ -604,7 +636,11 @@ mod tests {
         let a = webhook("a", "required", "max_retries = 0");
         let b = webhook("b", "required", "max_retries = 0");
         let mut dispatcher = Dispatcher::new(0, 10);
-        let gate = dispatcher.gate(GateKind::Required, vec![(a.clone(), payload("1")), (b, payload("1"))], 0);
+        let gate = dispatcher.gate(
+            GateKind::Required,
+            vec![(a.clone(), payload("1")), (b, payload("1"))],
+            0,
+        );
         let sent = sends(&mut dispatcher);
         dispatcher.handle_result(sent[0], AttemptResult::Status(204), 1);
         assert_eq!(dispatcher.poll_gate(), None, "one of two answered");
@@ -639,7 +675,10 @@ mod tests {
         let mut now = 0;
         while dispatcher.async_pending() > 0 {
             while let Some(action) = dispatcher.poll_action() {
-                if let Action::Send { delivery, request, .. } = action {
+                if let Action::Send {
+                    delivery, request, ..
+                } = action
+                {
                     let text = String::from_utf8_lossy(&request).to_string();
                     order.push(text[text.len() - 10..].to_string());
                     // The first attempt of event 2 fails; its retry keeps the order.
@@ -652,7 +691,15 @@ mod tests {
                 dispatcher.handle_timeout(now);
             }
         }
-        assert_eq!(order, ["{\"id\":\"1\"}", "{\"id\":\"2\"}", "{\"id\":\"2\"}", "{\"id\":\"3\"}"]);
+        assert_eq!(
+            order,
+            [
+                "{\"id\":\"1\"}",
+                "{\"id\":\"2\"}",
+                "{\"id\":\"2\"}",
+                "{\"id\":\"3\"}"
+            ]
+        );
     }
 
     #[test]
@@ -680,9 +727,14 @@ mod tests {
             body: b"hello world".to_vec(),
         });
         dispatcher.gate(GateKind::Optional, vec![(hook, event)], 0);
-        let Some(Action::Send { request, .. }) = dispatcher.poll_action() else { panic!() };
+        let Some(Action::Send { request, .. }) = dispatcher.poll_action() else {
+            panic!()
+        };
         let text = String::from_utf8(request.to_vec()).unwrap();
-        assert!(text.starts_with("POST /s HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"), "{text}");
+        assert!(
+            text.starts_with("POST /s HTTP/1.1\r\nHost: 127.0.0.1:9\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Content-Type: application/json\r\n"));
         assert!(text.contains("X-Registry-Event: manifest.push\r\n"));
         assert!(text.contains("Authorization: Bearer test-secret\r\n"));
@@ -708,9 +760,15 @@ mod tests {
         webhooks.insert("q".to_string(), new);
         assert_eq!(dispatcher.reconfigure(&webhooks), 0);
         dispatcher.handle_result(first[0], AttemptResult::Status(200), 1);
-        let Some(Action::Send { webhook, .. }) = dispatcher.poll_action() else { panic!() };
+        let Some(Action::Send { webhook, .. }) = dispatcher.poll_action() else {
+            panic!()
+        };
         assert_eq!(webhook.url.port, 10);
-        assert_eq!(dispatcher.reconfigure(&BTreeMap::new()), 0, "the head in flight finishes");
+        assert_eq!(
+            dispatcher.reconfigure(&BTreeMap::new()),
+            0,
+            "the head in flight finishes"
+        );
         assert_eq!(dispatcher.async_pending(), 1);
     }
 }

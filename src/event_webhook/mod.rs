@@ -3,6 +3,7 @@
 
 pub mod dispatcher;
 pub mod event;
+pub mod notifier;
 pub mod queue;
 pub mod routing;
 pub mod signature;

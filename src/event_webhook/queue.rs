@@ -98,7 +98,9 @@ impl AsyncQueue for MemoryQueue {
     }
 
     fn remove_webhook(&mut self, name: &str) -> usize {
-        let Some(queue) = self.queues.get_mut(name) else { return 0 };
+        let Some(queue) = self.queues.get_mut(name) else {
+            return 0;
+        };
         let keep = usize::from(queue.head_taken);
         let dropped = queue.events.len().saturating_sub(keep);
         queue.events.truncate(keep);

@@ -76,7 +76,8 @@ impl Routing {
             .iter()
             .filter(|(key, _)| {
                 namespace == key
-                    || (namespace.starts_with(key.as_str()) && namespace.as_bytes().get(key.len()) == Some(&b'/'))
+                    || (namespace.starts_with(key.as_str())
+                        && namespace.as_bytes().get(key.len()) == Some(&b'/'))
             })
             .max_by_key(|(key, _)| key.len())
     }
@@ -145,16 +146,31 @@ event_webhooks = ["audit"]
 
     #[test]
     fn production_repositories_get_audit_only() {
-        let config = load_sources(&[("seed.toml".into(), MULTIPLE.into())]).unwrap().config;
+        let config = load_sources(&[("seed.toml".into(), MULTIPLE.into())])
+            .unwrap()
+            .config;
         let routing = Routing::new(&config);
-        assert_eq!(names(routing.webhooks_for(EventKind::ManifestPush, "production/api")), ["audit"]);
-        assert_eq!(names(routing.webhooks_for(EventKind::ManifestPush, "production")), ["audit"]);
+        assert_eq!(
+            names(routing.webhooks_for(EventKind::ManifestPush, "production/api")),
+            ["audit"]
+        );
+        assert_eq!(
+            names(routing.webhooks_for(EventKind::ManifestPush, "production")),
+            ["audit"]
+        );
         assert_eq!(
             names(routing.webhooks_for(EventKind::ManifestPush, "productionx/api")),
             ["audit", "slack", "analytics"]
         );
-        assert_eq!(names(routing.webhooks_for(EventKind::TagCreate, "staging/web")), ["slack", "analytics"]);
-        assert!(routing.webhooks_for(EventKind::ManifestPull, "staging/web").is_empty());
+        assert_eq!(
+            names(routing.webhooks_for(EventKind::TagCreate, "staging/web")),
+            ["slack", "analytics"]
+        );
+        assert!(
+            routing
+                .webhooks_for(EventKind::ManifestPull, "staging/web")
+                .is_empty()
+        );
         assert_eq!(routing.repository_of("production/api"), "production");
         assert_eq!(routing.repository_of("staging/web/x"), "staging");
         assert_eq!(routing.interest() & EventKind::ManifestPull.bit(), 0);
@@ -180,9 +196,16 @@ event_webhooks = ["important-repos"]
         .config;
         let routing = Routing::new(&config);
         for namespace in ["production/a", "staging/b", "library/c"] {
-            assert_eq!(names(routing.webhooks_for(EventKind::ManifestPush, namespace)).len(), 1);
+            assert_eq!(
+                names(routing.webhooks_for(EventKind::ManifestPush, namespace)).len(),
+                1
+            );
         }
         assert!(routing.webhooks_for(EventKind::ManifestPush, "dev/a").is_empty());
-        assert!(routing.webhooks_for(EventKind::ManifestPush, "production").is_empty());
+        assert!(
+            routing
+                .webhooks_for(EventKind::ManifestPush, "production")
+                .is_empty()
+        );
     }
 }

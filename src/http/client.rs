@@ -232,11 +232,12 @@ impl ResponseDecoder {
             State::Head { .. } => Err(ResponseError::ClosedBeforeHead),
             State::Length { .. } | State::Chunked { .. } => Err(ResponseError::ClosedInBody),
         };
-        // Nothing can follow an EOF; a later decode must not start a new response.
-        self.state = match result {
-            Ok(_) => State::Head { interim: 0 },
-            Err(error) => State::Failed(error),
-        };
+        // Nothing can follow an EOF: a later decode or eof is a caller bug and
+        // must not look like the start of a new response.
+        self.state = State::Failed(match result {
+            Ok(_) => ResponseError::ClosedBeforeHead,
+            Err(error) => error,
+        });
         result
     }
 
@@ -626,6 +627,7 @@ mod tests {
                     "a body without length is consumed as it comes"
                 );
                 assert_eq!(decoder.eof(), Ok(ok(200, false)));
+                assert_eq!(decoder.eof(), Err(ResponseError::ClosedBeforeHead));
             }
         }
     }
@@ -668,6 +670,16 @@ mod tests {
         ] {
             let text = String::from_utf8_lossy(input);
             assert_eq!(decode_all(input), Ok((input.len(), Some(ok(200, keep_alive)))), "{text}");
+        }
+    }
+
+    #[test]
+    fn accepts_an_empty_reason_phrase() {
+        for input in [
+            &b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert_eq!(decode_all(input), Ok((input.len(), Some(ok(200, true)))));
         }
     }
 

@@ -1,20 +1,33 @@
 //! One inbound HTTP/1.1 connection: reads until `WouldBlock`, decodes
 //! requests (pipelined ones answered in order), hands them to the registry,
-//! and writes answers with back-pressure. The read buffer is shared by all
-//! connections (one thread); a connection keeps only its unconsumed bytes.
+//! parks a request while webhooks are asked, and writes answers with
+//! back-pressure. The read buffer is shared by all connections (one thread);
+//! a connection keeps only its unconsumed bytes.
 
 use std::io::{self, Read};
+use std::net::SocketAddr;
 
 use mio::net::TcpStream;
 
 use super::output::{Flush, Output};
-use crate::http::{Body, RequestDecoder, RequestEvent, RequestHead, Response};
-use crate::registry::{Begin, Exchange, Registry};
+use super::telemetry::Telemetry;
+use crate::event_webhook::event::Actor;
+use crate::event_webhook::notifier::{Notifier, Submission, Submitted};
+use crate::http::{Body, Method, RequestDecoder, RequestEvent, RequestHead, Response};
+use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
 
 /// Bytes one connection may read or write per wake-up before others get a turn.
 const IO_BUDGET_BYTES: usize = 4 << 20;
 /// What a lingering close reads and drops before giving up on the peer.
 const LINGER_BYTES_MAX: u64 = 1 << 20;
+
+/// Identifies a connection across its life: slot and generation, so an
+/// answer for a closed connection never reaches the slot's next owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    pub slot: usize,
+    pub generation: u64,
+}
 
 /// Where the connection is in its life; decides which timeout applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +40,8 @@ pub enum Phase {
     Body,
     /// Answers are being written and no request is in progress.
     Writing,
+    /// A request waits for webhooks; their own timeouts bound the wait.
+    Parked,
     /// The answer is out and the write side shut; unread input is drained
     /// so the peer sees the answer instead of a reset (RFC 9112 section 9.6).
     Lingering,
@@ -42,11 +57,23 @@ pub enum Next {
     Close,
 }
 
+/// The request being handled, for its log line and metrics.
+#[derive(Debug, Clone)]
+struct RequestInfo {
+    method: &'static str,
+    route: &'static str,
+    path: String,
+    keep_alive: bool,
+    started_ms: u64,
+}
+
 enum Current {
     None,
     /// The answer was decided at the head; it goes out at the request's end.
-    Answered(Response, bool),
-    Receiving(Box<RequestHead>, Exchange),
+    Answered(Box<Outcome>, RequestInfo),
+    Receiving(RequestInfo, Box<Exchange>),
+    /// Waiting for webhooks; `Connection::resume` brings the answer.
+    Parked(RequestInfo),
 }
 
 pub struct Connection {
@@ -54,6 +81,7 @@ pub struct Connection {
     pub phase: Phase,
     /// When the current phase's time is up (monotonic ms).
     pub deadline_ms: u64,
+    peer: Option<SocketAddr>,
     decoder: RequestDecoder,
     pending: Vec<u8>,
     current: Current,
@@ -67,10 +95,15 @@ pub struct Connection {
 /// Per-loop values shared by all connections.
 pub struct Context<'a> {
     pub registry: &'a mut Registry,
+    pub notifier: &'a mut Notifier<Waiter, Commit>,
+    pub telemetry: &'a mut Telemetry,
     pub read_buffer: &'a mut [u8],
     pub now_ms: u64,
+    pub unix_micros: u64,
     pub date: &'a str,
     pub timeouts: Timeouts,
+    /// The connection being run.
+    pub waiter: Waiter,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,11 +115,13 @@ pub struct Timeouts {
 
 impl Connection {
     pub fn new(socket: TcpStream, max_header_size: usize, now_ms: u64, timeouts: Timeouts) -> Connection {
+        let peer = socket.peer_addr().ok();
         Connection {
             socket,
             phase: Phase::Idle,
             // The first request head must arrive within the header timeout.
             deadline_ms: now_ms + timeouts.header_ms,
+            peer,
             decoder: RequestDecoder::new(max_header_size),
             pending: Vec::new(),
             current: Current::None,
@@ -117,7 +152,8 @@ impl Connection {
         let mut read_budget = IO_BUDGET_BYTES;
         loop {
             self.process(cx)?;
-            if self.closing || self.output.is_backlogged() || self.peer_closed {
+            let parked = matches!(self.current, Current::Parked(_));
+            if self.closing || parked || self.output.is_backlogged() || self.peer_closed {
                 break;
             }
             if read_budget == 0 {
@@ -136,11 +172,11 @@ impl Connection {
             };
             read_budget = read_budget.saturating_sub(n);
             if self.phase == Phase::Body {
-                cx_progress(self, cx);
+                // Progress: the body timeout counts from the last bytes received.
+                self.deadline_ms = cx.now_ms + cx.timeouts.body_ms;
             }
             self.pending.extend_from_slice(&cx.read_buffer[..n]);
         }
-        self.process(cx)?;
         match self.flush()? {
             Flush::Budget => again = true,
             Flush::Blocked => {}
@@ -150,11 +186,9 @@ impl Connection {
                 }
             }
         }
-        if self.peer_closed && self.output.is_empty() {
+        if self.peer_closed && self.output.is_empty() && !matches!(self.current, Current::Parked(_)) {
             // A half-closed peer gets its answers; then we are done.
-            if let Current::Receiving(_, _) = self.current {
-                self.abort(cx);
-            }
+            self.abort(cx);
             return Ok(Next::Close);
         }
         self.update_phase(cx);
@@ -166,7 +200,8 @@ impl Connection {
         let mut at = 0;
         // Decoding continues on empty input too: an `End` may be due without more bytes.
         loop {
-            if self.closing || (self.output.is_backlogged() && self.decoder.is_idle()) {
+            let parked = matches!(self.current, Current::Parked(_));
+            if self.closing || parked || (self.output.is_backlogged() && self.decoder.is_idle()) {
                 break;
             }
             let (consumed, event) = match self.decoder.decode(&self.pending[at..]) {
@@ -177,7 +212,14 @@ impl Connection {
                         &serde_json::json!({"errors": [{"code": "UNSUPPORTED", "message": error.message()}]}),
                     );
                     self.abort(cx);
-                    self.send(response.with_close(), false, cx.date);
+                    let info = RequestInfo {
+                        method: "OTHER",
+                        route: "malformed",
+                        path: String::new(),
+                        keep_alive: false,
+                        started_ms: cx.now_ms,
+                    };
+                    self.send(response.with_close(), &info, cx);
                     break;
                 }
             };
@@ -186,21 +228,21 @@ impl Connection {
             match event {
                 RequestEvent::Head(head) => self.on_head(head, cx),
                 RequestEvent::Body(data) => {
-                    if let Current::Receiving(_, exchange) = &mut self.current
+                    if let Current::Receiving(info, exchange) = &mut self.current
                         && let Err(response) = cx.registry.body(exchange, data)
                     {
+                        let info = info.clone();
                         self.current = Current::None;
-                        self.send(response.with_close(), false, cx.date);
+                        self.send(response.with_close(), &info, cx);
                     }
                 }
                 RequestEvent::End => match std::mem::replace(&mut self.current, Current::None) {
-                    Current::Answered(response, keep_alive) => self.send(response, keep_alive, cx.date),
-                    Current::Receiving(head, exchange) => {
-                        let response = cx.registry.finish(exchange);
-                        log_request(&head, &response);
-                        self.send(response, head.keep_alive, cx.date);
+                    Current::Answered(outcome, info) => self.conclude(*outcome, info, cx),
+                    Current::Receiving(info, exchange) => {
+                        let outcome = cx.registry.finish(*exchange);
+                        self.conclude(outcome, info, cx);
                     }
-                    Current::None => {}
+                    Current::None | Current::Parked(_) => {}
                 },
             }
         }
@@ -213,44 +255,126 @@ impl Connection {
 
     fn on_head(&mut self, head: Box<RequestHead>, cx: &mut Context) {
         let body_follows = self.decoder.in_body();
-        match cx.registry.begin(&head) {
-            Begin::Answer(mut response) => {
-                log_request(&head, &response);
-                if body_follows {
-                    // The body is unwanted: answer now and stop reading. With
-                    // `Expect: 100-continue` the client never sends it at all.
-                    response.close = true;
-                    self.send(response, false, cx.date);
+        let info = RequestInfo {
+            method: method_label(&head.method),
+            route: crate::registry::route::label_of(&head.path),
+            path: head.path.clone(),
+            keep_alive: head.keep_alive,
+            started_ms: cx.now_ms,
+        };
+        if head.path == "/metrics" && matches!(head.method, Method::Get | Method::Head) {
+            let mut text = String::new();
+            cx.notifier.record_completed(cx.telemetry.metrics());
+            cx.telemetry.metrics().render(&mut text);
+            let response = Response::new(200)
+                .header("Content-Type", crate::metrics::CONTENT_TYPE)
+                .body(if head.method == Method::Head {
+                    Body::Length(text.len() as u64)
                 } else {
-                    self.current = Current::Answered(response, head.keep_alive);
-                }
-            }
+                    Body::Bytes(text.into_bytes())
+                });
+            self.answer_at_head(response.into(), info, body_follows, cx);
+            return;
+        }
+        match cx.registry.begin(&head) {
+            Begin::Answer(outcome) => self.answer_at_head(outcome, info, body_follows, cx),
             Begin::ReadBody(exchange) => {
                 if head.expect_continue {
                     self.output.push_bytes(b"HTTP/1.1 100 Continue\r\n\r\n");
                 }
-                self.current = Current::Receiving(head, exchange);
+                self.current = Current::Receiving(info, Box::new(exchange));
                 self.phase = Phase::Body;
                 self.deadline_ms = cx.now_ms + cx.timeouts.body_ms;
             }
         }
     }
 
+    fn answer_at_head(
+        &mut self,
+        mut outcome: Outcome,
+        info: RequestInfo,
+        body_follows: bool,
+        cx: &mut Context,
+    ) {
+        if body_follows {
+            // The body is unwanted: answer now and stop reading. With
+            // `Expect: 100-continue` the client never sends it at all.
+            outcome.response.close = true;
+            self.conclude(outcome, info, cx);
+        } else {
+            self.current = Current::Answered(Box::new(outcome), info);
+        }
+    }
+
+    /// Answers a complete request, or parks it while webhooks are asked.
+    fn conclude(&mut self, outcome: Outcome, info: RequestInfo, cx: &mut Context) {
+        let Some(staged) = outcome.staged else {
+            self.send(outcome.response, &info, cx);
+            return;
+        };
+        let actor = Actor {
+            client_ip: self.peer.map(|peer| peer.ip().to_string()),
+            ..Actor::default()
+        };
+        let submission = Submission {
+            drafts: staged.events,
+            actor,
+            commit: staged.commit,
+            response: outcome.response,
+        };
+        let submitted = cx
+            .notifier
+            .submit(cx.waiter, submission, cx.registry, cx.now_ms, cx.unix_micros);
+        match submitted {
+            Submitted::Respond(response) => self.send(response, &info, cx),
+            Submitted::Parked => {
+                self.current = Current::Parked(info);
+                self.phase = Phase::Parked;
+                // Webhook timeouts bound the wait; this only reclaims a lost one.
+                self.deadline_ms = u64::MAX;
+            }
+        }
+    }
+
+    /// The answer of a parked request arrived.
+    pub fn resume(&mut self, response: Response, cx: &mut Context) -> Next {
+        if let Current::Parked(info) = std::mem::replace(&mut self.current, Current::None) {
+            self.send(response, &info, cx);
+        }
+        self.phase = Phase::Writing;
+        self.deadline_ms = cx.now_ms + cx.timeouts.body_ms;
+        self.run(cx)
+    }
+
     /// Queues an answer; a closing answer ends the reading of requests.
-    fn send(&mut self, response: Response, keep_alive: bool, date: &str) {
-        let keep_alive = keep_alive && !response.close;
+    fn send(&mut self, response: Response, info: &RequestInfo, cx: &mut Context) {
+        let keep_alive = info.keep_alive && !response.close;
+        cx.telemetry.record_request(
+            info.route,
+            info.method,
+            response.status,
+            cx.now_ms - info.started_ms,
+        );
+        log::debug!(
+            target: "angos::http",
+            "{} {} -> {} ({} ms)",
+            info.method,
+            info.path,
+            response.status,
+            cx.now_ms - info.started_ms
+        );
         let mut head = Vec::with_capacity(256);
-        response.write_head(&mut head, date, keep_alive);
+        response.write_head(&mut head, cx.date, keep_alive);
         match response.body {
-            Body::Bytes(bytes) => {
+            Body::Bytes(bytes) if info.method != "HEAD" => {
                 head.extend_from_slice(&bytes);
                 self.output.push_vec(head);
             }
-            Body::File { file, offset, len } => {
+            Body::File { file, offset, len } if info.method != "HEAD" => {
                 self.output.push_vec(head);
                 self.output.push_file(file, offset, len);
             }
-            Body::Empty | Body::Length(_) => self.output.push_vec(head),
+            _ => self.output.push_vec(head),
         }
         if !keep_alive {
             self.closing = true;
@@ -267,22 +391,20 @@ impl Connection {
 
     /// Picks the phase (and so the timeout) from what is in progress.
     fn update_phase(&mut self, cx: &Context) {
-        let phase = if matches!(self.current, Current::Receiving(..)) {
-            Phase::Body
-        } else if !self.output.is_empty() {
-            Phase::Writing
-        } else if !self.pending.is_empty() || !self.decoder.is_idle() {
-            Phase::Head
-        } else {
-            Phase::Idle
+        let phase = match self.current {
+            Current::Receiving(..) => Phase::Body,
+            Current::Parked(_) => Phase::Parked,
+            _ if !self.output.is_empty() => Phase::Writing,
+            _ if !self.pending.is_empty() || !self.decoder.is_idle() => Phase::Head,
+            _ => Phase::Idle,
         };
         if phase != self.phase {
-            self.deadline_ms = cx.now_ms
-                + match phase {
-                    Phase::Idle => cx.timeouts.keep_alive_ms,
-                    Phase::Head => cx.timeouts.header_ms,
-                    Phase::Body | Phase::Writing | Phase::Lingering => cx.timeouts.body_ms,
-                };
+            self.deadline_ms = match phase {
+                Phase::Idle => cx.now_ms + cx.timeouts.keep_alive_ms,
+                Phase::Head => cx.now_ms + cx.timeouts.header_ms,
+                Phase::Parked => u64::MAX,
+                Phase::Body | Phase::Writing | Phase::Lingering => cx.now_ms + cx.timeouts.body_ms,
+            };
             self.phase = phase;
         } else if phase == Phase::Writing {
             // A reader that keeps taking bytes is making progress.
@@ -320,20 +442,28 @@ impl Connection {
 
     /// The deadline passed: answer 408 where a request was in progress, close.
     pub fn on_timeout(&mut self, cx: &mut Context) -> Next {
+        let info = RequestInfo {
+            method: "OTHER",
+            route: "timeout",
+            path: String::new(),
+            keep_alive: false,
+            started_ms: cx.now_ms,
+        };
         match self.phase {
             Phase::Head => {
                 log::debug!(target: "angos::reactor", "request head timed out");
-                self.send(Response::new(408).with_close(), false, cx.date);
+                self.send(Response::new(408).with_close(), &info, cx);
                 let _ = self.flush();
                 Next::Close
             }
             Phase::Body => {
                 log::debug!(target: "angos::reactor", "request body timed out");
                 self.abort(cx);
-                self.send(Response::new(408).with_close(), false, cx.date);
+                self.send(Response::new(408).with_close(), &info, cx);
                 let _ = self.flush();
                 Next::Close
             }
+            Phase::Parked => Next::Wait,
             Phase::Idle | Phase::Writing | Phase::Lingering => Next::Close,
         }
     }
@@ -341,29 +471,36 @@ impl Connection {
     /// Releases a request in progress (its upload keeps what arrived).
     pub fn abort(&mut self, cx: &mut Context) {
         if let Current::Receiving(_, exchange) = std::mem::replace(&mut self.current, Current::None) {
-            cx.registry.abort(exchange);
+            cx.registry.abort(*exchange);
         }
     }
 
-    /// For shutdown: finish what is in progress, take no new request.
-    pub fn stop_reading_new_requests(&mut self) -> bool {
-        if matches!(self.current, Current::None) && self.decoder.is_idle() && self.output.is_empty() {
-            return true;
+    /// The request body in progress, for the reactor to release when it closes us.
+    pub fn take_exchange(&mut self) -> Option<Exchange> {
+        match std::mem::replace(&mut self.current, Current::None) {
+            Current::Receiving(_, exchange) => Some(*exchange),
+            other => {
+                self.current = other;
+                None
+            }
         }
-        false
+    }
+
+    /// For shutdown: `true` when nothing is in progress, so closing loses nothing.
+    pub fn is_quiet(&self) -> bool {
+        matches!(self.current, Current::None) && self.decoder.is_idle() && self.output.is_empty()
     }
 }
 
-fn cx_progress(connection: &mut Connection, cx: &Context) {
-    connection.deadline_ms = cx.now_ms + cx.timeouts.body_ms;
-}
-
-fn log_request(head: &RequestHead, response: &Response) {
-    log::debug!(
-        target: "angos::http",
-        "{} {} -> {}",
-        head.method.as_str(),
-        head.path,
-        response.status
-    );
+fn method_label(method: &Method) -> &'static str {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        Method::Delete => "DELETE",
+        Method::Options => "OPTIONS",
+        Method::Other(_) => "OTHER",
+    }
 }

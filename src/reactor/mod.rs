@@ -1,13 +1,19 @@
 //! The reactor: the only module that touches mio, sockets, signals and the
-//! real clock. One thread, one `Poll`; connections live in a slab keyed by
-//! token; every deadline is an entry of the timer wheel.
+//! real clock. One thread, one `Poll`; inbound connections live in a slab
+//! keyed by token; outbound webhook connections in another; every
+//! connection deadline is an entry of the timer wheel, and the webhook
+//! dispatcher's retries and attempt timeouts live in its own wheel.
 
 mod connection;
+mod outbound;
 mod output;
+mod reload;
 mod signals;
+mod telemetry;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
@@ -15,15 +21,21 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::clock::{self, Clock};
-use crate::config::Config;
-use crate::registry::Registry;
+use crate::config::{self, Config};
+use crate::event_webhook::dispatcher::Action;
+use crate::event_webhook::notifier::Notifier;
+use crate::registry::{Commit, Registry};
 use crate::timer::{TimerKey, TimerWheel};
-use connection::{Connection, Context, Next, Timeouts};
+use connection::{Connection, Context, Next, Timeouts, Waiter};
+pub use telemetry::Telemetry;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-/// Connection tokens start here; token = slot index + this.
-const FIRST_CONNECTION: usize = 2;
+const DNS: Token = Token(2);
+/// Inbound connection tokens start here; token = slot index + this.
+const FIRST_CONNECTION: usize = 3;
+/// Outbound (webhook) connection tokens start here.
+const FIRST_OUTBOUND: usize = 1 << 40;
 /// The shared read buffer: large enough that a blob upload moves in big reads.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -52,6 +64,10 @@ pub struct Reactor<C: Clock> {
     next_generation: u64,
     timers: TimerWheel<Deadline>,
     registry: Registry,
+    notifier: Notifier<Waiter, Commit>,
+    outbound: outbound::Outbound,
+    telemetry: Telemetry,
+    watcher: reload::Watcher,
     clock: C,
     config: Config,
     read_buffer: Vec<u8>,
@@ -64,8 +80,14 @@ pub struct Reactor<C: Clock> {
 }
 
 impl<C: Clock> Reactor<C> {
-    /// Binds the listener and installs the signal handlers.
-    pub fn bind(config: Config, registry: Registry, clock: C) -> io::Result<Reactor<C>> {
+    /// Binds the listener and installs the signal handlers. `files` are the
+    /// configuration files to watch for hot reload.
+    pub fn bind(
+        config: Config,
+        files: Vec<PathBuf>,
+        mut registry: Registry,
+        clock: C,
+    ) -> io::Result<Reactor<C>> {
         let address = SocketAddr::new(config.server.bind_address, config.server.port);
         let mut listener = TcpListener::bind(address)?;
         let local_addr = listener.local_addr()?;
@@ -76,6 +98,9 @@ impl<C: Clock> Reactor<C> {
         poll.registry()
             .register(&mut SourceFd(&signals.raw_fd()), SIGNALS, Interest::READABLE)?;
         let now = clock.now_ms();
+        let mut telemetry = Telemetry::new();
+        let notifier = Notifier::new(&config, telemetry.metrics(), now);
+        registry.set_interest(notifier.interest());
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -87,6 +112,10 @@ impl<C: Clock> Reactor<C> {
             next_generation: 0,
             timers: TimerWheel::new(now),
             registry,
+            notifier,
+            outbound: outbound::Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver()),
+            telemetry,
+            watcher: reload::Watcher::new(files, now),
             clock,
             config,
             read_buffer: vec![0; READ_BUFFER_BYTES],
@@ -112,8 +141,16 @@ impl<C: Clock> Reactor<C> {
                 Some(Duration::ZERO)
             } else {
                 let now = self.clock.now_ms();
-                self.timers
-                    .next_deadline()
+                let deadlines = [
+                    self.timers.next_deadline(),
+                    self.notifier.dispatcher().poll_timeout(),
+                    self.outbound.poll_timeout(),
+                    Some(self.watcher.next_check_ms),
+                ];
+                deadlines
+                    .into_iter()
+                    .flatten()
+                    .min()
                     .map(|deadline| Duration::from_millis(deadline.saturating_sub(now)))
             };
             if let Err(error) = self.poll.poll(&mut events, timeout)
@@ -130,6 +167,10 @@ impl<C: Clock> Reactor<C> {
                             self.begin_shutdown();
                         }
                     }
+                    token if self.outbound.owns(token) || token == DNS => {
+                        let now = self.clock.now_ms();
+                        self.outbound.handle_event(self.poll.registry(), token, now);
+                    }
                     Token(token) => self.run_connection(token - FIRST_CONNECTION),
                 }
             }
@@ -141,22 +182,115 @@ impl<C: Clock> Reactor<C> {
             for deadline in fired.drain(..) {
                 self.on_deadline(deadline, now);
             }
-            if self.shutting_down {
-                self.close_idle_connections();
-                if self.open == 0 {
-                    log::info!(target: "angos::reactor", "shutdown complete");
-                    return Ok(());
-                }
-                if now >= self.shutdown_deadline_ms {
-                    log::warn!(
-                        target: "angos::reactor",
-                        "shutdown drain time over; closing {} connections with requests in progress",
-                        self.open
-                    );
-                    return Ok(());
-                }
+            self.notifier.dispatcher().handle_timeout(now);
+            self.outbound.handle_timeout(self.poll.registry(), now);
+            self.pump_webhooks();
+            if self.watcher.check(now) {
+                self.reload();
+            }
+            if self.shutting_down && self.shutdown_step(now) {
+                return Ok(());
             }
         }
+    }
+
+    /// Moves webhook work until it settles: dispatcher actions to the
+    /// transport, attempt results back, and finished gates to their requests.
+    fn pump_webhooks(&mut self) {
+        loop {
+            let now = self.clock.now_ms();
+            let mut progressed = false;
+            while let Some(action) = self.notifier.dispatcher().poll_action() {
+                progressed = true;
+                match action {
+                    Action::Send {
+                        delivery,
+                        webhook,
+                        request,
+                    } => self
+                        .outbound
+                        .send(self.poll.registry(), delivery, &webhook, request, now),
+                    Action::Abort { delivery } => self.outbound.abort(self.poll.registry(), delivery),
+                }
+            }
+            while let Some((delivery, result)) = self.outbound.poll_result() {
+                progressed = true;
+                self.notifier.dispatcher().handle_result(delivery, result, now);
+            }
+            while let Some((waiter, response)) = self.notifier.poll_ready(&mut self.registry, now) {
+                progressed = true;
+                self.resume(waiter, response);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.notifier.record_completed(self.telemetry.metrics());
+    }
+
+    fn resume(&mut self, waiter: Waiter, response: crate::http::Response) {
+        let timeouts = self.timeouts();
+        let now = self.clock.now_ms();
+        let unix_micros = self.clock.unix_micros();
+        let Some(Some(entry)) = self.slots.get_mut(waiter.slot) else {
+            return;
+        };
+        if entry.generation != waiter.generation {
+            return; // The client left; the change (if any) is made regardless.
+        }
+        let mut cx = Context {
+            registry: &mut self.registry,
+            notifier: &mut self.notifier,
+            telemetry: &mut self.telemetry,
+            read_buffer: &mut self.read_buffer,
+            now_ms: now,
+            unix_micros,
+            date: &self.date,
+            timeouts,
+            waiter,
+        };
+        match entry.connection.resume(response, &mut cx) {
+            Next::Close => self.close(waiter.slot),
+            Next::Again => {
+                self.again.push(waiter.slot);
+                self.arm_timer(waiter.slot);
+            }
+            Next::Wait => self.arm_timer(waiter.slot),
+        }
+    }
+
+    /// Applies a changed configuration file, or keeps the running one.
+    fn reload(&mut self) {
+        let loaded = match config::load_files(self.watcher.files()) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                log::error!("configuration reload failed, keeping the running configuration: {error}");
+                return;
+            }
+        };
+        for warning in &loaded.warnings {
+            log::warn!("{warning}");
+        }
+        let new = loaded.config;
+        if new.server != self.config.server || new.storage != self.config.storage {
+            log::warn!("changes to [server] and [blob_store] take effect after a restart");
+        }
+        self.notifier.reconfigure(&new);
+        self.registry.set_interest(self.notifier.interest());
+        self.registry.set_limits(crate::registry::Limits {
+            max_manifest_size: new.global.max_manifest_size,
+            max_blob_size: new.global.max_blob_size,
+        });
+        self.config.global = new.global;
+        self.config.repositories = new.repositories;
+        self.config.webhooks = new.webhooks;
+        let files: Vec<String> = self
+            .watcher
+            .files()
+            .iter()
+            .map(|file| file.display().to_string())
+            .collect();
+        log::info!("configuration reloaded from {}", files.join(", "));
     }
 
     fn refresh_date(&mut self) {
@@ -234,15 +368,23 @@ impl<C: Clock> Reactor<C> {
     fn run_connection(&mut self, slot: usize) {
         let timeouts = self.timeouts();
         let now = self.clock.now_ms();
+        let unix_micros = self.clock.unix_micros();
         let Some(Some(entry)) = self.slots.get_mut(slot) else {
             return;
         };
         let mut cx = Context {
             registry: &mut self.registry,
+            notifier: &mut self.notifier,
+            telemetry: &mut self.telemetry,
             read_buffer: &mut self.read_buffer,
             now_ms: now,
+            unix_micros,
             date: &self.date,
             timeouts,
+            waiter: Waiter {
+                slot,
+                generation: entry.generation,
+            },
         };
         match entry.connection.run(&mut cx) {
             Next::Close => self.close(slot),
@@ -252,6 +394,8 @@ impl<C: Clock> Reactor<C> {
             }
             Next::Wait => self.arm_timer(slot),
         }
+        // A request may have started deliveries; send them without waiting a turn.
+        self.pump_webhooks();
     }
 
     /// Keeps one wheel entry per connection, at or before its deadline.
@@ -262,34 +406,28 @@ impl<C: Clock> Reactor<C> {
             return;
         };
         let deadline = entry.connection.deadline_ms;
-        match entry.timer {
-            Some((_, armed)) if armed <= deadline => {}
-            Some((key, _)) => {
-                self.timers.cancel(key);
-                let key = self.timers.insert(
-                    deadline,
-                    Deadline {
-                        slot,
-                        generation: entry.generation,
-                    },
-                );
-                entry.timer = Some((key, deadline));
-            }
-            None => {
-                let key = self.timers.insert(
-                    deadline,
-                    Deadline {
-                        slot,
-                        generation: entry.generation,
-                    },
-                );
-                entry.timer = Some((key, deadline));
-            }
+        if deadline == u64::MAX {
+            return; // Parked: the webhooks' own timeouts bound the wait.
         }
+        if let Some((key, armed)) = entry.timer {
+            if armed <= deadline {
+                return;
+            }
+            self.timers.cancel(key);
+        }
+        let key = self.timers.insert(
+            deadline,
+            Deadline {
+                slot,
+                generation: entry.generation,
+            },
+        );
+        entry.timer = Some((key, deadline));
     }
 
     fn on_deadline(&mut self, deadline: Deadline, now: u64) {
         let timeouts = self.timeouts();
+        let unix_micros = self.clock.unix_micros();
         let Some(Some(entry)) = self.slots.get_mut(deadline.slot) else {
             return;
         };
@@ -303,10 +441,17 @@ impl<C: Clock> Reactor<C> {
         }
         let mut cx = Context {
             registry: &mut self.registry,
+            notifier: &mut self.notifier,
+            telemetry: &mut self.telemetry,
             read_buffer: &mut self.read_buffer,
             now_ms: now,
+            unix_micros,
             date: &self.date,
             timeouts,
+            waiter: Waiter {
+                slot: deadline.slot,
+                generation: deadline.generation,
+            },
         };
         match entry.connection.on_timeout(&mut cx) {
             Next::Close => self.close(deadline.slot),
@@ -321,18 +466,9 @@ impl<C: Clock> Reactor<C> {
         if let Some((key, _)) = entry.timer {
             self.timers.cancel(key);
         }
-        let mut cx = Context {
-            registry: &mut self.registry,
-            read_buffer: &mut self.read_buffer,
-            now_ms: 0,
-            date: &self.date,
-            timeouts: Timeouts {
-                header_ms: 0,
-                body_ms: 0,
-                keep_alive_ms: 0,
-            },
-        };
-        entry.connection.abort(&mut cx);
+        if let Some(aborted) = entry.connection.take_exchange() {
+            self.registry.abort(aborted);
+        }
         let _ = self.poll.registry().deregister(&mut entry.connection.socket);
         self.free.push(slot);
         self.open -= 1;
@@ -342,7 +478,10 @@ impl<C: Clock> Reactor<C> {
         if self.shutting_down {
             return;
         }
-        log::info!(target: "angos::reactor", "shutdown requested; finishing requests in progress");
+        log::info!(
+            target: "angos::reactor",
+            "shutdown requested; finishing requests in progress and draining webhook deliveries"
+        );
         self.shutting_down = true;
         self.shutdown_deadline_ms = self.clock.now_ms() + self.config.global.shutdown_drain_secs * 1000;
         if let Some(mut listener) = self.listener.take() {
@@ -350,15 +489,30 @@ impl<C: Clock> Reactor<C> {
         }
     }
 
-    fn close_idle_connections(&mut self) {
+    /// One step of the graceful shutdown; `true` when the process may exit.
+    fn shutdown_step(&mut self, now: u64) -> bool {
         for slot in 0..self.slots.len() {
-            let idle = match &mut self.slots[slot] {
-                Some(entry) => entry.connection.stop_reading_new_requests(),
-                None => false,
-            };
-            if idle {
+            let quiet = self.slots[slot]
+                .as_ref()
+                .is_some_and(|entry| entry.connection.is_quiet());
+            if quiet {
                 self.close(slot);
             }
         }
+        let pending = self.notifier.dispatcher().async_pending();
+        let in_flight = self.notifier.dispatcher().in_flight();
+        if self.open == 0 && pending == 0 && in_flight == 0 {
+            log::info!(target: "angos::reactor", "shutdown complete; 0 async deliveries abandoned");
+            return true;
+        }
+        if now >= self.shutdown_deadline_ms {
+            log::warn!(
+                target: "angos::event_webhook",
+                "shutdown drain time over: {pending} async deliveries abandoned, {} connections closed with requests in progress",
+                self.open
+            );
+            return true;
+        }
+        false
     }
 }

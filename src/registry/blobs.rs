@@ -4,13 +4,14 @@
 
 use super::error::{ErrorCode, RegistryError};
 use super::range::{self, RangeError};
-use super::{AfterUpload, ExchangeState, Registry, Result};
+use super::{AfterUpload, Commit, EventDraft, ExchangeState, Outcome, Registry, Result};
 use crate::digest::Digest;
+use crate::event_webhook::event::EventKind;
 use crate::http::{Body, Method, RequestHead, Response};
 use crate::storage::UploadError;
 
 impl Registry {
-    pub(super) fn get_blob(&mut self, head: &RequestHead, name: &str, digest: &Digest) -> Result<Response> {
+    pub(super) fn get_blob(&mut self, head: &RequestHead, name: &str, digest: &Digest) -> Result<Outcome> {
         let blob_unknown = || {
             RegistryError::new(ErrorCode::BlobUnknown, "blob unknown to registry")
                 .detail(serde_json::json!({ "digest": digest.to_string() }))
@@ -29,8 +30,14 @@ impl Registry {
                 .blob_size(name, digest)
                 .map_err(RegistryError::storage)?
                 .ok_or_else(blob_unknown)?;
-            return Ok(base(200).body(Body::Length(size)));
+            return Ok(base(200).body(Body::Length(size)).into());
         }
+        // A GET (not a HEAD) is a pull.
+        let events = if self.wants(EventKind::BlobPull) {
+            vec![EventDraft::new(EventKind::BlobPull, name).digest(digest)]
+        } else {
+            Vec::new()
+        };
         let (file, size) = self
             .storage
             .open_blob(name, digest)
@@ -40,7 +47,7 @@ impl Registry {
             match range::parse_range(value, size) {
                 Ok(range) => {
                     let len = range.end - range.start + 1;
-                    return Ok(base(206)
+                    let response = base(206)
                         .header(
                             "Content-Range",
                             format!("bytes {}-{}/{size}", range.start, range.end),
@@ -49,20 +56,24 @@ impl Registry {
                             file,
                             offset: range.start,
                             len,
-                        }));
+                        });
+                    return self.outcome(response, events, Commit::Nothing);
                 }
                 Err(RangeError::Unsatisfiable) => {
-                    return Ok(Response::new(416).header("Content-Range", format!("bytes */{size}")));
+                    return Ok(Response::new(416)
+                        .header("Content-Range", format!("bytes */{size}"))
+                        .into());
                 }
                 // RFC 9110 section 14.2: a Range we do not understand is ignored.
                 Err(RangeError::Unsupported) => {}
             }
         }
-        Ok(base(200).body(Body::File {
+        let response = base(200).body(Body::File {
             file,
             offset: 0,
             len: size,
-        }))
+        });
+        self.outcome(response, events, Commit::Nothing)
     }
 
     pub(super) fn delete_blob(&mut self, name: &str, digest: &Digest) -> Result<Response> {
@@ -91,13 +102,14 @@ impl Registry {
                     .storage
                     .blob_size(&from, &digest)
                     .map_err(RegistryError::storage)?;
-                if readable.is_some()
-                    && self
-                        .storage
-                        .link_blob(&name, &digest)
-                        .map_err(RegistryError::storage)?
-                {
-                    return Ok(ExchangeState::Ready(blob_created(&name, &digest)));
+                if readable.is_some() {
+                    let events = self.blob_push_events(&name, &digest);
+                    let commit = Commit::Mount {
+                        name: name.clone(),
+                        digest: digest.clone(),
+                    };
+                    let outcome = self.outcome(blob_created(&name, &digest), events, commit)?;
+                    return Ok(ExchangeState::Ready(outcome));
                 }
             }
         }
@@ -108,7 +120,7 @@ impl Registry {
         let id = self.storage.start_upload(&name).map_err(upload_error)?;
         match digest {
             Some(digest) => self.begin_upload_data(head, name, id, Some(digest)),
-            None => Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 202))),
+            None => Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 202).into())),
         }
     }
 
@@ -128,11 +140,11 @@ impl Registry {
             // A chunk must start right after the bytes we have (spec: 416 for
             // an invalid or out-of-order Content-Range).
             let Some(range) = range.filter(|range| range.start == size) else {
-                return Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 416)));
+                return Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 416).into()));
             };
             let announced = range.end - range.start + 1;
             if head.content_length().is_some_and(|length| length != announced) {
-                return Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 416)));
+                return Ok(ExchangeState::Ready(self.upload_progress(&name, &id, 416).into()));
             }
             expected_bytes = Some(announced);
         }
@@ -172,14 +184,25 @@ impl Registry {
             .header("Docker-Upload-UUID", id)
     }
 
-    pub(super) fn commit_upload(&mut self, name: &str, id: &str, digest: &Digest) -> Result<Response> {
+    pub(super) fn commit_upload(&mut self, name: &str, id: &str, digest: &Digest) -> Result<Outcome> {
         self.storage
             .verify_upload(name, id, digest)
             .map_err(upload_error)?;
-        self.storage
-            .commit_upload(name, id, digest)
-            .map_err(upload_error)?;
-        Ok(blob_created(name, digest))
+        let events = self.blob_push_events(name, digest);
+        let commit = Commit::Upload {
+            name: name.to_string(),
+            id: id.to_string(),
+            digest: digest.clone(),
+        };
+        self.outcome(blob_created(name, digest), events, commit)
+    }
+
+    fn blob_push_events(&self, name: &str, digest: &Digest) -> Vec<EventDraft> {
+        if self.wants(EventKind::BlobPush) {
+            vec![EventDraft::new(EventKind::BlobPush, name).digest(digest)]
+        } else {
+            Vec::new()
+        }
     }
 }
 
@@ -189,7 +212,7 @@ fn blob_created(name: &str, digest: &Digest) -> Response {
         .header("Docker-Content-Digest", digest.to_string())
 }
 
-fn upload_error(error: UploadError) -> RegistryError {
+pub(super) fn upload_error(error: UploadError) -> RegistryError {
     match error {
         UploadError::Unknown => RegistryError::new(ErrorCode::BlobUploadUnknown, "upload unknown"),
         UploadError::DigestMismatch => RegistryError::new(

@@ -4,8 +4,9 @@
 use super::error::{ErrorCode, RegistryError};
 use super::manifest::{self, OCI_INDEX};
 use super::reference::{self, Reference};
-use super::{ExchangeState, Registry, Result};
+use super::{Commit, EventDraft, ExchangeState, Outcome, Registry, Result};
 use crate::digest::{Digest, Hasher};
+use crate::event_webhook::event::EventKind;
 use crate::http::{Body, Method, RequestHead, Response};
 
 impl Registry {
@@ -17,11 +18,11 @@ impl Registry {
     }
 
     pub(super) fn get_manifest(
-        &self,
+        &mut self,
         head: &RequestHead,
         name: &str,
         reference: &Reference,
-    ) -> Result<Response> {
+    ) -> Result<Outcome> {
         let unknown = || {
             RegistryError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry")
                 .detail(serde_json::json!({ "reference": reference.to_string() }))
@@ -32,16 +33,29 @@ impl Registry {
             .manifest(name, &digest)
             .map_err(RegistryError::storage)?
             .ok_or_else(unknown)?;
-        let body = if head.method == Method::Head {
+        let head_only = head.method == Method::Head;
+        let body = if head_only {
             Body::Length(stored.body.len() as u64)
         } else {
             Body::Bytes(stored.body)
         };
-        Ok(Response::new(200)
+        let response = Response::new(200)
             .header("Content-Type", stored.media_type)
             .header("Docker-Content-Digest", digest.to_string())
             .header("ETag", format!("\"{digest}\""))
-            .body(body))
+            .body(body);
+        // A GET (not a HEAD) is a pull.
+        let mut events = Vec::new();
+        if !head_only && self.wants(EventKind::ManifestPull) {
+            let mut draft = EventDraft::new(EventKind::ManifestPull, name)
+                .digest(&digest)
+                .reference(reference.to_string());
+            if let Reference::Tag(tag) = reference {
+                draft = draft.tag(tag.clone());
+            }
+            events.push(draft);
+        }
+        self.outcome(response, events, Commit::Nothing)
     }
 
     pub(super) fn begin_manifest_put(
@@ -85,12 +99,12 @@ impl Registry {
         reference: &Reference,
         content_type: &str,
         tags: &[String],
-        body: &[u8],
-    ) -> Result<Response> {
+        body: Vec<u8>,
+    ) -> Result<Outcome> {
         let digest = match reference {
             Reference::Digest(expected) => {
                 let mut hasher = Hasher::for_digest(expected);
-                hasher.update(body);
+                hasher.update(&body);
                 let actual = hasher.digest();
                 if &actual != expected {
                     return Err(RegistryError::new(
@@ -101,9 +115,9 @@ impl Registry {
                 }
                 actual
             }
-            Reference::Tag(_) => Digest::sha256_of(body),
+            Reference::Tag(_) => Digest::sha256_of(&body),
         };
-        let parsed = manifest::parse(content_type, body)
+        let parsed = manifest::parse(content_type, &body)
             .map_err(|error| RegistryError::new(ErrorCode::ManifestInvalid, error.to_string()))?;
         let media_type = match (content_type.split(';').next().map(str::trim), &parsed.media_type) {
             (Some(from_header), _) if !from_header.is_empty() => from_header.to_string(),
@@ -145,41 +159,93 @@ impl Registry {
         let referrer = parsed
             .subject
             .as_ref()
-            .zip(descriptor.as_ref())
-            .map(|(subject, descriptor)| (&subject.digest, descriptor));
-        self.storage
-            .put_manifest(name, &digest, &media_type, body, tags, referrer)
-            .map_err(RegistryError::storage)?;
+            .zip(descriptor)
+            .map(|(subject, descriptor)| (subject.digest.clone(), descriptor));
+        let mut events = Vec::new();
+        if self.wants(EventKind::ManifestPush) {
+            let mut draft = EventDraft::new(EventKind::ManifestPush, name)
+                .digest(&digest)
+                .reference(reference.to_string());
+            if let Reference::Tag(tag) = reference {
+                draft = draft.tag(tag.clone());
+            }
+            events.push(draft);
+        }
+        if self.wants(EventKind::TagCreate) {
+            for tag in tags {
+                events.push(
+                    EventDraft::new(EventKind::TagCreate, name)
+                        .digest(&digest)
+                        .reference(tag.clone())
+                        .tag(tag.clone()),
+                );
+            }
+        }
         let mut response = Response::new(201)
             .header("Location", format!("/v2/{name}/manifests/{digest}"))
             .header("Docker-Content-Digest", digest.to_string());
         if let Some(subject) = &parsed.subject {
             response = response.header("OCI-Subject", subject.digest.to_string());
         }
-        Ok(response)
+        let commit = Commit::PutManifest {
+            name: name.to_string(),
+            digest,
+            media_type,
+            body,
+            tags: tags.to_vec(),
+            referrer,
+        };
+        self.outcome(response, events, commit)
     }
 
-    pub(super) fn delete_manifest(&mut self, name: &str, reference: &Reference) -> Result<Response> {
-        let found = match reference {
-            Reference::Digest(digest) => self
-                .storage
-                .delete_manifest(name, digest)
-                .map_err(RegistryError::storage)?
-                .is_some(),
-            Reference::Tag(tag) => self
-                .storage
-                .delete_tag(name, tag)
-                .map_err(RegistryError::storage)?
-                .is_some(),
+    pub(super) fn delete_manifest(&mut self, name: &str, reference: &Reference) -> Result<Outcome> {
+        let unknown = || {
+            RegistryError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry")
+                .detail(serde_json::json!({ "reference": reference.to_string() }))
         };
-        if found {
-            Ok(Response::new(202))
-        } else {
-            Err(
-                RegistryError::new(ErrorCode::ManifestUnknown, "manifest unknown to registry")
-                    .detail(serde_json::json!({ "reference": reference.to_string() })),
-            )
+        // Checked before staging, so a required webhook is only asked about a
+        // delete that will happen.
+        let digest = self.resolve(name, reference)?.ok_or_else(unknown)?;
+        if matches!(reference, Reference::Digest(_))
+            && self
+                .storage
+                .manifest(name, &digest)
+                .map_err(RegistryError::storage)?
+                .is_none()
+        {
+            return Err(unknown());
         }
+        let mut events = Vec::new();
+        if self.wants(EventKind::ManifestDelete) {
+            let mut draft = EventDraft::new(EventKind::ManifestDelete, name)
+                .digest(&digest)
+                .reference(reference.to_string());
+            if let Reference::Tag(tag) = reference {
+                draft = draft.tag(tag.clone());
+            }
+            events.push(draft);
+        }
+        let commit = match reference {
+            Reference::Digest(_) => Commit::DeleteManifest {
+                name: name.to_string(),
+                digest,
+            },
+            Reference::Tag(tag) => {
+                if self.wants(EventKind::TagDelete) {
+                    events.push(
+                        EventDraft::new(EventKind::TagDelete, name)
+                            .digest(&digest)
+                            .reference(tag.clone())
+                            .tag(tag.clone()),
+                    );
+                }
+                Commit::DeleteTag {
+                    name: name.to_string(),
+                    tag: tag.clone(),
+                }
+            }
+        };
+        self.outcome(Response::new(202), events, commit)
     }
 
     pub(super) fn list_tags(&self, head: &RequestHead, name: String) -> Result<Response> {

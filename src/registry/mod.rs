@@ -10,12 +10,16 @@ pub mod range;
 pub mod reference;
 pub mod route;
 
+pub mod outcome;
+
 mod blobs;
 mod manifests;
 
+use crate::event_webhook::event::EventKind;
 use crate::http::{Method, RequestHead, Response};
 use crate::storage::{Storage, UploadWriter};
 use error::{ErrorCode, RegistryError};
+pub use outcome::{Commit, EventDraft, Outcome, Staged};
 use reference::Reference;
 use route::Route;
 
@@ -29,12 +33,14 @@ pub struct Limits {
 pub struct Registry {
     storage: Storage,
     limits: Limits,
+    /// Event kinds some webhook wants (`EventKind::bit`); no other events are built.
+    interest: u8,
 }
 
 /// What to do with a request once its head is known.
 pub enum Begin {
     /// Answer now; any body the request carries is not wanted.
-    Answer(Response),
+    Answer(Outcome),
     /// Read the body into the exchange (`Registry::body`), then `finish`.
     ReadBody(Exchange),
 }
@@ -47,7 +53,7 @@ pub struct Exchange {
 
 enum ExchangeState {
     /// The answer is known; the body (if any) is read and dropped.
-    Ready(Response),
+    Ready(Outcome),
     /// A manifest PUT collecting its body, at most `limit` bytes.
     Manifest {
         name: String,
@@ -86,7 +92,104 @@ type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 impl Registry {
     pub fn new(storage: Storage, limits: Limits) -> Registry {
-        Registry { storage, limits }
+        Registry {
+            storage,
+            limits,
+            interest: 0,
+        }
+    }
+
+    /// Applies reloaded body limits.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Sets which event kinds to build (from the webhook routing).
+    pub fn set_interest(&mut self, mask: u8) {
+        self.interest = mask;
+    }
+
+    fn wants(&self, kind: EventKind) -> bool {
+        self.interest & kind.bit() != 0
+    }
+
+    /// The answer for a change: made now when no event is due, else staged
+    /// so webhooks can be asked first.
+    fn outcome(&mut self, response: Response, events: Vec<EventDraft>, commit: Commit) -> Result<Outcome> {
+        if events.is_empty() {
+            if let Err(response) = self.apply(commit) {
+                return Ok(response.into());
+            }
+            return Ok(response.into());
+        }
+        Ok(Outcome {
+            response,
+            staged: Some(Staged { events, commit }),
+        })
+    }
+
+    /// Makes a staged change visible.
+    pub fn apply(&mut self, commit: Commit) -> std::result::Result<(), Response> {
+        let result = match commit {
+            Commit::Nothing => Ok(()),
+            Commit::PutManifest {
+                name,
+                digest,
+                media_type,
+                body,
+                tags,
+                referrer,
+            } => self
+                .storage
+                .put_manifest(
+                    &name,
+                    &digest,
+                    &media_type,
+                    &body,
+                    &tags,
+                    referrer
+                        .as_ref()
+                        .map(|(subject, descriptor)| (subject, descriptor)),
+                )
+                .map_err(RegistryError::storage),
+            Commit::Upload { name, id, digest } => self
+                .storage
+                .commit_upload(&name, &id, &digest)
+                .map_err(blobs::upload_error),
+            Commit::Mount { name, digest } => match self.storage.link_blob(&name, &digest) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(RegistryError::new(
+                    ErrorCode::BlobUnknown,
+                    "blob unknown to registry",
+                )),
+                Err(error) => Err(RegistryError::storage(error)),
+            },
+            Commit::DeleteManifest { name, digest } => match self.storage.delete_manifest(&name, &digest) {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(RegistryError::new(
+                    ErrorCode::ManifestUnknown,
+                    "manifest unknown to registry",
+                )),
+                Err(error) => Err(RegistryError::storage(error)),
+            },
+            Commit::DeleteTag { name, tag } => match self.storage.delete_tag(&name, &tag) {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(RegistryError::new(
+                    ErrorCode::ManifestUnknown,
+                    "manifest unknown to registry",
+                )),
+                Err(error) => Err(RegistryError::storage(error)),
+            },
+        };
+        result.map_err(RegistryError::into_response)
+    }
+
+    /// Drops a staged change a required webhook refused: nothing becomes
+    /// visible, and a verified upload session is released.
+    pub fn discard(&mut self, commit: Commit) {
+        if let Commit::Upload { name, id, .. } = commit {
+            let _ = self.storage.cancel_upload(&name, &id);
+        }
     }
 
     pub fn storage(&self) -> &Storage {
@@ -99,13 +202,13 @@ impl Registry {
         let label = route.label();
         match self.dispatch(head, route) {
             Ok(state) => match state {
-                ExchangeState::Ready(response) if head.content_length() == Some(0) => Begin::Answer(response),
+                ExchangeState::Ready(outcome) if head.content_length() == Some(0) => Begin::Answer(outcome),
                 state => Begin::ReadBody(Exchange {
                     route_label: label,
                     state,
                 }),
             },
-            Err(error) => Begin::Answer(error.into_response()),
+            Err(error) => Begin::Answer(error.into_response().into()),
         }
     }
 
@@ -144,16 +247,16 @@ impl Registry {
     }
 
     /// Completes a request whose body was read entirely.
-    pub fn finish(&mut self, exchange: Exchange) -> Response {
+    pub fn finish(&mut self, exchange: Exchange) -> Outcome {
         let result = match exchange.state {
-            ExchangeState::Ready(response) => Ok(response),
+            ExchangeState::Ready(outcome) => Ok(outcome),
             ExchangeState::Manifest {
                 name,
                 reference,
                 content_type,
                 tags,
                 body,
-            } => self.put_manifest(&name, &reference, &content_type, &tags, &body),
+            } => self.put_manifest(&name, &reference, &content_type, &tags, body),
             ExchangeState::Upload {
                 name,
                 id,
@@ -168,13 +271,13 @@ impl Registry {
                     Err(range_mismatch())
                 } else {
                     match then {
-                        AfterUpload::Progress => Ok(self.upload_progress(&name, &id, 202)),
+                        AfterUpload::Progress => Ok(self.upload_progress(&name, &id, 202).into()),
                         AfterUpload::Commit(digest) => self.commit_upload(&name, &id, &digest),
                     }
                 }
             }
         };
-        result.unwrap_or_else(RegistryError::into_response)
+        result.unwrap_or_else(|error| error.into_response().into())
     }
 
     /// The connection ended before the body did. An upload keeps what it
@@ -199,7 +302,10 @@ impl Registry {
     /// Ends an upload exchange on an error: the session is removed, since its
     /// bytes no longer match what the client believes it sent.
     fn fail_upload(&mut self, exchange: &mut Exchange, error: RegistryError) -> Response {
-        let state = std::mem::replace(&mut exchange.state, ExchangeState::Ready(Response::new(500)));
+        let state = std::mem::replace(
+            &mut exchange.state,
+            ExchangeState::Ready(Response::new(500).into()),
+        );
         if let ExchangeState::Upload { name, id, writer, .. } = state {
             self.storage.release_writer(&name, &id, *writer);
             let _ = self.storage.cancel_upload(&name, &id);
@@ -208,7 +314,6 @@ impl Registry {
     }
 
     fn dispatch(&mut self, head: &RequestHead, route: Route) -> Result<ExchangeState> {
-        let ready = |response: Response| Ok(ExchangeState::Ready(response));
         match (route, &head.method) {
             (Route::Healthz, Method::Get | Method::Head) => ready(Response::new(200).body(text("ok\n"))),
             (Route::Readyz, Method::Get | Method::Head) => ready(Response::new(200).body(text("ready\n"))),
@@ -272,6 +377,10 @@ impl Registry {
             _ => Err(method_not_allowed()),
         }
     }
+}
+
+fn ready(outcome: impl Into<Outcome>) -> Result<ExchangeState> {
+    Ok(ExchangeState::Ready(outcome.into()))
 }
 
 fn text(body: &str) -> crate::http::Body {
@@ -347,4 +456,14 @@ fn range_mismatch() -> RegistryError {
         "body length does not match Content-Range",
     )
     .status(416)
+}
+
+impl crate::event_webhook::notifier::Apply<Commit> for Registry {
+    fn apply(&mut self, commit: Commit) -> std::result::Result<(), Response> {
+        Registry::apply(self, commit)
+    }
+
+    fn discard(&mut self, commit: Commit) {
+        Registry::discard(self, commit)
+    }
 }

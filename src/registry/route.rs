@@ -97,6 +97,34 @@ pub fn route(path: &str) -> Route {
     Route::NotFound
 }
 
+/// The route label of a path without building a `Route` (no allocation):
+/// what metrics and logs need on every request.
+pub fn label_of(path: &str) -> &'static str {
+    match path {
+        "/v2/" | "/v2" => return "base",
+        "/healthz" => return "healthz",
+        "/readyz" => return "readyz",
+        "/metrics" => return "metrics",
+        "/v2/_catalog" => return "catalog",
+        _ => {}
+    }
+    if !path.starts_with("/v2/") {
+        return "not_found";
+    }
+    let mut segments = path.rsplit('/');
+    let last = segments.next().unwrap_or_default();
+    let second = segments.next().unwrap_or_default();
+    let third = segments.next().unwrap_or_default();
+    match (third, second, last) {
+        (_, "tags", "list") => "tags",
+        ("blobs", "uploads", _) | (_, "blobs", "uploads") => "upload",
+        (_, "manifests", _) => "manifest",
+        (_, "blobs", _) => "blob",
+        (_, "referrers", _) => "referrers",
+        _ => "not_found",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,348 @@
+//! Ties registry operations to webhook deliveries (SPEC section 5): decides
+//! per event which webhooks and policies apply, parks requests behind
+//! `required` gates before their change is made, makes the change, then runs
+//! `optional` gates and queues `async` deliveries. Sans-IO: the reactor feeds
+//! it time and attempt results and carries the answers back to connections.
+//! Generic over the waiter (a connection handle) and the staged change.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::dispatcher::{Completed, Dispatcher, GateId, GateKind, GateOutcome, Payload};
+use super::event::{Actor, Event};
+use super::routing::Routing;
+use crate::config::{Config, Policy, WebhookConfig};
+use crate::http::Response;
+use crate::metrics::{FamilyId, LATENCY_BUCKETS_SECONDS, Metrics};
+use crate::registry::EventDraft;
+
+/// Makes or drops a staged change; the registry implements it.
+pub trait Apply<C> {
+    fn apply(&mut self, commit: C) -> Result<(), Response>;
+    fn discard(&mut self, commit: C);
+}
+
+/// A staged operation handed to `submit`: its events, who caused them, the
+/// change, and the answer to give once the change is made.
+pub struct Submission<C> {
+    pub drafts: Vec<EventDraft>,
+    pub actor: Actor,
+    pub commit: C,
+    pub response: Response,
+}
+
+/// What `submit` decided.
+pub enum Submitted {
+    /// Answer now: no webhook had to be waited for (the change is made).
+    Respond(Response),
+    /// The request waits; its answer comes from `poll_ready`.
+    Parked,
+}
+
+type Deliveries = Vec<(Rc<WebhookConfig>, Rc<Payload>)>;
+
+enum Stage<C> {
+    /// Required webhooks are being asked; nothing is visible yet.
+    Required {
+        commit: C,
+        response: Response,
+        optional: Deliveries,
+        asynchronous: Deliveries,
+    },
+    /// The change is made; optional webhooks are being told.
+    Optional { response: Response },
+}
+
+struct Parked<W, C> {
+    waiter: W,
+    stage: Stage<C>,
+}
+
+struct Families {
+    deliveries: FamilyId,
+    duration: FamilyId,
+    queue_depth: FamilyId,
+    dropped: FamilyId,
+}
+
+pub struct Notifier<W, C> {
+    routing: Routing,
+    dispatcher: Dispatcher,
+    parked: HashMap<GateId, Parked<W, C>>,
+    families: Families,
+    /// Webhooks whose queue-depth gauge exists, to zero or remove it.
+    gauged: Vec<String>,
+    /// Webhooks that dropped a queued event since the metrics were last updated.
+    drops: Vec<String>,
+}
+
+impl<W, C> Notifier<W, C> {
+    pub fn new(config: &Config, metrics: &mut Metrics, now_ms: u64) -> Notifier<W, C> {
+        let families = Families {
+            deliveries: metrics.counter(
+                "event_webhook_deliveries_total",
+                "Webhook deliveries by outcome, counted once per delivery after its retries.",
+                &["webhook", "event", "result"],
+            ),
+            duration: metrics.histogram(
+                "event_webhook_delivery_duration_seconds",
+                "Time from the first attempt of a delivery to its outcome, retries included.",
+                &["webhook", "event"],
+                LATENCY_BUCKETS_SECONDS,
+            ),
+            queue_depth: metrics.gauge(
+                "event_webhook_queue_depth",
+                "Async events waiting or in flight per webhook.",
+                &["webhook"],
+            ),
+            dropped: metrics.counter(
+                "event_webhook_queue_dropped_total",
+                "Async events dropped because the webhook's queue was full.",
+                &["webhook"],
+            ),
+        };
+        Notifier {
+            routing: Routing::new(config),
+            dispatcher: Dispatcher::new(now_ms, config.global.event_webhook_queue_length),
+            parked: HashMap::new(),
+            families,
+            gauged: Vec::new(),
+            drops: Vec::new(),
+        }
+    }
+
+    /// The event kinds some webhook wants, for `Registry::set_interest`.
+    pub fn interest(&self) -> u8 {
+        self.routing.interest()
+    }
+
+    pub fn dispatcher(&mut self) -> &mut Dispatcher {
+        &mut self.dispatcher
+    }
+
+    /// Switches to a reloaded configuration. Parked requests and deliveries in
+    /// flight keep the definitions they started with.
+    pub fn reconfigure(&mut self, config: &Config) {
+        self.routing = Routing::new(config);
+        let dropped = self.dispatcher.reconfigure(self.routing.webhooks());
+        if dropped > 0 {
+            log::warn!(
+                target: "angos::event_webhook",
+                "dropped {dropped} queued async events of webhooks removed or no longer async"
+            );
+        }
+    }
+
+    /// Routes a staged operation's events.
+    pub fn submit(
+        &mut self,
+        waiter: W,
+        submission: Submission<C>,
+        registry: &mut impl Apply<C>,
+        now_ms: u64,
+        unix_micros: u64,
+    ) -> Submitted {
+        let Submission {
+            drafts,
+            actor,
+            commit,
+            response,
+        } = submission;
+        let mut required = Vec::new();
+        let mut optional = Vec::new();
+        let mut asynchronous = Vec::new();
+        for draft in drafts {
+            let webhooks = self.routing.webhooks_for(draft.kind, &draft.namespace);
+            if webhooks.is_empty() {
+                continue;
+            }
+            let payload = Rc::new(self.payload(draft, &actor, unix_micros));
+            for webhook in webhooks {
+                let item = (webhook.clone(), payload.clone());
+                match webhook.policy {
+                    Policy::Required => required.push(item),
+                    Policy::Optional => optional.push(item),
+                    Policy::Async => asynchronous.push(item),
+                }
+            }
+        }
+        if !required.is_empty() {
+            let gate = self.dispatcher.gate(GateKind::Required, required, now_ms);
+            let stage = Stage::Required {
+                commit,
+                response,
+                optional,
+                asynchronous,
+            };
+            self.parked.insert(gate, Parked { waiter, stage });
+            return Submitted::Parked;
+        }
+        if let Err(error) = registry.apply(commit) {
+            return Submitted::Respond(error);
+        }
+        match self.after_commit(waiter, response, optional, asynchronous, now_ms) {
+            Some((_, response)) => Submitted::Respond(response),
+            None => Submitted::Parked,
+        }
+    }
+
+    /// The change is visible: queue async deliveries, then wait for optional
+    /// ones. Gives the waiter back with its answer when nothing is waited for.
+    fn after_commit(
+        &mut self,
+        waiter: W,
+        response: Response,
+        optional: Deliveries,
+        asynchronous: Deliveries,
+        now_ms: u64,
+    ) -> Option<(W, Response)> {
+        for (webhook, payload) in asynchronous {
+            let name = webhook.name.clone();
+            if let Some(dropped) = self.dispatcher.enqueue(webhook, payload, now_ms) {
+                log::warn!(
+                    target: "angos::event_webhook",
+                    "webhook {name:?}: async queue full; dropped the oldest queued event {} ({})",
+                    dropped.event_id,
+                    dropped.kind
+                );
+                self.drops.push(name);
+            }
+        }
+        if optional.is_empty() {
+            return Some((waiter, response));
+        }
+        let gate = self.dispatcher.gate(GateKind::Optional, optional, now_ms);
+        self.parked.insert(
+            gate,
+            Parked {
+                waiter,
+                stage: Stage::Optional { response },
+            },
+        );
+        None
+    }
+
+    fn payload(&self, draft: EventDraft, actor: &Actor, unix_micros: u64) -> Payload {
+        let repository = self.routing.repository_of(&draft.namespace);
+        let mut event = Event::new(draft.kind, draft.namespace.clone(), repository, unix_micros);
+        event.digest = draft.digest;
+        event.reference = draft.reference;
+        event.tag = draft.tag;
+        event.actor = actor.clone();
+        Payload {
+            event_id: event.id.clone(),
+            kind: draft.kind,
+            namespace: draft.namespace,
+            body: event.to_json(),
+        }
+    }
+
+    /// A parked request whose answer is known, after gates reported.
+    pub fn poll_ready(&mut self, registry: &mut impl Apply<C>, now_ms: u64) -> Option<(W, Response)> {
+        while let Some((gate, outcome)) = self.dispatcher.poll_gate() {
+            let Some(parked) = self.parked.remove(&gate) else {
+                continue;
+            };
+            match (parked.stage, outcome) {
+                (
+                    Stage::Required {
+                        commit,
+                        response,
+                        optional,
+                        asynchronous,
+                    },
+                    GateOutcome::Passed,
+                ) => {
+                    if let Err(error) = registry.apply(commit) {
+                        return Some((parked.waiter, error));
+                    }
+                    if let Some(ready) =
+                        self.after_commit(parked.waiter, response, optional, asynchronous, now_ms)
+                    {
+                        return Some(ready);
+                    }
+                }
+                (Stage::Required { commit, .. }, GateOutcome::Failed { webhook, reason }) => {
+                    registry.discard(commit);
+                    log::warn!(
+                        target: "angos::event_webhook",
+                        "required webhook {webhook:?} failed: {reason}; the operation was refused"
+                    );
+                    return Some((parked.waiter, required_failed(&webhook, &reason)));
+                }
+                (Stage::Optional { response }, _) => return Some((parked.waiter, response)),
+            }
+        }
+        None
+    }
+
+    /// Finished deliveries: metrics, and a warning for each failure.
+    pub fn record_completed(&mut self, metrics: &mut Metrics) {
+        while let Some(done) = self.dispatcher.poll_completed() {
+            record(&self.families, metrics, &done);
+        }
+        let depths = self.dispatcher.queue_depths();
+        for (name, depth) in &depths {
+            let series = metrics.series(self.families.queue_depth, &[name]);
+            metrics.set(series, *depth as f64);
+            if !self.gauged.contains(name) {
+                self.gauged.push(name.clone());
+            }
+        }
+        // Queues that emptied read 0 rather than keeping their last depth.
+        self.gauged.retain(|name| {
+            if depths.iter().any(|(queued, _)| queued == name) {
+                return true;
+            }
+            let series = metrics.series(self.families.queue_depth, &[name]);
+            metrics.set(series, 0.0);
+            false
+        });
+        for name in self.drops.drain(..) {
+            let series = metrics.series(self.families.dropped, &[&name]);
+            metrics.inc(series);
+        }
+    }
+
+    /// Requests waiting on webhooks.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+}
+
+fn record(families: &Families, metrics: &mut Metrics, done: &Completed) {
+    let result = if done.success { "success" } else { "error" };
+    let kind = done.kind.as_str();
+    let counter = metrics.series(families.deliveries, &[&done.webhook, kind, result]);
+    metrics.inc(counter);
+    let histogram = metrics.series(families.duration, &[&done.webhook, kind]);
+    metrics.observe(histogram, done.duration_ms as f64 / 1000.0);
+    if !done.success {
+        let error = done.error.as_deref().unwrap_or("unknown error");
+        // Required failures are logged where the request is refused.
+        if done.policy != Policy::Required {
+            log::warn!(
+                target: "angos::event_webhook",
+                "webhook {:?} ({}) failed for {} event {} after {} attempts: {error}",
+                done.webhook,
+                done.policy.as_str(),
+                kind,
+                done.event_id,
+                done.attempts
+            );
+        }
+    }
+}
+
+/// The 500 a client gets when a required webhook refused: it names the
+/// webhook, never its token.
+fn required_failed(webhook: &str, reason: &str) -> Response {
+    let body = serde_json::json!({
+        "errors": [{
+            "code": "UNKNOWN",
+            "message": format!("required webhook \"{webhook}\" failed: {reason}"),
+            "detail": { "webhook": webhook },
+        }]
+    });
+    Response::json(500, &body)
+}

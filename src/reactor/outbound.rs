@@ -1,0 +1,699 @@
+//! Outbound webhook connections on the reactor: non-blocking DNS (our own
+//! resolver over UDP), non-blocking connect, TLS through rustls, one
+//! HTTP/1.1 exchange per attempt, and keep-alive reuse per endpoint. It
+//! executes the dispatcher's `Send`/`Abort` actions and reports each
+//! attempt's result; it decides nothing about retries or policies.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use mio::net::{TcpStream, UdpSocket};
+use mio::{Interest, Registry, Token};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use crate::config::{Scheme, WebhookConfig};
+use crate::dns::{LookupId, Resolver};
+use crate::event_webhook::dispatcher::{AttemptResult, DeliveryId};
+use crate::http::client::ResponseDecoder;
+
+/// Outbound connections at once, idle ones included; beyond it attempts fail.
+const CONNECTIONS_MAX: usize = 1024;
+/// Idle keep-alive connections kept per endpoint.
+const IDLE_PER_ENDPOINT_MAX: usize = 8;
+/// Largest response head accepted from a webhook receiver.
+const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// Where a connection goes; connections are reused only for the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Endpoint {
+    scheme: Scheme,
+    host: String,
+    port: u16,
+    ca_bundle: Option<PathBuf>,
+}
+
+enum Phase {
+    /// Waiting for the resolver.
+    Resolving(LookupId),
+    /// TCP connect in progress to `addresses[next - 1]`.
+    Connecting,
+    /// TLS handshake and/or request and response in progress.
+    Exchanging,
+    /// Keep-alive, no attempt.
+    Idle,
+}
+
+struct Connection {
+    endpoint: Endpoint,
+    phase: Phase,
+    socket: Option<TcpStream>,
+    addresses: Vec<IpAddr>,
+    next_address: usize,
+    tls: Option<rustls::ClientConnection>,
+    delivery: Option<DeliveryId>,
+    request: Rc<Vec<u8>>,
+    written: usize,
+    decoder: ResponseDecoder,
+    /// Plaintext received and not yet decoded.
+    pending: Vec<u8>,
+    /// The attempt runs on a connection reused from the idle pool; if it dies
+    /// before any response byte, the attempt moves to a fresh connection.
+    reused: bool,
+    response_started: bool,
+}
+
+pub struct Outbound {
+    token_base: usize,
+    dns_token: Token,
+    connections: Vec<Option<Connection>>,
+    free: Vec<usize>,
+    open: usize,
+    idle: HashMap<Endpoint, Vec<usize>>,
+    by_delivery: HashMap<DeliveryId, usize>,
+    resolver: Resolver,
+    dns_sockets: Vec<UdpSocket>,
+    tls_configs: HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>,
+    results: VecDeque<(DeliveryId, AttemptResult)>,
+    buffer: Vec<u8>,
+}
+
+impl Outbound {
+    /// Connections use tokens from `token_base` up; `dns_token` is the
+    /// resolver's UDP sockets' token.
+    pub fn new(token_base: usize, dns_token: Token, resolver: Resolver) -> Outbound {
+        Outbound {
+            token_base,
+            dns_token,
+            connections: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            idle: HashMap::new(),
+            by_delivery: HashMap::new(),
+            resolver,
+            dns_sockets: Vec::new(),
+            tls_configs: HashMap::new(),
+            results: VecDeque::new(),
+            buffer: vec![0; 16 * 1024],
+        }
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.token_base
+    }
+
+    pub fn poll_result(&mut self) -> Option<(DeliveryId, AttemptResult)> {
+        self.results.pop_front()
+    }
+
+    /// The resolver's next deadline.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.resolver.poll_timeout()
+    }
+
+    /// Starts an attempt: on an idle connection to the endpoint when there is
+    /// one, else on a new one.
+    pub fn send(
+        &mut self,
+        registry: &Registry,
+        delivery: DeliveryId,
+        webhook: &WebhookConfig,
+        request: Rc<Vec<u8>>,
+        now_ms: u64,
+    ) {
+        let endpoint = Endpoint {
+            scheme: webhook.url.scheme,
+            host: webhook.url.host.clone(),
+            port: webhook.url.port,
+            ca_bundle: webhook.ca_bundle.clone(),
+        };
+        if let Some(slot) = self.idle.get_mut(&endpoint).and_then(Vec::pop) {
+            self.by_delivery.insert(delivery, slot);
+            if let Some(connection) = self.connections[slot].as_mut() {
+                connection.begin_attempt(delivery, request, true);
+            }
+            self.drive(registry, slot, now_ms);
+            return;
+        }
+        self.open_new(registry, endpoint, delivery, request, now_ms);
+    }
+
+    fn open_new(
+        &mut self,
+        registry: &Registry,
+        endpoint: Endpoint,
+        delivery: DeliveryId,
+        request: Rc<Vec<u8>>,
+        now_ms: u64,
+    ) {
+        if self.open >= CONNECTIONS_MAX && !self.close_one_idle(registry) {
+            self.results.push_back((
+                delivery,
+                AttemptResult::Failed(format!("too many outbound connections ({CONNECTIONS_MAX})")),
+            ));
+            return;
+        }
+        let phase = match endpoint.host.parse::<IpAddr>() {
+            Ok(_) => Phase::Connecting,
+            Err(_) => Phase::Resolving(self.resolver.resolve(&endpoint.host, now_ms)),
+        };
+        let addresses = endpoint
+            .host
+            .parse::<IpAddr>()
+            .map(|ip| vec![ip])
+            .unwrap_or_default();
+        let mut connection = Connection {
+            endpoint,
+            phase,
+            socket: None,
+            addresses,
+            next_address: 0,
+            tls: None,
+            delivery: None,
+            request: Rc::new(Vec::new()),
+            written: 0,
+            decoder: ResponseDecoder::new(RESPONSE_HEAD_BYTES_MAX),
+            pending: Vec::new(),
+            reused: false,
+            response_started: false,
+        };
+        connection.begin_attempt(delivery, request, false);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.connections.push(None);
+            self.connections.len() - 1
+        });
+        let connecting = matches!(connection.phase, Phase::Connecting);
+        self.connections[slot] = Some(connection);
+        self.open += 1;
+        self.by_delivery.insert(delivery, slot);
+        if connecting {
+            self.connect_next(registry, slot);
+        } else {
+            self.flush_dns(registry);
+            self.take_dns_results(registry, now_ms);
+        }
+    }
+
+    /// The attempt ran out of time: its connection is closed (its state is unknown).
+    pub fn abort(&mut self, registry: &Registry, delivery: DeliveryId) {
+        if let Some(slot) = self.by_delivery.remove(&delivery) {
+            if let Some(Some(connection)) = self.connections.get_mut(slot) {
+                connection.delivery = None;
+            }
+            self.close(registry, slot);
+        }
+    }
+
+    pub fn handle_event(&mut self, registry: &Registry, token: Token, now_ms: u64) {
+        if token == self.dns_token {
+            self.receive_dns(now_ms);
+            self.take_dns_results(registry, now_ms);
+            return;
+        }
+        let slot = token.0 - self.token_base;
+        self.drive(registry, slot, now_ms);
+    }
+
+    pub fn handle_timeout(&mut self, registry: &Registry, now_ms: u64) {
+        self.resolver.handle_timeout(now_ms);
+        self.flush_dns(registry);
+        self.take_dns_results(registry, now_ms);
+    }
+
+    fn receive_dns(&mut self, now_ms: u64) {
+        for socket in &self.dns_sockets {
+            loop {
+                match socket.recv_from(&mut self.buffer) {
+                    Ok((n, from)) => self.resolver.handle_datagram(from, &self.buffer[..n], now_ms),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// Sends the resolver's queries, opening a UDP socket per address family on first use.
+    fn flush_dns(&mut self, registry: &Registry) {
+        while let Some((server, packet)) = self.resolver.poll_transmit() {
+            let family_index = usize::from(server.is_ipv6());
+            let wanted_bind: SocketAddr = if server.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let existing = self.dns_sockets.iter().position(|socket| {
+                socket
+                    .local_addr()
+                    .is_ok_and(|addr| addr.is_ipv6() == server.is_ipv6())
+            });
+            let index = match existing {
+                Some(index) => index,
+                None => match UdpSocket::bind(wanted_bind) {
+                    Ok(mut socket) => {
+                        if let Err(error) = registry.register(&mut socket, self.dns_token, Interest::READABLE)
+                        {
+                            log::warn!(target: "angos::event_webhook", "DNS socket: {error}");
+                            continue;
+                        }
+                        self.dns_sockets.push(socket);
+                        self.dns_sockets.len() - 1
+                    }
+                    Err(error) => {
+                        log::warn!(target: "angos::event_webhook", "DNS socket: {error}");
+                        continue;
+                    }
+                },
+            };
+            let _ = family_index;
+            // A lost datagram is the resolver's timeout to handle.
+            let _ = self.dns_sockets[index].send_to(&packet, server);
+        }
+    }
+
+    fn take_dns_results(&mut self, registry: &Registry, now_ms: u64) {
+        self.flush_dns(registry);
+        while let Some((lookup, result)) = self.resolver.poll_result() {
+            let waiting: Vec<usize> = self
+                .connections
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, connection)| match connection {
+                    Some(Connection {
+                        phase: Phase::Resolving(id),
+                        ..
+                    }) if *id == lookup => Some(slot),
+                    _ => None,
+                })
+                .collect();
+            for slot in waiting {
+                match &result {
+                    Ok(addresses) if !addresses.is_empty() => {
+                        if let Some(connection) = self.connections[slot].as_mut() {
+                            connection.addresses = addresses.clone();
+                            connection.phase = Phase::Connecting;
+                        }
+                        self.connect_next(registry, slot);
+                    }
+                    Ok(_) => self.fail(registry, slot, "DNS: no addresses".into()),
+                    Err(error) => {
+                        let host = self.connections[slot]
+                            .as_ref()
+                            .map(|connection| connection.endpoint.host.clone())
+                            .unwrap_or_default();
+                        self.fail(registry, slot, format!("{error} ({host})"));
+                    }
+                }
+            }
+        }
+        let _ = now_ms;
+    }
+
+    /// Starts a non-blocking connect to the next address, or fails the attempt.
+    fn connect_next(&mut self, registry: &Registry, slot: usize) {
+        let token = Token(self.token_base + slot);
+        let Some(connection) = self.connections[slot].as_mut() else {
+            return;
+        };
+        let mut last_error = None;
+        while connection.next_address < connection.addresses.len() {
+            let address = SocketAddr::new(
+                connection.addresses[connection.next_address],
+                connection.endpoint.port,
+            );
+            connection.next_address += 1;
+            match TcpStream::connect(address) {
+                Ok(mut socket) => {
+                    if let Some(mut old) = connection.socket.take() {
+                        let _ = registry.deregister(&mut old);
+                    }
+                    if let Err(error) =
+                        registry.register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
+                    {
+                        last_error = Some(format!("connect to {address}: {error}"));
+                        continue;
+                    }
+                    let _ = socket.set_nodelay(true);
+                    connection.socket = Some(socket);
+                    connection.phase = Phase::Connecting;
+                    return;
+                }
+                Err(error) => last_error = Some(format!("connect to {address} failed: {error}")),
+            }
+        }
+        let reason = last_error.unwrap_or_else(|| "no address to connect to".into());
+        self.fail(registry, slot, reason);
+    }
+
+    /// Moves a connection forward after readiness (or a fresh start).
+    fn drive(&mut self, registry: &Registry, slot: usize, now_ms: u64) {
+        let Some(Some(connection)) = self.connections.get_mut(slot) else {
+            return;
+        };
+        if let Phase::Connecting = connection.phase {
+            let Some(socket) = connection.socket.as_ref() else {
+                return;
+            };
+            match socket.take_error() {
+                Ok(Some(error)) | Err(error) => {
+                    let address = socket.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                    let reason = format!(
+                        "connect to {}:{} failed: {error}",
+                        connection.endpoint.host, connection.endpoint.port
+                    );
+                    let _ = address;
+                    if connection.next_address < connection.addresses.len() {
+                        self.connect_next(registry, slot);
+                    } else {
+                        self.fail(registry, slot, reason);
+                    }
+                    return;
+                }
+                Ok(None) => {}
+            }
+            match socket.peer_addr() {
+                Ok(_) => {}
+                // Spurious wake-up: the connect is still in progress (mio docs).
+                Err(error) if error.kind() == io::ErrorKind::NotConnected => return,
+                Err(error) => {
+                    let reason = format!(
+                        "connect to {}:{} failed: {error}",
+                        connection.endpoint.host, connection.endpoint.port
+                    );
+                    self.fail(registry, slot, reason);
+                    return;
+                }
+            }
+            if connection.endpoint.scheme == Scheme::Https {
+                let config = match self.tls_configs.get(&connection.endpoint.ca_bundle) {
+                    Some(config) => config.clone(),
+                    None => match client_config(connection.endpoint.ca_bundle.as_ref()) {
+                        Ok(config) => {
+                            self.tls_configs
+                                .insert(connection.endpoint.ca_bundle.clone(), config.clone());
+                            config
+                        }
+                        Err(reason) => {
+                            self.fail(registry, slot, reason);
+                            return;
+                        }
+                    },
+                };
+                let Some(Some(connection)) = self.connections.get_mut(slot) else {
+                    return;
+                };
+                let server_name = match ServerName::try_from(connection.endpoint.host.clone()) {
+                    Ok(name) => name,
+                    Err(error) => {
+                        let reason = format!("TLS: invalid server name: {error}");
+                        self.fail(registry, slot, reason);
+                        return;
+                    }
+                };
+                match rustls::ClientConnection::new(config, server_name) {
+                    Ok(tls) => connection.tls = Some(tls),
+                    Err(error) => {
+                        let reason = format!("TLS: {error}");
+                        self.fail(registry, slot, reason);
+                        return;
+                    }
+                }
+            }
+            let Some(Some(connection)) = self.connections.get_mut(slot) else {
+                return;
+            };
+            connection.phase = Phase::Exchanging;
+        }
+        let Some(Some(connection)) = self.connections.get_mut(slot) else {
+            return;
+        };
+        let step = match connection.phase {
+            Phase::Exchanging => connection.exchange(&mut self.buffer),
+            Phase::Idle => connection.check_idle(&mut self.buffer),
+            _ => return,
+        };
+        match step {
+            Step::Wait => {}
+            Step::Done { status, keep_alive } => {
+                let delivery = connection.delivery.take();
+                if let Some(delivery) = delivery {
+                    self.by_delivery.remove(&delivery);
+                    self.results.push_back((delivery, AttemptResult::Status(status)));
+                }
+                let endpoint = connection.endpoint.clone();
+                let pool = self.idle.entry(endpoint).or_default();
+                if keep_alive && pool.len() < IDLE_PER_ENDPOINT_MAX {
+                    connection.phase = Phase::Idle;
+                    pool.push(slot);
+                } else {
+                    self.close(registry, slot);
+                }
+            }
+            Step::Failed(reason) => {
+                let can_retry = connection.reused && !connection.response_started;
+                if can_retry && let Some(delivery) = connection.delivery.take() {
+                    // The peer closed a keep-alive connection we took from the pool:
+                    // a race, not a failure of the receiver. Try a fresh connection.
+                    let endpoint = connection.endpoint.clone();
+                    let request = connection.request.clone();
+                    self.by_delivery.remove(&delivery);
+                    self.close(registry, slot);
+                    self.open_new(registry, endpoint, delivery, request, now_ms);
+                    return;
+                }
+                self.fail(registry, slot, reason);
+            }
+            Step::Closed => self.close(registry, slot),
+        }
+    }
+
+    /// Reports the attempt on `slot` as failed and closes the connection.
+    fn fail(&mut self, registry: &Registry, slot: usize, reason: String) {
+        if let Some(Some(connection)) = self.connections.get_mut(slot)
+            && let Some(delivery) = connection.delivery.take()
+        {
+            self.by_delivery.remove(&delivery);
+            self.results.push_back((delivery, AttemptResult::Failed(reason)));
+        }
+        self.close(registry, slot);
+    }
+
+    fn close(&mut self, registry: &Registry, slot: usize) {
+        let Some(Some(mut connection)) = self.connections.get_mut(slot).map(Option::take) else {
+            return;
+        };
+        if let Phase::Resolving(lookup) = connection.phase {
+            self.resolver.cancel(lookup);
+        }
+        if let Some(pool) = self.idle.get_mut(&connection.endpoint) {
+            pool.retain(|idle| *idle != slot);
+        }
+        if let Some(delivery) = connection.delivery.take() {
+            self.by_delivery.remove(&delivery);
+        }
+        if let Some(mut socket) = connection.socket.take() {
+            let _ = registry.deregister(&mut socket);
+        }
+        self.free.push(slot);
+        self.open -= 1;
+    }
+
+    fn close_one_idle(&mut self, registry: &Registry) -> bool {
+        let victim = self.idle.values().flat_map(|pool| pool.first().copied()).next();
+        match victim {
+            Some(slot) => {
+                self.close(registry, slot);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+enum Step {
+    Wait,
+    Done {
+        status: u16,
+        keep_alive: bool,
+    },
+    Failed(String),
+    /// An idle connection the peer closed.
+    Closed,
+}
+
+impl Connection {
+    fn begin_attempt(&mut self, delivery: DeliveryId, request: Rc<Vec<u8>>, reused: bool) {
+        self.delivery = Some(delivery);
+        self.request = request;
+        self.written = 0;
+        self.pending.clear();
+        self.decoder = ResponseDecoder::new(RESPONSE_HEAD_BYTES_MAX);
+        self.reused = reused;
+        self.response_started = false;
+        if reused {
+            self.phase = Phase::Exchanging;
+        }
+    }
+
+    /// Writes the request and reads the response as far as the socket allows.
+    fn exchange(&mut self, buffer: &mut [u8]) -> Step {
+        match self.pump(buffer) {
+            Ok(step) => step,
+            Err(error) => Step::Failed(error),
+        }
+    }
+
+    fn pump(&mut self, buffer: &mut [u8]) -> Result<Step, String> {
+        let Some(socket) = self.socket.as_mut() else {
+            return Err("no socket".into());
+        };
+        let mut eof = false;
+        match self.tls.as_mut() {
+            None => {
+                while self.written < self.request.len() {
+                    match socket.write(&self.request[self.written..]) {
+                        Ok(0) => return Err("connection closed while sending".into()),
+                        Ok(n) => self.written += n,
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => return Err(format!("send failed: {error}")),
+                    }
+                }
+                loop {
+                    match socket.read(buffer) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => self.pending.extend_from_slice(&buffer[..n]),
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => return Err(format!("receive failed: {error}")),
+                    }
+                }
+            }
+            Some(tls) => {
+                if self.written < self.request.len() {
+                    // rustls buffers plaintext until the handshake is done.
+                    tls.writer()
+                        .write_all(&self.request[self.written..])
+                        .map_err(|error| format!("TLS: {error}"))?;
+                    self.written = self.request.len();
+                }
+                loop {
+                    while tls.wants_write() {
+                        match tls.write_tls(socket) {
+                            Ok(_) => {}
+                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                            Err(error) => return Err(format!("send failed: {error}")),
+                        }
+                    }
+                    if !tls.wants_read() {
+                        break;
+                    }
+                    match tls.read_tls(socket) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(_) => {
+                            tls.process_new_packets()
+                                .map_err(|error| format!("TLS: {error}"))?;
+                            loop {
+                                match tls.reader().read(buffer) {
+                                    Ok(0) => {
+                                        eof = true;
+                                        break;
+                                    }
+                                    Ok(n) => self.pending.extend_from_slice(&buffer[..n]),
+                                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                                    Err(error) => return Err(format!("TLS: {error}")),
+                                }
+                            }
+                            if eof {
+                                break;
+                            }
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                            if !tls.wants_write() {
+                                break;
+                            }
+                        }
+                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                        Err(error) => return Err(format!("receive failed: {error}")),
+                    }
+                }
+            }
+        }
+        if !self.pending.is_empty() {
+            self.response_started = true;
+            let (consumed, done) = self
+                .decoder
+                .decode(&self.pending)
+                .map_err(|error| format!("malformed response: {error}"))?;
+            self.pending.drain(..consumed);
+            if let Some(done) = done {
+                // Bytes after the response on a connection we own are a protocol
+                // error; the connection cannot be reused.
+                let keep_alive = done.keep_alive && self.pending.is_empty() && !eof;
+                return Ok(Step::Done {
+                    status: done.status,
+                    keep_alive,
+                });
+            }
+        }
+        if eof {
+            if self.response_started {
+                return match self.decoder.eof() {
+                    Ok(done) => Ok(Step::Done {
+                        status: done.status,
+                        keep_alive: false,
+                    }),
+                    Err(error) => Err(format!("malformed response: {error}")),
+                };
+            }
+            return Err("connection closed before a response".into());
+        }
+        Ok(Step::Wait)
+    }
+
+    /// An idle connection became readable: the peer closed it (or sent junk).
+    fn check_idle(&mut self, buffer: &mut [u8]) -> Step {
+        let Some(socket) = self.socket.as_mut() else {
+            return Step::Closed;
+        };
+        match socket.read(buffer) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Wait,
+            _ => Step::Closed,
+        }
+    }
+}
+
+/// The rustls client configuration: the webpki roots, plus the certificates
+/// of `ca_bundle` when the webhook names one.
+fn client_config(ca_bundle: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_bundle {
+        let certificates = CertificateDer::pem_file_iter(path)
+            .map_err(|error| format!("TLS: cannot read ca_bundle {}: {error}", path.display()))?;
+        for certificate in certificates {
+            let certificate =
+                certificate.map_err(|error| format!("TLS: invalid ca_bundle {}: {error}", path.display()))?;
+            roots
+                .add(certificate)
+                .map_err(|error| format!("TLS: invalid certificate in {}: {error}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("TLS: {error}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,101 @@
+//! What a registry operation produces when events may be due: the answer, the
+//! events it causes, and the change it makes, kept apart so a `required`
+//! webhook can be asked before the change becomes visible.
+
+use crate::digest::Digest;
+use crate::event_webhook::event::EventKind;
+use crate::http::Response;
+
+/// An event before webhooks are known: what happened, where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDraft {
+    pub kind: EventKind,
+    pub namespace: String,
+    pub digest: Option<String>,
+    pub reference: Option<String>,
+    pub tag: Option<String>,
+}
+
+impl EventDraft {
+    pub fn new(kind: EventKind, namespace: &str) -> EventDraft {
+        EventDraft {
+            kind,
+            namespace: namespace.to_string(),
+            digest: None,
+            reference: None,
+            tag: None,
+        }
+    }
+
+    pub fn digest(mut self, digest: &Digest) -> EventDraft {
+        self.digest = Some(digest.to_string());
+        self
+    }
+
+    pub fn reference(mut self, reference: impl Into<String>) -> EventDraft {
+        self.reference = Some(reference.into());
+        self
+    }
+
+    pub fn tag(mut self, tag: impl Into<String>) -> EventDraft {
+        self.tag = Some(tag.into());
+        self
+    }
+}
+
+/// A change prepared and validated but not yet made.
+#[derive(Debug)]
+pub enum Commit {
+    /// Reads change nothing.
+    Nothing,
+    PutManifest {
+        name: String,
+        digest: Digest,
+        media_type: String,
+        body: Vec<u8>,
+        tags: Vec<String>,
+        /// The subject digest and this manifest's referrer descriptor.
+        referrer: Option<(Digest, serde_json::Value)>,
+    },
+    /// A verified upload session to move into the blob store.
+    Upload {
+        name: String,
+        id: String,
+        digest: Digest,
+    },
+    Mount {
+        name: String,
+        digest: Digest,
+    },
+    DeleteManifest {
+        name: String,
+        digest: Digest,
+    },
+    DeleteTag {
+        name: String,
+        tag: String,
+    },
+}
+
+/// A registry answer, with the events and change it carries when any webhook
+/// may care.
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: Response,
+    pub staged: Option<Staged>,
+}
+
+#[derive(Debug)]
+pub struct Staged {
+    pub events: Vec<EventDraft>,
+    pub commit: Commit,
+}
+
+impl From<Response> for Outcome {
+    fn from(response: Response) -> Outcome {
+        Outcome {
+            response,
+            staged: None,
+        }
+    }
+}
