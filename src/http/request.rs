@@ -255,8 +255,21 @@ pub fn parse_head(
     let method = Method::parse(request.method.unwrap_or_default());
     let target = request.path.unwrap_or_default();
     let http10 = request.version == Some(0);
+    // RFC 9112 section 3.2.2: a server MUST accept the absolute-form; its
+    // path is what we route on (the authority is not ours to check).
+    let target = match target.split_once("://") {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") =>
+        {
+            match rest.find(['/', '?']) {
+                Some(at) if rest[at..].starts_with('/') => &rest[at..],
+                _ => "/",
+            }
+        }
+        _ => target,
+    };
     if !target.starts_with('/') {
-        // Absolute-form and asterisk-form targets are for proxies and OPTIONS *.
+        // The asterisk-form is only for OPTIONS *, which we do not serve.
         return Err(RequestError::Malformed("request target must be a path"));
     }
     let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -312,6 +325,13 @@ pub fn parse_head(
         headers.push((name, value));
     }
 
+    // RFC 9112 section 3.2: an HTTP/1.1 request without exactly one Host is 400.
+    let hosts = headers.iter().filter(|(name, _)| name == "host").count();
+    if !http10 && hosts != 1 {
+        return Err(RequestError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
     let framing = match (transfer_encoding, content_length) {
         // Both present is how request smuggling starts: refuse (RFC 9112 section 6.1).
         (Some(_), Some(_)) => {
@@ -411,38 +431,54 @@ mod tests {
     #[test]
     fn incomplete_heads_wait_and_oversized_ones_are_431() {
         assert_eq!(head("GET / HTTP/1.1\r\nHost: x\r\n").unwrap(), None);
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(20_000));
         assert_eq!(head(&big).unwrap_err(), RequestError::HeaderTooLarge);
         let many: String = (0..200).map(|i| format!("X-{i}: a\r\n")).collect();
         assert_eq!(
-            head(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),
+            head(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")).unwrap_err(),
             RequestError::HeaderTooLarge
         );
     }
 
     #[test]
     fn smuggling_attempts_are_refused() {
-        let both = "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let both = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(head(both).unwrap_err().status(), 400);
-        let conflicting = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
+        let conflicting = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n";
         assert_eq!(head(conflicting).unwrap_err().status(), 400);
-        let listed = "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n";
+        let listed = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n";
         assert_eq!(head(listed).unwrap_err().status(), 400);
-        let signed = "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n";
+        let signed = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n";
         assert_eq!(head(signed).unwrap_err().status(), 400);
-        let not_final = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        let not_final = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
         assert_eq!(head(not_final).unwrap_err().status(), 400);
-        let gzip = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let gzip = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
         assert_eq!(head(gzip).unwrap_err().status(), 501);
         let http10 = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(head(http10).unwrap_err().status(), 400);
-        let same = "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        let same = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
         assert_eq!(head(same).unwrap().unwrap().1.framing, BodyFraming::Length(5));
     }
 
     #[test]
+    fn http11_needs_exactly_one_host_and_absolute_form_is_accepted() {
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n").unwrap_err().status(), 400);
+        assert_eq!(
+            head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert!(head("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        let (_, absolute) = head("GET http://example.com/v2/?n=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!((absolute.path.as_str(), absolute.query.as_str()), ("/v2/", "n=1"));
+    }
+
+    #[test]
     fn connection_and_expect_headers() {
-        let (_, close) = head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        let (_, close) = head("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(!close.keep_alive);
@@ -452,15 +488,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(old_keep.keep_alive);
-        let (_, expect) = head("PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        let (_, expect) =
+            head("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+                .unwrap()
+                .unwrap();
         assert!(expect.expect_continue);
     }
 
     #[test]
     fn decoder_splits_pipelined_requests_and_bodies() {
-        let input = b"PUT /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcPATCH /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\nGET /c HTTP/1.1\r\n\r\n";
+        let input = b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcPATCH /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\n\r\nGET /c HTTP/1.1\r\nHost: x\r\n\r\n";
         let mut decoder = RequestDecoder::new(16 * 1024);
         let mut at = 0;
         let mut seen = Vec::new();

@@ -118,8 +118,8 @@ impl Connection {
         let peer = socket.peer_addr().ok();
         Connection {
             socket,
-            phase: Phase::Idle,
             // The first request head must arrive within the header timeout.
+            phase: Phase::Head,
             deadline_ms: now_ms + timeouts.header_ms,
             peer,
             decoder: RequestDecoder::new(max_header_size),
@@ -147,14 +147,26 @@ impl Connection {
         if self.phase == Phase::Lingering {
             return self.linger(cx);
         }
-        // Answers already decoded may be waiting for the socket.
-        let mut again = self.flush()? == Flush::Budget;
+        let mut again = false;
         let mut read_budget = IO_BUDGET_BYTES;
         loop {
-            self.process(cx)?;
+            let progressed = self.process(cx)?;
+            match self.flush()? {
+                // Writable readiness resumes us; buffered requests wait for it.
+                Flush::Blocked => break,
+                Flush::Budget => {
+                    again = true;
+                    break;
+                }
+                Flush::Done => {}
+            }
             let parked = matches!(self.current, Current::Parked(_));
-            if self.closing || parked || self.output.is_backlogged() || self.peer_closed {
+            if self.closing || parked || self.peer_closed {
                 break;
+            }
+            if progressed {
+                // Answers went out; pipelined requests may already be buffered.
+                continue;
             }
             if read_budget == 0 {
                 again = true;
@@ -163,6 +175,9 @@ impl Connection {
             let n = match self.socket.read(cx.read_buffer) {
                 Ok(0) => {
                     self.peer_closed = true;
+                    // A request complete before the EOF still gets its answer.
+                    self.process(cx)?;
+                    self.flush()?;
                     break;
                 }
                 Ok(n) => n,
@@ -177,14 +192,8 @@ impl Connection {
             }
             self.pending.extend_from_slice(&cx.read_buffer[..n]);
         }
-        match self.flush()? {
-            Flush::Budget => again = true,
-            Flush::Blocked => {}
-            Flush::Done => {
-                if self.closing && matches!(self.current, Current::None) {
-                    return self.start_linger(cx);
-                }
-            }
+        if self.closing && self.output.is_empty() && matches!(self.current, Current::None) {
+            return self.start_linger(cx);
         }
         if self.peer_closed && self.output.is_empty() && !matches!(self.current, Current::Parked(_)) {
             // A half-closed peer gets its answers; then we are done.
@@ -195,9 +204,11 @@ impl Connection {
         Ok(if again { Next::Again } else { Next::Wait })
     }
 
-    /// Decodes buffered bytes into requests while answers are not backlogged.
-    fn process(&mut self, cx: &mut Context) -> io::Result<()> {
+    /// Decodes buffered bytes into requests while answers are not backlogged;
+    /// `true` when it handled anything.
+    fn process(&mut self, cx: &mut Context) -> io::Result<bool> {
         let mut at = 0;
+        let mut progressed = false;
         // Decoding continues on empty input too: an `End` may be due without more bytes.
         loop {
             let parked = matches!(self.current, Current::Parked(_));
@@ -225,6 +236,7 @@ impl Connection {
             };
             at += consumed;
             let Some(event) = event else { break };
+            progressed = true;
             match event {
                 RequestEvent::Head(head) => self.on_head(head, cx),
                 RequestEvent::Body(data) => {
@@ -250,7 +262,7 @@ impl Connection {
         if self.closing {
             self.pending.clear();
         }
-        Ok(())
+        Ok(progressed)
     }
 
     fn on_head(&mut self, head: Box<RequestHead>, cx: &mut Context) {
@@ -409,6 +421,11 @@ impl Connection {
         } else if phase == Phase::Writing {
             // A reader that keeps taking bytes is making progress.
             self.deadline_ms = cx.now_ms + cx.timeouts.body_ms;
+        } else if phase == Phase::Idle {
+            // Idle time counts from the last activity (a request answered in
+            // one turn passes from idle to idle). A head in progress is not
+            // refreshed: that is what stops a slow client trickling bytes.
+            self.deadline_ms = cx.now_ms + cx.timeouts.keep_alive_ms;
         }
     }
 
@@ -450,6 +467,8 @@ impl Connection {
             started_ms: cx.now_ms,
         };
         match self.phase {
+            // A connection that never sent a byte gets no answer, just a close.
+            Phase::Head if self.pending.is_empty() && self.decoder.is_idle() => Next::Close,
             Phase::Head => {
                 log::debug!(target: "angos::reactor", "request head timed out");
                 self.send(Response::new(408).with_close(), &info, cx);

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need when it is missing (skopeo from Debian's
+# packages, the oras Python library from PyPI), then runs the whole test suite.
+# Safe to run again: nothing is installed twice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "scripts/test.sh: need root or sudo to run: $*" >&2
+        return 1
+    fi
+}
+
+apt_updated=no
+apt_install() {
+    if [ "$apt_updated" = no ]; then
+        as_root apt-get update
+        apt_updated=yes
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+
+if ! command -v skopeo >/dev/null 2>&1; then
+    apt_install skopeo
+fi
+
+if ! command -v python3 >/dev/null 2>&1; then
+    apt_install python3 python3-pip
+fi
+if ! python3 -c 'import oras.client' >/dev/null 2>&1; then
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+    fi
+    # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told.
+    python3 -m pip install oras || python3 -m pip install --break-system-packages oras
+fi
+
+# tests/slow_clients.rs holds 1,000 idle connections open on both ends.
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
+    ulimit -n 4096 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fi
+
+exec cargo test --all-targets

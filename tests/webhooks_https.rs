@@ -1,0 +1,328 @@
+//! Event webhooks end to end over HTTPS and in `/metrics`: a Python HTTPS receiver
+//! with a certificate from a test CA made by `openssl` gets signed deliveries when
+//! the webhook's `ca_bundle` names that CA (by IP and by DNS name), and each one
+//! passes the seed's `verify_signature` inside the receiver; without `ca_bundle`
+//! the delivery fails with a TLS error in the log. `/metrics` passes
+//! `promtool check metrics` and carries every name and label the seed's PromQL
+//! queries use.
+
+mod common;
+mod webhook_support;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use webhook_support::*;
+
+#[test]
+fn https_delivery_trusts_the_ca_bundle_and_fails_without_it() {
+    const TOKEN: &str = "tls-secret";
+    let ca = TestCa::generate();
+    let https = HttpsReceiver::start(&ca, Some(TOKEN));
+    let setup = Setup::new()
+        .hook(
+            Webhook::new(
+                "tls-ip",
+                &https.url("127.0.0.1", "/by-ip"),
+                "optional",
+                &["manifest.push", "tag.create"],
+            )
+            .token(TOKEN)
+            .ca_bundle(&ca.ca_pem)
+            .timeout_ms(3000),
+        )
+        .hook(
+            Webhook::new(
+                "tls-name",
+                &https.url("localhost", "/by-name"),
+                "optional",
+                &["manifest.push"],
+            )
+            .token(TOKEN)
+            .ca_bundle(&ca.ca_pem)
+            .timeout_ms(3000),
+        )
+        .hook(
+            Webhook::new(
+                "untrusted",
+                &https.url("127.0.0.1", "/untrusted"),
+                "optional",
+                &["manifest.push"],
+            )
+            .token(TOKEN)
+            .timeout_ms(3000),
+        );
+    let registry = Registry::start(&setup);
+    let server = &registry.server;
+
+    let first = push_image(server, "secure/app", Some("v1"), "tls-one");
+    let second = push_image(server, "secure/app", Some("v2"), "tls-two");
+    // tls-ip: manifest.push and tag.create twice; tls-name: manifest.push twice.
+    let records = https.wait_for(6, SOON).unwrap_or_else(|| {
+        panic!(
+            "expected 6 HTTPS deliveries, got {:?}; receiver stderr:\n{}\nserver output:\n{}",
+            https.records().iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
+            https.stderr(),
+            log_dump(server)
+        )
+    });
+    let by_ip: Vec<_> = records.iter().filter(|r| r.path == "/by-ip").collect();
+    let by_name: Vec<_> = records.iter().filter(|r| r.path == "/by-name").collect();
+    assert_eq!(by_ip.len(), 4, "deliveries to https://127.0.0.1 with ca_bundle");
+    assert_eq!(by_name.len(), 2, "deliveries to https://localhost with ca_bundle");
+    assert!(
+        records.iter().all(|r| r.path != "/untrusted"),
+        "a webhook without ca_bundle must not trust the test CA"
+    );
+    for record in &records {
+        assert_eq!(
+            record.signature_ok,
+            Some(true),
+            "the seed's verify_signature, run in the HTTPS receiver, rejected {:?} with body {}",
+            record.headers,
+            String::from_utf8_lossy(&record.body)
+        );
+        assert_eq!(
+            record.header("Authorization"),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+        let json = record.json();
+        let kind = json
+            .get("kind")
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(record.header("X-Registry-Event"), Some(kind.as_str()));
+        assert!(record.header("User-Agent").unwrap_or_default().contains("angos/"));
+    }
+    let pushed: Vec<String> = by_name
+        .iter()
+        .map(|r| {
+            r.json()
+                .get("digest")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(pushed, [first.digest.clone(), second.digest.clone()]);
+
+    let line = wait_for_log(server, SOON, "warning that webhook \"untrusted\" failed", |l| {
+        is_delivery_failure(l, "untrusted")
+    });
+    let lower = line.to_ascii_lowercase();
+    assert!(
+        ["tls", "certificate", "handshake", "issuer"]
+            .iter()
+            .any(|w| lower.contains(w)),
+        "the failure of an untrusted HTTPS endpoint should say it is a TLS error: {line}"
+    );
+    wait_for_metrics(
+        server,
+        SOON,
+        "two errors for untrusted and four successes for tls-ip",
+        |m| {
+            metric_sum(
+                m,
+                "event_webhook_deliveries_total",
+                &[("webhook", "untrusted"), ("result", "error")],
+            ) == 2.0
+                && metric_sum(
+                    m,
+                    "event_webhook_deliveries_total",
+                    &[("webhook", "tls-ip"), ("result", "success")],
+                ) == 4.0
+        },
+    );
+}
+
+/// `promtool check metrics` over `text`: its exit status and output.
+fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run `promtool` ({e}): install the Debian package `prometheus` \
+                 (apt-get install -y prometheus); scripts/test.sh does"
+            )
+        });
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
+}
+
+/// The `# TYPE` a metric family is declared with.
+fn declared_type(text: &str, family: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix("# TYPE ")?;
+        let (name, kind) = rest.split_once(' ')?;
+        (name == family).then(|| kind.trim().to_string())
+    })
+}
+
+#[test]
+fn metrics_pass_promtool_and_serve_the_seeds_promql_queries() {
+    let good = Receiver::ok();
+    let bad = Receiver::start(Reply::status(500));
+    let background = Receiver::ok();
+    let setup = Setup::new()
+        .hook(Webhook::new(
+            "audit",
+            &good.url("/audit"),
+            "required",
+            &["manifest.push", "manifest.delete"],
+        ))
+        .hook(Webhook::new(
+            "slack",
+            &bad.url("/slack"),
+            "optional",
+            &["manifest.push", "tag.create"],
+        ))
+        .hook(Webhook::new(
+            "analytics",
+            &background.url("/ingest"),
+            "async",
+            &["manifest.push", "blob.push", "tag.create"],
+        ));
+    let registry = Registry::start(&setup);
+    let server = &registry.server;
+    push_image(server, "metrics/app", Some("v1"), "measured");
+    server.get("/v2/metrics/app/manifests/v1").assert_status(200);
+    server.get("/v2/").assert_status(200);
+
+    let text = wait_for_metrics(server, SOON, "deliveries of all three webhooks", |m| {
+        let count = |webhook, result| {
+            metric_sum(
+                m,
+                "event_webhook_deliveries_total",
+                &[("webhook", webhook), ("result", result)],
+            )
+        };
+        count("audit", "success") == 1.0
+            && count("slack", "error") == 2.0
+            && count("analytics", "success") == 4.0
+    });
+
+    let (ok, said) = promtool_check(&text);
+    assert!(
+        ok,
+        "promtool check metrics rejected /metrics:\n{said}\n--- exposition:\n{text}"
+    );
+    assert!(
+        said.trim().is_empty(),
+        "promtool check metrics complained:\n{said}"
+    );
+
+    // Families and their types.
+    for (family, kind) in [
+        ("event_webhook_deliveries_total", "counter"),
+        ("event_webhook_delivery_duration_seconds", "histogram"),
+        ("event_webhook_queue_depth", "gauge"),
+        ("event_webhook_queue_dropped_total", "counter"),
+        ("http_requests_total", "counter"),
+        ("http_request_duration_seconds", "histogram"),
+    ] {
+        assert_eq!(
+            declared_type(&text, family).as_deref(),
+            Some(kind),
+            "# TYPE of {family}:\n{text}"
+        );
+    }
+
+    // sum by (webhook, result) (rate(event_webhook_deliveries_total[5m])) and
+    // rate(event_webhook_deliveries_total{webhook="audit", result="error"}[5m]).
+    let deliveries = metric_samples(&text, "event_webhook_deliveries_total", &[]);
+    assert!(
+        deliveries.iter().all(|s| s.label("webhook").is_some()
+            && s.label("event").is_some()
+            && s.label("result").is_some()),
+        "every delivery counter carries webhook, event and result: {deliveries:?}"
+    );
+    assert!(
+        deliveries
+            .iter()
+            .all(|s| matches!(s.label("result"), Some("success" | "error"))),
+        "result is success or error: {deliveries:?}"
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "event_webhook_deliveries_total",
+            &[("webhook", "slack"), ("event", "tag.create"), ("result", "error")]
+        ),
+        1.0
+    );
+
+    // histogram_quantile(0.95, sum by (webhook, le) (rate(..._bucket[5m]))).
+    for webhook in ["audit", "slack", "analytics"] {
+        let buckets = metric_samples(
+            &text,
+            "event_webhook_delivery_duration_seconds_bucket",
+            &[("webhook", webhook), ("event", "manifest.push")],
+        );
+        assert!(buckets.len() >= 2, "buckets of {webhook}: {buckets:?}");
+        let inf = buckets
+            .iter()
+            .find(|s| s.label("le") == Some("+Inf"))
+            .unwrap_or_else(|| panic!("no le=\"+Inf\" bucket for {webhook}:\n{text}"));
+        let count = metric_sum(
+            &text,
+            "event_webhook_delivery_duration_seconds_count",
+            &[("webhook", webhook), ("event", "manifest.push")],
+        );
+        assert_eq!(inf.value, count, "+Inf bucket and _count of {webhook}");
+        assert_eq!(count, 1.0, "one delivery of manifest.push to {webhook}");
+        assert!(
+            !metric_samples(
+                &text,
+                "event_webhook_delivery_duration_seconds_sum",
+                &[("webhook", webhook)]
+            )
+            .is_empty()
+        );
+    }
+
+    // The async queue: depth per webhook (drops: the family is declared above; the
+    // queue test sees it count).
+    assert_eq!(
+        metric_samples(&text, "event_webhook_queue_depth", &[("webhook", "analytics")]).len(),
+        1,
+        "the queue depth of the async webhook:\n{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "event_webhook_queue_depth", &[("webhook", "analytics")]),
+        0.0
+    );
+
+    // HTTP requests by route, method and status; latency by route.
+    let requests = metric_samples(&text, "http_requests_total", &[]);
+    assert!(
+        requests.iter().all(|s| s.label("route").is_some()
+            && s.label("method").is_some()
+            && s.label("status").is_some()),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|s| s.label("method") == Some("PUT") && s.label("status") == Some("201")),
+        "the manifest PUT is counted: {requests:?}"
+    );
+    let latency = metric_samples(&text, "http_request_duration_seconds_bucket", &[]);
+    assert!(
+        !latency.is_empty()
+            && latency
+                .iter()
+                .all(|s| s.label("route").is_some() && s.label("le").is_some()),
+        "{latency:?}"
+    );
+}
