@@ -131,7 +131,15 @@ impl Outbound {
             port: webhook.url.port,
             ca_bundle: webhook.ca_bundle.clone(),
         };
-        if let Some(slot) = self.idle.get_mut(&endpoint).and_then(Vec::pop) {
+        while let Some(slot) = self.idle.get_mut(&endpoint).and_then(Vec::pop) {
+            // A pooled connection the peer closed meanwhile is dropped, not used.
+            let alive = self.connections[slot]
+                .as_mut()
+                .is_some_and(|connection| matches!(connection.check_idle(&mut self.buffer), Step::Wait));
+            if !alive {
+                self.close(registry, slot);
+                continue;
+            }
             self.by_delivery.insert(delivery, slot);
             if let Some(connection) = self.connections[slot].as_mut() {
                 connection.begin_attempt(delivery, request, true);
@@ -453,7 +461,11 @@ impl Outbound {
                 }
             }
             Step::Failed(reason) => {
-                let can_retry = connection.reused && !connection.response_started;
+                // Only while the request was not yet fully written: the receiver
+                // cannot have acted on it, so a second try is not a second attempt
+                // (at most max_retries + 1 attempts reach a receiver).
+                let can_retry =
+                    connection.reused && !connection.response_started && !connection.request_sent();
                 if can_retry && let Some(delivery) = connection.delivery.take() {
                     // The peer closed a keep-alive connection we took from the pool:
                     // a race, not a failure of the receiver. Try a fresh connection.
@@ -525,6 +537,11 @@ enum Step {
 }
 
 impl Connection {
+    /// Every byte of the request was handed to the socket (or to TLS).
+    fn request_sent(&self) -> bool {
+        self.written >= self.request.len()
+    }
+
     fn begin_attempt(&mut self, delivery: DeliveryId, request: Rc<Vec<u8>>, reused: bool) {
         self.delivery = Some(delivery);
         self.request = request;
