@@ -284,6 +284,9 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
         None => {}
     }
     let ca_bundle = section.string("ca_bundle")?.map(PathBuf::from);
+    if let Some(path) = &ca_bundle {
+        check_ca_bundle(path).map_err(|why| section.error("ca_bundle", why))?;
+    }
     Ok(WebhookConfig {
         name: name.to_string(),
         url,
@@ -295,6 +298,24 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
         repository_filter: RepositoryFilter { patterns, compiled },
         ca_bundle,
     })
+}
+
+/// A CA bundle must be readable PEM with at least one certificate; checked
+/// at load so a typo is a configuration error, not a failed delivery later.
+fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certificates =
+        CertificateDer::pem_file_iter(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let mut count = 0;
+    for certificate in certificates {
+        certificate.map_err(|error| format!("{}: invalid PEM: {error}", path.display()))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(())
 }
 
 pub(super) fn parse_name_list(
@@ -354,4 +375,106 @@ pub(super) fn check_references(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::load_sources;
+    use super::*;
+
+    /// Every TOML block of the user's document, verbatim; each must load.
+    const SEED_BLOCKS: &[&str] = &[
+        "[event_webhook.notifications]\nurl = \"https://hooks.example.com/registry\"\npolicy = \"optional\"\nevents = [\"manifest.push\", \"tag.create\"]\n",
+        "[event_webhook.audit]\nurl = \"https://audit.example.com/events\"\npolicy = \"required\"\nevents = [\"manifest.push\", \"manifest.delete\"]\ntimeout_ms = 3000\nmax_retries = 2\n",
+        "[event_webhook.monitoring]\nurl = \"https://monitoring.example.com/events\"\npolicy = \"optional\"\nevents = [\"manifest.push\", \"blob.push\", \"tag.create\"]\ntimeout_ms = 2000\nmax_retries = 1\n",
+        "[event_webhook.analytics]\nurl = \"https://analytics.example.com/ingest\"\npolicy = \"async\"\nevents = [\"manifest.push\", \"manifest.delete\", \"blob.push\", \"tag.create\", \"tag.delete\"]\n",
+        "[event_webhook.secure]\nurl = \"https://hooks.example.com/events\"\npolicy = \"optional\"\ntoken = \"my-webhook-secret\"\nevents = [\"manifest.push\"]\n",
+        "[event_webhook.production-only]\nurl = \"https://hooks.example.com/production\"\npolicy = \"required\"\nevents = [\"manifest.push\", \"manifest.delete\"]\nrepository_filter = [\"^production/.*\"]\n",
+        "[event_webhook.important-repos]\nurl = \"https://hooks.example.com/important\"\npolicy = \"optional\"\nevents = [\"manifest.push\"]\nrepository_filter = [\"^production/.*\", \"^staging/.*\", \"^library/.*\"]\n",
+        "[event_webhook.reliable]\nurl = \"https://hooks.example.com/events\"\npolicy = \"required\"\nevents = [\"manifest.push\"]\nmax_retries = 3       # Up to 3 retries after the initial attempt\ntimeout_ms = 5000     # Per-request timeout\n",
+    ];
+
+    fn load(text: &str) -> Result<super::super::Loaded, ConfigError> {
+        load_sources(&[("test.toml".to_string(), text.to_string())])
+    }
+
+    #[test]
+    fn every_seed_block_loads_with_the_documented_defaults() {
+        for block in SEED_BLOCKS {
+            let loaded = load(block).unwrap_or_else(|error| panic!("{error}\n{block}"));
+            assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+            let webhook = loaded.config.webhooks.values().next().unwrap();
+            let default_retries = if webhook.policy == Policy::Required { 3 } else { 0 };
+            if !block.contains("max_retries") {
+                assert_eq!(webhook.max_retries, default_retries, "{block}");
+            }
+            if !block.contains("timeout_ms") {
+                assert_eq!(webhook.timeout_ms, 5000);
+            }
+        }
+        // The enable-globally and per-repository blocks, with a definition.
+        let with_lists = format!(
+            "{}[global]\nevent_webhooks = [\"notifications\"]\n[repository.\"production\"]\nevent_webhooks = [\"notifications\"]\n",
+            SEED_BLOCKS[0]
+        );
+        let config = load(&with_lists).unwrap().config;
+        assert_eq!(config.global.event_webhooks, ["notifications"]);
+        assert_eq!(
+            config.repositories["production"].event_webhooks.as_deref(),
+            Some(&["notifications".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn invalid_webhooks_are_rejected_naming_file_and_key() {
+        let base = "[event_webhook.x]\nurl = \"https://h.example/e\"\npolicy = \"async\"\nevents = [\"manifest.push\"]\n";
+        let cases: &[(&str, &str, &str)] = &[
+            ("url = \"ftp://h/e\"", "event_webhook.x.url", "scheme"),
+            ("url = \"https:///e\"", "event_webhook.x.url", "host"),
+            ("policy = \"sometimes\"", "event_webhook.x.policy", "required, optional, async"),
+            ("events = []", "event_webhook.x.events", "at least one"),
+            ("events = [\"manifest.pushed\"]", "event_webhook.x.events", "unknown event"),
+            ("token = \"\"", "event_webhook.x.token", "empty"),
+            ("repository_filter = [\"(\"]", "event_webhook.x.repository_filter", "invalid regex"),
+            ("max_retries = 17", "event_webhook.x.max_retries", "between 0 and 16"),
+            ("ca_bundle = \"/nonexistent/ca.pem\"", "event_webhook.x.ca_bundle", "cannot read"),
+        ];
+        for (line, key, words) in cases {
+            // The case's line replaces the base's line for the same key.
+            let field = line.split(' ').next().unwrap();
+            let mut text: String = base
+                .lines()
+                .filter(|l| !l.starts_with(&format!("{field} ")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            text.push_str(line);
+            text.push('\n');
+            let error = load(&text).unwrap_err();
+            assert_eq!(error.file, "test.toml");
+            assert_eq!(error.key, *key, "{line}: {error}");
+            assert!(error.message.contains(words), "{line}: {error}");
+        }
+        let undefined = load("[global]\nevent_webhooks = [\"ghost\"]\n").unwrap_err();
+        assert_eq!(undefined.key, "global.event_webhooks");
+        let overlap = format!(
+            "{base}[repository.\"production\"]\nevent_webhooks = [\"x\"]\n[repository.\"production/api\"]\nevent_webhooks = [\"x\"]\n"
+        );
+        let error = load(&overlap).unwrap_err();
+        assert!(error.message.contains("overlaps"), "{error}");
+        let unknown = load(&format!("{base}max_retires = 3\n")).unwrap();
+        assert_eq!(unknown.warnings, ["test.toml: unknown key event_webhook.x.max_retires ignored"]);
+    }
+
+    #[test]
+    fn urls_parse_into_host_port_and_path() {
+        let url = WebhookUrl::parse("https://Hooks.Example.com/a/b?c=d").unwrap();
+        assert_eq!((url.host.as_str(), url.port, url.path_and_query.as_str()), ("hooks.example.com", 443, "/a/b?c=d"));
+        assert_eq!(url.host_header(), "hooks.example.com");
+        let url = WebhookUrl::parse("http://[::1]:8080").unwrap();
+        assert_eq!((url.host.as_str(), url.port, url.path_and_query.as_str()), ("::1", 8080, "/"));
+        assert_eq!(url.host_header(), "[::1]:8080");
+        assert!(WebhookUrl::parse("http://user:pw@h/").is_err());
+        assert!(WebhookUrl::parse("http://h:0/").is_err());
+        assert!(WebhookUrl::parse("http://h/a b").is_err());
+    }
 }
