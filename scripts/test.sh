@@ -25,8 +25,14 @@ apt_install() {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
 }
 
-if ! command -v skopeo >/dev/null 2>&1; then
-    apt_install skopeo
+# skopeo pushes and pulls images; openssl makes the test CA for HTTPS webhook
+# receivers; promtool (Debian package prometheus) checks the /metrics format.
+missing=()
+command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}"
 fi
 
 if ! command -v python3 >/dev/null 2>&1; then

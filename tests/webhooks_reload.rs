@@ -10,7 +10,7 @@ mod common;
 mod webhook_support;
 
 use common::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use webhook_support::*;
 
 #[test]
@@ -269,8 +269,10 @@ fn sigterm_abandons_what_does_not_drain_in_time_and_says_how_many() {
         push_blob(&registry, "stuck/app", format!("stuck blob {i}").as_bytes());
     }
     expect_requests(&receiver, 1, &registry);
+    let signalled = Instant::now();
     sigterm(registry.pid());
     let status = wait_exit(&registry, Duration::from_secs(6));
+    let took = signalled.elapsed();
     assert_eq!(
         status,
         0,
@@ -284,5 +286,14 @@ fn sigterm_abandons_what_does_not_drain_in_time_and_says_how_many() {
     assert!(
         numbers(&line).contains(&3),
         "one in flight and two queued: 3 abandoned, but the log says: {line}"
+    );
+    // "Drain for up to shutdown_drain_secs": 1 s, plus slack for the exit itself.
+    assert!(
+        took < Duration::from_millis(1500),
+        "shutdown_drain_secs = 1, but the process exited {took:?} after SIGTERM"
+    );
+    assert!(
+        took >= Duration::from_millis(990),
+        "exited before the drain time: {took:?}"
     );
 }

@@ -305,8 +305,8 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
 fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let certificates =
-        CertificateDer::pem_file_iter(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
     let mut count = 0;
     for certificate in certificates {
         certificate.map_err(|error| format!("{}: invalid PEM: {error}", path.display()))?;
@@ -431,13 +431,33 @@ mod tests {
         let cases: &[(&str, &str, &str)] = &[
             ("url = \"ftp://h/e\"", "event_webhook.x.url", "scheme"),
             ("url = \"https:///e\"", "event_webhook.x.url", "host"),
-            ("policy = \"sometimes\"", "event_webhook.x.policy", "required, optional, async"),
+            (
+                "policy = \"sometimes\"",
+                "event_webhook.x.policy",
+                "required, optional, async",
+            ),
             ("events = []", "event_webhook.x.events", "at least one"),
-            ("events = [\"manifest.pushed\"]", "event_webhook.x.events", "unknown event"),
+            (
+                "events = [\"manifest.pushed\"]",
+                "event_webhook.x.events",
+                "unknown event",
+            ),
             ("token = \"\"", "event_webhook.x.token", "empty"),
-            ("repository_filter = [\"(\"]", "event_webhook.x.repository_filter", "invalid regex"),
-            ("max_retries = 17", "event_webhook.x.max_retries", "between 0 and 16"),
-            ("ca_bundle = \"/nonexistent/ca.pem\"", "event_webhook.x.ca_bundle", "cannot read"),
+            (
+                "repository_filter = [\"(\"]",
+                "event_webhook.x.repository_filter",
+                "invalid regex",
+            ),
+            (
+                "max_retries = 17",
+                "event_webhook.x.max_retries",
+                "between 0 and 16",
+            ),
+            (
+                "ca_bundle = \"/nonexistent/ca.pem\"",
+                "event_webhook.x.ca_bundle",
+                "cannot read",
+            ),
         ];
         for (line, key, words) in cases {
             // The case's line replaces the base's line for the same key.
@@ -462,16 +482,25 @@ mod tests {
         let error = load(&overlap).unwrap_err();
         assert!(error.message.contains("overlaps"), "{error}");
         let unknown = load(&format!("{base}max_retires = 3\n")).unwrap();
-        assert_eq!(unknown.warnings, ["test.toml: unknown key event_webhook.x.max_retires ignored"]);
+        assert_eq!(
+            unknown.warnings,
+            ["test.toml: unknown key event_webhook.x.max_retires ignored"]
+        );
     }
 
     #[test]
     fn urls_parse_into_host_port_and_path() {
         let url = WebhookUrl::parse("https://Hooks.Example.com/a/b?c=d").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.path_and_query.as_str()), ("hooks.example.com", 443, "/a/b?c=d"));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path_and_query.as_str()),
+            ("hooks.example.com", 443, "/a/b?c=d")
+        );
         assert_eq!(url.host_header(), "hooks.example.com");
         let url = WebhookUrl::parse("http://[::1]:8080").unwrap();
-        assert_eq!((url.host.as_str(), url.port, url.path_and_query.as_str()), ("::1", 8080, "/"));
+        assert_eq!(
+            (url.host.as_str(), url.port, url.path_and_query.as_str()),
+            ("::1", 8080, "/")
+        );
         assert_eq!(url.host_header(), "[::1]:8080");
         assert!(WebhookUrl::parse("http://user:pw@h/").is_err());
         assert!(WebhookUrl::parse("http://h:0/").is_err());

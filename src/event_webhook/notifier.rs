@@ -101,8 +101,10 @@ impl<W, C> Notifier<W, C> {
                 &["webhook"],
             ),
         };
+        let routing = Routing::new(config);
+        declare_async_series(&families, metrics, &routing);
         Notifier {
-            routing: Routing::new(config),
+            routing,
             dispatcher: Dispatcher::new(now_ms, config.global.event_webhook_queue_length),
             parked: HashMap::new(),
             families,
@@ -122,8 +124,9 @@ impl<W, C> Notifier<W, C> {
 
     /// Switches to a reloaded configuration. Parked requests and deliveries in
     /// flight keep the definitions they started with.
-    pub fn reconfigure(&mut self, config: &Config) {
+    pub fn reconfigure(&mut self, config: &Config, metrics: &mut Metrics) {
         self.routing = Routing::new(config);
+        declare_async_series(&self.families, metrics, &self.routing);
         let dropped = self.dispatcher.reconfigure(self.routing.webhooks());
         if dropped > 0 {
             log::warn!(
@@ -307,6 +310,17 @@ impl<W, C> Notifier<W, C> {
     /// Requests waiting on webhooks.
     pub fn parked(&self) -> usize {
         self.parked.len()
+    }
+}
+
+/// Async webhooks' queue series start at 0 (Prometheus: known labels should
+/// exist before their first event, so `rate()` sees the first increase).
+fn declare_async_series(families: &Families, metrics: &mut Metrics, routing: &Routing) {
+    for (name, webhook) in routing.webhooks() {
+        if webhook.policy == Policy::Async {
+            metrics.series(families.queue_depth, &[name]);
+            metrics.series(families.dropped, &[name]);
+        }
     }
 }
 

@@ -146,6 +146,7 @@ impl<C: Clock> Reactor<C> {
                     self.notifier.dispatcher().poll_timeout(),
                     self.outbound.poll_timeout(),
                     Some(self.watcher.next_check_ms),
+                    self.shutting_down.then_some(self.shutdown_deadline_ms),
                 ];
                 deadlines
                     .into_iter()
@@ -275,7 +276,7 @@ impl<C: Clock> Reactor<C> {
         if new.server != self.config.server || new.storage != self.config.storage {
             log::warn!("changes to [server] and [blob_store] take effect after a restart");
         }
-        self.notifier.reconfigure(&new);
+        self.notifier.reconfigure(&new, self.telemetry.metrics());
         self.registry.set_interest(self.notifier.interest());
         self.registry.set_limits(crate::registry::Limits {
             max_manifest_size: new.global.max_manifest_size,
