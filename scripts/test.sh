@@ -51,4 +51,5 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
     ulimit -n 4096 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi
 
-exec cargo test --all-targets
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+exec cargo test --all-targets --no-fail-fast
