@@ -201,6 +201,21 @@ impl<W, C> Notifier<W, C> {
     ) -> Option<(W, Response)> {
         for (webhook, payload) in asynchronous {
             let name = webhook.name.clone();
+            // A reload while a required gate held the request: the event joins
+            // the queue as the webhook is defined now, or is dropped when it is
+            // gone or no longer async, exactly as `Dispatcher::reconfigure`
+            // treats waiting events (the simulation test caught the stale
+            // definition going out; see `a_reload_while_parked_...` below).
+            let current = self.routing.webhooks().get(&name);
+            let Some(webhook) = current.filter(|current| current.policy == Policy::Async).cloned() else {
+                log::warn!(
+                    target: "angos::event_webhook",
+                    "webhook {name:?} was removed or is no longer async; dropped async event {} ({})",
+                    payload.event_id,
+                    payload.kind
+                );
+                continue;
+            };
             if let Some(dropped) = self.dispatcher.enqueue(webhook, payload, now_ms) {
                 log::warn!(
                     target: "angos::event_webhook",
@@ -359,4 +374,109 @@ fn required_failed(webhook: &str, reason: &str) -> Response {
         }]
     });
     Response::json(500, &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_sources;
+    use crate::event_webhook::dispatcher::{Action, AttemptResult, DeliveryId};
+    use crate::event_webhook::event::EventKind;
+
+    const GATE: &str = "[event_webhook.gate]\nurl = \"http://127.0.0.1:9/gate\"\npolicy = \"required\"\n\
+                        events = [\"manifest.push\"]\nmax_retries = 0\n";
+
+    fn load(text: &str) -> Config {
+        load_sources(&[("t.toml".into(), text.into())]).unwrap().config
+    }
+
+    #[derive(Default)]
+    struct Commits(Vec<&'static str>);
+
+    impl Apply<&'static str> for Commits {
+        fn apply(&mut self, commit: &'static str) -> Result<(), Response> {
+            self.0.push(commit);
+            Ok(())
+        }
+
+        fn discard(&mut self, _: &'static str) {}
+    }
+
+    fn sends(notifier: &mut Notifier<u32, &'static str>) -> Vec<(DeliveryId, Rc<WebhookConfig>)> {
+        let mut sent = Vec::new();
+        while let Some(action) = notifier.dispatcher().poll_action() {
+            if let Action::Send {
+                delivery, webhook, ..
+            } = action
+            {
+                sent.push((delivery, webhook));
+            }
+        }
+        sent
+    }
+
+    /// Found by tests/webhook_simulation.rs: the async events of a request
+    /// parked on a required gate were queued, when the gate passed, with the
+    /// definitions of submission time, so a reload in between was ignored
+    /// (old timeout and retries, even a webhook since removed or no longer
+    /// async), unlike the events already waiting in the queue.
+    #[test]
+    fn a_reload_while_parked_applies_to_the_async_events_of_the_request() {
+        let queue = |timeout_ms: u64| {
+            format!(
+                "[event_webhook.q]\nurl = \"http://127.0.0.1:9/q\"\npolicy = \"async\"\n\
+                 events = [\"manifest.push\"]\ntimeout_ms = {timeout_ms}\n"
+            )
+        };
+        let both = "[global]\nevent_webhooks = [\"gate\", \"q\"]\n";
+        let before = load(&format!("{GATE}{}{both}", queue(100)));
+        let changed = load(&format!("{GATE}{}{both}", queue(300)));
+        let now_required = load(&format!(
+            "{GATE}{}{both}",
+            queue(300).replace("async", "required")
+        ));
+        let removed = load(&format!("{GATE}[global]\nevent_webhooks = [\"gate\"]\n"));
+        for (after, expected) in [(changed, vec![300]), (now_required, vec![]), (removed, vec![])] {
+            let mut metrics = Metrics::new();
+            let mut notifier: Notifier<u32, &'static str> = Notifier::new(&before, &mut metrics, 0);
+            let mut commits = Commits::default();
+            let submission = Submission {
+                drafts: vec![EventDraft::new(EventKind::ManifestPush, "a")],
+                actor: Actor::default(),
+                commit: "push",
+                response: Response::new(201),
+            };
+            assert!(matches!(
+                notifier.submit(7, submission, &mut commits, 0, 0),
+                Submitted::Parked
+            ));
+            let gate = sends(&mut notifier);
+            assert_eq!(
+                gate.len(),
+                1,
+                "only the required webhook is asked before the commit"
+            );
+            notifier.reconfigure(&after, &mut metrics);
+            notifier
+                .dispatcher()
+                .handle_result(gate[0].0, AttemptResult::Status(200), 5);
+            let (waiter, response) = notifier.poll_ready(&mut commits, 5).unwrap();
+            assert_eq!(
+                (waiter, response.status, commits.0.as_slice()),
+                (7, 201, &["push"][..])
+            );
+            let queued: Vec<u64> = sends(&mut notifier)
+                .iter()
+                .map(|(_, webhook)| {
+                    assert_eq!(webhook.policy, Policy::Async);
+                    webhook.timeout_ms
+                })
+                .collect();
+            assert_eq!(
+                queued, expected,
+                "async deliveries go out as the webhook is defined now"
+            );
+            assert_eq!(notifier.dispatcher().async_pending(), expected.len());
+        }
+    }
 }
