@@ -1,20 +1,30 @@
 //! The `angos` command: parse arguments, load configuration, start the
-//! logger, open storage and run the reactor.
+//! logger, open storage and the event journal, and run the reactor; or send
+//! one test ping to a webhook.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use angos::clock::SystemClock;
 use angos::config;
+use angos::event_webhook::journal::{Journal, JournalLimits};
 use angos::reactor::Reactor;
 use angos::registry::{Limits, Registry};
 use angos::storage::Storage;
 
-const USAGE: &str = "usage: angos [-c FILE]... server\n\n  -c, --config FILE   configuration file (repeatable; default ./config.toml when present)\n  -h, --help          this help\n  -V, --version       print the version";
+const USAGE: &str = "usage: angos [-c FILE]... server
+       angos [-c FILE]... webhook test NAME
+
+  server              serve the registry
+  webhook test NAME   send one ping event to webhook NAME and print the outcome
+
+  -c, --config FILE   configuration file (repeatable; default ./config.toml when present)
+  -h, --help          this help
+  -V, --version       print the version";
 
 fn main() -> ExitCode {
     let mut files = Vec::new();
-    let mut command = None;
+    let mut words: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -30,15 +40,23 @@ fn main() -> ExitCode {
                 println!("angos {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
             }
-            other if command.is_none() && !other.starts_with('-') => command = Some(other.to_string()),
+            other if !other.starts_with('-') => words.push(other.to_string()),
             other => return usage_error(&format!("unexpected argument {other:?}")),
         }
     }
     angos::logger::init();
-    match command.as_deref() {
-        Some("server") => serve(files),
-        Some(other) => usage_error(&format!("unknown command {other:?}")),
-        None => usage_error("a command is required"),
+    let files = if files.is_empty() {
+        config::default_files()
+    } else {
+        files
+    };
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["server"] => serve(files),
+        ["webhook", "test", name] => test_webhook(&files, name),
+        ["webhook", ..] => usage_error("the webhook command is: angos [-c FILE]... webhook test NAME"),
+        [other, ..] => usage_error(&format!("unknown command {other:?}")),
+        [] => usage_error("a command is required"),
     }
 }
 
@@ -47,29 +65,68 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn serve(files: Vec<PathBuf>) -> ExitCode {
-    let files = if files.is_empty() {
-        config::default_files()
-    } else {
-        files
-    };
-    let loaded = match config::load_files(&files) {
-        Ok(loaded) => loaded,
+fn load(files: &[PathBuf]) -> Option<config::Config> {
+    match config::load_files(files) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                log::warn!("{warning}");
+            }
+            Some(loaded.config)
+        }
         Err(error) => {
             log::error!("invalid configuration: {error}");
-            return ExitCode::FAILURE;
+            None
         }
-    };
-    for warning in &loaded.warnings {
-        log::warn!("{warning}");
     }
-    let config = loaded.config;
+}
+
+/// `angos webhook test NAME`: one ping, its outcome spelled out, exit 0 on 2xx.
+fn test_webhook(files: &[PathBuf], name: &str) -> ExitCode {
+    let Some(config) = load(files) else {
+        return ExitCode::FAILURE;
+    };
+    match angos::reactor::ping(&config, name, &SystemClock::new()) {
+        Ok(Ok(done)) => {
+            let url = &config.webhooks[name].url.text;
+            let status = done
+                .status
+                .map_or("no HTTP answer".to_string(), |status| format!("HTTP {status}"));
+            if done.success {
+                println!(
+                    "webhook {name:?}: POST {url} -> {status} in {} ms (delivery {})",
+                    done.duration_ms, done.delivery_id
+                );
+                ExitCode::SUCCESS
+            } else {
+                let error = done.error.unwrap_or_default();
+                println!(
+                    "webhook {name:?}: POST {url} failed after {} ms: {error} ({status})",
+                    done.duration_ms
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Ok(Err(message)) => {
+            eprintln!("angos: {message}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("angos: cannot test the webhook: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(files: Vec<PathBuf>) -> ExitCode {
+    let Some(config) = load(&files) else {
+        return ExitCode::FAILURE;
+    };
     let storage = match Storage::open(
         &config.storage.root_dir,
         config.storage.sync_to_disk,
         config.storage.max_upload_sessions,
     ) {
-        Ok(storage) => storage,
+        Ok(storage) => storage.with_manifest_cache(config.storage.manifest_cache_size),
         Err(error) => {
             log::error!(
                 "cannot open storage at {}: {error}",
@@ -83,7 +140,25 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
         max_blob_size: config.global.max_blob_size,
     };
     let registry = Registry::new(storage, limits);
-    let mut reactor = match Reactor::bind(config, files, registry, SystemClock::new()) {
+    let journal_dir = config.storage.root_dir.join("_journal");
+    let journal_bytes = config.global.event_webhook_journal_size;
+    let journal_limits = JournalLimits {
+        // Small enough that reclaiming the oldest segment drops few events.
+        segment_bytes_max: (journal_bytes / 8).clamp(64 << 10, 4 << 20),
+        total_bytes_max: journal_bytes,
+        dead_letters_max: config.global.event_webhook_dead_letters,
+    };
+    let journal = match Journal::open(&journal_dir, config.storage.sync_to_disk, journal_limits) {
+        Ok(opened) => opened,
+        Err(error) => {
+            log::error!(
+                "cannot open the event journal at {}: {error}",
+                journal_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut reactor = match Reactor::bind(config, files, registry, Some(journal), SystemClock::new()) {
         Ok(reactor) => reactor,
         Err(error) => {
             log::error!("cannot listen: {error}");

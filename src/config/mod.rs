@@ -58,6 +58,10 @@ pub struct GlobalConfig {
     pub event_webhooks: Vec<String>,
     /// Events queued per async webhook before the oldest is dropped.
     pub event_webhook_queue_length: usize,
+    /// Disk the async event journal may use before the oldest undelivered events are dropped.
+    pub event_webhook_journal_size: u64,
+    /// Dead letters (async events that exhausted their retries) kept for redelivery.
+    pub event_webhook_dead_letters: usize,
 }
 
 impl Default for Config {
@@ -85,6 +89,8 @@ impl Default for Config {
                 shutdown_drain_secs: 30,
                 event_webhooks: Vec::new(),
                 event_webhook_queue_length: 10_000,
+                event_webhook_journal_size: 256 << 20,
+                event_webhook_dead_letters: 1000,
             },
             repositories: BTreeMap::new(),
             webhooks: BTreeMap::new(),
@@ -433,6 +439,16 @@ impl Builder {
         }
         if let Some(length) = section.integer("event_webhook_queue_length", 1, 10_000_000)? {
             global.event_webhook_queue_length = length as usize;
+        }
+        if let Some(size) = section.size("event_webhook_journal_size")? {
+            // Two segments at least, so the oldest can always be reclaimed.
+            if size < 2 << 20 {
+                return Err(section.error("event_webhook_journal_size", "must be at least 2MiB"));
+            }
+            global.event_webhook_journal_size = size;
+        }
+        if let Some(count) = section.integer("event_webhook_dead_letters", 0, 1_000_000)? {
+            global.event_webhook_dead_letters = count as usize;
         }
         if let Some(names) = webhook::parse_name_list(&mut section, "event_webhooks")? {
             self.config.global.event_webhooks = names.clone();

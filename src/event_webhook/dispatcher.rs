@@ -16,8 +16,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use super::event::EventKind;
-use super::queue::{AsyncQueue, MemoryQueue};
+use super::queue::{AsyncQueue, MemoryQueue, Queued};
 use super::signature;
+use super::status::delivery_id;
 use crate::config::{Policy, WebhookConfig};
 use crate::http::client::write_request;
 use crate::timer::{TimerKey, TimerWheel};
@@ -35,7 +36,7 @@ pub fn retry_delay_ms(failed_attempts: u32) -> u64 {
 }
 
 /// One event's body, built once and shared by every webhook it goes to.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Payload {
     pub event_id: String,
     pub kind: EventKind,
@@ -101,6 +102,15 @@ pub struct Completed {
     pub duration_ms: u64,
     /// The last failure, when `success` is false.
     pub error: Option<String>,
+    /// The last HTTP status received, if any attempt got one.
+    pub status: Option<u16>,
+    /// `X-Registry-Delivery`, stable across retries.
+    pub delivery_id: String,
+    pub payload: Rc<Payload>,
+    /// The journal record of an async delivery.
+    pub seq: Option<u64>,
+    /// The gate a gated delivery belonged to.
+    pub gate: Option<GateId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +136,9 @@ enum State {
 struct Delivery {
     webhook: Rc<WebhookConfig>,
     payload: Rc<Payload>,
+    seq: Option<u64>,
+    delivery_id: String,
+    last_status: Option<u16>,
     /// Built once: retries resend the same bytes (same signature).
     request: Rc<Vec<u8>>,
     owner: Owner,
@@ -210,13 +223,49 @@ impl Dispatcher {
         payload: Rc<Payload>,
         now_ms: u64,
     ) -> Option<Rc<Payload>> {
+        self.enqueue_journaled(webhook, payload, None, now_ms)
+    }
+
+    /// `enqueue` for an event recorded in the journal as `seq`.
+    pub fn enqueue_journaled(
+        &mut self,
+        webhook: Rc<WebhookConfig>,
+        payload: Rc<Payload>,
+        seq: Option<u64>,
+        now_ms: u64,
+    ) -> Option<Rc<Payload>> {
         let name = webhook.name.clone();
-        let dropped = self.queue.push(webhook, payload);
+        let item = Queued {
+            payload,
+            seq,
+            enqueued_ms: now_ms,
+        };
+        let dropped = self.queue.push(webhook, item).map(|item| item.payload);
         if dropped.is_some() {
             *self.dropped.entry(name.clone()).or_default() += 1;
         }
         self.start_next_async(&name, now_ms);
         dropped
+    }
+
+    /// Removes a waiting async event the journal gave up on (its disk bound).
+    pub fn remove_queued(&mut self, webhook: &str, seq: u64) -> bool {
+        self.queue.remove_seq(webhook, seq)
+    }
+
+    /// The first journal seq among a webhook's queued events: everything of
+    /// that webhook journaled before it is done with.
+    pub fn queue_first_seq(&self, webhook: &str) -> Option<u64> {
+        self.queue.first_seq(webhook)
+    }
+
+    /// How long the oldest queued event of a webhook has waited.
+    pub fn oldest_pending_ms(&self, webhook: &str, now_ms: u64) -> Option<u64> {
+        Some(now_ms.saturating_sub(self.queue.front(webhook)?.enqueued_ms))
+    }
+
+    pub fn set_queue_length(&mut self, length_max: usize) {
+        self.queue.set_length_max(length_max);
     }
 
     /// Applies a new configuration to waiting async events: they go out with
@@ -245,6 +294,9 @@ impl Dispatcher {
         }
         if let Some(key) = delivery.timer.take() {
             self.timers.cancel(key);
+        }
+        if let AttemptResult::Status(status) = result {
+            delivery.last_status = Some(status);
         }
         match result {
             AttemptResult::Status(status) if (200..300).contains(&status) => self.finish(id, true, now_ms),
@@ -298,6 +350,12 @@ impl Dispatcher {
         self.completed.pop_front()
     }
 
+    /// A finished delivery of `gate` not yet polled (a gate's outcome is
+    /// reported after its deliveries' completions are queued).
+    pub fn find_completed(&self, gate: GateId) -> Option<&Completed> {
+        self.completed.iter().find(|done| done.gate == Some(gate))
+    }
+
     /// Async events waiting or in flight, for all webhooks.
     pub fn async_pending(&self) -> usize {
         self.queue.total()
@@ -321,10 +379,10 @@ impl Dispatcher {
         if self.async_in_flight.contains_key(name) {
             return;
         }
-        let Some((webhook, payload)) = self.queue.start_front(name) else {
+        let Some((webhook, item)) = self.queue.start_front(name) else {
             return;
         };
-        let id = self.start_delivery(webhook, payload, Owner::Async, now_ms);
+        let id = self.start_delivery_with_seq(webhook, item.payload, item.seq, Owner::Async, now_ms);
         self.async_in_flight.insert(name.to_string(), id);
     }
 
@@ -335,14 +393,29 @@ impl Dispatcher {
         owner: Owner,
         now_ms: u64,
     ) -> DeliveryId {
+        self.start_delivery_with_seq(webhook, payload, None, owner, now_ms)
+    }
+
+    fn start_delivery_with_seq(
+        &mut self,
+        webhook: Rc<WebhookConfig>,
+        payload: Rc<Payload>,
+        seq: Option<u64>,
+        owner: Owner,
+        now_ms: u64,
+    ) -> DeliveryId {
         self.next_delivery += 1;
         let id = DeliveryId(self.next_delivery);
-        let request = Rc::new(build_request(&webhook, &payload));
+        let delivery_id = delivery_id(&payload.event_id, &webhook.name);
+        let request = Rc::new(build_request(&webhook, &payload, &delivery_id));
         self.deliveries.insert(
             id,
             Delivery {
                 webhook,
                 payload,
+                seq,
+                delivery_id,
+                last_status: None,
                 request,
                 owner,
                 state: State::Backoff,
@@ -418,6 +491,14 @@ impl Dispatcher {
             attempts: delivery.attempts,
             duration_ms: now_ms.saturating_sub(delivery.started_ms),
             error: error.clone(),
+            status: delivery.last_status,
+            delivery_id: delivery.delivery_id.clone(),
+            payload: delivery.payload.clone(),
+            seq: delivery.seq,
+            gate: match delivery.owner {
+                Owner::Gate(gate) => Some(gate),
+                Owner::Async => None,
+            },
         });
         match delivery.owner {
             Owner::Gate(gate_id) => {
@@ -464,12 +545,14 @@ impl Dispatcher {
 }
 
 /// The POST with the SPEC section 4 headers; the signature covers the exact body.
-fn build_request(webhook: &WebhookConfig, payload: &Payload) -> Vec<u8> {
+fn build_request(webhook: &WebhookConfig, payload: &Payload, delivery_id: &str) -> Vec<u8> {
     let user_agent = concat!("angos/", env!("CARGO_PKG_VERSION"));
     let mut headers: Vec<(&str, &str)> = vec![
         ("Content-Type", "application/json"),
         ("X-Registry-Event", payload.kind.as_str()),
         ("User-Agent", user_agent),
+        // Stable across retries, restarts and redeliveries: receivers deduplicate on it.
+        ("X-Registry-Delivery", delivery_id),
     ];
     let bearer;
     let signature_value;

@@ -18,6 +18,8 @@ pub enum EventKind {
     BlobPull,
     TagCreate,
     TagDelete,
+    /// `angos webhook test`: checks an endpoint; never configured, never routed.
+    Ping,
 }
 
 impl EventKind {
@@ -42,13 +44,20 @@ impl EventKind {
             EventKind::BlobPull => "blob.pull",
             EventKind::TagCreate => "tag.create",
             EventKind::TagDelete => "tag.delete",
+            EventKind::Ping => "ping",
         }
     }
 
     /// The kind named `text`, exactly as `as_str` spells it (case-sensitive, so
-    /// a config typo is an error rather than a silent match).
+    /// a config typo is an error rather than a silent match). `ping` is not
+    /// among them: configurations cannot subscribe to it.
     pub fn parse(text: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// Like `parse`, and also `ping`: for journal records.
+    pub fn parse_any(text: &str) -> Option<EventKind> {
+        EventKind::parse(text).or((text == "ping").then_some(EventKind::Ping))
     }
 
     /// This kind's bit in a `u8` subscription mask; seven kinds fit.

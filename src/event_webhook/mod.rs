@@ -3,7 +3,9 @@
 
 pub mod dispatcher;
 pub mod event;
+pub mod journal;
 pub mod notifier;
 pub mod queue;
 pub mod routing;
 pub mod signature;
+pub mod status;

@@ -1,7 +1,8 @@
-//! The async delivery queue behind a small interface, so a durable
-//! implementation can replace the in-memory one without touching the
-//! dispatcher. Per webhook: events in order, bounded; when full, the oldest
-//! event that is not in flight is dropped.
+//! The in-memory view of the async delivery queues, behind a small
+//! interface. Per webhook: events in order, bounded; when full, the oldest
+//! event that is not in flight is dropped. Durability is the journal's job
+//! (`journal.rs`): each queued event carries its journal sequence number so
+//! the notifier can acknowledge it there.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
@@ -9,28 +10,44 @@ use std::rc::Rc;
 use super::dispatcher::Payload;
 use crate::config::WebhookConfig;
 
+/// One queued async event.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub payload: Rc<Payload>,
+    /// Its record in the journal, when it has one.
+    pub seq: Option<u64>,
+    /// When it was queued (monotonic ms), for the oldest-pending age.
+    pub enqueued_ms: u64,
+}
+
 /// What the dispatcher needs of a queue. The head of a webhook's queue is
 /// the event in flight (or next to go); it leaves only by `pop_front`.
 pub trait AsyncQueue {
     /// Appends; returns the event dropped to make room, if any.
-    fn push(&mut self, webhook: Rc<WebhookConfig>, payload: Rc<Payload>) -> Option<Rc<Payload>>;
+    fn push(&mut self, webhook: Rc<WebhookConfig>, item: Queued) -> Option<Queued>;
     /// The head of a webhook's queue, marked as in flight.
-    fn start_front(&mut self, webhook: &str) -> Option<(Rc<WebhookConfig>, Rc<Payload>)>;
+    fn start_front(&mut self, webhook: &str) -> Option<(Rc<WebhookConfig>, Queued)>;
+    fn front(&self, webhook: &str) -> Option<&Queued>;
+    /// The first journal seq among a webhook's queued events (head included).
+    fn first_seq(&self, webhook: &str) -> Option<u64>;
     fn pop_front(&mut self, webhook: &str);
+    /// Removes a waiting (not in flight) event by journal sequence number.
+    fn remove_seq(&mut self, webhook: &str, seq: u64) -> bool;
     /// Names of webhooks with a queue, sorted.
     fn webhooks(&self) -> Vec<String>;
     /// Points waiting events at a new definition of their webhook.
     fn set_webhook(&mut self, name: &str, webhook: Rc<WebhookConfig>);
     /// Drops a webhook's queue, except its head when in flight; returns how many were dropped.
     fn remove_webhook(&mut self, name: &str) -> usize;
+    fn set_length_max(&mut self, length_max: usize);
     fn depths(&self) -> Vec<(String, usize)>;
     fn total(&self) -> usize;
 }
 
 struct WebhookQueue {
     webhook: Rc<WebhookConfig>,
-    events: VecDeque<Rc<Payload>>,
-    /// The head was handed out by `front` and is being delivered.
+    events: VecDeque<Queued>,
+    /// The head was handed out by `start_front` and is being delivered.
     head_taken: bool,
 }
 
@@ -49,7 +66,7 @@ impl MemoryQueue {
 }
 
 impl AsyncQueue for MemoryQueue {
-    fn push(&mut self, webhook: Rc<WebhookConfig>, payload: Rc<Payload>) -> Option<Rc<Payload>> {
+    fn push(&mut self, webhook: Rc<WebhookConfig>, item: Queued) -> Option<Queued> {
         let name = webhook.name.clone();
         let queue = self.queues.entry(name).or_insert_with(|| WebhookQueue {
             webhook,
@@ -63,18 +80,26 @@ impl AsyncQueue for MemoryQueue {
             if oldest_waiting < queue.events.len() {
                 dropped = queue.events.remove(oldest_waiting);
             } else {
-                return Some(payload);
+                return Some(item);
             }
         }
-        queue.events.push_back(payload);
+        queue.events.push_back(item);
         dropped
     }
 
-    fn start_front(&mut self, webhook: &str) -> Option<(Rc<WebhookConfig>, Rc<Payload>)> {
+    fn start_front(&mut self, webhook: &str) -> Option<(Rc<WebhookConfig>, Queued)> {
         let queue = self.queues.get_mut(webhook)?;
         let head = queue.events.front()?.clone();
         queue.head_taken = true;
         Some((queue.webhook.clone(), head))
+    }
+
+    fn front(&self, webhook: &str) -> Option<&Queued> {
+        self.queues.get(webhook)?.events.front()
+    }
+
+    fn first_seq(&self, webhook: &str) -> Option<u64> {
+        self.queues.get(webhook)?.events.iter().find_map(|item| item.seq)
     }
 
     fn pop_front(&mut self, webhook: &str) {
@@ -85,6 +110,26 @@ impl AsyncQueue for MemoryQueue {
                 self.queues.remove(webhook);
             }
         }
+    }
+
+    fn remove_seq(&mut self, webhook: &str, seq: u64) -> bool {
+        let Some(queue) = self.queues.get_mut(webhook) else {
+            return false;
+        };
+        let first_waiting = usize::from(queue.head_taken);
+        let Some(index) = queue
+            .events
+            .iter()
+            .skip(first_waiting)
+            .position(|item| item.seq == Some(seq))
+        else {
+            return false;
+        };
+        queue.events.remove(first_waiting + index);
+        if queue.events.is_empty() {
+            self.queues.remove(webhook);
+        }
+        true
     }
 
     fn webhooks(&self) -> Vec<String> {
@@ -108,6 +153,10 @@ impl AsyncQueue for MemoryQueue {
             self.queues.remove(name);
         }
         dropped
+    }
+
+    fn set_length_max(&mut self, length_max: usize) {
+        self.length_max = length_max.max(1);
     }
 
     fn depths(&self) -> Vec<(String, usize)> {

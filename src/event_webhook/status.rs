@@ -66,7 +66,10 @@ impl StatusBook {
         match record.state {
             DeliveryState::Success => status.last_success_unix_micros = Some(record.finished_unix_micros),
             _ => {
-                let error = record.error.clone().unwrap_or_else(|| record.state.as_str().to_string());
+                let error = record
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| record.state.as_str().to_string());
                 status.last_error = Some((record.finished_unix_micros, error));
             }
         }

@@ -12,6 +12,7 @@ use mio::net::TcpStream;
 use super::output::{Flush, Output};
 use super::telemetry::Telemetry;
 use crate::event_webhook::event::Actor;
+use crate::event_webhook::notifier::admin::Admin;
 use crate::event_webhook::notifier::{Notifier, Submission, Submitted};
 use crate::http::{Body, Method, RequestDecoder, RequestEvent, RequestHead, Response};
 use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
@@ -286,6 +287,23 @@ impl Connection {
                     Body::Bytes(text.into_bytes())
                 });
             self.answer_at_head(response.into(), info, body_follows, cx);
+            return;
+        }
+        if head
+            .path
+            .starts_with(crate::event_webhook::notifier::admin::PREFIX)
+        {
+            match cx.notifier.admin(cx.waiter, &head.method, &head.path, cx.now_ms) {
+                Some(Admin::Respond(response)) => {
+                    self.answer_at_head(response.into(), info, body_follows, cx)
+                }
+                Some(Admin::Parked) => {
+                    self.current = Current::Parked(info);
+                    self.phase = Phase::Parked;
+                    self.deadline_ms = u64::MAX;
+                }
+                None => {}
+            }
             return;
         }
         match cx.registry.begin(&head) {

@@ -7,6 +7,7 @@
 mod connection;
 mod outbound;
 mod output;
+mod ping;
 mod reload;
 mod signals;
 mod telemetry;
@@ -23,10 +24,12 @@ use mio::{Events, Interest, Poll, Token};
 use crate::clock::{self, Clock};
 use crate::config::{self, Config};
 use crate::event_webhook::dispatcher::Action;
+use crate::event_webhook::journal::{Journal, Recovery};
 use crate::event_webhook::notifier::Notifier;
 use crate::registry::{Commit, Registry};
 use crate::timer::{TimerKey, TimerWheel};
 use connection::{Connection, Context, Next, Timeouts, Waiter};
+pub use ping::ping;
 pub use telemetry::Telemetry;
 
 const LISTENER: Token = Token(0);
@@ -86,6 +89,7 @@ impl<C: Clock> Reactor<C> {
         config: Config,
         files: Vec<PathBuf>,
         mut registry: Registry,
+        journal: Option<(Journal, Recovery)>,
         clock: C,
     ) -> io::Result<Reactor<C>> {
         let address = SocketAddr::new(config.server.bind_address, config.server.port);
@@ -99,7 +103,11 @@ impl<C: Clock> Reactor<C> {
             .register(&mut SourceFd(&signals.raw_fd()), SIGNALS, Interest::READABLE)?;
         let now = clock.now_ms();
         let mut telemetry = Telemetry::new();
-        let notifier = Notifier::new(&config, telemetry.metrics(), now);
+        let mut notifier = Notifier::new(&config, telemetry.metrics(), now);
+        notifier.set_time(now, clock.unix_micros());
+        if let Some((journal, recovery)) = journal {
+            notifier = notifier.with_journal(journal, recovery, now);
+        }
         registry.set_interest(notifier.interest());
         Ok(Reactor {
             poll,
@@ -179,6 +187,7 @@ impl<C: Clock> Reactor<C> {
                 self.run_connection(slot);
             }
             let now = self.clock.now_ms();
+            self.notifier.set_time(now, self.clock.unix_micros());
             self.timers.poll(now, &mut fired);
             for deadline in fired.drain(..) {
                 self.on_deadline(deadline, now);
@@ -370,6 +379,7 @@ impl<C: Clock> Reactor<C> {
         let timeouts = self.timeouts();
         let now = self.clock.now_ms();
         let unix_micros = self.clock.unix_micros();
+        self.notifier.set_time(now, unix_micros);
         let Some(Some(entry)) = self.slots.get_mut(slot) else {
             return;
         };
@@ -509,7 +519,8 @@ impl<C: Clock> Reactor<C> {
         if now >= self.shutdown_deadline_ms {
             log::warn!(
                 target: "angos::event_webhook",
-                "shutdown drain time over: {pending} async deliveries abandoned, {} connections closed with requests in progress",
+                "shutdown drain time over: {pending} async deliveries abandoned (the {} still in the journal are delivered after restart), {} connections closed with requests in progress",
+                self.notifier.journal_pending(),
                 self.open
             );
             return true;

@@ -108,16 +108,21 @@ pub fn label_of(path: &str) -> &'static str {
         "/v2/_catalog" => return "catalog",
         _ => {}
     }
-    if !path.starts_with("/v2/") {
+    let Some(rest) = path.strip_prefix("/v2/") else {
         return "not_found";
-    }
-    let mut segments = path.rsplit('/');
+    };
+    let mut segments = rest.rsplit('/');
     let last = segments.next().unwrap_or_default();
-    let second = segments.next().unwrap_or_default();
-    let third = segments.next().unwrap_or_default();
+    // As in `route`, an endpoint needs a name before it: `/v2/blobs/x` is not
+    // a blob (found by the `route` fuzz target; tests/fuzz_regressions.rs).
+    let (Some(second), Some(third)) = (segments.next(), segments.next()) else {
+        return "not_found";
+    };
+    let named_upload = segments.next().is_some();
     match (third, second, last) {
         (_, "tags", "list") => "tags",
-        ("blobs", "uploads", _) | (_, "blobs", "uploads") => "upload",
+        ("blobs", "uploads", _) if named_upload => "upload",
+        (_, "blobs", "uploads") => "upload",
         (_, "manifests", _) => "manifest",
         (_, "blobs", _) => "blob",
         (_, "referrers", _) => "referrers",

@@ -5,12 +5,17 @@
 //! it time and attempt results and carries the answers back to connections.
 //! Generic over the waiter (a connection handle) and the staged change.
 
-use std::collections::HashMap;
+pub mod admin;
+mod durable;
+
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use super::dispatcher::{Completed, Dispatcher, GateId, GateKind, GateOutcome, Payload};
 use super::event::{Actor, Event};
+use super::journal::Journal;
 use super::routing::Routing;
+use super::status::StatusBook;
 use crate::config::{Config, Policy, WebhookConfig};
 use crate::http::Response;
 use crate::metrics::{FamilyId, LATENCY_BUCKETS_SECONDS, Metrics};
@@ -51,6 +56,8 @@ enum Stage<C> {
     },
     /// The change is made; optional webhooks are being told.
     Optional { response: Response },
+    /// `POST /v2/_angos/webhooks/NAME/test`: one ping attempt, reported as it went.
+    Ping { webhook: String },
 }
 
 struct Parked<W, C> {
@@ -63,6 +70,8 @@ struct Families {
     duration: FamilyId,
     queue_depth: FamilyId,
     dropped: FamilyId,
+    dead_letters: FamilyId,
+    oldest_pending: FamilyId,
 }
 
 pub struct Notifier<W, C> {
@@ -74,6 +83,15 @@ pub struct Notifier<W, C> {
     gauged: Vec<String>,
     /// Webhooks that dropped a queued event since the metrics were last updated.
     drops: Vec<String>,
+    /// The durable record of async events (None: memory only, as in tests).
+    journal: Option<Journal>,
+    /// The highest journal seq queued per webhook, for acknowledgements.
+    last_seq: BTreeMap<String, u64>,
+    status: StatusBook,
+    /// The current loop turn's monotonic and wall-clock time (journal
+    /// records, status times, queue ages), set by `set_time`.
+    now_ms: u64,
+    unix_micros: u64,
 }
 
 impl<W, C> Notifier<W, C> {
@@ -97,7 +115,17 @@ impl<W, C> Notifier<W, C> {
             ),
             dropped: metrics.counter(
                 "event_webhook_queue_dropped_total",
-                "Async events dropped because the webhook's queue was full.",
+                "Async events dropped because the webhook's queue or the journal's disk bound was full.",
+                &["webhook"],
+            ),
+            dead_letters: metrics.counter(
+                "event_webhook_dead_letters_total",
+                "Async events that exhausted their retries and were kept as dead letters.",
+                &["webhook"],
+            ),
+            oldest_pending: metrics.gauge(
+                "event_webhook_oldest_pending_seconds",
+                "Age of the oldest queued async event per webhook (0 when none).",
                 &["webhook"],
             ),
         };
@@ -110,7 +138,18 @@ impl<W, C> Notifier<W, C> {
             families,
             gauged: Vec::new(),
             drops: Vec::new(),
+            journal: None,
+            last_seq: BTreeMap::new(),
+            status: StatusBook::default(),
+            now_ms,
+            unix_micros: 0,
         }
+    }
+
+    /// The time of this loop turn: monotonic ms and wall-clock micros.
+    pub fn set_time(&mut self, now_ms: u64, unix_micros: u64) {
+        self.now_ms = now_ms;
+        self.unix_micros = unix_micros;
     }
 
     /// The event kinds some webhook wants, for `Registry::set_interest`.
@@ -127,6 +166,9 @@ impl<W, C> Notifier<W, C> {
     pub fn reconfigure(&mut self, config: &Config, metrics: &mut Metrics) {
         self.routing = Routing::new(config);
         declare_async_series(&self.families, metrics, &self.routing);
+        self.dispatcher
+            .set_queue_length(config.global.event_webhook_queue_length);
+        self.forget_unconfigured();
         let dropped = self.dispatcher.reconfigure(self.routing.webhooks());
         if dropped > 0 {
             log::warn!(
@@ -216,7 +258,8 @@ impl<W, C> Notifier<W, C> {
                 );
                 continue;
             };
-            if let Some(dropped) = self.dispatcher.enqueue(webhook, payload, now_ms) {
+            let seq = self.journal_append(&name, &payload);
+            if let Some(dropped) = self.dispatcher.enqueue_journaled(webhook, payload, seq, now_ms) {
                 log::warn!(
                     target: "angos::event_webhook",
                     "webhook {name:?}: async queue full; dropped the oldest queued event {} ({})",
@@ -289,6 +332,10 @@ impl<W, C> Notifier<W, C> {
                     return Some((parked.waiter, required_failed(&webhook, &reason)));
                 }
                 (Stage::Optional { response }, _) => return Some((parked.waiter, response)),
+                (Stage::Ping { webhook }, _) => {
+                    let result = self.dispatcher.find_completed(gate);
+                    return Some((parked.waiter, admin::ping_answer(&webhook, result)));
+                }
             }
         }
         None
@@ -298,6 +345,17 @@ impl<W, C> Notifier<W, C> {
     pub fn record_completed(&mut self, metrics: &mut Metrics) {
         while let Some(done) = self.dispatcher.poll_completed() {
             record(&self.families, metrics, &done);
+            self.settle(&done, metrics);
+        }
+        for (name, _) in self
+            .routing
+            .webhooks()
+            .iter()
+            .filter(|(_, webhook)| webhook.policy == Policy::Async)
+        {
+            let age_ms = self.dispatcher.oldest_pending_ms(name, self.now_ms).unwrap_or(0);
+            let series = metrics.series(self.families.oldest_pending, &[name]);
+            metrics.set(series, age_ms as f64 / 1000.0);
         }
         let depths = self.dispatcher.queue_depths();
         for (name, depth) in &depths {
@@ -335,6 +393,8 @@ fn declare_async_series(families: &Families, metrics: &mut Metrics, routing: &Ro
         if webhook.policy == Policy::Async {
             metrics.series(families.queue_depth, &[name]);
             metrics.series(families.dropped, &[name]);
+            metrics.series(families.dead_letters, &[name]);
+            metrics.series(families.oldest_pending, &[name]);
         }
     }
 }
@@ -348,8 +408,9 @@ fn record(families: &Families, metrics: &mut Metrics, done: &Completed) {
     metrics.observe(histogram, done.duration_ms as f64 / 1000.0);
     if !done.success {
         let error = done.error.as_deref().unwrap_or("unknown error");
-        // Required failures are logged where the request is refused.
-        if done.policy != Policy::Required {
+        // Required failures are logged where the request is refused; pings are
+        // reported to whoever asked.
+        if done.policy != Policy::Required && done.kind != super::event::EventKind::Ping {
             log::warn!(
                 target: "angos::event_webhook",
                 "webhook {:?} ({}) failed for {} event {} after {} attempts: {error}",

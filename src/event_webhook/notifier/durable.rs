@@ -1,0 +1,200 @@
+//! The notifier's side of the journal: async events are recorded before the
+//! client is answered, acknowledged once done (delivered, dead-lettered or
+//! dropped), and resumed after a restart in order with their original id
+//! and body, so signatures still verify.
+//!
+//! Acknowledgements are cursors (`journal.rs`): "done with every event of
+//! this webhook up to seq". The queue delivers a webhook's events in order,
+//! and may drop waiting ones; so when the head finishes, everything before
+//! the new head is done: the cursor moves to just before it, or to the last
+//! event queued when the queue is empty.
+
+use std::rc::Rc;
+
+use super::super::dispatcher::{Completed, Payload};
+use super::super::event::EventKind;
+use super::super::journal::{Journal, NewDeadLetter, Recovery};
+use super::super::status::{DeliveryRecord, DeliveryState};
+use super::Notifier;
+use crate::config::Policy;
+use crate::metrics::Metrics;
+
+impl<W, C> Notifier<W, C> {
+    /// Makes async delivery durable: `journal` records every async event from
+    /// now on, and the events it recovered are queued again, in order.
+    pub fn with_journal(mut self, mut journal: Journal, recovery: Recovery, now_ms: u64) -> Self {
+        for line in &recovery.skipped {
+            log::warn!(target: "angos::event_webhook", "journal: skipped {line}");
+        }
+        let mut resumed = 0;
+        let mut forgotten: Vec<String> = Vec::new();
+        for event in recovery.pending {
+            let webhook = self
+                .routing
+                .webhooks()
+                .get(&event.webhook)
+                .filter(|webhook| webhook.policy == Policy::Async)
+                .cloned();
+            let (Some(webhook), Some(kind)) = (webhook, EventKind::parse_any(&event.kind)) else {
+                if !forgotten.contains(&event.webhook) {
+                    forgotten.push(event.webhook.clone());
+                }
+                continue;
+            };
+            let namespace = serde_json::from_slice::<serde_json::Value>(&event.body)
+                .ok()
+                .and_then(|body| body["namespace"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let payload = Rc::new(Payload {
+                event_id: event.event_id,
+                kind,
+                namespace,
+                body: event.body,
+            });
+            self.last_seq.insert(event.webhook.clone(), event.seq);
+            self.dispatcher
+                .enqueue_journaled(webhook, payload, Some(event.seq), now_ms);
+            resumed += 1;
+        }
+        for name in forgotten {
+            match journal.forget_webhook(&name) {
+                Ok(count) => log::warn!(
+                    target: "angos::event_webhook",
+                    "journal: dropped {count} pending events of webhook {name:?}, which is no longer configured as async"
+                ),
+                Err(error) => log::error!(target: "angos::event_webhook", "journal: {error}"),
+            }
+        }
+        if resumed > 0 {
+            log::info!(target: "angos::event_webhook", "journal: resumed {resumed} pending async deliveries");
+        }
+        self.journal = Some(journal);
+        self
+    }
+
+    /// Records an async event before it is queued; `None` when there is no
+    /// journal or it failed (the event then lives in memory only, and says so).
+    pub(super) fn journal_append(&mut self, webhook: &str, payload: &Payload) -> Option<u64> {
+        let journal = self.journal.as_mut()?;
+        let delivery_id = super::super::status::delivery_id(&payload.event_id, webhook);
+        let appended = journal.append_event(
+            webhook,
+            &payload.event_id,
+            payload.kind.as_str(),
+            self.unix_micros,
+            &delivery_id,
+            &payload.body,
+        );
+        match appended {
+            Ok(appended) => {
+                for dropped in appended.dropped {
+                    log::warn!(
+                        target: "angos::event_webhook",
+                        "webhook {:?}: journal full; dropped the oldest undelivered event {}",
+                        dropped.webhook,
+                        dropped.event_id
+                    );
+                    self.dispatcher.remove_queued(&dropped.webhook, dropped.seq);
+                    self.drops.push(dropped.webhook);
+                }
+                self.last_seq.insert(webhook.to_string(), appended.seq);
+                Some(appended.seq)
+            }
+            Err(error) => {
+                log::error!(
+                    target: "angos::event_webhook",
+                    "journal: cannot record event {} for webhook {webhook:?}: {error}; it is kept in memory only",
+                    payload.event_id
+                );
+                None
+            }
+        }
+    }
+
+    /// Drops the journal's pending events of webhooks no longer configured as async.
+    pub(super) fn forget_unconfigured(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        for (name, _) in journal.depths() {
+            let keep = self
+                .routing
+                .webhooks()
+                .get(&name)
+                .is_some_and(|webhook| webhook.policy == Policy::Async);
+            if !keep {
+                match journal.forget_webhook(&name) {
+                    Ok(_) => {
+                        self.last_seq.remove(&name);
+                    }
+                    Err(error) => log::error!(target: "angos::event_webhook", "journal: {error}"),
+                }
+            }
+        }
+    }
+
+    /// Status, dead letters and acknowledgements for a finished delivery.
+    pub(super) fn settle(&mut self, done: &Completed, metrics: &mut Metrics) {
+        let is_async = done.gate.is_none();
+        let state = match (done.success, is_async) {
+            (true, _) => DeliveryState::Success,
+            (false, true) => DeliveryState::DeadLetter,
+            (false, false) => DeliveryState::Failed,
+        };
+        self.status.record(
+            &done.webhook,
+            DeliveryRecord {
+                delivery_id: done.delivery_id.clone(),
+                payload: done.payload.clone(),
+                state,
+                attempts: done.attempts,
+                duration_ms: done.duration_ms,
+                status: done.status,
+                error: done.error.clone(),
+                finished_unix_micros: self.unix_micros,
+            },
+        );
+        if !is_async {
+            return;
+        }
+        if state == DeliveryState::DeadLetter {
+            let series = metrics.series(self.families.dead_letters, &[&done.webhook]);
+            metrics.inc(series);
+        }
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        if state == DeliveryState::DeadLetter
+            && let Some(seq) = done.seq
+        {
+            let letter = NewDeadLetter {
+                webhook: &done.webhook,
+                seq,
+                event_id: &done.payload.event_id,
+                delivery_id: &done.delivery_id,
+                attempts: done.attempts,
+                last_error: done.error.as_deref().unwrap_or("unknown error"),
+                unix_micros: self.unix_micros,
+                kind: done.payload.kind.as_str(),
+                body: &done.payload.body,
+            };
+            if let Err(error) = journal.append_dead_letter(letter) {
+                log::error!(target: "angos::event_webhook", "journal: cannot record a dead letter: {error}");
+            }
+        }
+        let done_up_to = match self.dispatcher.queue_first_seq(&done.webhook) {
+            Some(next) => next.checked_sub(1),
+            None => self.last_seq.get(&done.webhook).copied(),
+        };
+        if let Some(seq) = done_up_to
+            && let Err(error) = journal.append_ack(&done.webhook, seq)
+        {
+            log::error!(target: "angos::event_webhook", "journal: cannot acknowledge: {error}");
+        }
+    }
+
+    /// Async events waiting in the journal (0 without one).
+    pub fn journal_pending(&self) -> usize {
+        self.journal.as_ref().map_or(0, Journal::pending_total)
+    }
+}
