@@ -39,6 +39,8 @@ const DNS: Token = Token(2);
 const FIRST_CONNECTION: usize = 3;
 /// Outbound (webhook) connection tokens start here.
 const FIRST_OUTBOUND: usize = 1 << 40;
+/// Pending connections the kernel may queue before `accept`.
+const LISTEN_BACKLOG: i32 = 4096;
 /// The shared read buffer: large enough that a blob upload moves in big reads.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -94,6 +96,13 @@ impl<C: Clock> Reactor<C> {
     ) -> io::Result<Reactor<C>> {
         let address = SocketAddr::new(config.server.bind_address, config.server.port);
         let mut listener = TcpListener::bind(address)?;
+        // mio listens with std's backlog of 128; a burst of connections (a
+        // fleet reconnecting) overflows it. Linux lets a second listen() raise
+        // it; the kernel caps it at net.core.somaxconn.
+        // SAFETY: the descriptor is the listener's own, open for this call.
+        if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) } != 0 {
+            log::warn!(target: "angos::reactor", "cannot raise the listen backlog: {}", io::Error::last_os_error());
+        }
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()

@@ -1,0 +1,1729 @@
+//! The benchmark program (`cargo bench --bench registry`, `harness = false`): it starts the release
+//! `angos` binary on loopback, drives it with `wrk` and std-only clients, and prints one markdown
+//! table of medians. It measures and reports; it asserts nothing about the figures. It must leave
+//! nothing behind: every server child, receiver thread and temporary directory sits behind a Drop
+//! guard, so a panic half-way still kills the servers and removes the data.
+//!
+//! Settings (environment): `BENCH_RUNS` (default 5) runs per figure, `BENCH_SECS` (default 5)
+//! seconds per load run, `BENCH_PUSHES` (default 2000) pushes per latency run, `BENCH_ONLY` (a
+//! comma list of sections, see `SECTIONS`), `BENCH_KEEP=1` to keep the temporary directory.
+// A benchmark times the real binary from outside: wall-clock reads are the point here, not
+// a way around the driven clock (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
+use angos::digest::{Digest, Hasher};
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+const ANGOS: &str = env!("CARGO_BIN_EXE_angos");
+
+/// The blob of the upload and download rows (the issue's 256 MiB).
+const BLOB_BYTES: u64 = 256 << 20;
+/// Keep-alive connection counts of the manifest GET rows.
+const GET_CONNECTIONS: [usize; 3] = [1, 16, 256];
+/// Idle connections held open for the RSS row.
+const IDLE_CONNECTIONS: usize = 10_000;
+/// Idle connections opened before waiting for the server to accept them; well under the
+/// listen backlog (128 here, `ss -ltn` shows it).
+const CONNECT_BATCH: usize = 64;
+/// Async events held in the queue for the RSS row.
+const QUEUED_EVENTS: usize = 10_000;
+/// Open files the bench (and the server, which inherits the limit) needs: the idle
+/// connections, plus wrk, receivers, data files and some slack.
+const NOFILE_MIN: u64 = IDLE_CONNECTIONS as u64 + 1_000;
+/// Client threads firing manifest GETs in the async delivery row.
+const PULL_THREADS: usize = 4;
+/// Warm-up before the async delivery window opens (fills the queue, opens the outbound connection).
+const ASYNC_WARMUP: Duration = Duration::from_secs(1);
+/// Layer size of each latency push.
+const PUSH_LAYER_BYTES: usize = 1024;
+/// How long the server may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read timeout of every client socket, so a stuck server fails the bench instead of hanging it.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Server log lines kept for error messages.
+const LOG_LINES_MAX: usize = 200;
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// What the environment asked for.
+#[derive(Clone, Debug)]
+struct Settings {
+    runs: usize,
+    secs: u64,
+    pushes: usize,
+    /// Sections to run (`BENCH_ONLY=get,blob`); empty runs them all.
+    only: Vec<String>,
+}
+
+impl Settings {
+    fn from_env() -> Result<Settings, String> {
+        Ok(Settings {
+            runs: env_number("BENCH_RUNS", 5, 1, 1_000)? as usize,
+            secs: env_number("BENCH_SECS", 5, 1, 3_600)?,
+            pushes: env_number("BENCH_PUSHES", 2_000, 10, 1_000_000)? as usize,
+            only: match std::env::var("BENCH_ONLY") {
+                Ok(list) => {
+                    let only: Vec<String> = list.split(',').map(|s| s.trim().to_string()).collect();
+                    if let Some(bad) = only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+                        return Err(format!(
+                            "BENCH_ONLY: unknown section {bad:?}; known: {}",
+                            SECTIONS.join(",")
+                        ));
+                    }
+                    only
+                }
+                Err(_) => Vec::new(),
+            },
+        })
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+/// The sections `BENCH_ONLY` can name, in the order they run.
+const SECTIONS: [&str; 8] = ["size", "idle", "get", "conns", "blob", "push", "async", "queue"];
+
+fn env_number(name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(default);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(value) if (min..=max).contains(&value) => Ok(value),
+        _ => Err(format!(
+            "{name}={text:?}: expected an integer from {min} to {max}"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench`; a filter argument means nothing here.
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(message) = preflight() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let started = Instant::now();
+    let work = TempDir::new();
+    let mut table = Table::default();
+    let outcome = run_all(&settings, &work, &mut table);
+    eprintln!("bench: finished in {:.0} s", started.elapsed().as_secs_f64());
+    println!();
+    println!("{}", header(&settings));
+    println!("{}", table.render());
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks what the bench needs before starting anything: wrk, sha256sum, cat, and an open
+/// file limit high enough for the idle-connection row.
+fn preflight() -> Result<(), String> {
+    match Command::new("wrk")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(
+                "wrk is not installed; install it with `apt-get install wrk` (Debian/Ubuntu) \
+                 and run the bench again"
+                    .to_string(),
+            );
+        }
+        Err(e) => return Err(format!("cannot run wrk: {e}")),
+    }
+    for tool in ["sha256sum", "cat"] {
+        if let Err(e) = Command::new(tool).arg("--version").stdout(Stdio::null()).status() {
+            return Err(format!("cannot run {tool} (coreutils): {e}"));
+        }
+    }
+    let limit = open_files_soft_limit().ok_or("cannot read the open file limit from /proc/self/limits")?;
+    if limit < NOFILE_MIN {
+        return Err(format!(
+            "the open file limit is {limit}, but the {IDLE_CONNECTIONS}-idle-connection row needs at \
+             least {NOFILE_MIN} (the server inherits the bench's limit); run \
+             `ulimit -n 65536; cargo bench --bench registry` (where the hard limit is lower, \
+             `ulimit -n $(ulimit -Hn)` if that is at least {NOFILE_MIN})"
+        ));
+    }
+    Ok(())
+}
+
+fn open_files_soft_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
+    }
+}
+
+/// The lines above the table: what ran where, so a figure is never read without its context.
+fn header(settings: &Settings) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cores = thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    format!(
+        "angos benchmark: {cores} cores ({cpu}), load average {load} at the end; median of {} runs, \
+         {} s per load run, {} pushes per latency run; binary {ANGOS}",
+        settings.runs, settings.secs, settings.pushes
+    )
+}
+
+/// Every measurement, in table order. Each step adds its rows as soon as it has them, so
+/// a failure later still prints what was measured.
+fn run_all(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(), String> {
+    if settings.wants("size") {
+        bench_binary_size(table)?;
+    }
+    if settings.wants("idle") {
+        bench_idle_rss(settings, work, table)?;
+    }
+    if settings.wants("get") || settings.wants("conns") || settings.wants("blob") {
+        let server = Server::start(work, "main", &ServerConfig::plain())?;
+        let with_log = |e: String| format!("{e}\nserver log (last lines):\n{}", server.log_tail());
+        if settings.wants("get") {
+            let manifest = push_image(server.addr, "bench/app", "latest", b"bench").map_err(with_log)?;
+            bench_manifest_get(settings, &server, &manifest, table).map_err(with_log)?;
+        }
+        if settings.wants("conns") {
+            bench_idle_connections(settings, &server, table).map_err(with_log)?;
+        }
+        if settings.wants("blob") {
+            bench_blob(settings, work, &server, table).map_err(with_log)?;
+        }
+    }
+    if settings.wants("push") || settings.wants("async") {
+        bench_webhooks(settings, work, table)?;
+    }
+    if settings.wants("queue") {
+        bench_queued_events(settings, work, table)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The figures
+// ---------------------------------------------------------------------------
+
+fn bench_binary_size(table: &mut Table) -> Result<(), String> {
+    let bytes = std::fs::metadata(ANGOS)
+        .map_err(|e| format!("{ANGOS}: {e}"))?
+        .len();
+    table.row(
+        "binary size (stripped release)",
+        vec![bytes as f64],
+        0,
+        "bytes",
+        format!("{:.2} MiB; `ls -l {ANGOS}` (profile.release strips)", mib(bytes)),
+    );
+    Ok(())
+}
+
+fn bench_idle_rss(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(), String> {
+    progress("RSS idle after start");
+    let mut samples = Vec::new();
+    for _ in 0..settings.runs {
+        let server = Server::start(work, "idle", &ServerConfig::defaults())?;
+        thread::sleep(Duration::from_millis(500));
+        samples.push(mib(rss_bytes(server.pid())?));
+    }
+    table.row(
+        "RSS idle after start",
+        samples,
+        2,
+        "MiB",
+        "VmRSS 0.5 s after `listening on`, built-in defaults, a fresh server per run".to_string(),
+    );
+    Ok(())
+}
+
+fn bench_manifest_get(
+    settings: &Settings,
+    server: &Server,
+    manifest: &str,
+    table: &mut Table,
+) -> Result<(), String> {
+    let url = format!("http://{}/v2/bench/app/manifests/latest", server.addr);
+    // One short run first: the first requests fault in the binary and fill the manifest cache.
+    wrk(&url, 16, 1)?;
+    let mut rss_under_load = Vec::new();
+    for connections in GET_CONNECTIONS {
+        progress(&format!("manifest GET at {connections} connections"));
+        let mut rates = Vec::new();
+        let mut p99s = Vec::new();
+        let mut socket_errors = Vec::new();
+        for _ in 0..settings.runs {
+            let sampler = (connections == 256).then(|| RssSampler::start(server.pid()));
+            let result = wrk(&url, connections, settings.secs)?;
+            if let Some(sampler) = sampler {
+                rss_under_load.push(mib(sampler.finish()));
+            }
+            rates.push(result.requests_per_sec);
+            p99s.push(result.p99_ms);
+            if let Some(errors) = result.socket_errors {
+                socket_errors.push(errors);
+            }
+        }
+        let threads = wrk_threads(connections);
+        let mut command = format!(
+            "`wrk -t{threads} -c{connections} -d{}s --latency -H 'Accept: {OCI_MANIFEST}'`, {} B manifest",
+            settings.secs,
+            manifest.len()
+        );
+        if !socket_errors.is_empty() {
+            let _ = write!(command, "; wrk socket errors: {}", socket_errors.join("; "));
+        }
+        table.row(
+            &format!("manifest GET, {connections} keep-alive connection(s)"),
+            rates,
+            0,
+            "requests/s",
+            command.clone(),
+        );
+        table.row(
+            &format!("manifest GET p99 latency, {connections} connection(s)"),
+            p99s,
+            3,
+            "ms",
+            format!(
+                "wrk --latency 99th percentile, same runs{}",
+                threads_note(connections)
+            ),
+        );
+    }
+    table.row(
+        "RSS under load",
+        rss_under_load,
+        2,
+        "MiB",
+        "peak VmRSS sampled every 100 ms during the 256-connection GET runs".to_string(),
+    );
+    Ok(())
+}
+
+fn wrk_threads(connections: usize) -> usize {
+    // wrk refuses fewer connections than threads.
+    connections.min(2)
+}
+
+fn threads_note(connections: usize) -> &'static str {
+    if wrk_threads(connections) < 2 {
+        " (-t1: wrk needs a connection per thread)"
+    } else {
+        ""
+    }
+}
+
+fn bench_idle_connections(settings: &Settings, server: &Server, table: &mut Table) -> Result<(), String> {
+    progress(&format!("RSS with {IDLE_CONNECTIONS} idle connections"));
+    let mut samples = Vec::new();
+    // Later runs start from what the first one left allocated; the first baseline is the one
+    // that says what the connections cost.
+    let baseline = mib(rss_bytes(server.pid())?);
+    for _ in 0..settings.runs {
+        let mut conns = Vec::with_capacity(IDLE_CONNECTIONS);
+        while conns.len() < IDLE_CONNECTIONS {
+            for _ in 0..CONNECT_BATCH.min(IDLE_CONNECTIONS - conns.len()) {
+                let stream = TcpStream::connect(server.addr)
+                    .map_err(|e| format!("idle connection {} of {IDLE_CONNECTIONS}: {e}", conns.len()))?;
+                conns.push(stream);
+            }
+            // The reactor accepts until WouldBlock and the kernel queues in order, so once a
+            // later connection is answered every earlier one has been accepted. Waiting for
+            // that keeps the listen queue from overflowing: an overflow drops the handshake's
+            // last ACK, and such a connection stalls for a SYN-ACK retransmission or is reset.
+            let health = Client::connect(server.addr)?.request("GET", "/healthz", &[], b"")?;
+            if health.status != 200 {
+                return Err(format!(
+                    "GET /healthz with idle connections open: {}",
+                    health.status
+                ));
+            }
+        }
+        thread::sleep(Duration::from_millis(300));
+        samples.push(mib(rss_bytes(server.pid())?));
+        // Any of them closed by the server (connection limit, timeout) would make the figure a lie.
+        let closed = count_closed(&conns);
+        if closed > 0 {
+            return Err(format!(
+                "{closed} of the {IDLE_CONNECTIONS} idle connections were closed by the server"
+            ));
+        }
+        drop(conns);
+        thread::sleep(Duration::from_millis(500));
+    }
+    table.row(
+        &format!("RSS with {IDLE_CONNECTIONS} idle connections"),
+        samples,
+        2,
+        "MiB",
+        format!(
+            "VmRSS with {IDLE_CONNECTIONS} accepted connections that sent nothing (the GET rows' server, \
+             {baseline:.2} MiB before the first run opened them)"
+        ),
+    );
+    Ok(())
+}
+
+/// How many of `conns` the peer closed (a read returns 0 or an error at once).
+fn count_closed(conns: &[TcpStream]) -> usize {
+    let mut closed = 0;
+    for conn in conns {
+        if conn.set_nonblocking(true).is_err() {
+            closed += 1;
+            continue;
+        }
+        let mut byte = [0u8; 1];
+        match (&*conn).read(&mut byte) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            _ => closed += 1,
+        }
+    }
+    closed
+}
+
+fn bench_blob(settings: &Settings, work: &TempDir, server: &Server, table: &mut Table) -> Result<(), String> {
+    progress("256 MiB blob: writing the random file");
+    let path = work.path().join("blob.bin");
+    let digest = write_random_file(&path, BLOB_BYTES).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Read it once so every reader below starts from the page cache, like the server does.
+    run_timed(Command::new("cat").arg(&path), false)?;
+
+    let mut uploads = Vec::new();
+    let mut downloads = Vec::new();
+    let mut sha256sums = Vec::new();
+    let mut cats = Vec::new();
+    let mut own_hashes = Vec::new();
+    for run in 0..settings.runs {
+        progress(&format!("256 MiB blob: run {} of {}", run + 1, settings.runs));
+        let repo = format!("blob/r{run}");
+        let elapsed = upload_blob(server.addr, &repo, &digest, &path, BLOB_BYTES)?;
+        uploads.push(mb_per_sec(BLOB_BYTES, elapsed));
+        let elapsed = download_blob(server.addr, &repo, &digest, BLOB_BYTES)?;
+        downloads.push(mb_per_sec(BLOB_BYTES, elapsed));
+
+        let (elapsed, output) = run_timed(Command::new("sha256sum").arg(&path), true)?;
+        if !output.starts_with(digest.hex()) {
+            return Err(format!(
+                "sha256sum disagrees with the bench's digest {digest}: {output}"
+            ));
+        }
+        sha256sums.push(mb_per_sec(BLOB_BYTES, elapsed));
+        let (elapsed, _) = run_timed(Command::new("cat").arg(&path), false)?;
+        cats.push(mb_per_sec(BLOB_BYTES, elapsed));
+        let (elapsed, own) = hash_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if own != digest {
+            return Err(format!(
+                "hashing {} again gave {own}, not {digest}",
+                path.display()
+            ));
+        }
+        own_hashes.push(mb_per_sec(BLOB_BYTES, elapsed));
+    }
+    table.row(
+        "blob upload, 256 MiB",
+        uploads,
+        0,
+        "MB/s",
+        "monolithic `POST /v2/<name>/blobs/uploads/?digest=` with Content-Length, one std TcpStream \
+         fed by io::copy from the cached file; until the 201"
+            .to_string(),
+    );
+    table.row(
+        "limit: sha256sum of the same file",
+        sha256sums,
+        0,
+        "MB/s",
+        "`sha256sum FILE` as a subprocess, page-cached file (the upload's ceiling; coreutils' own \
+         SHA-256 may not use the CPU's SHA instructions, see the next row)"
+            .to_string(),
+    );
+    table.row(
+        "limit: the crate's SHA-256 over the same file",
+        own_hashes,
+        0,
+        "MB/s",
+        "`angos::digest::Hasher` (the `sha2` code the server runs, SHA instructions when the CPU has \
+         them) over 1 MiB reads of the page-cached file, in the bench process"
+            .to_string(),
+    );
+    table.row(
+        "blob download, 256 MiB",
+        downloads,
+        0,
+        "MB/s",
+        "`GET /v2/<name>/blobs/<digest>` into a counting sink; size verified".to_string(),
+    );
+    table.row(
+        "limit: cat of the same file",
+        cats,
+        0,
+        "MB/s",
+        "`cat FILE > /dev/null` as a subprocess, page-cached file (the download's ceiling)".to_string(),
+    );
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// SHA-256 of the file at `path` with the crate's hasher, read in 1 MiB pieces; the time it took.
+fn hash_file(path: &Path) -> io::Result<(Duration, Digest)> {
+    let start = Instant::now();
+    let mut file = File::open(path)?;
+    let mut hasher = Hasher::sha256();
+    let mut piece = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut piece) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&piece[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let digest = hasher.digest();
+    Ok((start.elapsed(), digest))
+}
+
+/// Push latency with and without a required webhook, and async delivery throughput, on one
+/// server whose repositories route differently: `plain/...` has no webhook, `hooked/...` one
+/// `required` webhook on manifest.push, `events/...` one `async` webhook on manifest.pull.
+fn bench_webhooks(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(), String> {
+    let required = Receiver::start(ReceiverMode::Answer)?;
+    let deliveries = Receiver::start(ReceiverMode::Answer)?;
+    let config = ServerConfig {
+        global: vec![
+            "event_webhook_queue_length = 100000".to_string(),
+            // An interrupted bench (Ctrl-C reaches the servers too) should not leave a server
+            // draining its queue for the default 30 s.
+            "shutdown_drain_secs = 1".to_string(),
+        ],
+        tables: format!(
+            "[event_webhook.required_hook]\nurl = \"http://{}/hook\"\npolicy = \"required\"\n\
+             events = [\"manifest.push\"]\n\n\
+             [event_webhook.async_hook]\nurl = \"http://{}/events\"\npolicy = \"async\"\n\
+             events = [\"manifest.pull\"]\n\n\
+             [repository.\"hooked\"]\nevent_webhooks = [\"required_hook\"]\n\n\
+             [repository.\"events\"]\nevent_webhooks = [\"async_hook\"]\n",
+            required.addr, deliveries.addr
+        ),
+        ..ServerConfig::plain()
+    };
+    let server = Server::start(work, "webhooks", &config)?;
+    let with_log = |e: String| format!("{e}\nserver log (last lines):\n{}", server.log_tail());
+    if settings.wants("push") {
+        bench_push_latency(settings, &server, &required, table).map_err(with_log)?;
+    }
+    if settings.wants("async") {
+        bench_async_deliveries(settings, &server, &deliveries, table).map_err(with_log)?;
+    }
+    drop(server);
+    drop(required);
+    drop(deliveries);
+    Ok(())
+}
+
+fn bench_push_latency(
+    settings: &Settings,
+    server: &Server,
+    required: &Receiver,
+    table: &mut Table,
+) -> Result<(), String> {
+    let mut plain = (Vec::new(), Vec::new());
+    let mut hooked = (Vec::new(), Vec::new());
+    for run in 0..settings.runs {
+        for (repo, out) in [("plain/app", &mut plain), ("hooked/app", &mut hooked)] {
+            progress(&format!(
+                "push latency {repo}: run {} of {}",
+                run + 1,
+                settings.runs
+            ));
+            let before = required.requests();
+            let mut latencies = push_series(server.addr, repo, run, settings.pushes)?;
+            let delivered = required.requests() - before;
+            let expected = if repo.starts_with("hooked") {
+                settings.pushes as u64
+            } else {
+                0
+            };
+            if delivered != expected {
+                return Err(format!(
+                    "{repo}: the required receiver got {delivered} deliveries for {} pushes",
+                    settings.pushes
+                ));
+            }
+            out.0.push(percentile(&mut latencies, 50.0));
+            out.1.push(percentile(&mut latencies, 99.0));
+        }
+    }
+    let what = format!(
+        "manifest `PUT /v2/<name>/manifests/<tag>` round trip, after a monolithic blob POST, {} pushes \
+         per run, one keep-alive connection, a new tag each",
+        settings.pushes
+    );
+    // Differences per run (the two series of a run ran back to back on the same server).
+    let diff = |with: &[f64], without: &[f64]| with.iter().zip(without).map(|(a, b)| a - b).collect();
+    let added_p50: Vec<f64> = diff(&hooked.0, &plain.0);
+    let added_p99: Vec<f64> = diff(&hooked.1, &plain.1);
+    table.row("push latency p50, no webhook", plain.0, 3, "ms", what.clone());
+    table.row("push latency p99, no webhook", plain.1, 3, "ms", what);
+    let hook = "the same, one `required` webhook on manifest.push to a loopback receiver answering \
+                `204 No Content` at once";
+    table.row(
+        "push latency p50, required webhook",
+        hooked.0,
+        3,
+        "ms",
+        hook.to_string(),
+    );
+    table.row(
+        "push latency p99, required webhook",
+        hooked.1,
+        3,
+        "ms",
+        hook.to_string(),
+    );
+    table.row(
+        "added latency p50, required webhook",
+        added_p50,
+        3,
+        "ms",
+        "per run, p50 with the webhook minus p50 without; the median of those differences".to_string(),
+    );
+    table.row(
+        "added latency p99, required webhook",
+        added_p99,
+        3,
+        "ms",
+        "per run, p99 with the webhook minus p99 without; the median of those differences".to_string(),
+    );
+
+    Ok(())
+}
+
+fn bench_async_deliveries(
+    settings: &Settings,
+    server: &Server,
+    deliveries: &Receiver,
+    table: &mut Table,
+) -> Result<(), String> {
+    push_image(server.addr, "events/app", "latest", b"events")?;
+    let mut rates = Vec::new();
+    let mut pull_rates = Vec::new();
+    let mut dropped_total = 0.0;
+    for run in 0..settings.runs {
+        progress(&format!("async deliveries: run {} of {}", run + 1, settings.runs));
+        let dropped_before = webhook_metric(server.addr, "event_webhook_queue_dropped_total", "async_hook")?;
+        let pullers = Pullers::start(server.addr, "/v2/events/app/manifests/latest", PULL_THREADS);
+        thread::sleep(ASYNC_WARMUP);
+        let (delivered0, pulls0, t0) = (deliveries.requests(), pullers.pulls(), Instant::now());
+        thread::sleep(Duration::from_secs(settings.secs));
+        let (delivered1, pulls1, elapsed) = (deliveries.requests(), pullers.pulls(), t0.elapsed());
+        pullers.finish()?;
+        if delivered1 == delivered0 {
+            return Err(format!("no async delivery arrived in {} s", settings.secs));
+        }
+        rates.push((delivered1 - delivered0) as f64 / elapsed.as_secs_f64());
+        pull_rates.push((pulls1 - pulls0) as f64 / elapsed.as_secs_f64());
+        let dropped_after = webhook_metric(server.addr, "event_webhook_queue_dropped_total", "async_hook")?;
+        dropped_total += dropped_after - dropped_before;
+    }
+    let pulls = median(&mut pull_rates);
+    table.row(
+        "async events delivered",
+        rates,
+        0,
+        "events/s",
+        format!(
+            "one `async` webhook on manifest.pull to a loopback 204 receiver, counted over {} s after {} s \
+             warm-up while {PULL_THREADS} keep-alive client threads pull flat out ({pulls:.0} pulls/s); \
+             queue length 100000, {dropped_total:.0} events dropped over all runs",
+            settings.secs,
+            ASYNC_WARMUP.as_secs()
+        ),
+    );
+    Ok(())
+}
+
+fn bench_queued_events(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(), String> {
+    progress(&format!("RSS with {QUEUED_EVENTS} queued async events"));
+    let hang = Receiver::start(ReceiverMode::Hang)?;
+    let config = ServerConfig {
+        global: vec![
+            format!("event_webhook_queue_length = {}", QUEUED_EVENTS * 2),
+            "shutdown_drain_secs = 1".to_string(),
+            "event_webhooks = [\"sink\"]".to_string(),
+        ],
+        tables: format!(
+            "[event_webhook.sink]\nurl = \"http://{}/events\"\npolicy = \"async\"\n\
+             events = [\"manifest.pull\"]\ntimeout_ms = 3600000\nmax_retries = 0\n",
+            hang.addr
+        ),
+        ..ServerConfig::plain()
+    };
+    let mut samples = Vec::new();
+    let mut baseline = Vec::new();
+    let mut depths = Vec::new();
+    for _ in 0..settings.runs {
+        let server = Server::start(work, "queue", &config)?;
+        push_image(server.addr, "queue/app", "latest", b"queue")?;
+        thread::sleep(Duration::from_millis(200));
+        baseline.push(mib(rss_bytes(server.pid())?));
+        // One more than the target: the first event is in flight to the receiver, not queued.
+        let mut client = Client::connect(server.addr)?;
+        for _ in 0..=QUEUED_EVENTS {
+            let reply = client.request(
+                "GET",
+                "/v2/queue/app/manifests/latest",
+                &[("Accept", OCI_MANIFEST)],
+                b"",
+            )?;
+            if reply.status != 200 {
+                return Err(format!("manifest GET answered {}", reply.status));
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let depth = loop {
+            let depth = webhook_metric(server.addr, "event_webhook_queue_depth", "sink")?;
+            if depth >= QUEUED_EVENTS as f64 || Instant::now() > deadline {
+                break depth;
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        if depth < QUEUED_EVENTS as f64 {
+            return Err(format!(
+                "event_webhook_queue_depth stayed at {depth}, not {QUEUED_EVENTS}"
+            ));
+        }
+        samples.push(mib(rss_bytes(server.pid())?));
+        depths.push(depth);
+    }
+    table.row(
+        &format!("RSS with {QUEUED_EVENTS} queued async events"),
+        samples,
+        2,
+        "MiB",
+        format!(
+            "VmRSS after {} manifest GETs with one `async` manifest.pull webhook to a receiver that never \
+             answers (timeout_ms 3600000); event_webhook_queue_depth {:.0}; {:.2} MiB before the pulls",
+            QUEUED_EVENTS + 1,
+            median(&mut depths),
+            median(&mut baseline)
+        ),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Work generators
+// ---------------------------------------------------------------------------
+
+/// `pushes` pushes to `repo`, each a unique 1 KiB layer by monolithic POST and a manifest PUT
+/// under a new tag; the manifest PUT round trips in milliseconds.
+fn push_series(addr: SocketAddr, repo: &str, run: usize, pushes: usize) -> Result<Vec<f64>, String> {
+    let mut client = Client::connect(addr)?;
+    let config = format!("{{\"bench\":\"{repo}\"}}").into_bytes();
+    let config_digest = push_blob(&mut client, repo, &config)?;
+    let mut latencies = Vec::with_capacity(pushes);
+    for i in 0..pushes {
+        let seed = (run as u64) << 32 | i as u64;
+        let layer = pseudo_random_bytes(seed ^ 0x5eed, PUSH_LAYER_BYTES);
+        let layer_digest = push_blob(&mut client, repo, &layer)?;
+        let manifest = manifest_json(&config_digest, config.len(), &layer_digest, layer.len());
+        let path = format!("/v2/{repo}/manifests/r{run}-{i}");
+        let start = Instant::now();
+        let reply = client.request(
+            "PUT",
+            &path,
+            &[("Content-Type", OCI_MANIFEST)],
+            manifest.as_bytes(),
+        )?;
+        latencies.push(start.elapsed().as_secs_f64() * 1_000.0);
+        if reply.status != 201 {
+            return Err(format!("PUT {path}: {} {}", reply.status, reply.text()));
+        }
+    }
+    Ok(latencies)
+}
+
+/// Pushes a config and a layer derived from `seed` and a manifest over them under `tag`;
+/// returns the manifest.
+fn push_image(addr: SocketAddr, repo: &str, tag: &str, seed: &[u8]) -> Result<String, String> {
+    let mut client = Client::connect(addr)?;
+    let config = format!("{{\"seed\":\"{}\"}}", String::from_utf8_lossy(seed)).into_bytes();
+    let layer = pseudo_random_bytes(seed.iter().map(|&b| u64::from(b)).sum(), 4096);
+    let config_digest = push_blob(&mut client, repo, &config)?;
+    let layer_digest = push_blob(&mut client, repo, &layer)?;
+    let manifest = manifest_json(&config_digest, config.len(), &layer_digest, layer.len());
+    let path = format!("/v2/{repo}/manifests/{tag}");
+    let reply = client.request(
+        "PUT",
+        &path,
+        &[("Content-Type", OCI_MANIFEST)],
+        manifest.as_bytes(),
+    )?;
+    if reply.status != 201 {
+        return Err(format!("PUT {path}: {} {}", reply.status, reply.text()));
+    }
+    Ok(manifest)
+}
+
+fn push_blob(client: &mut Client, repo: &str, data: &[u8]) -> Result<Digest, String> {
+    let digest = Digest::sha256_of(data);
+    let path = format!("/v2/{repo}/blobs/uploads/?digest={digest}");
+    let reply = client.request(
+        "POST",
+        &path,
+        &[("Content-Type", "application/octet-stream")],
+        data,
+    )?;
+    if reply.status != 201 {
+        return Err(format!("POST {path}: {} {}", reply.status, reply.text()));
+    }
+    Ok(digest)
+}
+
+fn manifest_json(config: &Digest, config_len: usize, layer: &Digest, layer_len: usize) -> String {
+    format!(
+        "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_MANIFEST}\",\
+         \"config\":{{\"mediaType\":\"{OCI_CONFIG}\",\"digest\":\"{config}\",\"size\":{config_len}}},\
+         \"layers\":[{{\"mediaType\":\"{OCI_LAYER}\",\"digest\":\"{layer}\",\"size\":{layer_len}}}]}}"
+    )
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*): cheap, and not compressible.
+fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut state = seed | 1;
+    while out.len() < len {
+        state = xorshift(state);
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn xorshift(mut state: u64) -> u64 {
+    state ^= state >> 12;
+    state ^= state << 25;
+    state ^= state >> 27;
+    state
+}
+
+/// Writes `len` pseudo-random bytes to `path` in 1 MiB pieces; returns their SHA-256.
+fn write_random_file(path: &Path, len: u64) -> io::Result<Digest> {
+    const PIECE: usize = 1 << 20;
+    let mut file = File::create(path)?;
+    let mut hasher = Hasher::sha256();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut piece = vec![0u8; PIECE];
+    let mut written = 0u64;
+    while written < len {
+        let n = PIECE.min((len - written) as usize);
+        for word in piece[..n].chunks_mut(8) {
+            state = xorshift(state);
+            let bytes = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            word.copy_from_slice(&bytes[..word.len()]);
+        }
+        file.write_all(&piece[..n])?;
+        hasher.update(&piece[..n]);
+        written += n as u64;
+    }
+    file.sync_all()?;
+    Ok(hasher.digest())
+}
+
+/// A monolithic upload of the file at `path`, streamed from the file (io::copy uses
+/// sendfile/splice when it can, so the client costs little); the time until the 201.
+fn upload_blob(
+    addr: SocketAddr,
+    repo: &str,
+    digest: &Digest,
+    path: &Path,
+    len: u64,
+) -> Result<Duration, String> {
+    let what = format!("upload of {len} bytes to {repo}");
+    let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let start = Instant::now();
+    let mut client = Client::connect(addr)?;
+    let head = format!(
+        "POST /v2/{repo}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
+    );
+    client
+        .stream
+        .write_all(head.as_bytes())
+        .map_err(|e| format!("{what}: {e}"))?;
+    let sent = io::copy(&mut file, &mut client.stream).map_err(|e| format!("{what}: {e}"))?;
+    if sent != len {
+        return Err(format!("{what}: the file had {sent} bytes"));
+    }
+    let reply = client.read_reply("POST").map_err(|e| format!("{what}: {e}"))?;
+    let elapsed = start.elapsed();
+    if reply.status != 201 {
+        return Err(format!("{what}: {} {}", reply.status, reply.text()));
+    }
+    Ok(elapsed)
+}
+
+/// A blob GET whose body goes to a counting sink; the time until the last byte.
+fn download_blob(addr: SocketAddr, repo: &str, digest: &Digest, len: u64) -> Result<Duration, String> {
+    let what = format!("download of {repo}@{digest}");
+    let start = Instant::now();
+    let mut client = Client::connect(addr)?;
+    client
+        .send("GET", &format!("/v2/{repo}/blobs/{digest}"), &[], b"")
+        .map_err(|e| format!("{what}: {e}"))?;
+    let head = client.read_head().map_err(|e| format!("{what}: {e}"))?;
+    if head.status != 200 {
+        return Err(format!("{what}: status {}", head.status));
+    }
+    let announced = head
+        .content_length()
+        .ok_or(format!("{what}: no Content-Length"))?;
+    if announced != len {
+        return Err(format!("{what}: Content-Length {announced}, expected {len}"));
+    }
+    let received = client.sink_body(len).map_err(|e| format!("{what}: {e}"))?;
+    let elapsed = start.elapsed();
+    if received != len {
+        return Err(format!("{what}: received {received} of {len} bytes"));
+    }
+    Ok(elapsed)
+}
+
+/// Client threads sending keep-alive manifest GETs as fast as the server answers.
+struct Pullers {
+    stop: Arc<AtomicBool>,
+    pulls: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<Result<(), String>>>,
+}
+
+impl Pullers {
+    fn start(addr: SocketAddr, path: &str, count: usize) -> Pullers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pulls = Arc::new(AtomicU64::new(0));
+        let threads = (0..count)
+            .map(|_| {
+                let (stop, pulls, path) = (Arc::clone(&stop), Arc::clone(&pulls), path.to_string());
+                thread::spawn(move || {
+                    let mut client = Client::connect(addr)?;
+                    while !stop.load(Ordering::Relaxed) {
+                        let reply = client.request("GET", &path, &[("Accept", OCI_MANIFEST)], b"")?;
+                        if reply.status != 200 {
+                            return Err(format!("GET {path}: {}", reply.status));
+                        }
+                        pulls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        Pullers { stop, pulls, threads }
+    }
+
+    fn pulls(&self) -> u64 {
+        self.pulls.load(Ordering::Relaxed)
+    }
+
+    fn finish(mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.threads.drain(..) {
+            handle
+                .join()
+                .map_err(|_| "a pull thread panicked".to_string())??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pullers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// wrk and the coreutils limits
+// ---------------------------------------------------------------------------
+
+struct WrkResult {
+    requests_per_sec: f64,
+    p99_ms: f64,
+    /// wrk's `Socket errors: ...` line, when it printed one.
+    socket_errors: Option<String>,
+}
+
+fn wrk(url: &str, connections: usize, secs: u64) -> Result<WrkResult, String> {
+    let output = Command::new("wrk")
+        .arg(format!("-t{}", wrk_threads(connections)))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency")
+        .arg("-H")
+        .arg(format!("Accept: {OCI_MANIFEST}"))
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let fail = |why: &str| {
+        format!(
+            "wrk -c{connections}: {why}; its output:\n{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    };
+    if !output.status.success() {
+        return Err(fail(&format!("exited with {}", output.status)));
+    }
+    if text.contains("Non-2xx or 3xx responses") {
+        return Err(fail("the server answered errors"));
+    }
+    let requests_per_sec = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| fail("no Requests/sec line"))?;
+    let p99_ms = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| wrk_duration_ms(v.trim()))
+        .ok_or_else(|| fail("no 99% latency line"))?;
+    let socket_errors = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+        .map(|v| v.trim().to_string());
+    Ok(WrkResult {
+        requests_per_sec,
+        p99_ms,
+        socket_errors,
+    })
+}
+
+/// wrk's durations: `718.00us`, `1.23ms`, `2.00s`, `1.50m`.
+fn wrk_duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| c.is_ascii_alphabetic())?;
+    let value: f64 = text[..split].parse().ok()?;
+    let scale = match &text[split..] {
+        "us" => 0.001,
+        "ms" => 1.0,
+        "s" => 1_000.0,
+        "m" => 60_000.0,
+        "h" => 3_600_000.0,
+        _ => return None,
+    };
+    Some(value * scale)
+}
+
+/// Runs a coreutils command over the blob file; its wall time and stdout. `cat`'s output goes
+/// to /dev/null, as in `cat FILE > /dev/null`.
+fn run_timed(command: &mut Command, capture: bool) -> Result<(Duration, String), String> {
+    let describe = format!("{command:?}");
+    if !capture {
+        let devnull = File::create("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        command.stdout(devnull);
+    }
+    let start = Instant::now();
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{describe}: {e}"))?;
+    let elapsed = start.elapsed();
+    if !output.status.success() {
+        return Err(format!("{describe}: {}", output.status));
+    }
+    Ok((elapsed, String::from_utf8_lossy(&output.stdout).into_owned()))
+}
+
+// ---------------------------------------------------------------------------
+// The server under test
+// ---------------------------------------------------------------------------
+
+/// What differs between the servers the bench starts.
+#[derive(Clone, Debug, Default)]
+struct ServerConfig {
+    /// Lines added to `[server]` (after bind_address and port).
+    server: Vec<String>,
+    /// Lines of `[global]`.
+    global: Vec<String>,
+    /// Tables after `[global]` (webhooks, repositories).
+    tables: String,
+}
+
+impl ServerConfig {
+    /// Built-in defaults but for the port: the idle-RSS figure.
+    fn defaults() -> ServerConfig {
+        ServerConfig::default()
+    }
+
+    /// Room for the idle connections and for wrk, and a header timeout long enough that
+    /// connections opened first are still open when the last one is.
+    fn plain() -> ServerConfig {
+        ServerConfig {
+            server: vec![
+                format!("max_connections = {}", IDLE_CONNECTIONS + 2_000),
+                "header_timeout_ms = 600000".to_string(),
+            ],
+            ..ServerConfig::default()
+        }
+    }
+
+    fn render(&self, root: &Path) -> String {
+        let mut text = String::from("[server]\nbind_address = \"127.0.0.1\"\nport = 0\n");
+        for line in &self.server {
+            let _ = writeln!(text, "{line}");
+        }
+        let _ = writeln!(
+            text,
+            "\n[blob_store.fs]\nroot_dir = \"{}\"\n\n[global]",
+            root.display()
+        );
+        for line in &self.global {
+            let _ = writeln!(text, "{line}");
+        }
+        let _ = writeln!(text, "\n{}", self.tables);
+        text
+    }
+}
+
+/// A running `angos server`; killed (SIGKILL) and its directory removed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    logs: Arc<Mutex<VecDeque<String>>>,
+    dir: PathBuf,
+}
+
+impl Server {
+    fn start(work: &TempDir, label: &str, config: &ServerConfig) -> Result<Server, String> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = work
+            .path()
+            .join(format!("{label}-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config.render(&dir.join("data")))
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        let mut child = Command::new(ANGOS)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("server")
+            .current_dir(&dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {ANGOS}: {e}"))?;
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        let (lines_tx, lines_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let drain_logs = Arc::clone(&logs);
+        // Drains stderr for the server's whole life: a full pipe would block its event loop.
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = lines_tx.send(line.clone());
+                let mut logs = drain_logs.lock().unwrap_or_else(|e| e.into_inner());
+                if logs.len() == LOG_LINES_MAX {
+                    logs.pop_front();
+                }
+                logs.push_back(line);
+            }
+        });
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs,
+            dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    if let Some(addr) = parse_listening(&line) {
+                        server.addr = addr;
+                        return Ok(server);
+                    }
+                }
+                Err(_) => {
+                    thread::sleep(Duration::from_millis(50));
+                    return Err(format!(
+                        "angos did not log 'listening on 127.0.0.1:<port>' within \
+                         {START_TIMEOUT:?}; log:\n{}",
+                        server.log_tail()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
+    rest.split_whitespace()
+        .next()?
+        .trim_end_matches(['.', ','])
+        .parse()
+        .ok()
+}
+
+/// VmRSS of `pid` in bytes.
+fn rss_bytes(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or(format!("{path}: no VmRSS line"))
+}
+
+/// Samples VmRSS every 100 ms on a thread; `finish` returns the peak.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_bytes(pid).unwrap_or(0));
+                thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        });
+        RssSampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map(|t| t.join().unwrap_or(0)).unwrap_or(0)
+    }
+}
+
+impl Drop for RssSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The value of `name{webhook="<webhook>"}` in `/metrics`; 0 when the series is absent.
+fn webhook_metric(addr: SocketAddr, name: &str, webhook: &str) -> Result<f64, String> {
+    let reply = Client::connect(addr)?.request("GET", "/metrics", &[], b"")?;
+    if reply.status != 200 {
+        return Err(format!("GET /metrics: {}", reply.status));
+    }
+    let label = format!("webhook=\"{webhook}\"");
+    for line in reply.text().lines() {
+        if let Some(rest) = line.strip_prefix(name)
+            && rest.starts_with('{')
+            && rest.contains(&label)
+        {
+            let value = rest.rsplit(' ').next().unwrap_or_default();
+            return value.parse().map_err(|_| format!("bad metric line {line:?}"));
+        }
+    }
+    Ok(0.0)
+}
+
+// ---------------------------------------------------------------------------
+// Webhook receivers
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReceiverMode {
+    /// `HTTP/1.1 204 No Content`, keep-alive, as soon as a request is complete.
+    Answer,
+    /// Reads requests and never answers.
+    Hang,
+}
+
+/// A loopback webhook receiver that counts complete requests; stopped on drop.
+struct Receiver {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Receiver {
+    fn start(mode: ReceiverMode) -> Result<Receiver, String> {
+        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("receiver bind: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("receiver address: {e}"))?;
+        let requests = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, flag) = (Arc::clone(&requests), Arc::clone(&stop));
+        let accept = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let (count, flag) = (Arc::clone(&count), Arc::clone(&flag));
+                thread::spawn(move || serve_webhook(stream, mode, &count, &flag));
+            }
+        });
+        Ok(Receiver {
+            addr,
+            requests,
+            stop,
+            accept: Some(accept),
+        })
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wakes the accept loop, which then sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.join();
+        }
+    }
+}
+
+/// One receiver connection: complete requests out of the buffer, count, answer (or not).
+/// Connection threads look at the stop flag between reads and end within a poll interval.
+fn serve_webhook(mut stream: TcpStream, mode: ReceiverMode, count: &AtomicU64, stop: &AtomicBool) {
+    const REQUEST_BYTES_MAX: usize = 1 << 20;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::with_capacity(8192);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        while let Some(used) = complete_request(&buf) {
+            buf.drain(..used);
+            count.fetch_add(1, Ordering::Relaxed);
+            if mode == ReceiverMode::Answer && stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_err() {
+                return;
+            }
+        }
+        if stop.load(Ordering::Relaxed) || buf.len() > REQUEST_BYTES_MAX {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// The length of the first complete request (head and Content-Length body) in `buf`.
+fn complete_request(buf: &[u8]) -> Option<usize> {
+    let head_end = find(buf, b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let body = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (buf.len() >= head_end + body).then_some(head_end + body)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------
+// A small HTTP/1.1 client
+// ---------------------------------------------------------------------------
+
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn content_length(&self) -> Option<u64> {
+        self.header("content-length")?.parse().ok()
+    }
+}
+
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A keep-alive client connection; bodies framed by Content-Length or chunked.
+struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Result<Client, String> {
+        let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+        Ok(Client {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        })
+    }
+
+    fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Reply, String> {
+        self.send(method, path, headers, body)
+            .and_then(|()| self.read_reply(method))
+            .map_err(|e| format!("{method} {path}: {e}"))
+    }
+
+    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
+        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        for (name, value) in headers {
+            let _ = write!(request, "{name}: {value}\r\n");
+        }
+        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+            let _ = write!(request, "Content-Length: {}\r\n", body.len());
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        self.stream.write_all(&bytes)
+    }
+
+    fn read_reply(&mut self, method: &str) -> io::Result<Reply> {
+        let head = loop {
+            let head = self.read_head()?;
+            if !(100..200).contains(&head.status) {
+                break head;
+            }
+        };
+        if method == "HEAD" || head.status == 204 || head.status == 304 {
+            return Ok(Reply {
+                status: head.status,
+                body: Vec::new(),
+            });
+        }
+        let chunked = head
+            .header("transfer-encoding")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let body = if chunked {
+            self.read_chunked()?
+        } else {
+            let len = head
+                .content_length()
+                .ok_or_else(|| invalid("a response without a length"))?;
+            self.take(len as usize)?
+        };
+        Ok(Reply {
+            status: head.status,
+            body,
+        })
+    }
+
+    fn read_head(&mut self) -> io::Result<Head> {
+        let end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill()?;
+        };
+        let text = String::from_utf8_lossy(&self.buf[..end - 4]).into_owned();
+        self.buf.drain(..end);
+        let mut lines = text.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid(&format!("bad status line {status_line:?}")))?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Ok(Head { status, headers })
+    }
+
+    /// Reads at least one more byte into the buffer; EOF is an error.
+    fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "connection closed")),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn take(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < len {
+            self.fill()?;
+        }
+        Ok(self.buf.drain(..len).collect())
+    }
+
+    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(&self.buf, b"\r\n") {
+                    break i;
+                }
+                self.fill()?;
+            };
+            let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+            self.buf.drain(..line_end + 2);
+            let size_text = line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid("bad chunk size"))?;
+            if size == 0 {
+                // Trailers end with an empty line.
+                loop {
+                    while find(&self.buf, b"\r\n").is_none() {
+                        self.fill()?;
+                    }
+                    let i = find(&self.buf, b"\r\n").unwrap_or(0);
+                    self.buf.drain(..i + 2);
+                    if i == 0 {
+                        return Ok(body);
+                    }
+                }
+            }
+            body.extend(self.take(size)?);
+            self.take(2)?;
+        }
+    }
+
+    /// Reads `len` body bytes into a sink; how many arrived before EOF or `len`.
+    fn sink_body(&mut self, len: u64) -> io::Result<u64> {
+        let mut received = self.buf.len() as u64;
+        self.buf.clear();
+        let mut chunk = vec![0u8; 1 << 20];
+        while received < len {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => received += n as u64,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(received)
+    }
+}
+
+fn invalid(message: &str) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, message.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Statistics and the table
+// ---------------------------------------------------------------------------
+
+fn median(samples: &mut [f64]) -> f64 {
+    percentile(samples, 50.0)
+}
+
+/// Nearest-rank percentile (`p` in 0..=100); NaN for no samples.
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Decimal megabytes (10^6 bytes) per second.
+fn mb_per_sec(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64()
+}
+
+fn progress(what: &str) {
+    eprintln!("bench: {what}");
+}
+
+struct Row {
+    figure: String,
+    median: f64,
+    runs: usize,
+    decimals: usize,
+    unit: &'static str,
+    context: String,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn row(
+        &mut self,
+        figure: &str,
+        mut samples: Vec<f64>,
+        decimals: usize,
+        unit: &'static str,
+        context: String,
+    ) {
+        let row = Row {
+            figure: figure.to_string(),
+            median: median(&mut samples),
+            runs: samples.len(),
+            decimals,
+            unit,
+            context,
+        };
+        eprintln!(
+            "bench:   {} = {:.*} {} (median of {})",
+            row.figure, row.decimals, row.median, row.unit, row.runs
+        );
+        self.rows.push(row);
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("| figure | median | unit | runs | how |\n|---|---:|---|---:|---|\n");
+        for row in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {:.*} | {} | {} | {} |",
+                row.figure,
+                row.decimals,
+                row.median,
+                row.unit,
+                row.runs,
+                row.context.replace('|', "\\|")
+            );
+        }
+        out
+    }
+}
+
+/// The bench's working directory under the system temporary directory, removed on drop
+/// (after the servers, which are dropped first because they are created later).
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> TempDir {
+        let path = std::env::temp_dir().join(format!("angos-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            eprintln!("bench: keeping {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
