@@ -6,7 +6,8 @@
 //!
 //! Settings (environment): `BENCH_RUNS` (default 5) runs per figure, `BENCH_SECS` (default 5)
 //! seconds per load run, `BENCH_PUSHES` (default 2000) pushes per latency run, `BENCH_ONLY` (a
-//! comma list of sections, see `SECTIONS`), `BENCH_KEEP=1` to keep the temporary directory.
+//! comma list of sections, see `SECTIONS`), `BENCH_KEEP=1` to keep the temporary directory,
+//! `BENCH_SYNC=1` to run the server with `sync_to_disk = true`.
 // A benchmark times the real binary from outside: wall-clock reads are the point here, not
 // a way around the driven clock (clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -1114,9 +1115,11 @@ impl ServerConfig {
         for line in &self.server {
             let _ = writeln!(text, "{line}");
         }
+        // BENCH_SYNC=1 measures with fsync on every commit and journal append.
+        let sync = std::env::var_os("BENCH_SYNC").is_some_and(|value| value == "1");
         let _ = writeln!(
             text,
-            "\n[blob_store.fs]\nroot_dir = \"{}\"\n\n[global]",
+            "\n[blob_store.fs]\nroot_dir = \"{}\"\nsync_to_disk = {sync}\n\n[global]",
             root.display()
         );
         for line in &self.global {
