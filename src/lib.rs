@@ -14,3 +14,4 @@ pub mod reactor;
 pub mod registry;
 pub mod storage;
 pub mod timer;
+pub mod tls;

@@ -38,6 +38,18 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// An idle keep-alive connection is closed after this time.
     pub keep_alive_timeout_ms: u64,
+    /// HTTPS, when `[server.tls]` is present.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: the certificate chain and key (PEM), reloaded when the
+/// files change. With `port`, HTTPS listens there and `server.port` stays
+/// plain HTTP; without it, `server.port` serves HTTPS only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub server_certificate_bundle: PathBuf,
+    pub server_private_key: PathBuf,
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +88,7 @@ impl Default for Config {
                 header_timeout_ms: 10_000,
                 body_timeout_ms: 30_000,
                 keep_alive_timeout_ms: 60_000,
+                tls: None,
             },
             storage: StorageConfig {
                 root_dir: PathBuf::from("./data"),
@@ -389,6 +402,27 @@ impl Builder {
         }
         if let Some(value) = section.integer("keep_alive_timeout_ms", 1, timeout_ms_max)? {
             server.keep_alive_timeout_ms = value;
+        }
+        if let Some(table) = section.table("tls")? {
+            let mut tls = Section::new(file, "server.tls", table);
+            let Some(certificates) = tls.string("server_certificate_bundle")? else {
+                return Err(tls.error("server_certificate_bundle", "is required in [server.tls]"));
+            };
+            let Some(key) = tls.string("server_private_key")? else {
+                return Err(tls.error("server_private_key", "is required in [server.tls]"));
+            };
+            let port = tls.integer("port", 0, u16::MAX as u64)?.map(|port| port as u16);
+            // Checked now, so a wrong path or a key that does not fit the
+            // certificate is a configuration error naming the key.
+            if let Err(why) = crate::tls::server_config(Path::new(certificates), Path::new(key)) {
+                return Err(tls.error("server_certificate_bundle", why));
+            }
+            tls.finish(&mut self.warnings);
+            server.tls = Some(TlsConfig {
+                server_certificate_bundle: PathBuf::from(certificates),
+                server_private_key: PathBuf::from(key),
+                port,
+            });
         }
         section.finish(&mut self.warnings);
         Ok(())

@@ -7,10 +7,9 @@
 use std::io::{self, Read};
 use std::net::SocketAddr;
 
-use mio::net::TcpStream;
-
 use super::output::{Flush, Output};
 use super::telemetry::Telemetry;
+use super::transport::Transport;
 use crate::event_webhook::event::Actor;
 use crate::event_webhook::notifier::admin::Admin;
 use crate::event_webhook::notifier::{Notifier, Submission, Submitted};
@@ -78,7 +77,7 @@ enum Current {
 }
 
 pub struct Connection {
-    pub socket: TcpStream,
+    pub transport: Transport,
     pub phase: Phase,
     /// When the current phase's time is up (monotonic ms).
     pub deadline_ms: u64,
@@ -91,6 +90,8 @@ pub struct Connection {
     closing: bool,
     peer_closed: bool,
     lingered: u64,
+    /// Requests answered on this connection.
+    answered: u64,
 }
 
 /// Per-loop values shared by all connections.
@@ -115,10 +116,10 @@ pub struct Timeouts {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, max_header_size: usize, now_ms: u64, timeouts: Timeouts) -> Connection {
-        let peer = socket.peer_addr().ok();
+    pub fn new(transport: Transport, max_header_size: usize, now_ms: u64, timeouts: Timeouts) -> Connection {
+        let peer = transport.peer_addr();
         Connection {
-            socket,
+            transport,
             // The first request head must arrive within the header timeout.
             phase: Phase::Head,
             deadline_ms: now_ms + timeouts.header_ms,
@@ -130,6 +131,7 @@ impl Connection {
             closing: false,
             peer_closed: false,
             lingered: 0,
+            answered: 0,
         }
     }
 
@@ -173,7 +175,7 @@ impl Connection {
                 again = true;
                 break;
             }
-            let n = match self.socket.read(cx.read_buffer) {
+            let n = match self.transport.read(cx.read_buffer) {
                 Ok(0) => {
                     self.peer_closed = true;
                     // A request complete before the EOF still gets its answer.
@@ -379,6 +381,7 @@ impl Connection {
     /// Queues an answer; a closing answer ends the reading of requests.
     fn send(&mut self, response: Response, info: &RequestInfo, cx: &mut Context) {
         let keep_alive = info.keep_alive && !response.close;
+        self.answered += 1;
         cx.telemetry.record_request(
             info.route,
             info.method,
@@ -413,9 +416,14 @@ impl Connection {
 
     fn flush(&mut self) -> io::Result<Flush> {
         if self.output.is_empty() {
-            return Ok(Flush::Done);
+            // TLS records (handshake, alerts) may wait for the socket too.
+            return Ok(if self.transport.flushed()? {
+                Flush::Done
+            } else {
+                Flush::Blocked
+            });
         }
-        let (flush, _) = self.output.flush(&mut self.socket, IO_BUDGET_BYTES)?;
+        let (flush, _) = self.output.flush(&mut self.transport, IO_BUDGET_BYTES)?;
         Ok(flush)
     }
 
@@ -426,6 +434,10 @@ impl Connection {
             Current::Parked(_) => Phase::Parked,
             _ if !self.output.is_empty() => Phase::Writing,
             _ if !self.pending.is_empty() || !self.decoder.is_idle() => Phase::Head,
+            // Until the first request is answered, silence counts against the
+            // header timeout (which also bounds a TLS handshake), not the
+            // keep-alive one.
+            _ if self.answered == 0 => Phase::Head,
             _ => Phase::Idle,
         };
         if phase != self.phase {
@@ -452,7 +464,7 @@ impl Connection {
         if self.peer_closed {
             return Ok(Next::Close);
         }
-        let _ = self.socket.shutdown(std::net::Shutdown::Write);
+        self.transport.shutdown_write();
         self.phase = Phase::Lingering;
         self.deadline_ms = cx.now_ms + 2_000;
         self.linger(cx)
@@ -460,7 +472,7 @@ impl Connection {
 
     fn linger(&mut self, cx: &mut Context) -> io::Result<Next> {
         loop {
-            match self.socket.read(cx.read_buffer) {
+            match self.transport.socket().read(cx.read_buffer) {
                 Ok(0) => return Ok(Next::Close),
                 Ok(n) => {
                     self.lingered += n as u64;

@@ -11,6 +11,7 @@ mod ping;
 mod reload;
 mod signals;
 mod telemetry;
+mod transport;
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,12 +32,14 @@ use crate::timer::{TimerKey, TimerWheel};
 use connection::{Connection, Context, Next, Timeouts, Waiter};
 pub use ping::ping;
 pub use telemetry::Telemetry;
+use transport::Transport;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const DNS: Token = Token(2);
+const TLS_LISTENER: Token = Token(3);
 /// Inbound connection tokens start here; token = slot index + this.
-const FIRST_CONNECTION: usize = 3;
+const FIRST_CONNECTION: usize = 4;
 /// Outbound (webhook) connection tokens start here.
 const FIRST_OUTBOUND: usize = 1 << 40;
 /// Pending connections the kernel may queue before `accept`.
@@ -61,7 +64,14 @@ struct Deadline {
 pub struct Reactor<C: Clock> {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// The HTTPS listener when `[server.tls] port` is set.
+    tls_listener: Option<TcpListener>,
+    /// Whether `listener` speaks TLS (`[server.tls]` without its own port).
+    listener_tls: bool,
     local_addr: SocketAddr,
+    /// The current certificate; new handshakes use it, reloaded when its files change.
+    tls_config: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls_watcher: Option<reload::Watcher>,
     signals: signals::SignalPipe,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -95,18 +105,33 @@ impl<C: Clock> Reactor<C> {
         clock: C,
     ) -> io::Result<Reactor<C>> {
         let address = SocketAddr::new(config.server.bind_address, config.server.port);
-        let mut listener = TcpListener::bind(address)?;
-        // mio listens with std's backlog of 128; a burst of connections (a
-        // fleet reconnecting) overflows it. Linux lets a second listen() raise
-        // it; the kernel caps it at net.core.somaxconn.
-        // SAFETY: the descriptor is the listener's own, open for this call.
-        if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) } != 0 {
-            log::warn!(target: "angos::reactor", "cannot raise the listen backlog: {}", io::Error::last_os_error());
-        }
+        let mut listener = listen(address)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let (tls_config, tls_watcher) = match &config.server.tls {
+            Some(tls) => {
+                let loaded =
+                    crate::tls::server_config(&tls.server_certificate_bundle, &tls.server_private_key)
+                        .map_err(io::Error::other)?;
+                let files = vec![
+                    tls.server_certificate_bundle.clone(),
+                    tls.server_private_key.clone(),
+                ];
+                (Some(loaded), Some(reload::Watcher::new(files, clock.now_ms())))
+            }
+            None => (None, None),
+        };
+        let (tls_listener, listener_tls) = match config.server.tls.as_ref().and_then(|tls| tls.port) {
+            Some(port) => {
+                let mut tls_listener = listen(SocketAddr::new(config.server.bind_address, port))?;
+                poll.registry()
+                    .register(&mut tls_listener, TLS_LISTENER, Interest::READABLE)?;
+                (Some(tls_listener), false)
+            }
+            None => (None, config.server.tls.is_some()),
+        };
         let signals = signals::SignalPipe::install()?;
         poll.registry()
             .register(&mut SourceFd(&signals.raw_fd()), SIGNALS, Interest::READABLE)?;
@@ -121,7 +146,11 @@ impl<C: Clock> Reactor<C> {
         Ok(Reactor {
             poll,
             listener: Some(listener),
+            tls_listener,
+            listener_tls,
             local_addr,
+            tls_config,
+            tls_watcher,
             signals,
             slots: Vec::new(),
             free: Vec::new(),
@@ -150,7 +179,15 @@ impl<C: Clock> Reactor<C> {
 
     /// Serves until SIGTERM or SIGINT, then drains and returns.
     pub fn run(&mut self) -> io::Result<()> {
-        log::info!(target: "angos::reactor", "listening on {}", self.local_addr);
+        let scheme = if self.listener_tls { " (HTTPS)" } else { "" };
+        log::info!(target: "angos::reactor", "listening on {}{scheme}", self.local_addr);
+        if let Some(address) = self
+            .tls_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+        {
+            log::info!(target: "angos::reactor", "listening for HTTPS on {address}");
+        }
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
         loop {
@@ -179,7 +216,8 @@ impl<C: Clock> Reactor<C> {
             self.refresh_date();
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(),
+                    LISTENER => self.accept(false),
+                    TLS_LISTENER => self.accept(true),
                     SIGNALS => {
                         if self.signals.drain() {
                             self.begin_shutdown();
@@ -206,6 +244,13 @@ impl<C: Clock> Reactor<C> {
             self.pump_webhooks();
             if self.watcher.check(now) {
                 self.reload();
+            }
+            if self
+                .tls_watcher
+                .as_mut()
+                .is_some_and(|watcher| watcher.check(now))
+            {
+                self.reload_certificate();
             }
             if self.shutting_down && self.shutdown_step(now) {
                 return Ok(());
@@ -320,11 +365,31 @@ impl<C: Clock> Reactor<C> {
         }
     }
 
-    fn accept(&mut self) {
+    /// A changed certificate or key file: new handshakes use the new pair;
+    /// a pair that does not load keeps the running one.
+    fn reload_certificate(&mut self) {
+        let Some(tls) = &self.config.server.tls else {
+            return;
+        };
+        match crate::tls::server_config(&tls.server_certificate_bundle, &tls.server_private_key) {
+            Ok(loaded) => {
+                self.tls_config = Some(loaded);
+                log::info!(target: "angos::reactor", "TLS certificate reloaded");
+            }
+            // Mid-rotation (certificate written, key not yet) is normal: the
+            // next change retries.
+            Err(why) => {
+                log::warn!(target: "angos::reactor", "TLS certificate not reloaded, keeping the current one: {why}")
+            }
+        }
+    }
+
+    fn accept(&mut self, tls: bool) {
         loop {
-            let Some(listener) = &self.listener else { return };
+            let listener = if tls { &self.tls_listener } else { &self.listener };
+            let Some(listener) = listener else { return };
             match listener.accept() {
-                Ok((socket, _peer)) => self.admit(socket),
+                Ok((socket, _peer)) => self.admit(socket, tls || self.listener_tls),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => {
@@ -336,7 +401,7 @@ impl<C: Clock> Reactor<C> {
         }
     }
 
-    fn admit(&mut self, mut socket: TcpStream) {
+    fn admit(&mut self, mut socket: TcpStream, tls: bool) {
         if self.open >= self.config.server.max_connections {
             log::warn!(
                 target: "angos::reactor",
@@ -363,8 +428,25 @@ impl<C: Clock> Reactor<C> {
             self.free.push(slot);
             return;
         }
+        let transport = match (&self.tls_config, tls) {
+            (Some(config), true) => match Transport::tls(socket, config.clone()) {
+                Ok(transport) => transport,
+                Err(error) => {
+                    log::warn!(target: "angos::reactor", "cannot start TLS: {error}");
+                    self.free.push(slot);
+                    return;
+                }
+            },
+            _ => Transport::Plain(socket),
+        };
         let now = self.clock.now_ms();
-        let connection = Connection::new(socket, self.config.server.max_header_size, now, self.timeouts());
+        // The handshake and the first request head share the header timeout.
+        let connection = Connection::new(
+            transport,
+            self.config.server.max_header_size,
+            now,
+            self.timeouts(),
+        );
         self.next_generation += 1;
         self.slots[slot] = Some(Slot {
             connection,
@@ -489,7 +571,10 @@ impl<C: Clock> Reactor<C> {
         if let Some(aborted) = entry.connection.take_exchange() {
             self.registry.abort(aborted);
         }
-        let _ = self.poll.registry().deregister(&mut entry.connection.socket);
+        let _ = self
+            .poll
+            .registry()
+            .deregister(entry.connection.transport.socket());
         self.free.push(slot);
         self.open -= 1;
     }
@@ -504,7 +589,7 @@ impl<C: Clock> Reactor<C> {
         );
         self.shutting_down = true;
         self.shutdown_deadline_ms = self.clock.now_ms() + self.config.global.shutdown_drain_secs * 1000;
-        if let Some(mut listener) = self.listener.take() {
+        for mut listener in self.listener.take().into_iter().chain(self.tls_listener.take()) {
             let _ = self.poll.registry().deregister(&mut listener);
         }
     }
@@ -536,4 +621,17 @@ impl<C: Clock> Reactor<C> {
         }
         false
     }
+}
+
+/// Binds a listening socket with a backlog of `LISTEN_BACKLOG`.
+fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(address)?;
+    // mio listens with std's backlog of 128; a burst of connections (a fleet
+    // reconnecting) overflows it. Linux lets a second listen() raise it; the
+    // kernel caps it at net.core.somaxconn.
+    // SAFETY: the descriptor is the listener's own, open for this call.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) } != 0 {
+        log::warn!(target: "angos::reactor", "cannot raise the listen backlog: {}", io::Error::last_os_error());
+    }
+    Ok(listener)
 }

@@ -3,10 +3,9 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::io;
 
-use mio::net::TcpStream;
+use super::transport::Transport;
 
 /// Largest single sendfile call, so one connection cannot monopolise a wake-up.
 const SENDFILE_BYTES_MAX: usize = 4 << 20;
@@ -20,7 +19,13 @@ enum Item {
 pub struct Output {
     items: VecDeque<Item>,
     queued_bytes: usize,
+    /// File bytes on their way into TLS (no sendfile there); allocated only
+    /// while a file goes out over TLS.
+    scratch: Vec<u8>,
 }
+
+/// File bytes read per step when they must pass through TLS.
+const TLS_FILE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// How far a flush got.
 #[derive(Debug, PartialEq, Eq)]
@@ -86,14 +91,14 @@ impl Output {
 
     /// Writes as much as the socket takes, up to `budget` bytes; returns how
     /// far it got and the bytes written.
-    pub fn flush(&mut self, socket: &mut TcpStream, mut budget: usize) -> io::Result<(Flush, u64)> {
+    pub fn flush(&mut self, transport: &mut Transport, mut budget: usize) -> io::Result<(Flush, u64)> {
         let mut written = 0u64;
         while let Some(item) = self.items.front_mut() {
             if budget == 0 {
                 return Ok((Flush::Budget, written));
             }
             match item {
-                Item::Bytes { data, sent } => match socket.write(&data[*sent..]) {
+                Item::Bytes { data, sent } => match transport.write(&data[*sent..]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         *sent += n;
@@ -116,18 +121,17 @@ impl Output {
                     remaining,
                 } => {
                     let count = (*remaining).min(SENDFILE_BYTES_MAX.min(budget) as u64) as usize;
-                    let mut off = *offset as libc::off_t;
-                    // SAFETY: both descriptors are open for the duration of the call;
-                    // `off` is a valid pointer that sendfile advances.
-                    let n = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
-                    if n < 0 {
-                        let error = io::Error::last_os_error();
-                        match error.kind() {
+                    if matches!(transport, Transport::Tls(_)) && self.scratch.is_empty() {
+                        self.scratch = vec![0; TLS_FILE_CHUNK_BYTES];
+                    }
+                    let n = match transport.send_file(file, *offset, count, &mut self.scratch) {
+                        Ok(n) => n,
+                        Err(error) => match error.kind() {
                             io::ErrorKind::WouldBlock => return Ok((Flush::Blocked, written)),
                             io::ErrorKind::Interrupted => continue,
                             _ => return Err(error),
-                        }
-                    }
+                        },
+                    };
                     if n == 0 {
                         // The file is shorter than promised (it cannot be: blobs are
                         // immutable), so the framing is broken; end the connection.
@@ -140,9 +144,14 @@ impl Output {
                     budget = budget.saturating_sub(n as usize);
                     if *remaining == 0 {
                         self.items.pop_front();
+                        self.scratch = Vec::new();
                     }
                 }
             }
+        }
+        // Encrypted records may still wait for the socket.
+        if !transport.flushed()? {
+            return Ok((Flush::Blocked, written));
         }
         Ok((Flush::Done, written))
     }

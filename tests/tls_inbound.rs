@@ -1,0 +1,305 @@
+//! HTTPS on the reactor: TLS and plain HTTP on separate listeners, real OCI
+//! clients over HTTPS with a test CA, a certificate replaced on disk served
+//! on the next handshake without a restart, and a client that stalls its
+//! handshake delaying no one.
+// End-to-end tests time the real binary from outside: wall-clock reads are
+// the point here, not a way around the driven clock (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+mod webhook_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use webhook_support::python::TestCa;
+
+/// Starts a server with `[server.tls]` on its own (ephemeral) port.
+fn start_tls(ca: &TestCa, extra: &[&str]) -> (Server, SocketAddr) {
+    let mut options = Options::default().server_line(&format!(
+        "tls = {{ server_certificate_bundle = \"{}\", server_private_key = \"{}\", port = 0 }}",
+        ca.server_cert.display(),
+        ca.server_key.display()
+    ));
+    for line in extra {
+        options = options.server_line(line);
+    }
+    let server = Server::start_with(&options);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = server.logs().iter().find_map(|line| {
+            let rest = line.split("listening for HTTPS on ").nth(1)?;
+            rest.trim().parse::<SocketAddr>().ok()
+        });
+        if let Some(addr) = found {
+            return (server, addr);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no HTTPS listening line: {:?}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn client_config(ca_pem: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca_pem).unwrap() {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// One request over a fresh TLS connection; the status and body, or the TLS error.
+fn https_request(
+    addr: SocketAddr,
+    ca_pem: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let connection =
+        rustls::ClientConnection::new(client_config(ca_pem), ServerName::try_from("localhost").unwrap())
+            .map_err(|error| error.to_string())?;
+    let socket = TcpStream::connect(addr).map_err(|error| error.to_string())?;
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream
+        .write_all(head.as_bytes())
+        .map_err(|error| error.to_string())?;
+    stream.write_all(body).map_err(|error| error.to_string())?;
+    let mut response = Vec::new();
+    match stream.read_to_end(&mut response) {
+        Ok(_) => {}
+        // Some peers close without close_notify after `Connection: close`.
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        Err(error) => return Err(error.to_string()),
+    }
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or(response.len());
+    Ok((status, response[(split + 4).min(response.len())..].to_vec()))
+}
+
+#[test]
+fn https_and_plain_http_are_served_on_separate_listeners() {
+    let ca = TestCa::generate();
+    let (server, https) = start_tls(&ca, &[]);
+    server.get("/v2/").assert_status(200);
+    let (status, body) = https_request(https, &ca.ca_pem, "GET", "/v2/", b"").unwrap();
+    assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
+
+    // A blob pushed over HTTPS is read back over both listeners.
+    let blob = pseudo_random_bytes(7, 3 << 20);
+    let digest = format!("sha256:{}", sha256_hex(&blob));
+    let (status, _) = https_request(
+        https,
+        &ca.ca_pem,
+        "POST",
+        &format!("/v2/tls/app/blobs/uploads/?digest={digest}"),
+        &blob,
+    )
+    .unwrap();
+    assert_eq!(status, 201);
+    let (status, body) = https_request(
+        https,
+        &ca.ca_pem,
+        "GET",
+        &format!("/v2/tls/app/blobs/{digest}"),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        body == blob,
+        "the blob read over HTTPS differs ({} bytes)",
+        body.len()
+    );
+    let plain = server.get(&format!("/v2/tls/app/blobs/{digest}"));
+    plain.assert_status(200);
+    assert!(plain.body == blob);
+
+    // The HTTPS port does not speak plain HTTP, and a client that does not
+    // trust the certificate is refused.
+    let other_ca = TestCa::generate();
+    let refused = https_request(https, &other_ca.ca_pem, "GET", "/v2/", b"").unwrap_err();
+    assert!(refused.contains("certificate"), "{refused}");
+}
+
+#[test]
+fn skopeo_pushes_and_pulls_over_https_with_the_test_ca() {
+    let ca = TestCa::generate();
+    let (_server, https) = start_tls(&ca, &[]);
+    let work = TempDir::new("skopeo-tls");
+    let certs = work.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca.ca_pem, certs.join("ca.crt")).unwrap();
+    let layout = work.path().join("layout");
+    build_oci_layout(&layout, "v1");
+    let destination = format!("docker://localhost:{}/secure/app:v1", https.port());
+    let push = Command::new("skopeo")
+        .args(["copy", "--dest-cert-dir"])
+        .arg(&certs)
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(&destination)
+        .output()
+        .expect("skopeo is installed (scripts/test.sh installs it)");
+    assert!(
+        push.status.success(),
+        "skopeo push over HTTPS: {}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let copy = work.path().join("copy");
+    let pull = Command::new("skopeo")
+        .args(["copy", "--src-cert-dir"])
+        .arg(&certs)
+        .arg(&destination)
+        .arg(format!("oci:{}:v1", copy.display()))
+        .output()
+        .unwrap();
+    assert!(
+        pull.status.success(),
+        "skopeo pull over HTTPS: {}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    // Without the CA, skopeo refuses the certificate.
+    let untrusted = Command::new("skopeo")
+        .args(["inspect", "--raw", &destination])
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+}
+
+#[test]
+fn a_certificate_replaced_on_disk_is_served_on_the_next_handshake() {
+    let first = TestCa::generate();
+    let (server, https) = start_tls(&first, &[]);
+    assert_eq!(
+        https_request(https, &first.ca_pem, "GET", "/healthz", b"")
+            .unwrap()
+            .0,
+        200
+    );
+
+    // Rotate: a certificate from another CA replaces the files in place
+    // (written aside, then renamed, as certificate tools do).
+    let second = TestCa::generate();
+    for (from, to) in [
+        (&second.server_key, &first.server_key),
+        (&second.server_cert, &first.server_cert),
+    ] {
+        let aside = to.with_extension("new");
+        std::fs::copy(from, &aside).unwrap();
+        std::fs::rename(&aside, to).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .logs()
+        .iter()
+        .any(|line| line.contains("TLS certificate reloaded"))
+    {
+        assert!(Instant::now() < deadline, "no reload: {:?}", server.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        https_request(https, &second.ca_pem, "GET", "/healthz", b"")
+            .unwrap()
+            .0,
+        200
+    );
+    let stale = https_request(https, &first.ca_pem, "GET", "/healthz", b"").unwrap_err();
+    assert!(stale.contains("certificate"), "{stale}");
+}
+
+#[test]
+fn a_stalled_handshake_delays_no_one_and_is_cut_off() {
+    let ca = TestCa::generate();
+    let (server, https) = start_tls(&ca, &["header_timeout_ms = 1000"]);
+    // Half a ClientHello, then silence.
+    let mut stalled = TcpStream::connect(https).unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .unwrap();
+    let mut silent = TcpStream::connect(https).unwrap();
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(
+            https_request(https, &ca.ca_pem, "GET", "/v2/", b"").unwrap().0,
+            200
+        );
+        server.get("/v2/").assert_status(200);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "others waited {:?}",
+        started.elapsed()
+    );
+    // The header timeout bounds the handshake: both stalled sockets are closed.
+    for socket in [&mut stalled, &mut silent] {
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buffer = [0u8; 64];
+        // An alert may come first; then the end of the stream (or a reset).
+        let closed = loop {
+            match socket.read(&mut buffer) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "a stalled handshake was not closed");
+    }
+    assert!(started.elapsed() >= Duration::from_millis(800));
+}
+
+/// A one-layer OCI image layout tagged `tag` (skopeo copies blobs as they are).
+fn build_oci_layout(layout: &Path, tag: &str) {
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let write = |content: &[u8]| -> (String, usize) {
+        let hex = sha256_hex(content);
+        std::fs::write(blobs.join(&hex), content).unwrap();
+        (format!("sha256:{hex}"), content.len())
+    };
+    let (layer, layer_size) = write(&pseudo_random_bytes(11, 200_000));
+    let (config, config_size) =
+        write(br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#);
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{layer_size}}}]}}"#
+    );
+    let (manifest_digest, manifest_size) = write(manifest.as_bytes());
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{manifest_size},"annotations":{{"org.opencontainers.image.ref.name":"{tag}"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+}
