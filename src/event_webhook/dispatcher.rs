@@ -234,11 +234,25 @@ impl Dispatcher {
         seq: Option<u64>,
         now_ms: u64,
     ) -> Option<Rc<Payload>> {
+        self.enqueue_aged(webhook, payload, seq, 0, now_ms)
+    }
+
+    /// `enqueue_journaled` for an event that has already waited `age_ms`
+    /// (recovered after a restart): its pending age counts from the event.
+    pub fn enqueue_aged(
+        &mut self,
+        webhook: Rc<WebhookConfig>,
+        payload: Rc<Payload>,
+        seq: Option<u64>,
+        age_ms: u64,
+        now_ms: u64,
+    ) -> Option<Rc<Payload>> {
         let name = webhook.name.clone();
         let item = Queued {
             payload,
             seq,
             enqueued_ms: now_ms,
+            waited_before_ms: age_ms,
         };
         let dropped = self.queue.push(webhook, item).map(|item| item.payload);
         if dropped.is_some() {
@@ -261,7 +275,8 @@ impl Dispatcher {
 
     /// How long the oldest queued event of a webhook has waited.
     pub fn oldest_pending_ms(&self, webhook: &str, now_ms: u64) -> Option<u64> {
-        Some(now_ms.saturating_sub(self.queue.front(webhook)?.enqueued_ms))
+        let head = self.queue.front(webhook)?;
+        Some(now_ms.saturating_sub(head.enqueued_ms) + head.waited_before_ms)
     }
 
     pub fn set_queue_length(&mut self, length_max: usize) {

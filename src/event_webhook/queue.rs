@@ -18,6 +18,9 @@ pub struct Queued {
     pub seq: Option<u64>,
     /// When it was queued (monotonic ms), for the oldest-pending age.
     pub enqueued_ms: u64,
+    /// How long it had waited before that (in an earlier process, for an
+    /// event recovered from the journal).
+    pub waited_before_ms: u64,
 }
 
 /// What the dispatcher needs of a queue. The head of a webhook's queue is

@@ -190,6 +190,8 @@ impl<C: Clock> Reactor<C> {
         }
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
+        // Deliveries resumed from the journal go out now, not at the first wake-up.
+        self.pump_webhooks();
         loop {
             let timeout = if !self.again.is_empty() {
                 Some(Duration::ZERO)

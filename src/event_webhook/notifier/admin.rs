@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::super::dispatcher::{Completed, GateKind, Payload};
 use super::super::event::{Event, EventKind};
+use super::super::journal::DeadLetter;
 use super::super::status::DeliveryState;
 use super::{Notifier, Parked, Stage};
 use crate::clock::rfc3339_utc;
@@ -50,6 +51,36 @@ impl<W, C> Notifier<W, C> {
         Some(answer)
     }
 
+    /// A webhook's dead letters as operators mean them: one per delivery
+    /// (a redelivery that failed again is not a second one), most recent
+    /// first, without those a later redelivery delivered.
+    fn dead_letters(&self, name: &str) -> Vec<&DeadLetter> {
+        let Some(journal) = self.journal.as_ref() else {
+            return Vec::new();
+        };
+        let mut letters: Vec<&DeadLetter> = journal
+            .dead_letters()
+            .filter(|letter| letter.webhook == name)
+            .collect();
+        letters.sort_by_key(|letter| std::cmp::Reverse(letter.number));
+        let mut seen: Vec<&str> = Vec::new();
+        letters.retain(|letter| {
+            if seen.contains(&letter.delivery_id.as_str()) {
+                return false;
+            }
+            seen.push(&letter.delivery_id);
+            let delivered_since = self.status.get(name).is_some_and(|status| {
+                status.recent.iter().any(|record| {
+                    record.delivery_id == letter.delivery_id
+                        && record.state == DeliveryState::Success
+                        && record.finished_unix_micros >= letter.unix_micros
+                })
+            });
+            !delivered_since
+        });
+        letters
+    }
+
     fn webhook(&self, name: &str) -> Option<Rc<WebhookConfig>> {
         self.routing.webhooks().get(name).cloned()
     }
@@ -71,12 +102,7 @@ impl<W, C> Notifier<W, C> {
                     .dispatcher
                     .oldest_pending_ms(&webhook.name, now_ms)
                     .map(|ms| ms as f64 / 1000.0);
-                let dead_letters = self.journal.as_ref().map_or(0, |journal| {
-                    journal
-                        .dead_letters()
-                        .filter(|letter| letter.webhook == webhook.name)
-                        .count()
-                });
+                let dead_letters = self.dead_letters(&webhook.name).len();
                 json!({
                     "name": webhook.name,
                     "url": webhook.url.text,
@@ -125,26 +151,20 @@ impl<W, C> Notifier<W, C> {
             })
             .unwrap_or_default();
         let dead_letters: Vec<Value> = self
-            .journal
-            .as_ref()
-            .map(|journal| {
-                journal
-                    .dead_letters()
-                    .filter(|letter| letter.webhook == name)
-                    .map(|letter| {
-                        json!({
-                            "id": letter.delivery_id,
-                            "event_id": letter.event_id,
-                            "kind": letter.kind,
-                            "status": DeliveryState::DeadLetter.as_str(),
-                            "attempts": letter.attempts,
-                            "error": letter.last_error,
-                            "finished": rfc3339_utc(letter.unix_micros),
-                        })
-                    })
-                    .collect()
+            .dead_letters(name)
+            .into_iter()
+            .map(|letter| {
+                json!({
+                    "id": letter.delivery_id,
+                    "event_id": letter.event_id,
+                    "kind": letter.kind,
+                    "status": DeliveryState::DeadLetter.as_str(),
+                    "attempts": letter.attempts,
+                    "error": letter.last_error,
+                    "finished": rfc3339_utc(letter.unix_micros),
+                })
             })
-            .unwrap_or_default();
+            .collect();
         let pending = self
             .dispatcher
             .queue_depths()

@@ -52,8 +52,10 @@ impl<W, C> Notifier<W, C> {
                 body: event.body,
             });
             self.last_seq.insert(event.webhook.clone(), event.seq);
+            // The wait counts from the event, not from this start.
+            let age_ms = self.unix_micros.saturating_sub(event.unix_micros) / 1000;
             self.dispatcher
-                .enqueue_journaled(webhook, payload, Some(event.seq), now_ms);
+                .enqueue_aged(webhook, payload, Some(event.seq), age_ms, now_ms);
             resumed += 1;
         }
         for name in forgotten {
