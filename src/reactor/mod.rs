@@ -295,34 +295,10 @@ impl<C: Clock> Reactor<C> {
     }
 
     fn resume(&mut self, waiter: Waiter, response: crate::http::Response) {
-        let timeouts = self.timeouts();
-        let now = self.clock.now_ms();
-        let unix_micros = self.clock.unix_micros();
-        let Some(Some(entry)) = self.slots.get_mut(waiter.slot) else {
-            return;
-        };
-        if entry.generation != waiter.generation {
-            return; // The client left; the change (if any) is made regardless.
-        }
-        let mut cx = Context {
-            registry: &mut self.registry,
-            notifier: &mut self.notifier,
-            telemetry: &mut self.telemetry,
-            read_buffer: &mut self.read_buffer,
-            now_ms: now,
-            unix_micros,
-            date: &self.date,
-            timeouts,
-            waiter,
-        };
-        match entry.connection.resume(response, &mut cx) {
-            Next::Close => self.close(waiter.slot),
-            Next::Again => {
-                self.again.push(waiter.slot);
-                self.arm_timer(waiter.slot);
-            }
-            Next::Wait => self.arm_timer(waiter.slot),
-        }
+        // A client that left is not answered; the change (if any) is made regardless.
+        self.step(waiter.slot, Some(waiter.generation), |connection, cx| {
+            connection.resume(response, cx)
+        });
     }
 
     /// Applies a changed configuration file, or keeps the running one.
@@ -469,6 +445,19 @@ impl<C: Clock> Reactor<C> {
     }
 
     fn run_connection(&mut self, slot: usize) {
+        self.step(slot, None, Connection::run);
+        // A request may have started deliveries; send them without waiting a turn.
+        self.pump_webhooks();
+    }
+
+    /// Runs `work` on a connection with the loop's shared context, then acts
+    /// on what it returned. With `generation`, only that incarnation of the slot.
+    fn step(
+        &mut self,
+        slot: usize,
+        generation: Option<u64>,
+        work: impl FnOnce(&mut Connection, &mut Context) -> Next,
+    ) {
         let timeouts = self.timeouts();
         let now = self.clock.now_ms();
         let unix_micros = self.clock.unix_micros();
@@ -476,6 +465,9 @@ impl<C: Clock> Reactor<C> {
         let Some(Some(entry)) = self.slots.get_mut(slot) else {
             return;
         };
+        if generation.is_some_and(|generation| generation != entry.generation) {
+            return;
+        }
         let mut cx = Context {
             registry: &mut self.registry,
             notifier: &mut self.notifier,
@@ -490,7 +482,7 @@ impl<C: Clock> Reactor<C> {
                 generation: entry.generation,
             },
         };
-        match entry.connection.run(&mut cx) {
+        match work(&mut entry.connection, &mut cx) {
             Next::Close => self.close(slot),
             Next::Again => {
                 self.again.push(slot);
@@ -498,8 +490,6 @@ impl<C: Clock> Reactor<C> {
             }
             Next::Wait => self.arm_timer(slot),
         }
-        // A request may have started deliveries; send them without waiting a turn.
-        self.pump_webhooks();
     }
 
     /// Keeps one wheel entry per connection, at or before its deadline.
@@ -530,8 +520,6 @@ impl<C: Clock> Reactor<C> {
     }
 
     fn on_deadline(&mut self, deadline: Deadline, now: u64) {
-        let timeouts = self.timeouts();
-        let unix_micros = self.clock.unix_micros();
         let Some(Some(entry)) = self.slots.get_mut(deadline.slot) else {
             return;
         };
@@ -540,27 +528,11 @@ impl<C: Clock> Reactor<C> {
         }
         entry.timer = None;
         if now < entry.connection.deadline_ms {
+            // The deadline moved later (progress) since this entry was armed.
             self.arm_timer(deadline.slot);
             return;
         }
-        let mut cx = Context {
-            registry: &mut self.registry,
-            notifier: &mut self.notifier,
-            telemetry: &mut self.telemetry,
-            read_buffer: &mut self.read_buffer,
-            now_ms: now,
-            unix_micros,
-            date: &self.date,
-            timeouts,
-            waiter: Waiter {
-                slot: deadline.slot,
-                generation: deadline.generation,
-            },
-        };
-        match entry.connection.on_timeout(&mut cx) {
-            Next::Close => self.close(deadline.slot),
-            Next::Wait | Next::Again => self.arm_timer(deadline.slot),
-        }
+        self.step(deadline.slot, Some(deadline.generation), Connection::on_timeout);
     }
 
     fn close(&mut self, slot: usize) {
