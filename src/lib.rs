@@ -2,6 +2,7 @@
 //! architecture: `reactor` is the only code touching sockets and the real
 //! clock; everything else takes bytes and a `now` and returns what to do.
 
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod digest;

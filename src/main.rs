@@ -14,9 +14,12 @@ use angos::storage::Storage;
 
 const USAGE: &str = "usage: angos [-c FILE]... server
        angos [-c FILE]... webhook test NAME
+       angos hash-password < PASSWORD_FILE
 
   server              serve the registry
   webhook test NAME   send one ping event to webhook NAME and print the outcome
+  hash-password       read a password (first line of standard input) and print
+                      its hash for [auth.identity.NAME] password
 
   -c, --config FILE   configuration file (repeatable; default ./config.toml when present)
   -h, --help          this help
@@ -44,6 +47,9 @@ fn main() -> ExitCode {
             other => return usage_error(&format!("unexpected argument {other:?}")),
         }
     }
+    if words == ["hash-password"] {
+        return hash_password();
+    }
     angos::logger::init();
     let files = if files.is_empty() {
         config::default_files()
@@ -57,6 +63,24 @@ fn main() -> ExitCode {
         ["webhook", ..] => usage_error("the webhook command is: angos [-c FILE]... webhook test NAME"),
         [other, ..] => usage_error(&format!("unknown command {other:?}")),
         [] => usage_error("a command is required"),
+    }
+}
+
+/// `angos hash-password`: prints a PBKDF2 hash of the password on standard input.
+fn hash_password() -> ExitCode {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // The password is echoed as typed; say so rather than read silently.
+        eprintln!("angos: type the password and press Enter (it is shown as you type), or pipe it in");
+    }
+    match angos::auth::password::hash_password_from(&mut std::io::stdin().lock()) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("angos: hash-password: {message}");
+            ExitCode::FAILURE
+        }
     }
 }
 

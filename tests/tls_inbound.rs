@@ -23,14 +23,19 @@ use webhook_support::python::TestCa;
 
 /// Starts a server with `[server.tls]` on its own (ephemeral) port.
 fn start_tls(ca: &TestCa, extra: &[&str]) -> (Server, SocketAddr) {
-    let mut options = Options::default().server_line(&format!(
+    let mut options = Options::default();
+    for line in extra {
+        options = options.server_line(line);
+    }
+    start_tls_with(ca, options)
+}
+
+fn start_tls_with(ca: &TestCa, options: Options) -> (Server, SocketAddr) {
+    let options = options.server_line(&format!(
         "tls = {{ server_certificate_bundle = \"{}\", server_private_key = \"{}\", port = 0 }}",
         ca.server_cert.display(),
         ca.server_key.display()
     ));
-    for line in extra {
-        options = options.server_line(line);
-    }
     let server = Server::start_with(&options);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -194,6 +199,110 @@ fn skopeo_pushes_and_pulls_over_https_with_the_test_ca() {
         .output()
         .unwrap();
     assert!(!untrusted.status.success());
+}
+
+/// A PBKDF2 hash cheap enough for the debug build under test.
+fn password_hash(password: &str) -> String {
+    angos::auth::password::PasswordHash::generate(password.as_bytes(), b"skopeo-salt", 10_000).to_string()
+}
+
+#[test]
+fn skopeo_pushes_with_credentials_over_https_and_bad_ones_store_nothing() {
+    let ca = TestCa::generate();
+    let auth = format!(
+        "[auth.identity.ci]\nusername = \"ci-bot\"\npassword = \"{}\"\n\
+         [auth.identity.alice]\nusername = \"alice\"\npassword = \"{}\"\n\
+         [repository.\"secure\"]\npush = [\"ci\"]\n[repository.\"public\"]\npull = [\"*\"]\n",
+        password_hash("pipeline"),
+        password_hash("wonderland")
+    );
+    let (server, https) = start_tls_with(&ca, Options::default().table(&auth));
+    let work = TempDir::new("skopeo-auth");
+    let certs = work.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::copy(&ca.ca_pem, certs.join("ca.crt")).unwrap();
+    let layout = work.path().join("layout");
+    build_oci_layout(&layout, "v1");
+    let source = format!("oci:{}:v1", layout.display());
+    let push = |destination: &str, creds: Option<&str>| {
+        let mut command = Command::new("skopeo");
+        command.args(["copy", "--dest-cert-dir"]).arg(&certs);
+        match creds {
+            Some(creds) => command.args(["--dest-creds", creds]),
+            None => command.arg("--dest-no-creds"),
+        };
+        command
+            .arg(&source)
+            .arg(format!("docker://localhost:{}/{destination}", https.port()))
+            .env("REGISTRY_AUTH_FILE", work.path().join("no-auth.json"))
+            .output()
+            .expect("skopeo is installed (scripts/test.sh installs it)")
+    };
+    let pull = |source: &str, creds: Option<&str>, into: &str| {
+        let mut command = Command::new("skopeo");
+        command.args(["copy", "--src-cert-dir"]).arg(&certs);
+        match creds {
+            Some(creds) => command.args(["--src-creds", creds]),
+            None => command.arg("--src-no-creds"),
+        };
+        command
+            .arg(format!("docker://localhost:{}/{source}", https.port()))
+            .arg(format!("oci:{}:v1", work.path().join(into).display()))
+            .env("REGISTRY_AUTH_FILE", work.path().join("no-auth.json"))
+            .output()
+            .unwrap()
+    };
+
+    let pushed = push("secure/app:v1", Some("ci-bot:pipeline"));
+    assert!(
+        pushed.status.success(),
+        "skopeo push with --dest-creds: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    // Wrong password, unknown user, a user without push rights, no credentials.
+    for (tag, creds) in [
+        ("wrong", Some("ci-bot:guess")),
+        ("unknown", Some("mallory:pipeline")),
+        ("alice", Some("alice:wonderland")),
+        ("anonymous", None),
+    ] {
+        let refused = push(&format!("secure/app:{tag}"), creds);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{tag}: the push succeeded");
+        let expected = if tag == "alice" { "denied" } else { "unauthorized" };
+        assert!(stderr.to_lowercase().contains(expected), "{tag}: {stderr}");
+    }
+    // Nothing of the refused pushes was stored: only the ci push's tag exists.
+    let tags = server.request(
+        "GET",
+        "/v2/secure/app/tags/list",
+        &[("Authorization", "Basic Y2ktYm90OnBpcGVsaW5l")],
+        b"",
+    );
+    tags.assert_status(200);
+    assert_eq!(tags.json().string_list("tags"), ["v1"]);
+
+    // Pulls: secure needs a login; public is open to anyone.
+    let pulled = pull("secure/app:v1", Some("alice:wonderland"), "alice-copy");
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let refused = pull("secure/app:v1", None, "anonymous-copy");
+    assert!(!refused.status.success());
+    let pushed = push("public/app:v1", Some("alice:wonderland"));
+    assert!(
+        pushed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let pulled = pull("public/app:v1", None, "public-copy");
+    assert!(
+        pulled.status.success(),
+        "anonymous pull from public: {}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! explicit here with its default; every error names the file and the key.
 //! Unknown keys are accepted with a warning naming them, so typos are visible.
 
+pub mod auth;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -9,6 +10,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+pub use auth::{AccessLists, AuthConfig, IdentityConfig};
 pub use webhook::{Policy, RepositoryConfig, Scheme, WebhookConfig, WebhookUrl};
 
 /// The validated configuration the server runs on.
@@ -21,6 +23,7 @@ pub struct Config {
     pub repositories: BTreeMap<String, RepositoryConfig>,
     /// `[event_webhook.NAME]` by name.
     pub webhooks: BTreeMap<String, WebhookConfig>,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +43,8 @@ pub struct ServerConfig {
     pub keep_alive_timeout_ms: u64,
     /// HTTPS, when `[server.tls]` is present.
     pub tls: Option<TlsConfig>,
+    /// Peers whose `X-Forwarded-For` names the client (reverse proxies).
+    pub trusted_proxies: Vec<crate::http::forwarded::IpNetwork>,
 }
 
 /// `[server.tls]`: the certificate chain and key (PEM), reloaded when the
@@ -74,6 +79,8 @@ pub struct GlobalConfig {
     pub event_webhook_journal_size: u64,
     /// Dead letters (async events that exhausted their retries) kept for redelivery.
     pub event_webhook_dead_letters: usize,
+    /// Who may pull, push and delete where a repository does not say.
+    pub access: AccessLists,
 }
 
 impl Default for Config {
@@ -89,6 +96,7 @@ impl Default for Config {
                 body_timeout_ms: 30_000,
                 keep_alive_timeout_ms: 60_000,
                 tls: None,
+                trusted_proxies: Vec::new(),
             },
             storage: StorageConfig {
                 root_dir: PathBuf::from("./data"),
@@ -104,9 +112,11 @@ impl Default for Config {
                 event_webhook_queue_length: 10_000,
                 event_webhook_journal_size: 256 << 20,
                 event_webhook_dead_letters: 1000,
+                access: AccessLists::default(),
             },
             repositories: BTreeMap::new(),
             webhooks: BTreeMap::new(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -160,6 +170,7 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, ConfigError>
         warnings: Vec::new(),
         lists: Vec::new(),
         repositories: BTreeMap::new(),
+        auth_origins: auth::AuthOrigins::default(),
     };
     for (file, text) in sources {
         let table: toml::Table = text.parse().map_err(|error: toml::de::Error| ConfigError {
@@ -177,6 +188,7 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, ConfigError>
             .filter_map(|(origin, repository)| Some((origin.clone(), repository.event_webhooks.clone()?))),
     );
     webhook::check_references(&builder.config.webhooks, &lists, &builder.repositories)?;
+    auth::check_auth(&builder.config.auth, &builder.auth_origins)?;
     builder.config.repositories = builder
         .repositories
         .into_iter()
@@ -194,6 +206,7 @@ struct Builder {
     /// `global.event_webhooks` as last set, with where it was set.
     lists: Vec<(webhook::Origin, Vec<String>)>,
     repositories: BTreeMap<String, (webhook::Origin, RepositoryConfig)>,
+    auth_origins: auth::AuthOrigins,
 }
 
 /// A view of one TOML table that remembers which keys were read, so the
@@ -343,8 +356,9 @@ impl Builder {
                     file: file.to_string(),
                     key: section.key_path("event_webhooks"),
                 };
-                section.finish(&mut self.warnings);
                 let entry = self.repositories.entry(key.clone()).or_default();
+                auth::parse_access_lists(&mut section, &mut entry.1.access, &mut self.auth_origins)?;
+                section.finish(&mut self.warnings);
                 entry.0 = origin;
                 if event_webhooks.is_some() {
                     entry.1.event_webhooks = event_webhooks;
@@ -366,6 +380,15 @@ impl Builder {
                 section.finish(&mut self.warnings);
                 self.config.webhooks.insert(name.clone(), webhook);
             }
+        }
+        if let Some(table) = root.table("auth")? {
+            auth::parse_auth(
+                file,
+                table,
+                &mut self.config.auth,
+                &mut self.auth_origins,
+                &mut self.warnings,
+            )?;
         }
         root.finish(&mut self.warnings);
         Ok(())
@@ -423,6 +446,22 @@ impl Builder {
                 server_private_key: PathBuf::from(key),
                 port,
             });
+        }
+        if let Some(items) = section.get("trusted_proxies") {
+            let message = "must be a list of IP addresses or CIDR ranges, like [\"10.0.0.0/8\"]";
+            let toml::Value::Array(items) = items else {
+                return Err(section.error("trusted_proxies", message));
+            };
+            let mut networks = Vec::with_capacity(items.len());
+            for item in items {
+                let text = item
+                    .as_str()
+                    .ok_or_else(|| section.error("trusted_proxies", message))?;
+                let network = crate::http::forwarded::IpNetwork::parse(text)
+                    .map_err(|why| section.error("trusted_proxies", why))?;
+                networks.push(network);
+            }
+            server.trusted_proxies = networks;
         }
         section.finish(&mut self.warnings);
         Ok(())
@@ -492,6 +531,11 @@ impl Builder {
             };
             self.lists = vec![(origin, names)];
         }
+        auth::parse_access_lists(
+            &mut section,
+            &mut self.config.global.access,
+            &mut self.auth_origins,
+        )?;
         section.finish(&mut self.warnings);
         Ok(())
     }

@@ -190,6 +190,8 @@ impl WebhookConfig {
 pub struct RepositoryConfig {
     /// Replaces `global.event_webhooks` for this namespace when set.
     pub event_webhooks: Option<Vec<String>>,
+    /// Replace `[global]`'s lists for this namespace, each where set.
+    pub access: super::AccessLists,
 }
 
 /// Where a name list came from, to name the file and key in errors found

@@ -3,6 +3,7 @@
 
 pub mod chunked;
 pub mod client;
+pub mod forwarded;
 pub mod request;
 pub mod response;
 

@@ -5,21 +5,27 @@
 //! a connection keeps only its unconsumed bytes.
 
 use std::io::{self, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::output::{Flush, Output};
 use super::telemetry::Telemetry;
 use super::transport::Transport;
+use crate::auth::{Authenticator, Decision, Login, Need, PendingLogin, Principal};
 use crate::event_webhook::event::Actor;
 use crate::event_webhook::notifier::admin::Admin;
 use crate::event_webhook::notifier::{Notifier, Submission, Submitted};
+use crate::http::forwarded::IpNetwork;
 use crate::http::{Body, Method, RequestDecoder, RequestEvent, RequestHead, Response};
+use crate::registry::error::{ErrorCode, RegistryError};
 use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
 
 /// Bytes one connection may read or write per wake-up before others get a turn.
 const IO_BUDGET_BYTES: usize = 4 << 20;
 /// What a lingering close reads and drops before giving up on the peer.
 const LINGER_BYTES_MAX: u64 = 1 << 20;
+/// Password-hash iterations one connection runs per turn of the loop: about
+/// a millisecond here, so a login costs others latency, not a stall.
+const LOGIN_SLICE_ITERATIONS: u32 = 4096;
 
 /// Identifies a connection across its life: slot and generation, so an
 /// answer for a closed connection never reaches the slot's next owner.
@@ -42,6 +48,9 @@ pub enum Phase {
     Writing,
     /// A request waits for webhooks; their own timeouts bound the wait.
     Parked,
+    /// A request waits for its password check, or for the time its address
+    /// may try again after failed logins (the deadline).
+    Authenticating,
     /// The answer is out and the write side shut; unread input is drained
     /// so the peer sees the answer instead of a reset (RFC 9112 section 9.6).
     Lingering,
@@ -65,6 +74,8 @@ struct RequestInfo {
     path: String,
     keep_alive: bool,
     started_ms: u64,
+    /// Who asked: reported in the request's events.
+    actor: Actor,
 }
 
 enum Current {
@@ -74,6 +85,16 @@ enum Current {
     Receiving(RequestInfo, Box<Exchange>),
     /// Waiting for webhooks; `Connection::resume` brings the answer.
     Parked(RequestInfo),
+    /// The head waits for its credentials to be checked; the body (if any)
+    /// stays unread until they are.
+    Authenticating(Box<LoginWait>),
+}
+
+struct LoginWait {
+    head: Box<RequestHead>,
+    info: RequestInfo,
+    need: Need,
+    login: Box<PendingLogin>,
 }
 
 pub struct Connection {
@@ -97,6 +118,8 @@ pub struct Connection {
 /// Per-loop values shared by all connections.
 pub struct Context<'a> {
     pub registry: &'a mut Registry,
+    pub auth: &'a mut Authenticator,
+    pub trusted_proxies: &'a [IpNetwork],
     pub notifier: &'a mut Notifier<Waiter, Commit>,
     pub telemetry: &'a mut Telemetry,
     pub read_buffer: &'a mut [u8],
@@ -150,6 +173,9 @@ impl Connection {
         if self.phase == Phase::Lingering {
             return self.linger(cx);
         }
+        if let Some(next) = self.continue_login(cx) {
+            return Ok(next);
+        }
         let mut again = false;
         let mut read_budget = IO_BUDGET_BYTES;
         loop {
@@ -163,8 +189,7 @@ impl Connection {
                 }
                 Flush::Done => {}
             }
-            let parked = matches!(self.current, Current::Parked(_));
-            if self.closing || parked || self.peer_closed {
+            if self.closing || self.is_waiting() || self.peer_closed {
                 break;
             }
             if progressed {
@@ -198,10 +223,16 @@ impl Connection {
         if self.closing && self.output.is_empty() && matches!(self.current, Current::None) {
             return self.start_linger(cx);
         }
-        if self.peer_closed && self.output.is_empty() && !matches!(self.current, Current::Parked(_)) {
+        if self.peer_closed && self.output.is_empty() && !self.is_waiting() {
             // A half-closed peer gets its answers; then we are done.
             self.abort(cx);
             return Ok(Next::Close);
+        }
+        if let Current::Authenticating(wait) = &self.current
+            && wait.login.not_before_ms <= cx.now_ms
+        {
+            // A check to run: no readiness event will come for it.
+            again = true;
         }
         self.update_phase(cx);
         Ok(if again { Next::Again } else { Next::Wait })
@@ -214,8 +245,7 @@ impl Connection {
         let mut progressed = false;
         // Decoding continues on empty input too: an `End` may be due without more bytes.
         loop {
-            let parked = matches!(self.current, Current::Parked(_));
-            if self.closing || parked || (self.output.is_backlogged() && self.decoder.is_idle()) {
+            if self.closing || self.is_waiting() || (self.output.is_backlogged() && self.decoder.is_idle()) {
                 break;
             }
             let (consumed, event) = match self.decoder.decode(&self.pending[at..]) {
@@ -232,6 +262,7 @@ impl Connection {
                         path: String::new(),
                         keep_alive: false,
                         started_ms: cx.now_ms,
+                        actor: Actor::default(),
                     };
                     self.send(response.with_close(), &info, cx);
                     break;
@@ -257,7 +288,7 @@ impl Connection {
                         let outcome = cx.registry.finish(*exchange);
                         self.conclude(outcome, info, cx);
                     }
-                    Current::None | Current::Parked(_) => {}
+                    Current::None | Current::Parked(_) | Current::Authenticating(_) => {}
                 },
             }
         }
@@ -269,14 +300,144 @@ impl Connection {
     }
 
     fn on_head(&mut self, head: Box<RequestHead>, cx: &mut Context) {
-        let body_follows = self.decoder.in_body();
+        let client = self.client_address(&head, cx);
         let info = RequestInfo {
             method: method_label(&head.method),
             route: crate::registry::route::label_of(&head.path),
             path: head.path.clone(),
             keep_alive: head.keep_alive,
             started_ms: cx.now_ms,
+            actor: Actor {
+                client_ip: client.map(|address| address.to_string()),
+                ..Actor::default()
+            },
         };
+        let need = Need::of(&head);
+        if need == Need::Nothing {
+            self.serve(head, info, need, Principal::Anonymous, cx);
+            return;
+        }
+        match cx.auth.start(head.header("authorization"), client, cx.now_ms) {
+            Login::Done(principal) => self.authorize(head, info, need, principal, cx),
+            Login::Failed(failure) => {
+                cx.telemetry.record_auth_failure(failure.label());
+                self.refuse(Decision::Challenge, info, cx);
+            }
+            Login::Verify(login) => {
+                if login.not_before_ms > cx.now_ms {
+                    cx.telemetry.record_auth_delay();
+                }
+                self.phase = Phase::Authenticating;
+                self.deadline_ms = if login.not_before_ms > cx.now_ms {
+                    login.not_before_ms
+                } else {
+                    u64::MAX
+                };
+                self.current = Current::Authenticating(Box::new(LoginWait {
+                    head,
+                    info,
+                    need,
+                    login,
+                }));
+            }
+        }
+    }
+
+    /// The client's address: the peer, or who a trusted proxy says it serves.
+    fn client_address(&self, head: &RequestHead, cx: &Context) -> Option<IpAddr> {
+        let peer = self.peer?.ip();
+        if cx.trusted_proxies.is_empty() {
+            return Some(peer);
+        }
+        let forwarded: Vec<&str> = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "x-forwarded-for")
+            .map(|(_, value)| value.as_str())
+            .collect();
+        Some(crate::http::forwarded::client_address(
+            peer,
+            &forwarded,
+            cx.trusted_proxies,
+        ))
+    }
+
+    /// Runs a slice of a password check in progress; `Some` when the
+    /// connection must wait (for the slice budget, or its address's delay).
+    fn continue_login(&mut self, cx: &mut Context) -> Option<Next> {
+        let Current::Authenticating(wait) = &mut self.current else {
+            return None;
+        };
+        if cx.now_ms < wait.login.not_before_ms {
+            return Some(Next::Wait);
+        }
+        self.deadline_ms = u64::MAX;
+        let Some(outcome) = cx.auth.step(&mut wait.login, LOGIN_SLICE_ITERATIONS, cx.now_ms) else {
+            return Some(Next::Again);
+        };
+        let Current::Authenticating(wait) = std::mem::replace(&mut self.current, Current::None) else {
+            unreachable!("matched above");
+        };
+        let LoginWait { head, info, need, .. } = *wait;
+        match outcome {
+            Ok(principal) => self.authorize(head, info, need, principal, cx),
+            Err(failure) => {
+                log::warn!(
+                    target: "angos::auth",
+                    "failed login from {}: {}",
+                    info.actor.client_ip.as_deref().unwrap_or("an unknown address"),
+                    failure.label().replace('_', " ")
+                );
+                cx.telemetry.record_auth_failure(failure.label());
+                self.refuse(Decision::Challenge, info, cx);
+            }
+        }
+        // The rest of the request (its body) is read by the normal loop.
+        None
+    }
+
+    fn authorize(
+        &mut self,
+        head: Box<RequestHead>,
+        mut info: RequestInfo,
+        need: Need,
+        principal: Principal,
+        cx: &mut Context,
+    ) {
+        if let Some(identity) = cx.auth.policy().identity(principal) {
+            info.actor.id = Some(identity.id.clone());
+            info.actor.username = Some(identity.username.clone());
+        }
+        match cx.auth.policy().decide(principal, &need) {
+            Decision::Allow => self.serve(head, info, need, principal, cx),
+            refusal => self.refuse(refusal, info, cx),
+        }
+    }
+
+    /// 401 with the challenge, or 403; a body the request carries is not read.
+    fn refuse(&mut self, decision: Decision, info: RequestInfo, cx: &mut Context) {
+        let response = if decision == Decision::Deny {
+            RegistryError::new(ErrorCode::Denied, "requested access to the resource is denied")
+                .into_response()
+        } else {
+            RegistryError::new(ErrorCode::Unauthorized, "authentication required")
+                .into_response()
+                .header("WWW-Authenticate", cx.auth.challenge())
+        };
+        let body_follows = self.decoder.in_body();
+        self.answer_at_head(response.into(), info, body_follows, cx);
+    }
+
+    /// Hands an admitted request to its handler.
+    fn serve(
+        &mut self,
+        head: Box<RequestHead>,
+        info: RequestInfo,
+        need: Need,
+        principal: Principal,
+        cx: &mut Context,
+    ) {
+        let body_follows = self.decoder.in_body();
         if head.path == "/metrics" && matches!(head.method, Method::Get | Method::Head) {
             let mut text = String::new();
             cx.notifier.record_completed(cx.telemetry.metrics());
@@ -308,8 +469,17 @@ impl Connection {
             }
             return;
         }
-        match cx.registry.begin(&head) {
-            Begin::Answer(outcome) => self.answer_at_head(outcome, info, body_follows, cx),
+        let policy = cx.auth.policy();
+        let readable = |namespace: &str| policy.allows(principal, crate::auth::Action::Pull, namespace);
+        match cx.registry.begin_as(&head, &readable) {
+            Begin::Answer(mut outcome) => {
+                if need == Need::Base && policy.authentication_enabled() {
+                    // Welcome anonymously, but say credentials are accepted:
+                    // clients that have some then send them (RFC 9110 11.6.1).
+                    outcome.response = outcome.response.header("WWW-Authenticate", cx.auth.challenge());
+                }
+                self.answer_at_head(outcome, info, body_follows, cx)
+            }
             Begin::ReadBody(exchange) => {
                 if head.expect_continue {
                     self.output.push_bytes(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -344,13 +514,9 @@ impl Connection {
             self.send(outcome.response, &info, cx);
             return;
         };
-        let actor = Actor {
-            client_ip: self.peer.map(|peer| peer.ip().to_string()),
-            ..Actor::default()
-        };
         let submission = Submission {
             drafts: staged.events,
-            actor,
+            actor: info.actor.clone(),
             commit: staged.commit,
             response: outcome.response,
         };
@@ -432,6 +598,8 @@ impl Connection {
         let phase = match self.current {
             Current::Receiving(..) => Phase::Body,
             Current::Parked(_) => Phase::Parked,
+            // Set when the check began; its deadline is the throttle's.
+            Current::Authenticating(_) => return,
             _ if !self.output.is_empty() => Phase::Writing,
             _ if !self.pending.is_empty() || !self.decoder.is_idle() => Phase::Head,
             // Until the first request is answered, silence counts against the
@@ -444,7 +612,7 @@ impl Connection {
             self.deadline_ms = match phase {
                 Phase::Idle => cx.now_ms + cx.timeouts.keep_alive_ms,
                 Phase::Head => cx.now_ms + cx.timeouts.header_ms,
-                Phase::Parked => u64::MAX,
+                Phase::Parked | Phase::Authenticating => u64::MAX,
                 Phase::Body | Phase::Writing | Phase::Lingering => cx.now_ms + cx.timeouts.body_ms,
             };
             self.phase = phase;
@@ -495,6 +663,7 @@ impl Connection {
             path: String::new(),
             keep_alive: false,
             started_ms: cx.now_ms,
+            actor: Actor::default(),
         };
         match self.phase {
             // A connection that never sent a byte gets no answer, just a close.
@@ -513,6 +682,8 @@ impl Connection {
                 Next::Close
             }
             Phase::Parked => Next::Wait,
+            // The address's wait is over: check the credentials now.
+            Phase::Authenticating => self.run(cx),
             Phase::Idle | Phase::Writing | Phase::Lingering => Next::Close,
         }
     }
@@ -533,6 +704,11 @@ impl Connection {
                 None
             }
         }
+    }
+
+    /// A request is held (for webhooks or a login): read no further.
+    fn is_waiting(&self) -> bool {
+        matches!(self.current, Current::Parked(_) | Current::Authenticating(_))
     }
 
     /// For shutdown: `true` when nothing is in progress, so closing loses nothing.

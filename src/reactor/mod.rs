@@ -79,6 +79,7 @@ pub struct Reactor<C: Clock> {
     next_generation: u64,
     timers: TimerWheel<Deadline>,
     registry: Registry,
+    auth: crate::auth::Authenticator,
     notifier: Notifier<Waiter, Commit>,
     outbound: outbound::Outbound,
     telemetry: Telemetry,
@@ -158,6 +159,7 @@ impl<C: Clock> Reactor<C> {
             next_generation: 0,
             timers: TimerWheel::new(now),
             registry,
+            auth: crate::auth::Authenticator::new(&config),
             notifier,
             outbound: outbound::Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver()),
             telemetry,
@@ -318,6 +320,7 @@ impl<C: Clock> Reactor<C> {
             log::warn!("changes to [server] and [blob_store] take effect after a restart");
         }
         self.notifier.reconfigure(&new, self.telemetry.metrics());
+        self.auth.reconfigure(&new);
         self.registry.set_interest(self.notifier.interest());
         self.registry.set_limits(crate::registry::Limits {
             max_manifest_size: new.global.max_manifest_size,
@@ -326,6 +329,7 @@ impl<C: Clock> Reactor<C> {
         self.config.global = new.global;
         self.config.repositories = new.repositories;
         self.config.webhooks = new.webhooks;
+        self.config.auth = new.auth;
         let files: Vec<String> = self
             .watcher
             .files()
@@ -470,6 +474,8 @@ impl<C: Clock> Reactor<C> {
         }
         let mut cx = Context {
             registry: &mut self.registry,
+            auth: &mut self.auth,
+            trusted_proxies: &self.config.server.trusted_proxies,
             notifier: &mut self.notifier,
             telemetry: &mut self.telemetry,
             read_buffer: &mut self.read_buffer,

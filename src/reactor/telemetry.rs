@@ -12,6 +12,8 @@ pub struct Telemetry {
     duration: FamilyId,
     request_series: HashMap<(&'static str, &'static str, u16), SeriesId>,
     duration_series: HashMap<&'static str, SeriesId>,
+    auth_failures: FamilyId,
+    auth_delayed: SeriesId,
 }
 
 impl Default for Telemetry {
@@ -34,17 +36,43 @@ impl Telemetry {
             &["route"],
             LATENCY_BUCKETS_SECONDS,
         );
+        let auth_failures = metrics.counter(
+            "auth_failures_total",
+            "Failed logins, by reason (unknown_user, wrong_password, malformed).",
+            &["reason"],
+        );
+        let delayed = metrics.counter(
+            "auth_delayed_total",
+            "Logins held back because their address failed to log in repeatedly.",
+            &[],
+        );
+        let auth_delayed = metrics.series(delayed, &[]);
+        // Present at zero from the start, so a rate() over them has a baseline.
+        for reason in ["unknown_user", "wrong_password", "malformed"] {
+            metrics.series(auth_failures, &[reason]);
+        }
         Telemetry {
             metrics,
             requests,
             duration,
             request_series: HashMap::new(),
             duration_series: HashMap::new(),
+            auth_failures,
+            auth_delayed,
         }
     }
 
     pub fn metrics(&mut self) -> &mut Metrics {
         &mut self.metrics
+    }
+
+    pub fn record_auth_failure(&mut self, reason: &'static str) {
+        let series = self.metrics.series(self.auth_failures, &[reason]);
+        self.metrics.inc(series);
+    }
+
+    pub fn record_auth_delay(&mut self) {
+        self.metrics.inc(self.auth_delayed);
     }
 
     pub fn record_request(

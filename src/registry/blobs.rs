@@ -93,11 +93,21 @@ impl Registry {
 
     /// `POST /v2/<name>/blobs/uploads/`: a mount, a monolithic upload with
     /// `?digest=`, or a new session.
-    pub(super) fn start_upload(&mut self, head: &RequestHead, name: String) -> Result<ExchangeState> {
+    pub(super) fn start_upload(
+        &mut self,
+        head: &RequestHead,
+        name: String,
+        readable: &dyn Fn(&str) -> bool,
+    ) -> Result<ExchangeState> {
         if let (Some(mount), Some(from)) = (head.query_value("mount"), head.query_value("from")) {
             // Invalid mount arguments fall back to a plain upload (spec: "Cross
-            // Repository Blob Mount").
-            if let (Ok(digest), true) = (Digest::parse(&mount), super::reference::is_valid_name(&from)) {
+            // Repository Blob Mount"), and so does a source the client may not
+            // pull from: mounting must not copy what the client cannot read.
+            if let (Ok(digest), true, true) = (
+                Digest::parse(&mount),
+                super::reference::is_valid_name(&from),
+                readable(&from),
+            ) {
                 let readable = self
                     .storage
                     .blob_size(&from, &digest)

@@ -19,6 +19,10 @@ pub enum ErrorCode {
     TagInvalid,
     Unsupported,
     TooManyRequests,
+    /// No credentials, or wrong ones: the answer carries the challenge.
+    Unauthorized,
+    /// The client is known and lacks the permission.
+    Denied,
     /// A failure of ours (storage I/O); the client may retry.
     Unknown,
 }
@@ -39,6 +43,8 @@ impl ErrorCode {
             ErrorCode::TagInvalid => "TAG_INVALID",
             ErrorCode::Unsupported => "UNSUPPORTED",
             ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -52,6 +58,8 @@ impl ErrorCode {
             | ErrorCode::NameUnknown => 404,
             ErrorCode::Unsupported => 405,
             ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Denied => 403,
             ErrorCode::Unknown => 500,
             _ => 400,
         }

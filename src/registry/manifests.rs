@@ -263,8 +263,9 @@ impl Registry {
         Ok(response)
     }
 
-    pub(super) fn catalog(&self, head: &RequestHead) -> Result<Response> {
-        let names = self.storage.catalog().map_err(RegistryError::storage)?;
+    pub(super) fn catalog(&self, head: &RequestHead, readable: &dyn Fn(&str) -> bool) -> Result<Response> {
+        let mut names = self.storage.catalog().map_err(RegistryError::storage)?;
+        names.retain(|name| readable(name));
         let page = paginate(head, names)?;
         let mut response = Response::json(200, &serde_json::json!({ "repositories": page.items }));
         if let Some(link) = page.next_link("/v2/_catalog") {

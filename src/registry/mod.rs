@@ -198,9 +198,17 @@ impl Registry {
 
     /// Routes a request head: answers at once, or prepares to read its body.
     pub fn begin(&mut self, head: &RequestHead) -> Begin {
+        self.begin_as(head, &|_| true)
+    }
+
+    /// Like `begin`, for a client that may pull only from the namespaces
+    /// `readable` accepts: what it may see beyond the request's own
+    /// repository (the catalog, a mount's source) is limited to those.
+    /// The request's own permission was checked before.
+    pub fn begin_as(&mut self, head: &RequestHead, readable: &dyn Fn(&str) -> bool) -> Begin {
         let route = route::route(&head.path);
         let label = route.label();
-        match self.dispatch(head, route) {
+        match self.dispatch(head, route, readable) {
             Ok(state) => match state {
                 ExchangeState::Ready(outcome) if head.content_length() == Some(0) => Begin::Answer(outcome),
                 state => Begin::ReadBody(Exchange {
@@ -313,7 +321,12 @@ impl Registry {
         error.into_response().with_close()
     }
 
-    fn dispatch(&mut self, head: &RequestHead, route: Route) -> Result<ExchangeState> {
+    fn dispatch(
+        &mut self,
+        head: &RequestHead,
+        route: Route,
+        readable: &dyn Fn(&str) -> bool,
+    ) -> Result<ExchangeState> {
         match (route, &head.method) {
             (Route::Healthz, Method::Get | Method::Head) => ready(Response::new(200).body(text("ok\n"))),
             (Route::Readyz, Method::Get | Method::Head) => ready(Response::new(200).body(text("ready\n"))),
@@ -321,7 +334,7 @@ impl Registry {
                 Response::json(200, &serde_json::json!({}))
                     .header("Docker-Distribution-API-Version", "registry/2.0"),
             ),
-            (Route::Catalog, Method::Get | Method::Head) => ready(self.catalog(head)?),
+            (Route::Catalog, Method::Get | Method::Head) => ready(self.catalog(head, readable)?),
             (Route::Tags { name }, Method::Get | Method::Head) => {
                 ready(self.list_tags(head, valid_name(name)?)?)
             }
@@ -344,7 +357,9 @@ impl Registry {
                     _ => Err(method_not_allowed()),
                 }
             }
-            (Route::UploadStart { name }, Method::Post) => self.start_upload(head, valid_name(name)?),
+            (Route::UploadStart { name }, Method::Post) => {
+                self.start_upload(head, valid_name(name)?, readable)
+            }
             (Route::Upload { name, id }, method) => {
                 let name = valid_name(name)?;
                 if !is_upload_id(&id) || self.storage.upload_size(&name, &id).is_none() {

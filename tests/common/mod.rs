@@ -110,6 +110,8 @@ pub struct Options {
     pub server: Vec<String>,
     /// Extra `key = value` lines appended to `[global]`.
     pub global: Vec<String>,
+    /// Whole tables (`[auth]`, `[repository."x"]`, ...) appended at the end.
+    pub tables: Vec<String>,
 }
 
 impl Options {
@@ -120,6 +122,11 @@ impl Options {
 
     pub fn global_line(mut self, line: &str) -> Options {
         self.global.push(line.to_string());
+        self
+    }
+
+    pub fn table(mut self, text: &str) -> Options {
+        self.tables.push(text.to_string());
         self
     }
 
@@ -172,6 +179,11 @@ impl Server {
         config.push_str("[global]\n");
         for line in &options.global {
             config.push_str(line);
+            config.push('\n');
+        }
+        for table in &options.tables {
+            config.push('\n');
+            config.push_str(table);
             config.push('\n');
         }
         std::fs::write(&config_path, config).expect("write config");

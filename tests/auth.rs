@@ -1,0 +1,601 @@
+//! Authentication and access control over real sockets: Basic credentials,
+//! per-repository pull/push/delete lists, the administrator-only API, the
+//! actor in event payloads (with `X-Forwarded-For` from trusted proxies
+//! only), failed logins counted and slowed per client address, password
+//! checks that never stall other clients, and `angos hash-password`.
+// End-to-end tests time the real binary from outside: wall-clock reads are
+// the point here, not a way around the driven clock (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+mod webhook_support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use angos::auth::password::PasswordHash;
+use common::*;
+use webhook_support::receiver::Receiver;
+
+/// Cheap enough for a debug build; production hashes use the default cost.
+const TEST_ITERATIONS: u32 = 10_000;
+
+fn hash(password: &str, iterations: u32) -> String {
+    PasswordHash::generate(password.as_bytes(), b"test-salt-1234", iterations).to_string()
+}
+
+fn identity(name: &str, username: &str, password: &str) -> String {
+    format!(
+        "[auth.identity.{name}]\nusername = \"{username}\"\npassword = \"{}\"\n",
+        hash(password, TEST_ITERATIONS)
+    )
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn basic(username: &str, password: &str) -> String {
+    format!("Basic {}", base64(format!("{username}:{password}").as_bytes()))
+}
+
+/// alice (no special rights), ci-bot (pushes to production), admin (deletes
+/// there, uses the admin API); `public` is readable anonymously, the rest
+/// needs a login.
+fn team_options() -> Options {
+    Options::default()
+        .table(&identity("alice", "alice", "wonderland"))
+        .table(&identity("ci", "ci-bot", "pipeline"))
+        .table(&identity("admin", "root", "hunter2"))
+        .table("[auth]\nrealm = \"Test registry\"\nadministrators = [\"admin\"]\n")
+        .table("[repository.\"public\"]\npull = [\"*\"]\n")
+        .table("[repository.\"production\"]\npush = [\"ci\"]\ndelete = [\"admin\"]\n")
+}
+
+struct Client<'a> {
+    server: &'a Server,
+    authorization: Option<String>,
+}
+
+impl Client<'_> {
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(value) = &self.authorization {
+            all.push(("Authorization", value));
+        }
+        self.server.request(method, path, &all, body)
+    }
+
+    fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    fn post_blob(&self, repo: &str, data: &[u8]) -> Response {
+        let path = format!(
+            "/v2/{repo}/blobs/uploads/?digest={}",
+            percent_encode(&digest(data))
+        );
+        self.request(
+            "POST",
+            &path,
+            &[("Content-Type", "application/octet-stream")],
+            data,
+        )
+    }
+
+    fn put_manifest(&self, repo: &str, tag: &str, body: &[u8]) -> Response {
+        let path = format!("/v2/{repo}/manifests/{tag}");
+        self.request("PUT", &path, &[("Content-Type", OCI_MANIFEST)], body)
+    }
+
+    /// Pushes a one-layer image; the statuses of the three requests.
+    fn push_image(&self, repo: &str, tag: &str, seed: &str) -> (Vec<u16>, Vec<u8>) {
+        let config = format!("{{\"seed\":\"{seed}\"}}").into_bytes();
+        let layer = format!("layer of {seed}").into_bytes();
+        let manifest = ManifestSpec::oci(
+            descriptor(OCI_CONFIG, &config),
+            vec![descriptor(OCI_LAYER, &layer)],
+        )
+        .to_json()
+        .into_bytes();
+        let statuses = vec![
+            self.post_blob(repo, &config).status,
+            self.post_blob(repo, &layer).status,
+            self.put_manifest(repo, tag, &manifest).status,
+        ];
+        (statuses, manifest)
+    }
+}
+
+fn as_user<'a>(server: &'a Server, username: &str, password: &str) -> Client<'a> {
+    Client {
+        server,
+        authorization: Some(basic(username, password)),
+    }
+}
+
+fn anonymous(server: &Server) -> Client<'_> {
+    Client {
+        server,
+        authorization: None,
+    }
+}
+
+#[track_caller]
+fn assert_challenge(response: &Response) {
+    response.assert_error(401, "UNAUTHORIZED");
+    assert_eq!(
+        response.header("www-authenticate"),
+        Some("Basic realm=\"Test registry\", charset=\"UTF-8\"")
+    );
+}
+
+fn metric(server: &Server, line_prefix: &str) -> u64 {
+    let text = server.get("/metrics").text();
+    text.lines()
+        .find(|line| line.starts_with(line_prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line_prefix} in\n{text}"))
+}
+
+#[test]
+fn access_lists_decide_who_pulls_pushes_and_deletes() {
+    let server = Server::start_with(&team_options());
+    let alice = as_user(&server, "alice", "wonderland");
+    let ci = as_user(&server, "ci-bot", "pipeline");
+    let admin = as_user(&server, "root", "hunter2");
+    let nobody = anonymous(&server);
+
+    // Anonymous clients may pull from `public`, so /v2/ welcomes them, and
+    // says credentials are accepted.
+    let base = nobody.get("/v2/");
+    base.assert_status(200);
+    assert!(base.header("www-authenticate").is_some());
+    alice.get("/v2/").assert_status(200);
+
+    // ci-bot pushes to production; alice may not: 403, and nothing is stored.
+    let (statuses, production_manifest) = ci.push_image("production/api", "v1", "prod");
+    assert_eq!(statuses, [201, 201, 201]);
+    let (statuses, _) = alice.push_image("production/api", "evil", "evil");
+    assert_eq!(statuses, [403, 403, 403]);
+    alice
+        .post_blob("production/api", b"sneaky")
+        .assert_error(403, "DENIED");
+    admin
+        .get(&format!("/v2/production/api/blobs/{}", digest(b"layer of evil")))
+        .assert_status(404);
+    admin.get("/v2/production/api/manifests/evil").assert_status(404);
+
+    // Wrong password, unknown user, anonymous push: 401 with the challenge.
+    let wrong = as_user(&server, "ci-bot", "guess");
+    assert_challenge(&wrong.post_blob("production/api", b"by wrong password"));
+    let unknown = as_user(&server, "mallory", "pipeline");
+    assert_challenge(&unknown.post_blob("production/api", b"by unknown user"));
+    assert_challenge(&nobody.post_blob("production/api", b"by nobody"));
+    assert_challenge(&nobody.request("GET", "/v2/", &[("Authorization", "Basic !!notbase64")], b""));
+    for data in [
+        &b"by wrong password"[..],
+        b"by unknown user",
+        b"by nobody",
+        b"sneaky",
+    ] {
+        admin
+            .get(&format!("/v2/production/api/blobs/{}", digest(data)))
+            .assert_status(404);
+    }
+    assert!(metric(&server, "auth_failures_total{reason=\"wrong_password\"}") >= 1);
+    assert!(metric(&server, "auth_failures_total{reason=\"unknown_user\"}") >= 1);
+    assert!(metric(&server, "auth_failures_total{reason=\"malformed\"}") >= 1);
+
+    // Pulls: production needs a login; anyone logged in may pull there.
+    assert_challenge(&nobody.get("/v2/production/api/manifests/v1"));
+    let pulled = alice.get("/v2/production/api/manifests/v1");
+    pulled.assert_status(200);
+    assert_eq!(pulled.body, production_manifest);
+
+    // Anonymous pull works where configured, and only there.
+    let (statuses, public_manifest) = alice.push_image("public/tools", "latest", "tools");
+    assert_eq!(
+        statuses,
+        [201, 201, 201],
+        "push defaults to any logged-in identity"
+    );
+    let public = nobody.get("/v2/public/tools/manifests/latest");
+    public.assert_status(200);
+    assert_eq!(public.body, public_manifest);
+    assert_challenge(&nobody.get("/v2/production/api/tags/list"));
+
+    // The catalog lists what the client may pull.
+    let listed = |client: &Client| client.get("/v2/_catalog").json().string_list("repositories");
+    assert_eq!(listed(&nobody), ["public/tools"]);
+    assert_eq!(listed(&alice), ["production/api", "public/tools"]);
+
+    // Deleting in production is for admin only.
+    let delete = |client: &Client| client.request("DELETE", "/v2/production/api/manifests/v1", &[], b"");
+    delete(&ci).assert_error(403, "DENIED");
+    delete(&alice).assert_error(403, "DENIED");
+    assert_challenge(&delete(&nobody));
+    delete(&admin).assert_status(202);
+
+    // The administration API needs an administrator.
+    assert_challenge(&nobody.get("/v2/_angos/webhooks"));
+    alice.get("/v2/_angos/webhooks").assert_error(403, "DENIED");
+    admin.get("/v2/_angos/webhooks").assert_status(200);
+
+    // Health checks and metrics stay open for probes and scrapers.
+    nobody.get("/healthz").assert_status(200);
+    nobody.get("/metrics").assert_status(200);
+}
+
+#[test]
+fn a_login_on_a_kept_alive_connection_is_checked_at_once() {
+    // Regression: a check that began on a reused connection waited for a
+    // readiness event that never came, until the client gave up.
+    let server = Server::start_with(&team_options());
+    let mut conn = server.connect();
+    conn.set_read_timeout(Duration::from_secs(5));
+    conn.request("GET", "/v2/", &[], b"").assert_status(200);
+    for (password, status) in [("wonderland", 404), ("guess", 401)] {
+        let started = Instant::now();
+        let response = conn
+            .try_request(
+                "HEAD",
+                "/v2/production/api/manifests/v1",
+                &[("Authorization", &basic("alice", password))],
+                b"",
+            )
+            .expect("the login is answered on the same connection");
+        assert_eq!(response.status, status, "{}", response.describe());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_mount_needs_pull_rights_on_its_source() {
+    let options = team_options().table("[repository.\"secret\"]\npull = [\"ci\"]\npush = [\"ci\"]\n");
+    let server = Server::start_with(&options);
+    let ci = as_user(&server, "ci-bot", "pipeline");
+    let alice = as_user(&server, "alice", "wonderland");
+    let secret = b"a secret layer";
+    assert_eq!(ci.post_blob("secret/app", secret).status, 201);
+    let mount = |client: &Client| {
+        let path = format!(
+            "/v2/alice/app/blobs/uploads/?mount={}&from=secret/app",
+            percent_encode(&digest(secret))
+        );
+        client.request("POST", &path, &[], b"")
+    };
+    // alice cannot read the source: the mount becomes a plain upload.
+    mount(&alice).assert_status(202);
+    alice
+        .get(&format!("/v2/alice/app/blobs/{}", digest(secret)))
+        .assert_status(404);
+    mount(&ci).assert_status(201);
+}
+
+#[test]
+fn without_identities_the_registry_stays_open_unless_lists_close_it() {
+    let open = Server::start();
+    let (statuses, _) = anonymous(&open).push_image("any/repo", "v1", "open");
+    assert_eq!(statuses, [201, 201, 201]);
+    // Credentials are ignored when nobody is configured.
+    let (statuses, _) = as_user(&open, "someone", "anything").push_image("any/repo", "v2", "open2");
+    assert_eq!(statuses, [201, 201, 201]);
+    assert!(open.get("/v2/").header("www-authenticate").is_none());
+    open.get("/v2/_angos/webhooks").assert_status(200);
+
+    // A read-only mirror: no one to log in as, so 403 rather than a challenge.
+    let mirror = Server::start_with(
+        &Options::default()
+            .global_line("push = []")
+            .global_line("delete = []"),
+    );
+    anonymous(&mirror)
+        .post_blob("any/repo", b"x")
+        .assert_error(403, "DENIED");
+    anonymous(&mirror).get("/v2/").assert_status(200);
+}
+
+#[test]
+fn events_carry_the_actor_and_trust_forwarded_addresses_only_from_proxies() {
+    let receiver = Receiver::ok();
+    let webhook = format!(
+        "[event_webhook.audit]\nurl = \"{}\"\npolicy = \"required\"\nevents = [\"manifest.push\"]\n",
+        receiver.url("/events")
+    );
+    let options = team_options()
+        .global_line("event_webhooks = [\"audit\"]")
+        .server_line("trusted_proxies = [\"127.0.0.1\"]")
+        .table(&webhook);
+    let server = Server::start_with(&options);
+    let ci = as_user(&server, "ci-bot", "pipeline");
+    let (statuses, _) = ci.push_image("production/api", "v1", "actor");
+    assert_eq!(statuses, [201, 201, 201]);
+    let forwarded = Client {
+        server: &server,
+        authorization: ci.authorization.clone(),
+    };
+    let config = b"{}";
+    forwarded.post_blob("production/api", config);
+    let manifest = ManifestSpec::oci(descriptor(OCI_CONFIG, config), vec![])
+        .to_json()
+        .into_bytes();
+    forwarded
+        .request(
+            "PUT",
+            "/v2/production/api/manifests/v2",
+            &[
+                ("Content-Type", OCI_MANIFEST),
+                ("X-Forwarded-For", "198.51.100.23, 127.0.0.1"),
+            ],
+            &manifest,
+        )
+        .assert_status(201);
+    let events = receiver.wait_for(2, Duration::from_secs(10)).expect("two events");
+    assert_eq!(
+        actor(&events[0].json()),
+        [("id", "ci"), ("username", "ci-bot"), ("client_ip", "127.0.0.1")]
+    );
+    assert_eq!(
+        actor(&events[1].json()),
+        [
+            ("id", "ci"),
+            ("username", "ci-bot"),
+            ("client_ip", "198.51.100.23")
+        ],
+        "the trusted proxy's hop is skipped"
+    );
+
+    // Without trusted proxies, the header is the client's own claim: ignored.
+    let receiver = Receiver::ok();
+    let webhook = format!(
+        "[event_webhook.audit]\nurl = \"{}\"\npolicy = \"required\"\nevents = [\"manifest.push\"]\n",
+        receiver.url("/events")
+    );
+    let server = Server::start_with(
+        &Options::default()
+            .global_line("event_webhooks = [\"audit\"]")
+            .table(&webhook),
+    );
+    anonymous(&server).post_blob("x", config);
+    server
+        .request(
+            "PUT",
+            "/v2/x/manifests/v1",
+            &[
+                ("Content-Type", OCI_MANIFEST),
+                ("X-Forwarded-For", "198.51.100.23"),
+            ],
+            &manifest,
+        )
+        .assert_status(201);
+    let events = receiver.wait_for(1, Duration::from_secs(10)).expect("one event");
+    assert_eq!(
+        actor(&events[0].json()),
+        [("client_ip", "127.0.0.1")],
+        "anonymous: no id or username"
+    );
+}
+
+/// The payload's `actor` fields, in order.
+fn actor(payload: &Json) -> Vec<(&str, &str)> {
+    payload
+        .get("actor")
+        .and_then(Json::as_object)
+        .expect("an actor object")
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str().expect("string fields")))
+        .collect()
+}
+
+#[test]
+fn failed_logins_are_slowed_per_client_address() {
+    // The proxy setting lets one loopback test speak for several addresses.
+    let options = team_options().server_line("trusted_proxies = [\"127.0.0.0/8\"]");
+    let server = Server::start_with(&options);
+    let attempt = |from: &str, password: &str| {
+        let started = Instant::now();
+        let response = server.request(
+            "GET",
+            "/v2/production/api/tags/list",
+            &[
+                ("Authorization", &basic("alice", password)),
+                ("X-Forwarded-For", from),
+            ],
+            b"",
+        );
+        (response.status, started.elapsed())
+    };
+    // Three failures are free (typos happen).
+    for _ in 0..3 {
+        let (status, _) = attempt("203.0.113.1", "guess");
+        assert_eq!(status, 401);
+    }
+    // The fourth waits (500 ms, then doubling), even with the right password.
+    let (status, waited) = attempt("203.0.113.1", "guess");
+    assert_eq!(status, 401);
+    assert!(waited >= Duration::from_millis(450), "waited only {waited:?}");
+    let (status, waited) = attempt("203.0.113.1", "wonderland");
+    assert!(waited >= Duration::from_millis(900), "waited only {waited:?}");
+    assert_eq!(status, 404, "the right password still works, after the wait");
+    // Another address is not held back, and success cleared the record.
+    let (status, waited) = attempt("203.0.113.2", "wonderland");
+    assert_eq!(status, 404);
+    assert!(waited < Duration::from_millis(450), "{waited:?}");
+    let (_, waited) = attempt("203.0.113.1", "guess");
+    assert!(waited < Duration::from_millis(450), "{waited:?}");
+    assert!(metric(&server, "auth_delayed_total") >= 2);
+    assert!(metric(&server, "auth_failures_total{reason=\"wrong_password\"}") >= 5);
+    // Failures are logged with the address, never with the password.
+    let logs = server.logs().join("\n");
+    assert!(
+        logs.contains("failed login from 203.0.113.1: wrong password"),
+        "{logs}"
+    );
+    assert!(!logs.contains("guess"));
+}
+
+#[test]
+fn a_slow_password_check_does_not_stall_other_clients() {
+    // A deliberately dear hash: a second or more of CPU in a debug build.
+    let options = Options::default().global_line("pull = [\"*\"]").table(&format!(
+        "[auth.identity.slow]\nusername = \"slow\"\npassword = \"{}\"\n",
+        hash("patience", 400_000)
+    ));
+    let server = Server::start_with(&options);
+    let mut login = server.connect();
+    let started = Instant::now();
+    login.send(&Conn::request_bytes(
+        "POST",
+        "/v2/slow/app/blobs/uploads/",
+        &[
+            ("Authorization", &basic("slow", "patience")),
+            ("Content-Length", "0"),
+        ],
+        b"",
+    ));
+    // While the check runs, others are served (the check runs in slices).
+    let mut others = Vec::new();
+    login.stream().set_nonblocking(true).unwrap();
+    let answered = |login: &Conn| login.stream().peek(&mut [0; 1]).is_ok_and(|n| n > 0);
+    while !answered(&login) {
+        let probe = Instant::now();
+        server.get("/v2/").assert_status(200);
+        others.push(probe.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the login was never answered"
+        );
+    }
+    let check = started.elapsed();
+    login.stream().set_nonblocking(false).unwrap();
+    let response = login.read_response("POST").expect("the login is answered");
+    response.assert_status(202);
+    others.sort();
+    let slowest = *others.last().expect("probes ran during the check");
+    eprintln!(
+        "password check {check:?}; {} requests meanwhile, median {:?}, slowest {slowest:?}",
+        others.len(),
+        others[others.len() / 2]
+    );
+    assert!(
+        others.len() >= 5,
+        "only {} requests were answered during the check",
+        others.len()
+    );
+    assert!(
+        slowest < check / 2,
+        "a request waited for much of the password check ({slowest:?} of {check:?})"
+    );
+}
+
+#[test]
+fn hash_password_prints_a_hash_the_server_accepts() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_angos"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"correct horse\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let hash = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$pbkdf2-sha256$i=600000,"), "{hash}");
+    let server = Server::start_with(&Options::default().table(&format!(
+        "[auth.identity.horse]\nusername = \"horse\"\npassword = \"{hash}\"\n"
+    )));
+    as_user(&server, "horse", "correct horse")
+        .get("/v2/")
+        .assert_status(200);
+    assert_challenge_any(&as_user(&server, "horse", "correct horse\n").get("/v2/"));
+
+    // An empty password is refused.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_angos"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("hash-password"));
+}
+
+#[track_caller]
+fn assert_challenge_any(response: &Response) {
+    response.assert_error(401, "UNAUTHORIZED");
+    assert!(
+        response
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Basic realm=")
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_file_and_key() {
+    let cases = [
+        (
+            "[global]\npush = [\"nobody\"]\n".to_string(),
+            "global.push: identity \"nobody\" is not defined",
+        ),
+        (
+            "[auth.identity.x]\nusername = \"x\"\npassword = \"plain-text\"\n".to_string(),
+            "auth.identity.x.password:",
+        ),
+        (
+            format!("{}[auth]\nadministrators = [\"*\"]\n", identity("a", "a", "b")),
+            "auth.administrators:",
+        ),
+        (
+            "[server]\nbind_address = \"127.0.0.1\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n".to_string(),
+            "server.trusted_proxies:",
+        ),
+    ];
+    for (text, expected) in cases {
+        let dir = TempDir::new("auth-config");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_angos"))
+            .arg("-c")
+            .arg(&path)
+            .arg("server")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("bad.toml") && stderr.contains(expected),
+            "{text}\n{stderr}"
+        );
+    }
+}
