@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-pub use webhook::{Policy, RepositoryConfig, Scheme, WebhookConfig, WebhookUrl};
+pub use webhook::{ClientIdentity, Policy, RepositoryConfig, Scheme, WebhookConfig, WebhookUrl};
 
 /// The validated configuration the server runs on.
 #[derive(Debug, Clone, PartialEq)]
