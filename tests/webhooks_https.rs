@@ -2,7 +2,11 @@
 //! with a certificate from a test CA made by `openssl` gets signed deliveries when
 //! the webhook's `ca_bundle` names that CA (by IP and by DNS name), and each one
 //! passes the seed's `verify_signature` inside the receiver; without `ca_bundle`
-//! the delivery fails with a TLS error in the log. `/metrics` passes
+//! the delivery fails with a TLS error in the log. A receiver that requires mutual
+//! TLS gets deliveries (and `angos webhook test` pings) from a webhook with
+//! `client_certificate` and `client_private_key`, none from one without, and a
+//! client certificate replaced on disk at the same path is used from the next
+//! connection without a configuration edit. `/metrics` passes
 //! `promtool check metrics` and carries every name and label the seed's PromQL
 //! queries use.
 // End-to-end tests time the real binary from outside: wall-clock reads are
@@ -137,6 +141,260 @@ fn https_delivery_trusts_the_ca_bundle_and_fails_without_it() {
                 ) == 4.0
         },
     );
+}
+
+#[test]
+fn mtls_delivery_presents_the_client_certificate_and_fails_without_it() {
+    const TOKEN: &str = "mtls-secret";
+    let ca = TestCa::generate();
+    let client = ca.issue_client("angos-webhook-client");
+    let https = HttpsReceiver::start_mtls(&ca, Some(TOKEN));
+    let setup = Setup::new()
+        .hook(
+            Webhook::new(
+                "mtls",
+                &https.url("localhost", "/mtls"),
+                "optional",
+                &["manifest.push", "tag.create"],
+            )
+            .token(TOKEN)
+            .ca_bundle(&ca.ca_pem)
+            .client_identity(&client.cert, &client.key)
+            .timeout_ms(3000),
+        )
+        .hook(
+            Webhook::new(
+                "anonymous",
+                &https.url("127.0.0.1", "/anonymous"),
+                "optional",
+                &["manifest.push"],
+            )
+            .token(TOKEN)
+            .ca_bundle(&ca.ca_pem)
+            .timeout_ms(3000),
+        );
+    let registry = Registry::start(&setup);
+    let server = &registry.server;
+
+    // push_image asserts the 201: an optional webhook's failure does not fail the push.
+    let first = push_image(server, "mutual/app", Some("v1"), "mtls-one");
+    let second = push_image(server, "mutual/app", None, "mtls-two");
+    // mtls: manifest.push twice and tag.create once.
+    let records = https.wait_for(3, SOON).unwrap_or_else(|| {
+        panic!(
+            "expected 3 mTLS deliveries, got {:?}; receiver stderr:\n{}\nserver output:\n{}",
+            https.records().iter().map(|r| r.path.clone()).collect::<Vec<_>>(),
+            https.stderr(),
+            log_dump(server)
+        )
+    });
+    assert!(
+        records.iter().all(|r| r.path == "/mtls"),
+        "a webhook without a client certificate must not get through: {:?}",
+        records.iter().map(|r| r.path.clone()).collect::<Vec<_>>()
+    );
+    for record in &records {
+        assert_eq!(
+            record.client_cn.as_deref(),
+            Some(client.cn.as_str()),
+            "the receiver verified our client certificate"
+        );
+        assert_eq!(
+            record.signature_ok,
+            Some(true),
+            "the seed's verify_signature, run in the HTTPS receiver, rejected {:?} with body {}",
+            record.headers,
+            String::from_utf8_lossy(&record.body)
+        );
+        assert_eq!(
+            record.header("Authorization"),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
+    }
+    let pushed: Vec<String> = records
+        .iter()
+        .filter(|r| r.header("X-Registry-Event") == Some("manifest.push"))
+        .map(|r| {
+            r.json()
+                .get("digest")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(pushed, [first.digest.clone(), second.digest.clone()]);
+
+    let line = wait_for_log(server, SOON, "warning that webhook \"anonymous\" failed", |l| {
+        is_delivery_failure(l, "anonymous")
+    });
+    // Usually rustls reads the receiver's certificate_required alert; a reset that
+    // overtakes the alert is the same refusal seen from the socket.
+    let lower = line.to_ascii_lowercase();
+    assert!(
+        ["tls", "certificate", "reset", "closed"]
+            .iter()
+            .any(|w| lower.contains(w)),
+        "the failure should be the receiver refusing the handshake: {line}"
+    );
+    wait_for_metrics(
+        server,
+        SOON,
+        "two errors for anonymous and two manifest.push successes for mtls",
+        |m| {
+            metric_sum(
+                m,
+                "event_webhook_deliveries_total",
+                &[("webhook", "anonymous"), ("result", "error")],
+            ) == 2.0
+                && metric_sum(
+                    m,
+                    "event_webhook_deliveries_total",
+                    &[
+                        ("webhook", "mtls"),
+                        ("event", "manifest.push"),
+                        ("result", "success"),
+                    ],
+                ) == 2.0
+        },
+    );
+    assert_eq!(
+        https.records().len(),
+        3,
+        "nothing more arrived; the failure was: {line}"
+    );
+}
+
+#[test]
+fn webhook_test_command_pings_an_mtls_receiver_with_the_client_certificate() {
+    let ca = TestCa::generate();
+    let client = ca.issue_client("angos-ping-client");
+    let https = HttpsReceiver::start_mtls(&ca, Some("ping-secret"));
+    let with_url = https.url("localhost", "/with");
+    let without_url = https.url("localhost", "/without");
+    let setup = Setup::new()
+        .define(
+            Webhook::new("with-cert", &with_url, "async", &["blob.push"])
+                .token("ping-secret")
+                .ca_bundle(&ca.ca_pem)
+                .client_identity(&client.cert, &client.key),
+        )
+        .define(
+            Webhook::new("without-cert", &without_url, "async", &["blob.push"])
+                .token("ping-secret")
+                .ca_bundle(&ca.ca_pem),
+        );
+    let dir = TempDir::new("mtls-ping");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, format!("[global]\n{}", setup.global_tail())).unwrap();
+    let ping = |name: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_angos"))
+            .arg("-c")
+            .arg(&config)
+            .args(["webhook", "test", name])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run angos webhook test");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.code(), stdout, stderr)
+    };
+
+    let (code, stdout, stderr) = ping("with-cert");
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.starts_with(&format!("webhook \"with-cert\": POST {with_url} -> HTTP 200 in ")),
+        "{stdout}"
+    );
+    let records = https
+        .wait_for(1, SOON)
+        .unwrap_or_else(|| panic!("no ping arrived: {}", https.stderr()));
+    assert_eq!(records[0].path, "/with");
+    assert_eq!(records[0].header("x-registry-event"), Some("ping"));
+    assert_eq!(records[0].client_cn.as_deref(), Some(client.cn.as_str()));
+    assert_eq!(records[0].signature_ok, Some(true));
+
+    let (code, stdout, stderr) = ping("without-cert");
+    assert_eq!(code, Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "webhook \"without-cert\": POST {without_url} failed after "
+        )),
+        "{stdout}"
+    );
+    let lower = stdout.to_ascii_lowercase();
+    assert!(
+        ["tls", "certificate", "reset", "closed"]
+            .iter()
+            .any(|w| lower.contains(w)),
+        "the receiver refused the handshake: {stdout}"
+    );
+    assert_eq!(
+        https.records().len(),
+        1,
+        "the ping without a certificate got nowhere"
+    );
+}
+
+#[test]
+fn a_client_certificate_replaced_in_place_is_used_without_a_configuration_edit() {
+    let ca = TestCa::generate();
+    let other_ca = TestCa::generate();
+    let https = HttpsReceiver::start_mtls(&ca, None);
+    // At first the files hold a certificate the receiver does not trust.
+    let stale = other_ca.issue_client("stale-client");
+    let fresh = ca.issue_client("rotated-webhook-client");
+    let dir = TempDir::new("mtls-rotation");
+    let cert = dir.path().join("client.pem");
+    let key = dir.path().join("client.key");
+    // Write, then rename, as a renewal job does.
+    let install = |from: &ClientCert| {
+        for (source, target) in [(&from.cert, &cert), (&from.key, &key)] {
+            let tmp = target.with_extension("tmp");
+            std::fs::copy(source, &tmp).unwrap();
+            std::fs::rename(&tmp, target).unwrap();
+        }
+    };
+    install(&stale);
+    let setup = Setup::new().hook(
+        Webhook::new(
+            "rotating",
+            &https.url("localhost", "/rotating"),
+            "optional",
+            &["manifest.push"],
+        )
+        .ca_bundle(&ca.ca_pem)
+        .client_identity(&cert, &key)
+        .timeout_ms(3000),
+    );
+    let registry = Registry::start(&setup);
+    let server = &registry.server;
+
+    push_image(server, "rotate/app", Some("before"), "rotate-0");
+    wait_for_log(server, SOON, "warning that webhook \"rotating\" failed", |l| {
+        is_delivery_failure(l, "rotating")
+    });
+    assert!(
+        https.records().is_empty(),
+        "the untrusted certificate got through"
+    );
+
+    install(&fresh);
+    // The server checks the files about once a second; each push is one delivery.
+    let mut pushes = 0;
+    let records = poll_until(RELOAD_WAIT, || {
+        pushes += 1;
+        push_image(server, "rotate/app", None, &format!("rotate-{pushes}"));
+        let records = https.records();
+        (!records.is_empty()).then_some(records)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the replaced certificate was not used; receiver stderr:\n{}\nserver output:\n{}",
+            https.stderr(),
+            log_dump(server)
+        )
+    });
+    assert_eq!(records[0].client_cn.as_deref(), Some(fresh.cn.as_str()));
 }
 
 /// `promtool check metrics` over `text`: its exit status and output.

@@ -1,7 +1,8 @@
 //! The `[event_webhook.NAME]`, `[repository."X"]` and `event_webhooks`
 //! parts of the configuration, validated at load: URL scheme and host, known
 //! event kinds, non-empty token, valid regexes, `max_retries <= 16`, defined
-//! names, non-overlapping repository keys.
+//! names, non-overlapping repository keys, TLS files that load (a client
+//! certificate only with its key, the pair matching, on an https URL).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -177,6 +178,19 @@ pub struct WebhookConfig {
     pub repository_filter: RepositoryFilter,
     /// Extra CA certificates (PEM) trusted for this webhook's https URL.
     pub ca_bundle: Option<PathBuf>,
+    /// The client certificate presented to an https endpoint that requires
+    /// mutual TLS (`client_certificate` and `client_private_key`).
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// A client certificate chain and its private key, both PEM files. One struct
+/// rather than two optional paths: the keys are set together or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientIdentity {
+    /// `client_certificate`: the chain, the client's own certificate first.
+    pub certificate: PathBuf,
+    /// `client_private_key`: the key of the chain's first certificate.
+    pub private_key: PathBuf,
 }
 
 impl WebhookConfig {
@@ -289,6 +303,7 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
     if let Some(path) = &ca_bundle {
         check_ca_bundle(path).map_err(|why| section.error("ca_bundle", why))?;
     }
+    let client_identity = parse_client_identity(section, &url)?;
     Ok(WebhookConfig {
         name: name.to_string(),
         url,
@@ -299,7 +314,43 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
         max_retries,
         repository_filter: RepositoryFilter { patterns, compiled },
         ca_bundle,
+        client_identity,
     })
+}
+
+/// `client_certificate` and `client_private_key`: both or neither, on an
+/// https URL only, and loaded now, so a typo, a wrong file or a key that does
+/// not match is a configuration error rather than failed deliveries later.
+fn parse_client_identity(
+    section: &mut Section,
+    url: &WebhookUrl,
+) -> Result<Option<ClientIdentity>, ConfigError> {
+    let certificate = section.string("client_certificate")?.map(PathBuf::from);
+    let private_key = section.string("client_private_key")?.map(PathBuf::from);
+    let identity = match (certificate, private_key) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(section.error("client_private_key", "is required with client_certificate"));
+        }
+        (None, Some(_)) => {
+            return Err(section.error("client_certificate", "is required with client_private_key"));
+        }
+        (Some(certificate), Some(private_key)) => ClientIdentity {
+            certificate,
+            private_key,
+        },
+    };
+    if url.scheme != Scheme::Https {
+        return Err(section.error(
+            "client_certificate",
+            format!("needs an https URL; {} is plain http", url.text),
+        ));
+    }
+    crate::tls::client_identity(&identity).map_err(|error| match error {
+        crate::tls::IdentityError::Certificate(why) => section.error("client_certificate", why),
+        crate::tls::IdentityError::PrivateKey(why) => section.error("client_private_key", why),
+    })?;
+    Ok(Some(identity))
 }
 
 /// A CA bundle must be readable PEM with at least one certificate; checked
@@ -488,6 +539,188 @@ mod tests {
             unknown.warnings,
             ["test.toml: unknown key event_webhook.x.max_retires ignored"]
         );
+    }
+
+    /// A self-signed P-256 certificate, its key, and an unrelated key, made
+    /// once with `openssl req -x509 -newkey ec`; only loading and key
+    /// matching are checked here, never trust or expiry.
+    const CLIENT_CERT_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBkzCCATmgAwIBAgIUC0p/TBSvWbYHlxPgy9KlBgFYlnEwCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTYW5nb3MgdGVzdCBjbGllbnQgYTAgFw0yNjExMjcwOTExMDJa
+GA8yMTI2MTEwMzA5MTEwMlowHjEcMBoGA1UEAwwTYW5nb3MgdGVzdCBjbGllbnQg
+YTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABBu+z1oUbvWq9c3/t5ekCyWBOMD4
+EwaTRNvWB+w/yRtvHyv8xkXnQ9DKrB1UEmwGhP95IEx4M+wipAJgwgLzZ1mjUzBR
+MB0GA1UdDgQWBBSy1d1o3rPaWvxbEXdTl7FP9nCthzAfBgNVHSMEGDAWgBSy1d1o
+3rPaWvxbEXdTl7FP9nCthzAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gA
+MEUCIQCJqdh0H8Jm6vazlymLDW0F0B5SUIZZmy+uHYl2xNICawIgPuf8pQJH1l5K
+/0VmU1PLJvcGuYTWGX+y4X1+1X/v4wE=
+-----END CERTIFICATE-----
+";
+    const CLIENT_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg6m87+MQmfxtLAZe8
+uU6UmSaG09ieIvoyIrZgDhoofNehRANCAAQbvs9aFG71qvXN/7eXpAslgTjA+BMG
+k0Tb1gfsP8kbbx8r/MZF50PQyqwdVBJsBoT/eSBMeDPsIqQCYMIC82dZ
+-----END PRIVATE KEY-----
+";
+    const OTHER_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgox46WMIa1/pjXOwY
+NYTMjSZ9Iz21kjV88sv6qlY2H8ChRANCAATYk2p9q9HW5SDxcq6q3ke7cQ6dUEjU
+GZTFZOWsh2N4zekoVBT1h5NeeME42bZcdEmpHetQss4aknHmCPWrYJCd
+-----END PRIVATE KEY-----
+";
+
+    /// A scratch directory removed on drop, even when the test panics.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let path =
+                std::env::temp_dir().join(format!("angos-config-test-{}", crate::storage::random_hex(8)));
+            std::fs::create_dir_all(&path).unwrap();
+            Scratch(path)
+        }
+
+        fn file(&self, name: &str, text: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A webhook at `url` with `lines` appended.
+    fn webhook_with(url: &str, lines: &[String]) -> Result<super::super::Loaded, ConfigError> {
+        let mut text =
+            format!("[event_webhook.x]\nurl = \"{url}\"\npolicy = \"async\"\nevents = [\"manifest.push\"]\n");
+        for line in lines {
+            text.push_str(line);
+            text.push('\n');
+        }
+        load(&text)
+    }
+
+    fn key_line(key: &str, path: &std::path::Path) -> String {
+        format!("{key} = {:?}", path.display().to_string())
+    }
+
+    #[test]
+    fn a_client_certificate_loads_with_its_key_on_an_https_url() {
+        let scratch = Scratch::new();
+        let certificate = scratch.file("client.pem", CLIENT_CERT_PEM);
+        let private_key = scratch.file("client.key", CLIENT_KEY_PEM);
+        let lines = [
+            key_line("client_certificate", &certificate),
+            key_line("client_private_key", &private_key),
+        ];
+        let loaded = webhook_with("https://h.example/e", &lines).unwrap_or_else(|error| panic!("{error}"));
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(
+            loaded.config.webhooks["x"].client_identity,
+            Some(ClientIdentity {
+                certificate: certificate.clone(),
+                private_key: private_key.clone()
+            })
+        );
+        // The client configuration the outbound side builds from them.
+        let identity = loaded.config.webhooks["x"].client_identity.clone().unwrap();
+        assert!(crate::tls::client_config(None, Some(&identity)).is_ok());
+        // Neither key: no client certificate.
+        let loaded = webhook_with("https://h.example/e", &[]).unwrap();
+        assert_eq!(loaded.config.webhooks["x"].client_identity, None);
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_a_match_and_https() {
+        let scratch = Scratch::new();
+        let certificate = scratch.file("client.pem", CLIENT_CERT_PEM);
+        let private_key = scratch.file("client.key", CLIENT_KEY_PEM);
+        let other_key = scratch.file("other.key", OTHER_KEY_PEM);
+        let not_pem = scratch.file("garbage.pem", "not a PEM file\n");
+        let missing = scratch.0.join("missing.pem");
+        let https = "https://h.example/e";
+        let cases: Vec<(&str, Vec<String>, &str, String)> = vec![
+            (
+                https,
+                vec![key_line("client_certificate", &certificate)],
+                "event_webhook.x.client_private_key",
+                "is required with client_certificate".into(),
+            ),
+            (
+                https,
+                vec![key_line("client_private_key", &private_key)],
+                "event_webhook.x.client_certificate",
+                "is required with client_private_key".into(),
+            ),
+            (
+                "http://h.example/e",
+                vec![
+                    key_line("client_certificate", &certificate),
+                    key_line("client_private_key", &private_key),
+                ],
+                "event_webhook.x.client_certificate",
+                "needs an https URL".into(),
+            ),
+            (
+                https,
+                vec![
+                    key_line("client_certificate", &missing),
+                    key_line("client_private_key", &private_key),
+                ],
+                "event_webhook.x.client_certificate",
+                missing.display().to_string(),
+            ),
+            (
+                https,
+                vec![
+                    key_line("client_certificate", &not_pem),
+                    key_line("client_private_key", &private_key),
+                ],
+                "event_webhook.x.client_certificate",
+                format!("{}: no PEM certificate", not_pem.display()),
+            ),
+            (
+                https,
+                vec![
+                    key_line("client_certificate", &certificate),
+                    key_line("client_private_key", &missing),
+                ],
+                "event_webhook.x.client_private_key",
+                missing.display().to_string(),
+            ),
+            (
+                https,
+                vec![
+                    key_line("client_certificate", &certificate),
+                    key_line("client_private_key", &certificate),
+                ],
+                "event_webhook.x.client_private_key",
+                format!("{}: no PEM private key", certificate.display()),
+            ),
+            (
+                https,
+                vec![
+                    key_line("client_certificate", &certificate),
+                    key_line("client_private_key", &other_key),
+                ],
+                "event_webhook.x.client_private_key",
+                format!(
+                    "{}: does not match the certificate in {}",
+                    other_key.display(),
+                    certificate.display()
+                ),
+            ),
+        ];
+        for (url, lines, key, words) in &cases {
+            let error = webhook_with(url, lines).unwrap_err();
+            assert_eq!(error.file, "test.toml");
+            assert_eq!(error.key, *key, "{lines:?}: {error}");
+            assert!(error.message.contains(words.as_str()), "{lines:?}: {error}");
+        }
     }
 
     #[test]

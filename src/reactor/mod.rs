@@ -82,6 +82,10 @@ pub struct Reactor<C: Clock> {
     auth: crate::auth::Authenticator,
     notifier: Notifier<Waiter, Commit>,
     outbound: outbound::Outbound,
+    /// The webhooks' `ca_bundle` and client certificate files: one replaced
+    /// in place (same path, no configuration edit) still reaches the next
+    /// handshake, as the server's own certificate does.
+    webhook_tls_watcher: reload::Watcher,
     telemetry: Telemetry,
     watcher: reload::Watcher,
     clock: C,
@@ -162,6 +166,7 @@ impl<C: Clock> Reactor<C> {
             auth: crate::auth::Authenticator::new(&config),
             notifier,
             outbound: outbound::Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver()),
+            webhook_tls_watcher: reload::Watcher::new(webhook_tls_files(&config), now),
             telemetry,
             watcher: reload::Watcher::new(files, now),
             clock,
@@ -204,6 +209,7 @@ impl<C: Clock> Reactor<C> {
                     self.notifier.dispatcher().poll_timeout(),
                     self.outbound.poll_timeout(),
                     Some(self.watcher.next_check_ms),
+                    Some(self.webhook_tls_watcher.next_check_ms),
                     self.shutting_down.then_some(self.shutdown_deadline_ms),
                 ];
                 deadlines
@@ -255,6 +261,10 @@ impl<C: Clock> Reactor<C> {
                 .is_some_and(|watcher| watcher.check(now))
             {
                 self.reload_certificate();
+            }
+            if self.webhook_tls_watcher.check(now) {
+                log::info!(target: "angos::event_webhook", "webhook TLS files changed, reloading them");
+                self.outbound.reload_tls(self.config.webhooks.values());
             }
             if self.shutting_down && self.shutdown_step(now) {
                 return Ok(());
@@ -330,6 +340,11 @@ impl<C: Clock> Reactor<C> {
         self.config.repositories = new.repositories;
         self.config.webhooks = new.webhooks;
         self.config.auth = new.auth;
+        // Loading the configuration just checked these files; cached TLS
+        // configurations are rebuilt from them, so a certificate replaced at
+        // the same path together with the edit is not missed.
+        self.outbound.reload_tls(self.config.webhooks.values());
+        self.webhook_tls_watcher = reload::Watcher::new(webhook_tls_files(&self.config), self.clock.now_ms());
         let files: Vec<String> = self
             .watcher
             .files()
@@ -601,6 +616,26 @@ impl<C: Clock> Reactor<C> {
         }
         false
     }
+}
+
+/// Every TLS file the configured webhooks name, sorted and without repeats.
+fn webhook_tls_files(config: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = config
+        .webhooks
+        .values()
+        .flat_map(|webhook| {
+            let identity = webhook.client_identity.as_ref();
+            [
+                webhook.ca_bundle.clone(),
+                identity.map(|identity| identity.certificate.clone()),
+                identity.map(|identity| identity.private_key.clone()),
+            ]
+        })
+        .flatten()
+        .collect();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// Binds a listening socket with a backlog of `LISTEN_BACKLOG`.

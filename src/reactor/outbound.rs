@@ -3,8 +3,10 @@
 //! HTTP/1.1 exchange per attempt, and keep-alive reuse per endpoint. It
 //! executes the dispatcher's `Send`/`Abort` actions and reports each
 //! attempt's result; it decides nothing about retries or policies.
+//! TLS client configurations (trust roots, client certificate) are built
+//! from files on first use per set of files and rebuilt on `reload_tls`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,10 +15,9 @@ use std::sync::Arc;
 
 use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
-use crate::config::{Scheme, WebhookConfig};
+use crate::config::{ClientIdentity, Scheme, WebhookConfig};
 use crate::dns::{LookupId, Resolver};
 use crate::event_webhook::dispatcher::{AttemptResult, DeliveryId};
 use crate::http::client::ResponseDecoder;
@@ -28,13 +29,35 @@ const IDLE_PER_ENDPOINT_MAX: usize = 8;
 /// Largest response head accepted from a webhook receiver.
 const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
 
-/// Where a connection goes; connections are reused only for the same key.
+/// Where a connection goes; connections are reused only for the same key,
+/// so a connection made with one client certificate (or trust) never serves
+/// a webhook configured with another.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Endpoint {
     scheme: Scheme,
     host: String,
     port: u16,
+    tls: TlsFiles,
+}
+
+/// The files a TLS client configuration is built from; the cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TlsFiles {
     ca_bundle: Option<PathBuf>,
+    client_identity: Option<ClientIdentity>,
+}
+
+impl TlsFiles {
+    fn of(webhook: &WebhookConfig) -> TlsFiles {
+        TlsFiles {
+            ca_bundle: webhook.ca_bundle.clone(),
+            client_identity: webhook.client_identity.clone(),
+        }
+    }
+
+    fn load(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        crate::tls::client_config(self.ca_bundle.as_deref(), self.client_identity.as_ref())
+    }
 }
 
 enum Phase {
@@ -77,7 +100,8 @@ pub struct Outbound {
     by_delivery: HashMap<DeliveryId, usize>,
     resolver: Resolver,
     dns_sockets: Vec<UdpSocket>,
-    tls_configs: HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>,
+    /// Ordered so rebuilds log in a stable order.
+    tls_configs: BTreeMap<TlsFiles, Arc<rustls::ClientConfig>>,
     results: VecDeque<(DeliveryId, AttemptResult)>,
     buffer: Vec<u8>,
 }
@@ -96,7 +120,7 @@ impl Outbound {
             by_delivery: HashMap::new(),
             resolver,
             dns_sockets: Vec::new(),
-            tls_configs: HashMap::new(),
+            tls_configs: BTreeMap::new(),
             results: VecDeque::new(),
             buffer: vec![0; 16 * 1024],
         }
@@ -115,6 +139,27 @@ impl Outbound {
         self.resolver.poll_timeout()
     }
 
+    /// The webhooks' TLS files may have changed on disk (or the configuration
+    /// now names others): rebuilds every cached client configuration that a
+    /// webhook in `webhooks` still uses and forgets the rest, so the next
+    /// handshake reads the new certificate even at the same path. A set that
+    /// does not load (say, a certificate rotated before its key) keeps the
+    /// configuration it had and logs why; the next change retries. Idle
+    /// keep-alive connections stay: they were authenticated when made.
+    pub fn reload_tls<'a>(&mut self, webhooks: impl IntoIterator<Item = &'a WebhookConfig>) {
+        let used: std::collections::BTreeSet<TlsFiles> = webhooks.into_iter().map(TlsFiles::of).collect();
+        self.tls_configs.retain(|files, _| used.contains(files));
+        for (files, config) in &mut self.tls_configs {
+            match files.load() {
+                Ok(loaded) => *config = loaded,
+                Err(why) => log::warn!(
+                    target: "angos::event_webhook",
+                    "webhook TLS files not reloaded, keeping the loaded ones: {why}"
+                ),
+            }
+        }
+    }
+
     /// Starts an attempt: on an idle connection to the endpoint when there is
     /// one, else on a new one.
     pub fn send(
@@ -129,7 +174,7 @@ impl Outbound {
             scheme: webhook.url.scheme,
             host: webhook.url.host.clone(),
             port: webhook.url.port,
-            ca_bundle: webhook.ca_bundle.clone(),
+            tls: TlsFiles::of(webhook),
         };
         while let Some(slot) = self.idle.get_mut(&endpoint).and_then(Vec::pop) {
             // A pooled connection the peer closed meanwhile is dropped, not used.
@@ -396,12 +441,12 @@ impl Outbound {
                 }
             }
             if connection.endpoint.scheme == Scheme::Https {
-                let config = match self.tls_configs.get(&connection.endpoint.ca_bundle) {
+                let config = match self.tls_configs.get(&connection.endpoint.tls) {
                     Some(config) => config.clone(),
-                    None => match client_config(connection.endpoint.ca_bundle.as_ref()) {
+                    None => match connection.endpoint.tls.load() {
                         Ok(config) => {
                             self.tls_configs
-                                .insert(connection.endpoint.ca_bundle.clone(), config.clone());
+                                .insert(connection.endpoint.tls.clone(), config.clone());
                             config
                         }
                         Err(reason) => {
@@ -688,29 +733,4 @@ impl Connection {
             _ => Step::Closed,
         }
     }
-}
-
-/// The rustls client configuration: the webpki roots, plus the certificates
-/// of `ca_bundle` when the webhook names one.
-fn client_config(ca_bundle: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_bundle {
-        let certificates = CertificateDer::pem_file_iter(path)
-            .map_err(|error| format!("TLS: cannot read ca_bundle {}: {error}", path.display()))?;
-        for certificate in certificates {
-            let certificate =
-                certificate.map_err(|error| format!("TLS: invalid ca_bundle {}: {error}", path.display()))?;
-            roots
-                .add(certificate)
-                .map_err(|error| format!("TLS: invalid certificate in {}: {error}", path.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| format!("TLS: {error}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }

@@ -1,7 +1,8 @@
 //! `angos webhook test NAME`: one `ping` delivery to one webhook, with its
-//! URL, token, CA bundle and timeout, through the same dispatcher and
-//! outbound code the server uses (our resolver, rustls, the HTTP client),
-//! driven by a small poll loop of its own. It reports what happened.
+//! URL, token, CA bundle, client certificate and timeout, through the same
+//! dispatcher and outbound code the server uses (our resolver, rustls, the
+//! HTTP client), driven by a small poll loop of its own. It reports what
+//! happened.
 
 use std::io;
 use std::rc::Rc;

@@ -21,6 +21,8 @@ pub struct Webhook {
     pub max_retries: Option<u32>,
     pub repository_filter: Vec<String>,
     pub ca_bundle: Option<PathBuf>,
+    /// `client_certificate` and `client_private_key`, for mutual TLS.
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     /// Raw `key = value` lines (for invalid edits).
     pub extra: Vec<String>,
 }
@@ -37,6 +39,7 @@ impl Webhook {
             max_retries: None,
             repository_filter: Vec::new(),
             ca_bundle: None,
+            client_identity: None,
             extra: Vec::new(),
         }
     }
@@ -66,6 +69,11 @@ impl Webhook {
         self
     }
 
+    pub fn client_identity(mut self, certificate: &Path, private_key: &Path) -> Webhook {
+        self.client_identity = Some((certificate.to_path_buf(), private_key.to_path_buf()));
+        self
+    }
+
     pub fn extra(mut self, line: &str) -> Webhook {
         self.extra.push(line.to_string());
         self
@@ -90,6 +98,18 @@ impl Webhook {
         }
         if let Some(path) = &self.ca_bundle {
             let _ = writeln!(out, "ca_bundle = {}", json_str(&path.display().to_string()));
+        }
+        if let Some((certificate, private_key)) = &self.client_identity {
+            let _ = writeln!(
+                out,
+                "client_certificate = {}",
+                json_str(&certificate.display().to_string())
+            );
+            let _ = writeln!(
+                out,
+                "client_private_key = {}",
+                json_str(&private_key.display().to_string())
+            );
         }
         for line in &self.extra {
             let _ = writeln!(out, "{line}");

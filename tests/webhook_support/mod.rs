@@ -14,7 +14,7 @@ pub mod receiver;
 
 pub use config::{Registry, Setup, Webhook};
 pub use observe::*;
-pub use python::{HttpsReceiver, SEED_VERIFY_SIGNATURE, TestCa, python_verify};
+pub use python::{ClientCert, HttpsReceiver, SEED_VERIFY_SIGNATURE, TestCa, python_verify};
 pub use receiver::{Receiver, Reply, Request, describe_all};
 
 use crate::common::{self, Json, Response, Server};

@@ -1,8 +1,9 @@
 //! The Python side of the webhook tests: the seed's `verify_signature`, copied
 //! verbatim, run by `python3` over recorded deliveries; a test CA made with the
-//! `openssl` command line; and an HTTPS receiver (`http.server` + `ssl`) that
-//! verifies each signed delivery with that same function and records every request
-//! to a JSON-lines file. Nothing here may reimplement the verification in Rust:
+//! `openssl` command line (server certificates, and client certificates for mutual
+//! TLS); and an HTTPS receiver (`http.server` + `ssl`), optionally requiring a client
+//! certificate from the test CA, that verifies each signed delivery with that same
+//! function and records every request to a JSON-lines file. Nothing here may reimplement the verification in Rust:
 //! the point is that the user's own snippet accepts what the server sends.
 
 use crate::common::{Json, TempDir};
@@ -43,7 +44,8 @@ for line in open(sys.argv[1], encoding="utf-8"):
     print(verify_signature(record["secret"], bytes.fromhex(record["body_hex"]), record["signature"]))
 "#;
 
-/// The HTTPS receiver; argv: cert, key, output file, secret (or "").
+/// The HTTPS receiver; argv: cert, key, output file, secret (or ""), and the CA
+/// file client certificates must chain to (or "" for no client certificate).
 const HTTPS_RECEIVER_TAIL: &str = r#"
 import base64
 import json
@@ -52,7 +54,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-CERT, KEY, OUT, SECRET = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+CERT, KEY, OUT, SECRET, CLIENT_CA = sys.argv[1:6]
 LOCK = threading.Lock()
 
 
@@ -78,12 +80,20 @@ class Handler(BaseHTTPRequestHandler):
         verified = None
         if SECRET:
             verified = verify_signature(SECRET, body, signature or "")
+        # The client certificate's subject CN, when the handshake verified one.
+        peer = self.connection.getpeercert() or {}
+        client_cn = None
+        for rdn in peer.get("subject", ()):
+            for name, value in rdn:
+                if name == "commonName":
+                    client_cn = value
         record = {
             "method": self.command,
             "path": self.path,
             "headers": [[k, v] for k, v in self.headers.items()],
             "body_b64": base64.b64encode(body).decode("ascii"),
             "signature_ok": verified,
+            "client_cn": client_cn,
         }
         with LOCK:
             with open(OUT, "a", encoding="utf-8") as out:
@@ -99,6 +109,11 @@ class Handler(BaseHTTPRequestHandler):
 
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 context.load_cert_chain(CERT, KEY)
+if CLIENT_CA:
+    # Mutual TLS: a handshake without a client certificate from CLIENT_CA fails
+    # (in accept, so nothing is recorded and the server keeps serving).
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(CLIENT_CA)
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 server.daemon_threads = True
 server.socket = context.wrap_socket(server.socket, server_side=True)
@@ -172,8 +187,18 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
+/// A client certificate and its key, signed by a `TestCa`.
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The subject common name, as the HTTPS receiver records it.
+    pub cn: String,
+}
+
 /// A throw-away CA and a server certificate it signed for `IP:127.0.0.1` and
-/// `DNS:localhost`, made with the `openssl` command line (P-256 keys: fast).
+/// `DNS:localhost`, made with the `openssl` command line (P-256 keys: fast). It
+/// issues client certificates on demand (`issue_client`).
 pub struct TestCa {
     pub ca_pem: PathBuf,
     pub server_cert: PathBuf,
@@ -281,6 +306,78 @@ impl TestCa {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// A client certificate (`extendedKeyUsage = clientAuth`) for CN `name`,
+    /// signed by this CA, as `NAME.pem` and `NAME.key` in the CA's directory.
+    pub fn issue_client(&self, name: &str) -> ClientCert {
+        let dir = self.dir.path();
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+             extendedKeyUsage = clientAuth\n\
+             subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
+        )
+        .unwrap();
+        let openssl = || {
+            let mut command = Command::new("openssl");
+            command.current_dir(dir);
+            command
+        };
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let cert = format!("{name}.pem");
+        run(
+            openssl().args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &key,
+            ]),
+            "openssl genpkey (client)",
+        );
+        run(
+            openssl().args([
+                "req",
+                "-new",
+                "-key",
+                &key,
+                "-subj",
+                &format!("/CN={name}"),
+                "-out",
+                &csr,
+            ]),
+            "openssl req (client CSR)",
+        );
+        run(
+            openssl().args([
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-sha256",
+                "-extfile",
+                "client.ext",
+                "-out",
+                &cert,
+            ]),
+            "openssl x509 -req (client certificate)",
+        );
+        ClientCert {
+            cert: dir.join(cert),
+            key: dir.join(key),
+            cn: name.to_string(),
+        }
+    }
 }
 
 /// One request the HTTPS receiver recorded.
@@ -292,6 +389,8 @@ pub struct HttpsRecord {
     /// What the seed's `verify_signature` answered; `None` when the receiver has no
     /// secret.
     pub signature_ok: Option<bool>,
+    /// The CN of the client certificate the handshake verified, if any.
+    pub client_cn: Option<String>,
 }
 
 impl HttpsRecord {
@@ -321,6 +420,16 @@ impl HttpsReceiver {
     /// Serves with `ca`'s server certificate; signed deliveries are checked with
     /// `secret` when given.
     pub fn start(ca: &TestCa, secret: Option<&str>) -> HttpsReceiver {
+        HttpsReceiver::spawn(ca, secret, None)
+    }
+
+    /// Like `start`, and requires mutual TLS: a client certificate signed by
+    /// `ca` (`TestCa::issue_client`), or the handshake fails.
+    pub fn start_mtls(ca: &TestCa, secret: Option<&str>) -> HttpsReceiver {
+        HttpsReceiver::spawn(ca, secret, Some(&ca.ca_pem))
+    }
+
+    fn spawn(ca: &TestCa, secret: Option<&str>, client_ca: Option<&Path>) -> HttpsReceiver {
         let dir = TempDir::new("https-receiver");
         let script = dir.path().join("receiver.py");
         std::fs::write(&script, format!("{SEED_VERIFY_SIGNATURE}{HTTPS_RECEIVER_TAIL}")).unwrap();
@@ -333,6 +442,7 @@ impl HttpsReceiver {
             .arg(&ca.server_key)
             .arg(&records)
             .arg(secret.unwrap_or(""))
+            .arg(client_ca.unwrap_or(Path::new("")))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -407,6 +517,7 @@ impl HttpsReceiver {
                         Some(Json::Bool(b)) => Some(*b),
                         _ => None,
                     },
+                    client_cn: json.get("client_cn").and_then(Json::as_str).map(str::to_string),
                 }
             })
             .collect()
