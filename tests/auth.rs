@@ -599,3 +599,60 @@ fn configuration_errors_name_the_file_and_key() {
         );
     }
 }
+
+#[test]
+fn access_changes_apply_on_reload_without_a_restart() {
+    let dir = TempDir::new("auth-reload");
+    let server = Server::start_in(dir.path(), &team_options());
+    let alice = as_user(&server, "alice", "wonderland");
+    alice
+        .post_blob("production/api", b"by alice")
+        .assert_error(403, "DENIED");
+    // Give alice push rights in production, atomically, as an operator would.
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("push = [\"ci\"]", "push = [\"ci\", \"alice\"]");
+    std::fs::write(dir.path().join("config.toml.tmp"), text).unwrap();
+    std::fs::rename(dir.path().join("config.toml.tmp"), &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = alice.post_blob("production/api", b"by alice").status;
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 403);
+        assert!(
+            Instant::now() < deadline,
+            "the reload never applied: {:?}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And a removed identity can no longer log in, even though its password
+    // was verified (and remembered) before.
+    let ci = as_user(&server, "ci-bot", "pipeline");
+    ci.get("/v2/production/api/tags/list").assert_status(200);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("[auth.identity.ci]").unwrap();
+    let end = start + text[start..].find("[auth.identity.admin]").unwrap();
+    let without_ci = format!("{}{}", &text[..start], &text[end..])
+        .replace("push = [\"ci\", \"alice\"]", "push = [\"alice\"]")
+        + "\n# without ci\n";
+    std::fs::write(dir.path().join("config.toml.tmp"), without_ci).unwrap();
+    std::fs::rename(dir.path().join("config.toml.tmp"), &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = ci.get("/v2/production/api/tags/list").status;
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            Instant::now() < deadline,
+            "the reload never applied: {:?}",
+            server.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
