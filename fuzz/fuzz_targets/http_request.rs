@@ -134,10 +134,14 @@ fuzz_target!(|input: &[u8]| {
 
     let mut whole = Connection::new(max_header_size);
     whole.receive(data);
-    // The decoder's first step on the whole input is `parse_head`.
+    // The decoder's first step on the whole input is `parse_head`, except
+    // that it parses only once a line has ended (or the size limit is hit):
+    // before that, a malformed start waits for its line end.
+    let line_ended = data.contains(&b'\n') || data.len() >= max_header_size;
     match (&direct, whole.seen.first()) {
         (Ok(Some((_, head))), Some(Seen::Head(seen))) => assert_eq!(&format!("{head:?}"), seen),
         (Ok(None), None) => {}
+        (Err(_), None) if !line_ended => {}
         (Err(error), Some(Seen::Error(seen))) => assert_eq!(error, seen),
         (direct, seen) => panic!("parse_head gave {direct:?}, the decoder {seen:?}"),
     }
