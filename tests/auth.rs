@@ -137,12 +137,15 @@ fn anonymous(server: &Server) -> Client<'_> {
     }
 }
 
+/// A 401 that sends the client to our token endpoint, at the address it used.
 #[track_caller]
 fn assert_challenge(response: &Response) {
     response.assert_error(401, "UNAUTHORIZED");
-    assert_eq!(
-        response.header("www-authenticate"),
-        Some("Basic realm=\"Test registry\", charset=\"UTF-8\"")
+    let challenge = response.header("www-authenticate").expect("a challenge");
+    assert!(
+        challenge.starts_with("Bearer realm=\"http://127.0.0.1")
+            && challenge.contains("/v2/token\",service=\"angos\""),
+        "{challenge}"
     );
 }
 
@@ -163,11 +166,9 @@ fn access_lists_decide_who_pulls_pushes_and_deletes() {
     let admin = as_user(&server, "root", "hunter2");
     let nobody = anonymous(&server);
 
-    // Anonymous clients may pull from `public`, so /v2/ welcomes them, and
-    // says credentials are accepted.
-    let base = nobody.get("/v2/");
-    base.assert_status(200);
-    assert!(base.header("www-authenticate").is_some());
+    // The ping challenges anonymous clients (they fetch a token, see below);
+    // credentials are welcome.
+    assert_challenge(&nobody.get("/v2/"));
     alice.get("/v2/").assert_status(200);
 
     // ci-bot pushes to production; alice may not: 403, and nothing is stored.
@@ -244,6 +245,132 @@ fn access_lists_decide_who_pulls_pushes_and_deletes() {
     nobody.get("/metrics").assert_status(200);
 }
 
+/// Follows a bearer challenge the way container clients do: asks the realm
+/// for a token (with `basic` credentials or none); the token.
+fn fetch_token(server: &Server, challenge: &str, basic: Option<&str>) -> String {
+    let realm = challenge
+        .strip_prefix("Bearer realm=\"")
+        .and_then(|rest| rest.split('"').next())
+        .expect("a bearer challenge");
+    let path = realm
+        .split_once("/v2/")
+        .map(|(_, rest)| format!("/v2/{rest}"))
+        .unwrap();
+    let mut headers = Vec::new();
+    if let Some(value) = basic {
+        headers.push(("Authorization", value));
+    }
+    let response = server.request(
+        "GET",
+        &format!("{path}?service=angos&scope=repository:x:pull"),
+        &headers,
+        b"",
+    );
+    response.assert_status(200);
+    let json = response.json();
+    let token = json
+        .get("token")
+        .and_then(Json::as_str)
+        .expect("a token")
+        .to_string();
+    assert_eq!(
+        json.get("access_token").and_then(Json::as_str),
+        Some(token.as_str())
+    );
+    assert_eq!(json.get("expires_in").and_then(Json::as_u64), Some(300));
+    token
+}
+
+#[test]
+fn the_token_handshake_serves_anonymous_pulls_and_authenticated_pushes() {
+    let server = Server::start_with(&team_options());
+    let with = |token: &str| Client {
+        server: &server,
+        authorization: Some(format!("Bearer {token}")),
+    };
+    // The ping challenges; the realm is this server's token endpoint.
+    // (Clients send the port they connected to in `Host`.)
+    let host = server.addr.to_string();
+    let ping = server.request("GET", "/v2/", &[("Host", &host)], b"");
+    assert_challenge(&ping);
+    let challenge = ping.header("www-authenticate").unwrap().to_string();
+    assert_eq!(
+        challenge,
+        format!("Bearer realm=\"http://{host}/v2/token\",service=\"angos\"")
+    );
+
+    // ci-bot logs in once at the token endpoint and pushes with the token.
+    let ci_token = fetch_token(&server, &challenge, Some(&basic("ci-bot", "pipeline")));
+    let ci = with(&ci_token);
+    ci.get("/v2/").assert_status(200);
+    let (statuses, manifest) = ci.push_image("production/api", "v1", "token");
+    assert_eq!(statuses, [201, 201, 201]);
+
+    // An anonymous token is enough for the ping and for public pulls, and
+    // for nothing else.
+    let (statuses, _) = ci.push_image("public/tools", "v1", "public");
+    assert_eq!(statuses, [201, 201, 201]);
+    let anonymous_token = fetch_token(&server, &challenge, None);
+    let nobody = with(&anonymous_token);
+    nobody.get("/v2/").assert_status(200);
+    nobody.get("/v2/public/tools/manifests/v1").assert_status(200);
+    let refused = nobody.get("/v2/production/api/manifests/v1");
+    assert_challenge(&refused);
+    assert!(
+        refused
+            .header("www-authenticate")
+            .unwrap()
+            .ends_with(",scope=\"repository:production/api:pull\""),
+        "{}",
+        refused.describe()
+    );
+    assert_challenge(&nobody.post_blob("public/tools", b"anonymous push"));
+    // alice's token does not give her ci's rights.
+    let alice = with(&fetch_token(
+        &server,
+        &challenge,
+        Some(&basic("alice", "wonderland")),
+    ));
+    assert_eq!(alice.get("/v2/production/api/manifests/v1").body, manifest);
+    alice
+        .post_blob("production/api", b"alice")
+        .assert_error(403, "DENIED");
+
+    // A wrong password gets no token: 401 with a Basic challenge, as `docker login` expects.
+    let refused = server.request(
+        "GET",
+        "/v2/token?service=angos",
+        &[("Authorization", &basic("ci-bot", "guess"))],
+        b"",
+    );
+    refused.assert_error(401, "UNAUTHORIZED");
+    assert_eq!(
+        refused.header("www-authenticate"),
+        Some("Basic realm=\"Test registry\", charset=\"UTF-8\"")
+    );
+    // Forged or altered tokens are refused and counted.
+    let forged = ci_token.replacen("v1.6369", "v1.6164", 1);
+    assert_ne!(forged, ci_token);
+    assert_challenge(&with(&forged).get("/v2/"));
+    assert_challenge(&with("v1.00.1.00").get("/v2/"));
+    assert!(metric(&server, "auth_failures_total{reason=\"invalid_token\"}") >= 2);
+
+    // Behind a proxy the operator names the realm.
+    let mut options = team_options();
+    for table in options
+        .tables
+        .iter_mut()
+        .filter(|table| table.starts_with("[auth]\n"))
+    {
+        table.push_str("token_realm = \"https://registry.example.com/v2/token\"\n");
+    }
+    let pinned = Server::start_with(&options);
+    assert_eq!(
+        pinned.get("/v2/").header("www-authenticate"),
+        Some("Bearer realm=\"https://registry.example.com/v2/token\",service=\"angos\"")
+    );
+}
+
 #[test]
 fn a_login_on_a_kept_alive_connection_is_checked_at_once() {
     // Regression: a check that began on a reused connection waited for a
@@ -251,7 +378,7 @@ fn a_login_on_a_kept_alive_connection_is_checked_at_once() {
     let server = Server::start_with(&team_options());
     let mut conn = server.connect();
     conn.set_read_timeout(Duration::from_secs(5));
-    conn.request("GET", "/v2/", &[], b"").assert_status(200);
+    conn.request("GET", "/v2/", &[], b"").assert_status(401);
     for (password, status) in [("wonderland", 404), ("guess", 401)] {
         let started = Instant::now();
         let response = conn
@@ -481,7 +608,7 @@ fn a_slow_password_check_does_not_stall_other_clients() {
     let answered = |login: &Conn| login.stream().peek(&mut [0; 1]).is_ok_and(|n| n > 0);
     while !answered(&login) {
         let probe = Instant::now();
-        server.get("/v2/").assert_status(200);
+        server.get("/v2/").assert_status(401);
         others.push(probe.elapsed());
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -534,7 +661,9 @@ fn hash_password_prints_a_hash_the_server_accepts() {
     as_user(&server, "horse", "correct horse")
         .get("/v2/")
         .assert_status(200);
-    assert_challenge_any(&as_user(&server, "horse", "correct horse\n").get("/v2/"));
+    as_user(&server, "horse", "correct horse\n")
+        .get("/v2/")
+        .assert_error(401, "UNAUTHORIZED");
 
     // An empty password is refused.
     let mut child = Command::new(env!("CARGO_BIN_EXE_angos"))
@@ -548,17 +677,6 @@ fn hash_password_prints_a_hash_the_server_accepts() {
     let output = child.wait_with_output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("hash-password"));
-}
-
-#[track_caller]
-fn assert_challenge_any(response: &Response) {
-    response.assert_error(401, "UNAUTHORIZED");
-    assert!(
-        response
-            .header("www-authenticate")
-            .unwrap()
-            .starts_with("Basic realm=")
-    );
 }
 
 #[test]

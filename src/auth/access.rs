@@ -6,6 +6,9 @@ use crate::config::{AccessLists, Config};
 use crate::http::{Method, RequestHead};
 use crate::registry::route::{Route, route};
 
+/// Where clients fetch bearer tokens (`Bearer realm=".../v2/token"`).
+pub const TOKEN_PATH: &str = "/v2/token";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Pull,
@@ -27,6 +30,8 @@ pub enum Need {
     Nothing,
     /// `GET /v2/`: the client asks whether it is welcome (and learns the challenge).
     Base,
+    /// `GET /v2/token`: a bearer token for whoever the credentials say.
+    Token,
     /// `GET /v2/_catalog`: answered with the repositories the client may pull.
     Catalog,
     /// The administration API.
@@ -44,6 +49,9 @@ impl Need {
             .starts_with(crate::event_webhook::notifier::admin::PREFIX)
         {
             return Need::Administrator;
+        }
+        if head.path == TOKEN_PATH && matches!(head.method, Method::Get | Method::Head) {
+            return Need::Token;
         }
         let action = match head.method {
             Method::Get | Method::Head => Action::Pull,
@@ -205,6 +213,11 @@ impl AccessPolicy {
             .position(|identity| identity.username == username)
     }
 
+    /// The identity named `id` in the configuration.
+    pub fn find_id(&self, id: &str) -> Option<usize> {
+        self.identities.iter().position(|identity| identity.id == id)
+    }
+
     pub fn identity(&self, principal: Principal) -> Option<&Identity> {
         match principal {
             Principal::Anonymous => None,
@@ -238,8 +251,13 @@ impl AccessPolicy {
 
     pub fn decide(&self, principal: Principal, need: &Need) -> Decision {
         let allowed = match need {
-            Need::Nothing => true,
-            Need::Base | Need::Catalog => self.may_pull_somewhere(principal),
+            // Anyone gets a token; what it may do is decided per request.
+            Need::Nothing | Need::Token => true,
+            // With identities, an anonymous ping is challenged, so clients
+            // learn how to log in; the token they then fetch (even an
+            // anonymous one) is what `Connection` lets through.
+            Need::Base => !self.authentication_enabled() || principal != Principal::Anonymous,
+            Need::Catalog => self.may_pull_somewhere(principal),
             Need::Administrator => self.is_administrator(principal),
             Need::Repository { namespace, action } => self.allows(principal, *action, namespace),
         };
@@ -370,7 +388,16 @@ mod tests {
         assert!(policy.is_administrator(admin));
         assert!(!policy.is_administrator(ci));
         assert_eq!(policy.decide(alice, &Need::Administrator), Decision::Deny);
-        assert_eq!(policy.decide(Principal::Anonymous, &Need::Base), Decision::Allow);
+        assert_eq!(
+            policy.decide(Principal::Anonymous, &Need::Base),
+            Decision::Challenge,
+            "the ping challenges anonymous clients even where they may pull"
+        );
+        assert_eq!(
+            policy.decide(Principal::Anonymous, &Need::Catalog),
+            Decision::Allow
+        );
+        assert_eq!(policy.decide(Principal::Anonymous, &Need::Token), Decision::Allow);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod base64;
 pub mod basic;
 pub mod password;
 pub mod throttle;
+pub mod token;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -20,6 +21,7 @@ pub use access::{AccessPolicy, Action, Decision, Need, Principal};
 use basic::Credentials;
 use password::{PasswordHash, Verification};
 use throttle::FailedLogins;
+use token::TokenKey;
 
 /// How long a verified password is trusted without hashing it again.
 const VERIFIED_TTL_MS: u64 = 15 * 60 * 1000;
@@ -33,6 +35,9 @@ pub enum Failure {
     WrongPassword,
     /// An `Authorization` header that is not valid Basic credentials.
     Malformed,
+    /// A bearer token that is not ours, was altered, expired, or names an
+    /// identity that no longer exists.
+    InvalidToken,
 }
 
 impl Failure {
@@ -41,6 +46,7 @@ impl Failure {
             Failure::UnknownUser => "unknown_user",
             Failure::WrongPassword => "wrong_password",
             Failure::Malformed => "malformed",
+            Failure::InvalidToken => "invalid_token",
         }
     }
 }
@@ -70,7 +76,9 @@ pub struct PendingLogin {
 
 pub struct Authenticator {
     policy: AccessPolicy,
-    challenge: String,
+    /// `[auth] realm`, for Basic challenges.
+    realm: String,
+    tokens: TokenKey,
     /// Bumped when the policy is replaced, so a login begun before a reload
     /// does not finish with an identity index of the old policy.
     generation: u64,
@@ -91,7 +99,8 @@ impl Authenticator {
         cache_secret[16..].copy_from_slice(&password::random_salt());
         let policy = AccessPolicy::new(config);
         Authenticator {
-            challenge: challenge(&config.auth.realm),
+            realm: config.auth.realm.clone(),
+            tokens: TokenKey::random(),
             decoy: decoy(&policy),
             policy,
             generation: 0,
@@ -106,7 +115,7 @@ impl Authenticator {
     pub fn reconfigure(&mut self, config: &Config) {
         self.policy = AccessPolicy::new(config);
         self.decoy = decoy(&self.policy);
-        self.challenge = challenge(&config.auth.realm);
+        self.realm = config.auth.realm.clone();
         self.generation += 1;
         self.verified.clear();
     }
@@ -115,9 +124,28 @@ impl Authenticator {
         &self.policy
     }
 
-    /// The `WWW-Authenticate` value.
-    pub fn challenge(&self) -> &str {
-        &self.challenge
+    /// A `WWW-Authenticate` value asking for Basic credentials.
+    pub fn basic_challenge(&self) -> String {
+        format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.realm)
+    }
+
+    /// A `WWW-Authenticate` value sending the client to the token endpoint
+    /// at `realm_url`, with the access it needs when known.
+    pub fn bearer_challenge(&self, realm_url: &str, scope: Option<&str>) -> String {
+        let mut challenge = format!("Bearer realm=\"{realm_url}\",service=\"{TOKEN_SERVICE}\"");
+        if let Some(scope) = scope {
+            challenge.push_str(&format!(",scope=\"{scope}\""));
+        }
+        challenge
+    }
+
+    /// A token for `principal`, valid for `token::TOKEN_LIFETIME_SECS`.
+    pub fn issue_token(&self, principal: Principal, now_ms: u64) -> String {
+        let identity = self
+            .policy
+            .identity(principal)
+            .map(|identity| identity.id.as_str());
+        self.tokens.issue(identity, now_ms / 1000)
     }
 
     /// Starts a login from a request's `Authorization` header.
@@ -125,6 +153,17 @@ impl Authenticator {
         if !self.policy.authentication_enabled() {
             // Nobody to be: credentials are ignored, as a registry without auth always did.
             return Login::Done(Principal::Anonymous);
+        }
+        if let Some(token) = token::bearer(authorization) {
+            // Tokens live on the monotonic clock: only this process checks them.
+            return match self.tokens.verify(token, now_ms / 1000) {
+                Ok(None) => Login::Done(Principal::Anonymous),
+                Ok(Some(id)) => match self.policy.find_id(&id) {
+                    Some(index) => Login::Done(Principal::Identity(index)),
+                    None => Login::Failed(Failure::InvalidToken),
+                },
+                Err(_) => Login::Failed(Failure::InvalidToken),
+            };
         }
         let (username, password) = match basic::parse_authorization(authorization) {
             Ok(Credentials::Anonymous) => return Login::Done(Principal::Anonymous),
@@ -228,9 +267,8 @@ impl Authenticator {
     }
 }
 
-fn challenge(realm: &str) -> String {
-    format!("Basic realm=\"{realm}\", charset=\"UTF-8\"")
-}
+/// The `service` of bearer challenges and token requests.
+pub const TOKEN_SERVICE: &str = "angos";
 
 /// A hash no password matches (its digest is all zeros), as costly as the
 /// dearest configured one.
@@ -381,11 +419,47 @@ mod tests {
     }
 
     #[test]
-    fn the_challenge_names_the_realm() {
+    fn challenges_name_the_realm_and_the_token_endpoint() {
         let auth = Authenticator::new(&config("[auth]\nrealm = \"Edge registry\"\n"));
         assert_eq!(
-            auth.challenge(),
+            auth.basic_challenge(),
             "Basic realm=\"Edge registry\", charset=\"UTF-8\""
         );
+        assert_eq!(
+            auth.bearer_challenge("https://r.example/v2/token", Some("repository:a/b:pull")),
+            "Bearer realm=\"https://r.example/v2/token\",service=\"angos\",scope=\"repository:a/b:pull\""
+        );
+    }
+
+    #[test]
+    fn tokens_stand_for_their_login() {
+        let mut auth = Authenticator::new(&config(""));
+        let bob = auth.issue_token(Principal::Identity(1), 5_000);
+        let nobody = auth.issue_token(Principal::Anonymous, 5_000);
+        let login = |auth: &mut Authenticator, token: &str, now_ms: u64| match auth.start(
+            Some(&format!("Bearer {token}")),
+            Some(client()),
+            now_ms,
+        ) {
+            Login::Done(principal) => Ok(principal),
+            Login::Failed(failure) => Err(failure),
+            Login::Verify(_) => panic!("a token needs no password check"),
+        };
+        assert_eq!(login(&mut auth, &bob, 6_000), Ok(Principal::Identity(1)));
+        assert_eq!(login(&mut auth, &nobody, 6_000), Ok(Principal::Anonymous));
+        let expired = 5_000 + token::TOKEN_LIFETIME_SECS * 1000;
+        assert_eq!(login(&mut auth, &bob, expired), Err(Failure::InvalidToken));
+        assert_eq!(login(&mut auth, "v1.00.1.00", 6_000), Err(Failure::InvalidToken));
+        // A reload that removes bob voids his token.
+        let alice_only = format!(
+            "[auth.identity.alice]\nusername = \"alice\"\npassword = \"{}\"\n",
+            PasswordHash::generate(b"wonderland", b"saltsaltsalt", ITERATIONS)
+        );
+        auth.reconfigure(
+            &crate::config::load_sources(&[("t.toml".into(), alice_only)])
+                .unwrap()
+                .config,
+        );
+        assert_eq!(login(&mut auth, &bob, 6_000), Err(Failure::InvalidToken));
     }
 }

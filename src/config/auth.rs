@@ -22,6 +22,9 @@ pub struct AuthConfig {
     pub identities: BTreeMap<String, IdentityConfig>,
     /// Identities allowed to use the administration API (`/v2/_angos/`).
     pub administrators: Vec<String>,
+    /// The token endpoint's URL in bearer challenges. By default it is made
+    /// from the request's `Host` and scheme; set it when a proxy rewrites those.
+    pub token_realm: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -30,6 +33,7 @@ impl Default for AuthConfig {
             realm: "Angos".to_string(),
             identities: BTreeMap::new(),
             administrators: Vec::new(),
+            token_realm: None,
         }
     }
 }
@@ -121,6 +125,20 @@ pub(super) fn parse_auth(
             return Err(section.error("realm", "must not contain '\"' or '\\'"));
         }
         auth.realm = realm.to_string();
+    }
+    if let Some(url) = section.string("token_realm")? {
+        let well_formed = (url.starts_with("https://") || url.starts_with("http://"))
+            && url.len() <= 1024
+            && url
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !well_formed {
+            return Err(section.error(
+                "token_realm",
+                "must be an http:// or https:// URL (for example \"https://registry.example.com/v2/token\")",
+            ));
+        }
+        auth.token_realm = Some(url.to_string());
     }
     if let Some(names) = identity_list(&mut section, "administrators")? {
         origins.administrators = Some(Origin {

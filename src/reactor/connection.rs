@@ -120,6 +120,8 @@ pub struct Context<'a> {
     pub registry: &'a mut Registry,
     pub auth: &'a mut Authenticator,
     pub trusted_proxies: &'a [IpNetwork],
+    /// `[auth] token_realm`: where clients fetch tokens, when set explicitly.
+    pub token_realm: Option<&'a str>,
     pub notifier: &'a mut Notifier<Waiter, Commit>,
     pub telemetry: &'a mut Telemetry,
     pub read_buffer: &'a mut [u8],
@@ -321,7 +323,8 @@ impl Connection {
             Login::Done(principal) => self.authorize(head, info, need, principal, cx),
             Login::Failed(failure) => {
                 cx.telemetry.record_auth_failure(failure.label());
-                self.refuse(Decision::Challenge, info, cx);
+                let challenge = self.challenge(&head, &need, cx);
+                self.refuse(Decision::Challenge, info, challenge, cx);
             }
             Login::Verify(login) => {
                 if login.not_before_ms > cx.now_ms {
@@ -389,7 +392,8 @@ impl Connection {
                     failure.label().replace('_', " ")
                 );
                 cx.telemetry.record_auth_failure(failure.label());
-                self.refuse(Decision::Challenge, info, cx);
+                let challenge = self.challenge(&head, &need, cx);
+                self.refuse(Decision::Challenge, info, challenge, cx);
             }
         }
         // The rest of the request (its body) is read by the normal loop.
@@ -408,21 +412,78 @@ impl Connection {
             info.actor.id = Some(identity.id.clone());
             info.actor.username = Some(identity.username.clone());
         }
-        match cx.auth.policy().decide(principal, &need) {
+        // A ping with a valid token, even an anonymous one, is welcome: the
+        // client has done what the challenge asked.
+        let with_token = crate::auth::token::bearer(head.header("authorization")).is_some();
+        let decision = match cx.auth.policy().decide(principal, &need) {
+            Decision::Challenge if need == Need::Base && with_token => Decision::Allow,
+            decision => decision,
+        };
+        match decision {
             Decision::Allow => self.serve(head, info, need, principal, cx),
-            refusal => self.refuse(refusal, info, cx),
+            refusal => {
+                let challenge = self.challenge(&head, &need, cx);
+                self.refuse(refusal, info, challenge, cx)
+            }
         }
     }
 
+    /// The `WWW-Authenticate` value for a request that needs credentials:
+    /// the token endpoint, at the address the client reached us by, or Basic
+    /// for the token endpoint itself (and where that address is unknown).
+    fn challenge(&self, head: &RequestHead, need: &Need, cx: &Context) -> String {
+        if *need == Need::Token {
+            return cx.auth.basic_challenge();
+        }
+        let realm_url = match cx.token_realm {
+            Some(url) => url.to_string(),
+            None => {
+                let Some(host) = head.header("host").filter(|host| is_plain_host(host)) else {
+                    return cx.auth.basic_challenge();
+                };
+                let forwarded_proto = head
+                    .header("x-forwarded-proto")
+                    .filter(|_| self.peer_is_trusted_proxy(cx))
+                    .filter(|proto| matches!(*proto, "http" | "https"));
+                let scheme =
+                    forwarded_proto.unwrap_or(if self.transport.is_tls() { "https" } else { "http" });
+                format!("{scheme}://{host}{}", crate::auth::access::TOKEN_PATH)
+            }
+        };
+        let scope = match need {
+            Need::Repository { namespace, action }
+                if crate::registry::reference::is_valid_name(namespace) =>
+            {
+                let actions = match action {
+                    crate::auth::Action::Pull => "pull",
+                    crate::auth::Action::Push => "pull,push",
+                    crate::auth::Action::Delete => "delete",
+                };
+                Some(format!("repository:{namespace}:{actions}"))
+            }
+            Need::Catalog => Some("registry:catalog:*".to_string()),
+            _ => None,
+        };
+        cx.auth.bearer_challenge(&realm_url, scope.as_deref())
+    }
+
+    fn peer_is_trusted_proxy(&self, cx: &Context) -> bool {
+        self.peer.is_some_and(|peer| {
+            cx.trusted_proxies
+                .iter()
+                .any(|network| network.contains(peer.ip()))
+        })
+    }
+
     /// 401 with the challenge, or 403; a body the request carries is not read.
-    fn refuse(&mut self, decision: Decision, info: RequestInfo, cx: &mut Context) {
+    fn refuse(&mut self, decision: Decision, info: RequestInfo, challenge: String, cx: &mut Context) {
         let response = if decision == Decision::Deny {
             RegistryError::new(ErrorCode::Denied, "requested access to the resource is denied")
                 .into_response()
         } else {
             RegistryError::new(ErrorCode::Unauthorized, "authentication required")
                 .into_response()
-                .header("WWW-Authenticate", cx.auth.challenge())
+                .header("WWW-Authenticate", challenge)
         };
         let body_follows = self.decoder.in_body();
         self.answer_at_head(response.into(), info, body_follows, cx);
@@ -438,6 +499,19 @@ impl Connection {
         cx: &mut Context,
     ) {
         let body_follows = self.decoder.in_body();
+        if need == Need::Token {
+            let token = cx.auth.issue_token(principal, cx.now_ms);
+            let response = Response::json(
+                200,
+                &serde_json::json!({
+                    "token": token,
+                    "access_token": token,
+                    "expires_in": crate::auth::token::TOKEN_LIFETIME_SECS,
+                }),
+            );
+            self.answer_at_head(response.into(), info, body_follows, cx);
+            return;
+        }
         if head.path == "/metrics" && matches!(head.method, Method::Get | Method::Head) {
             let mut text = String::new();
             cx.notifier.record_completed(cx.telemetry.metrics());
@@ -472,14 +546,7 @@ impl Connection {
         let policy = cx.auth.policy();
         let readable = |namespace: &str| policy.allows(principal, crate::auth::Action::Pull, namespace);
         match cx.registry.begin_as(&head, &readable) {
-            Begin::Answer(mut outcome) => {
-                if need == Need::Base && policy.authentication_enabled() {
-                    // Welcome anonymously, but say credentials are accepted:
-                    // clients that have some then send them (RFC 9110 11.6.1).
-                    outcome.response = outcome.response.header("WWW-Authenticate", cx.auth.challenge());
-                }
-                self.answer_at_head(outcome, info, body_follows, cx)
-            }
+            Begin::Answer(outcome) => self.answer_at_head(outcome, info, body_follows, cx),
             Begin::ReadBody(exchange) => {
                 if head.expect_continue {
                     self.output.push_bytes(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -715,6 +782,15 @@ impl Connection {
     pub fn is_quiet(&self) -> bool {
         matches!(self.current, Current::None) && self.decoder.is_idle() && self.output.is_empty()
     }
+}
+
+/// A `Host` value safe to echo into a header parameter: a name or address and port.
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 fn method_label(method: &Method) -> &'static str {

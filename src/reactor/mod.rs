@@ -491,6 +491,7 @@ impl<C: Clock> Reactor<C> {
             registry: &mut self.registry,
             auth: &mut self.auth,
             trusted_proxies: &self.config.server.trusted_proxies,
+            token_realm: self.config.auth.token_realm.as_deref(),
             notifier: &mut self.notifier,
             telemetry: &mut self.telemetry,
             read_buffer: &mut self.read_buffer,

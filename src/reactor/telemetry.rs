@@ -38,7 +38,7 @@ impl Telemetry {
         );
         let auth_failures = metrics.counter(
             "auth_failures_total",
-            "Failed logins, by reason (unknown_user, wrong_password, malformed).",
+            "Failed logins, by reason (unknown_user, wrong_password, malformed, invalid_token).",
             &["reason"],
         );
         let delayed = metrics.counter(
@@ -48,7 +48,7 @@ impl Telemetry {
         );
         let auth_delayed = metrics.series(delayed, &[]);
         // Present at zero from the start, so a rate() over them has a baseline.
-        for reason in ["unknown_user", "wrong_password", "malformed"] {
+        for reason in ["unknown_user", "wrong_password", "malformed", "invalid_token"] {
             metrics.series(auth_failures, &[reason]);
         }
         Telemetry {

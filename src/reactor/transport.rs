@@ -20,6 +20,12 @@ pub enum Transport {
     Tls(Box<TlsStream>),
 }
 
+impl Transport {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(_))
+    }
+}
+
 pub struct TlsStream {
     socket: TcpStream,
     tls: rustls::ServerConnection,

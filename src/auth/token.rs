@@ -1,0 +1,171 @@
+//! Bearer tokens for the registry token handshake that docker, containerd,
+//! podman and oras speak: a client challenged with `Bearer realm=...` asks
+//! the realm (our `/v2/token`) for a token, with Basic credentials or none,
+//! and sends it with every request after. One slow password check buys a
+//! token; each request then costs one HMAC. Anonymous clients get a token
+//! too, which is what lets anonymous pulls and authenticated pushes share a
+//! registry: the `/v2/` ping can always challenge.
+//!
+//! A token is `v1.<hex identity>.<expiry, unix seconds>.<hex HMAC-SHA256>`,
+//! keyed by a secret drawn at start: tokens do not survive a restart, and a
+//! client whose token is refused fetches a new one.
+
+use crate::event_webhook::signature::hmac_sha256;
+
+/// How long a token is good for (what `expires_in` says).
+pub const TOKEN_LIFETIME_SECS: u64 = 300;
+/// Longer strings are not ours: refused before any work.
+const TOKEN_BYTES_MAX: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed,
+    BadSignature,
+    Expired,
+}
+
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    pub fn random() -> TokenKey {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(&super::password::random_salt());
+        key[16..].copy_from_slice(&super::password::random_salt());
+        TokenKey(key)
+    }
+
+    pub fn from_bytes(key: [u8; 32]) -> TokenKey {
+        TokenKey(key)
+    }
+
+    /// A token for `identity` (its configuration name), or an anonymous one.
+    pub fn issue(&self, identity: Option<&str>, now_secs: u64) -> String {
+        let body = format!(
+            "v1.{}.{}",
+            hex(identity.unwrap_or("").as_bytes()),
+            now_secs + TOKEN_LIFETIME_SECS
+        );
+        let signature = hex(&hmac_sha256(&self.0, body.as_bytes()));
+        format!("{body}.{signature}")
+    }
+
+    /// The identity a token names (`None`: anonymous), if it is ours and current.
+    pub fn verify(&self, token: &str, now_secs: u64) -> Result<Option<String>, TokenError> {
+        if token.len() > TOKEN_BYTES_MAX {
+            return Err(TokenError::Malformed);
+        }
+        let (body, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let mut parts = body.split('.');
+        let (Some("v1"), Some(identity), Some(expiry), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let signature = unhex(signature).ok_or(TokenError::Malformed)?;
+        let expected = hmac_sha256(&self.0, body.as_bytes());
+        // Constant time: the comparison must not say how much of a forgery matched.
+        let difference = signature
+            .iter()
+            .zip(expected.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if signature.len() != expected.len() || difference != 0 {
+            return Err(TokenError::BadSignature);
+        }
+        let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
+        if now_secs >= expiry {
+            return Err(TokenError::Expired);
+        }
+        let identity = String::from_utf8(unhex(identity).ok_or(TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
+        Ok((!identity.is_empty()).then_some(identity))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2)
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&text[at..at + 2], 16).ok())
+        .collect()
+}
+
+/// The token value of an `Authorization: Bearer <token>` header, if it is one.
+pub fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let value = authorization?.trim();
+    let (scheme, token) = value.split_once([' ', '\t'])?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> TokenKey {
+        TokenKey::from_bytes([7; 32])
+    }
+
+    #[test]
+    fn tokens_name_their_identity_until_they_expire() {
+        let key = key();
+        let token = key.issue(Some("ci"), 1000);
+        assert_eq!(key.verify(&token, 1000), Ok(Some("ci".to_string())));
+        assert_eq!(
+            key.verify(&token, 1000 + TOKEN_LIFETIME_SECS - 1),
+            Ok(Some("ci".into()))
+        );
+        assert_eq!(
+            key.verify(&token, 1000 + TOKEN_LIFETIME_SECS),
+            Err(TokenError::Expired)
+        );
+        let anonymous = key.issue(None, 1000);
+        assert_eq!(key.verify(&anonymous, 1001), Ok(None));
+    }
+
+    #[test]
+    fn forgeries_and_junk_are_refused() {
+        let key = key();
+        let token = key.issue(Some("ci"), 1000);
+        // Another key's token, a renamed identity, a later expiry: all unsigned by us.
+        let other = TokenKey::from_bytes([8; 32]).issue(Some("ci"), 1000);
+        assert_eq!(key.verify(&other, 1000), Err(TokenError::BadSignature));
+        let renamed = token.replacen(&hex(b"ci"), &hex(b"admin"), 1);
+        assert_eq!(key.verify(&renamed, 1000), Err(TokenError::BadSignature));
+        let (body, signature) = token.rsplit_once('.').unwrap();
+        let (prefix, _) = body.rsplit_once('.').unwrap();
+        let extended = format!("{prefix}.99999999999.{signature}");
+        assert_eq!(key.verify(&extended, 1000), Err(TokenError::BadSignature));
+        for junk in [
+            "",
+            "v1",
+            "v1...",
+            "v2.00.1.00",
+            "v1.zz.1.00",
+            "v1.00.x.00",
+            &"a".repeat(2000),
+        ] {
+            assert!(key.verify(junk, 1000).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_headers_are_recognised() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer \t abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(Some("Bearer ")), None);
+        assert_eq!(bearer(None), None);
+    }
+}
