@@ -150,11 +150,24 @@ fuzz_target!(|input: &[u8]| {
     for piece in split::pieces(data, *mode, *seed) {
         pieces.receive(piece);
     }
-    assert_eq!(
-        whole.seen, pieces.seen,
-        "the same bytes decode differently when split"
+    // A malformed head is reported when a line ends after the damage: one
+    // side may already have reported an error the other is still waiting to
+    // see. Everything before it must agree.
+    let (longer, shorter) = if whole.seen.len() >= pieces.seen.len() {
+        (&whole.seen, &pieces.seen)
+    } else {
+        (&pieces.seen, &whole.seen)
+    };
+    let lagging = longer.len() == shorter.len() + 1
+        && matches!(longer.last(), Some(Seen::Error(_)))
+        && longer.starts_with(shorter);
+    assert!(
+        whole.seen == pieces.seen || lagging,
+        "the same bytes decode differently when split: {:?} vs {:?}",
+        whole.seen,
+        pieces.seen
     );
-    if !whole.failed {
+    if !whole.failed && !pieces.failed {
         assert_eq!(whole.pending, pieces.pending);
         assert_eq!(whole.decoder.is_idle(), pieces.decoder.is_idle());
     }
