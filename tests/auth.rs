@@ -774,3 +774,79 @@ fn access_changes_apply_on_reload_without_a_restart() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// oras-py follows the bearer challenge on its own: a login and a push, an
+/// anonymous pull where `"*"` allows it, and a refusal where it does not.
+const ORAS_SCRIPT: &str = r#"
+import os, sys, oras.client
+host, work, user, password = sys.argv[1:5]
+os.chdir(work)
+with open("artifact.txt", "wb") as f:
+    f.write(b"pushed through a token\n" * 10)
+ci = oras.client.OrasClient(hostname=host, insecure=True)
+ci.login(username=user, password=password, hostname=host)
+for target in (f"{host}/production/oras:v1", f"{host}/public/oras:v1"):
+    print("push_status=%d" % ci.push(files=["artifact.txt"], target=target).status_code)
+# A client with no credentials anywhere (the login above wrote them under HOME).
+os.environ["HOME"] = os.path.join(work, "anonymous-home")
+anonymous = oras.client.OrasClient(hostname=host, insecure=True)
+files = anonymous.pull(target=f"{host}/public/oras:v1", outdir="public-copy")
+with open(files[0], "rb") as f:
+    print("public_pull=" + f.read().decode().splitlines()[0])
+try:
+    anonymous.pull(target=f"{host}/production/oras:v1", outdir="production-copy")
+    print("production_pull=allowed")
+except Exception as error:
+    print("production_pull=refused " + str(error).splitlines()[0])
+"#;
+
+#[test]
+fn oras_logs_in_through_the_token_handshake() {
+    let available = Command::new("python3")
+        .args(["-c", "import oras.client"])
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        available,
+        "oras-py is required (scripts/test.sh installs it: pip install oras)"
+    );
+    let server = Server::start_with(&team_options());
+    let work = TempDir::new("oras-auth");
+    std::fs::create_dir_all(work.path().join("anonymous-home")).unwrap();
+    let script = work.path().join("driver.py");
+    std::fs::write(&script, ORAS_SCRIPT).unwrap();
+    let output = Command::new("python3")
+        .arg(&script)
+        .arg(server.addr.to_string())
+        .arg(work.path())
+        .args(["ci-bot", "pipeline"])
+        .env("HOME", work.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.iter().filter(|line| **line == "push_status=201").count(),
+        2,
+        "{stdout}"
+    );
+    assert!(lines.contains(&"public_pull=pushed through a token"), "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.starts_with("production_pull=refused")),
+        "{stdout}"
+    );
+    // The token endpoint did the work: one password check, then tokens.
+    assert!(
+        metric(
+            &server,
+            "http_requests_total{route=\"token\",method=\"GET\",status=\"200\"}"
+        ) >= 1
+    );
+}

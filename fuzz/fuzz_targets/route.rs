@@ -13,8 +13,11 @@ fuzz_target!(|input: &[u8]| {
     let routed = route(path);
     let label = label_of(path);
     // The registry answers what `route` says; the metrics must count it under
-    // the same name. `/metrics` is served before routing, so only its label is special.
-    if path.starts_with("/v2/") || path == "/v2" {
+    // the same name. `/metrics` and `/v2/token` are served before routing,
+    // so only their labels are special.
+    if path == "/v2/token" {
+        assert_eq!(label, "token");
+    } else if path.starts_with("/v2/") || path == "/v2" {
         assert_eq!(label, routed.label(), "{path:?} routes to {routed:?}");
     }
     match &routed {

@@ -106,6 +106,8 @@ pub fn label_of(path: &str) -> &'static str {
         "/readyz" => return "readyz",
         "/metrics" => return "metrics",
         "/v2/_catalog" => return "catalog",
+        // Served before routing, like /metrics (the token handshake, src/auth).
+        "/v2/token" => return "token",
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v2/") else {
