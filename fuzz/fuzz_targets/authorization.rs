@@ -1,10 +1,12 @@
-//! The `Authorization` request header (`auth::basic`) and the password hash
-//! strings of the configuration (`auth::password`). Input: the text, with
-//! invalid UTF-8 replaced, as a header value and as a hash string.
+//! The `Authorization` request header (`auth::basic`, and bearer tokens of
+//! `auth::token`) and the password hash strings of the configuration
+//! (`auth::password`). Input: the text, with invalid UTF-8 replaced, as a
+//! header value, a token and a hash string.
 #![no_main]
 
 use angos::auth::basic::{AuthorizationError, Credentials, parse_authorization};
 use angos::auth::password::{MAX_ITERATIONS, MIN_ITERATIONS, PasswordHash};
+use angos::auth::token::{TOKEN_LIFETIME_SECS, TokenError, TokenKey, bearer};
 use libfuzzer_sys::fuzz_target;
 
 /// Standard base64 with padding, written independently of the crate's
@@ -55,6 +57,27 @@ fuzz_target!(|input: &[u8]| {
             assert!(!scheme.eq_ignore_ascii_case("basic"));
         }
         Err(AuthorizationError::Malformed(reason)) => assert!(!reason.is_empty()),
+    }
+
+    // Tokens: anything a client sends is refused unless we signed it, and
+    // whatever we sign reads back as the identity it names.
+    let key = TokenKey::from_bytes([0x5a; 32]);
+    if let Some(token) = bearer(Some(&text)) {
+        assert!(!token.is_empty());
+    }
+    // Accepting the fuzzer's text would mean it forged an HMAC.
+    assert!(key.verify(&text, 1_000).is_err(), "accepted {text:?}");
+    if text.len() <= 400 {
+        let identity = (!text.is_empty()).then(|| text.to_string());
+        let token = key.issue(identity.as_deref(), 1_000);
+        assert_eq!(key.verify(&token, 1_000 + TOKEN_LIFETIME_SECS - 1), Ok(identity));
+        assert_eq!(key.verify(&token, 1_000 + TOKEN_LIFETIME_SECS), Err(TokenError::Expired));
+        // One flipped character anywhere is refused.
+        let mut altered = token.clone().into_bytes();
+        let at = usize::from(input.first().copied().unwrap_or(0)) % altered.len();
+        altered[at] = if altered[at] == b'0' { b'1' } else { b'0' };
+        let altered = String::from_utf8(altered).unwrap();
+        assert!(key.verify(&altered, 1_000).is_err(), "accepted {altered:?}");
     }
 
     match PasswordHash::parse(&text) {
