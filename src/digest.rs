@@ -95,7 +95,8 @@ fn is_lower_hex(text: &str) -> bool {
     text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-fn to_lower_hex(bytes: &[u8]) -> String {
+/// Bytes as lowercase hex: digests, ids, signatures and tokens all use this.
+pub fn to_lower_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for &byte in bytes {

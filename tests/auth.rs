@@ -731,41 +731,42 @@ fn access_changes_apply_on_reload_without_a_restart() {
     let text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("push = [\"ci\"]", "push = [\"ci\", \"alice\"]");
-    std::fs::write(dir.path().join("config.toml.tmp"), text).unwrap();
-    std::fs::rename(dir.path().join("config.toml.tmp"), &path).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = alice.post_blob("production/api", b"by alice").status;
-        if status == 201 {
-            break;
-        }
-        assert_eq!(status, 403);
-        assert!(
-            Instant::now() < deadline,
-            "the reload never applied: {:?}",
-            server.logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    replace_file(&path, &text);
+    wait_for_reload(&server, (403, 201), || {
+        alice.post_blob("production/api", b"by alice").status
+    });
     // And a removed identity can no longer log in, even though its password
     // was verified (and remembered) before.
     let ci = as_user(&server, "ci-bot", "pipeline");
     ci.get("/v2/production/api/tags/list").assert_status(200);
-    let text = std::fs::read_to_string(&path).unwrap();
     let start = text.find("[auth.identity.ci]").unwrap();
     let end = start + text[start..].find("[auth.identity.admin]").unwrap();
     let without_ci = format!("{}{}", &text[..start], &text[end..])
         .replace("push = [\"ci\", \"alice\"]", "push = [\"alice\"]")
         + "\n# without ci\n";
-    std::fs::write(dir.path().join("config.toml.tmp"), without_ci).unwrap();
-    std::fs::rename(dir.path().join("config.toml.tmp"), &path).unwrap();
+    replace_file(&path, &without_ci);
+    wait_for_reload(&server, (200, 401), || {
+        ci.get("/v2/production/api/tags/list").status
+    });
+}
+
+/// Writes `text` to `path` by renaming a finished file into place.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Polls `status` until the server's configuration watcher applies a change:
+/// the answer goes from `before` to `after`, and is never anything else.
+fn wait_for_reload(server: &Server, (before, after): (u16, u16), status: impl Fn() -> u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = ci.get("/v2/production/api/tags/list").status;
-        if status == 401 {
-            break;
+        let now = status();
+        if now == after {
+            return;
         }
-        assert_eq!(status, 200);
+        assert_eq!(now, before);
         assert!(
             Instant::now() < deadline,
             "the reload never applied: {:?}",

@@ -102,27 +102,16 @@ fn https_delivery_trusts_the_ca_bundle_and_fails_without_it() {
         assert_eq!(record.header("X-Registry-Event"), Some(kind.as_str()));
         assert!(record.header("User-Agent").unwrap_or_default().contains("angos/"));
     }
-    let pushed: Vec<String> = by_name
-        .iter()
-        .map(|r| {
-            r.json()
-                .get("digest")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(pushed, [first.digest.clone(), second.digest.clone()]);
+    assert_eq!(
+        digests(by_name.iter().copied()),
+        [first.digest.clone(), second.digest.clone()]
+    );
 
-    let line = wait_for_log(server, SOON, "warning that webhook \"untrusted\" failed", |l| {
-        is_delivery_failure(l, "untrusted")
-    });
-    let lower = line.to_ascii_lowercase();
-    assert!(
-        ["tls", "certificate", "handshake", "issuer"]
-            .iter()
-            .any(|w| lower.contains(w)),
-        "the failure of an untrusted HTTPS endpoint should say it is a TLS error: {line}"
+    assert_failure_mentions(
+        server,
+        "untrusted",
+        &["tls", "certificate", "handshake", "issuer"],
+        "the failure of an untrusted HTTPS endpoint should say it is a TLS error",
     );
     wait_for_metrics(
         server,
@@ -211,30 +200,18 @@ fn mtls_delivery_presents_the_client_certificate_and_fails_without_it() {
             Some(format!("Bearer {TOKEN}").as_str())
         );
     }
-    let pushed: Vec<String> = records
+    let pushes = records
         .iter()
-        .filter(|r| r.header("X-Registry-Event") == Some("manifest.push"))
-        .map(|r| {
-            r.json()
-                .get("digest")
-                .and_then(Json::as_str)
-                .unwrap_or_default()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(pushed, [first.digest.clone(), second.digest.clone()]);
+        .filter(|r| r.header("X-Registry-Event") == Some("manifest.push"));
+    assert_eq!(digests(pushes), [first.digest.clone(), second.digest.clone()]);
 
-    let line = wait_for_log(server, SOON, "warning that webhook \"anonymous\" failed", |l| {
-        is_delivery_failure(l, "anonymous")
-    });
     // Usually rustls reads the receiver's certificate_required alert; a reset that
     // overtakes the alert is the same refusal seen from the socket.
-    let lower = line.to_ascii_lowercase();
-    assert!(
-        ["tls", "certificate", "reset", "closed"]
-            .iter()
-            .any(|w| lower.contains(w)),
-        "the failure should be the receiver refusing the handshake: {line}"
+    let line = assert_failure_mentions(
+        server,
+        "anonymous",
+        &["tls", "certificate", "reset", "closed"],
+        "the failure should be the receiver refusing the handshake",
     );
     wait_for_metrics(
         server,
@@ -586,4 +563,32 @@ fn metrics_pass_promtool_and_serve_the_seeds_promql_queries() {
                 .all(|s| s.label("route").is_some() && s.label("le").is_some()),
         "{latency:?}"
     );
+}
+
+/// The `digest` field of each delivery, in order.
+fn digests<'a>(records: impl Iterator<Item = &'a python::HttpsRecord>) -> Vec<String> {
+    records
+        .map(|r| {
+            r.json()
+                .get("digest")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Waits for the warning that `webhook`'s delivery failed; it must name one
+/// of `words`. The line, for later messages.
+#[track_caller]
+fn assert_failure_mentions(server: &Server, webhook: &str, words: &[&str], why: &str) -> String {
+    let line = wait_for_log(
+        server,
+        SOON,
+        &format!("warning that webhook {webhook:?} failed"),
+        |l| is_delivery_failure(l, webhook),
+    );
+    let lower = line.to_ascii_lowercase();
+    assert!(words.iter().any(|w| lower.contains(w)), "{why}: {line}");
+    line
 }

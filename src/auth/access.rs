@@ -4,7 +4,7 @@
 use crate::config::auth::{AUTHENTICATED, EVERYONE};
 use crate::config::{AccessLists, Config};
 use crate::http::{Method, RequestHead};
-use crate::registry::route::{Route, route};
+use crate::registry::route::Route;
 
 /// Where clients fetch bearer tokens (`Bearer realm=".../v2/token"`).
 pub const TOKEN_PATH: &str = "/v2/token";
@@ -43,7 +43,8 @@ pub enum Need {
 }
 
 impl Need {
-    pub fn of(head: &RequestHead) -> Need {
+    /// `route` is `head`'s path, routed (the caller routes once for both uses).
+    pub fn of(head: &RequestHead, route: &Route) -> Need {
         if head
             .path
             .starts_with(crate::event_webhook::notifier::admin::PREFIX)
@@ -53,31 +54,26 @@ impl Need {
         if head.path == TOKEN_PATH && matches!(head.method, Method::Get | Method::Head) {
             return Need::Token;
         }
-        let action = match head.method {
-            Method::Get | Method::Head => Action::Pull,
-            Method::Delete => Action::Delete,
-            _ => Action::Push,
-        };
-        let namespace = match route(&head.path) {
+        let (namespace, action) = match route {
             Route::Base => return Need::Base,
             Route::Catalog => return Need::Catalog,
             Route::Healthz | Route::Readyz | Route::NotFound => return Need::Nothing,
-            Route::Tags { name } | Route::Referrers { name, .. } => {
-                return Need::Repository {
-                    namespace: name,
-                    action: Action::Pull,
-                };
-            }
+            Route::Tags { name } | Route::Referrers { name, .. } => (name, Action::Pull),
             // Cancelling or querying one's own upload is part of pushing.
-            Route::UploadStart { name } | Route::Upload { name, .. } => {
-                return Need::Repository {
-                    namespace: name,
-                    action: Action::Push,
+            Route::UploadStart { name } | Route::Upload { name, .. } => (name, Action::Push),
+            Route::Manifest { name, .. } | Route::Blob { name, .. } => {
+                let action = match head.method {
+                    Method::Get | Method::Head => Action::Pull,
+                    Method::Delete => Action::Delete,
+                    _ => Action::Push,
                 };
+                (name, action)
             }
-            Route::Manifest { name, .. } | Route::Blob { name, .. } => name,
         };
-        Need::Repository { namespace, action }
+        Need::Repository {
+            namespace: namespace.clone(),
+            action,
+        }
     }
 }
 
@@ -404,7 +400,7 @@ mod tests {
     fn requests_map_to_the_permission_they_need() {
         let need = |request: &str| {
             let (_, head) = parse_head(request.as_bytes(), 8192).unwrap().unwrap();
-            Need::of(&head)
+            Need::of(&head, &crate::registry::route::route(&head.path))
         };
         let repo = |namespace: &str, action| Need::Repository {
             namespace: namespace.into(),

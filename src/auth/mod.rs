@@ -95,8 +95,7 @@ pub struct Authenticator {
 impl Authenticator {
     pub fn new(config: &Config) -> Authenticator {
         let mut cache_secret = [0u8; 32];
-        cache_secret[..16].copy_from_slice(&password::random_salt());
-        cache_secret[16..].copy_from_slice(&password::random_salt());
+        crate::storage::random_bytes(&mut cache_secret);
         let policy = AccessPolicy::new(config);
         Authenticator {
             realm: config.auth.realm.clone(),
@@ -270,8 +269,7 @@ impl Authenticator {
 /// The `service` of bearer challenges and token requests.
 pub const TOKEN_SERVICE: &str = "angos";
 
-/// A hash no password matches (its digest is all zeros), as costly as the
-/// dearest configured one.
+/// The decoy for unknown user names, as costly as the dearest configured hash.
 fn decoy(policy: &AccessPolicy) -> PasswordHash {
     let iterations = policy
         .identities()
@@ -279,11 +277,7 @@ fn decoy(policy: &AccessPolicy) -> PasswordHash {
         .map(|identity| identity.password.iterations())
         .max()
         .unwrap_or(password::DEFAULT_ITERATIONS);
-    let text = format!(
-        "$pbkdf2-sha256$i={iterations},l=32$ZGVjb3lkZWNveWRlY295${}",
-        "A".repeat(43)
-    );
-    PasswordHash::parse(&text).expect("the decoy hash is well formed")
+    PasswordHash::decoy(iterations)
 }
 
 #[cfg(test)]

@@ -110,6 +110,17 @@ impl PasswordHash {
         }
     }
 
+    /// A hash no password matches in practice (its digest is all zeros), at
+    /// the cost of `iterations`: checked for unknown user names so that the
+    /// answer's timing does not tell which names exist.
+    pub fn decoy(iterations: u32) -> PasswordHash {
+        PasswordHash {
+            iterations,
+            salt: b"decoy-salt".to_vec(),
+            hash: [0; 32],
+        }
+    }
+
     pub fn iterations(&self) -> u32 {
         self.iterations
     }
@@ -232,7 +243,7 @@ impl fmt::Debug for Verification {
 
 /// Whether `a == b`, looking at every byte whatever the first difference, so
 /// that the time taken does not tell an attacker how much of a guess matched.
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     // Keeps the optimiser from turning the fold into an early-exit compare.
     std::hint::black_box(difference) == 0
@@ -333,22 +344,7 @@ fn finish(state: &[u32; 8], message: &[u8; 32]) -> [u8; 32] {
 /// source there is no safe salt to fall back on.
 pub fn random_salt() -> [u8; 16] {
     let mut salt = [0u8; 16];
-    let mut filled = 0;
-    while filled < salt.len() {
-        let rest = &mut salt[filled..];
-        // SAFETY: the pointer and length describe `rest`, which is writable
-        // for that many bytes and outlives the call.
-        let read = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if read < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            panic!("getrandom(2) failed: {error}");
-        }
-        // Requests this small return whole, but the interface allows less.
-        filled += read as usize;
-    }
+    crate::storage::random_bytes(&mut salt);
     salt
 }
 
@@ -409,9 +405,7 @@ fn read_password(input: &mut impl Read) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-    }
+    use crate::digest::to_lower_hex as hex;
 
     /// A cheap hash for tests that are not about the cost.
     fn cheap(password: &[u8]) -> PasswordHash {

@@ -10,6 +10,8 @@
 //! keyed by a secret drawn at start: tokens do not survive a restart, and a
 //! client whose token is refused fetches a new one.
 
+use super::password::constant_time_eq;
+use crate::digest::to_lower_hex as hex;
 use crate::event_webhook::signature::hmac_sha256;
 
 /// How long a token is good for (what `expires_in` says).
@@ -29,8 +31,7 @@ pub struct TokenKey([u8; 32]);
 impl TokenKey {
     pub fn random() -> TokenKey {
         let mut key = [0u8; 32];
-        key[..16].copy_from_slice(&super::password::random_salt());
-        key[16..].copy_from_slice(&super::password::random_salt());
+        crate::storage::random_bytes(&mut key);
         TokenKey(key)
     }
 
@@ -61,14 +62,11 @@ impl TokenKey {
         else {
             return Err(TokenError::Malformed);
         };
-        let signature = unhex(signature).ok_or(TokenError::Malformed)?;
+        let signature: [u8; 32] = unhex(signature)
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(TokenError::Malformed)?;
         let expected = hmac_sha256(&self.0, body.as_bytes());
-        // Constant time: the comparison must not say how much of a forgery matched.
-        let difference = signature
-            .iter()
-            .zip(expected.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if signature.len() != expected.len() || difference != 0 {
+        if !constant_time_eq(&signature, &expected) {
             return Err(TokenError::BadSignature);
         }
         let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
@@ -79,10 +77,6 @@ impl TokenKey {
             .map_err(|_| TokenError::Malformed)?;
         Ok((!identity.is_empty()).then_some(identity))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -91,20 +91,10 @@ pub(super) fn parse_access_lists(
 }
 
 fn identity_list(section: &mut Section, key: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
-    let message = "must be a list of identity names, \"authenticated\" or \"*\"";
-    match section.get(key) {
-        None => Ok(None),
-        Some(toml::Value::Array(items)) => items
-            .iter()
-            .map(|item| {
-                item.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| section.error(key, message))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(_) => Err(section.error(key, message)),
-    }
+    section.string_list(
+        key,
+        "must be a list of identity names, \"authenticated\" or \"*\"",
+    )
 }
 
 /// Applies one file's `[auth]` table over what earlier files set.
@@ -205,11 +195,7 @@ pub(super) fn parse_auth(
 }
 
 fn is_identity_name(name: &str) -> bool {
-    !name.is_empty()
-        && name != AUTHENTICATED
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    name != AUTHENTICATED && super::is_plain_name(name)
 }
 
 /// Checks what only the merged configuration can tell: every listed name is

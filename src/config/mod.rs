@@ -295,6 +295,23 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A list of strings; `message` says what the list holds when it is not one.
+    fn string_list(&mut self, key: &'static str, message: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(toml::Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| self.error(key, message))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(self.error(key, message)),
+        }
+    }
+
     fn table(&mut self, key: &'static str) -> Result<Option<&'a toml::Table>, ConfigError> {
         match self.get(key) {
             None => Ok(None),
@@ -447,21 +464,13 @@ impl Builder {
                 port,
             });
         }
-        if let Some(items) = section.get("trusted_proxies") {
-            let message = "must be a list of IP addresses or CIDR ranges, like [\"10.0.0.0/8\"]";
-            let toml::Value::Array(items) = items else {
-                return Err(section.error("trusted_proxies", message));
-            };
-            let mut networks = Vec::with_capacity(items.len());
-            for item in items {
-                let text = item
-                    .as_str()
-                    .ok_or_else(|| section.error("trusted_proxies", message))?;
-                let network = crate::http::forwarded::IpNetwork::parse(text)
-                    .map_err(|why| section.error("trusted_proxies", why))?;
-                networks.push(network);
-            }
-            server.trusted_proxies = networks;
+        let message = "must be a list of IP addresses or CIDR ranges, like [\"10.0.0.0/8\"]";
+        if let Some(texts) = section.string_list("trusted_proxies", message)? {
+            server.trusted_proxies = texts
+                .iter()
+                .map(|text| crate::http::forwarded::IpNetwork::parse(text))
+                .collect::<Result<_, _>>()
+                .map_err(|why| section.error("trusted_proxies", why))?;
         }
         section.finish(&mut self.warnings);
         Ok(())
@@ -539,6 +548,15 @@ impl Builder {
         section.finish(&mut self.warnings);
         Ok(())
     }
+}
+
+/// Names of webhooks and identities: they appear in logs, metrics labels
+/// and the admin API's paths, so plain characters only.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Parses `5MiB`, `100GiB`, `512KB`, `42` (bytes), `1.5GiB`. Binary (KiB,

@@ -217,11 +217,7 @@ pub struct Origin {
 }
 
 pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<WebhookConfig, ConfigError> {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !super::is_plain_name(name) {
         return Err(section.error("", "webhook names use letters, digits, '-', '_' and '.'"));
     }
     let Some(url_text) = section.string("url")? else {
@@ -375,20 +371,7 @@ pub(super) fn parse_name_list(
     section: &mut Section,
     key: &'static str,
 ) -> Result<Option<Vec<String>>, ConfigError> {
-    match section.get(key) {
-        None => Ok(None),
-        Some(toml::Value::Array(items)) => {
-            let mut names = Vec::new();
-            for item in items {
-                match item.as_str() {
-                    Some(name) => names.push(name.to_string()),
-                    None => return Err(section.error(key, "must be a list of webhook names")),
-                }
-            }
-            Ok(Some(names))
-        }
-        Some(_) => Err(section.error(key, "must be a list of webhook names")),
-    }
+    section.string_list(key, "must be a list of webhook names")
 }
 
 /// Checks what only the merged configuration can tell: every listed name is

@@ -46,24 +46,15 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 /// The `X-Registry-Signature-256` value for `body`: `sha256=<lowercase hex>`, the
 /// form the seed's Python and Go verifiers compare against.
 pub fn signature_header(token: &str, body: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mac = hmac_sha256(token.as_bytes(), body);
-    let mut out = String::with_capacity("sha256=".len() + mac.len() * 2);
-    out.push_str("sha256=");
-    for byte in mac {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
+    format!("sha256={}", crate::digest::to_lower_hex(&mac))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-    }
+    use crate::digest::to_lower_hex as hex;
 
     #[test]
     fn matches_the_spec_vector() {

@@ -109,7 +109,7 @@ pub fn delivery_id(event_id: &str, webhook: &str) -> String {
     hasher.update(b"\n");
     hasher.update(webhook.as_bytes());
     let digest = hasher.finalize();
-    digest[..16].iter().map(|byte| format!("{byte:02x}")).collect()
+    crate::digest::to_lower_hex(&digest[..16])
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use crate::event_webhook::notifier::{Notifier, Submission, Submitted};
 use crate::http::forwarded::IpNetwork;
 use crate::http::{Body, Method, RequestDecoder, RequestEvent, RequestHead, Response};
 use crate::registry::error::{ErrorCode, RegistryError};
+use crate::registry::route::Route;
 use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
 
 /// Bytes one connection may read or write per wake-up before others get a turn.
@@ -74,7 +75,9 @@ struct RequestInfo {
     path: String,
     keep_alive: bool,
     started_ms: u64,
-    /// Who asked: reported in the request's events.
+    /// The client's address; written into events only when there are some.
+    client: Option<IpAddr>,
+    /// Who logged in (`client_ip` is filled from `client` when an event needs it).
     actor: Actor,
 }
 
@@ -92,6 +95,7 @@ enum Current {
 
 struct LoginWait {
     head: Box<RequestHead>,
+    route: Route,
     info: RequestInfo,
     need: Need,
     login: Box<PendingLogin>,
@@ -264,6 +268,7 @@ impl Connection {
                         path: String::new(),
                         keep_alive: false,
                         started_ms: cx.now_ms,
+                        client: None,
                         actor: Actor::default(),
                     };
                     self.send(response.with_close(), &info, cx);
@@ -309,18 +314,18 @@ impl Connection {
             path: head.path.clone(),
             keep_alive: head.keep_alive,
             started_ms: cx.now_ms,
-            actor: Actor {
-                client_ip: client.map(|address| address.to_string()),
-                ..Actor::default()
-            },
+            client,
+            actor: Actor::default(),
         };
-        let need = Need::of(&head);
+        // Routed once: the permission it needs and the registry both use it.
+        let route = crate::registry::route::route(&head.path);
+        let need = Need::of(&head, &route);
         if need == Need::Nothing {
-            self.serve(head, info, need, Principal::Anonymous, cx);
+            self.serve(head, route, info, need, Principal::Anonymous, cx);
             return;
         }
         match cx.auth.start(head.header("authorization"), client, cx.now_ms) {
-            Login::Done(principal) => self.authorize(head, info, need, principal, cx),
+            Login::Done(principal) => self.authorize(head, route, info, need, principal, cx),
             Login::Failed(failure) => {
                 cx.telemetry.record_auth_failure(failure.label());
                 let challenge = self.challenge(&head, &need, cx);
@@ -338,6 +343,7 @@ impl Connection {
                 };
                 self.current = Current::Authenticating(Box::new(LoginWait {
                     head,
+                    route,
                     info,
                     need,
                     login,
@@ -381,14 +387,21 @@ impl Connection {
         let Current::Authenticating(wait) = std::mem::replace(&mut self.current, Current::None) else {
             unreachable!("matched above");
         };
-        let LoginWait { head, info, need, .. } = *wait;
+        let LoginWait {
+            head,
+            route,
+            info,
+            need,
+            ..
+        } = *wait;
         match outcome {
-            Ok(principal) => self.authorize(head, info, need, principal, cx),
+            Ok(principal) => self.authorize(head, route, info, need, principal, cx),
             Err(failure) => {
                 log::warn!(
                     target: "angos::auth",
                     "failed login from {}: {}",
-                    info.actor.client_ip.as_deref().unwrap_or("an unknown address"),
+                    info.client
+                        .map_or("an unknown address".to_string(), |address| address.to_string()),
                     failure.label().replace('_', " ")
                 );
                 cx.telemetry.record_auth_failure(failure.label());
@@ -403,6 +416,7 @@ impl Connection {
     fn authorize(
         &mut self,
         head: Box<RequestHead>,
+        route: Route,
         mut info: RequestInfo,
         need: Need,
         principal: Principal,
@@ -420,7 +434,7 @@ impl Connection {
             decision => decision,
         };
         match decision {
-            Decision::Allow => self.serve(head, info, need, principal, cx),
+            Decision::Allow => self.serve(head, route, info, need, principal, cx),
             refusal => {
                 let challenge = self.challenge(&head, &need, cx);
                 self.refuse(refusal, info, challenge, cx)
@@ -493,6 +507,7 @@ impl Connection {
     fn serve(
         &mut self,
         head: Box<RequestHead>,
+        route: Route,
         info: RequestInfo,
         need: Need,
         principal: Principal,
@@ -545,7 +560,7 @@ impl Connection {
         }
         let policy = cx.auth.policy();
         let readable = |namespace: &str| policy.allows(principal, crate::auth::Action::Pull, namespace);
-        match cx.registry.begin_as(&head, &readable) {
+        match cx.registry.begin_routed(&head, route, &readable) {
             Begin::Answer(outcome) => self.answer_at_head(outcome, info, body_follows, cx),
             Begin::ReadBody(exchange) => {
                 if head.expect_continue {
@@ -583,7 +598,10 @@ impl Connection {
         };
         let submission = Submission {
             drafts: staged.events,
-            actor: info.actor.clone(),
+            actor: Actor {
+                client_ip: info.client.map(|address| address.to_string()),
+                ..info.actor.clone()
+            },
             commit: staged.commit,
             response: outcome.response,
         };
@@ -730,6 +748,7 @@ impl Connection {
             path: String::new(),
             keep_alive: false,
             started_ms: cx.now_ms,
+            client: None,
             actor: Actor::default(),
         };
         match self.phase {

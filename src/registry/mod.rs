@@ -198,15 +198,19 @@ impl Registry {
 
     /// Routes a request head: answers at once, or prepares to read its body.
     pub fn begin(&mut self, head: &RequestHead) -> Begin {
-        self.begin_as(head, &|_| true)
+        self.begin_routed(head, route::route(&head.path), &|_| true)
     }
 
-    /// Like `begin`, for a client that may pull only from the namespaces
-    /// `readable` accepts: what it may see beyond the request's own
-    /// repository (the catalog, a mount's source) is limited to those.
-    /// The request's own permission was checked before.
-    pub fn begin_as(&mut self, head: &RequestHead, readable: &dyn Fn(&str) -> bool) -> Begin {
-        let route = route::route(&head.path);
+    /// Like `begin`, for a head the caller already routed, and a client that
+    /// may pull only from the namespaces `readable` accepts: what it may see
+    /// beyond the request's own repository (the catalog, a mount's source)
+    /// is limited to those. The request's own permission was checked before.
+    pub fn begin_routed(
+        &mut self,
+        head: &RequestHead,
+        route: Route,
+        readable: &dyn Fn(&str) -> bool,
+    ) -> Begin {
         let label = route.label();
         match self.dispatch(head, route, readable) {
             Ok(state) => match state {

@@ -27,7 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Digest, Hasher, to_lower_hex};
 
 /// Bounds the number of open upload sessions (each keeps a hasher in memory).
 pub const UPLOAD_SESSIONS_MAX_DEFAULT: usize = 4096;
@@ -866,16 +866,6 @@ pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0; bytes];
     random_bytes(&mut buf);
     to_lower_hex(&buf)
-}
-
-fn to_lower_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
 }
 
 /// A random (version 4, RFC 9562) UUID in its hyphenated lowercase form.

@@ -187,6 +187,72 @@ fn run(command: &mut Command, what: &str) {
     );
 }
 
+fn openssl_in(dir: &Path) -> Command {
+    let mut command = Command::new("openssl");
+    command.current_dir(dir);
+    command
+}
+
+/// A P-256 private key (fast to make, and what rustls and Python both take).
+fn new_key(dir: &Path, file: &str) {
+    let args = [
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        file,
+    ];
+    run(openssl_in(dir).args(args), &format!("openssl genpkey ({file})"));
+}
+
+/// In `dir`, where the CA's `ca.pem` and `ca.key` are: a P-256 key
+/// `STEM.key`, and `STEM.pem` for CN `common_name` signed by the CA with the
+/// extensions of `ext_file`.
+fn issue(dir: &Path, stem: &str, common_name: &str, ext_file: &str) {
+    let (key, csr, cert) = (
+        format!("{stem}.key"),
+        format!("{stem}.csr"),
+        format!("{stem}.pem"),
+    );
+    new_key(dir, &key);
+    run(
+        openssl_in(dir).args([
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={common_name}"),
+            "-out",
+            &csr,
+        ]),
+        &format!("openssl req ({stem} CSR)"),
+    );
+    run(
+        openssl_in(dir).args([
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            ext_file,
+            "-out",
+            &cert,
+        ]),
+        &format!("openssl x509 -req ({stem} certificate)"),
+    );
+}
+
 /// A client certificate and its key, signed by a `TestCa`.
 #[derive(Clone, Debug)]
 pub struct ClientCert {
@@ -225,76 +291,15 @@ impl TestCa {
              subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
         )
         .unwrap();
-        let openssl = || {
-            let mut command = Command::new("openssl");
-            command.current_dir(dir.path());
-            command
-        };
+        new_key(dir.path(), "ca.key");
         run(
-            openssl().args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                "ca.key",
-            ]),
-            "openssl genpkey (CA)",
-        );
-        run(
-            openssl().args([
+            openssl_in(dir.path()).args([
                 "req", "-x509", "-new", "-key", "ca.key", "-config", "ca.cnf", "-days", "2", "-sha256",
                 "-out", "ca.pem",
             ]),
             "openssl req -x509 (CA)",
         );
-        run(
-            openssl().args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                "server.key",
-            ]),
-            "openssl genpkey (server)",
-        );
-        run(
-            openssl().args([
-                "req",
-                "-new",
-                "-key",
-                "server.key",
-                "-subj",
-                "/CN=localhost",
-                "-out",
-                "server.csr",
-            ]),
-            "openssl req (server CSR)",
-        );
-        run(
-            openssl().args([
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-sha256",
-                "-extfile",
-                "server.ext",
-                "-out",
-                "server.pem",
-            ]),
-            "openssl x509 -req (server certificate)",
-        );
+        issue(dir.path(), "server", "localhost", "server.ext");
         TestCa {
             ca_pem: p("ca.pem"),
             server_cert: p("server.pem"),
@@ -318,63 +323,10 @@ impl TestCa {
              subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid\n",
         )
         .unwrap();
-        let openssl = || {
-            let mut command = Command::new("openssl");
-            command.current_dir(dir);
-            command
-        };
-        let key = format!("{name}.key");
-        let csr = format!("{name}.csr");
-        let cert = format!("{name}.pem");
-        run(
-            openssl().args([
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &key,
-            ]),
-            "openssl genpkey (client)",
-        );
-        run(
-            openssl().args([
-                "req",
-                "-new",
-                "-key",
-                &key,
-                "-subj",
-                &format!("/CN={name}"),
-                "-out",
-                &csr,
-            ]),
-            "openssl req (client CSR)",
-        );
-        run(
-            openssl().args([
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-sha256",
-                "-extfile",
-                "client.ext",
-                "-out",
-                &cert,
-            ]),
-            "openssl x509 -req (client certificate)",
-        );
+        issue(dir, name, name, "client.ext");
         ClientCert {
-            cert: dir.join(cert),
-            key: dir.join(key),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
             cn: name.to_string(),
         }
     }
