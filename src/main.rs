@@ -159,11 +159,7 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let limits = Limits {
-        max_manifest_size: config.global.max_manifest_size,
-        max_blob_size: config.global.max_blob_size,
-    };
-    let registry = Registry::new(storage, limits);
+    let registry = Registry::new(storage, Limits::of(&config.global));
     let journal_dir = config.storage.root_dir.join("_journal");
     let journal_bytes = config.global.event_webhook_journal_size;
     let journal_limits = JournalLimits {

@@ -490,6 +490,33 @@ fn mount_from_repository_without_the_blob_falls_back_to_upload_session() {
 }
 
 #[test]
+fn mount_without_from_finds_a_namespace_holding_the_blob() {
+    let server = Server::start();
+    let data = b"layer known somewhere".to_vec();
+    let d = push_blob(&server, "some/holder", &data);
+    let automatic = |target: &str, d: &str| {
+        server.request(
+            "POST",
+            &format!("/v2/{target}/blobs/uploads/?mount={}", percent_encode(d)),
+            &[("Content-Length", "0")],
+            b"",
+        )
+    };
+    let response = automatic("auto/target", &d);
+    response.assert_status(201);
+    assert_eq!(url_path(response.expect_header("location")), format!("/v2/auto/target/blobs/{d}"));
+    assert_blob(&server, "auto/target", &data);
+    // Content no namespace holds: a plain upload session.
+    let unknown = digest(b"held by no one");
+    let response = automatic("auto/other", &unknown);
+    response.assert_status(202);
+    response.expect_header("location");
+    server
+        .head(&format!("/v2/auto/other/blobs/{unknown}"))
+        .assert_status(404);
+}
+
+#[test]
 fn mount_from_unknown_repository_falls_back_to_upload_session() {
     let server = Server::start();
     let d = digest(b"nowhere");
@@ -558,6 +585,10 @@ fn blob_range_requests() {
     let unsatisfiable = server.request("GET", &path, &[("Range", "bytes=100-200")], b"");
     unsatisfiable.assert_status(416);
     assert_eq!(unsatisfiable.header("content-range"), Some("bytes */100"));
+    // An inverted range asks for no bytes: 416 too, never the whole blob.
+    let inverted = server.request("GET", &path, &[("Range", "bytes=50-0")], b"");
+    inverted.assert_status(416);
+    assert_eq!(inverted.header("content-range"), Some("bytes */100"));
 }
 
 #[test]

@@ -137,8 +137,8 @@ fn manifest_without_media_type_field_keeps_the_pushed_content_type() {
 }
 
 #[test]
-fn manifest_referencing_unknown_blobs_is_manifest_blob_unknown() {
-    let server = Server::start();
+fn manifest_referencing_unknown_blobs_is_manifest_blob_unknown_when_references_are_required() {
+    let server = Server::start_with(&Options::default().global_line("allow_missing_manifest_references = false"));
     let config = b"{\"os\":\"linux\"}".to_vec();
     let layer = b"a layer".to_vec();
     push_blob(&server, "strict", &config);
@@ -175,6 +175,134 @@ fn manifest_referencing_unknown_blobs_is_manifest_blob_unknown() {
 }
 
 #[test]
+fn missing_references_are_accepted_by_default_and_stay_unreadable_until_pushed() {
+    let server = Server::start();
+    let config = b"{\"os\":\"linux\"}".to_vec();
+    let layer = b"a layer pushed later".to_vec();
+    let foreign = b"a non-distributable layer, never pushed".to_vec();
+    push_blob(&server, "sparse", &config);
+    // The layer exists, but only in another namespace.
+    push_blob(&server, "elsewhere", &layer);
+    let manifest = ManifestSpec::oci(
+        descriptor(OCI_CONFIG, &config),
+        vec![
+            descriptor(OCI_LAYER, &layer),
+            descriptor_with(
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                &foreign,
+                "\"urls\":[\"https://store.example.com/blob\"]",
+            ),
+        ],
+    )
+    .to_json()
+    .into_bytes();
+    let manifest_digest = push_manifest(&server, "sparse", "v1", OCI_MANIFEST, &manifest);
+    assert_eq!(server.get(&manifest_path("sparse", "v1")).body, manifest);
+
+    // Namespace isolation holds: the manifest lends no blob.
+    for blob in [&layer, &foreign] {
+        server
+            .get(&format!("/v2/sparse/blobs/{}", digest(blob)))
+            .assert_error(404, "BLOB_UNKNOWN");
+    }
+    push_blob(&server, "sparse", &layer);
+    assert_eq!(server.get(&format!("/v2/sparse/blobs/{}", digest(&layer))).body, layer);
+
+    // An index whose second child was never pushed: the child stays unknown.
+    let absent_child = b"{\"schemaVersion\":2,\"layers\":[]}".to_vec();
+    let index = index_json(
+        OCI_INDEX,
+        &[
+            descriptor(OCI_MANIFEST, &manifest),
+            descriptor(OCI_MANIFEST, &absent_child),
+        ],
+        None,
+        None,
+    )
+    .into_bytes();
+    push_manifest(&server, "sparse", "multi", OCI_INDEX, &index);
+    assert_eq!(server.get(&manifest_path("sparse", "multi")).body, index);
+    server
+        .get(&manifest_path("sparse", &digest(&absent_child)))
+        .assert_error(404, "MANIFEST_UNKNOWN");
+    server.get(&manifest_path("sparse", &manifest_digest)).assert_status(200);
+}
+
+/// A descriptor of `content` under its sha512 digest.
+fn descriptor_sha512(media_type: &str, content: &[u8]) -> String {
+    format!(
+        "{{\"mediaType\":{},\"digest\":{},\"size\":{}}}",
+        json_str(media_type),
+        json_str(&sha512_digest(content)),
+        content.len()
+    )
+}
+
+#[test]
+fn sha512_manifests_take_tag_parameters_and_name_each_tag_back() {
+    let server = Server::start();
+    let config = b"{\"os\":\"linux\",\"sha\":512}".to_vec();
+    let layer = b"a layer addressed by sha512".to_vec();
+    for blob in [&config, &layer] {
+        let path = format!(
+            "/v2/long/blobs/uploads/?digest={}",
+            percent_encode(&sha512_digest(blob))
+        );
+        server
+            .request("POST", &path, &[("Content-Type", "application/octet-stream")], blob)
+            .assert_status(201);
+    }
+    let manifest = ManifestSpec::oci(
+        descriptor_sha512(OCI_CONFIG, &config),
+        vec![descriptor_sha512(OCI_LAYER, &layer)],
+    )
+    .to_json()
+    .into_bytes();
+    let manifest_digest = sha512_digest(&manifest);
+    let response = server.request(
+        "PUT",
+        &format!("{}?tag=first&tag=second", manifest_path("long", &manifest_digest)),
+        &[("Content-Type", OCI_MANIFEST)],
+        &manifest,
+    );
+    response.assert_status(201);
+    assert_eq!(response.header("docker-content-digest"), Some(manifest_digest.as_str()));
+    assert_eq!(response.headers_named("oci-tag"), ["first", "second"]);
+
+    for tag in ["first", "second"] {
+        let head = server.head(&manifest_path("long", tag));
+        head.assert_status(200);
+        assert_eq!(head.header("docker-content-digest"), Some(manifest_digest.as_str()));
+        assert_eq!(server.get(&manifest_path("long", tag)).body, manifest);
+    }
+    assert_eq!(server.get(&manifest_path("long", &manifest_digest)).body, manifest);
+    assert_eq!(
+        server.get("/v2/long/tags/list").json().string_list("tags"),
+        ["first", "second"]
+    );
+
+    // A referrer of the sha512 manifest, itself pushed by a sha512 digest.
+    let mut referrer = ManifestSpec::oci(descriptor_sha512(OCI_CONFIG, &config), vec![]);
+    referrer.artifact_type = Some("application/vnd.example.sbom".into());
+    referrer.subject = Some(descriptor_sha512(OCI_MANIFEST, &manifest));
+    let referrer = referrer.to_json().into_bytes();
+    let referrer_digest = sha512_digest(&referrer);
+    let response = put_manifest(&server, "long", &referrer_digest, OCI_MANIFEST, &referrer);
+    response.assert_status(201);
+    assert_eq!(response.header("oci-subject"), Some(manifest_digest.as_str()));
+    assert!(response.headers_named("oci-tag").is_empty(), "no tag was asked for");
+    let index = server.get(&format!("/v2/long/referrers/{manifest_digest}")).json();
+    let listed: Vec<String> = index
+        .get("manifests")
+        .and_then(Json::as_array)
+        .unwrap()
+        .iter()
+        .map(|entry| entry.get("digest").and_then(Json::as_str).unwrap().to_string())
+        .collect();
+    assert_eq!(listed, [referrer_digest]);
+}
+
+#[test]
 fn invalid_manifest_is_manifest_invalid() {
     let server = Server::start();
     push_blob(&server, "invalid", b"x");
@@ -203,6 +331,11 @@ fn invalid_tags_are_tag_invalid() {
     let too_long = "a".repeat(129);
     for tag in [".dot", "-dash", "bad!", "sp%20ace", too_long.as_str()] {
         put_manifest(&server, "tags", tag, OCI_MANIFEST, &manifest).assert_error(400, "TAG_INVALID");
+        // A reference outside the tag grammar names nothing that can exist.
+        let path = manifest_path("tags", tag);
+        server.get(&path).assert_error(404, "MANIFEST_UNKNOWN");
+        server.head(&path).assert_status(404);
+        server.delete(&path).assert_error(404, "MANIFEST_UNKNOWN");
     }
     let longest = "b".repeat(128);
     for tag in ["_under", "A.b-C_9", "0", longest.as_str()] {

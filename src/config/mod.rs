@@ -70,6 +70,9 @@ pub struct StorageConfig {
 pub struct GlobalConfig {
     pub max_manifest_size: u64,
     pub max_blob_size: u64,
+    /// Accept manifests whose blobs or child manifests the namespace lacks
+    /// (upstream Angos's key and default).
+    pub allow_missing_manifest_references: bool,
     pub shutdown_drain_secs: u64,
     /// Webhooks for every namespace without its own `event_webhooks`.
     pub event_webhooks: Vec<String>,
@@ -107,6 +110,7 @@ impl Default for Config {
             global: GlobalConfig {
                 max_manifest_size: 5 * 1024 * 1024,
                 max_blob_size: 100 * 1024 * 1024 * 1024,
+                allow_missing_manifest_references: true,
                 shutdown_drain_secs: 30,
                 event_webhooks: Vec::new(),
                 event_webhook_queue_length: 10_000,
@@ -515,6 +519,9 @@ impl Builder {
                 return Err(section.error("max_blob_size", "must be greater than 0"));
             }
             global.max_blob_size = size;
+        }
+        if let Some(allow) = section.boolean("allow_missing_manifest_references")? {
+            global.allow_missing_manifest_references = allow;
         }
         if let Some(secs) = section.integer("shutdown_drain_secs", 0, 24 * 3600)? {
             global.shutdown_drain_secs = secs;

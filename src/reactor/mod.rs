@@ -332,10 +332,7 @@ impl<C: Clock> Reactor<C> {
         self.notifier.reconfigure(&new, self.telemetry.metrics());
         self.auth.reconfigure(&new);
         self.registry.set_interest(self.notifier.interest());
-        self.registry.set_limits(crate::registry::Limits {
-            max_manifest_size: new.global.max_manifest_size,
-            max_blob_size: new.global.max_blob_size,
-        });
+        self.registry.set_limits(crate::registry::Limits::of(&new.global));
         self.config.global = new.global;
         self.config.repositories = new.repositories;
         self.config.webhooks = new.webhooks;

@@ -10,6 +10,11 @@ use crate::event_webhook::event::EventKind;
 use crate::http::{Body, Method, RequestHead, Response};
 use crate::storage::UploadError;
 
+/// Directories under `repositories/` an automatic mount (`?mount=` without
+/// `from`) may look through for a namespace holding the blob; past that the
+/// client uploads the blob as the spec allows (202).
+const AUTO_MOUNT_DIRECTORIES_MAX: usize = 1024;
+
 impl Registry {
     pub(super) fn get_blob(&mut self, head: &RequestHead, name: &str, digest: &Digest) -> Result<Outcome> {
         let blob_unknown = || {
@@ -99,28 +104,38 @@ impl Registry {
         name: String,
         readable: &dyn Fn(&str) -> bool,
     ) -> Result<ExchangeState> {
-        if let (Some(mount), Some(from)) = (head.query_value("mount"), head.query_value("from")) {
+        if let Some(mount) = head.query_value("mount") {
             // Invalid mount arguments fall back to a plain upload (spec: "Cross
             // Repository Blob Mount"), and so does a source the client may not
             // pull from: mounting must not copy what the client cannot read.
-            if let (Ok(digest), true, true) = (
-                Digest::parse(&mount),
-                super::reference::is_valid_name(&from),
-                readable(&from),
-            ) {
-                let readable = self
-                    .storage
-                    .blob_size(&from, &digest)
-                    .map_err(RegistryError::storage)?;
-                if readable.is_some() {
-                    let events = self.blob_push_events(&name, &digest);
-                    let commit = Commit::Mount {
-                        name: name.clone(),
-                        digest: digest.clone(),
-                    };
-                    let outcome = self.outcome(blob_created(&name, &digest), events, commit)?;
-                    return Ok(ExchangeState::Ready(outcome));
+            // Without `from`, any namespace the client may pull from and that
+            // holds the blob will do (the spec's automatic mount).
+            let source = match (Digest::parse(&mount), head.query_value("from")) {
+                (Ok(digest), Some(from)) => {
+                    let readable = super::reference::is_valid_name(&from)
+                        && readable(&from)
+                        && self
+                            .storage
+                            .blob_size(&from, &digest)
+                            .map_err(RegistryError::storage)?
+                            .is_some();
+                    readable.then_some(digest)
                 }
+                (Ok(digest), None) => self
+                    .storage
+                    .find_blob_holder(&digest, readable, AUTO_MOUNT_DIRECTORIES_MAX)
+                    .map_err(RegistryError::storage)?
+                    .map(|_| digest),
+                (Err(_), _) => None,
+            };
+            if let Some(digest) = source {
+                let events = self.blob_push_events(&name, &digest);
+                let commit = Commit::Mount {
+                    name: name.clone(),
+                    digest: digest.clone(),
+                };
+                let outcome = self.outcome(blob_created(&name, &digest), events, commit)?;
+                return Ok(ExchangeState::Ready(outcome));
             }
         }
         let digest = match head.query_value("digest") {

@@ -4,6 +4,7 @@
 use super::error::{ErrorCode, RegistryError};
 use super::manifest::{self, OCI_INDEX};
 use super::reference::{self, Reference};
+use super::outcome::Referenced;
 use super::{Commit, EventDraft, ExchangeState, Outcome, Registry, Result};
 use crate::digest::{Digest, Hasher};
 use crate::event_webhook::event::EventKind;
@@ -124,34 +125,27 @@ impl Registry {
             (_, Some(from_body)) => from_body.clone(),
             _ => manifest::OCI_MANIFEST.to_string(),
         };
-        let mut missing = Vec::new();
-        for blob in &parsed.blobs {
-            if self
-                .storage
-                .blob_size(name, &blob.digest)
-                .map_err(RegistryError::storage)?
-                .is_none()
-            {
-                missing.push(blob.digest.to_string());
-            }
-        }
-        for child in &parsed.manifests {
-            if self
-                .storage
-                .manifest(name, &child.digest)
-                .map_err(RegistryError::storage)?
-                .is_none()
-            {
-                missing.push(child.digest.to_string());
-            }
-        }
-        if let Some(first) = missing.first() {
-            return Err(RegistryError::new(
-                ErrorCode::ManifestBlobUnknown,
-                "manifest references unknown content",
+        let references: Vec<Referenced> = parsed
+            .blobs
+            .iter()
+            .map(|blob| Referenced::Blob(blob.digest.clone()))
+            .chain(
+                parsed
+                    .manifests
+                    .iter()
+                    .map(|child| Referenced::Manifest(child.digest.clone())),
             )
-            .detail(serde_json::json!({ "digest": first, "missing": missing })));
-        }
+            .collect();
+        // Missing content is allowed by default (a sparse index, foreign or
+        // non-distributable layers, a mirror holding one platform); it stays
+        // unreadable from this namespace until it is pushed or mounted. A
+        // `subject` is never checked (spec "Pushing Manifests with Subject").
+        let recheck = if self.limits.allow_missing_manifest_references {
+            Vec::new()
+        } else {
+            self.missing_references(name, &references)?;
+            references
+        };
         let descriptor = parsed
             .subject
             .as_ref()
@@ -184,6 +178,13 @@ impl Registry {
         let mut response = Response::new(201)
             .header("Location", format!("/v2/{name}/manifests/{digest}"))
             .header("Docker-Content-Digest", digest.to_string());
+        if let Reference::Digest(_) = reference {
+            // distribution-spec (development): each `?tag=` applied is named
+            // back, so a client knows the registry understood the parameter.
+            for tag in tags {
+                response = response.header("OCI-Tag", tag.clone());
+            }
+        }
         if let Some(subject) = &parsed.subject {
             response = response.header("OCI-Subject", subject.digest.to_string());
         }
@@ -194,8 +195,41 @@ impl Registry {
             body,
             tags: tags.to_vec(),
             referrer,
+            recheck,
         };
         self.outcome(response, events, commit)
+    }
+
+    /// `Ok` when every reference is readable from `name`, else
+    /// `MANIFEST_BLOB_UNKNOWN` listing what is not.
+    pub(super) fn missing_references(&self, name: &str, references: &[Referenced]) -> Result<()> {
+        let mut missing = Vec::new();
+        for referenced in references {
+            let present = match referenced {
+                Referenced::Blob(digest) => self
+                    .storage
+                    .blob_size(name, digest)
+                    .map_err(RegistryError::storage)?
+                    .is_some(),
+                Referenced::Manifest(digest) => self
+                    .storage
+                    .manifest(name, digest)
+                    .map_err(RegistryError::storage)?
+                    .is_some(),
+            };
+            if !present {
+                let (Referenced::Blob(digest) | Referenced::Manifest(digest)) = referenced;
+                missing.push(digest.to_string());
+            }
+        }
+        match missing.first() {
+            None => Ok(()),
+            Some(first) => Err(RegistryError::new(
+                ErrorCode::ManifestBlobUnknown,
+                "manifest references unknown content",
+            )
+            .detail(serde_json::json!({ "digest": first, "missing": missing }))),
+        }
     }
 
     pub(super) fn delete_manifest(&mut self, name: &str, reference: &Reference) -> Result<Outcome> {

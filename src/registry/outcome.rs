@@ -56,6 +56,11 @@ pub enum Commit {
         tags: Vec<String>,
         /// The subject digest and this manifest's referrer descriptor.
         referrer: Option<(Digest, serde_json::Value)>,
+        /// Blobs and child manifests that must still be readable from `name`
+        /// when the change is made: a `required` webhook's wait can last
+        /// seconds, and a delete may come in between. Empty when missing
+        /// references are allowed.
+        recheck: Vec<Referenced>,
     },
     /// A verified upload session to move into the blob store.
     Upload {
@@ -75,6 +80,24 @@ pub enum Commit {
         name: String,
         tag: String,
     },
+}
+
+/// Content a manifest refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Referenced {
+    Blob(Digest),
+    Manifest(Digest),
+}
+
+impl Commit {
+    /// The commit for a change made in the turn it was checked in, with no
+    /// wait in between: its references need no second look.
+    pub fn checked_now(mut self) -> Commit {
+        if let Commit::PutManifest { recheck, .. } = &mut self {
+            recheck.clear();
+        }
+        self
+    }
 }
 
 /// A registry answer, with the events and change it carries when any webhook

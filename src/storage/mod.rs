@@ -687,12 +687,54 @@ impl Storage {
     /// Every namespace that has a blob link or a manifest, sorted lexically.
     pub fn catalog(&self) -> io::Result<Vec<String>> {
         let mut namespaces = Vec::new();
+        self.walk_namespaces(usize::MAX, |name| {
+            namespaces.push(name.to_string());
+            false
+        })?;
+        namespaces.sort();
+        Ok(namespaces)
+    }
+
+    /// A namespace that `accept`s and may read `digest`, looking at no more
+    /// than `directories_max` directories under `repositories/` (automatic
+    /// cross-repository mount: a blob is only lent from where the client
+    /// could pull it).
+    pub fn find_blob_holder(
+        &self,
+        digest: &Digest,
+        accept: &dyn Fn(&str) -> bool,
+        directories_max: usize,
+    ) -> io::Result<Option<String>> {
+        // Most blobs a client offers to mount are new: one stat answers that.
+        if !exists(&self.blob_path(digest))? {
+            return Ok(None);
+        }
+        let mut holder = None;
+        self.walk_namespaces(directories_max, |name| {
+            // An I/O error on one link reads as "not here"; the walk goes on.
+            if accept(name) && exists(&self.layer_link_path(name, digest)).unwrap_or(false) {
+                holder = Some(name.to_string());
+            }
+            holder.is_some()
+        })?;
+        Ok(holder)
+    }
+
+    /// Calls `visit` with each namespace under `repositories/`, in no
+    /// particular order, until it returns `true` or `directories_max`
+    /// directories were read.
+    fn walk_namespaces(&self, directories_max: usize, mut visit: impl FnMut(&str) -> bool) -> io::Result<()> {
         // Explicit stack rather than recursion: depth is bounded by the name
         // length the registry accepts, but a stack cannot overflow either way.
         let mut pending = vec![(self.root.join(REPOSITORIES_DIR), String::new())];
+        let mut directories = 0usize;
         while let Some((dir, name)) = pending.pop() {
-            if !name.is_empty() && is_namespace_dir(&dir)? {
-                namespaces.push(name.clone());
+            if directories == directories_max {
+                break;
+            }
+            directories += 1;
+            if !name.is_empty() && is_namespace_dir(&dir)? && visit(&name) {
+                break;
             }
             let Some(entries) = not_found_as_none(fs::read_dir(&dir))? else {
                 continue;
@@ -718,8 +760,7 @@ impl Storage {
                 pending.push((entry.path(), child));
             }
         }
-        namespaces.sort();
-        Ok(namespaces)
+        Ok(())
     }
 }
 

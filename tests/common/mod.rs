@@ -875,6 +875,21 @@ pub fn digest(data: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(data))
 }
 
+/// `sha512:<hex>` of `data`, computed by coreutils' `sha512sum` so the
+/// registry's own hashing is checked against an independent one.
+pub fn sha512_digest(data: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sha512sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sha512sum (coreutils)");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let output = child.wait_with_output().expect("sha512sum output");
+    let text = String::from_utf8(output.stdout).unwrap();
+    format!("sha512:{}", text.split_whitespace().next().unwrap())
+}
+
 // ---------------------------------------------------------------------------
 // JSON: a minimal reader for response bodies, and a string escaper for writing
 // ---------------------------------------------------------------------------
