@@ -416,7 +416,10 @@ fn a_mount_needs_pull_rights_on_its_source() {
     // alice cannot read the source: the mount becomes a plain upload.
     mount(&alice).assert_status(202);
     // Nor can she have it found for her by leaving `from` out.
-    let automatic = format!("/v2/alice/app/blobs/uploads/?mount={}", percent_encode(&digest(secret)));
+    let automatic = format!(
+        "/v2/alice/app/blobs/uploads/?mount={}",
+        percent_encode(&digest(secret))
+    );
     alice.request("POST", &automatic, &[], b"").assert_status(202);
     alice
         .get(&format!("/v2/alice/app/blobs/{}", digest(secret)))

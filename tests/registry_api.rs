@@ -504,7 +504,10 @@ fn mount_without_from_finds_a_namespace_holding_the_blob() {
     };
     let response = automatic("auto/target", &d);
     response.assert_status(201);
-    assert_eq!(url_path(response.expect_header("location")), format!("/v2/auto/target/blobs/{d}"));
+    assert_eq!(
+        url_path(response.expect_header("location")),
+        format!("/v2/auto/target/blobs/{d}")
+    );
     assert_blob(&server, "auto/target", &data);
     // Content no namespace holds: a plain upload session.
     let unknown = digest(b"held by no one");

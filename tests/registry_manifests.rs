@@ -138,7 +138,8 @@ fn manifest_without_media_type_field_keeps_the_pushed_content_type() {
 
 #[test]
 fn manifest_referencing_unknown_blobs_is_manifest_blob_unknown_when_references_are_required() {
-    let server = Server::start_with(&Options::default().global_line("allow_missing_manifest_references = false"));
+    let server =
+        Server::start_with(&Options::default().global_line("allow_missing_manifest_references = false"));
     let config = b"{\"os\":\"linux\"}".to_vec();
     let layer = b"a layer".to_vec();
     push_blob(&server, "strict", &config);
@@ -206,7 +207,10 @@ fn missing_references_are_accepted_by_default_and_stay_unreadable_until_pushed()
             .assert_error(404, "BLOB_UNKNOWN");
     }
     push_blob(&server, "sparse", &layer);
-    assert_eq!(server.get(&format!("/v2/sparse/blobs/{}", digest(&layer))).body, layer);
+    assert_eq!(
+        server.get(&format!("/v2/sparse/blobs/{}", digest(&layer))).body,
+        layer
+    );
 
     // An index whose second child was never pushed: the child stays unknown.
     let absent_child = b"{\"schemaVersion\":2,\"layers\":[]}".to_vec();
@@ -225,7 +229,9 @@ fn missing_references_are_accepted_by_default_and_stay_unreadable_until_pushed()
     server
         .get(&manifest_path("sparse", &digest(&absent_child)))
         .assert_error(404, "MANIFEST_UNKNOWN");
-    server.get(&manifest_path("sparse", &manifest_digest)).assert_status(200);
+    server
+        .get(&manifest_path("sparse", &manifest_digest))
+        .assert_status(200);
 }
 
 /// A descriptor of `content` under its sha512 digest.
@@ -249,7 +255,12 @@ fn sha512_manifests_take_tag_parameters_and_name_each_tag_back() {
             percent_encode(&sha512_digest(blob))
         );
         server
-            .request("POST", &path, &[("Content-Type", "application/octet-stream")], blob)
+            .request(
+                "POST",
+                &path,
+                &[("Content-Type", "application/octet-stream")],
+                blob,
+            )
             .assert_status(201);
     }
     let manifest = ManifestSpec::oci(
@@ -266,16 +277,25 @@ fn sha512_manifests_take_tag_parameters_and_name_each_tag_back() {
         &manifest,
     );
     response.assert_status(201);
-    assert_eq!(response.header("docker-content-digest"), Some(manifest_digest.as_str()));
+    assert_eq!(
+        response.header("docker-content-digest"),
+        Some(manifest_digest.as_str())
+    );
     assert_eq!(response.headers_named("oci-tag"), ["first", "second"]);
 
     for tag in ["first", "second"] {
         let head = server.head(&manifest_path("long", tag));
         head.assert_status(200);
-        assert_eq!(head.header("docker-content-digest"), Some(manifest_digest.as_str()));
+        assert_eq!(
+            head.header("docker-content-digest"),
+            Some(manifest_digest.as_str())
+        );
         assert_eq!(server.get(&manifest_path("long", tag)).body, manifest);
     }
-    assert_eq!(server.get(&manifest_path("long", &manifest_digest)).body, manifest);
+    assert_eq!(
+        server.get(&manifest_path("long", &manifest_digest)).body,
+        manifest
+    );
     assert_eq!(
         server.get("/v2/long/tags/list").json().string_list("tags"),
         ["first", "second"]
@@ -290,8 +310,13 @@ fn sha512_manifests_take_tag_parameters_and_name_each_tag_back() {
     let response = put_manifest(&server, "long", &referrer_digest, OCI_MANIFEST, &referrer);
     response.assert_status(201);
     assert_eq!(response.header("oci-subject"), Some(manifest_digest.as_str()));
-    assert!(response.headers_named("oci-tag").is_empty(), "no tag was asked for");
-    let index = server.get(&format!("/v2/long/referrers/{manifest_digest}")).json();
+    assert!(
+        response.headers_named("oci-tag").is_empty(),
+        "no tag was asked for"
+    );
+    let index = server
+        .get(&format!("/v2/long/referrers/{manifest_digest}"))
+        .json();
     let listed: Vec<String> = index
         .get("manifests")
         .and_then(Json::as_array)

@@ -473,6 +473,79 @@ fn a_required_webhook_gates_visibility_until_it_answers() {
     assert_eq!(got.body, manifest);
 }
 
+/// Pushes a manifest whose required webhook is held, deletes its layer from
+/// the namespace while the webhook waits (the receiver answers only after the
+/// delete was acknowledged), and returns the push's answer.
+fn push_while_the_layer_is_deleted(
+    registry: &Registry,
+    receiver: &Receiver,
+    repo: &str,
+) -> (Response, Vec<u8>) {
+    let server = &registry.server;
+    let (_, layer, manifest) = image_parts("deleted-while-held");
+    prepare_image(server, repo, "deleted-while-held");
+    let response = thread::scope(|scope| {
+        let push = scope.spawn(|| put_manifest(server, repo, "v1", OCI_MANIFEST, &manifest));
+        expect_requests(receiver, 1, server);
+        server
+            .delete(&format!("/v2/{repo}/blobs/{}", digest(&layer)))
+            .assert_status(202);
+        assert_eq!(
+            receiver.replied_count(),
+            0,
+            "the webhook answered before the delete"
+        );
+        receiver.release();
+        push.join().unwrap()
+    });
+    (response, manifest)
+}
+
+#[test]
+fn a_blob_deleted_during_a_required_wait_fails_the_commit_when_references_are_required() {
+    let receiver = Receiver::start(Reply::Held);
+    let setup = Setup::new()
+        .hook(Webhook::new(
+            "gate",
+            &receiver.url("/gate"),
+            "required",
+            &["manifest.push"],
+        ))
+        .global_line("allow_missing_manifest_references = false");
+    let registry = Registry::start(&setup);
+    let (response, manifest) = push_while_the_layer_is_deleted(&registry, &receiver, "race/strict");
+    response.assert_error(400, "MANIFEST_BLOB_UNKNOWN");
+    registry.get("/v2/race/strict/manifests/v1").assert_status(404);
+    registry
+        .get(&format!("/v2/race/strict/manifests/{}", digest(&manifest)))
+        .assert_status(404);
+    let tags = registry.get("/v2/race/strict/tags/list");
+    assert!(
+        tags.status == 404 || tags.json().string_list("tags").is_empty(),
+        "a tag became visible: {}",
+        tags.describe()
+    );
+}
+
+#[test]
+fn a_blob_deleted_during_a_required_wait_is_as_if_deleted_after_the_commit_by_default() {
+    let receiver = Receiver::start(Reply::Held);
+    let setup = Setup::new().hook(Webhook::new(
+        "gate",
+        &receiver.url("/gate"),
+        "required",
+        &["manifest.push"],
+    ));
+    let registry = Registry::start(&setup);
+    let (response, manifest) = push_while_the_layer_is_deleted(&registry, &receiver, "race/lenient");
+    response.assert_status(201);
+    assert_eq!(registry.get("/v2/race/lenient/manifests/v1").body, manifest);
+    let (_, layer, _) = image_parts("deleted-while-held");
+    registry
+        .get(&format!("/v2/race/lenient/blobs/{}", digest(&layer)))
+        .assert_error(404, "BLOB_UNKNOWN");
+}
+
 #[test]
 fn a_failing_optional_webhook_still_pushes_warns_and_counts() {
     let receiver = Receiver::start(Reply::status(500));

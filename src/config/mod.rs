@@ -650,11 +650,14 @@ mod tests {
             [global]
             max_manifest_size = "1MiB"
             max_blob_size = "1GiB"
+            allow_missing_manifest_references = false
             "#,
         )
         .unwrap();
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
         let config = loaded.config;
+        assert!(!config.global.allow_missing_manifest_references);
+        assert!(Config::default().global.allow_missing_manifest_references);
         assert_eq!(config.server.port, 5000);
         assert_eq!(config.server.max_connections, 10);
         assert!(config.storage.sync_to_disk);
@@ -683,6 +686,8 @@ mod tests {
         );
         let error = load("[global]\nmax_manifest_size = \"lots\"\n").unwrap_err();
         assert_eq!(error.key, "global.max_manifest_size");
+        let error = load("[global]\nallow_missing_manifest_references = \"no\"\n").unwrap_err();
+        assert_eq!(error.key, "global.allow_missing_manifest_references");
         let error = load("[server]\nbind_address = \"127.0.0.1\"\nport = 70000\n").unwrap_err();
         assert_eq!(error.key, "server.port");
         let error = load("[server\n").unwrap_err();

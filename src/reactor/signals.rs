@@ -116,7 +116,10 @@ mod tests {
         // end gets the old one's number: the handler must leave it alone.
         let mut fds = [0; 2];
         // SAFETY: pipe2 fills two descriptors this test owns.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) }, 0);
+        assert_eq!(
+            unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) },
+            0
+        );
         // SAFETY: raise(3) runs the handler on this thread.
         assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
         let mut byte = [0u8; 1];
@@ -132,6 +135,9 @@ mod tests {
             eprintln!("descriptor {old_write_end} was not reused by this test ({fds:?})");
             return;
         }
-        assert_eq!(read, -1, "a signal after the pipe closed wrote into a reused descriptor");
+        assert_eq!(
+            read, -1,
+            "a signal after the pipe closed wrote into a reused descriptor"
+        );
     }
 }

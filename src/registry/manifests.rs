@@ -3,8 +3,8 @@
 
 use super::error::{ErrorCode, RegistryError};
 use super::manifest::{self, OCI_INDEX};
-use super::reference::{self, Reference};
 use super::outcome::Referenced;
+use super::reference::{self, Reference};
 use super::{Commit, EventDraft, ExchangeState, Outcome, Registry, Result};
 use crate::digest::{Digest, Hasher};
 use crate::event_webhook::event::EventKind;
