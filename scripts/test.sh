@@ -26,11 +26,16 @@ apt_install() {
 }
 
 # skopeo pushes and pulls images; openssl makes the test CA for HTTPS webhook
-# receivers; promtool (Debian package prometheus) checks the /metrics format.
+# receivers; promtool (Debian package prometheus) checks the /metrics format;
+# docker (Debian's docker.io: dockerd and the client) and podman are the
+# clients whose refused pushes must fail at once (tests/refusals.rs starts a
+# dockerd of its own and skips, saying why, where none can run).
 missing=()
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi

@@ -316,11 +316,11 @@ fn the_token_handshake_serves_anonymous_pulls_and_authenticated_pushes() {
     nobody.get("/v2/public/tools/manifests/v1").assert_status(200);
     let refused = nobody.get("/v2/production/api/manifests/v1");
     assert_challenge(&refused);
+    // The token was valid but is not enough: RFC 6750's insufficient_scope.
     assert!(
-        refused
-            .header("www-authenticate")
-            .unwrap()
-            .ends_with(",scope=\"repository:production/api:pull\""),
+        refused.header("www-authenticate").unwrap().contains(
+            ",scope=\"repository:production/api:pull\",error=\"insufficient_scope\",error_description=\""
+        ),
         "{}",
         refused.describe()
     );

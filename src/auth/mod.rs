@@ -8,6 +8,7 @@ pub mod access;
 mod base64;
 pub mod basic;
 pub mod password;
+pub mod refusal;
 pub mod throttle;
 pub mod token;
 

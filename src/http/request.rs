@@ -101,6 +101,37 @@ impl RequestHead {
             BodyFraming::Chunked => None,
         }
     }
+
+    /// Path and query for a log line, with the values of parameters that
+    /// may carry secrets (tokens, passwords, signatures) replaced, so
+    /// `mount=`, `from=` and `digest=` stay visible when debugging.
+    pub fn log_target(&self) -> String {
+        if self.query.is_empty() {
+            return self.path.clone();
+        }
+        let mut target = format!("{}?", self.path);
+        for (index, pair) in self.query.split('&').enumerate() {
+            if index > 0 {
+                target.push('&');
+            }
+            match pair.split_once('=') {
+                Some((key, _)) if is_secret_parameter(key) => {
+                    target.push_str(key);
+                    target.push_str("=REDACTED");
+                }
+                _ => target.push_str(pair),
+            }
+        }
+        target
+    }
+}
+
+/// Query parameter names whose values are not logged: anything naming a
+/// token, password, secret, signature, credential or key.
+fn is_secret_parameter(key: &str) -> bool {
+    const SECRET_WORDS: [&str; 7] = ["token", "pass", "secret", "sig", "credential", "key", "auth"];
+    let key = key.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|word| key.contains(word))
 }
 
 /// Why a request could not be read; each maps to one status.
@@ -431,6 +462,23 @@ pub fn percent_decode(text: &str, query: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_targets_keep_the_query_and_hide_secrets() {
+        let head = |target: &str| {
+            let text = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+            parse_head(text.as_bytes(), 1 << 14).unwrap().unwrap().1
+        };
+        assert_eq!(head("/v2/").log_target(), "/v2/");
+        assert_eq!(
+            head("/v2/a/blobs/uploads/?mount=sha256:ab&from=b%2Fc").log_target(),
+            "/v2/a/blobs/uploads/?mount=sha256:ab&from=b%2Fc"
+        );
+        assert_eq!(
+            head("/v2/x?access_token=abc&digest=sha256:1&X-Amz-Signature=f&Password=p&flag").log_target(),
+            "/v2/x?access_token=REDACTED&digest=sha256:1&X-Amz-Signature=REDACTED&Password=REDACTED&flag"
+        );
+    }
 
     fn head(text: &str) -> Result<Option<(usize, RequestHead)>, RequestError> {
         parse_head(text.as_bytes(), 16 * 1024)

@@ -10,13 +10,13 @@ use std::net::{IpAddr, SocketAddr};
 use super::output::{Flush, Output};
 use super::telemetry::Telemetry;
 use super::transport::Transport;
+use crate::auth::refusal::Refused;
 use crate::auth::{Authenticator, Decision, Login, Need, PendingLogin, Principal};
 use crate::event_webhook::event::Actor;
 use crate::event_webhook::notifier::admin::Admin;
 use crate::event_webhook::notifier::{Notifier, Submission, Submitted};
 use crate::http::forwarded::IpNetwork;
 use crate::http::{Body, Method, RequestDecoder, RequestEvent, RequestHead, Response};
-use crate::registry::error::{ErrorCode, RegistryError};
 use crate::registry::route::Route;
 use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
 
@@ -311,7 +311,12 @@ impl Connection {
         let info = RequestInfo {
             method: method_label(&head.method),
             route: crate::registry::route::label_of(&head.path),
-            path: head.path.clone(),
+            // Only a debug log line reads it: built only when one is written.
+            path: if log::log_enabled!(target: "angos::http", log::Level::Debug) {
+                head.log_target()
+            } else {
+                String::new()
+            },
             keep_alive: head.keep_alive,
             started_ms: cx.now_ms,
             client,
@@ -329,7 +334,7 @@ impl Connection {
             Login::Failed(failure) => {
                 cx.telemetry.record_auth_failure(failure.label());
                 let challenge = self.challenge(&head, &need, cx);
-                self.refuse(Decision::Challenge, info, challenge, cx);
+                self.refuse(Refused::BadCredentials(failure), &need, None, info, challenge, cx);
             }
             Login::Verify(login) => {
                 if login.not_before_ms > cx.now_ms {
@@ -406,7 +411,7 @@ impl Connection {
                 );
                 cx.telemetry.record_auth_failure(failure.label());
                 let challenge = self.challenge(&head, &need, cx);
-                self.refuse(Decision::Challenge, info, challenge, cx);
+                self.refuse(Refused::BadCredentials(failure), &need, None, info, challenge, cx);
             }
         }
         // The rest of the request (its body) is read by the normal loop.
@@ -433,13 +438,15 @@ impl Connection {
             Decision::Challenge if need == Need::Base && with_token => Decision::Allow,
             decision => decision,
         };
-        match decision {
-            Decision::Allow => self.serve(head, route, info, need, principal, cx),
-            refusal => {
-                let challenge = self.challenge(&head, &need, cx);
-                self.refuse(refusal, info, challenge, cx)
-            }
-        }
+        let refused = match decision {
+            Decision::Allow => return self.serve(head, route, info, need, principal, cx),
+            Decision::Deny => Refused::Denied,
+            Decision::Challenge if with_token => Refused::AnonymousToken,
+            Decision::Challenge => Refused::NoCredentials,
+        };
+        let challenge = self.challenge(&head, &need, cx);
+        let username = info.actor.username.clone();
+        self.refuse(refused, &need, username.as_deref(), info, challenge, cx)
     }
 
     /// The `WWW-Authenticate` value for a request that needs credentials:
@@ -490,15 +497,16 @@ impl Connection {
     }
 
     /// 401 with the challenge, or 403; a body the request carries is not read.
-    fn refuse(&mut self, decision: Decision, info: RequestInfo, challenge: String, cx: &mut Context) {
-        let response = if decision == Decision::Deny {
-            RegistryError::new(ErrorCode::Denied, "requested access to the resource is denied")
-                .into_response()
-        } else {
-            RegistryError::new(ErrorCode::Unauthorized, "authentication required")
-                .into_response()
-                .header("WWW-Authenticate", challenge)
-        };
+    fn refuse(
+        &mut self,
+        refused: Refused,
+        need: &Need,
+        username: Option<&str>,
+        info: RequestInfo,
+        challenge: String,
+        cx: &mut Context,
+    ) {
+        let response = crate::auth::refusal::refusal(refused, need, &challenge, username);
         let body_follows = self.decoder.in_body();
         self.answer_at_head(response.into(), info, body_follows, cx);
     }

@@ -101,12 +101,17 @@ impl RegistryError {
         RegistryError::new(ErrorCode::Unknown, "storage error")
     }
 
-    pub fn into_response(self) -> Response {
+    /// The spec's error body: `{"errors":[{"code","message","detail"?}]}`.
+    pub fn body(&self) -> serde_json::Value {
         let mut entry = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
-        if let Some(detail) = self.detail {
-            entry["detail"] = detail;
+        if let Some(detail) = &self.detail {
+            entry["detail"] = detail.clone();
         }
-        Response::json(self.status, &serde_json::json!({ "errors": [entry] }))
+        serde_json::json!({ "errors": [entry] })
+    }
+
+    pub fn into_response(self) -> Response {
+        Response::json(self.status, &self.body())
     }
 }
 

@@ -287,7 +287,9 @@ pub fn referrer_descriptor(
     if let Some(artifact_type) = &parsed.artifact_type {
         object.insert("artifactType".to_owned(), Value::from(artifact_type.as_str()));
     }
-    if let Some(annotations) = &parsed.annotations {
+    // An empty map says nothing; clients compare descriptors field by field,
+    // and `{}` where the manifest's descriptor has none reads as a difference.
+    if let Some(annotations) = parsed.annotations.as_ref().filter(|map| !map.is_empty()) {
         object.insert("annotations".to_owned(), Value::Object(annotations.clone()));
     }
     Value::Object(object)
@@ -495,7 +497,7 @@ mod tests {
 
     #[test]
     fn referrer_descriptor_omits_absent_fields() {
-        let index = serde_json::json!({ "mediaType": OCI_INDEX, "manifests": [] });
+        let index = serde_json::json!({ "mediaType": OCI_INDEX, "manifests": [], "annotations": {} });
         let parsed = parse_value(OCI_INDEX, &index).unwrap();
         let descriptor = referrer_descriptor(&parsed, OCI_INDEX, &digest(OTHER), 42);
         assert_eq!(
