@@ -202,6 +202,15 @@ impl ResponseDecoder {
         self.state == State::Head { interim: 0 }
     }
 
+    /// The final status while its body is being read.
+    pub fn status_in_body(&self) -> Option<u16> {
+        match &self.state {
+            State::Length { done, .. } | State::Chunked { done, .. } => Some(done.status),
+            State::UntilEof { status } => Some(*status),
+            State::Head { .. } | State::Failed(_) => None,
+        }
+    }
+
     /// Consumes what it can of `input` and returns the bytes consumed and, once
     /// a whole response has been read, its outcome. It stops right after that
     /// response, so the caller keeps the unconsumed rest (a pipelined next
@@ -565,6 +574,23 @@ mod tests {
               5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: a\r\nX-Other: b\r\n\r\n",
             &[ok(202, true)],
         );
+    }
+
+    #[test]
+    fn the_status_is_known_while_the_body_is_read() {
+        let mut decoder = ResponseDecoder::new(1024);
+        assert_eq!(decoder.status_in_body(), None);
+        let (consumed, done) = decoder
+            .decode(b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab")
+            .unwrap();
+        assert_eq!((consumed, done), (54, None));
+        assert_eq!(decoder.status_in_body(), Some(503));
+        let mut decoder = ResponseDecoder::new(1024);
+        decoder.decode(b"HTTP/1.0 200 OK\r\n\r\nforever").unwrap();
+        assert_eq!(decoder.status_in_body(), Some(200));
+        let mut decoder = ResponseDecoder::new(1024);
+        decoder.decode(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
+        assert_eq!(decoder.status_in_body(), None, "an interim response has no body");
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl<C: Clock> Reactor<C> {
         // Deliveries resumed from the journal go out now, not at the first wake-up.
         self.pump_webhooks();
         loop {
-            let timeout = if !self.again.is_empty() {
+            let timeout = if !self.again.is_empty() || self.outbound.has_work() {
                 Some(Duration::ZERO)
             } else {
                 let now = self.clock.now_ms();

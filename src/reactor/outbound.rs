@@ -28,6 +28,13 @@ const CONNECTIONS_MAX: usize = 1024;
 const IDLE_PER_ENDPOINT_MAX: usize = 8;
 /// Largest response head accepted from a webhook receiver.
 const RESPONSE_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Response bytes (head and body) read, the body dropped, before the
+/// connection is closed: only the status matters, and a receiver that
+/// answers with an endless or huge body must not keep the attempt busy.
+const RESPONSE_BYTES_MAX: u64 = 64 * 1024;
+/// Bytes one connection may read per loop turn; the rest waits for the next
+/// turn, so a fast sender cannot hold the reactor (STYLE.md, readiness).
+const READ_BUDGET_BYTES: usize = 64 * 1024;
 
 /// Where a connection goes; connections are reused only for the same key,
 /// so a connection made with one client certificate (or trust) never serves
@@ -81,13 +88,11 @@ struct Connection {
     delivery: Option<DeliveryId>,
     request: Rc<Vec<u8>>,
     written: usize,
-    decoder: ResponseDecoder,
-    /// Plaintext received and not yet decoded.
-    pending: Vec<u8>,
+    /// The response being read.
+    reader: ResponseReader,
     /// The attempt runs on a connection reused from the idle pool; if it dies
     /// before any response byte, the attempt moves to a fresh connection.
     reused: bool,
-    response_started: bool,
 }
 
 pub struct Outbound {
@@ -104,6 +109,9 @@ pub struct Outbound {
     tls_configs: BTreeMap<TlsFiles, Arc<rustls::ClientConfig>>,
     results: VecDeque<(DeliveryId, AttemptResult)>,
     buffer: Vec<u8>,
+    /// Connections that used their read budget and must run again next
+    /// turn without a readiness event (edge-triggered: none would come).
+    again: Vec<usize>,
 }
 
 impl Outbound {
@@ -123,6 +131,7 @@ impl Outbound {
             tls_configs: BTreeMap::new(),
             results: VecDeque::new(),
             buffer: vec![0; 16 * 1024],
+            again: Vec::new(),
         }
     }
 
@@ -137,6 +146,11 @@ impl Outbound {
     /// The resolver's next deadline.
     pub fn poll_timeout(&self) -> Option<u64> {
         self.resolver.poll_timeout()
+    }
+
+    /// Connections wait to run again: the next poll must not sleep.
+    pub fn has_work(&self) -> bool {
+        !self.again.is_empty()
     }
 
     /// The webhooks' TLS files may have changed on disk (or the configuration
@@ -229,10 +243,8 @@ impl Outbound {
             delivery: None,
             request: Rc::new(Vec::new()),
             written: 0,
-            decoder: ResponseDecoder::new(RESPONSE_HEAD_BYTES_MAX),
-            pending: Vec::new(),
+            reader: ResponseReader::new(),
             reused: false,
-            response_started: false,
         };
         connection.begin_attempt(delivery, request, false);
         let slot = self.free.pop().unwrap_or_else(|| {
@@ -272,6 +284,9 @@ impl Outbound {
     }
 
     pub fn handle_timeout(&mut self, registry: &Registry, now_ms: u64) {
+        for slot in std::mem::take(&mut self.again) {
+            self.drive(registry, slot, now_ms);
+        }
         self.resolver.handle_timeout(now_ms);
         self.flush_dns(registry);
         self.take_dns_results(registry, now_ms);
@@ -490,6 +505,7 @@ impl Outbound {
         };
         match step {
             Step::Wait => {}
+            Step::Again => self.again.push(slot),
             Step::Done { status, keep_alive } => {
                 let delivery = connection.delivery.take();
                 if let Some(delivery) = delivery {
@@ -510,7 +526,7 @@ impl Outbound {
                 // cannot have acted on it, so a second try is not a second attempt
                 // (at most max_retries + 1 attempts reach a receiver).
                 let can_retry =
-                    connection.reused && !connection.response_started && !connection.request_sent();
+                    connection.reused && !connection.reader.started && !connection.request_sent();
                 if can_retry && let Some(delivery) = connection.delivery.take() {
                     // The peer closed a keep-alive connection we took from the pool:
                     // a race, not a failure of the receiver. Try a fresh connection.
@@ -572,6 +588,8 @@ impl Outbound {
 
 enum Step {
     Wait,
+    /// The read budget ran out with bytes possibly left: run again next turn.
+    Again,
     Done {
         status: u16,
         keep_alive: bool,
@@ -591,10 +609,8 @@ impl Connection {
         self.delivery = Some(delivery);
         self.request = request;
         self.written = 0;
-        self.pending.clear();
-        self.decoder = ResponseDecoder::new(RESPONSE_HEAD_BYTES_MAX);
+        self.reader = ResponseReader::new();
         self.reused = reused;
-        self.response_started = false;
         if reused {
             self.phase = Phase::Exchanging;
         }
@@ -624,13 +640,23 @@ impl Connection {
                         Err(error) => return Err(format!("send failed: {error}")),
                     }
                 }
+                let mut budget = READ_BUDGET_BYTES;
                 loop {
-                    match socket.read(buffer) {
+                    if budget == 0 {
+                        return Ok(Step::Again);
+                    }
+                    let room = buffer.len().min(budget);
+                    match socket.read(&mut buffer[..room]) {
                         Ok(0) => {
                             eof = true;
                             break;
                         }
-                        Ok(n) => self.pending.extend_from_slice(&buffer[..n]),
+                        Ok(n) => {
+                            budget -= n;
+                            if let Some(step) = self.reader.receive(&buffer[..n], &self.endpoint.host)? {
+                                return Ok(step);
+                            }
+                        }
                         Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                         Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                         Err(error) => return Err(format!("receive failed: {error}")),
@@ -645,6 +671,7 @@ impl Connection {
                         .map_err(|error| format!("TLS: {error}"))?;
                     self.written = self.request.len();
                 }
+                let mut budget = READ_BUDGET_BYTES;
                 loop {
                     while tls.wants_write() {
                         match tls.write_tls(socket) {
@@ -657,12 +684,16 @@ impl Connection {
                     if !tls.wants_read() {
                         break;
                     }
+                    if budget == 0 {
+                        return Ok(Step::Again);
+                    }
                     match tls.read_tls(socket) {
                         Ok(0) => {
                             eof = true;
                             break;
                         }
-                        Ok(_) => {
+                        Ok(n) => {
+                            budget = budget.saturating_sub(n);
                             tls.process_new_packets()
                                 .map_err(|error| format!("TLS: {error}"))?;
                             loop {
@@ -671,7 +702,13 @@ impl Connection {
                                         eof = true;
                                         break;
                                     }
-                                    Ok(n) => self.pending.extend_from_slice(&buffer[..n]),
+                                    Ok(n) => {
+                                        if let Some(step) =
+                                            self.reader.receive(&buffer[..n], &self.endpoint.host)?
+                                        {
+                                            return Ok(step);
+                                        }
+                                    }
                                     Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                                     Err(error) => return Err(format!("TLS: {error}")),
                                 }
@@ -691,26 +728,9 @@ impl Connection {
                 }
             }
         }
-        if !self.pending.is_empty() {
-            self.response_started = true;
-            let (consumed, done) = self
-                .decoder
-                .decode(&self.pending)
-                .map_err(|error| format!("malformed response: {error}"))?;
-            self.pending.drain(..consumed);
-            if let Some(done) = done {
-                // Bytes after the response on a connection we own are a protocol
-                // error; the connection cannot be reused.
-                let keep_alive = done.keep_alive && self.pending.is_empty() && !eof;
-                return Ok(Step::Done {
-                    status: done.status,
-                    keep_alive,
-                });
-            }
-        }
         if eof {
-            if self.response_started {
-                return match self.decoder.eof() {
+            if self.reader.started {
+                return match self.reader.decoder.eof() {
                     Ok(done) => Ok(Step::Done {
                         status: done.status,
                         keep_alive: false,
@@ -731,6 +751,66 @@ impl Connection {
         match socket.read(buffer) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Wait,
             _ => Step::Closed,
+        }
+    }
+}
+
+/// Reads one response: decodes each read as it arrives, so what is held is
+/// at most a partial head, and stops once the status is known and the
+/// response ran past `RESPONSE_BYTES_MAX`.
+struct ResponseReader {
+    decoder: ResponseDecoder,
+    /// Plaintext received and not yet decoded (a partial head).
+    pending: Vec<u8>,
+    /// A response byte arrived.
+    started: bool,
+    /// Bytes of the response decoded so far.
+    bytes: u64,
+}
+
+impl ResponseReader {
+    fn new() -> ResponseReader {
+        ResponseReader {
+            decoder: ResponseDecoder::new(RESPONSE_HEAD_BYTES_MAX),
+            pending: Vec::new(),
+            started: false,
+            bytes: 0,
+        }
+    }
+
+    /// Decodes `data`: `Some` once the response is complete, or once its
+    /// body ran past `RESPONSE_BYTES_MAX` (the status is known; the rest is
+    /// not read and the connection is not reused).
+    fn receive(&mut self, data: &[u8], host: &str) -> Result<Option<Step>, String> {
+        self.started = true;
+        self.pending.extend_from_slice(data);
+        let (consumed, done) = self
+            .decoder
+            .decode(&self.pending)
+            .map_err(|error| format!("malformed response: {error}"))?;
+        self.pending.drain(..consumed);
+        self.bytes += consumed as u64;
+        if let Some(done) = done {
+            // Bytes after the response on a connection we own are a protocol
+            // error; the connection cannot be reused.
+            let keep_alive = done.keep_alive && self.pending.is_empty();
+            return Ok(Some(Step::Done {
+                status: done.status,
+                keep_alive,
+            }));
+        }
+        match self.decoder.status_in_body() {
+            Some(status) if self.bytes > RESPONSE_BYTES_MAX => {
+                log::debug!(
+                    target: "angos::event_webhook",
+                    "response from {host} longer than {RESPONSE_BYTES_MAX} bytes: not read further"
+                );
+                Ok(Some(Step::Done {
+                    status,
+                    keep_alive: false,
+                }))
+            }
+            _ => Ok(None),
         }
     }
 }

@@ -1,0 +1,212 @@
+//! Hostile peers on the real binary (issue 19): webhook receivers that answer
+//! with endless or huge bodies, or trickle them. Each case asserts the bound
+//! (peak RSS from `/proc`, the time the push takes, the answer given) and that
+//! a well-behaved client keeps being served meanwhile.
+// End-to-end tests time the real binary from outside.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+mod webhook_support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use webhook_support::*;
+
+/// Peak resident memory of the server process, from `/proc/<pid>/status`.
+fn peak_rss_bytes(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("read /proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// What a hostile receiver sends after reading a request head.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// `200 OK` with a chunked body that never ends, as fast as it can.
+    EndlessChunks,
+    /// `500` announcing and sending `len` body bytes.
+    Huge { len: u64 },
+}
+
+/// A receiver on loopback that answers every request with `answer`; counts
+/// the body bytes it managed to send.
+struct HostileReceiver {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+}
+
+impl HostileReceiver {
+    fn start(answer: Answer) -> HostileReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (stop, sent) = (stop.clone(), sent.clone());
+                    thread::spawn(move || serve(stream, answer, &stop, &sent));
+                }
+            });
+        }
+        HostileReceiver { addr, stop, sent }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+}
+
+impl Drop for HostileReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(mut stream: TcpStream, answer: Answer, stop: &AtomicBool, sent: &AtomicU64) {
+    // Read the request head (the body is small and ignored).
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&byte[..n]),
+        }
+    }
+    let chunk = vec![b'x'; 16 * 1024];
+    match answer {
+        Answer::EndlessChunks => {
+            if stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+            framed.extend_from_slice(&chunk);
+            framed.extend_from_slice(b"\r\n");
+            while !stop.load(Ordering::SeqCst) {
+                if stream.write_all(&framed).is_err() {
+                    return;
+                }
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Answer::Huge { len } => {
+            let head = format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {len}\r\n\r\n");
+            if stream.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let mut left = len;
+            while left > 0 && !stop.load(Ordering::SeqCst) {
+                let n = left.min(chunk.len() as u64) as usize;
+                if stream.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Probes `GET /v2/` back to back while `work` runs; returns its result, how
+/// long it took, and the slowest probe.
+fn probing<T: Send>(server: &Server, work: impl FnOnce() -> T + Send) -> (T, Duration, Duration) {
+    thread::scope(|scope| {
+        let started = Instant::now();
+        let handle = scope.spawn(move || {
+            let value = work();
+            (value, started.elapsed())
+        });
+        let mut slowest = Duration::ZERO;
+        let mut conn = server.connect();
+        while !handle.is_finished() {
+            let probe = Instant::now();
+            conn.request("GET", "/v2/", &[], b"").assert_status(200);
+            slowest = slowest.max(probe.elapsed());
+            thread::sleep(Duration::from_millis(2));
+        }
+        let (value, took) = handle.join().unwrap();
+        (value, took, slowest)
+    })
+}
+
+/// Memory the server may use above its idle peak while a hostile receiver
+/// streams at it: a few read buffers, nowhere near the bytes sent.
+const RSS_GROWTH_MAX: u64 = 16 << 20;
+/// How long another client may wait for `GET /v2/` meanwhile (debug build,
+/// two shared cores; the bound that matters is "not seconds").
+const PROBE_BOUND: Duration = Duration::from_millis(250);
+
+#[test]
+fn an_endless_chunked_answer_is_cut_off_and_counts_by_its_status() {
+    let receiver = HostileReceiver::start(Answer::EndlessChunks);
+    let setup = Setup::new().hook(
+        Webhook::new("gate", &receiver.url(), "required", &["manifest.push"])
+            .timeout_ms(10_000)
+            .max_retries(0),
+    );
+    let registry = Registry::start(&setup);
+    let before = peak_rss_bytes(&registry);
+    let manifest = prepare_image(&registry, "hostile/endless", "endless");
+    let (response, took, slowest) = probing(&registry, || {
+        put_manifest(&registry, "hostile/endless", "v1", OCI_MANIFEST, &manifest)
+    });
+    // The receiver said 200 before its body ran on: the push goes through,
+    // long before the 10 s attempt timeout.
+    response.assert_status(201);
+    assert!(took < Duration::from_secs(2), "the push took {took:?}");
+    assert!(slowest < PROBE_BOUND, "another client waited {slowest:?}");
+    let growth = peak_rss_bytes(&registry).saturating_sub(before);
+    assert!(growth < RSS_GROWTH_MAX, "peak RSS grew by {growth} bytes");
+    eprintln!(
+        "endless body: push {took:?}, slowest probe {slowest:?}, RSS +{} KiB, receiver sent {} KiB",
+        growth / 1024,
+        receiver.sent.load(Ordering::Relaxed) / 1024
+    );
+}
+
+#[test]
+fn a_huge_failing_answer_is_not_buffered_and_fails_the_push_in_time() {
+    let receiver = HostileReceiver::start(Answer::Huge { len: 100 << 20 });
+    let setup = Setup::new().hook(
+        Webhook::new("gate", &receiver.url(), "required", &["manifest.push"])
+            .timeout_ms(5_000)
+            .max_retries(1),
+    );
+    let registry = Registry::start(&setup);
+    let before = peak_rss_bytes(&registry);
+    let manifest = prepare_image(&registry, "hostile/huge", "huge");
+    let (response, took, slowest) = probing(&registry, || {
+        put_manifest(&registry, "hostile/huge", "v1", OCI_MANIFEST, &manifest)
+    });
+    response.assert_status(500);
+    // Two attempts, each decided by its status line: well inside one timeout.
+    assert!(took < Duration::from_secs(5), "the push took {took:?}");
+    assert!(slowest < PROBE_BOUND, "another client waited {slowest:?}");
+    let growth = peak_rss_bytes(&registry).saturating_sub(before);
+    assert!(growth < RSS_GROWTH_MAX, "peak RSS grew by {growth} bytes");
+    registry.get("/v2/hostile/huge/manifests/v1").assert_status(404);
+    eprintln!(
+        "100 MB body: push {took:?}, slowest probe {slowest:?}, RSS +{} KiB",
+        growth / 1024
+    );
+}
