@@ -20,7 +20,8 @@ use webhook_support::*;
 
 /// Peak resident memory of the server process, from `/proc/<pid>/status`.
 fn peak_rss_bytes(server: &Server) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("read /proc status");
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("read /proc status");
     let line = status
         .lines()
         .find(|line| line.starts_with("VmHWM:"))
@@ -209,4 +210,35 @@ fn a_huge_failing_answer_is_not_buffered_and_fails_the_push_in_time() {
         "100 MB body: push {took:?}, slowest probe {slowest:?}, RSS +{} KiB",
         growth / 1024
     );
+}
+
+#[test]
+fn a_body_sent_to_a_route_that_takes_none_holds_no_slot() {
+    let server = Server::start_with(&Options::default().server_line("max_connections = 4"));
+    // Every slot: a GET announcing a megabyte of body, one byte sent, never read.
+    let mut attackers = Vec::new();
+    for _ in 0..4 {
+        let mut conn = server.connect();
+        conn.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\na");
+        attackers.push(conn);
+    }
+    for conn in &mut attackers {
+        // Answered at once, without the body, and the connection is closed.
+        let response = conn.read_response("GET").expect("an answer before the body");
+        response.assert_status(200);
+        assert_eq!(response.header("connection"), Some("close"));
+    }
+    // The slots come back within the short lingering close, although the
+    // attackers keep their sockets open.
+    let served = poll_until(Duration::from_secs(5), || {
+        let mut conn = Conn::try_open(server.addr).ok()?;
+        conn.set_read_timeout(Duration::from_millis(500));
+        let response = conn.try_request("GET", "/v2/", &[], b"").ok()?;
+        (response.status == 200).then_some(())
+    });
+    assert!(
+        served.is_some(),
+        "a new client was not served while the attackers held on"
+    );
+    drop(attackers);
 }

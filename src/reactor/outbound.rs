@@ -525,8 +525,7 @@ impl Outbound {
                 // Only while the request was not yet fully written: the receiver
                 // cannot have acted on it, so a second try is not a second attempt
                 // (at most max_retries + 1 attempts reach a receiver).
-                let can_retry =
-                    connection.reused && !connection.reader.started && !connection.request_sent();
+                let can_retry = connection.reused && !connection.reader.started && !connection.request_sent();
                 if can_retry && let Some(delivery) = connection.delivery.take() {
                     // The peer closed a keep-alive connection we took from the pool:
                     // a race, not a failure of the receiver. Try a fresh connection.

@@ -53,7 +53,8 @@ pub struct Registry {
 
 /// What to do with a request once its head is known.
 pub enum Begin {
-    /// Answer now; any body the request carries is not wanted.
+    /// Answer now; any body the request carries is not wanted (the caller
+    /// closes the connection after the answer rather than read it).
     Answer(Outcome),
     /// Read the body into the exchange (`Registry::body`), then `finish`.
     ReadBody(Exchange),
@@ -66,7 +67,7 @@ pub struct Exchange {
 }
 
 enum ExchangeState {
-    /// The answer is known; the body (if any) is read and dropped.
+    /// The answer is known and the route takes no body.
     Ready(Outcome),
     /// A manifest PUT collecting its body, at most `limit` bytes.
     Manifest {
@@ -231,7 +232,10 @@ impl Registry {
         let label = route.label();
         match self.dispatch(head, route, readable) {
             Ok(state) => match state {
-                ExchangeState::Ready(outcome) if head.content_length() == Some(0) => Begin::Answer(outcome),
+                // A route that takes no body answers at once: reading a body
+                // nobody wants would let a client hold the connection (and
+                // its slot) by trickling one.
+                ExchangeState::Ready(outcome) => Begin::Answer(outcome),
                 state => Begin::ReadBody(Exchange {
                     route_label: label,
                     state,
