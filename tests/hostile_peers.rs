@@ -242,3 +242,80 @@ fn a_body_sent_to_a_route_that_takes_none_holds_no_slot() {
     );
     drop(attackers);
 }
+
+/// A login as bob through a trusted proxy that says the client is `from`.
+fn login(server: &Server, from: &str, password: &str) -> Response {
+    let credentials = format!("bob:{password}");
+    let header = format!("Basic {}", base64_encode(credentials.as_bytes()));
+    server.request(
+        "GET",
+        "/v2/token",
+        &[("Authorization", &header), ("X-Forwarded-For", from)],
+        b"",
+    )
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn parallel_wrong_passwords_wait_like_sequential_ones_and_starve_no_one() {
+    let server = Server::start_with(
+        &Options::default()
+            .server_line("trusted_proxies = [\"127.0.0.1\"]")
+            .table(&identity_table("bob", "bob", "builder")),
+    );
+    let guesses = 100;
+    // All the guesses at once, each on its own connection, answers not awaited.
+    let wrong = format!("Basic {}", base64_encode(b"bob:guess"));
+    let attackers: Vec<Conn> = (0..guesses)
+        .map(|_| {
+            let mut conn = server.connect();
+            conn.send_request(
+                "GET",
+                "/v2/token",
+                &[("Authorization", &wrong), ("X-Forwarded-For", "203.0.113.7")],
+                b"",
+            );
+            conn
+        })
+        .collect();
+    let started = Instant::now();
+    let response = login(&server, "198.51.100.20", "builder");
+    let legit = started.elapsed();
+    response.assert_status(200);
+    // Give the guesses a second: by then only a few may have been checked.
+    thread::sleep(Duration::from_secs(1));
+    let metrics = server.get("/metrics").text();
+    let checked: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("auth_failures_total{reason=\"wrong_password\"}"))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum();
+    drop(attackers);
+    assert!(
+        legit < Duration::from_millis(500),
+        "the right login took {legit:?}"
+    );
+    // Three free guesses, then 0.5 s, 1 s, 2 s... apart, as if sent one by one.
+    assert!(checked <= 5.0, "{checked} guesses were checked in about a second");
+    eprintln!(
+        "{guesses} parallel guesses: {checked} checked in ~1 s; another address logged in in {legit:?}"
+    );
+}

@@ -11,16 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use angos::auth::password::PasswordHash;
 use common::*;
 
 /// How soon a refused push must fail (docker took 50 s before).
 const FAIL_FAST: Duration = Duration::from_secs(5);
-
-fn identity(name: &str, username: &str, password: &str) -> String {
-    let hash = PasswordHash::generate(password.as_bytes(), b"refusal-salt-123", 10_000);
-    format!("[auth.identity.{name}]\nusername = \"{username}\"\npassword = \"{hash}\"\n")
-}
 
 /// Anyone may pull; any identity may push, except to `locked`, where only
 /// ci-bot may.
@@ -29,8 +23,8 @@ fn registry() -> Server {
         &Options::default()
             .global_line("pull = [\"*\"]")
             .global_line("push = [\"authenticated\"]")
-            .table(&identity("alice", "alice", "wonderland"))
-            .table(&identity("ci", "ci-bot", "pipeline"))
+            .table(&identity_table("alice", "alice", "wonderland"))
+            .table(&identity_table("ci", "ci-bot", "pipeline"))
             .table("[repository.\"locked\"]\npush = [\"ci\"]\n"),
     )
 }

@@ -28,6 +28,12 @@ use token::TokenKey;
 const VERIFIED_TTL_MS: u64 = 15 * 60 * 1000;
 /// Verified credentials remembered at once.
 const VERIFIED_MAX: usize = 1024;
+/// Password checks that hash at once; more wait for a turn. Bounds the CPU
+/// that guesses from many addresses can take from everyone else.
+const CHECKS_RUNNING_MAX: usize = 4;
+/// A running check not stepped for this long was abandoned (its client
+/// went away) and gives its place up.
+const CHECK_ABANDONED_MS: u64 = 1_000;
 
 /// Why a login failed, as counted in `auth_failures_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +79,8 @@ pub struct PendingLogin {
     pub not_before_ms: u64,
     /// The policy this login resolved the user against.
     generation: u64,
+    /// Identifies the check among the running ones.
+    id: u64,
 }
 
 pub struct Authenticator {
@@ -91,6 +99,10 @@ pub struct Authenticator {
     /// Keys the verified-credentials digests, so the table is useless to
     /// anyone who reads this process's memory without it.
     cache_secret: [u8; 32],
+    /// Checks hashing now (at most `CHECKS_RUNNING_MAX`), with when each
+    /// last ran a slice.
+    running: HashMap<u64, u64>,
+    next_check_id: u64,
 }
 
 impl Authenticator {
@@ -107,6 +119,8 @@ impl Authenticator {
             verified: HashMap::new(),
             failures: FailedLogins::default(),
             cache_secret,
+            running: HashMap::new(),
+            next_check_id: 0,
         }
     }
 
@@ -188,7 +202,8 @@ impl Authenticator {
             None => &self.decoy,
         };
         let verification = hash.verify(password.as_bytes());
-        let not_before_ms = client.map_or(now_ms, |client| self.failures.not_before(client, now_ms));
+        let not_before_ms = client.map_or(now_ms, |client| self.failures.reserve(client, now_ms));
+        self.next_check_id += 1;
         Login::Verify(Box::new(PendingLogin {
             username,
             password,
@@ -198,7 +213,26 @@ impl Authenticator {
             client,
             not_before_ms,
             generation: self.generation,
+            id: self.next_check_id,
         }))
+    }
+
+    /// Whether `login` may hash now: it already runs, or there is room
+    /// (after giving up the places of abandoned checks).
+    fn admit(&mut self, login: &PendingLogin, now_ms: u64) -> bool {
+        if let Some(last_ms) = self.running.get_mut(&login.id) {
+            *last_ms = now_ms;
+            return true;
+        }
+        if self.running.len() >= CHECKS_RUNNING_MAX {
+            self.running
+                .retain(|_, last_ms| now_ms.saturating_sub(*last_ms) < CHECK_ABANDONED_MS);
+        }
+        if self.running.len() >= CHECKS_RUNNING_MAX {
+            return false;
+        }
+        self.running.insert(login.id, now_ms);
+        true
     }
 
     /// Runs at most `budget` hash iterations of `login`; the outcome once
@@ -216,13 +250,18 @@ impl Authenticator {
                 Login::Done(principal) => return Some(Ok(principal)),
                 Login::Failed(failure) => return Some(Err(failure)),
                 Login::Verify(fresh) => {
-                    let not_before_ms = login.not_before_ms;
+                    let (not_before_ms, id) = (login.not_before_ms, login.id);
                     *login = *fresh;
                     login.not_before_ms = not_before_ms;
+                    login.id = id;
                 }
             }
         }
+        if !self.admit(login, now_ms) {
+            return None;
+        }
         let matches = login.verification.step(budget)?;
+        self.running.remove(&login.id);
         let outcome = match (login.identity, matches) {
             (Some(index), true) => {
                 self.remember(login.cache_key, index, now_ms);
@@ -231,16 +270,12 @@ impl Authenticator {
                 }
                 Ok(Principal::Identity(index))
             }
-            (identity, _) => {
-                if let Some(client) = login.client {
-                    self.failures.record_failure(client, now_ms);
-                }
-                Err(if identity.is_some() {
-                    Failure::WrongPassword
-                } else {
-                    Failure::UnknownUser
-                })
-            }
+            // The failure was counted when the check started (`reserve`).
+            (identity, _) => Err(if identity.is_some() {
+                Failure::WrongPassword
+            } else {
+                Failure::UnknownUser
+            }),
         };
         Some(outcome)
     }
@@ -380,6 +415,54 @@ mod tests {
             panic!("expected a check");
         };
         assert_eq!(login.not_before_ms, 10_001);
+    }
+
+    #[test]
+    fn parallel_guesses_from_one_address_wait_like_sequential_ones() {
+        let mut auth = Authenticator::new(&config(""));
+        let wrong = basic_header("bob", "nope");
+        // Six checks started at once, none finished: each counts as a failure
+        // from the moment it starts.
+        let waits: Vec<u64> = (0..6)
+            .map(|_| match auth.start(Some(&wrong), Some(client()), 0) {
+                Login::Verify(login) => login.not_before_ms,
+                _ => panic!("expected a check"),
+            })
+            .collect();
+        assert_eq!(waits, [0, 0, 0, 500, 1500, 3500]);
+    }
+
+    #[test]
+    fn checks_hash_a_few_at_a_time_and_abandoned_ones_give_way() {
+        let mut auth = Authenticator::new(&config(""));
+        let wrong = basic_header("bob", "nope");
+        let mut logins: Vec<Box<PendingLogin>> = (0..=CHECKS_RUNNING_MAX as u8)
+            .map(
+                |n| match auth.start(Some(&wrong), Some(IpAddr::from([198, 51, 100, n])), 0) {
+                    Login::Verify(login) => login,
+                    _ => panic!("expected a check"),
+                },
+            )
+            .collect();
+        for login in &mut logins {
+            assert_eq!(auth.step(login, 10, 0), None);
+        }
+        let last = logins.last().unwrap().id;
+        assert_eq!(auth.running.len(), CHECKS_RUNNING_MAX);
+        assert!(!auth.running.contains_key(&last), "the last check waits its turn");
+        // The first four are dropped (their clients went away): after a
+        // while the waiting one runs, and finishes.
+        let mut waiting = logins.pop().unwrap();
+        drop(logins);
+        assert_eq!(auth.step(&mut waiting, 10, CHECK_ABANDONED_MS - 1), None);
+        assert!(!auth.running.contains_key(&last));
+        let outcome = loop {
+            if let Some(outcome) = auth.step(&mut waiting, 1000, CHECK_ABANDONED_MS) {
+                break outcome;
+            }
+        };
+        assert_eq!(outcome, Err(Failure::WrongPassword));
+        assert!(auth.running.is_empty(), "a finished check gives its place up");
     }
 
     #[test]

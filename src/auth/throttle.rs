@@ -71,6 +71,17 @@ impl FailedLogins {
         record.consecutive
     }
 
+    /// A check from `client` is about to start: when it may run, with the
+    /// failure it may turn out to be counted now. Checks in progress thus
+    /// count like failed ones, so guesses sent in parallel wait exactly as
+    /// sequential ones would (each after the one before it); a success
+    /// clears the record.
+    pub fn reserve(&mut self, client: IpAddr, now_ms: u64) -> u64 {
+        let not_before_ms = self.not_before(client, now_ms).max(now_ms);
+        self.record_failure(client, not_before_ms);
+        not_before_ms
+    }
+
     pub fn record_success(&mut self, client: IpAddr) {
         self.records.remove(&client);
     }

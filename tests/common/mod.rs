@@ -875,6 +875,13 @@ pub fn digest(data: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(data))
 }
 
+/// An `[auth.identity.NAME]` table with a cheap PBKDF2 hash of `password`
+/// (10,000 iterations: quick in a debug build).
+pub fn identity_table(name: &str, username: &str, password: &str) -> String {
+    let hash = angos::auth::password::PasswordHash::generate(password.as_bytes(), b"test-salt-12345", 10_000);
+    format!("[auth.identity.{name}]\nusername = \"{username}\"\npassword = \"{hash}\"\n")
+}
+
 /// `sha512:<hex>` of `data`, computed by coreutils' `sha512sum` so the
 /// registry's own hashing is checked against an independent one.
 pub fn sha512_digest(data: &[u8]) -> String {
