@@ -756,6 +756,51 @@ fn access_changes_apply_on_reload_without_a_restart() {
     });
 }
 
+#[test]
+fn a_token_stops_working_when_its_password_or_user_name_changes() {
+    let dir = TempDir::new("auth-token-credential");
+    let server = Server::start_in(dir.path(), &team_options());
+    let challenge = "Bearer realm=\"http://127.0.0.1/v2/token\"";
+    let bearer = |token: &str| Client {
+        server: &server,
+        authorization: Some(format!("Bearer {token}")),
+    };
+    let alice_token = fetch_token(&server, challenge, Some(&basic("alice", "wonderland")));
+    let ci_token = fetch_token(&server, challenge, Some(&basic("ci-bot", "pipeline")));
+    let tags = "/v2/production/api/tags/list";
+    let ci = as_user(&server, "ci-bot", "pipeline");
+    let (statuses, _) = ci.push_image("production/api", "v1", "credential-bound");
+    assert_eq!(statuses, [201, 201, 201]);
+    bearer(&alice_token).get(tags).assert_status(200);
+    bearer(&ci_token).get(tags).assert_status(200);
+    // alice gets a new password; ci-bot a new user name.
+    let path = dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replace(
+            &identity("alice", "alice", "wonderland"),
+            &identity("alice", "alice", "looking-glass"),
+        )
+        .replace("username = \"ci-bot\"", "username = \"ci-robot\"");
+    replace_file(&path, &text);
+    wait_for_reload(&server, (200, 401), || bearer(&alice_token).get(tags).status);
+    let refused = bearer(&ci_token).get(tags);
+    refused.assert_error(401, "UNAUTHORIZED");
+    assert!(
+        refused
+            .header("www-authenticate")
+            .unwrap()
+            .contains("error=\"invalid_token\""),
+        "{}",
+        refused.describe()
+    );
+    // New credentials, new tokens.
+    let alice_token = fetch_token(&server, challenge, Some(&basic("alice", "looking-glass")));
+    bearer(&alice_token).get(tags).assert_status(200);
+    let ci_token = fetch_token(&server, challenge, Some(&basic("ci-robot", "pipeline")));
+    bearer(&ci_token).get(tags).assert_status(200);
+}
+
 /// Writes `text` to `path` by renaming a finished file into place.
 fn replace_file(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");

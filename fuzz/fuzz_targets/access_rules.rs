@@ -10,10 +10,34 @@ use angos::auth::{AccessPolicy, Action, Principal};
 use libfuzzer_sys::fuzz_target;
 
 const HASH: &str = "$pbkdf2-sha256$i=10000,l=32$c2FsdHNhbHRzYWx0$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-const NAMES: &[&str] = &["alice", "bob", "ci", "*", "authenticated", "nobody", "", "a b", "ALICE"];
+const NAMES: &[&str] = &[
+    "alice",
+    "bob",
+    "ci",
+    "*",
+    "authenticated",
+    "nobody",
+    "",
+    "a b",
+    "ALICE",
+];
 const KEYS: &[&str] = &["a", "a/b", "b", "production", "a/b/c", "x y", "", "b/"];
-const NAMESPACES: &[&str] = &["a", "a/b", "a/bc", "ab", "b", "b/c", "production/api", "zzz", "a/b/c/d"];
-const ACTIONS: [(&str, Action); 3] = [("pull", Action::Pull), ("push", Action::Push), ("delete", Action::Delete)];
+const NAMESPACES: &[&str] = &[
+    "a",
+    "a/b",
+    "a/bc",
+    "ab",
+    "b",
+    "b/c",
+    "production/api",
+    "zzz",
+    "a/b/c/d",
+];
+const ACTIONS: [(&str, Action); 3] = [
+    ("pull", Action::Pull),
+    ("push", Action::Push),
+    ("delete", Action::Delete),
+];
 
 /// One list as the model sees it.
 #[derive(Clone, Default)]
@@ -54,7 +78,10 @@ fuzz_target!(|input: &[u8]| {
                 let key = KEYS[next().unwrap_or(0) as usize % KEYS.len()].to_string();
                 let action = next().unwrap_or(0) as usize % 3;
                 let list = pick_list(&mut next);
-                toml.push_str(&format!("[repository.\"{key}\"]\n{} = {list:?}\n", ACTIONS[action].0));
+                toml.push_str(&format!(
+                    "[repository.\"{key}\"]\n{} = {list:?}\n",
+                    ACTIONS[action].0
+                ));
                 match repositories.iter_mut().find(|(existing, _)| existing == &key) {
                     Some((_, lists)) => lists.0[action] = Some(list),
                     None => {
@@ -91,21 +118,26 @@ fuzz_target!(|input: &[u8]| {
         .flatten();
     for list in all_lists {
         for name in list {
-            assert!(name == "*" || name == "authenticated" || defined(name), "{name:?} accepted");
+            assert!(
+                name == "*" || name == "authenticated" || defined(name),
+                "{name:?} accepted"
+            );
         }
     }
     let mut principals = vec![(Principal::Anonymous, None)];
     for (id, username) in &identities {
-        let index = policy.find_username(username).expect("every identity's user name resolves");
+        let index = policy
+            .find_username(username)
+            .expect("every identity's user name resolves");
         assert_eq!(&policy.identities()[index].id, id);
         principals.push((Principal::Identity(index), Some(id.as_str())));
     }
     let enabled = !identities.is_empty();
     assert_eq!(policy.authentication_enabled(), enabled);
     for namespace in NAMESPACES {
-        let owner = repositories.iter().find(|(key, _)| {
-            *namespace == key.as_str() || namespace.starts_with(&format!("{key}/"))
-        });
+        let owner = repositories
+            .iter()
+            .find(|(key, _)| *namespace == key.as_str() || namespace.starts_with(&format!("{key}/")));
         for (index, (_, action)) in ACTIONS.iter().enumerate() {
             let list = owner
                 .and_then(|(_, lists)| lists.0[index].clone())
@@ -114,7 +146,8 @@ fuzz_target!(|input: &[u8]| {
                 let expected = match &list {
                     None => enabled == id.is_some(),
                     Some(names) => names.iter().any(|name| {
-                        name == "*" || (id.is_some() && (name == "authenticated" || Some(name.as_str()) == *id))
+                        name == "*"
+                            || (id.is_some() && (name == "authenticated" || Some(name.as_str()) == *id))
                     }),
                 };
                 assert_eq!(
@@ -127,7 +160,11 @@ fuzz_target!(|input: &[u8]| {
     }
     for (principal, id) in &principals {
         let expected = !enabled
-            || id.is_some_and(|id| administrators.as_ref().is_some_and(|list| list.iter().any(|n| n == id)));
+            || id.is_some_and(|id| {
+                administrators
+                    .as_ref()
+                    .is_some_and(|list| list.iter().any(|n| n == id))
+            });
         assert_eq!(policy.is_administrator(*principal), expected);
     }
 });

@@ -66,18 +66,34 @@ fuzz_target!(|input: &[u8]| {
         assert!(!token.is_empty());
     }
     // Accepting the fuzzer's text would mean it forged an HMAC.
-    assert!(key.verify(&text, 1_000).is_err(), "accepted {text:?}");
+    let credential = |_: &str| Some("user\n$hash".to_string());
+    assert!(key.verify(&text, 1_000, credential).is_err(), "accepted {text:?}");
     if text.len() <= 400 {
         let identity = (!text.is_empty()).then(|| text.to_string());
-        let token = key.issue(identity.as_deref(), 1_000);
-        assert_eq!(key.verify(&token, 1_000 + TOKEN_LIFETIME_SECS - 1), Ok(identity));
-        assert_eq!(key.verify(&token, 1_000 + TOKEN_LIFETIME_SECS), Err(TokenError::Expired));
+        let bound = if identity.is_some() { "user\n$hash" } else { "" };
+        let token = key.issue(identity.as_deref(), bound, 1_000);
+        assert_eq!(
+            key.verify(&token, 1_000 + TOKEN_LIFETIME_SECS - 1, credential),
+            Ok(identity.clone())
+        );
+        assert_eq!(
+            key.verify(&token, 1_000 + TOKEN_LIFETIME_SECS, credential),
+            Err(TokenError::Expired)
+        );
+        if identity.is_some() {
+            // Bound to the credential it was issued for.
+            let changed = |_: &str| Some("user\n$other".to_string());
+            assert!(key.verify(&token, 1_000, changed).is_err());
+        }
         // One flipped character anywhere is refused.
         let mut altered = token.clone().into_bytes();
         let at = usize::from(input.first().copied().unwrap_or(0)) % altered.len();
         altered[at] = if altered[at] == b'0' { b'1' } else { b'0' };
         let altered = String::from_utf8(altered).unwrap();
-        assert!(key.verify(&altered, 1_000).is_err(), "accepted {altered:?}");
+        assert!(
+            key.verify(&altered, 1_000, credential).is_err(),
+            "accepted {altered:?}"
+        );
     }
 
     match PasswordHash::parse(&text) {

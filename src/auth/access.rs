@@ -143,6 +143,14 @@ pub struct Identity {
     pub password: crate::auth::password::PasswordHash,
 }
 
+impl Identity {
+    /// What a bearer token issued to this identity is bound to: its user
+    /// name and password hash, so changing either voids its tokens.
+    pub fn credential(&self) -> String {
+        format!("{}\n{}", self.username, self.password)
+    }
+}
+
 /// The decisions of one configuration.
 pub struct AccessPolicy {
     identities: Vec<Identity>,

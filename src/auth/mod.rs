@@ -155,11 +155,12 @@ impl Authenticator {
 
     /// A token for `principal`, valid for `token::TOKEN_LIFETIME_SECS`.
     pub fn issue_token(&self, principal: Principal, now_ms: u64) -> String {
-        let identity = self
-            .policy
-            .identity(principal)
-            .map(|identity| identity.id.as_str());
-        self.tokens.issue(identity, now_ms / 1000)
+        match self.policy.identity(principal) {
+            Some(identity) => self
+                .tokens
+                .issue(Some(&identity.id), &identity.credential(), now_ms / 1000),
+            None => self.tokens.issue(None, "", now_ms / 1000),
+        }
     }
 
     /// Starts a login from a request's `Authorization` header.
@@ -170,7 +171,12 @@ impl Authenticator {
         }
         if let Some(token) = token::bearer(authorization) {
             // Tokens live on the monotonic clock: only this process checks them.
-            return match self.tokens.verify(token, now_ms / 1000) {
+            let policy = &self.policy;
+            let credential_of = |id: &str| {
+                let index = policy.find_id(id)?;
+                Some(policy.identities()[index].credential())
+            };
+            return match self.tokens.verify(token, now_ms / 1000, credential_of) {
                 Ok(None) => Login::Done(Principal::Anonymous),
                 Ok(Some(id)) => match self.policy.find_id(&id) {
                     Some(index) => Login::Done(Principal::Identity(index)),

@@ -8,7 +8,9 @@
 //!
 //! A token is `v1.<hex identity>.<expiry, unix seconds>.<hex HMAC-SHA256>`,
 //! keyed by a secret drawn at start: tokens do not survive a restart, and a
-//! client whose token is refused fetches a new one.
+//! client whose token is refused fetches a new one. The HMAC also covers the
+//! identity's credential (user name and password hash), which the token
+//! does not carry: a reload that changes either voids the identity's tokens.
 
 use super::password::constant_time_eq;
 use crate::digest::to_lower_hex as hex;
@@ -39,19 +41,36 @@ impl TokenKey {
         TokenKey(key)
     }
 
-    /// A token for `identity` (its configuration name), or an anonymous one.
-    pub fn issue(&self, identity: Option<&str>, now_secs: u64) -> String {
+    /// A token for `identity` (its configuration name), bound to its
+    /// `credential`, or an anonymous one (an empty credential).
+    pub fn issue(&self, identity: Option<&str>, credential: &str, now_secs: u64) -> String {
         let body = format!(
             "v1.{}.{}",
             hex(identity.unwrap_or("").as_bytes()),
             now_secs + TOKEN_LIFETIME_SECS
         );
-        let signature = hex(&hmac_sha256(&self.0, body.as_bytes()));
+        let signature = hex(&self.sign(&body, credential));
         format!("{body}.{signature}")
     }
 
-    /// The identity a token names (`None`: anonymous), if it is ours and current.
-    pub fn verify(&self, token: &str, now_secs: u64) -> Result<Option<String>, TokenError> {
+    /// The HMAC of a token's text and the credential it is bound to.
+    fn sign(&self, body: &str, credential: &str) -> [u8; 32] {
+        let mut message = Vec::with_capacity(body.len() + 1 + credential.len());
+        message.extend_from_slice(body.as_bytes());
+        message.push(b'\n');
+        message.extend_from_slice(credential.as_bytes());
+        hmac_sha256(&self.0, &message)
+    }
+
+    /// The identity a token names (`None`: anonymous), if it is ours, current,
+    /// and bound to the credential `credential_of` gives for that identity
+    /// now (`None` from it: the identity no longer exists).
+    pub fn verify(
+        &self,
+        token: &str,
+        now_secs: u64,
+        credential_of: impl FnOnce(&str) -> Option<String>,
+    ) -> Result<Option<String>, TokenError> {
         if token.len() > TOKEN_BYTES_MAX {
             return Err(TokenError::Malformed);
         }
@@ -65,7 +84,14 @@ impl TokenKey {
         let signature: [u8; 32] = unhex(signature)
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or(TokenError::Malformed)?;
-        let expected = hmac_sha256(&self.0, body.as_bytes());
+        let identity = String::from_utf8(unhex(identity).ok_or(TokenError::Malformed)?)
+            .map_err(|_| TokenError::Malformed)?;
+        let credential = if identity.is_empty() {
+            String::new()
+        } else {
+            credential_of(&identity).ok_or(TokenError::BadSignature)?
+        };
+        let expected = self.sign(body, &credential);
         if !constant_time_eq(&signature, &expected) {
             return Err(TokenError::BadSignature);
         }
@@ -73,8 +99,6 @@ impl TokenKey {
         if now_secs >= expiry {
             return Err(TokenError::Expired);
         }
-        let identity = String::from_utf8(unhex(identity).ok_or(TokenError::Malformed)?)
-            .map_err(|_| TokenError::Malformed)?;
         Ok((!identity.is_empty()).then_some(identity))
     }
 }
@@ -111,36 +135,56 @@ mod tests {
         TokenKey::from_bytes([7; 32])
     }
 
+    /// ci's credential as the policy would give it.
+    fn current(id: &str) -> Option<String> {
+        (id == "ci").then(|| "ci-bot\n$hash".to_string())
+    }
+
     #[test]
     fn tokens_name_their_identity_until_they_expire() {
         let key = key();
-        let token = key.issue(Some("ci"), 1000);
-        assert_eq!(key.verify(&token, 1000), Ok(Some("ci".to_string())));
+        let token = key.issue(Some("ci"), "ci-bot\n$hash", 1000);
+        assert_eq!(key.verify(&token, 1000, current), Ok(Some("ci".to_string())));
         assert_eq!(
-            key.verify(&token, 1000 + TOKEN_LIFETIME_SECS - 1),
+            key.verify(&token, 1000 + TOKEN_LIFETIME_SECS - 1, current),
             Ok(Some("ci".into()))
         );
         assert_eq!(
-            key.verify(&token, 1000 + TOKEN_LIFETIME_SECS),
+            key.verify(&token, 1000 + TOKEN_LIFETIME_SECS, current),
             Err(TokenError::Expired)
         );
-        let anonymous = key.issue(None, 1000);
-        assert_eq!(key.verify(&anonymous, 1001), Ok(None));
+        let anonymous = key.issue(None, "", 1000);
+        assert_eq!(key.verify(&anonymous, 1001, current), Ok(None));
+    }
+
+    #[test]
+    fn a_changed_credential_or_a_removed_identity_voids_the_token() {
+        let key = key();
+        let token = key.issue(Some("ci"), "ci-bot\n$hash", 1000);
+        let changed = |_: &str| Some("ci-bot\n$new-hash".to_string());
+        assert_eq!(key.verify(&token, 1000, changed), Err(TokenError::BadSignature));
+        let renamed = |_: &str| Some("robot\n$hash".to_string());
+        assert_eq!(key.verify(&token, 1000, renamed), Err(TokenError::BadSignature));
+        assert_eq!(key.verify(&token, 1000, |_| None), Err(TokenError::BadSignature));
     }
 
     #[test]
     fn forgeries_and_junk_are_refused() {
         let key = key();
-        let token = key.issue(Some("ci"), 1000);
+        let token = key.issue(Some("ci"), "ci-bot\n$hash", 1000);
         // Another key's token, a renamed identity, a later expiry: all unsigned by us.
-        let other = TokenKey::from_bytes([8; 32]).issue(Some("ci"), 1000);
-        assert_eq!(key.verify(&other, 1000), Err(TokenError::BadSignature));
+        let other = TokenKey::from_bytes([8; 32]).issue(Some("ci"), "ci-bot\n$hash", 1000);
+        assert_eq!(key.verify(&other, 1000, current), Err(TokenError::BadSignature));
         let renamed = token.replacen(&hex(b"ci"), &hex(b"admin"), 1);
-        assert_eq!(key.verify(&renamed, 1000), Err(TokenError::BadSignature));
+        let any = |_: &str| Some("ci-bot\n$hash".to_string());
+        assert_eq!(key.verify(&renamed, 1000, any), Err(TokenError::BadSignature));
         let (body, signature) = token.rsplit_once('.').unwrap();
         let (prefix, _) = body.rsplit_once('.').unwrap();
         let extended = format!("{prefix}.99999999999.{signature}");
-        assert_eq!(key.verify(&extended, 1000), Err(TokenError::BadSignature));
+        assert_eq!(
+            key.verify(&extended, 1000, current),
+            Err(TokenError::BadSignature)
+        );
         for junk in [
             "",
             "v1",
@@ -150,7 +194,7 @@ mod tests {
             "v1.00.x.00",
             &"a".repeat(2000),
         ] {
-            assert!(key.verify(junk, 1000).is_err(), "{junk:?}");
+            assert!(key.verify(junk, 1000, current).is_err(), "{junk:?}");
         }
     }
 
