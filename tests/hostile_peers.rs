@@ -319,3 +319,57 @@ fn parallel_wrong_passwords_wait_like_sequential_ones_and_starve_no_one() {
         "{guesses} parallel guesses: {checked} checked in ~1 s; another address logged in in {legit:?}"
     );
 }
+
+#[test]
+fn tag_heavy_and_descriptor_heavy_pushes_are_capped_and_cheap() {
+    let server = Server::start_with(&Options::default().sync());
+    let config = b"{}".to_vec();
+    push_blob(&server, "heavy", &config);
+    let manifest = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![])
+        .to_json()
+        .into_bytes();
+    let digest = digest(&manifest);
+    let with_tags = |count: usize| {
+        let query: Vec<String> = (0..count).map(|n| format!("tag=t{n:03}")).collect();
+        format!("/v2/heavy/manifests/{digest}?{}", query.join("&"))
+    };
+    server
+        .request(
+            "PUT",
+            &with_tags(101),
+            &[("Content-Type", OCI_MANIFEST)],
+            &manifest,
+        )
+        .assert_error(400, "TAG_INVALID");
+    assert!(
+        server
+            .get("/v2/heavy/tags/list")
+            .json()
+            .string_list("tags")
+            .is_empty()
+    );
+
+    // The most tags one push may set, each durable (sync_to_disk): one
+    // fsync for their content and one for their directory, not two per tag.
+    let (response, took, slowest) = probing(&server, || {
+        server.request(
+            "PUT",
+            &with_tags(100),
+            &[("Content-Type", OCI_MANIFEST)],
+            &manifest,
+        )
+    });
+    response.assert_status(201);
+    assert_eq!(response.headers_named("oci-tag").len(), 100);
+    let tags = server.get("/v2/heavy/tags/list").json().string_list("tags");
+    assert_eq!(tags.len(), 100);
+    assert_eq!(server.get("/v2/heavy/manifests/t099").body, manifest);
+    eprintln!("100 tags with sync_to_disk: {took:?}, slowest probe {slowest:?}");
+
+    // A manifest listing more descriptors than any image has.
+    let layers: Vec<String> = (0..4096).map(|_| descriptor(OCI_LAYER, b"x")).collect();
+    let huge = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), layers)
+        .to_json()
+        .into_bytes();
+    put_manifest(&server, "heavy", "huge", OCI_MANIFEST, &huge).assert_error(400, "MANIFEST_INVALID");
+}

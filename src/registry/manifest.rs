@@ -11,6 +11,12 @@ pub const DOCKER_MANIFEST_V2: &str = "application/vnd.docker.distribution.manife
 pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const OCI_EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
 
+/// Descriptors (config, layers, child manifests) one manifest may list.
+/// Real images have tens of layers (docker caps them at 127) and real
+/// indexes tens of platforms; checking a manifest costs a file lookup per
+/// descriptor, so an unbounded list would let one request hold the loop.
+pub const DESCRIPTORS_MAX: usize = 4096;
+
 /// A content descriptor the manifest refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
@@ -122,6 +128,12 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<ParsedManifest, Manifest
             None => return Err(invalid("missing manifests")),
         },
         Kind::Other => {}
+    }
+
+    if blobs.len() + manifests.len() > DESCRIPTORS_MAX {
+        return Err(ManifestError::Invalid(format!(
+            "more than {DESCRIPTORS_MAX} descriptors (config, layers and manifests)"
+        )));
     }
 
     let subject = non_null(&object, "subject")
@@ -556,6 +568,19 @@ mod tests {
         let parsed = parse_value("application/vnd.example", &opaque).unwrap();
         assert!(parsed.blobs.is_empty() && parsed.manifests.is_empty() && !parsed.is_index);
         assert_eq!(parsed.artifact_type, None);
+    }
+
+    #[test]
+    fn descriptor_count_is_capped() {
+        let layer = serde_json::json!({ "mediaType": "x", "digest": LAYER, "size": 1 });
+        let mut manifest = oci_manifest();
+        manifest["layers"] = Value::Array(vec![layer.clone(); DESCRIPTORS_MAX - 1]);
+        assert!(
+            parse_value(OCI_MANIFEST, &manifest).is_ok(),
+            "config + 4095 layers"
+        );
+        manifest["layers"] = Value::Array(vec![layer; DESCRIPTORS_MAX]);
+        assert_invalid(OCI_MANIFEST, &manifest);
     }
 
     #[test]

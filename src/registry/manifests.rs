@@ -10,6 +10,10 @@ use crate::digest::{Digest, Hasher};
 use crate::event_webhook::event::EventKind;
 use crate::http::{Body, Method, RequestHead, Response};
 
+/// Tags one manifest PUT may set (its reference and `?tag=` parameters).
+/// Bounds the work of one request; `contains` above is quadratic in it.
+pub const TAGS_PER_PUSH_MAX: usize = 100;
+
 impl Registry {
     fn resolve(&self, name: &str, reference: &Reference) -> Result<Option<Digest>> {
         match reference {
@@ -80,6 +84,12 @@ impl Registry {
                     .detail(serde_json::json!({ "tag": tag })));
             }
             if !tags.contains(&tag) {
+                if tags.len() == TAGS_PER_PUSH_MAX {
+                    return Err(RegistryError::new(
+                        ErrorCode::TagInvalid,
+                        format!("at most {TAGS_PER_PUSH_MAX} tags per manifest push"),
+                    ));
+                }
                 tags.push(tag);
             }
         }

@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `dest` so that readers see either the old file or the
 /// whole new one. The temporary file lives in `tmp_dir`, which must be on the
@@ -32,6 +32,58 @@ fn write_then_rename(tmp: &Path, dest: &Path, bytes: &[u8], sync: bool) -> io::R
     }
     drop(file);
     rename(tmp, dest, sync)
+}
+
+/// Writes the same `bytes` to every path of `dests`, each replaced
+/// atomically, with a cost in flushes that does not grow with their number:
+/// one temporary file is written and fsync'd once, then hard-linked and
+/// renamed into each place, and each distinct directory is fsync'd once at
+/// the end. (Used for the tags of one manifest push: a file and two fsyncs
+/// per tag made a push with a thousand tags hold the loop for seconds.)
+pub fn write_file_to_many(tmp_dir: &Path, dests: &[PathBuf], bytes: &[u8], sync: bool) -> io::Result<()> {
+    if dests.is_empty() {
+        return Ok(());
+    }
+    let source = tmp_dir.join(super::random_hex(super::RANDOM_ID_BYTES));
+    let result = link_into_each(tmp_dir, &source, dests, bytes, sync);
+    // The source's name is only scaffolding; its content lives on in the links.
+    let _ = fs::remove_file(&source);
+    result
+}
+
+fn link_into_each(
+    tmp_dir: &Path,
+    source: &Path,
+    dests: &[PathBuf],
+    bytes: &[u8],
+    sync: bool,
+) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(source)?;
+    file.write_all(bytes)?;
+    if sync {
+        file.sync_all()?;
+    }
+    drop(file);
+    let mut directories: Vec<&Path> = Vec::new();
+    for dest in dests {
+        let dir = parent(dest)?;
+        create_dirs(dir, sync)?;
+        let link = tmp_dir.join(super::random_hex(super::RANDOM_ID_BYTES));
+        fs::hard_link(source, &link)?;
+        if let Err(error) = fs::rename(&link, dest) {
+            let _ = fs::remove_file(&link);
+            return Err(error);
+        }
+        if !directories.contains(&dir) {
+            directories.push(dir);
+        }
+    }
+    if sync {
+        for dir in directories {
+            sync_dir(dir)?;
+        }
+    }
+    Ok(())
 }
 
 /// Renames `src` (already written, and fsync'd when `sync`) to `dest`,
@@ -115,5 +167,30 @@ fn parent(path: &Path) -> io::Result<&Path> {
             io::ErrorKind::InvalidInput,
             format!("{} has no parent directory", path.display()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_content_lands_in_many_files_and_replaces_old_ones() {
+        let root = std::env::temp_dir().join(format!("angos-atomic-{}", super::super::random_hex(8)));
+        let tmp = root.join("_tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        let tags = root.join("tags");
+        fs::create_dir_all(&tags).unwrap();
+        fs::write(tags.join("old"), b"before\n").unwrap();
+        let dests: Vec<PathBuf> = ["old", "a", "b", "nested/c"]
+            .iter()
+            .map(|name| tags.join(name))
+            .collect();
+        write_file_to_many(&tmp, &dests, b"sha256:abc\n", true).unwrap();
+        for dest in &dests {
+            assert_eq!(fs::read(dest).unwrap(), b"sha256:abc\n", "{}", dest.display());
+        }
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "no scaffolding left");
+        fs::remove_dir_all(&root).unwrap();
     }
 }

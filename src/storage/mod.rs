@@ -525,10 +525,13 @@ impl Storage {
             self.write_atomic(&self.referrer_path(namespace, subject, digest), &json)?;
         }
         let tag_content = format!("{digest}\n");
-        for tag in tags {
-            self.write_atomic(&self.tag_path(namespace, tag), tag_content.as_bytes())?;
-        }
-        Ok(())
+        let tag_paths: Vec<PathBuf> = tags.iter().map(|tag| self.tag_path(namespace, tag)).collect();
+        atomic::write_file_to_many(
+            &self.tmp_dir(),
+            &tag_paths,
+            tag_content.as_bytes(),
+            self.sync_to_disk,
+        )
     }
 
     /// The manifest `digest` if `namespace` has it.
