@@ -29,10 +29,41 @@ pub fn server_config(certificates: &Path, key: &Path) -> Result<Arc<rustls::Serv
     Ok(Arc::new(config))
 }
 
+/// Largest certificate, key or CA bundle file read. Real ones are a few KiB
+/// (a bundle of every public root is about 250 KiB); a path replaced by a
+/// huge or endless file (`/dev/zero`) must fail, not be read whole.
+pub const PEM_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// The bytes of a regular PEM file of at most `PEM_FILE_BYTES_MAX` bytes.
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file =
+        std::fs::File::open(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    if !metadata.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    let mut bytes = Vec::new();
+    // `take` bounds a file that grows while it is read, too.
+    file.take(PEM_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("{}: {error}", path.display()))?;
+    if bytes.len() as u64 > PEM_FILE_BYTES_MAX {
+        return Err(format!(
+            "{}: larger than {} KiB, not a certificate or key file",
+            path.display(),
+            PEM_FILE_BYTES_MAX / 1024
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Every certificate of a PEM file, in order; an empty file is an error.
-fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|error| format!("{}: {error}", path.display()))?
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_pem_file(path)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|error| format!("{}: {error}", path.display()))?;
     if chain.is_empty() {
@@ -42,7 +73,8 @@ fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
 }
 
 fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|error| match error {
+    let pem = read_pem_file(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|error| match error {
         // rustls says "no items found"; the usual cause is the wrong file.
         rustls::pki_types::pem::Error::NoItemsFound => format!("{}: no PEM private key", path.display()),
         error => format!("{}: {error}", path.display()),
@@ -99,9 +131,8 @@ pub fn client_config(
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_bundle {
-        let certificates = CertificateDer::pem_file_iter(path)
-            .map_err(|error| format!("TLS: cannot read ca_bundle {}: {error}", path.display()))?;
-        for certificate in certificates {
+        let pem = read_pem_file(path).map_err(|error| format!("TLS: ca_bundle: {error}"))?;
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
             let certificate =
                 certificate.map_err(|error| format!("TLS: invalid ca_bundle {}: {error}", path.display()))?;
             roots
@@ -124,4 +155,23 @@ pub fn client_config(
         None => builder.with_no_client_auth(),
     };
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_files_are_read_with_a_size_cap() {
+        // A character device that never ends: refused before any read.
+        let error = load_certificates(Path::new("/dev/zero")).unwrap_err();
+        assert!(error.contains("not a regular file"), "{error}");
+        let path = std::env::temp_dir().join(format!("angos-huge-{}.pem", crate::storage::random_hex(8)));
+        std::fs::write(&path, vec![b'A'; (PEM_FILE_BYTES_MAX + 1) as usize]).unwrap();
+        let error = load_private_key(&path).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        assert!(error.contains("larger than 1024 KiB"), "{error}");
+        let error = load_certificates(Path::new("/nonexistent/cert.pem")).unwrap_err();
+        assert!(error.starts_with("cannot read /nonexistent/cert.pem"), "{error}");
+    }
 }

@@ -352,19 +352,7 @@ fn parse_client_identity(
 /// A CA bundle must be readable PEM with at least one certificate; checked
 /// at load so a typo is a configuration error, not a failed delivery later.
 fn check_ca_bundle(path: &std::path::Path) -> Result<(), String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let mut count = 0;
-    for certificate in certificates {
-        certificate.map_err(|error| format!("{}: invalid PEM: {error}", path.display()))?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(format!("{} holds no PEM certificate", path.display()));
-    }
-    Ok(())
+    crate::tls::load_certificates(path).map(|_| ())
 }
 
 pub(super) fn parse_name_list(

@@ -158,6 +158,9 @@ impl Storage {
     /// previous run: everything in `_tmp` and every upload session in `_uploads`
     /// (sessions do not survive a restart; clients restart the upload).
     pub fn open(root: &Path, sync_to_disk: bool, upload_sessions_max: usize) -> io::Result<Storage> {
+        for dir in [TMP_DIR, UPLOADS_DIR] {
+            unlink_if_symlink(&root.join(dir))?;
+        }
         for dir in [TMP_DIR, UPLOADS_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
             atomic::create_dirs(&root.join(dir), sync_to_disk)?;
         }
@@ -851,6 +854,25 @@ fn rehash(data: &Path, expected: &Digest) -> io::Result<Digest> {
 }
 
 /// Empties `dir` without removing it.
+/// The scratch directories are emptied at every start: one that is a
+/// symbolic link would have its target's files deleted. The link itself is
+/// removed (never what it points to) and a real directory made in its place.
+fn unlink_if_symlink(dir: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(metadata) if metadata.file_type().is_symlink() => {
+            log::warn!(
+                target: "angos::storage",
+                "{} is a symbolic link; removing the link (not its target) and using a directory",
+                dir.display()
+            );
+            fs::remove_file(dir)
+        }
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
 fn remove_dir_contents(dir: &Path) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
@@ -1454,6 +1476,27 @@ mod tests {
         assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
         assert_eq!(storage.upload_sessions(), 0);
         assert_eq!(read_blob(&storage, "ns", &digest).unwrap(), b"kept");
+    }
+
+    #[test]
+    fn start_up_cleanup_never_follows_a_symbolic_link() {
+        let root = TempRoot::new();
+        let precious = root.0.join("precious");
+        fs::create_dir_all(&precious).unwrap();
+        fs::write(precious.join("keep.txt"), b"not the registry's").unwrap();
+        let data = root.0.join("data");
+        fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(&precious, data.join(TMP_DIR)).unwrap();
+        std::os::unix::fs::symlink(&precious, data.join(UPLOADS_DIR)).unwrap();
+        Storage::open(&data, false, 1).unwrap();
+        assert_eq!(
+            fs::read(precious.join("keep.txt")).unwrap(),
+            b"not the registry's"
+        );
+        for dir in [TMP_DIR, UPLOADS_DIR] {
+            let metadata = fs::symlink_metadata(data.join(dir)).unwrap();
+            assert!(metadata.is_dir() && !metadata.file_type().is_symlink(), "{dir}");
+        }
     }
 
     #[test]
