@@ -157,9 +157,136 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The validity period (`notBefore`, `notAfter`, Unix seconds) of the first
+/// certificate of a PEM file: the leaf, the one a peer checks first.
+pub fn leaf_validity(path: &Path) -> Result<(i64, i64), String> {
+    let chain = load_certificates(path)?;
+    validity(chain[0].as_ref())
+        .ok_or_else(|| format!("{}: cannot read the certificate's validity", path.display()))
+}
+
+/// `tbsCertificate.validity` of an X.509 DER certificate (RFC 5280 4.1):
+/// Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
+/// serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter } ...
+fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (0x30, certificate, _) = der_element(der)? else {
+        return None;
+    };
+    let (0x30, tbs, _) = der_element(certificate)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    let (tag, _, after) = der_element(rest)?;
+    if tag == 0xa0 {
+        rest = after; // the explicit version
+    }
+    for _ in 0..3 {
+        // serialNumber, signature, issuer
+        rest = der_element(rest)?.2;
+    }
+    let (0x30, validity, _) = der_element(rest)? else {
+        return None;
+    };
+    let (tag, not_before, rest) = der_element(validity)?;
+    let not_before = der_time(tag, not_before)?;
+    let (tag, not_after, _) = der_element(rest)?;
+    Some((not_before, der_time(tag, not_after)?))
+}
+
+/// One DER element: its tag, its content and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let length = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let length = rest[..count]
+            .iter()
+            .fold(0usize, |n, &b| (n << 8) | usize::from(b));
+        rest = &rest[count..];
+        length
+    };
+    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
+}
+
+/// UTCTime (`YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime
+/// (`YYYYMMDDHHMMSSZ`) as Unix seconds.
+fn der_time(tag: u8, text: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
+    if !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, rest) = match (tag, text.len()) {
+        (0x17, 12) => {
+            let short = number(0..2)?;
+            (if short >= 50 { 1900 + short } else { 2000 + short }, 2)
+        }
+        (0x18, 14) => (number(0..4)?, 4),
+        _ => return None,
+    };
+    let field = |index: usize| number(rest + 2 * index..rest + 2 * index + 2);
+    let (month, day, hour, minute, second) = (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn der_times_read_as_unix_seconds() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(der_time(0x17, b"491231235959Z"), Some(2_524_607_999));
+        assert_eq!(der_time(0x18, b"20261202143402Z"), Some(1_796_222_042));
+        assert_eq!(der_time(0x17, b"20261202143000Z"), None);
+        assert_eq!(der_time(0x17, b"261302143000Z"), None);
+        assert_eq!(der_time(0x18, b"2026120214300Z"), None);
+    }
+
+    #[test]
+    fn validity_of_a_real_certificate() {
+        // `openssl req -x509 -days 1`: notBefore Dec  2 14:34:02 2026 GMT,
+        // notAfter Dec  3 14:34:02 2026 GMT (`date -d ... +%s` below).
+        let pem = concat!(
+            "-----BEGIN CERTIFICATE-----\n",
+            "MIIBfTCCASOgAwIBAgIUY9UUuVdIwETs7Ql6sUz+QSgQ3+owCgYIKoZIzj0EAwIw\n",
+            "FDESMBAGA1UEAwwJbG9jYWxob3N0MB4XDTI2MTIwMjE0MzQwMloXDTI2MTIwMzE0\n",
+            "MzQwMlowFDESMBAGA1UEAwwJbG9jYWxob3N0MFkwEwYHKoZIzj0CAQYIKoZIzj0D\n",
+            "AQcDQgAElAvTh4MIqEnhuyDZYi22MfjsGrog2rX99rr5UDSKNRCJUGXR9j8kVnKJ\n",
+            "JXW01DDTUxDNGfThqMVwZhiDxTpDd6NTMFEwHQYDVR0OBBYEFC2ESQYkyPa67hSo\n",
+            "3uw3uEyyVN6VMB8GA1UdIwQYMBaAFC2ESQYkyPa67hSo3uw3uEyyVN6VMA8GA1Ud\n",
+            "EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgUE5xi/xGa5NSSXMu4eVaJzyG\n",
+            "zsdNWAf/zKR1wG2K6l8CIQDZSTy2rj7gFV9n7B6ZnK9CPeObD3awe+8xLaVbTSZU\n",
+            "ww==\n",
+            "-----END CERTIFICATE-----\n",
+        );
+        let der = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(validity(der.as_ref()), Some((1_796_222_042, 1_796_308_442)));
+        assert_eq!(validity(&der.as_ref()[..40]), None, "truncated");
+    }
 
     #[test]
     fn certificate_files_are_read_with_a_size_cap() {

@@ -417,3 +417,119 @@ fn build_oci_layout(layout: &Path, tag: &str) {
     )
     .unwrap();
 }
+
+/// A self-signed certificate for `localhost` valid from `start` to `end`
+/// (`YYYYMMDDHHMMSSZ`), made with `openssl ca` (the only way the openssl
+/// command line sets arbitrary dates), as `STEM.pem` and `STEM.key` in `dir`.
+fn dated_certificate(dir: &Path, stem: &str, start: &str, end: &str) {
+    let ca = dir.join(format!("{stem}-ca"));
+    std::fs::create_dir_all(&ca).unwrap();
+    std::fs::write(ca.join("index.txt"), b"").unwrap();
+    std::fs::write(ca.join("serial"), b"01\n").unwrap();
+    std::fs::write(
+        ca.join("ca.cnf"),
+        "[ca]\ndefault_ca = here\n[here]\ndatabase = index.txt\nserial = serial\nnew_certs_dir = .\n\
+         default_md = sha256\npolicy = anything\nemail_in_dn = no\nx509_extensions = leaf\n\
+         [anything]\ncommonName = supplied\n\
+         [leaf]\nbasicConstraints = critical,CA:FALSE\nsubjectAltName = DNS:localhost\n",
+    )
+    .unwrap();
+    let key = dir.join(format!("{stem}.key"));
+    let run = |command: &mut Command| {
+        let output = command.current_dir(&ca).output().expect("run openssl");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-out",
+            "req.csr",
+            "-keyout",
+        ])
+        .arg(&key));
+    run(Command::new("openssl")
+        .args([
+            "ca",
+            "-batch",
+            "-config",
+            "ca.cnf",
+            "-selfsign",
+            "-in",
+            "req.csr",
+            "-startdate",
+            start,
+            "-enddate",
+            end,
+            "-keyfile",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(dir.join(format!("{stem}.pem"))));
+}
+
+#[test]
+fn expired_and_future_certificates_load_with_a_warning_and_a_metric() {
+    let dir = TempDir::new("dated-certificates");
+    dated_certificate(dir.path(), "expired", "20200101000000Z", "20200102000000Z");
+    dated_certificate(dir.path(), "future", "20990101000000Z", "20990102000000Z");
+    let cert = dir.path().join("server.pem");
+    let key = dir.path().join("server.key");
+    std::fs::copy(dir.path().join("expired.pem"), &cert).unwrap();
+    std::fs::copy(dir.path().join("expired.key"), &key).unwrap();
+    let server = Server::start_with(&Options::default().server_line(&format!(
+        "tls = {{ server_certificate_bundle = \"{}\", server_private_key = \"{}\", port = 0 }}",
+        cert.display(),
+        key.display()
+    )));
+    let file = cert.display().to_string();
+    webhook_support::wait_for_log(
+        &server,
+        Duration::from_secs(5),
+        "about the expired certificate",
+        |line| {
+            line.contains("WARN") && line.contains(&format!("certificate {file} expired on Thu, 02 Jan 2020"))
+        },
+    );
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains(&format!(
+            "tls_certificate_not_after_seconds{{file=\"{file}\"}} 1577923200"
+        )),
+        "{metrics}"
+    );
+    // Replaced in place by one that is not valid yet: reloaded, with a warning.
+    std::fs::copy(dir.path().join("future.key"), dir.path().join("next.key")).unwrap();
+    std::fs::copy(dir.path().join("future.pem"), dir.path().join("next.pem")).unwrap();
+    std::fs::rename(dir.path().join("next.key"), &key).unwrap();
+    std::fs::rename(dir.path().join("next.pem"), &cert).unwrap();
+    webhook_support::wait_for_log(
+        &server,
+        Duration::from_secs(10),
+        "about the future certificate",
+        |line| {
+            line.contains("WARN")
+                && line.contains(&format!(
+                    "certificate {file} is not valid yet (from Thu, 01 Jan 2099"
+                ))
+        },
+    );
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains(&format!(
+            "tls_certificate_not_before_seconds{{file=\"{file}\"}} 4070908800"
+        )),
+        "{metrics}"
+    );
+}

@@ -197,6 +197,7 @@ impl<C: Clock> Reactor<C> {
         }
         let mut events = Events::with_capacity(1024);
         let mut fired = Vec::new();
+        self.check_certificates();
         // Deliveries resumed from the journal go out now, not at the first wake-up.
         self.pump_webhooks();
         loop {
@@ -265,6 +266,7 @@ impl<C: Clock> Reactor<C> {
             if self.webhook_tls_watcher.check(now) {
                 log::info!(target: "angos::event_webhook", "webhook TLS files changed, reloading them");
                 self.outbound.reload_tls(self.config.webhooks.values());
+                self.check_certificates();
             }
             if self.shutting_down && self.shutdown_step(now) {
                 return Ok(());
@@ -342,6 +344,7 @@ impl<C: Clock> Reactor<C> {
         // the same path together with the edit is not missed.
         self.outbound.reload_tls(self.config.webhooks.values());
         self.webhook_tls_watcher = reload::Watcher::new(webhook_tls_files(&self.config), self.clock.now_ms());
+        self.check_certificates();
         let files: Vec<String> = self
             .watcher
             .files()
@@ -359,6 +362,38 @@ impl<C: Clock> Reactor<C> {
         }
     }
 
+    /// Reads the validity of every configured certificate into the metrics,
+    /// and warns of any that is expired or not yet valid (at start, on
+    /// reload, and when a certificate file changes).
+    fn check_certificates(&mut self) {
+        let now_secs = (self.clock.unix_micros() / 1_000_000) as i64;
+        let mut validities = Vec::new();
+        for file in certificate_files(&self.config) {
+            match crate::tls::leaf_validity(&file) {
+                Ok((not_before, not_after)) => {
+                    if now_secs < not_before {
+                        log::warn!(
+                            target: "angos::reactor",
+                            "certificate {} is not valid yet (from {} on)",
+                            file.display(),
+                            clock::http_date(not_before.max(0) as u64)
+                        );
+                    } else if now_secs >= not_after {
+                        log::warn!(
+                            target: "angos::reactor",
+                            "certificate {} expired on {}",
+                            file.display(),
+                            clock::http_date(not_after.max(0) as u64)
+                        );
+                    }
+                    validities.push((file.display().to_string(), not_before, not_after));
+                }
+                Err(why) => log::warn!(target: "angos::reactor", "certificate validity unknown: {why}"),
+            }
+        }
+        self.telemetry.record_certificates(&validities);
+    }
+
     /// A changed certificate or key file: new handshakes use the new pair;
     /// a pair that does not load keeps the running one.
     fn reload_certificate(&mut self) {
@@ -369,6 +404,7 @@ impl<C: Clock> Reactor<C> {
             Ok(loaded) => {
                 self.tls_config = Some(loaded);
                 log::info!(target: "angos::reactor", "TLS certificate reloaded");
+                self.check_certificates();
             }
             // Mid-rotation (certificate written, key not yet) is normal: the
             // next change retries.
@@ -617,6 +653,26 @@ impl<C: Clock> Reactor<C> {
 }
 
 /// Every TLS file the configured webhooks name, sorted and without repeats.
+/// The certificate files a configuration names: the server's, and each
+/// webhook's client certificate.
+fn certificate_files(config: &Config) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = config
+        .server
+        .tls
+        .iter()
+        .map(|tls| tls.server_certificate_bundle.clone())
+        .chain(
+            config
+                .webhooks
+                .values()
+                .filter_map(|webhook| Some(webhook.client_identity.as_ref()?.certificate.clone())),
+        )
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
 fn webhook_tls_files(config: &Config) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = config
         .webhooks

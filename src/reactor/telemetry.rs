@@ -14,6 +14,11 @@ pub struct Telemetry {
     duration_series: HashMap<&'static str, SeriesId>,
     auth_failures: FamilyId,
     auth_delayed: SeriesId,
+    certificate_not_before: FamilyId,
+    certificate_not_after: FamilyId,
+    /// Files with certificate series now, so a file no longer configured
+    /// loses its series.
+    certificate_files: Vec<String>,
 }
 
 impl Default for Telemetry {
@@ -47,6 +52,16 @@ impl Telemetry {
             &[],
         );
         let auth_delayed = metrics.series(delayed, &[]);
+        let certificate_not_before = metrics.gauge(
+            "tls_certificate_not_before_seconds",
+            "Start of the validity of the first certificate of each configured certificate file (Unix seconds).",
+            &["file"],
+        );
+        let certificate_not_after = metrics.gauge(
+            "tls_certificate_not_after_seconds",
+            "End of the validity of the first certificate of each configured certificate file (Unix seconds).",
+            &["file"],
+        );
         // Present at zero from the start, so a rate() over them has a baseline.
         for reason in ["unknown_user", "wrong_password", "malformed", "invalid_token"] {
             metrics.series(auth_failures, &[reason]);
@@ -59,6 +74,25 @@ impl Telemetry {
             duration_series: HashMap::new(),
             auth_failures,
             auth_delayed,
+            certificate_not_before,
+            certificate_not_after,
+            certificate_files: Vec::new(),
+        }
+    }
+
+    /// Replaces the certificate validity series with `validities`
+    /// (file, notBefore, notAfter).
+    pub fn record_certificates(&mut self, validities: &[(String, i64, i64)]) {
+        for file in std::mem::take(&mut self.certificate_files) {
+            self.metrics.remove_series(self.certificate_not_before, &[&file]);
+            self.metrics.remove_series(self.certificate_not_after, &[&file]);
+        }
+        for (file, not_before, not_after) in validities {
+            let series = self.metrics.series(self.certificate_not_before, &[file]);
+            self.metrics.set(series, *not_before as f64);
+            let series = self.metrics.series(self.certificate_not_after, &[file]);
+            self.metrics.set(series, *not_after as f64);
+            self.certificate_files.push(file.clone());
         }
     }
 
