@@ -150,7 +150,9 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
         config.storage.sync_to_disk,
         config.storage.max_upload_sessions,
     ) {
-        Ok(storage) => storage.with_manifest_cache(config.storage.manifest_cache_size),
+        Ok(storage) => storage
+            .with_manifest_cache(config.storage.manifest_cache_size)
+            .with_upload_sessions_per_namespace(config.storage.max_upload_sessions_per_namespace),
         Err(error) => {
             log::error!(
                 "cannot open storage at {}: {error}",

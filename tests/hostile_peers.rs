@@ -373,3 +373,40 @@ fn tag_heavy_and_descriptor_heavy_pushes_are_capped_and_cheap() {
         .into_bytes();
     put_manifest(&server, "heavy", "huge", OCI_MANIFEST, &huge).assert_error(400, "MANIFEST_INVALID");
 }
+
+#[test]
+fn upload_sessions_are_capped_per_namespace_and_expire_when_idle() {
+    let server = Server::start_with(
+        &Options::default()
+            .storage_line("max_upload_sessions_per_namespace = 3")
+            .storage_line("upload_session_idle_secs = 1"),
+    );
+    let locations: Vec<String> = (0..3).map(|_| start_upload(&server, "hoarder")).collect();
+    server
+        .request("POST", "/v2/hoarder/blobs/uploads/", &[], b"")
+        .assert_error(429, "TOOMANYREQUESTS");
+    // Another namespace still gets sessions.
+    let kept = start_upload(&server, "worker");
+    // Within one to two idle periods the hoarded sessions are gone, while one
+    // that keeps sending chunks lives on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut offset = 0;
+    let expired = loop {
+        let chunk = format!("chunk {offset:04}");
+        let response = server.request(
+            "PATCH",
+            &kept,
+            &[("Content-Range", &format!("{offset}-{}", offset + chunk.len() - 1))],
+            chunk.as_bytes(),
+        );
+        response.assert_status(202);
+        offset += chunk.len();
+        let status = server.get(&locations[0]).status;
+        if status == 404 || Instant::now() > deadline {
+            break status == 404;
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    assert!(expired, "an idle session outlived two idle periods");
+    start_upload(&server, "hoarder");
+}

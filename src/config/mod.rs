@@ -62,6 +62,10 @@ pub struct StorageConfig {
     pub root_dir: PathBuf,
     pub sync_to_disk: bool,
     pub max_upload_sessions: usize,
+    /// Open upload sessions any one namespace may hold.
+    pub max_upload_sessions_per_namespace: usize,
+    /// Silence after which an upload session is dropped (its bytes too).
+    pub upload_session_idle_secs: u64,
     /// Memory for manifests and tags already read (0 disables the cache).
     pub manifest_cache_size: usize,
 }
@@ -105,6 +109,8 @@ impl Default for Config {
                 root_dir: PathBuf::from("./data"),
                 sync_to_disk: false,
                 max_upload_sessions: 4096,
+                max_upload_sessions_per_namespace: 256,
+                upload_session_idle_secs: 3600,
                 manifest_cache_size: 4 << 20,
             },
             global: GlobalConfig {
@@ -494,6 +500,12 @@ impl Builder {
         }
         if let Some(value) = section.integer("max_upload_sessions", 1, 1_000_000)? {
             storage.max_upload_sessions = value as usize;
+        }
+        if let Some(value) = section.integer("max_upload_sessions_per_namespace", 1, 1_000_000)? {
+            storage.max_upload_sessions_per_namespace = value as usize;
+        }
+        if let Some(value) = section.integer("upload_session_idle_secs", 1, 30 * 24 * 3600)? {
+            storage.upload_session_idle_secs = value;
         }
         if let Some(size) = section.size("manifest_cache_size")? {
             if size > 1 << 30 {

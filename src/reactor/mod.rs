@@ -86,6 +86,8 @@ pub struct Reactor<C: Clock> {
     /// in place (same path, no configuration edit) still reaches the next
     /// handshake, as the server's own certificate does.
     webhook_tls_watcher: reload::Watcher,
+    /// When idle upload sessions are next swept.
+    next_upload_sweep_ms: u64,
     telemetry: Telemetry,
     watcher: reload::Watcher,
     clock: C,
@@ -167,6 +169,7 @@ impl<C: Clock> Reactor<C> {
             notifier,
             outbound: outbound::Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver()),
             webhook_tls_watcher: reload::Watcher::new(webhook_tls_files(&config), now),
+            next_upload_sweep_ms: now + config.storage.upload_session_idle_secs * 1000,
             telemetry,
             watcher: reload::Watcher::new(files, now),
             clock,
@@ -211,6 +214,7 @@ impl<C: Clock> Reactor<C> {
                     self.outbound.poll_timeout(),
                     Some(self.watcher.next_check_ms),
                     Some(self.webhook_tls_watcher.next_check_ms),
+                    Some(self.next_upload_sweep_ms),
                     self.shutting_down.then_some(self.shutdown_deadline_ms),
                 ];
                 deadlines
@@ -262,6 +266,9 @@ impl<C: Clock> Reactor<C> {
                 .is_some_and(|watcher| watcher.check(now))
             {
                 self.reload_certificate();
+            }
+            if now >= self.next_upload_sweep_ms {
+                self.sweep_uploads(now);
             }
             if self.webhook_tls_watcher.check(now) {
                 log::info!(target: "angos::event_webhook", "webhook TLS files changed, reloading them");
@@ -360,6 +367,17 @@ impl<C: Clock> Reactor<C> {
             self.date_secs = secs;
             self.date = clock::http_date(secs);
         }
+    }
+
+    /// Drops the upload sessions nobody used for an idle period: a session is
+    /// a slot of a bounded pool, and clients that vanish mid-upload never
+    /// release theirs.
+    fn sweep_uploads(&mut self, now: u64) {
+        let expired = self.registry.expire_idle_uploads();
+        if expired > 0 {
+            log::info!(target: "angos::reactor", "{expired} idle upload sessions expired");
+        }
+        self.next_upload_sweep_ms = now + self.config.storage.upload_session_idle_secs * 1000;
     }
 
     /// Reads the validity of every configured certificate into the metrics,

@@ -247,6 +247,10 @@ pub(super) fn upload_error(error: UploadError) -> RegistryError {
         UploadError::TooManySessions => {
             RegistryError::new(ErrorCode::TooManyRequests, "too many upload sessions in progress")
         }
+        UploadError::TooManySessionsHere(max) => RegistryError::new(
+            ErrorCode::TooManyRequests,
+            format!("too many upload sessions in progress in this repository (at most {max})"),
+        ),
         UploadError::Io(error) => RegistryError::storage(error),
     }
 }

@@ -214,6 +214,12 @@ impl Registry {
         &self.storage
     }
 
+    /// Drops upload sessions idle since the last call; see
+    /// `Storage::expire_idle_uploads`.
+    pub fn expire_idle_uploads(&mut self) -> usize {
+        self.storage.expire_idle_uploads()
+    }
+
     /// Routes a request head: answers at once, or prepares to read its body.
     pub fn begin(&mut self, head: &RequestHead) -> Begin {
         self.begin_routed(head, route::route(&head.path), &|_| true)

@@ -58,6 +58,10 @@ pub struct Storage {
     /// Open upload sessions by id. Never iterated, so its order cannot leak.
     sessions: HashMap<String, UploadSession>,
     upload_sessions_max: usize,
+    /// Open sessions one namespace may hold, so no one client exhausts the pool.
+    upload_sessions_per_namespace_max: usize,
+    /// Open sessions per namespace (only namespaces with at least one).
+    sessions_per_namespace: HashMap<String, usize>,
     /// Manifests and tags already read; see `cache.rs` for why it is coherent.
     cache: RefCell<cache::ManifestCache>,
 }
@@ -76,6 +80,8 @@ struct UploadSession {
     /// The digest `verify_upload` last accepted, cleared by any later write,
     /// so `commit_upload` can skip a second hash of the same bytes.
     verified: Option<Digest>,
+    /// Used since the last `expire_idle_uploads` sweep.
+    touched: bool,
 }
 
 /// A manifest as stored: its media type and exact bytes.
@@ -124,6 +130,8 @@ pub enum UploadError {
     DigestMismatch,
     /// `upload_sessions_max` sessions are open.
     TooManySessions,
+    /// The namespace holds the most sessions one namespace may (the cap).
+    TooManySessionsHere(usize),
     Io(io::Error),
 }
 
@@ -133,6 +141,9 @@ impl std::fmt::Display for UploadError {
             UploadError::Unknown => f.write_str("unknown upload session"),
             UploadError::DigestMismatch => f.write_str("upload does not match its digest"),
             UploadError::TooManySessions => f.write_str("too many upload sessions"),
+            UploadError::TooManySessionsHere(max) => {
+                write!(f, "too many upload sessions in this repository (at most {max})")
+            }
             UploadError::Io(error) => write!(f, "upload storage error: {error}"),
         }
     }
@@ -172,8 +183,36 @@ impl Storage {
             sync_to_disk,
             sessions: HashMap::new(),
             upload_sessions_max,
+            upload_sessions_per_namespace_max: upload_sessions_max,
+            sessions_per_namespace: HashMap::new(),
             cache: RefCell::new(cache::ManifestCache::new(MANIFEST_CACHE_BYTES_DEFAULT)),
         })
+    }
+
+    /// Caps the open sessions of any one namespace (at most the global cap).
+    pub fn with_upload_sessions_per_namespace(mut self, max: usize) -> Storage {
+        self.upload_sessions_per_namespace_max = max.clamp(1, self.upload_sessions_max);
+        self
+    }
+
+    /// Removes the sessions nobody used since the previous sweep (none is
+    /// mid-write: a taken writer counts as use); returns how many. Called
+    /// every idle period, it expires a session after one to two periods of
+    /// silence without a clock of its own.
+    pub fn expire_idle_uploads(&mut self) -> usize {
+        let idle: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, session)| !session.touched && session.hasher.is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for session in self.sessions.values_mut() {
+            session.touched = false;
+        }
+        for id in &idle {
+            self.remove_session(id);
+        }
+        idle.len()
     }
 
     /// Sets the manifest cache budget (0 disables the cache).
@@ -321,6 +360,12 @@ impl Storage {
         if self.sessions.len() >= self.upload_sessions_max {
             return Err(UploadError::TooManySessions);
         }
+        let held = self.sessions_per_namespace.get(namespace).copied().unwrap_or(0);
+        if held >= self.upload_sessions_per_namespace_max {
+            return Err(UploadError::TooManySessionsHere(
+                self.upload_sessions_per_namespace_max,
+            ));
+        }
         let id = random_hex(RANDOM_ID_BYTES);
         let dir = self.session_dir(&id);
         // No fsync and no atomic rename here: sessions are wiped at start-up,
@@ -341,8 +386,13 @@ impl Storage {
                 size: 0,
                 hasher: Some(Hasher::sha256()),
                 verified: None,
+                touched: true,
             },
         );
+        *self
+            .sessions_per_namespace
+            .entry(namespace.to_owned())
+            .or_default() += 1;
         Ok(id)
     }
 
@@ -391,6 +441,7 @@ impl Storage {
         {
             session.size = writer.size;
             session.hasher = Some(writer.hasher);
+            session.touched = true;
         }
     }
 
@@ -436,7 +487,7 @@ impl Storage {
         // From here on the session is consumed whatever happens: on an I/O
         // error the client restarts the upload, and no half-committed session
         // lingers in the map.
-        self.sessions.remove(id);
+        self.forget_session(id);
         let dir = self.session_dir(id);
         let result = self.commit_session_data(&dir.join(SESSION_DATA_FILE), digest);
         let _ = fs::remove_dir_all(&dir);
@@ -466,7 +517,7 @@ impl Storage {
         if self.session_mut(namespace, id).is_err() {
             return Ok(false);
         }
-        self.sessions.remove(id);
+        self.forget_session(id);
         fs::remove_dir_all(self.session_dir(id))?;
         Ok(true)
     }
@@ -475,13 +526,29 @@ impl Storage {
         match self.sessions.get_mut(id) {
             // Another namespace's session id is as unknown as a made-up one:
             // ids are capabilities scoped to the repository that opened them.
-            Some(session) if session.namespace == namespace => Ok(session),
+            Some(session) if session.namespace == namespace => {
+                session.touched = true;
+                Ok(session)
+            }
             _ => Err(UploadError::Unknown),
         }
     }
 
+    /// Drops the in-memory half of a session (its files are the caller's).
+    fn forget_session(&mut self, id: &str) {
+        let Some(session) = self.sessions.remove(id) else {
+            return;
+        };
+        if let Some(held) = self.sessions_per_namespace.get_mut(&session.namespace) {
+            *held -= 1;
+            if *held == 0 {
+                self.sessions_per_namespace.remove(&session.namespace);
+            }
+        }
+    }
+
     fn remove_session(&mut self, id: &str) {
-        self.sessions.remove(id);
+        self.forget_session(id);
         if let Err(error) = fs::remove_dir_all(self.session_dir(id)) {
             // Harmless: `open` removes it at the next start.
             log::warn!("removing upload session {id}: {error}");
@@ -1149,6 +1216,47 @@ mod tests {
             Err(UploadError::DigestMismatch)
         ));
         assert_eq!(storage.blob_size("ns", &right).unwrap(), None);
+    }
+
+    #[test]
+    fn one_namespace_cannot_take_every_session() {
+        let root = TempRoot::new();
+        let mut storage = Storage::open(&root.0, false, 10)
+            .unwrap()
+            .with_upload_sessions_per_namespace(2);
+        let first = storage.start_upload("greedy").unwrap();
+        storage.start_upload("greedy").unwrap();
+        assert!(matches!(
+            storage.start_upload("greedy"),
+            Err(UploadError::TooManySessionsHere(2))
+        ));
+        storage.start_upload("other").unwrap();
+        // A session that ends gives its place back.
+        storage.cancel_upload("greedy", &first).unwrap();
+        storage.start_upload("greedy").unwrap();
+    }
+
+    #[test]
+    fn idle_sessions_expire_after_a_sweep_without_use() {
+        let root = TempRoot::new();
+        let mut storage = open(&root);
+        let idle = storage.start_upload("ns").unwrap();
+        let busy = storage.start_upload("ns").unwrap();
+        let writing = storage.start_upload("ns").unwrap();
+        let writer = storage.upload_writer("ns", &writing).unwrap();
+        // The first sweep only marks: every session was used since the start.
+        assert_eq!(storage.expire_idle_uploads(), 0);
+        let writer_busy = storage.upload_writer("ns", &busy).unwrap();
+        storage.release_writer("ns", &busy, writer_busy);
+        assert_eq!(storage.expire_idle_uploads(), 1);
+        assert_eq!(storage.upload_size("ns", &idle), None, "the idle one is gone");
+        assert!(!root.0.join(UPLOADS_DIR).join(&idle).exists(), "with its files");
+        assert_eq!(storage.upload_size("ns", &busy), Some(0));
+        // A writer out (a body streaming in) is use, however long it takes.
+        assert_eq!(storage.expire_idle_uploads(), 1, "busy is idle now");
+        storage.release_writer("ns", &writing, writer);
+        assert_eq!(storage.upload_size("ns", &writing), Some(0));
+        assert_eq!(storage.upload_sessions(), 1);
     }
 
     #[test]

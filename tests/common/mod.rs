@@ -110,6 +110,8 @@ pub struct Options {
     pub server: Vec<String>,
     /// Extra `key = value` lines appended to `[global]`.
     pub global: Vec<String>,
+    /// Extra `key = value` lines appended to `[blob_store.fs]`.
+    pub storage: Vec<String>,
     /// Whole tables (`[auth]`, `[repository."x"]`, ...) appended at the end.
     pub tables: Vec<String>,
 }
@@ -117,6 +119,11 @@ pub struct Options {
 impl Options {
     pub fn server_line(mut self, line: &str) -> Options {
         self.server.push(line.to_string());
+        self
+    }
+
+    pub fn storage_line(mut self, line: &str) -> Options {
+        self.storage.push(line.to_string());
         self
     }
 
@@ -176,6 +183,10 @@ impl Server {
             root.display(),
             options.sync_to_disk
         );
+        for line in &options.storage {
+            config.push_str(line);
+            config.push('\n');
+        }
         config.push_str("[global]\n");
         for line in &options.global {
             config.push_str(line);
