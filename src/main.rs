@@ -152,6 +152,7 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
     ) {
         Ok(storage) => storage
             .with_manifest_cache(config.storage.manifest_cache_size)
+            .with_listing_index(config.storage.listing_index_size)
             .with_upload_sessions_per_namespace(config.storage.max_upload_sessions_per_namespace),
         Err(error) => {
             log::error!(

@@ -410,3 +410,52 @@ fn upload_sessions_are_capped_per_namespace_and_expire_when_idle() {
     assert!(expired, "an idle session outlived two idle periods");
     start_upload(&server, "hoarder");
 }
+
+#[test]
+fn fifty_thousand_tags_page_in_time_proportional_to_the_page() {
+    let dir = TempDir::new("many-tags");
+    let server = Server::start_in(dir.path(), &Options::default());
+    let config = b"{}".to_vec();
+    push_blob(&server, "many", &config);
+    let manifest = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![])
+        .to_json()
+        .into_bytes();
+    let digest = push_manifest(&server, "many", "t00000", OCI_MANIFEST, &manifest);
+    // The other tags are written as the storage writes them: quicker than
+    // 50,000 pushes, and the server has not listed the namespace yet.
+    let tags_dir = dir.path().join("data/repositories/many/_manifests/tags");
+    for n in 1..50_000 {
+        std::fs::write(tags_dir.join(format!("t{n:05}")), format!("{digest}\n")).unwrap();
+    }
+    // Paging through follows `Link` and sees every tag in order.
+    let first = server.get("/v2/many/tags/list?n=1000");
+    assert_eq!(first.json().string_list("tags").len(), 1000);
+    let mut next = first.next_link();
+    let mut seen = 1000;
+    while let Some(link) = next {
+        let page = server.get(&link);
+        seen += page.json().string_list("tags").len();
+        next = page.next_link();
+    }
+    assert_eq!(seen, 50_000);
+    // Eight clients paging one tag at a time: others are served meanwhile.
+    let ((), _, slowest) = probing(&server, || {
+        thread::scope(|scope| {
+            for client in 0..8 {
+                let server = &server;
+                scope.spawn(move || {
+                    let mut conn = server.connect();
+                    for n in 0..100 {
+                        let last = format!("t{:05}", client * 5000 + n * 7);
+                        let page =
+                            conn.request("GET", &format!("/v2/many/tags/list?n=1&last={last}"), &[], b"");
+                        let tags = page.json().string_list("tags");
+                        assert_eq!(tags, [format!("t{:05}", client * 5000 + n * 7 + 1)]);
+                    }
+                });
+            }
+        })
+    });
+    assert!(slowest < PROBE_BOUND, "another client waited {slowest:?}");
+    eprintln!("50,000 tags, 8 clients paging: slowest probe {slowest:?}");
+}

@@ -68,6 +68,8 @@ pub struct StorageConfig {
     pub upload_session_idle_secs: u64,
     /// Memory for manifests and tags already read (0 disables the cache).
     pub manifest_cache_size: usize,
+    /// Memory for the sorted tag and namespace names of paged listings.
+    pub listing_index_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +114,7 @@ impl Default for Config {
                 max_upload_sessions_per_namespace: 256,
                 upload_session_idle_secs: 3600,
                 manifest_cache_size: 4 << 20,
+                listing_index_size: 16 << 20,
             },
             global: GlobalConfig {
                 max_manifest_size: 5 * 1024 * 1024,
@@ -512,6 +515,12 @@ impl Builder {
                 return Err(section.error("manifest_cache_size", "must be at most 1GiB"));
             }
             storage.manifest_cache_size = size as usize;
+        }
+        if let Some(size) = section.size("listing_index_size")? {
+            if size > 1 << 30 {
+                return Err(section.error("listing_index_size", "must be at most 1GiB"));
+            }
+            storage.listing_index_size = size as usize;
         }
         section.finish(&mut self.warnings);
         Ok(())

@@ -9,6 +9,7 @@ use super::{Commit, EventDraft, ExchangeState, Outcome, Registry, Result};
 use crate::digest::{Digest, Hasher};
 use crate::event_webhook::event::EventKind;
 use crate::http::{Body, Method, RequestHead, Response};
+use crate::storage::listing::Page;
 
 /// Tags one manifest PUT may set (its reference and `?tag=` parameters).
 /// Bounds the work of one request; `contains` above is quadratic in it.
@@ -293,26 +294,32 @@ impl Registry {
     }
 
     pub(super) fn list_tags(&self, head: &RequestHead, name: String) -> Result<Response> {
-        let Some(tags) = self.storage.tags(&name).map_err(RegistryError::storage)? else {
+        let (limit, last) = page_request(head)?;
+        let Some(page) = self
+            .storage
+            .tags_page(&name, last.as_deref(), limit)
+            .map_err(RegistryError::storage)?
+        else {
             return Err(
                 RegistryError::new(ErrorCode::NameUnknown, "repository name not known to registry")
                     .detail(serde_json::json!({ "name": name })),
             );
         };
-        let page = paginate(head, tags)?;
         let mut response = Response::json(200, &serde_json::json!({ "name": name, "tags": page.items }));
-        if let Some(link) = page.next_link(&format!("/v2/{name}/tags/list")) {
+        if let Some(link) = next_link(&page, limit, &format!("/v2/{name}/tags/list")) {
             response = response.header("Link", link);
         }
         Ok(response)
     }
 
     pub(super) fn catalog(&self, head: &RequestHead, readable: &dyn Fn(&str) -> bool) -> Result<Response> {
-        let mut names = self.storage.catalog().map_err(RegistryError::storage)?;
-        names.retain(|name| readable(name));
-        let page = paginate(head, names)?;
+        let (limit, last) = page_request(head)?;
+        let page = self
+            .storage
+            .catalog_page(last.as_deref(), limit, readable)
+            .map_err(RegistryError::storage)?;
         let mut response = Response::json(200, &serde_json::json!({ "repositories": page.items }));
-        if let Some(link) = page.next_link("/v2/_catalog") {
+        if let Some(link) = next_link(&page, limit, "/v2/_catalog") {
             response = response.header("Link", link);
         }
         Ok(response)
@@ -341,22 +348,8 @@ impl Registry {
     }
 }
 
-/// One page of a sorted listing (`n` and `last`, spec "Listing Tags").
-struct Page {
-    items: Vec<String>,
-    limit: Option<usize>,
-    more: bool,
-}
-
-impl Page {
-    fn next_link(&self, path: &str) -> Option<String> {
-        let (limit, last) = (self.limit?, self.items.last()?);
-        self.more
-            .then(|| format!("<{path}?n={limit}&last={}>; rel=\"next\"", query_escape(last)))
-    }
-}
-
-fn paginate(head: &RequestHead, sorted: Vec<String>) -> Result<Page> {
+/// The `n` and `last` parameters of a listing (spec "Listing Tags").
+fn page_request(head: &RequestHead) -> Result<(Option<usize>, Option<String>)> {
     let limit = match head.query_value("n") {
         Some(text) => Some(text.parse::<usize>().map_err(|_| {
             RegistryError::new(
@@ -367,17 +360,14 @@ fn paginate(head: &RequestHead, sorted: Vec<String>) -> Result<Page> {
         })?),
         None => None,
     };
-    let last = head.query_value("last");
-    let start = match &last {
-        Some(last) => sorted.partition_point(|item| item.as_str() <= last.as_str()),
-        None => 0,
-    };
-    let mut items: Vec<String> = sorted.into_iter().skip(start).collect();
-    let more = limit.is_some_and(|limit| items.len() > limit);
-    if let Some(limit) = limit {
-        items.truncate(limit);
-    }
-    Ok(Page { items, limit, more })
+    Ok((limit, head.query_value("last")))
+}
+
+/// The `Link` to the page after `page`, when more follow.
+fn next_link(page: &Page, limit: Option<usize>, path: &str) -> Option<String> {
+    let (limit, last) = (limit?, page.items.last()?);
+    page.more
+        .then(|| format!("<{path}?n={limit}&last={}>; rel=\"next\"", query_escape(last)))
 }
 
 /// Escapes a name or tag for a query string (names carry `/`).

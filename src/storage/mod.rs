@@ -20,6 +20,7 @@
 
 mod atomic;
 mod cache;
+pub mod listing;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -35,6 +36,8 @@ pub const UPLOAD_SESSIONS_MAX_DEFAULT: usize = 4096;
 /// Default budget of the in-memory manifest and tag cache.
 pub const MANIFEST_CACHE_BYTES_DEFAULT: usize = 4 << 20;
 
+/// Default budget of the sorted listing index.
+pub const LISTING_INDEX_BYTES_DEFAULT: usize = 16 << 20;
 /// Read size when a session must be rehashed with another algorithm.
 const REHASH_CHUNK_BYTES: usize = 1 << 20;
 
@@ -64,6 +67,8 @@ pub struct Storage {
     sessions_per_namespace: HashMap<String, usize>,
     /// Manifests and tags already read; see `cache.rs` for why it is coherent.
     cache: RefCell<cache::ManifestCache>,
+    /// Sorted tag and namespace names for paged listings (`listing.rs`).
+    listing: RefCell<listing::ListingIndex>,
 }
 
 /// The in-memory half of an upload session; its bytes are in
@@ -186,7 +191,14 @@ impl Storage {
             upload_sessions_per_namespace_max: upload_sessions_max,
             sessions_per_namespace: HashMap::new(),
             cache: RefCell::new(cache::ManifestCache::new(MANIFEST_CACHE_BYTES_DEFAULT)),
+            listing: RefCell::new(listing::ListingIndex::new(LISTING_INDEX_BYTES_DEFAULT)),
         })
+    }
+
+    /// Sets the listing index budget (0 disables it: every listing scans).
+    pub fn with_listing_index(self, budget_bytes: usize) -> Storage {
+        self.listing.replace(listing::ListingIndex::new(budget_bytes));
+        self
     }
 
     /// Caps the open sessions of any one namespace (at most the global cap).
@@ -303,7 +315,9 @@ impl Storage {
         if exists(&link)? {
             return Ok(());
         }
-        self.write_atomic(&link, b"")
+        self.write_atomic(&link, b"")?;
+        self.listing.borrow_mut().add_namespace(namespace);
+        Ok(())
     }
 
     // ---- blobs -----------------------------------------------------------
@@ -594,6 +608,7 @@ impl Storage {
             let json = serde_json::to_vec(descriptor).map_err(io::Error::other)?;
             self.write_atomic(&self.referrer_path(namespace, subject, digest), &json)?;
         }
+        self.listing.borrow_mut().add_namespace(namespace);
         let tag_content = format!("{digest}\n");
         let tag_paths: Vec<PathBuf> = tags.iter().map(|tag| self.tag_path(namespace, tag)).collect();
         atomic::write_file_to_many(
@@ -601,7 +616,12 @@ impl Storage {
             &tag_paths,
             tag_content.as_bytes(),
             self.sync_to_disk,
-        )
+        )?;
+        let mut listing = self.listing.borrow_mut();
+        for tag in tags {
+            listing.add_tag(namespace, tag);
+        }
+        Ok(())
     }
 
     /// The manifest `digest` if `namespace` has it.
@@ -675,6 +695,10 @@ impl Storage {
         }
         atomic::remove_file(&self.revision_path(namespace, digest), self.sync_to_disk)?;
         removed.sort();
+        let mut listing = self.listing.borrow_mut();
+        for tag in &removed {
+            listing.remove_tag(namespace, tag);
+        }
         Ok(Some(removed))
     }
 
@@ -688,24 +712,43 @@ impl Storage {
         if !atomic::remove_file(&path, self.sync_to_disk)? {
             return Ok(None);
         }
+        self.listing.borrow_mut().remove_tag(namespace, tag);
         Ok(Some(digest))
     }
 
     /// Tags of `namespace`, sorted lexically (byte order); `None` when the
     /// namespace does not exist (never had a blob or manifest).
     pub fn tags(&self, namespace: &str) -> io::Result<Option<Vec<String>>> {
+        Ok(self.tags_page(namespace, None, None)?.map(|page| page.items))
+    }
+
+    /// A page of `namespace`'s tags, sorted: those after `after`, at most
+    /// `limit`; `None` when the namespace does not exist. Costs one scan of
+    /// the tags the first time (or when the index had to start over), then
+    /// time in proportion to the page.
+    pub fn tags_page(
+        &self,
+        namespace: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> io::Result<Option<listing::Page>> {
+        let all = |_: &str| true;
+        if let Some(tags) = self.listing.borrow().tags(namespace) {
+            return Ok(Some(listing::Page::of(tags, after, limit, &all)));
+        }
         // Same test as `catalog`: `repositories/a` exists as a mere parent
         // of `a/b`, and must not make `a` a namespace.
         if !is_namespace_dir(&self.repository_path(namespace))? {
             return Ok(None);
         }
-        let mut tags: Vec<String> = self
+        let tags: std::collections::BTreeSet<String> = self
             .tag_files(namespace)?
             .into_iter()
             .map(|(tag, _)| tag)
             .collect();
-        tags.sort();
-        Ok(Some(tags))
+        let page = listing::Page::of(&tags, after, limit, &all);
+        self.listing.borrow_mut().fill_tags(namespace, tags);
+        Ok(Some(page))
     }
 
     /// Tag names and paths of `namespace`, unordered; empty when it has none.
@@ -759,13 +802,29 @@ impl Storage {
 
     /// Every namespace that has a blob link or a manifest, sorted lexically.
     pub fn catalog(&self) -> io::Result<Vec<String>> {
-        let mut namespaces = Vec::new();
+        Ok(self.catalog_page(None, None, &|_| true)?.items)
+    }
+
+    /// A page of the namespaces `accept` takes, sorted: those after `after`,
+    /// at most `limit`. One walk of `repositories/` the first time, then
+    /// time in proportion to the page (and the names `accept` refuses).
+    pub fn catalog_page(
+        &self,
+        after: Option<&str>,
+        limit: Option<usize>,
+        accept: &dyn Fn(&str) -> bool,
+    ) -> io::Result<listing::Page> {
+        if let Some(namespaces) = self.listing.borrow().namespaces() {
+            return Ok(listing::Page::of(namespaces, after, limit, accept));
+        }
+        let mut namespaces = std::collections::BTreeSet::new();
         self.walk_namespaces(usize::MAX, |name| {
-            namespaces.push(name.to_string());
+            namespaces.insert(name.to_string());
             false
         })?;
-        namespaces.sort();
-        Ok(namespaces)
+        let page = listing::Page::of(&namespaces, after, limit, accept);
+        self.listing.borrow_mut().fill_namespaces(namespaces);
+        Ok(page)
     }
 
     /// A namespace that `accept`s and may read `digest`, looking at no more
