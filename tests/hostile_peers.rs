@@ -459,3 +459,76 @@ fn fifty_thousand_tags_page_in_time_proportional_to_the_page() {
     assert!(slowest < PROBE_BOUND, "another client waited {slowest:?}");
     eprintln!("50,000 tags, 8 clients paging: slowest probe {slowest:?}");
 }
+
+#[test]
+fn transfers_below_the_minimum_rate_are_cut_off_and_faster_ones_are_not() {
+    // Windows of 500 ms, at least 64 KiB/s on average in each.
+    let server = Server::start_with(
+        &Options::default()
+            .server_line("body_timeout_ms = 500")
+            .server_line("min_transfer_rate_bytes_per_sec = 65536"),
+    );
+    // Larger than what loopback socket buffers absorb, so the answer waits on the reader.
+    let blob = pseudo_random_bytes(19, 24 << 20);
+    let d = push_blob(&server, "rates", &blob);
+
+    // A reader taking 4 KiB every 100 ms (40 KiB/s) for three seconds: the
+    // server gives up on it. What the kernel buffered still arrives; then the
+    // connection ends, short of the whole blob.
+    let slow = server.connect();
+    let mut stream = slow.stream().try_clone().unwrap();
+    stream
+        .write_all(&Conn::request_bytes(
+            "GET",
+            &format!("/v2/rates/blobs/{d}"),
+            &[],
+            b"",
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let mut received = 0usize;
+    let mut buffer = vec![0u8; 4096];
+    while started.elapsed() < Duration::from_secs(3) {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received += n,
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    buffer.resize(1 << 20, 0);
+    let ended = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(n) => received += n,
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        ended,
+        "the connection of a reader below the minimum rate stayed open"
+    );
+    assert!(
+        received < blob.len(),
+        "the slow reader got the whole blob ({received} bytes)"
+    );
+
+    // A body trickled at 1 KiB per 100 ms: 408 and closed.
+    let location = start_upload(&server, "rates");
+    let mut trickle = server.connect();
+    trickle
+        .send(format!("PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n").as_bytes());
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        if trickle.try_send(&[b'x'; 1024]).is_err() {
+            closed = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(closed, "a body below the minimum rate was accepted for 10 s");
+
+    // A reader at full speed gets all of it.
+    assert_eq!(server.get(&format!("/v2/rates/blobs/{d}")).body, blob);
+}

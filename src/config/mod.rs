@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub header_timeout_ms: u64,
     /// A request body must make progress at least this often.
     pub body_timeout_ms: u64,
+    /// A body must arrive, and an answer be read, at least this fast on
+    /// average over each `body_timeout_ms` window.
+    pub min_transfer_rate_bytes_per_sec: u64,
     /// An idle keep-alive connection is closed after this time.
     pub keep_alive_timeout_ms: u64,
     /// HTTPS, when `[server.tls]` is present.
@@ -103,6 +106,7 @@ impl Default for Config {
                 max_header_size: 16 * 1024,
                 header_timeout_ms: 10_000,
                 body_timeout_ms: 30_000,
+                min_transfer_rate_bytes_per_sec: 1024,
                 keep_alive_timeout_ms: 60_000,
                 tls: None,
                 trusted_proxies: Vec::new(),
@@ -449,6 +453,9 @@ impl Builder {
         let timeout_ms_max = 24 * 3600 * 1000;
         if let Some(value) = section.integer("header_timeout_ms", 1, timeout_ms_max)? {
             server.header_timeout_ms = value;
+        }
+        if let Some(value) = section.integer("min_transfer_rate_bytes_per_sec", 0, 1 << 30)? {
+            server.min_transfer_rate_bytes_per_sec = value;
         }
         if let Some(value) = section.integer("body_timeout_ms", 1, timeout_ms_max)? {
             server.body_timeout_ms = value;

@@ -115,6 +115,10 @@ pub struct Connection {
     closing: bool,
     peer_closed: bool,
     lingered: u64,
+    /// Start of the current transfer-rate window (Body and Writing phases).
+    window_started_ms: u64,
+    /// Bytes received (Body) or sent (Writing) in the current window.
+    window_bytes: u64,
     /// Requests answered on this connection.
     answered: u64,
 }
@@ -142,6 +146,9 @@ pub struct Timeouts {
     pub header_ms: u64,
     pub body_ms: u64,
     pub keep_alive_ms: u64,
+    /// Slowest a body may arrive, or an answer be taken, averaged over each
+    /// `body_ms` window (at least one byte a window, whatever it says).
+    pub min_rate_bytes_per_sec: u64,
 }
 
 impl Connection {
@@ -160,6 +167,8 @@ impl Connection {
             closing: false,
             peer_closed: false,
             lingered: 0,
+            window_started_ms: now_ms,
+            window_bytes: 0,
             answered: 0,
         }
     }
@@ -221,8 +230,8 @@ impl Connection {
             };
             read_budget = read_budget.saturating_sub(n);
             if self.phase == Phase::Body {
-                // Progress: the body timeout counts from the last bytes received.
-                self.deadline_ms = cx.now_ms + cx.timeouts.body_ms;
+                // Progress, judged against the minimum rate when the window ends.
+                self.window_bytes += n as u64;
             }
             self.pending.extend_from_slice(&cx.read_buffer[..n]);
         }
@@ -682,7 +691,8 @@ impl Connection {
                 Flush::Blocked
             });
         }
-        let (flush, _) = self.output.flush(&mut self.transport, IO_BUDGET_BYTES)?;
+        let (flush, written) = self.output.flush(&mut self.transport, IO_BUDGET_BYTES)?;
+        self.window_bytes += written;
         Ok(flush)
     }
 
@@ -708,10 +718,11 @@ impl Connection {
                 Phase::Parked | Phase::Authenticating => u64::MAX,
                 Phase::Body | Phase::Writing | Phase::Lingering => cx.now_ms + cx.timeouts.body_ms,
             };
+            if matches!(phase, Phase::Body | Phase::Writing) {
+                self.window_started_ms = cx.now_ms;
+                self.window_bytes = 0;
+            }
             self.phase = phase;
-        } else if phase == Phase::Writing {
-            // A reader that keeps taking bytes is making progress.
-            self.deadline_ms = cx.now_ms + cx.timeouts.body_ms;
         } else if phase == Phase::Idle {
             // Idle time counts from the last activity (a request answered in
             // one turn passes from idle to idle). A head in progress is not
@@ -768,8 +779,15 @@ impl Connection {
                 let _ = self.flush();
                 Next::Close
             }
+            // The window ended: enough bytes moved in it, and another begins.
+            Phase::Body | Phase::Writing if self.window_met_rate(cx) => {
+                self.window_started_ms = cx.now_ms;
+                self.window_bytes = 0;
+                self.deadline_ms = cx.now_ms + cx.timeouts.body_ms;
+                Next::Wait
+            }
             Phase::Body => {
-                log::debug!(target: "angos::reactor", "request body timed out");
+                log::debug!(target: "angos::reactor", "request body timed out or below the minimum rate");
                 self.abort(cx);
                 self.send(Response::new(408).with_close(), &info, cx);
                 let _ = self.flush();
@@ -780,6 +798,16 @@ impl Connection {
             Phase::Authenticating => self.run(cx),
             Phase::Idle | Phase::Writing | Phase::Lingering => Next::Close,
         }
+    }
+
+    /// Whether the window now ending moved at least one byte, and at least
+    /// `min_rate_bytes_per_sec` on average: a client trickling a body or
+    /// reading an answer slower than that is holding a slot (and, for an
+    /// answer, its bytes) for nothing.
+    fn window_met_rate(&self, cx: &Context) -> bool {
+        let elapsed_ms = cx.now_ms.saturating_sub(self.window_started_ms);
+        let required = (cx.timeouts.min_rate_bytes_per_sec.saturating_mul(elapsed_ms) / 1000).max(1);
+        self.window_bytes >= required
     }
 
     /// Releases a request in progress (its upload keeps what arrived).

@@ -511,6 +511,7 @@ impl<C: Clock> Reactor<C> {
             header_ms: self.config.server.header_timeout_ms,
             body_ms: self.config.server.body_timeout_ms,
             keep_alive_ms: self.config.server.keep_alive_timeout_ms,
+            min_rate_bytes_per_sec: self.config.server.min_transfer_rate_bytes_per_sec,
         }
     }
 
