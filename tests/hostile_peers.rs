@@ -532,3 +532,37 @@ fn transfers_below_the_minimum_rate_are_cut_off_and_faster_ones_are_not() {
     // A reader at full speed gets all of it.
     assert_eq!(server.get(&format!("/v2/rates/blobs/{d}")).body, blob);
 }
+
+#[test]
+fn slow_readers_of_a_large_manifest_share_it_instead_of_copying_it() {
+    let server = Server::start();
+    let config = b"{}".to_vec();
+    push_blob(&server, "big", &config);
+    let mut spec = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![]);
+    spec.annotations = (0..450)
+        .map(|n| (format!("note{n:03}"), "x".repeat(10_000)))
+        .collect();
+    let manifest = spec.to_json().into_bytes();
+    assert!(manifest.len() > 4 << 20);
+    push_manifest(&server, "big", "v1", OCI_MANIFEST, &manifest);
+    let before = peak_rss_bytes(&server);
+    // 200 clients ask for it and read nothing.
+    let readers: Vec<Conn> = (0..200)
+        .map(|_| {
+            let mut conn = server.connect();
+            conn.send(&Conn::request_bytes("GET", "/v2/big/manifests/v1", &[], b""));
+            conn
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    server.get("/v2/").assert_status(200);
+    let growth = peak_rss_bytes(&server).saturating_sub(before);
+    drop(readers);
+    // 200 copies would be 900 MB; sent from its file, it is a few buffers.
+    assert!(growth < RSS_GROWTH_MAX, "peak RSS grew by {} MiB", growth >> 20);
+    eprintln!(
+        "200 stalled readers of a 4.5 MB manifest: RSS +{} KiB",
+        growth / 1024
+    );
+    assert_eq!(server.get("/v2/big/manifests/v1").body, manifest);
+}

@@ -8,6 +8,9 @@ use std::fs::File;
 pub enum Body {
     Empty,
     Bytes(Vec<u8>),
+    /// Immutable bytes shared with other responses and the manifest cache:
+    /// a thousand readers of one manifest hold one copy of it.
+    Shared(std::rc::Rc<[u8]>),
     /// `len` bytes of `file` from `offset`, streamed by the reactor.
     File {
         file: File,
@@ -23,6 +26,7 @@ impl Body {
         match self {
             Body::Empty => 0,
             Body::Bytes(bytes) => bytes.len() as u64,
+            Body::Shared(bytes) => bytes.len() as u64,
             Body::File { len, .. } | Body::Length(len) => *len,
         }
     }

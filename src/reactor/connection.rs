@@ -671,6 +671,10 @@ impl Connection {
                 head.extend_from_slice(&bytes);
                 self.output.push_vec(head);
             }
+            Body::Shared(bytes) if info.method != "HEAD" => {
+                self.output.push_vec(head);
+                self.output.push_shared(bytes);
+            }
             Body::File { file, offset, len } if info.method != "HEAD" => {
                 self.output.push_vec(head);
                 self.output.push_file(file, offset, len);

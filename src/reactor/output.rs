@@ -4,14 +4,30 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
+use std::rc::Rc;
 
 use super::transport::Transport;
 
 /// Largest single sendfile call, so one connection cannot monopolise a wake-up.
 const SENDFILE_BYTES_MAX: usize = 4 << 20;
 
+/// Bytes to send: owned (heads, small answers) or shared (cached manifests).
+enum Data {
+    Owned(Vec<u8>),
+    Shared(Rc<[u8]>),
+}
+
+impl Data {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Owned(bytes) => bytes,
+            Data::Shared(bytes) => bytes,
+        }
+    }
+}
+
 enum Item {
-    Bytes { data: Vec<u8>, sent: usize },
+    Bytes { data: Data, sent: usize },
     File { file: File, offset: u64, remaining: u64 },
 }
 
@@ -56,19 +72,26 @@ impl Output {
             return;
         }
         self.queued_bytes += bytes.len();
-        if let Some(Item::Bytes { data, .. }) = self.items.back_mut() {
+        if let Some(Item::Bytes {
+            data: Data::Owned(data),
+            ..
+        }) = self.items.back_mut()
+        {
             data.extend_from_slice(bytes);
             return;
         }
         self.items.push_back(Item::Bytes {
-            data: bytes.to_vec(),
+            data: Data::Owned(bytes.to_vec()),
             sent: 0,
         });
     }
 
     /// Takes a buffer (response head plus body) without copying.
     pub fn push_vec(&mut self, data: Vec<u8>) {
-        if let Some(Item::Bytes { .. }) = self.items.back() {
+        if let Some(Item::Bytes {
+            data: Data::Owned(_), ..
+        }) = self.items.back()
+        {
             self.push_bytes(&data);
             return;
         }
@@ -76,7 +99,23 @@ impl Output {
             return;
         }
         self.queued_bytes += data.len();
-        self.items.push_back(Item::Bytes { data, sent: 0 });
+        self.items.push_back(Item::Bytes {
+            data: Data::Owned(data),
+            sent: 0,
+        });
+    }
+
+    /// Queues shared bytes without copying them; they count against the
+    /// backlog like owned ones, though their memory is shared.
+    pub fn push_shared(&mut self, data: Rc<[u8]>) {
+        if data.is_empty() {
+            return;
+        }
+        self.queued_bytes += data.len();
+        self.items.push_back(Item::Bytes {
+            data: Data::Shared(data),
+            sent: 0,
+        });
     }
 
     pub fn push_file(&mut self, file: File, offset: u64, len: u64) {
@@ -98,14 +137,14 @@ impl Output {
                 return Ok((Flush::Budget, written));
             }
             match item {
-                Item::Bytes { data, sent } => match transport.write(&data[*sent..]) {
+                Item::Bytes { data, sent } => match transport.write(&data.as_slice()[*sent..]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         *sent += n;
                         written += n as u64;
                         budget = budget.saturating_sub(n);
                         self.queued_bytes -= n;
-                        if *sent == data.len() {
+                        if *sent == data.as_slice().len() {
                             self.items.pop_front();
                         }
                     }

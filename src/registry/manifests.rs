@@ -9,6 +9,7 @@ use super::{Commit, EventDraft, ExchangeState, Outcome, Registry, Result};
 use crate::digest::{Digest, Hasher};
 use crate::event_webhook::event::EventKind;
 use crate::http::{Body, Method, RequestHead, Response};
+use crate::storage::ManifestBytes;
 use crate::storage::listing::Page;
 
 /// Tags one manifest PUT may set (its reference and `?tag=` parameters).
@@ -34,19 +35,20 @@ impl Registry {
                 .detail(serde_json::json!({ "reference": reference.to_string() }))
         };
         let digest = self.resolve(name, reference)?.ok_or_else(unknown)?;
-        let stored = self
+        let (media_type, bytes) = self
             .storage
-            .manifest(name, &digest)
+            .manifest_for_download(name, &digest)
             .map_err(RegistryError::storage)?
             .ok_or_else(unknown)?;
         let head_only = head.method == Method::Head;
-        let body = if head_only {
-            Body::Length(stored.body.len() as u64)
-        } else {
-            Body::Bytes(stored.body)
+        let body = match bytes {
+            ManifestBytes::Shared(bytes) if head_only => Body::Length(bytes.len() as u64),
+            ManifestBytes::File { len, .. } if head_only => Body::Length(len),
+            ManifestBytes::Shared(bytes) => Body::Shared(bytes),
+            ManifestBytes::File { file, len } => Body::File { file, offset: 0, len },
         };
         let response = Response::new(200)
-            .header("Content-Type", stored.media_type)
+            .header("Content-Type", media_type)
             .header("Docker-Content-Digest", digest.to_string())
             .header("ETag", format!("\"{digest}\""))
             .body(body);
@@ -348,19 +350,26 @@ impl Registry {
     }
 }
 
-/// The `n` and `last` parameters of a listing (spec "Listing Tags").
+/// Names one tag list or catalog answer carries at most; a client asking
+/// for more (or for all) gets this many and a `Link` to the rest (spec
+/// "Listing Tags": a registry may return fewer than `n`). Bounds the bytes
+/// one answer holds in memory (about 130 KiB at the longest names).
+pub const LISTING_PAGE_MAX: usize = 1000;
+
+/// The `n` and `last` parameters of a listing (spec "Listing Tags"), `n`
+/// capped at `LISTING_PAGE_MAX`.
 fn page_request(head: &RequestHead) -> Result<(Option<usize>, Option<String>)> {
     let limit = match head.query_value("n") {
-        Some(text) => Some(text.parse::<usize>().map_err(|_| {
+        Some(text) => text.parse::<usize>().map_err(|_| {
             RegistryError::new(
                 ErrorCode::Unsupported,
                 "the n parameter must be a non-negative integer",
             )
             .status(400)
-        })?),
-        None => None,
+        })?,
+        None => LISTING_PAGE_MAX,
     };
-    Ok((limit, head.query_value("last")))
+    Ok((Some(limit.min(LISTING_PAGE_MAX)), head.query_value("last")))
 }
 
 /// The `Link` to the page after `page`, when more follow.

@@ -98,7 +98,7 @@ mod tests {
     fn manifest(size: usize) -> StoredManifest {
         StoredManifest {
             media_type: "m".into(),
-            body: vec![b'x'; size],
+            body: vec![b'x'; size].into(),
         }
     }
 

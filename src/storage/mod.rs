@@ -89,12 +89,25 @@ struct UploadSession {
     touched: bool,
 }
 
-/// A manifest as stored: its media type and exact bytes.
+/// A manifest as stored: its media type and exact bytes, shared (with the
+/// cache and every response that sends them) rather than copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredManifest {
     pub media_type: String,
-    pub body: Vec<u8>,
+    pub body: std::rc::Rc<[u8]>,
 }
+
+/// A manifest's bytes for a download: shared from memory, or streamed from
+/// its file when too large to keep (no per-connection copy either way).
+#[derive(Debug)]
+pub enum ManifestBytes {
+    Shared(std::rc::Rc<[u8]>),
+    File { file: File, len: u64 },
+}
+
+/// Manifests up to this size are read into memory (and cached) for
+/// downloads; larger ones are sent from their file.
+pub const MANIFEST_IN_MEMORY_BYTES_MAX: u64 = 256 * 1024;
 
 /// Appends bytes to an upload session while hashing them. Obtained from
 /// `Storage::upload_writer`, handed back with `Storage::release_writer`.
@@ -637,12 +650,40 @@ impl Storage {
         };
         let manifest = StoredManifest {
             media_type: revision.media_type,
-            body,
+            body: body.into(),
         };
         self.cache
             .borrow_mut()
             .insert_manifest(namespace, digest, &manifest);
         Ok(Some(manifest))
+    }
+
+    /// The manifest `digest` of `namespace` for a download: its media type
+    /// and bytes, shared from the cache or, when large, its open file.
+    pub fn manifest_for_download(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+    ) -> io::Result<Option<(String, ManifestBytes)>> {
+        if let Some(cached) = self.cache.borrow().manifest(namespace, digest) {
+            return Ok(Some((
+                cached.media_type.clone(),
+                ManifestBytes::Shared(cached.body.clone()),
+            )));
+        }
+        let Some(revision) = self.revision(namespace, digest)? else {
+            return Ok(None);
+        };
+        let Some(file) = not_found_as_none(File::open(self.blob_path(digest)))? else {
+            return Ok(None);
+        };
+        let len = file.metadata()?.len();
+        if len > MANIFEST_IN_MEMORY_BYTES_MAX {
+            return Ok(Some((revision.media_type, ManifestBytes::File { file, len })));
+        }
+        Ok(self
+            .manifest(namespace, digest)?
+            .map(|stored| (stored.media_type, ManifestBytes::Shared(stored.body))))
     }
 
     fn revision(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Revision>> {
@@ -1440,7 +1481,7 @@ mod tests {
             .unwrap();
         let stored = storage.manifest("ns", &digest).unwrap().unwrap();
         assert_eq!(stored.media_type, MANIFEST_TYPE);
-        assert_eq!(stored.body, body);
+        assert_eq!(&*stored.body, &body[..]);
         assert_eq!(storage.tag("ns", "latest").unwrap(), Some(digest.clone()));
         assert_eq!(storage.tag("ns", "v1").unwrap(), Some(digest.clone()));
         assert_eq!(storage.tags("ns").unwrap(), Some(tags(&["latest", "v1"])));
@@ -1492,7 +1533,7 @@ mod tests {
         assert_eq!(storage.tag("ns", "latest").unwrap(), Some(second.clone()));
         assert_eq!(storage.tags("ns").unwrap(), Some(tags(&["latest"])));
         // The old manifest is still there by digest.
-        assert_eq!(storage.manifest("ns", &first).unwrap().unwrap().body, b"first");
+        assert_eq!(&*storage.manifest("ns", &first).unwrap().unwrap().body, b"first");
         // Deleting the old manifest leaves the moved tag alone.
         assert_eq!(storage.delete_manifest("ns", &first).unwrap(), Some(Vec::new()));
         assert_eq!(storage.tag("ns", "latest").unwrap(), Some(second));
