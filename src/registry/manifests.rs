@@ -328,9 +328,12 @@ impl Registry {
     }
 
     pub(super) fn referrers(&self, head: &RequestHead, name: &str, subject: &Digest) -> Result<Response> {
-        let mut descriptors = self
+        // At most a page of descriptors per answer; `Link` continues after
+        // the last entry (spec "Listing Referrers": a registry may paginate).
+        let after = head.query_value("last");
+        let (mut descriptors, next) = self
             .storage
-            .referrers(name, subject)
+            .referrers_page(name, subject, after.as_deref(), Some(LISTING_PAGE_MAX))
             .map_err(RegistryError::storage)?;
         let filter = head.query_value("artifactType");
         if let Some(wanted) = &filter {
@@ -343,8 +346,21 @@ impl Registry {
         });
         let mut response = Response::json(200, &index);
         response.headers[0].1 = OCI_INDEX.to_string();
-        if filter.is_some() {
+        if let Some(wanted) = &filter {
             response = response.header("OCI-Filters-Applied", "artifactType");
+            if let Some(last) = &next {
+                let link = format!(
+                    "</v2/{name}/referrers/{subject}?last={last}&artifactType={}>; rel=\"next\"",
+                    query_escape(wanted)
+                );
+                return Ok(response.header("Link", link));
+            }
+        }
+        if let Some(last) = next {
+            response = response.header(
+                "Link",
+                format!("</v2/{name}/referrers/{subject}?last={last}>; rel=\"next\""),
+            );
         }
         Ok(response)
     }
@@ -381,5 +397,11 @@ fn next_link(page: &Page, limit: Option<usize>, path: &str) -> Option<String> {
 
 /// Escapes a name or tag for a query string (names carry `/`).
 fn query_escape(text: &str) -> String {
-    text.replace('%', "%25").replace('/', "%2F").replace('&', "%26")
+    text.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('&', "%26")
+        .replace('+', "%2B")
+        .replace('=', "%3D")
+        .replace('#', "%23")
+        .replace(' ', "%20")
 }

@@ -17,6 +17,8 @@ pub struct ListingIndex {
     used_bytes: usize,
     tags: HashMap<String, BTreeSet<String>>,
     namespaces: Option<BTreeSet<String>>,
+    /// Referrer entry names per "namespace\nsubject digest".
+    referrers: HashMap<String, BTreeSet<String>>,
 }
 
 /// One page of a sorted listing: the names after a point, and whether more follow.
@@ -60,6 +62,7 @@ impl ListingIndex {
             used_bytes: 0,
             tags: HashMap::new(),
             namespaces: None,
+            referrers: HashMap::new(),
         }
     }
 
@@ -124,6 +127,36 @@ impl ListingIndex {
         }
     }
 
+    pub fn referrers(&self, key: &str) -> Option<&BTreeSet<String>> {
+        self.referrers.get(key)
+    }
+
+    /// Keeps a subject's scanned referrer entries, if they fit.
+    pub fn fill_referrers(&mut self, key: &str, entries: BTreeSet<String>) {
+        let size: usize = entries.iter().map(|entry| cost(entry)).sum::<usize>() + cost(key);
+        if self.make_room(size) {
+            self.referrers.insert(key.to_string(), entries);
+        }
+    }
+
+    /// A referrer stored under a subject: indexed if the subject is.
+    pub fn add_referrer(&mut self, key: &str, entry: &str) {
+        if !self.referrers.contains_key(key) || !self.make_room(cost(entry)) {
+            return;
+        }
+        if let Some(entries) = self.referrers.get_mut(key) {
+            entries.insert(entry.to_string());
+        }
+    }
+
+    pub fn remove_referrer(&mut self, key: &str, entry: &str) {
+        if let Some(entries) = self.referrers.get_mut(key)
+            && entries.remove(entry)
+        {
+            self.used_bytes = self.used_bytes.saturating_sub(cost(entry));
+        }
+    }
+
     /// Accounts for `size` more bytes; over the budget the index starts over.
     fn make_room(&mut self, size: usize) -> bool {
         if size > self.budget_bytes {
@@ -132,6 +165,7 @@ impl ListingIndex {
         if self.used_bytes + size > self.budget_bytes {
             self.tags.clear();
             self.namespaces = None;
+            self.referrers.clear();
             self.used_bytes = 0;
         }
         self.used_bytes += size;

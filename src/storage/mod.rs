@@ -309,7 +309,7 @@ impl Storage {
 
     fn referrer_path(&self, namespace: &str, subject: &Digest, referrer: &Digest) -> PathBuf {
         self.referrers_dir(namespace, subject)
-            .join(format!("{}-{}", referrer.algorithm(), referrer.hex()))
+            .join(referrer_entry(referrer))
     }
 
     fn session_dir(&self, id: &str) -> PathBuf {
@@ -620,6 +620,9 @@ impl Storage {
         if let Some((subject, descriptor)) = referrer {
             let json = serde_json::to_vec(descriptor).map_err(io::Error::other)?;
             self.write_atomic(&self.referrer_path(namespace, subject, digest), &json)?;
+            self.listing
+                .borrow_mut()
+                .add_referrer(&format!("{namespace}\n{subject}"), &referrer_entry(digest));
         }
         self.listing.borrow_mut().add_namespace(namespace);
         let tag_content = format!("{digest}\n");
@@ -733,6 +736,9 @@ impl Storage {
         }
         if let Some(subject) = &revision.subject {
             atomic::remove_file(&self.referrer_path(namespace, subject, digest), self.sync_to_disk)?;
+            self.listing
+                .borrow_mut()
+                .remove_referrer(&format!("{namespace}\n{subject}"), &referrer_entry(digest));
         }
         atomic::remove_file(&self.revision_path(namespace, digest), self.sync_to_disk)?;
         removed.sort();
@@ -813,19 +819,39 @@ impl Storage {
 
     /// Referrer descriptors stored under `subject`, sorted by referrer digest.
     pub fn referrers(&self, namespace: &str, subject: &Digest) -> io::Result<Vec<serde_json::Value>> {
-        let Some(entries) = not_found_as_none(fs::read_dir(self.referrers_dir(namespace, subject)))? else {
-            return Ok(Vec::new());
-        };
-        let mut referrers = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            if !entry.file_type()?.is_file() {
-                continue;
+        Ok(self.referrers_page(namespace, subject, None, None)?.0)
+    }
+
+    /// A page of the referrer descriptors stored under `subject`, in digest
+    /// order: those after the entry `after`, at most `limit`, and the entry to
+    /// continue after when more follow. Only the page's files are read.
+    pub fn referrers_page(
+        &self,
+        namespace: &str,
+        subject: &Digest,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> io::Result<(Vec<serde_json::Value>, Option<String>)> {
+        let key = format!("{namespace}\n{subject}");
+        let all = |_: &str| true;
+        let cached = self
+            .listing
+            .borrow()
+            .referrers(&key)
+            .map(|entries| listing::Page::of(entries, after, limit, &all));
+        let page = match cached {
+            Some(page) => page,
+            None => {
+                let entries = self.referrer_entries(namespace, subject)?;
+                let page = listing::Page::of(&entries, after, limit, &all);
+                self.listing.borrow_mut().fill_referrers(&key, entries);
+                page
             }
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            let path = entry.path();
+        };
+        let dir = self.referrers_dir(namespace, subject);
+        let mut descriptors = Vec::with_capacity(page.items.len());
+        for name in &page.items {
+            let path = dir.join(name);
             // Removed between listing and reading by nobody on this thread,
             // but treat it like any other missing file.
             let Some(bytes) = not_found_as_none(fs::read(&path))? else {
@@ -833,12 +859,34 @@ impl Storage {
             };
             let descriptor: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|_| invalid_data(&path, "corrupt referrer descriptor"))?;
-            referrers.push((name, descriptor));
+            descriptors.push(descriptor);
         }
-        // Names are "<alg>-<hex>"; the algorithms differ before the separator,
-        // so name order is digest order ("alg:hex").
-        referrers.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(referrers.into_iter().map(|(_, descriptor)| descriptor).collect())
+        let next = page.more.then(|| page.items.last().cloned()).flatten();
+        Ok((descriptors, next))
+    }
+
+    /// The entry names under a subject's referrers directory. Names are
+    /// "<alg>-<hex>"; the algorithms differ before the separator, so name
+    /// order is digest order ("alg:hex").
+    fn referrer_entries(
+        &self,
+        namespace: &str,
+        subject: &Digest,
+    ) -> io::Result<std::collections::BTreeSet<String>> {
+        let mut names = std::collections::BTreeSet::new();
+        let Some(entries) = not_found_as_none(fs::read_dir(self.referrers_dir(namespace, subject)))? else {
+            return Ok(names);
+        };
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            if let Ok(name) = entry.file_name().into_string() {
+                names.insert(name);
+            }
+        }
+        Ok(names)
     }
 
     /// Every namespace that has a blob link or a manifest, sorted lexically.
@@ -935,6 +983,11 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// A referrer's file name under its subject: "<alg>-<hex>".
+fn referrer_entry(referrer: &Digest) -> String {
+    format!("{}-{}", referrer.algorithm(), referrer.hex())
 }
 
 /// The parsed revision link.
@@ -1705,6 +1758,51 @@ mod tests {
             let metadata = fs::symlink_metadata(data.join(dir)).unwrap();
             assert!(metadata.is_dir() && !metadata.file_type().is_symlink(), "{dir}");
         }
+    }
+
+    #[test]
+    fn referrers_come_in_pages_that_follow_writes() {
+        let root = TempRoot::new();
+        let storage = open(&root);
+        let subject = Digest::sha256_of(b"subject");
+        let mut referrers: Vec<Digest> = (0..5u8).map(|n| Digest::sha256_of(&[n])).collect();
+        for referrer in &referrers {
+            let descriptor = serde_json::json!({ "digest": referrer.to_string() });
+            storage
+                .put_manifest(
+                    "ns",
+                    referrer,
+                    MANIFEST_TYPE,
+                    b"r",
+                    &[],
+                    Some((&subject, &descriptor)),
+                )
+                .unwrap();
+        }
+        referrers.sort();
+        let digests = |page: &[serde_json::Value]| -> Vec<String> {
+            page.iter()
+                .map(|d| d["digest"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let (first, next) = storage.referrers_page("ns", &subject, None, Some(2)).unwrap();
+        assert_eq!(
+            digests(&first),
+            [referrers[0].to_string(), referrers[1].to_string()]
+        );
+        let next = next.expect("more follow");
+        let (second, _) = storage
+            .referrers_page("ns", &subject, Some(&next), Some(2))
+            .unwrap();
+        assert_eq!(
+            digests(&second),
+            [referrers[2].to_string(), referrers[3].to_string()]
+        );
+        // The index follows a delete and a new referrer.
+        storage.delete_manifest("ns", &referrers[0]).unwrap();
+        let (all, next) = storage.referrers_page("ns", &subject, None, None).unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(next, None);
     }
 
     #[test]
