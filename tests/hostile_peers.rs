@@ -9,124 +9,13 @@ mod common;
 mod webhook_support;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::hostile::*;
 use common::*;
 use webhook_support::*;
-
-/// Peak resident memory of the server process, from `/proc/<pid>/status`.
-fn peak_rss_bytes(server: &Server) -> u64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("read /proc status");
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .expect("VmHWM in /proc status");
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
-/// What a hostile receiver sends after reading a request head.
-#[derive(Clone, Copy)]
-enum Answer {
-    /// `200 OK` with a chunked body that never ends, as fast as it can.
-    EndlessChunks,
-    /// `500` announcing and sending `len` body bytes.
-    Huge { len: u64 },
-}
-
-/// A receiver on loopback that answers every request with `answer`; counts
-/// the body bytes it managed to send.
-struct HostileReceiver {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    sent: Arc<AtomicU64>,
-}
-
-impl HostileReceiver {
-    fn start(answer: Answer) -> HostileReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let sent = Arc::new(AtomicU64::new(0));
-        {
-            let (stop, sent) = (stop.clone(), sent.clone());
-            thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let (stop, sent) = (stop.clone(), sent.clone());
-                    thread::spawn(move || serve(stream, answer, &stop, &sent));
-                }
-            });
-        }
-        HostileReceiver { addr, stop, sent }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-}
-
-impl Drop for HostileReceiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-    }
-}
-
-fn serve(mut stream: TcpStream, answer: Answer, stop: &AtomicBool, sent: &AtomicU64) {
-    // Read the request head (the body is small and ignored).
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&byte[..n]),
-        }
-    }
-    let chunk = vec![b'x'; 16 * 1024];
-    match answer {
-        Answer::EndlessChunks => {
-            if stream
-                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                .is_err()
-            {
-                return;
-            }
-            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
-            framed.extend_from_slice(&chunk);
-            framed.extend_from_slice(b"\r\n");
-            while !stop.load(Ordering::SeqCst) {
-                if stream.write_all(&framed).is_err() {
-                    return;
-                }
-                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-        }
-        Answer::Huge { len } => {
-            let head = format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {len}\r\n\r\n");
-            if stream.write_all(head.as_bytes()).is_err() {
-                return;
-            }
-            let mut left = len;
-            while left > 0 && !stop.load(Ordering::SeqCst) {
-                let n = left.min(chunk.len() as u64) as usize;
-                if stream.write_all(&chunk[..n]).is_err() {
-                    return;
-                }
-                left -= n as u64;
-                sent.fetch_add(n as u64, Ordering::Relaxed);
-            }
-        }
-    }
-}
 
 /// Probes `GET /v2/` back to back while `work` runs; returns its result, how
 /// long it took, and the slowest probe.
@@ -253,25 +142,6 @@ fn login(server: &Server, from: &str, password: &str) -> Response {
         &[("Authorization", &header), ("X-Forwarded-For", from)],
         b"",
     )
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }
 
 #[test]

@@ -97,13 +97,18 @@ impl Registry {
             }
         }
         let content_type = head.header("content-type").unwrap_or_default().to_string();
-        let capacity = head.content_length().unwrap_or(0).min(limit) as usize;
+        // What the client announces is not reserved up front: the bytes it
+        // actually sends are what counts (and what the in-flight cap sees).
+        let capacity = head.content_length().unwrap_or(0).min(limit).min(64 * 1024) as usize;
         Ok(ExchangeState::Manifest {
             name,
             reference,
             content_type,
             tags,
-            body: Vec::with_capacity(capacity),
+            body: super::ManifestBody {
+                bytes: Vec::with_capacity(capacity),
+                in_flight: self.manifest_bytes_in_flight.clone(),
+            },
         })
     }
 

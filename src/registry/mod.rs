@@ -15,6 +15,9 @@ pub mod outcome;
 mod blobs;
 mod manifests;
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use crate::event_webhook::event::EventKind;
 use crate::http::{Method, RequestHead, Response};
 use crate::storage::{Storage, UploadWriter};
@@ -49,6 +52,47 @@ pub struct Registry {
     limits: Limits,
     /// Event kinds some webhook wants (`EventKind::bit`); no other events are built.
     interest: u8,
+    /// Manifest body bytes held by all PUTs in progress.
+    manifest_bytes_in_flight: Rc<Cell<u64>>,
+}
+
+/// Manifest body bytes all PUTs in progress may hold together: a manifest
+/// is collected in memory, and thousands of clients each sending a 5 MiB
+/// manifest slowly would otherwise hold gigabytes.
+pub const MANIFEST_BYTES_IN_FLIGHT_MAX: u64 = 64 << 20;
+
+/// A manifest body being received, counted in the registry's total for as
+/// long as it lives, however the exchange ends (`Drop` gives the bytes back).
+struct ManifestBody {
+    bytes: Vec<u8>,
+    in_flight: Rc<Cell<u64>>,
+}
+
+impl ManifestBody {
+    fn append(&mut self, data: &[u8]) -> bool {
+        let total = self.in_flight.get() + data.len() as u64;
+        if total > MANIFEST_BYTES_IN_FLIGHT_MAX {
+            return false;
+        }
+        self.in_flight.set(total);
+        self.bytes.extend_from_slice(data);
+        true
+    }
+
+    /// The body, no longer counted as in flight.
+    fn into_bytes(mut self) -> Vec<u8> {
+        let bytes = std::mem::take(&mut self.bytes);
+        self.in_flight
+            .set(self.in_flight.get().saturating_sub(bytes.len() as u64));
+        bytes
+    }
+}
+
+impl Drop for ManifestBody {
+    fn drop(&mut self) {
+        self.in_flight
+            .set(self.in_flight.get().saturating_sub(self.bytes.len() as u64));
+    }
 }
 
 /// What to do with a request once its head is known.
@@ -75,7 +119,7 @@ enum ExchangeState {
         reference: Reference,
         content_type: String,
         tags: Vec<String>,
-        body: Vec<u8>,
+        body: ManifestBody,
     },
     /// Bytes streaming into an upload session.
     Upload {
@@ -111,6 +155,7 @@ impl Registry {
             storage,
             limits,
             interest: 0,
+            manifest_bytes_in_flight: Rc::new(Cell::new(0)),
         }
     }
 
@@ -258,10 +303,16 @@ impl Registry {
         match &mut exchange.state {
             ExchangeState::Ready(_) => Ok(()),
             ExchangeState::Manifest { body, .. } => {
-                if (body.len() + data.len()) as u64 > limits.max_manifest_size {
+                if (body.bytes.len() + data.len()) as u64 > limits.max_manifest_size {
                     return Err(manifest_too_large(limits.max_manifest_size).into_response());
                 }
-                body.extend_from_slice(data);
+                if !body.append(data) {
+                    return Err(RegistryError::new(
+                        ErrorCode::TooManyRequests,
+                        "too many manifest uploads in progress; retry later",
+                    )
+                    .into_response());
+                }
                 Ok(())
             }
             ExchangeState::Upload {
@@ -295,7 +346,12 @@ impl Registry {
                 content_type,
                 tags,
                 body,
-            } => self.put_manifest(&name, &reference, &content_type, &tags, body),
+            } => {
+                // The checks below read the body; it leaves the in-flight
+                // total once they have (put_manifest may keep it staged).
+                let body = body.into_bytes();
+                self.put_manifest(&name, &reference, &content_type, &tags, body)
+            }
             ExchangeState::Upload {
                 name,
                 id,
@@ -530,5 +586,35 @@ impl crate::event_webhook::notifier::Apply<Commit> for Registry {
 
     fn discard(&mut self, commit: Commit) {
         Registry::discard(self, commit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_bodies_count_in_flight_until_they_end_however_they_end() {
+        let in_flight = Rc::new(Cell::new(0));
+        let body = |in_flight: &Rc<Cell<u64>>| ManifestBody {
+            bytes: Vec::new(),
+            in_flight: in_flight.clone(),
+        };
+        let mut finished = body(&in_flight);
+        let mut dropped = body(&in_flight);
+        assert!(finished.append(&[1; 100]));
+        assert!(dropped.append(&[2; 50]));
+        assert_eq!(in_flight.get(), 150);
+        assert_eq!(finished.into_bytes().len(), 100);
+        assert_eq!(in_flight.get(), 50);
+        drop(dropped);
+        assert_eq!(in_flight.get(), 0);
+        // The cap is on the total of all bodies.
+        let mut big = body(&in_flight);
+        assert!(big.append(&vec![0; MANIFEST_BYTES_IN_FLIGHT_MAX as usize]));
+        let mut other = body(&in_flight);
+        assert!(!other.append(&[0]), "over the total");
+        drop(big);
+        assert!(other.append(&[0]));
     }
 }

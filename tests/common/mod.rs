@@ -2,10 +2,13 @@
 //! ephemeral loopback port over a fresh data directory, a small std-only HTTP/1.1
 //! client, a SHA-256 of our own (so digests are checked independently of the
 //! server's code), a minimal JSON reader, and push helpers. Std only: no crate
-//! beyond the standard library may be used here (SPEC section 2).
+//! beyond the standard library (and the crate under test) is used here (SPEC
+//! section 2).
 
 // Every test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
+
+pub mod hostile;
 
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;

@@ -1,0 +1,194 @@
+//! Hostile peers for the end-to-end suite and the attack benchmark (issue
+//! 19): a webhook receiver that answers with endless or huge bodies, the
+//! server's peak RSS from `/proc`, and a latency probe a well-behaved client
+//! runs while an attack goes on. Std only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::Server;
+
+/// Peak resident memory of the server process, from `/proc/<pid>/status`.
+pub fn peak_rss_bytes(server: &Server) -> u64 {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", server.pid())).expect("read /proc status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc status");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// What a hostile receiver sends after reading a request head.
+#[derive(Clone, Copy)]
+pub enum Answer {
+    /// `200 OK` with a chunked body that never ends, as fast as it can.
+    EndlessChunks,
+    /// `500` announcing and sending `len` body bytes.
+    Huge { len: u64 },
+}
+
+/// A receiver on loopback that answers every request with `answer`; counts
+/// the body bytes it managed to send.
+pub struct HostileReceiver {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    pub sent: Arc<AtomicU64>,
+}
+
+impl HostileReceiver {
+    pub fn start(answer: Answer) -> HostileReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let (stop, sent) = (stop.clone(), sent.clone());
+                    thread::spawn(move || serve(stream, answer, &stop, &sent));
+                }
+            });
+        }
+        HostileReceiver { addr, stop, sent }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+}
+
+impl Drop for HostileReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(mut stream: TcpStream, answer: Answer, stop: &AtomicBool, sent: &AtomicU64) {
+    // Read the request head (the body is small and ignored).
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&byte[..n]),
+        }
+    }
+    let chunk = vec![b'x'; 16 * 1024];
+    match answer {
+        Answer::EndlessChunks => {
+            if stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
+            framed.extend_from_slice(&chunk);
+            framed.extend_from_slice(b"\r\n");
+            while !stop.load(Ordering::SeqCst) {
+                if stream.write_all(&framed).is_err() {
+                    return;
+                }
+                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Answer::Huge { len } => {
+            let head = format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {len}\r\n\r\n");
+            if stream.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let mut left = len;
+            while left > 0 && !stop.load(Ordering::SeqCst) {
+                let n = left.min(chunk.len() as u64) as usize;
+                if stream.write_all(&chunk[..n]).is_err() {
+                    return;
+                }
+                left -= n as u64;
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Standard base64 (with padding) of `bytes`, for Basic credentials.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// `GET /v2/` on one keep-alive connection every 2 ms until stopped: the
+/// latencies a well-behaved client sees while something else goes on.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<Duration>>>,
+}
+
+impl Probe {
+    pub fn start(server: &Server) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut conn = server.connect();
+        let handle = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    match conn.try_request("GET", "/v2/", &[], b"") {
+                        Ok(response) if response.status == 200 => samples.push(started.elapsed()),
+                        // A refused or broken probe counts as the longest wait there is.
+                        _ => samples.push(Duration::from_secs(3600)),
+                    }
+                    thread::sleep(Duration::from_millis(2));
+                }
+                samples
+            })
+        };
+        Probe {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops probing; the latencies, sorted.
+    pub fn finish(mut self) -> Vec<Duration> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut samples = self.handle.take().unwrap().join().unwrap();
+        samples.sort();
+        samples
+    }
+}
+
+/// The `p`-th percentile (0 to 100) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
