@@ -22,6 +22,8 @@ use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
 
 /// Bytes one connection may read or write per wake-up before others get a turn.
 const IO_BUDGET_BYTES: usize = 4 << 20;
+/// Capacity an idle connection's request buffer may keep between reads.
+const PENDING_KEPT_BYTES_MAX: usize = 16 * 1024;
 /// What a lingering close reads and drops before giving up on the peer.
 const LINGER_BYTES_MAX: u64 = 1 << 20;
 /// Password-hash iterations one connection runs per turn of the loop: about
@@ -311,6 +313,12 @@ impl Connection {
         self.pending.drain(..at.min(self.pending.len()));
         if self.closing {
             self.pending.clear();
+        }
+        if self.pending.is_empty() && self.pending.capacity() > PENDING_KEPT_BYTES_MAX {
+            // A read of up to READ_BUFFER_BYTES passed through: do not keep
+            // its capacity for the connection's life (thousands of slow
+            // connections would each hold a read's worth).
+            self.pending = Vec::new();
         }
         Ok(progressed)
     }

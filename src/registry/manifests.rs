@@ -98,15 +98,14 @@ impl Registry {
         }
         let content_type = head.header("content-type").unwrap_or_default().to_string();
         // What the client announces is not reserved up front: the bytes it
-        // actually sends are what counts (and what the in-flight cap sees).
-        let capacity = head.content_length().unwrap_or(0).min(limit).min(64 * 1024) as usize;
+        // actually sends are what count (and what the in-flight cap sees).
         Ok(ExchangeState::Manifest {
             name,
             reference,
             content_type,
             tags,
             body: super::ManifestBody {
-                bytes: Vec::with_capacity(capacity),
+                bytes: Vec::new(),
                 in_flight: self.manifest_bytes_in_flight.clone(),
             },
         })

@@ -69,29 +69,43 @@ struct ManifestBody {
 }
 
 impl ManifestBody {
+    /// Appends `data`, unless the memory it takes would pass the total.
+    /// What counts is the buffer's capacity (what is really held), grown by
+    /// doubling as a `Vec` would.
     fn append(&mut self, data: &[u8]) -> bool {
-        let total = self.in_flight.get() + data.len() as u64;
-        if total > MANIFEST_BYTES_IN_FLIGHT_MAX {
-            return false;
+        let needed = self.bytes.len() + data.len();
+        if needed > self.bytes.capacity() {
+            let grown = needed.max(self.bytes.capacity() * 2);
+            let more = (grown - self.bytes.capacity()) as u64;
+            if self.in_flight.get() + more > MANIFEST_BYTES_IN_FLIGHT_MAX {
+                return false;
+            }
+            let before = self.bytes.capacity();
+            self.bytes.reserve_exact(grown - self.bytes.len());
+            self.in_flight
+                .set(self.in_flight.get() + (self.bytes.capacity() - before) as u64);
         }
-        self.in_flight.set(total);
         self.bytes.extend_from_slice(data);
         true
     }
 
-    /// The body, no longer counted as in flight.
-    fn into_bytes(mut self) -> Vec<u8> {
+    /// Gives the buffer's memory back to the total.
+    fn release(&mut self) -> Vec<u8> {
         let bytes = std::mem::take(&mut self.bytes);
         self.in_flight
-            .set(self.in_flight.get().saturating_sub(bytes.len() as u64));
+            .set(self.in_flight.get().saturating_sub(bytes.capacity() as u64));
         bytes
+    }
+
+    /// The body, no longer counted as in flight.
+    fn into_bytes(mut self) -> Vec<u8> {
+        self.release()
     }
 }
 
 impl Drop for ManifestBody {
     fn drop(&mut self) {
-        self.in_flight
-            .set(self.in_flight.get().saturating_sub(self.bytes.len() as u64));
+        self.release();
     }
 }
 
@@ -604,8 +618,10 @@ mod tests {
         let mut dropped = body(&in_flight);
         assert!(finished.append(&[1; 100]));
         assert!(dropped.append(&[2; 50]));
-        assert_eq!(in_flight.get(), 150);
-        assert_eq!(finished.into_bytes().len(), 100);
+        assert_eq!(in_flight.get(), 150, "exact first reservations");
+        assert!(finished.append(&[1; 10]));
+        assert_eq!(in_flight.get(), 250, "grown by doubling, counted by capacity");
+        assert_eq!(finished.into_bytes().len(), 110);
         assert_eq!(in_flight.get(), 50);
         drop(dropped);
         assert_eq!(in_flight.get(), 0);
