@@ -114,11 +114,7 @@ fn webhook_options(url: &str) -> Options {
 
 /// Pushes one manifest under new tags, back to back, until `until`.
 fn push_until(server: &Server, repo: &str, until: Instant) {
-    let config = b"{}".to_vec();
-    push_blob(server, repo, &config);
-    let manifest = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![])
-        .to_json()
-        .into_bytes();
+    let manifest = empty_image(server, repo);
     let mut n = 0;
     while Instant::now() < until {
         put_manifest(server, repo, &format!("t{n}"), OCI_MANIFEST, &manifest);
@@ -140,21 +136,9 @@ fn huge_answer(length: Duration) -> Row {
 
 fn stalled_readers(length: Duration) -> Row {
     let server = Server::start();
-    let config = b"{}".to_vec();
-    push_blob(&server, "big", &config);
-    let mut spec = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![]);
-    spec.annotations = (0..450)
-        .map(|n| (format!("note{n:03}"), "x".repeat(10_000)))
-        .collect();
-    push_manifest(&server, "big", "v1", OCI_MANIFEST, &spec.to_json().into_bytes());
+    push_large_manifest(&server, "big");
     measure(&server, length, |until| {
-        let readers: Vec<Conn> = (0..200)
-            .map(|_| {
-                let mut conn = server.connect();
-                conn.send(&Conn::request_bytes("GET", "/v2/big/manifests/v1", &[], b""));
-                conn
-            })
-            .collect();
+        let readers = common::hostile::stalled_readers(&server, 200, "/v2/big/manifests/v1");
         thread::sleep(until.saturating_duration_since(Instant::now()));
         drop(readers);
     })
@@ -168,18 +152,7 @@ fn parallel_passwords(length: Duration) -> Row {
     );
     let wrong = format!("Basic {}", base64_encode(b"bob:guess"));
     measure(&server, length, |until| {
-        let guesses: Vec<Conn> = (0..300)
-            .map(|_| {
-                let mut conn = server.connect();
-                conn.send_request(
-                    "GET",
-                    "/v2/token",
-                    &[("Authorization", &wrong), ("X-Forwarded-For", "203.0.113.7")],
-                    b"",
-                );
-                conn
-            })
-            .collect();
+        let guesses = token_requests(&server, 300, &wrong, "203.0.113.7");
         thread::sleep(until.saturating_duration_since(Instant::now()));
         drop(guesses);
     })
@@ -227,11 +200,7 @@ fn tag_heavy_pushes_synced(length: Duration) -> Row {
 
 fn tag_heavy(length: Duration, options: Options) -> Row {
     let server = Server::start_with(&options);
-    let config = b"{}".to_vec();
-    push_blob(&server, "heavy", &config);
-    let manifest = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![])
-        .to_json()
-        .into_bytes();
+    let manifest = empty_image(&server, "heavy");
     let target = format!("/v2/heavy/manifests/{}", digest(&manifest));
     measure(&server, length, |until| {
         let mut round = 0;
@@ -247,16 +216,7 @@ fn tag_heavy(length: Duration, options: Options) -> Row {
 fn tag_paging(length: Duration) -> Row {
     let dir = TempDir::new("bench-many-tags");
     let server = Server::start_in(dir.path(), &Options::default());
-    let config = b"{}".to_vec();
-    push_blob(&server, "many", &config);
-    let manifest = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![])
-        .to_json()
-        .into_bytes();
-    let digest = push_manifest(&server, "many", "t00000", OCI_MANIFEST, &manifest);
-    let tags_dir = dir.path().join("data/repositories/many/_manifests/tags");
-    for n in 1..50_000 {
-        std::fs::write(tags_dir.join(format!("t{n:05}")), format!("{digest}\n")).unwrap();
-    }
+    many_tags(&server, &dir.path().join("data"), "many", 50_000);
     measure(&server, length, |until| {
         thread::scope(|scope| {
             for client in 0..8u32 {

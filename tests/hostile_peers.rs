@@ -154,18 +154,7 @@ fn parallel_wrong_passwords_wait_like_sequential_ones_and_starve_no_one() {
     let guesses = 100;
     // All the guesses at once, each on its own connection, answers not awaited.
     let wrong = format!("Basic {}", base64_encode(b"bob:guess"));
-    let attackers: Vec<Conn> = (0..guesses)
-        .map(|_| {
-            let mut conn = server.connect();
-            conn.send_request(
-                "GET",
-                "/v2/token",
-                &[("Authorization", &wrong), ("X-Forwarded-For", "203.0.113.7")],
-                b"",
-            );
-            conn
-        })
-        .collect();
+    let attackers = token_requests(&server, guesses, &wrong, "203.0.113.7");
     let started = Instant::now();
     let response = login(&server, "198.51.100.20", "builder");
     let legit = started.elapsed();
@@ -193,11 +182,7 @@ fn parallel_wrong_passwords_wait_like_sequential_ones_and_starve_no_one() {
 #[test]
 fn tag_heavy_and_descriptor_heavy_pushes_are_capped_and_cheap() {
     let server = Server::start_with(&Options::default().sync());
-    let config = b"{}".to_vec();
-    push_blob(&server, "heavy", &config);
-    let manifest = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![])
-        .to_json()
-        .into_bytes();
+    let manifest = empty_image(&server, "heavy");
     let digest = digest(&manifest);
     let with_tags = |count: usize| {
         let query: Vec<String> = (0..count).map(|n| format!("tag=t{n:03}")).collect();
@@ -238,7 +223,7 @@ fn tag_heavy_and_descriptor_heavy_pushes_are_capped_and_cheap() {
 
     // A manifest listing more descriptors than any image has.
     let layers: Vec<String> = (0..4096).map(|_| descriptor(OCI_LAYER, b"x")).collect();
-    let huge = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), layers)
+    let huge = ManifestSpec::oci(descriptor(OCI_EMPTY, b"{}"), layers)
         .to_json()
         .into_bytes();
     put_manifest(&server, "heavy", "huge", OCI_MANIFEST, &huge).assert_error(400, "MANIFEST_INVALID");
@@ -285,18 +270,7 @@ fn upload_sessions_are_capped_per_namespace_and_expire_when_idle() {
 fn fifty_thousand_tags_page_in_time_proportional_to_the_page() {
     let dir = TempDir::new("many-tags");
     let server = Server::start_in(dir.path(), &Options::default());
-    let config = b"{}".to_vec();
-    push_blob(&server, "many", &config);
-    let manifest = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![])
-        .to_json()
-        .into_bytes();
-    let digest = push_manifest(&server, "many", "t00000", OCI_MANIFEST, &manifest);
-    // The other tags are written as the storage writes them: quicker than
-    // 50,000 pushes, and the server has not listed the namespace yet.
-    let tags_dir = dir.path().join("data/repositories/many/_manifests/tags");
-    for n in 1..50_000 {
-        std::fs::write(tags_dir.join(format!("t{n:05}")), format!("{digest}\n")).unwrap();
-    }
+    many_tags(&server, &dir.path().join("data"), "many", 50_000);
     // Paging through follows `Link` and sees every tag in order.
     let first = server.get("/v2/many/tags/list?n=1000");
     assert_eq!(first.json().string_list("tags").len(), 1000);
@@ -406,24 +380,11 @@ fn transfers_below_the_minimum_rate_are_cut_off_and_faster_ones_are_not() {
 #[test]
 fn slow_readers_of_a_large_manifest_share_it_instead_of_copying_it() {
     let server = Server::start();
-    let config = b"{}".to_vec();
-    push_blob(&server, "big", &config);
-    let mut spec = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![]);
-    spec.annotations = (0..450)
-        .map(|n| (format!("note{n:03}"), "x".repeat(10_000)))
-        .collect();
-    let manifest = spec.to_json().into_bytes();
+    let manifest = push_large_manifest(&server, "big");
     assert!(manifest.len() > 4 << 20);
-    push_manifest(&server, "big", "v1", OCI_MANIFEST, &manifest);
     let before = peak_rss_bytes(&server);
     // 200 clients ask for it and read nothing.
-    let readers: Vec<Conn> = (0..200)
-        .map(|_| {
-            let mut conn = server.connect();
-            conn.send(&Conn::request_bytes("GET", "/v2/big/manifests/v1", &[], b""));
-            conn
-        })
-        .collect();
+    let readers = stalled_readers(&server, 200, "/v2/big/manifests/v1");
     thread::sleep(Duration::from_millis(500));
     server.get("/v2/").assert_status(200);
     let growth = peak_rss_bytes(&server).saturating_sub(before);

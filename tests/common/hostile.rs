@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::Server;
+use super::{Conn, ManifestSpec, OCI_EMPTY, OCI_MANIFEST, Server, descriptor, push_blob, push_manifest};
 
 /// Peak resident memory of the server process, from `/proc/<pid>/status`.
 pub fn peak_rss_bytes(server: &Server) -> u64 {
@@ -194,4 +194,69 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// An empty-config image manifest whose config blob is pushed to `repo`;
+/// the manifest itself is not.
+pub fn empty_image(server: &Server, repo: &str) -> Vec<u8> {
+    let config = b"{}".to_vec();
+    push_blob(server, repo, &config);
+    ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![])
+        .to_json()
+        .into_bytes()
+}
+
+/// Pushes a manifest of about 4.5 MB (annotations) as `repo:v1`; its bytes.
+pub fn push_large_manifest(server: &Server, repo: &str) -> Vec<u8> {
+    let config = b"{}".to_vec();
+    push_blob(server, repo, &config);
+    let mut spec = ManifestSpec::oci(descriptor(OCI_EMPTY, &config), vec![]);
+    spec.annotations = (0..450)
+        .map(|n| (format!("note{n:03}"), "x".repeat(10_000)))
+        .collect();
+    let manifest = spec.to_json().into_bytes();
+    push_manifest(server, repo, "v1", OCI_MANIFEST, &manifest);
+    manifest
+}
+
+/// Tags `t00000` to `t<count-1>` of one manifest in `repo` of the server
+/// running over `data_dir`: the first pushed, the rest written as the
+/// storage writes them (quicker than pushes; the server has not listed the
+/// namespace yet). The manifest's digest.
+pub fn many_tags(server: &Server, data_dir: &std::path::Path, repo: &str, count: usize) -> String {
+    let manifest = empty_image(server, repo);
+    let digest = push_manifest(server, repo, "t00000", OCI_MANIFEST, &manifest);
+    let tags_dir = data_dir.join(format!("repositories/{repo}/_manifests/tags"));
+    for n in 1..count {
+        std::fs::write(tags_dir.join(format!("t{n:05}")), format!("{digest}\n")).unwrap();
+    }
+    digest
+}
+
+/// `count` connections, each sending a token request with `authorization`
+/// as if from `client` (through a trusted proxy), answers not awaited.
+pub fn token_requests(server: &Server, count: usize, authorization: &str, client: &str) -> Vec<Conn> {
+    (0..count)
+        .map(|_| {
+            let mut conn = server.connect();
+            conn.send_request(
+                "GET",
+                "/v2/token",
+                &[("Authorization", authorization), ("X-Forwarded-For", client)],
+                b"",
+            );
+            conn
+        })
+        .collect()
+}
+
+/// `count` connections that each send `GET path` and never read the answer.
+pub fn stalled_readers(server: &Server, count: usize, path: &str) -> Vec<Conn> {
+    (0..count)
+        .map(|_| {
+            let mut conn = server.connect();
+            conn.send(&Conn::request_bytes("GET", path, &[], b""));
+            conn
+        })
+        .collect()
 }
