@@ -102,6 +102,29 @@ fn a_huge_failing_answer_is_not_buffered_and_fails_the_push_in_time() {
 }
 
 #[test]
+fn a_trickled_answer_fails_the_attempt_within_its_timeout() {
+    let receiver = HostileReceiver::start(Answer::Trickle);
+    let setup = Setup::new().hook(
+        Webhook::new("gate", &receiver.url(), "required", &["manifest.push"])
+            .timeout_ms(1_000)
+            .max_retries(1),
+    );
+    let registry = Registry::start(&setup);
+    let manifest = prepare_image(&registry, "hostile/trickle", "trickle");
+    let (response, took, slowest) = probing(&registry, || {
+        put_manifest(&registry, "hostile/trickle", "v1", OCI_MANIFEST, &manifest)
+    });
+    // The status line came at once, but the answer never completes: each
+    // attempt ends at its timeout, and the push fails after two of them.
+    response.assert_status(500);
+    assert!(took < Duration::from_secs(4), "the push took {took:?}");
+    assert!(slowest < PROBE_BOUND, "another client waited {slowest:?}");
+    registry
+        .get("/v2/hostile/trickle/manifests/v1")
+        .assert_status(404);
+}
+
+#[test]
 fn a_body_sent_to_a_route_that_takes_none_holds_no_slot() {
     let server = Server::start_with(&Options::default().server_line("max_connections = 4"));
     // Every slot: a GET announcing a megabyte of body, one byte sent, never read.

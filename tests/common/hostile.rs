@@ -31,6 +31,8 @@ pub enum Answer {
     EndlessChunks,
     /// `500` announcing and sending `len` body bytes.
     Huge { len: u64 },
+    /// `200 OK` announcing 1 MB, then one byte every 100 ms.
+    Trickle,
 }
 
 /// A receiver on loopback that answers every request with `answer`; counts
@@ -102,6 +104,21 @@ fn serve(mut stream: TcpStream, answer: Answer, stop: &AtomicBool, sent: &Atomic
                     return;
                 }
                 sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Answer::Trickle => {
+            if stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+                .is_err()
+            {
+                return;
+            }
+            while !stop.load(Ordering::SeqCst) {
+                if stream.write_all(b"x").is_err() {
+                    return;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(100));
             }
         }
         Answer::Huge { len } => {
