@@ -42,7 +42,7 @@ fn main() {
     let only: Vec<String> = std::env::var("BENCH_ATTACKS")
         .map(|list| list.split(',').map(|word| word.trim().to_string()).collect())
         .unwrap_or_default();
-    let attacks: [(&'static str, Attack); 11] = [
+    let attacks: [(&'static str, Attack); 12] = [
         ("none (baseline)", baseline),
         ("webhook receiver: endless chunked answer", endless_answer),
         ("webhook receiver: 100 MB answer", huge_answer),
@@ -50,8 +50,12 @@ fn main() {
         ("300 parallel wrong passwords, one address", parallel_passwords),
         ("1,000 trickled bodies on GET /healthz", trickled_bodies),
         ("session hoarding by one namespace", session_hoarding),
-        ("100-tag pushes", tag_heavy_pushes),
-        ("100-tag pushes with sync_to_disk", tag_heavy_pushes_synced),
+        ("pushes of the most tags allowed", tag_heavy_pushes),
+        (
+            "pushes of the most tags allowed, sync_to_disk",
+            tag_heavy_pushes_synced,
+        ),
+        ("one-tag pushes, sync_to_disk", plain_pushes_synced),
         ("8 clients paging 50,000 tags", tag_paging),
         ("slow manifest bodies, 4,000 connections", slow_manifest_bodies),
     ];
@@ -198,6 +202,12 @@ fn tag_heavy_pushes_synced(length: Duration) -> Row {
     tag_heavy(length, Options::default().sync())
 }
 
+/// The floor: ordinary pushes, each durable.
+fn plain_pushes_synced(length: Duration) -> Row {
+    let server = Server::start_with(&Options::default().sync());
+    measure(&server, length, |until| push_until(&server, "plain", until))
+}
+
 fn tag_heavy(length: Duration, options: Options) -> Row {
     let server = Server::start_with(&options);
     let manifest = empty_image(&server, "heavy");
@@ -205,7 +215,9 @@ fn tag_heavy(length: Duration, options: Options) -> Row {
     measure(&server, length, |until| {
         let mut round = 0;
         while Instant::now() < until {
-            let tags: Vec<String> = (0..100).map(|n| format!("tag=r{round}-{n}")).collect();
+            let tags: Vec<String> = (0..angos::registry::TAGS_PER_PUSH_MAX)
+                .map(|n| format!("tag=r{round}-{n}"))
+                .collect();
             let path = format!("{target}?{}", tags.join("&"));
             server.request("PUT", &path, &[("Content-Type", OCI_MANIFEST)], &manifest);
             round += 1;

@@ -22,6 +22,7 @@ use crate::event_webhook::event::EventKind;
 use crate::http::{Method, RequestHead, Response};
 use crate::storage::{Storage, UploadWriter};
 use error::{ErrorCode, RegistryError};
+pub use manifests::{LISTING_PAGE_MAX, TAGS_PER_PUSH_MAX};
 pub use outcome::{Commit, EventDraft, Outcome, Staged};
 use reference::Reference;
 use route::Route;
