@@ -42,7 +42,7 @@ fn main() {
     let only: Vec<String> = std::env::var("BENCH_ATTACKS")
         .map(|list| list.split(',').map(|word| word.trim().to_string()).collect())
         .unwrap_or_default();
-    let attacks: [(&'static str, Attack); 12] = [
+    let attacks: [(&'static str, Attack); 13] = [
         ("none (baseline)", baseline),
         ("webhook receiver: endless chunked answer", endless_answer),
         ("webhook receiver: 100 MB answer", huge_answer),
@@ -57,6 +57,7 @@ fn main() {
         ),
         ("one-tag pushes, sync_to_disk", plain_pushes_synced),
         ("8 clients paging 50,000 tags", tag_paging),
+        ("8 clients sending GET /v2/ back to back (control)", busy_clients),
         ("slow manifest bodies, 4,000 connections", slow_manifest_bodies),
     ];
     let mut rows = Vec::new();
@@ -240,6 +241,26 @@ fn tag_paging(length: Duration) -> Row {
                         let last = format!("t{:05}", (client * 6000 + n) % 49_999);
                         conn.request("GET", &format!("/v2/many/tags/list?n=1&last={last}"), &[], b"");
                         n += 1;
+                    }
+                });
+            }
+        })
+    })
+}
+
+/// The control for `tag_paging`: as many clients, as busy, asking for the
+/// cheapest answer there is. What the probe waits here is the machine (two
+/// cores shared by the server and nine client threads), not the listing.
+fn busy_clients(length: Duration) -> Row {
+    let server = Server::start();
+    measure(&server, length, |until| {
+        thread::scope(|scope| {
+            for _ in 0..8 {
+                let server = &server;
+                scope.spawn(move || {
+                    let mut conn = server.connect();
+                    while Instant::now() < until {
+                        conn.request("GET", "/v2/", &[], b"");
                     }
                 });
             }
