@@ -11,7 +11,15 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 
-use crate::config::ClientIdentity;
+/// A client certificate chain and its private key, both PEM files. One struct
+/// rather than two optional paths: the keys are set together or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientIdentity {
+    /// `client_certificate`: the chain, the client's own certificate first.
+    pub certificate: std::path::PathBuf,
+    /// `client_private_key`: the key of the chain's first certificate.
+    pub private_key: std::path::PathBuf,
+}
 
 /// Loads the certificate chain and private key (PEM) into a rustls server
 /// configuration; errors name the file.

@@ -183,15 +183,8 @@ pub struct WebhookConfig {
     pub client_identity: Option<ClientIdentity>,
 }
 
-/// A client certificate chain and its private key, both PEM files. One struct
-/// rather than two optional paths: the keys are set together or not at all.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientIdentity {
-    /// `client_certificate`: the chain, the client's own certificate first.
-    pub certificate: PathBuf,
-    /// `client_private_key`: the key of the chain's first certificate.
-    pub private_key: PathBuf,
-}
+/// The TLS layer owns what it loads; configuration names it.
+pub use crate::tls::ClientIdentity;
 
 impl WebhookConfig {
     pub fn wants(&self, kind: EventKind, namespace: &str) -> bool {

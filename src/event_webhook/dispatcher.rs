@@ -35,14 +35,7 @@ pub fn retry_delay_ms(failed_attempts: u32) -> u64 {
     (RETRY_BASE_MS << exponent).min(RETRY_CAP_MS)
 }
 
-/// One event's body, built once and shared by every webhook it goes to.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Payload {
-    pub event_id: String,
-    pub kind: EventKind,
-    pub namespace: String,
-    pub body: Vec<u8>,
-}
+pub use super::event::Payload;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeliveryId(pub u64);

@@ -244,6 +244,52 @@ fn write_json_string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
+/// One event's body, built once and shared by every webhook it goes to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Payload {
+    pub event_id: String,
+    pub kind: EventKind,
+    pub namespace: String,
+    pub body: Vec<u8>,
+}
+
+/// An event before webhooks are known: what happened, where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDraft {
+    pub kind: EventKind,
+    pub namespace: String,
+    pub digest: Option<String>,
+    pub reference: Option<String>,
+    pub tag: Option<String>,
+}
+
+impl EventDraft {
+    pub fn new(kind: EventKind, namespace: &str) -> EventDraft {
+        EventDraft {
+            kind,
+            namespace: namespace.to_string(),
+            digest: None,
+            reference: None,
+            tag: None,
+        }
+    }
+
+    pub fn digest(mut self, digest: &crate::digest::Digest) -> EventDraft {
+        self.digest = Some(digest.to_string());
+        self
+    }
+
+    pub fn reference(mut self, reference: impl Into<String>) -> EventDraft {
+        self.reference = Some(reference.into());
+        self
+    }
+
+    pub fn tag(mut self, tag: impl Into<String>) -> EventDraft {
+        self.tag = Some(tag.into());
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

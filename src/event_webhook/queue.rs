@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
-use super::dispatcher::Payload;
+use super::event::Payload;
 use crate::config::WebhookConfig;
 
 /// One queued async event.

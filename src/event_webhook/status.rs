@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
-use super::dispatcher::Payload;
+use super::event::Payload;
 
 /// Recent deliveries kept per webhook.
 pub const RECENT_DELIVERIES_MAX: usize = 100;

@@ -3,45 +3,8 @@
 //! webhook can be asked before the change becomes visible.
 
 use crate::digest::Digest;
-use crate::event_webhook::event::EventKind;
+pub use crate::event_webhook::event::EventDraft;
 use crate::http::Response;
-
-/// An event before webhooks are known: what happened, where.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventDraft {
-    pub kind: EventKind,
-    pub namespace: String,
-    pub digest: Option<String>,
-    pub reference: Option<String>,
-    pub tag: Option<String>,
-}
-
-impl EventDraft {
-    pub fn new(kind: EventKind, namespace: &str) -> EventDraft {
-        EventDraft {
-            kind,
-            namespace: namespace.to_string(),
-            digest: None,
-            reference: None,
-            tag: None,
-        }
-    }
-
-    pub fn digest(mut self, digest: &Digest) -> EventDraft {
-        self.digest = Some(digest.to_string());
-        self
-    }
-
-    pub fn reference(mut self, reference: impl Into<String>) -> EventDraft {
-        self.reference = Some(reference.into());
-        self
-    }
-
-    pub fn tag(mut self, tag: impl Into<String>) -> EventDraft {
-        self.tag = Some(tag.into());
-        self
-    }
-}
 
 /// A change prepared and validated but not yet made.
 #[derive(Debug)]

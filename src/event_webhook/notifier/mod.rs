@@ -12,14 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 use super::dispatcher::{Completed, Dispatcher, GateId, GateKind, GateOutcome, Payload};
-use super::event::{Actor, Event};
+use super::event::{Actor, Event, EventDraft};
 use super::journal::Journal;
 use super::routing::Routing;
 use super::status::StatusBook;
 use crate::config::{Config, Policy, WebhookConfig};
 use crate::http::Response;
 use crate::metrics::{FamilyId, LATENCY_BUCKETS_SECONDS, Metrics};
-use crate::registry::EventDraft;
 
 /// Makes or drops a staged change; the registry implements it.
 pub trait Apply<C> {
