@@ -14,7 +14,7 @@
 
 use super::{Action, Failure, Need};
 use crate::http::Response;
-use crate::registry::error::{ErrorCode, RegistryError};
+use crate::http::oci_error::{ErrorCode, RegistryError};
 
 /// What the client sent that did not get it in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 pub mod chunked;
 pub mod client;
 pub mod forwarded;
+pub mod oci_error;
 pub mod request;
 pub mod response;
 

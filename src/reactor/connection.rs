@@ -16,6 +16,7 @@ use crate::event_webhook::event::Actor;
 use crate::event_webhook::notifier::admin::Admin;
 use crate::event_webhook::notifier::{Notifier, Submission, Submitted};
 use crate::http::forwarded::IpNetwork;
+use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::http::{Body, Method, RequestDecoder, RequestEvent, RequestHead, Response};
 use crate::registry::route::Route;
 use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
@@ -268,10 +269,9 @@ impl Connection {
             let (consumed, event) = match self.decoder.decode(&self.pending[at..]) {
                 Ok(step) => step,
                 Err(error) => {
-                    let response = Response::json(
-                        error.status(),
-                        &serde_json::json!({"errors": [{"code": "UNSUPPORTED", "message": error.message()}]}),
-                    );
+                    let response = RegistryError::new(ErrorCode::Unsupported, error.message())
+                        .status(error.status())
+                        .into_response();
                     self.abort(cx);
                     let info = RequestInfo {
                         method: "OTHER",

@@ -14,6 +14,7 @@ use super::super::status::DeliveryState;
 use super::{Notifier, Parked, Stage};
 use crate::clock::rfc3339_utc;
 use crate::config::{Policy, WebhookConfig};
+use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::http::{Method, Response};
 
 /// The admin API's path prefix.
@@ -41,12 +42,12 @@ impl<W, C> Notifier<W, C> {
             }
             (Method::Post, ["webhooks", name, "test"]) => self.ping(waiter, name, now_ms),
             (_, ["webhooks"] | ["webhooks", _, "deliveries"]) => {
-                Admin::Respond(error(405, "UNSUPPORTED", "method not allowed"))
+                Admin::Respond(error(405, ErrorCode::Unsupported, "method not allowed"))
             }
             (_, ["webhooks", _, "deliveries", _, "redeliver"] | ["webhooks", _, "test"]) => {
-                Admin::Respond(error(405, "UNSUPPORTED", "use POST"))
+                Admin::Respond(error(405, ErrorCode::Unsupported, "use POST"))
             }
-            _ => Admin::Respond(error(404, "UNSUPPORTED", "unknown admin endpoint")),
+            _ => Admin::Respond(error(404, ErrorCode::Unsupported, "unknown admin endpoint")),
         };
         Some(answer)
     }
@@ -207,7 +208,7 @@ impl<W, C> Notifier<W, C> {
         let Some(payload) = payload else {
             return error(
                 404,
-                "UNSUPPORTED",
+                ErrorCode::Unsupported,
                 &format!("no delivery {delivery_id} for webhook {name:?}"),
             );
         };
@@ -279,14 +280,11 @@ pub(super) fn ping_answer(webhook: &str, result: Option<&Completed>) -> Response
 fn unknown_webhook(name: &str) -> Response {
     error(
         404,
-        "NAME_UNKNOWN",
+        ErrorCode::NameUnknown,
         &format!("no webhook named {name:?} is configured"),
     )
 }
 
-fn error(status: u16, code: &str, message: &str) -> Response {
-    Response::json(
-        status,
-        &json!({ "errors": [{ "code": code, "message": message }] }),
-    )
+fn error(status: u16, code: ErrorCode, message: &str) -> Response {
+    RegistryError::new(code, message).status(status).into_response()
 }

@@ -18,6 +18,7 @@ use super::routing::Routing;
 use super::status::StatusBook;
 use crate::config::{Config, Policy, WebhookConfig};
 use crate::http::Response;
+use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::metrics::{FamilyId, LATENCY_BUCKETS_SECONDS, Metrics};
 
 /// Makes or drops a staged change; the registry implements it.
@@ -426,14 +427,13 @@ fn record(families: &Families, metrics: &mut Metrics, done: &Completed) {
 /// The 500 a client gets when a required webhook refused: it names the
 /// webhook, never its token.
 fn required_failed(webhook: &str, reason: &str) -> Response {
-    let body = serde_json::json!({
-        "errors": [{
-            "code": "UNKNOWN",
-            "message": format!("required webhook \"{webhook}\" failed: {reason}"),
-            "detail": { "webhook": webhook },
-        }]
-    });
-    Response::json(500, &body)
+    RegistryError::new(
+        ErrorCode::Unknown,
+        format!("required webhook \"{webhook}\" failed: {reason}"),
+    )
+    .status(500)
+    .detail(serde_json::json!({ "webhook": webhook }))
+    .into_response()
 }
 
 #[cfg(test)]

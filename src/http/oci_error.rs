@@ -1,0 +1,130 @@
+//! The OCI error codes (distribution-spec "Error Codes") and the one place
+//! that maps each to its HTTP status and JSON body: registry answers,
+//! refusals, malformed requests, webhook failures and the admin API all
+//! answer through `RegistryError`. A leaf: it knows responses, nothing else.
+
+use super::Response;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    SizeInvalid,
+    /// Docker's code for a tag outside the tag grammar; clients know it.
+    TagInvalid,
+    Unsupported,
+    TooManyRequests,
+    /// No credentials, or wrong ones: the answer carries the challenge.
+    Unauthorized,
+    /// The client is known and lacks the permission.
+    Denied,
+    /// A failure of ours (storage I/O); the client may retry.
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BlobUnknown => "BLOB_UNKNOWN",
+            ErrorCode::BlobUploadInvalid => "BLOB_UPLOAD_INVALID",
+            ErrorCode::BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            ErrorCode::DigestInvalid => "DIGEST_INVALID",
+            ErrorCode::ManifestBlobUnknown => "MANIFEST_BLOB_UNKNOWN",
+            ErrorCode::ManifestInvalid => "MANIFEST_INVALID",
+            ErrorCode::ManifestUnknown => "MANIFEST_UNKNOWN",
+            ErrorCode::NameInvalid => "NAME_INVALID",
+            ErrorCode::NameUnknown => "NAME_UNKNOWN",
+            ErrorCode::SizeInvalid => "SIZE_INVALID",
+            ErrorCode::TagInvalid => "TAG_INVALID",
+            ErrorCode::Unsupported => "UNSUPPORTED",
+            ErrorCode::TooManyRequests => "TOOMANYREQUESTS",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// The status the spec's endpoint tables give this code.
+    pub fn default_status(self) -> u16 {
+        match self {
+            ErrorCode::BlobUnknown
+            | ErrorCode::BlobUploadUnknown
+            | ErrorCode::ManifestUnknown
+            | ErrorCode::NameUnknown => 404,
+            ErrorCode::Unsupported => 405,
+            ErrorCode::TooManyRequests => 429,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Denied => 403,
+            ErrorCode::Unknown => 500,
+            _ => 400,
+        }
+    }
+}
+
+/// An error answer: code, status, message and optional detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryError {
+    pub code: ErrorCode,
+    pub status: u16,
+    pub message: String,
+    pub detail: Option<serde_json::Value>,
+}
+
+impl RegistryError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> RegistryError {
+        RegistryError {
+            code,
+            status: code.default_status(),
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    pub fn status(mut self, status: u16) -> RegistryError {
+        self.status = status;
+        self
+    }
+
+    pub fn detail(mut self, detail: serde_json::Value) -> RegistryError {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Storage failures are logged with their cause and answered 500 without it.
+    pub fn storage(error: std::io::Error) -> RegistryError {
+        log::error!("storage error: {error}");
+        RegistryError::new(ErrorCode::Unknown, "storage error")
+    }
+
+    /// The spec's error body: `{"errors":[{"code","message","detail"?}]}`.
+    pub fn body(&self) -> serde_json::Value {
+        let mut entry = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
+        if let Some(detail) = &self.detail {
+            entry["detail"] = detail.clone();
+        }
+        serde_json::json!({ "errors": [entry] })
+    }
+
+    pub fn into_response(self) -> Response {
+        Response::json(self.status, &self.body())
+    }
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code.as_str(), self.message)
+    }
+}
+
+impl From<RegistryError> for Response {
+    fn from(error: RegistryError) -> Response {
+        error.into_response()
+    }
+}
