@@ -2,6 +2,8 @@
 //! logger, open storage and the event journal, and run the reactor; or send
 //! one test ping to a webhook.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -13,6 +13,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use angos::config::{Config, Policy, WebhookConfig, load_sources};
+use angos::entropy::SeededEntropy;
 use angos::event_webhook::dispatcher::{
     Action, AttemptResult, Completed, DeliveryId, Dispatcher, GateId, GateKind, GateOutcome, Payload,
 };
@@ -681,6 +682,9 @@ struct Sim {
     orphans: BTreeSet<(DeliveryId, u32)>,
     events: Vec<EventModel>,
     by_event_id: BTreeMap<String, u64>,
+    /// Every request sent, with its time and delivery: two runs of one seed
+    /// must produce the same bytes.
+    trace: Vec<u8>,
     deliveries: BTreeMap<DeliveryId, DeliveryModel>,
     by_pair: BTreeMap<(u64, String), DeliveryId>,
     active: BTreeSet<DeliveryId>,
@@ -735,7 +739,11 @@ impl Sim {
         let machine = if raw {
             Machine::Raw(Box::new(Dispatcher::new(start_ms, queue_length)))
         } else {
-            Machine::Notifier(Box::new(Notifier::new(&config.config, &mut metrics, start_ms)))
+            // Event ids from the seed too, so a run replays bit for bit.
+            Machine::Notifier(Box::new(
+                Notifier::new(&config.config, &mut metrics, start_ms)
+                    .with_entropy(Box::new(SeededEntropy::new(seed))),
+            ))
         };
         let retries_max = config.defs.values().map(|def| def.max_retries).max().unwrap_or(0);
         let mut receivers = BTreeMap::new();
@@ -762,6 +770,7 @@ impl Sim {
             orphans: BTreeSet::new(),
             events: Vec::new(),
             by_event_id: BTreeMap::new(),
+            trace: Vec::new(),
             deliveries: BTreeMap::new(),
             by_pair: BTreeMap::new(),
             active: BTreeSet::new(),
@@ -1361,6 +1370,9 @@ impl Sim {
     fn on_send(&mut self, delivery: DeliveryId, webhook: Rc<WebhookConfig>, request: Rc<Vec<u8>>) {
         let at = self.at;
         let now = at.now;
+        self.trace.extend_from_slice(&now.to_le_bytes());
+        self.trace.extend_from_slice(&delivery.0.to_le_bytes());
+        self.trace.extend_from_slice(&request);
         self.stats.attempts += 1;
         let text = String::from_utf8_lossy(&request).to_string();
         let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
@@ -2152,6 +2164,11 @@ impl Sim {
 }
 
 fn run(seed: u64) -> Stats {
+    run_traced(seed).0
+}
+
+/// A run and the trace of every request it sent.
+fn run_traced(seed: u64) -> (Stats, Vec<u8>) {
     let mut sim = Sim::new(seed);
     let input_steps = sim.rng.range(INPUT_STEPS_MIN, INPUT_STEPS_MAX);
     for _ in 0..input_steps {
@@ -2159,7 +2176,19 @@ fn run(seed: u64) -> Stats {
     }
     sim.drain();
     sim.final_checks();
-    sim.stats
+    (sim.stats, sim.trace)
+}
+
+#[test]
+fn a_seed_replays_bit_for_bit_event_ids_included() {
+    let mut compared = 0;
+    for seed in seeds().into_iter().take(8) {
+        let (_, first) = run_traced(seed);
+        let (_, second) = run_traced(seed);
+        assert!(first == second, "SEED={seed}: two runs sent different requests");
+        compared += first.len();
+    }
+    assert!(compared > 0, "no request was sent to compare");
 }
 
 /// One seed per run; `SEED` replays one. The clock picks seeds, nothing else.

@@ -5,7 +5,6 @@
 use std::fmt;
 
 use crate::clock::rfc3339_utc;
-use crate::storage::uuid_v4;
 
 /// What happened (SPEC section 4). The discriminants index the mask bits, so
 /// appending a kind is fine but reordering changes `bit()`.
@@ -104,15 +103,17 @@ pub struct Event {
 }
 
 impl Event {
-    /// A new event with a fresh UUID v4 id, stamped at `unix_micros`.
+    /// A new event with id `id` (a UUID v4 from the caller's entropy),
+    /// stamped at `unix_micros`.
     pub fn new(
+        id: String,
         kind: EventKind,
         namespace: impl Into<String>,
         repository: impl Into<String>,
         unix_micros: u64,
     ) -> Event {
         Event {
-            id: uuid_v4(),
+            id,
             timestamp: rfc3339_utc(unix_micros),
             kind,
             namespace: namespace.into(),
@@ -322,15 +323,21 @@ mod tests {
     #[test]
     fn renders_a_full_event_in_key_order() {
         let event = fixed(
-            Event::new(EventKind::ManifestPush, "production/api", "production", MICROS)
-                .with_digest("sha256:abc")
-                .with_reference("v1.2")
-                .with_tag("v1.2")
-                .with_actor(Actor {
-                    id: Some("u-1".to_string()),
-                    username: Some("alice".to_string()),
-                    client_ip: Some("10.0.0.7".to_string()),
-                }),
+            Event::new(
+                crate::storage::uuid_v4(),
+                EventKind::ManifestPush,
+                "production/api",
+                "production",
+                MICROS,
+            )
+            .with_digest("sha256:abc")
+            .with_reference("v1.2")
+            .with_tag("v1.2")
+            .with_actor(Actor {
+                id: Some("u-1".to_string()),
+                username: Some("alice".to_string()),
+                client_ip: Some("10.0.0.7".to_string()),
+            }),
         );
         assert_eq!(
             String::from_utf8(event.to_json()).unwrap(),
@@ -345,7 +352,13 @@ mod tests {
 
     #[test]
     fn omits_absent_fields_and_an_empty_actor() {
-        let event = fixed(Event::new(EventKind::BlobPull, "library/nginx", "library", 0));
+        let event = fixed(Event::new(
+            crate::storage::uuid_v4(),
+            EventKind::BlobPull,
+            "library/nginx",
+            "library",
+            0,
+        ));
         assert_eq!(
             String::from_utf8(event.to_json()).unwrap(),
             concat!(
@@ -357,10 +370,12 @@ mod tests {
 
     #[test]
     fn a_partial_actor_lists_only_known_fields() {
-        let event = fixed(Event::new(EventKind::TagDelete, "a", "a", 0).with_actor(Actor {
-            client_ip: Some("::1".to_string()),
-            ..Actor::default()
-        }));
+        let event = fixed(
+            Event::new(crate::storage::uuid_v4(), EventKind::TagDelete, "a", "a", 0).with_actor(Actor {
+                client_ip: Some("::1".to_string()),
+                ..Actor::default()
+            }),
+        );
         let json = String::from_utf8(event.to_json()).unwrap();
         assert!(
             json.ends_with(r#""repository":"a","actor":{"client_ip":"::1"}}"#),
@@ -370,8 +385,8 @@ mod tests {
 
     #[test]
     fn new_events_get_fresh_ids_and_the_given_time() {
-        let one = Event::new(EventKind::BlobPush, "a", "a", MICROS);
-        let two = Event::new(EventKind::BlobPush, "a", "a", MICROS);
+        let one = Event::new(crate::storage::uuid_v4(), EventKind::BlobPush, "a", "a", MICROS);
+        let two = Event::new(crate::storage::uuid_v4(), EventKind::BlobPush, "a", "a", MICROS);
         assert_ne!(one.id, two.id);
         assert_eq!(one.id.len(), 36);
         assert_eq!(one.timestamp, "2026-01-15T10:30:00.123456Z");
@@ -401,13 +416,19 @@ mod tests {
     #[test]
     fn round_trips_through_serde_json() {
         let nasty = "we\"ird\\\n\u{1}name ✓";
-        let event = Event::new(EventKind::TagCreate, nasty, "we", MICROS)
-            .with_digest("sha256:0")
-            .with_tag(nasty)
-            .with_actor(Actor {
-                username: Some(nasty.to_string()),
-                ..Actor::default()
-            });
+        let event = Event::new(
+            crate::storage::uuid_v4(),
+            EventKind::TagCreate,
+            nasty,
+            "we",
+            MICROS,
+        )
+        .with_digest("sha256:0")
+        .with_tag(nasty)
+        .with_actor(Actor {
+            username: Some(nasty.to_string()),
+            ..Actor::default()
+        });
         let value: serde_json::Value = serde_json::from_slice(&event.to_json()).unwrap();
         assert_eq!(value["id"], event.id.as_str());
         assert_eq!(value["timestamp"], "2026-01-15T10:30:00.123456Z");

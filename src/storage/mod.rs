@@ -1125,26 +1125,11 @@ fn debug_assert_tag(tag: &str) {
     );
 }
 
-/// Fills `buf` with random bytes from the kernel (`getrandom(2)`).
+/// Fills `buf` with random bytes from the kernel (`getrandom(2)`): for the
+/// storage's own names (temporary files, upload ids) and the secrets drawn
+/// at start, where replaying a run has no use.
 pub fn random_bytes(buf: &mut [u8]) {
-    let mut filled = 0;
-    // Each pass fills at least one byte or is interrupted by a signal, so
-    // the loop ends; requests over 256 bytes may legitimately come back short.
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: `rest` is a valid, writable buffer of `rest.len()` bytes.
-        let result = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if result < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            // Only ENOSYS (a pre-3.17 kernel) is possible here; ids must not
-            // be guessable, so there is no weaker fallback.
-            panic!("getrandom failed: {error}");
-        }
-        filled += result as usize;
-    }
+    crate::entropy::os_fill(buf);
 }
 
 /// `bytes` random bytes as lowercase hex.
@@ -1156,21 +1141,7 @@ pub fn random_hex(bytes: usize) -> String {
 
 /// A random (version 4, RFC 9562) UUID in its hyphenated lowercase form.
 pub fn uuid_v4() -> String {
-    let mut bytes = [0u8; 16];
-    random_bytes(&mut bytes);
-    // RFC 9562 section 5.4: version 0b0100 in the high nibble of octet 6,
-    // variant 0b10 in the top bits of octet 8.
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = to_lower_hex(&bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    crate::entropy::uuid_v4(&mut crate::entropy::OsEntropy)
 }
 
 #[cfg(test)]

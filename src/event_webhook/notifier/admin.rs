@@ -233,7 +233,8 @@ impl<W, C> Notifier<W, C> {
             policy: Policy::Optional,
             ..(*webhook).clone()
         });
-        let payload = Rc::new(ping_payload(self.unix_micros));
+        let id = crate::entropy::uuid_v4(self.entropy.as_mut());
+        let payload = Rc::new(ping_payload(id, self.unix_micros));
         let gate = self
             .dispatcher
             .gate(GateKind::Optional, vec![(once, payload)], now_ms);
@@ -251,8 +252,8 @@ impl<W, C> Notifier<W, C> {
 }
 
 /// The body of a `ping` event.
-pub fn ping_payload(unix_micros: u64) -> Payload {
-    let event = Event::new(EventKind::Ping, "", "", unix_micros);
+pub fn ping_payload(id: String, unix_micros: u64) -> Payload {
+    let event = Event::new(id, EventKind::Ping, "", "", unix_micros);
     Payload {
         event_id: event.id.clone(),
         kind: EventKind::Ping,

@@ -17,6 +17,7 @@ use super::journal::Journal;
 use super::routing::Routing;
 use super::status::StatusBook;
 use crate::config::{Config, Policy, WebhookConfig};
+use crate::entropy::{Entropy, OsEntropy, uuid_v4};
 use crate::http::Response;
 use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::metrics::{FamilyId, LATENCY_BUCKETS_SECONDS, Metrics};
@@ -92,6 +93,8 @@ pub struct Notifier<W, C> {
     /// records, status times, queue ages), set by `set_time`.
     now_ms: u64,
     unix_micros: u64,
+    /// Where event ids come from: the kernel, or a seed in a simulation.
+    entropy: Box<dyn Entropy>,
 }
 
 impl<W, C> Notifier<W, C> {
@@ -143,7 +146,14 @@ impl<W, C> Notifier<W, C> {
             status: StatusBook::default(),
             now_ms,
             unix_micros: 0,
+            entropy: Box::new(OsEntropy),
         }
+    }
+
+    /// Draws event ids from `entropy` (a seeded one replays a run).
+    pub fn with_entropy(mut self, entropy: Box<dyn Entropy>) -> Notifier<W, C> {
+        self.entropy = entropy;
+        self
     }
 
     /// The time of this loop turn: monotonic ms and wall-clock micros.
@@ -283,9 +293,10 @@ impl<W, C> Notifier<W, C> {
         None
     }
 
-    fn payload(&self, draft: EventDraft, actor: &Actor, unix_micros: u64) -> Payload {
+    fn payload(&mut self, draft: EventDraft, actor: &Actor, unix_micros: u64) -> Payload {
         let repository = self.routing.repository_of(&draft.namespace);
-        let mut event = Event::new(draft.kind, draft.namespace.clone(), repository, unix_micros);
+        let id = uuid_v4(self.entropy.as_mut());
+        let mut event = Event::new(id, draft.kind, draft.namespace.clone(), repository, unix_micros);
         event.digest = draft.digest;
         event.reference = draft.reference;
         event.tag = draft.tag;
