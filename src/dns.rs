@@ -10,6 +10,7 @@
 //! Not supported, on purpose: TCP fallback (a truncated answer is `DnsError::Truncated`;
 //! webhook hosts fit in 512 bytes), EDNS0, DNSSEC, negative caching, `options rotate`.
 
+use crate::entropy::{Entropy, OsEntropy};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io::Read;
@@ -832,6 +833,8 @@ pub struct Resolver {
     jobs: Vec<Job>,
     cache: BTreeMap<String, CacheEntry>,
     results: VecDeque<(LookupId, Result<Vec<IpAddr>, DnsError>)>,
+    /// Where query ids come from: the kernel, or a seed in a simulation.
+    entropy: Box<dyn Entropy>,
 }
 
 impl Resolver {
@@ -853,7 +856,14 @@ impl Resolver {
             jobs: Vec::new(),
             cache: BTreeMap::new(),
             results: VecDeque::new(),
+            entropy: Box::new(OsEntropy),
         }
+    }
+
+    /// Draws query ids from `entropy` (a seeded one replays a run).
+    pub fn with_entropy(mut self, entropy: Box<dyn Entropy>) -> Resolver {
+        self.entropy = entropy;
+        self
     }
 
     pub fn config(&self) -> &ResolverConfig {
@@ -1098,7 +1108,7 @@ impl Resolver {
         unique
     }
 
-    fn new_queries(&self, qname: &[u8], now_ms: u64) -> [Query; 2] {
+    fn new_queries(&mut self, qname: &[u8], now_ms: u64) -> [Query; 2] {
         let deadline_ms = now_ms.saturating_add(self.config.timeout_ms);
         let a = self.fresh_id(None);
         let aaaa = self.fresh_id(Some(a));
@@ -1112,11 +1122,11 @@ impl Resolver {
     /// defence, the random source port the other), distinct from those in flight if
     /// possible. With at most 128 of 65536 in use, a repeat is rare, and harmless anyway
     /// since `handle_datagram` also matches the question.
-    fn fresh_id(&self, also_avoid: Option<u16>) -> u16 {
+    fn fresh_id(&mut self, also_avoid: Option<u16>) -> u16 {
         let mut id = 0;
         for _ in 0..16 {
             let mut bytes = [0u8; 2];
-            crate::storage::random_bytes(&mut bytes);
+            self.entropy.fill(&mut bytes);
             id = u16::from_be_bytes(bytes);
             let in_use = also_avoid == Some(id)
                 || self
@@ -1870,6 +1880,21 @@ mod tests {
             out.push((to, id, name, qtype));
         }
         out
+    }
+
+    #[test]
+    fn a_seeded_resolver_sends_the_same_query_ids() {
+        let seeded = || {
+            resolver(&["192.0.2.53:53"], &[], "")
+                .with_entropy(Box::new(crate::entropy::SeededEntropy::new(42)))
+        };
+        let (mut one, mut two) = (seeded(), seeded());
+        one.resolve("hooks.example.com", 0);
+        two.resolve("hooks.example.com", 0);
+        let sent_one = sent(&mut one);
+        assert_eq!(sent_one.len(), 2, "A and AAAA");
+        assert_eq!(sent_one, sent(&mut two));
+        assert_ne!(sent_one[0].1, sent_one[1].1, "distinct ids for A and AAAA");
     }
 
     fn results(resolver: &mut Resolver) -> Vec<(LookupId, Result<Vec<IpAddr>, DnsError>)> {
