@@ -1,9 +1,9 @@
-//! Request routing (`registry::route`): the `Route` the registry dispatches on
-//! and the allocation-free `label_of` that metrics and logs use for the same
-//! path. Input: the decoded path, as `RequestHead::path` holds it.
+//! Request routing (`registry::route`): the one `Route` every request is
+//! dispatched on, and its label for metrics and logs. Input: the decoded
+//! path, as `RequestHead::path` holds it.
 #![no_main]
 
-use angos::registry::route::{Route, label_of, route};
+use angos::registry::route::{ADMIN_PREFIX, Route, TOKEN_PATH, route};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {
@@ -11,14 +11,13 @@ fuzz_target!(|input: &[u8]| {
         return;
     };
     let routed = route(path);
-    let label = label_of(path);
-    // The registry answers what `route` says; the metrics must count it under
-    // the same name. `/metrics` and `/v2/token` are served before routing,
-    // so only their labels are special.
-    if path == "/v2/token" {
-        assert_eq!(label, "token");
-    } else if path.starts_with("/v2/") || path == "/v2" {
-        assert_eq!(label, routed.label(), "{path:?} routes to {routed:?}");
+    // The server's own endpoints are exactly their paths.
+    assert_eq!(routed == Route::Token, path == TOKEN_PATH, "{path:?}");
+    assert_eq!(routed == Route::Metrics, path == "/metrics", "{path:?}");
+    assert_eq!(routed == Route::Admin, path.starts_with(ADMIN_PREFIX), "{path:?}");
+    // Anything outside `/v2/` but the fixed paths is not found.
+    if !path.starts_with("/v2/") && !["/v2", "/healthz", "/readyz", "/metrics"].contains(&path) {
+        assert_eq!(routed, Route::NotFound, "{path:?}");
     }
     match &routed {
         Route::Tags { name }
@@ -30,6 +29,13 @@ fuzz_target!(|input: &[u8]| {
             // The name is the path between `/v2/` and the endpoint.
             assert!(path.starts_with(&format!("/v2/{name}/")));
         }
-        Route::Base | Route::Healthz | Route::Readyz | Route::Catalog | Route::NotFound => {}
+        Route::Base
+        | Route::Healthz
+        | Route::Readyz
+        | Route::Catalog
+        | Route::Metrics
+        | Route::Token
+        | Route::Admin
+        | Route::NotFound => {}
     }
 });

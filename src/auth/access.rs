@@ -7,7 +7,7 @@ use crate::http::{Method, RequestHead};
 use crate::registry::route::Route;
 
 /// Where clients fetch bearer tokens (`Bearer realm=".../v2/token"`).
-pub const TOKEN_PATH: &str = "/v2/token";
+pub use crate::registry::route::TOKEN_PATH;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -45,19 +45,14 @@ pub enum Need {
 impl Need {
     /// `route` is `head`'s path, routed (the caller routes once for both uses).
     pub fn of(head: &RequestHead, route: &Route) -> Need {
-        if head
-            .path
-            .starts_with(crate::event_webhook::notifier::admin::PREFIX)
-        {
-            return Need::Administrator;
-        }
-        if head.path == TOKEN_PATH && matches!(head.method, Method::Get | Method::Head) {
-            return Need::Token;
-        }
         let (namespace, action) = match route {
+            Route::Admin => return Need::Administrator,
+            Route::Token if matches!(head.method, Method::Get | Method::Head) => return Need::Token,
             Route::Base => return Need::Base,
             Route::Catalog => return Need::Catalog,
-            Route::Healthz | Route::Readyz | Route::NotFound => return Need::Nothing,
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::Token | Route::NotFound => {
+                return Need::Nothing;
+            }
             Route::Tags { name } | Route::Referrers { name, .. } => (name, Action::Pull),
             // Cancelling or querying one's own upload is part of pushing.
             Route::UploadStart { name } | Route::Upload { name, .. } => (name, Action::Push),

@@ -325,9 +325,12 @@ impl Connection {
 
     fn on_head(&mut self, head: Box<RequestHead>, cx: &mut Context) {
         let client = self.client_address(&head, cx);
+        // Routed once: the label, the permission it needs and the handler
+        // all come from this one match.
+        let route = crate::registry::route::route(&head.path);
         let info = RequestInfo {
             method: method_label(&head.method),
-            route: crate::registry::route::label_of(&head.path),
+            route: route.label(),
             // Only a debug log line reads it: built only when one is written.
             path: if log::log_enabled!(target: "angos::http", log::Level::Debug) {
                 head.log_target()
@@ -339,8 +342,6 @@ impl Connection {
             client,
             actor: Actor::default(),
         };
-        // Routed once: the permission it needs and the registry both use it.
-        let route = crate::registry::route::route(&head.path);
         let need = Need::of(&head, &route);
         if need == Need::Nothing {
             self.serve(head, route, info, need, Principal::Anonymous, cx);
@@ -552,7 +553,7 @@ impl Connection {
             self.answer_at_head(response.into(), info, body_follows, cx);
             return;
         }
-        if head.path == "/metrics" && matches!(head.method, Method::Get | Method::Head) {
+        if route == Route::Metrics && matches!(head.method, Method::Get | Method::Head) {
             let mut text = String::new();
             cx.notifier.record_completed(cx.telemetry.metrics());
             cx.telemetry.metrics().render(&mut text);
@@ -566,10 +567,7 @@ impl Connection {
             self.answer_at_head(response.into(), info, body_follows, cx);
             return;
         }
-        if head
-            .path
-            .starts_with(crate::event_webhook::notifier::admin::PREFIX)
-        {
+        if route == Route::Admin {
             match cx.notifier.admin(cx.waiter, &head.method, &head.path, cx.now_ms) {
                 Some(Admin::Respond(response)) => {
                     self.answer_at_head(response.into(), info, body_follows, cx)

@@ -493,7 +493,9 @@ impl Registry {
                 let digest = parse_digest(&digest)?;
                 ready(self.referrers(head, &name, &digest)?)
             }
-            (Route::NotFound, _) => {
+            // Served before the registry (the connection and the auth flow);
+            // here only with a method they do not take.
+            (Route::NotFound | Route::Metrics | Route::Token | Route::Admin, _) => {
                 Err(RegistryError::new(ErrorCode::Unsupported, "unknown endpoint").status(404))
             }
             _ => Err(method_not_allowed()),

@@ -18,7 +18,7 @@ use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::http::{Method, Response};
 
 /// The admin API's path prefix.
-pub const PREFIX: &str = "/v2/_angos/";
+pub use crate::registry::route::ADMIN_PREFIX as PREFIX;
 
 /// What an admin request led to.
 pub enum Admin {
