@@ -23,3 +23,6 @@ pub mod registry;
 pub mod storage;
 pub mod timer;
 pub mod tls;
+
+#[cfg(test)]
+mod test_support;

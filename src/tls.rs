@@ -301,10 +301,10 @@ mod tests {
         // A character device that never ends: refused before any read.
         let error = load_certificates(Path::new("/dev/zero")).unwrap_err();
         assert!(error.contains("not a regular file"), "{error}");
-        let path = std::env::temp_dir().join(format!("angos-huge-{}.pem", crate::storage::random_hex(8)));
+        let scratch = crate::test_support::TempDir::new("tls");
+        let path = scratch.path().join("huge.pem");
         std::fs::write(&path, vec![b'A'; (PEM_FILE_BYTES_MAX + 1) as usize]).unwrap();
         let error = load_private_key(&path).unwrap_err();
-        let _ = std::fs::remove_file(&path);
         assert!(error.contains("larger than 1024 KiB"), "{error}");
         let error = load_certificates(Path::new("/nonexistent/cert.pem")).unwrap_err();
         assert!(error.starts_with("cannot read /nonexistent/cert.pem"), "{error}");

@@ -533,29 +533,7 @@ GZTFZOWsh2N4zekoVBT1h5NeeME42bZcdEmpHetQss4aknHmCPWrYJCd
 -----END PRIVATE KEY-----
 ";
 
-    /// A scratch directory removed on drop, even when the test panics.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new() -> Scratch {
-            let path =
-                std::env::temp_dir().join(format!("angos-config-test-{}", crate::storage::random_hex(8)));
-            std::fs::create_dir_all(&path).unwrap();
-            Scratch(path)
-        }
-
-        fn file(&self, name: &str, text: &str) -> PathBuf {
-            let path = self.0.join(name);
-            std::fs::write(&path, text).unwrap();
-            path
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempDir as Scratch;
 
     /// A webhook at `url` with `lines` appended.
     fn webhook_with(url: &str, lines: &[String]) -> Result<super::super::Loaded, ConfigError> {
@@ -574,7 +552,7 @@ GZTFZOWsh2N4zekoVBT1h5NeeME42bZcdEmpHetQss4aknHmCPWrYJCd
 
     #[test]
     fn a_client_certificate_loads_with_its_key_on_an_https_url() {
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("config-test");
         let certificate = scratch.file("client.pem", CLIENT_CERT_PEM);
         let private_key = scratch.file("client.key", CLIENT_KEY_PEM);
         let lines = [
@@ -600,12 +578,12 @@ GZTFZOWsh2N4zekoVBT1h5NeeME42bZcdEmpHetQss4aknHmCPWrYJCd
 
     #[test]
     fn a_client_certificate_needs_its_key_a_match_and_https() {
-        let scratch = Scratch::new();
+        let scratch = Scratch::new("config-test");
         let certificate = scratch.file("client.pem", CLIENT_CERT_PEM);
         let private_key = scratch.file("client.key", CLIENT_KEY_PEM);
         let other_key = scratch.file("other.key", OTHER_KEY_PEM);
         let not_pem = scratch.file("garbage.pem", "not a PEM file\n");
-        let missing = scratch.0.join("missing.pem");
+        let missing = scratch.path().join("missing.pem");
         let https = "https://h.example/e";
         let cases: Vec<(&str, Vec<String>, &str, String)> = vec![
             (

@@ -1354,42 +1354,9 @@ fn invalid(message: String) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::{random_bytes, random_hex};
+    use crate::storage::random_bytes;
 
-    /// A scratch directory under the system temp dir, removed on drop (even when the test panics).
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            TempDir(std::env::temp_dir().join(format!("angos-journal-test-{}", random_hex(8))))
-        }
-
-        fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// A seeded xorshift64*, so a failing case replays from its seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next() % bound
-        }
-    }
+    use crate::test_support::{Rng, TempDir};
 
     fn limits(segment_bytes_max: u64, total_bytes_max: u64, dead_letters_max: usize) -> JournalLimits {
         JournalLimits {
@@ -1462,7 +1429,7 @@ mod tests {
 
     /// Writes `files` (name, bytes) into a fresh directory.
     fn directory_with(files: &[(String, Vec<u8>)]) -> TempDir {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         fs::create_dir_all(dir.path()).unwrap();
         for (name, bytes) in files {
             fs::write(dir.path().join(name), bytes).unwrap();
@@ -1510,7 +1477,7 @@ mod tests {
 
     #[test]
     fn limits_are_checked() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         assert!(Journal::open(dir.path(), false, limits(0, 100, 1)).is_err());
         assert!(Journal::open(dir.path(), false, limits(100, 199, 1)).is_err());
         assert!(Journal::open(dir.path(), false, limits(100, 200, 0)).is_ok());
@@ -1518,7 +1485,7 @@ mod tests {
 
     #[test]
     fn round_trip_with_interleaved_acks() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let (mut journal, recovery) = Journal::open(dir.path(), true, JournalLimits::default()).unwrap();
         assert!(recovery.pending.is_empty() && recovery.dead_letters.is_empty());
         assert!(recovery.skipped.is_empty());
@@ -1565,7 +1532,7 @@ mod tests {
 
     #[test]
     fn acks_are_validated_and_idempotent() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let (mut journal, _) = open(dir.path(), JournalLimits::default());
         let first = append(&mut journal, "a", 1);
         let error = journal.append_ack("a", first.seq + 1).unwrap_err();
@@ -1584,7 +1551,7 @@ mod tests {
 
     #[test]
     fn rotation_and_compaction_keep_segments_with_pending_events() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         // Each test record is about 100 bytes: two per segment.
         let limits = limits(250, 1 << 20, 10);
         let (mut journal, _) = open(dir.path(), limits);
@@ -1625,7 +1592,7 @@ mod tests {
 
     #[test]
     fn cursors_outlive_the_segment_of_their_ack() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let limits = limits(1000, 1 << 20, 10);
         // With fsync on: rotation and compaction also sync the directory.
         let (mut journal, _) = Journal::open(dir.path(), true, limits).unwrap();
@@ -1679,7 +1646,7 @@ mod tests {
 
     #[test]
     fn dead_letters_survive_reopen_and_compaction_bounded() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let limits = limits(250, 1 << 20, 3);
         let (mut journal, _) = open(dir.path(), limits);
         // S1 gets DL1 and is fully done with; beta's pending event then pins the segment holding
@@ -1752,7 +1719,7 @@ mod tests {
 
     #[test]
     fn dead_letter_numbers_are_never_reused() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let (mut journal, _) = open(dir.path(), limits(1 << 20, 2 << 20, 0));
         for n in 0..3 {
             let event = append(&mut journal, "a", n);
@@ -1769,7 +1736,7 @@ mod tests {
 
     #[test]
     fn disk_bound_drops_the_oldest_pending_events() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let limits = limits(512, 2048, 10);
         let (mut journal, _) = open(dir.path(), limits);
         let mut appended = Vec::new();
@@ -1833,7 +1800,7 @@ mod tests {
 
     #[test]
     fn oversized_records_are_refused() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let (mut journal, _) = open(dir.path(), JournalLimits::default());
         let body = vec![0u8; RECORD_PAYLOAD_BYTES_MAX];
         let error = journal.append_event("a", "e", "push", 1, "d", &body).unwrap_err();
@@ -1843,7 +1810,7 @@ mod tests {
 
     /// One segment of events (no acks): the damage cases below know every record boundary.
     fn single_segment(count: u64) -> (TempDir, Vec<PendingEvent>, Vec<u64>) {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let (mut journal, _) = open(dir.path(), JournalLimits::default());
         let mut events = Vec::new();
         let mut ends = Vec::new();
@@ -1922,7 +1889,7 @@ mod tests {
 
     #[test]
     fn damage_in_an_older_segment_keeps_later_segments() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let limits = limits(260, 1 << 20, 10);
         let (mut journal, _) = open(dir.path(), limits);
         let mut events = Vec::new();
@@ -2032,7 +1999,7 @@ mod tests {
 
     #[test]
     fn forget_webhook_acknowledges_all_its_events() {
-        let dir = TempDir::new();
+        let dir = TempDir::new("journal-test");
         let (mut journal, _) = open(dir.path(), JournalLimits::default());
         let mut kept = Vec::new();
         for n in 0..5 {
@@ -2055,7 +2022,7 @@ mod tests {
     #[test]
     fn simulation_matches_a_model() {
         for seed in 1..=12u64 {
-            let dir = TempDir::new();
+            let dir = TempDir::new("journal-test");
             let limits = limits(400, 1600, 4);
             let (mut journal, _) = open(dir.path(), limits);
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));

@@ -176,7 +176,8 @@ mod tests {
 
     #[test]
     fn one_content_lands_in_many_files_and_replaces_old_ones() {
-        let root = std::env::temp_dir().join(format!("angos-atomic-{}", super::super::random_hex(8)));
+        let scratch = crate::test_support::TempDir::new("atomic");
+        let root = scratch.path();
         let tmp = root.join("_tmp");
         fs::create_dir_all(&tmp).unwrap();
         let tags = root.join("tags");
@@ -191,6 +192,5 @@ mod tests {
             assert_eq!(fs::read(dest).unwrap(), b"sha256:abc\n", "{}", dest.display());
         }
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "no scaffolding left");
-        fs::remove_dir_all(&root).unwrap();
     }
 }

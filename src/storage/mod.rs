@@ -1148,26 +1148,10 @@ pub fn uuid_v4() -> String {
 mod tests {
     use super::*;
 
-    /// A scratch root under the system temp dir, removed on drop (even when
-    /// the test panics).
-    struct TempRoot(PathBuf);
+    use crate::test_support::TempDir;
 
-    impl TempRoot {
-        fn new() -> TempRoot {
-            let path = std::env::temp_dir().join(format!("angos-storage-test-{}", random_hex(8)));
-            fs::create_dir_all(&path).unwrap();
-            TempRoot(path)
-        }
-    }
-
-    impl Drop for TempRoot {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn open(root: &TempRoot) -> Storage {
-        Storage::open(&root.0, true, UPLOAD_SESSIONS_MAX_DEFAULT).unwrap()
+    fn open(root: &TempDir) -> Storage {
+        Storage::open(root.path(), true, UPLOAD_SESSIONS_MAX_DEFAULT).unwrap()
     }
 
     fn sha512_of(bytes: &[u8]) -> Digest {
@@ -1214,7 +1198,7 @@ mod tests {
 
     #[test]
     fn upload_in_two_writes_then_verify_and_commit() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         let id = storage.start_upload("library/alpine").unwrap();
         assert_eq!(id.len(), 32);
@@ -1242,8 +1226,8 @@ mod tests {
 
         assert_eq!(storage.upload_size("library/alpine", &id), None);
         assert_eq!(storage.upload_sessions(), 0);
-        assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
-        assert_eq!(dir_entries(&root.0.join(TMP_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(UPLOADS_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(TMP_DIR)), 0);
         assert_eq!(storage.blob_size("library/alpine", &digest).unwrap(), Some(11));
         assert_eq!(
             read_blob(&storage, "library/alpine", &digest).unwrap(),
@@ -1251,10 +1235,10 @@ mod tests {
         );
         // The documented layout, byte for byte.
         let hex = digest.hex();
-        let blob = root.0.join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
+        let blob = root.path().join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
         assert_eq!(fs::read(blob).unwrap(), b"hello world");
         assert!(
-            root.0
+            root.path()
                 .join(format!("repositories/library/alpine/_layers/sha256/{hex}"))
                 .is_file()
         );
@@ -1262,7 +1246,7 @@ mod tests {
 
     #[test]
     fn one_writer_at_a_time_and_sessions_scoped_to_namespace() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         let id = storage.start_upload("a").unwrap();
         assert!(matches!(
@@ -1301,7 +1285,7 @@ mod tests {
 
     #[test]
     fn digest_mismatch_removes_the_session() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         let id = upload(&mut storage, "ns", &[b"some bytes"]);
         let wrong = Digest::sha256_of(b"other bytes");
@@ -1310,14 +1294,14 @@ mod tests {
             Err(UploadError::DigestMismatch)
         ));
         assert_eq!(storage.upload_size("ns", &id), None);
-        assert!(!root.0.join(UPLOADS_DIR).join(&id).exists());
+        assert!(!root.path().join(UPLOADS_DIR).join(&id).exists());
         assert_eq!(storage.blob_size("ns", &wrong).unwrap(), None);
-        assert_eq!(dir_entries(&root.0.join(BLOBS_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(BLOBS_DIR)), 0);
     }
 
     #[test]
     fn commit_without_verify_still_checks_the_digest() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         let id = upload(&mut storage, "ns", &[b"bytes"]);
         let wrong = Digest::sha256_of(b"not these");
@@ -1325,7 +1309,7 @@ mod tests {
             storage.commit_upload("ns", &id, &wrong),
             Err(UploadError::DigestMismatch)
         ));
-        assert_eq!(dir_entries(&root.0.join(BLOBS_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(BLOBS_DIR)), 0);
         assert_eq!(storage.upload_sessions(), 0);
 
         // A write after verification invalidates it.
@@ -1344,8 +1328,8 @@ mod tests {
 
     #[test]
     fn one_namespace_cannot_take_every_session() {
-        let root = TempRoot::new();
-        let mut storage = Storage::open(&root.0, false, 10)
+        let root = TempDir::new("storage-test");
+        let mut storage = Storage::open(root.path(), false, 10)
             .unwrap()
             .with_upload_sessions_per_namespace(2);
         let first = storage.start_upload("greedy").unwrap();
@@ -1362,7 +1346,7 @@ mod tests {
 
     #[test]
     fn idle_sessions_expire_after_a_sweep_without_use() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         let idle = storage.start_upload("ns").unwrap();
         let busy = storage.start_upload("ns").unwrap();
@@ -1374,7 +1358,10 @@ mod tests {
         storage.release_writer("ns", &busy, writer_busy);
         assert_eq!(storage.expire_idle_uploads(), 1);
         assert_eq!(storage.upload_size("ns", &idle), None, "the idle one is gone");
-        assert!(!root.0.join(UPLOADS_DIR).join(&idle).exists(), "with its files");
+        assert!(
+            !root.path().join(UPLOADS_DIR).join(&idle).exists(),
+            "with its files"
+        );
         assert_eq!(storage.upload_size("ns", &busy), Some(0));
         // A writer out (a body streaming in) is use, however long it takes.
         assert_eq!(storage.expire_idle_uploads(), 1, "busy is idle now");
@@ -1385,7 +1372,7 @@ mod tests {
 
     #[test]
     fn verify_rehashes_for_another_algorithm() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         // More than one rehash chunk, so the read loop runs several times.
         let bytes: Vec<u8> = (0..REHASH_CHUNK_BYTES * 2 + 7).map(|i| (i % 251) as u8).collect();
@@ -1399,7 +1386,11 @@ mod tests {
         storage.commit_upload("ns", &id, &digest).unwrap();
         assert_eq!(read_blob(&storage, "ns", &digest).unwrap(), bytes);
         let hex = digest.hex();
-        assert!(root.0.join(format!("blobs/sha512/{}/{hex}", &hex[..2])).is_file());
+        assert!(
+            root.path()
+                .join(format!("blobs/sha512/{}/{hex}", &hex[..2]))
+                .is_file()
+        );
 
         let id = upload(&mut storage, "ns", &[b"abc"]);
         let wrong = sha512_of(b"abd");
@@ -1412,7 +1403,7 @@ mod tests {
 
     #[test]
     fn cancel_removes_the_session() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         let id = upload(&mut storage, "ns", &[b"partial"]);
         let writer = storage.upload_writer("ns", &id).unwrap();
@@ -1421,13 +1412,13 @@ mod tests {
         // Releasing a writer of a cancelled session is harmless.
         storage.release_writer("ns", &id, writer);
         assert_eq!(storage.upload_size("ns", &id), None);
-        assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(UPLOADS_DIR)), 0);
     }
 
     #[test]
     fn too_many_sessions() {
-        let root = TempRoot::new();
-        let mut storage = Storage::open(&root.0, false, 2).unwrap();
+        let root = TempDir::new("storage-test");
+        let mut storage = Storage::open(root.path(), false, 2).unwrap();
         let first = storage.start_upload("ns").unwrap();
         let second = storage.start_upload("ns").unwrap();
         assert_ne!(first, second);
@@ -1445,7 +1436,7 @@ mod tests {
 
     #[test]
     fn concurrent_sessions_of_the_same_content_both_commit() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         let bytes = b"the same layer pushed twice";
         let digest = Digest::sha256_of(bytes);
@@ -1462,13 +1453,13 @@ mod tests {
         storage.commit_upload("a", &first, &digest).unwrap();
         assert_eq!(read_blob(&storage, "a", &digest).unwrap(), bytes);
         assert_eq!(read_blob(&storage, "b", &digest).unwrap(), bytes);
-        assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
-        assert_eq!(dir_entries(&root.0.join(BLOBS_DIR).join("sha256")), 1);
+        assert_eq!(dir_entries(&root.path().join(UPLOADS_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(BLOBS_DIR).join("sha256")), 1);
     }
 
     #[test]
     fn mount_link_and_delete_blob() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         let digest = push_blob(&mut storage, "source", b"layer");
         assert_eq!(storage.blob_size("target", &digest).unwrap(), None);
@@ -1492,7 +1483,7 @@ mod tests {
 
     #[test]
     fn manifest_put_and_get_by_tag_and_digest() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let storage = open(&root);
         let body = br#"{"schemaVersion":2}"#;
         let digest = Digest::sha256_of(body);
@@ -1519,7 +1510,7 @@ mod tests {
         assert_eq!(storage.manifest("ns", &digest).unwrap().unwrap(), stored);
 
         // The documented layout, byte for byte.
-        let repo = root.0.join("repositories/ns/_manifests");
+        let repo = root.path().join("repositories/ns/_manifests");
         assert_eq!(
             fs::read_to_string(repo.join("tags/latest")).unwrap(),
             format!("{digest}\n")
@@ -1528,12 +1519,12 @@ mod tests {
             fs::read_to_string(repo.join(format!("revisions/sha256/{}", digest.hex()))).unwrap(),
             format!("{MANIFEST_TYPE}\n\n")
         );
-        assert_eq!(dir_entries(&root.0.join(TMP_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(TMP_DIR)), 0);
     }
 
     #[test]
     fn tags_of_a_namespace_without_tags_is_empty() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         push_blob(&mut storage, "ns", b"layer");
         assert_eq!(storage.tags("ns").unwrap(), Some(Vec::new()));
@@ -1544,7 +1535,7 @@ mod tests {
 
     #[test]
     fn tag_moves_to_the_new_manifest() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let storage = open(&root);
         let first = Digest::sha256_of(b"first");
         let second = Digest::sha256_of(b"second");
@@ -1565,7 +1556,7 @@ mod tests {
 
     #[test]
     fn delete_by_tag_keeps_the_manifest() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let storage = open(&root);
         let digest = Digest::sha256_of(b"m");
         storage
@@ -1580,7 +1571,7 @@ mod tests {
 
     #[test]
     fn delete_manifest_removes_its_tags_and_referrer_entry() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let storage = open(&root);
         let subject = Digest::sha256_of(b"subject");
         storage
@@ -1605,7 +1596,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            fs::read_to_string(root.0.join(format!(
+            fs::read_to_string(root.path().join(format!(
                 "repositories/ns/_manifests/revisions/sha256/{}",
                 digest.hex()
             )))
@@ -1632,7 +1623,7 @@ mod tests {
 
     #[test]
     fn referrers_listing() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let storage = open(&root);
         let subject = Digest::sha256_of(b"subject");
         assert!(storage.referrers("ns", &subject).unwrap().is_empty());
@@ -1673,7 +1664,7 @@ mod tests {
 
     #[test]
     fn catalog_is_sorted_and_nested() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let mut storage = open(&root);
         assert!(storage.catalog().unwrap().is_empty());
         push_blob(&mut storage, "b", b"layer");
@@ -1693,30 +1684,30 @@ mod tests {
 
     #[test]
     fn open_cleans_leftovers() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let digest;
         {
             let mut storage = open(&root);
             digest = push_blob(&mut storage, "ns", b"kept");
             let id = upload(&mut storage, "ns", &[b"in flight"]);
-            assert!(root.0.join(UPLOADS_DIR).join(id).is_dir());
+            assert!(root.path().join(UPLOADS_DIR).join(id).is_dir());
         }
-        fs::write(root.0.join(TMP_DIR).join("torn"), b"half").unwrap();
-        fs::create_dir_all(root.0.join(TMP_DIR).join("dir/nested")).unwrap();
+        fs::write(root.path().join(TMP_DIR).join("torn"), b"half").unwrap();
+        fs::create_dir_all(root.path().join(TMP_DIR).join("dir/nested")).unwrap();
         let storage = open(&root);
-        assert_eq!(dir_entries(&root.0.join(TMP_DIR)), 0);
-        assert_eq!(dir_entries(&root.0.join(UPLOADS_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(TMP_DIR)), 0);
+        assert_eq!(dir_entries(&root.path().join(UPLOADS_DIR)), 0);
         assert_eq!(storage.upload_sessions(), 0);
         assert_eq!(read_blob(&storage, "ns", &digest).unwrap(), b"kept");
     }
 
     #[test]
     fn start_up_cleanup_never_follows_a_symbolic_link() {
-        let root = TempRoot::new();
-        let precious = root.0.join("precious");
+        let root = TempDir::new("storage-test");
+        let precious = root.path().join("precious");
         fs::create_dir_all(&precious).unwrap();
         fs::write(precious.join("keep.txt"), b"not the registry's").unwrap();
-        let data = root.0.join("data");
+        let data = root.path().join("data");
         fs::create_dir_all(&data).unwrap();
         std::os::unix::fs::symlink(&precious, data.join(TMP_DIR)).unwrap();
         std::os::unix::fs::symlink(&precious, data.join(UPLOADS_DIR)).unwrap();
@@ -1733,7 +1724,7 @@ mod tests {
 
     #[test]
     fn referrers_come_in_pages_that_follow_writes() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let storage = open(&root);
         let subject = Digest::sha256_of(b"subject");
         let mut referrers: Vec<Digest> = (0..5u8).map(|n| Digest::sha256_of(&[n])).collect();
@@ -1778,8 +1769,8 @@ mod tests {
 
     #[test]
     fn open_creates_missing_dirs() {
-        let root = TempRoot::new();
-        let nested = root.0.join("deep/er");
+        let root = TempDir::new("storage-test");
+        let nested = root.path().join("deep/er");
         Storage::open(&nested, true, 1).unwrap();
         for dir in [TMP_DIR, UPLOADS_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
             assert!(nested.join(dir).is_dir());
@@ -1788,13 +1779,13 @@ mod tests {
 
     #[test]
     fn corrupt_links_are_invalid_data() {
-        let root = TempRoot::new();
+        let root = TempDir::new("storage-test");
         let storage = open(&root);
         let digest = Digest::sha256_of(b"m");
         storage
             .put_manifest("ns", &digest, MANIFEST_TYPE, b"m", &tags(&["ok"]), None)
             .unwrap();
-        let tags_dir = root.0.join("repositories/ns/_manifests/tags");
+        let tags_dir = root.path().join("repositories/ns/_manifests/tags");
         fs::write(tags_dir.join("bad"), b"sha256:nothex\n").unwrap();
         assert_eq!(
             storage.tag("ns", "bad").unwrap_err().kind(),
@@ -1806,7 +1797,7 @@ mod tests {
             Some(tags(&["ok"]))
         );
 
-        let revision = root.0.join(format!(
+        let revision = root.path().join(format!(
             "repositories/ns/_manifests/revisions/sha256/{}",
             digest.hex()
         ));
