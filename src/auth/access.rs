@@ -136,14 +136,10 @@ pub struct Identity {
     pub id: String,
     pub username: String,
     pub password: crate::auth::password::PasswordHash,
-}
-
-impl Identity {
     /// What a bearer token issued to this identity is bound to: its user
-    /// name and password hash, so changing either voids its tokens.
-    pub fn credential(&self) -> String {
-        format!("{}\n{}", self.username, self.password)
-    }
+    /// name and password hash, so changing either voids its tokens. Built
+    /// once per configuration: every request with a token checks it.
+    pub credential: String,
 }
 
 /// The decisions of one configuration.
@@ -166,6 +162,7 @@ impl AccessPolicy {
                 id: id.clone(),
                 username: identity.username.clone(),
                 password: identity.password.clone(),
+                credential: format!("{}\n{}", identity.username, identity.password),
             })
             .collect();
         let ids: Vec<String> = identities.iter().map(|identity| identity.id.clone()).collect();

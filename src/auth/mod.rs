@@ -158,7 +158,7 @@ impl Authenticator {
         match self.policy.identity(principal) {
             Some(identity) => self
                 .tokens
-                .issue(Some(&identity.id), &identity.credential(), now_ms / 1000),
+                .issue(Some(&identity.id), &identity.credential, now_ms / 1000),
             None => self.tokens.issue(None, "", now_ms / 1000),
         }
     }
@@ -174,7 +174,7 @@ impl Authenticator {
             let policy = &self.policy;
             let credential_of = |id: &str| {
                 let index = policy.find_id(id)?;
-                Some(policy.identities()[index].credential())
+                Some(policy.identities()[index].credential.as_str())
             };
             return match self.tokens.verify(token, now_ms / 1000, credential_of) {
                 Ok(None) => Login::Done(Principal::Anonymous),

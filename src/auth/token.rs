@@ -65,11 +65,11 @@ impl TokenKey {
     /// The identity a token names (`None`: anonymous), if it is ours, current,
     /// and bound to the credential `credential_of` gives for that identity
     /// now (`None` from it: the identity no longer exists).
-    pub fn verify(
+    pub fn verify<'a>(
         &self,
         token: &str,
         now_secs: u64,
-        credential_of: impl FnOnce(&str) -> Option<String>,
+        credential_of: impl FnOnce(&str) -> Option<&'a str>,
     ) -> Result<Option<String>, TokenError> {
         if token.len() > TOKEN_BYTES_MAX {
             return Err(TokenError::Malformed);
@@ -87,11 +87,11 @@ impl TokenKey {
         let identity = String::from_utf8(unhex(identity).ok_or(TokenError::Malformed)?)
             .map_err(|_| TokenError::Malformed)?;
         let credential = if identity.is_empty() {
-            String::new()
+            ""
         } else {
             credential_of(&identity).ok_or(TokenError::BadSignature)?
         };
-        let expected = self.sign(body, &credential);
+        let expected = self.sign(body, credential);
         if !constant_time_eq(&signature, &expected) {
             return Err(TokenError::BadSignature);
         }
@@ -136,8 +136,8 @@ mod tests {
     }
 
     /// ci's credential as the policy would give it.
-    fn current(id: &str) -> Option<String> {
-        (id == "ci").then(|| "ci-bot\n$hash".to_string())
+    fn current(id: &str) -> Option<&'static str> {
+        (id == "ci").then_some("ci-bot\n$hash")
     }
 
     #[test]
@@ -161,9 +161,9 @@ mod tests {
     fn a_changed_credential_or_a_removed_identity_voids_the_token() {
         let key = key();
         let token = key.issue(Some("ci"), "ci-bot\n$hash", 1000);
-        let changed = |_: &str| Some("ci-bot\n$new-hash".to_string());
+        let changed = |_: &str| Some("ci-bot\n$new-hash");
         assert_eq!(key.verify(&token, 1000, changed), Err(TokenError::BadSignature));
-        let renamed = |_: &str| Some("robot\n$hash".to_string());
+        let renamed = |_: &str| Some("robot\n$hash");
         assert_eq!(key.verify(&token, 1000, renamed), Err(TokenError::BadSignature));
         assert_eq!(key.verify(&token, 1000, |_| None), Err(TokenError::BadSignature));
     }
@@ -176,7 +176,7 @@ mod tests {
         let other = TokenKey::from_bytes([8; 32]).issue(Some("ci"), "ci-bot\n$hash", 1000);
         assert_eq!(key.verify(&other, 1000, current), Err(TokenError::BadSignature));
         let renamed = token.replacen(&hex(b"ci"), &hex(b"admin"), 1);
-        let any = |_: &str| Some("ci-bot\n$hash".to_string());
+        let any = |_: &str| Some("ci-bot\n$hash");
         assert_eq!(key.verify(&renamed, 1000, any), Err(TokenError::BadSignature));
         let (body, signature) = token.rsplit_once('.').unwrap();
         let (prefix, _) = body.rsplit_once('.').unwrap();

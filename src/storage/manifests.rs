@@ -2,7 +2,7 @@
 //! referrer descriptors under each subject, and the paged listings over them.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::*;
@@ -137,14 +137,30 @@ impl Storage {
         let Some(body) = not_found_as_none(fs::read(self.blob_path(digest)))? else {
             return Ok(None);
         };
+        Ok(Some(self.keep_manifest(
+            namespace,
+            digest,
+            revision.media_type,
+            body,
+        )))
+    }
+
+    /// A manifest just read from its file, kept in the cache for the next read.
+    fn keep_manifest(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        media_type: String,
+        body: Vec<u8>,
+    ) -> StoredManifest {
         let manifest = StoredManifest {
-            media_type: revision.media_type,
+            media_type,
             body: body.into(),
         };
         self.cache
             .borrow_mut()
             .insert_manifest(namespace, digest, &manifest);
-        Ok(Some(manifest))
+        manifest
     }
 
     /// The manifest `digest` of `namespace` for a download: its media type
@@ -170,9 +186,11 @@ impl Storage {
         if len > MANIFEST_IN_MEMORY_BYTES_MAX {
             return Ok(Some((revision.media_type, ManifestBytes::File { file, len })));
         }
-        Ok(self
-            .manifest(namespace, digest)?
-            .map(|stored| (stored.media_type, ManifestBytes::Shared(stored.body))))
+        // Small: read it from the file already open, and keep it for the next.
+        let mut body = Vec::with_capacity(len as usize);
+        (&file).read_to_end(&mut body)?;
+        let manifest = self.keep_manifest(namespace, digest, revision.media_type, body);
+        Ok(Some((manifest.media_type, ManifestBytes::Shared(manifest.body))))
     }
 
     fn revision(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Revision>> {

@@ -87,54 +87,45 @@ fn serve(mut stream: TcpStream, answer: Answer, stop: &AtomicBool, sent: &Atomic
             Ok(n) => head.extend_from_slice(&byte[..n]),
         }
     }
-    let chunk = vec![b'x'; 16 * 1024];
-    match answer {
+    // Each answer: a head, then one piece again and again (body bytes
+    // counted as `piece_body`), up to `limit` body bytes, `pause` apart.
+    let data = vec![b'x'; 16 * 1024];
+    let (head, piece, piece_body, limit, pause) = match answer {
         Answer::EndlessChunks => {
-            if stream
-                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-                .is_err()
-            {
-                return;
-            }
-            let mut framed = format!("{:x}\r\n", chunk.len()).into_bytes();
-            framed.extend_from_slice(&chunk);
+            let mut framed = format!("{:x}\r\n", data.len()).into_bytes();
+            framed.extend_from_slice(&data);
             framed.extend_from_slice(b"\r\n");
-            while !stop.load(Ordering::SeqCst) {
-                if stream.write_all(&framed).is_err() {
-                    return;
-                }
-                sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
+            let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
+            (head, framed, data.len() as u64, u64::MAX, Duration::ZERO)
         }
         Answer::Trickle => {
-            if stream
-                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
-                .is_err()
-            {
-                return;
-            }
-            while !stop.load(Ordering::SeqCst) {
-                if stream.write_all(b"x").is_err() {
-                    return;
-                }
-                sent.fetch_add(1, Ordering::Relaxed);
-                thread::sleep(Duration::from_millis(100));
-            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n".to_string();
+            (head, b"x".to_vec(), 1, u64::MAX, Duration::from_millis(100))
         }
         Answer::Huge { len } => {
             let head = format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {len}\r\n\r\n");
-            if stream.write_all(head.as_bytes()).is_err() {
-                return;
-            }
-            let mut left = len;
-            while left > 0 && !stop.load(Ordering::SeqCst) {
-                let n = left.min(chunk.len() as u64) as usize;
-                if stream.write_all(&chunk[..n]).is_err() {
-                    return;
-                }
-                left -= n as u64;
-                sent.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            (head, data.clone(), data.len() as u64, len, Duration::ZERO)
+        }
+    };
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let mut left = limit;
+    while left > 0 && !stop.load(Ordering::SeqCst) {
+        let n = left.min(piece_body) as usize;
+        // Only the last piece of a bounded body is cut short.
+        let bytes = if (n as u64) < piece_body {
+            &piece[..n]
+        } else {
+            &piece[..]
+        };
+        if stream.write_all(bytes).is_err() {
+            return;
+        }
+        left -= n as u64;
+        sent.fetch_add(n as u64, Ordering::Relaxed);
+        if !pause.is_zero() {
+            thread::sleep(pause);
         }
     }
 }
