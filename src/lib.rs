@@ -6,6 +6,7 @@
 // (signals, sendfile, socket options) and the kernel's random source.
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -1,8 +1,11 @@
-//! Liveness of the single-threaded reactor under idle and slow clients, and the
-//! connection timers: 1,000 idle connections plus a client sending one header byte
-//! per second do not delay a normal request; the header, body and keep-alive
-//! timeouts close connections that stall. The timers under test are the server's:
-//! the test only waits on socket reads with a read timeout.
+//! Liveness of the single-threaded reactor under idle and slow clients:
+//! 1,000 idle connections plus a client sending one header byte per second do
+//! not delay a normal request, a reader that stops taking a download holds no
+//! one else, and a connection's deadline reaches the reactor's timer wheel (a
+//! stalled head is cut off on a real socket). The connection's timeouts
+//! themselves (header, body and minimum rate, keep-alive, lingering) are
+//! tested on a hand-driven clock beside `http::server`. The test only waits
+//! on socket reads with a read timeout.
 // End-to-end tests time the real binary from outside: wall-clock reads are
 // the point here, not a way around the driven clock (clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -138,80 +141,6 @@ fn header_timeout_closes_a_connection_that_never_completes_its_head() {
         let text = String::from_utf8_lossy(conn.buffered()).into_owned();
         assert!(text.starts_with("HTTP/1.1 408"), "unexpected reply {text:?}");
     }
-    server.get("/v2/").assert_status(200);
-}
-
-#[test]
-fn header_timeout_is_total_not_per_byte() {
-    // A slowloris that keeps sending a byte every 100 ms is still cut off.
-    let server = Server::start_with(&Options::default().server_line("header_timeout_ms = 1000"));
-    let mut conn = server.connect();
-    conn.send(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Drip: ");
-    let started = Instant::now();
-    let mut closed = false;
-    while started.elapsed() < Duration::from_secs(8) {
-        if conn.try_send(b"a").is_err() || conn.closed_within(Duration::from_millis(100)) {
-            closed = true;
-            break;
-        }
-    }
-    assert!(
-        closed,
-        "a head trickling in for 8 s was not cut off by a 1 s header timeout"
-    );
-    assert!(started.elapsed() >= Duration::from_millis(800));
-}
-
-#[test]
-fn silent_connection_is_closed() {
-    let server = Server::start_with(
-        &Options::default()
-            .server_line("header_timeout_ms = 500")
-            .server_line("keep_alive_timeout_ms = 500"),
-    );
-    let mut conn = server.connect();
-    assert!(
-        conn.closed_within(Duration::from_secs(5)),
-        "a connection that never sends a byte must be closed by a timer"
-    );
-}
-
-#[test]
-fn keep_alive_timeout_closes_an_idle_connection() {
-    let server = Server::start_with(&Options::default().server_line("keep_alive_timeout_ms = 500"));
-    let mut conn = server.connect();
-    conn.request("GET", "/v2/", &[], b"").assert_status(200);
-    let started = Instant::now();
-    assert!(
-        conn.closed_within(Duration::from_secs(5)),
-        "an idle keep-alive connection must be closed after keep_alive_timeout_ms"
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(300),
-        "closed after {:?}, before the 500 ms keep-alive timeout",
-        started.elapsed()
-    );
-    assert!(
-        conn.buffered().is_empty(),
-        "unexpected bytes: {:?}",
-        String::from_utf8_lossy(conn.buffered())
-    );
-}
-
-#[test]
-fn body_timeout_closes_a_stalled_upload() {
-    let server = Server::start_with(&Options::default().server_line("body_timeout_ms = 500"));
-    let location = start_upload(&server, "stall");
-    let mut conn = server.connect();
-    conn.send(b"PATCH ");
-    conn.send(location.as_bytes());
-    conn.send(b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789");
-    let started = Instant::now();
-    assert!(
-        conn.closed_within(Duration::from_secs(5)),
-        "a body that stops making progress must be cut off after body_timeout_ms"
-    );
-    assert!(started.elapsed() >= Duration::from_millis(300));
     server.get("/v2/").assert_status(200);
 }
 

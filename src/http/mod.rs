@@ -5,8 +5,10 @@ pub mod chunked;
 pub mod client;
 pub mod forwarded;
 pub mod oci_error;
+pub mod output;
 pub mod request;
 pub mod response;
+pub mod server;
 
 pub use request::{BodyFraming, Method, RequestDecoder, RequestError, RequestEvent, RequestHead};
 pub use response::{Body, Response};

@@ -10,7 +10,6 @@ mod output;
 mod ping;
 mod reload;
 mod signals;
-mod telemetry;
 mod transport;
 
 use std::io;
@@ -22,16 +21,18 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+pub use crate::app::telemetry::Telemetry;
+use crate::app::{Application, Waiter};
 use crate::clock::{self, Clock};
 use crate::config::{self, Config};
 use crate::event_webhook::dispatcher::Action;
 use crate::event_webhook::journal::{Journal, Recovery};
 use crate::event_webhook::notifier::Notifier;
+use crate::http::server::Timeouts;
 use crate::registry::{Commit, Registry};
 use crate::timer::{TimerKey, TimerWheel};
-use connection::{Connection, Context, Next, Timeouts, Waiter};
+use connection::{Connection, Next};
 pub use ping::ping;
-pub use telemetry::Telemetry;
 use transport::Transport;
 
 const LISTENER: Token = Token(0);
@@ -317,9 +318,11 @@ impl<C: Clock> Reactor<C> {
 
     fn resume(&mut self, waiter: Waiter, response: crate::http::Response) {
         // A client that left is not answered; the change (if any) is made regardless.
-        self.step(waiter.slot, Some(waiter.generation), |connection, cx| {
-            connection.resume(response, cx)
-        });
+        self.step(
+            waiter.slot,
+            Some(waiter.generation),
+            |connection, app, buffer, now| connection.resume(response, app, buffer, now),
+        );
     }
 
     /// Applies a changed configuration file, or keeps the running one.
@@ -521,15 +524,15 @@ impl<C: Clock> Reactor<C> {
         self.pump_webhooks();
     }
 
-    /// Runs `work` on a connection with the loop's shared context, then acts
-    /// on what it returned. With `generation`, only that incarnation of the slot.
+    /// Runs `work` on a connection with the loop's shared state as its
+    /// application, then acts on what it returned. With `generation`, only
+    /// that incarnation of the slot.
     fn step(
         &mut self,
         slot: usize,
         generation: Option<u64>,
-        work: impl FnOnce(&mut Connection, &mut Context) -> Next,
+        work: impl FnOnce(&mut Connection, &mut Application, &mut [u8], u64) -> Next,
     ) {
-        let timeouts = self.timeouts();
         let now = self.clock.now_ms();
         let unix_micros = self.clock.unix_micros();
         self.notifier.set_time(now, unix_micros);
@@ -539,24 +542,23 @@ impl<C: Clock> Reactor<C> {
         if generation.is_some_and(|generation| generation != entry.generation) {
             return;
         }
-        let mut cx = Context {
+        let mut app = Application {
             registry: &mut self.registry,
             auth: &mut self.auth,
             trusted_proxies: &self.config.server.trusted_proxies,
             token_realm: self.config.auth.token_realm.as_deref(),
             notifier: &mut self.notifier,
             telemetry: &mut self.telemetry,
-            read_buffer: &mut self.read_buffer,
-            now_ms: now,
             unix_micros,
             date: &self.date,
-            timeouts,
             waiter: Waiter {
                 slot,
                 generation: entry.generation,
             },
+            peer: entry.connection.peer,
+            tls: entry.connection.transport.is_tls(),
         };
-        match work(&mut entry.connection, &mut cx) {
+        match work(&mut entry.connection, &mut app, &mut self.read_buffer, now) {
             Next::Close => self.close(slot),
             Next::Again => {
                 self.again.push(slot);
@@ -573,10 +575,9 @@ impl<C: Clock> Reactor<C> {
         let Some(Some(entry)) = self.slots.get_mut(slot) else {
             return;
         };
-        let deadline = entry.connection.deadline_ms;
-        if deadline == u64::MAX {
-            return; // Parked: the webhooks' own timeouts bound the wait.
-        }
+        let Some(deadline) = entry.connection.machine.poll_timeout() else {
+            return; // Held for webhooks: their own timeouts bound the wait.
+        };
         if let Some((key, armed)) = entry.timer {
             if armed <= deadline {
                 return;
@@ -601,7 +602,12 @@ impl<C: Clock> Reactor<C> {
             return;
         }
         entry.timer = None;
-        if now < entry.connection.deadline_ms {
+        if entry
+            .connection
+            .machine
+            .poll_timeout()
+            .is_none_or(|deadline| now < deadline)
+        {
             // The deadline moved later (progress) since this entry was armed.
             self.arm_timer(deadline.slot);
             return;
@@ -616,8 +622,8 @@ impl<C: Clock> Reactor<C> {
         if let Some((key, _)) = entry.timer {
             self.timers.cancel(key);
         }
-        if let Some(aborted) = entry.connection.take_exchange() {
-            self.registry.abort(aborted);
+        if let Some(request) = entry.connection.machine.take_request() {
+            crate::app::release(&mut self.registry, request);
         }
         let _ = self
             .poll
@@ -647,7 +653,7 @@ impl<C: Clock> Reactor<C> {
         for slot in 0..self.slots.len() {
             let quiet = self.slots[slot]
                 .as_ref()
-                .is_some_and(|entry| entry.connection.is_quiet());
+                .is_some_and(|entry| entry.connection.machine.is_quiet());
             if quiet {
                 self.close(slot);
             }

@@ -1,0 +1,453 @@
+//! The application layer between an inbound connection and the registry:
+//! routes a request head once (`registry::route::route`: label, permission
+//! and handler), runs the authentication flow (token, remembered
+//! credentials, or a password check in slices), answers the server's own
+//! endpoints (token, metrics, admin API) and hands the rest to the
+//! registry, submitting staged changes to the notifier. It implements
+//! `http::server::Service`, so the connection machine drives it; the
+//! reactor builds one per step from the loop's shared state.
+
+pub mod admin;
+pub mod telemetry;
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::auth::refusal::Refused;
+use crate::auth::{Authenticator, Decision, Login, Need, PendingLogin, Principal};
+use crate::event_webhook::event::Actor;
+use crate::event_webhook::notifier::{Notifier, Submission, Submitted};
+use crate::http::forwarded::IpNetwork;
+use crate::http::server::{Answered, Ending, Reply, Service};
+use crate::http::{Body, Method, RequestHead, Response};
+use crate::registry::route::Route;
+use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
+use admin::AdminAnswer;
+use telemetry::Telemetry;
+
+/// Password-hash iterations one connection runs per turn of the loop: about
+/// a millisecond here, so a login costs others latency, not a stall.
+const LOGIN_SLICE_ITERATIONS: u32 = 4096;
+
+/// Identifies a connection across its life: slot and generation, so an
+/// answer for a closed connection never reaches the slot's next owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Waiter {
+    pub slot: usize,
+    pub generation: u64,
+}
+
+/// What the application keeps about a request between calls.
+pub struct Request {
+    info: RequestInfo,
+    state: RequestState,
+}
+
+/// The request being handled, for its log line and metrics.
+#[derive(Debug, Clone)]
+struct RequestInfo {
+    method: &'static str,
+    route: &'static str,
+    path: String,
+    started_ms: u64,
+    /// The client's address; written into events only when there are some.
+    client: Option<IpAddr>,
+    /// Who logged in (`client_ip` is filled from `client` when an event needs it).
+    actor: Actor,
+}
+
+enum RequestState {
+    /// Answered, or waiting for webhooks.
+    Settled,
+    Receiving(Box<Exchange>),
+    /// The head waits for its credentials to be checked.
+    Authenticating(Box<LoginWait>),
+}
+
+struct LoginWait {
+    head: Box<RequestHead>,
+    route: Route,
+    need: Need,
+    login: Box<PendingLogin>,
+}
+
+/// One step's view of the loop's shared state, for one connection.
+pub struct Application<'a> {
+    pub registry: &'a mut Registry,
+    pub auth: &'a mut Authenticator,
+    pub trusted_proxies: &'a [IpNetwork],
+    /// `[auth] token_realm`: where clients fetch tokens, when set explicitly.
+    pub token_realm: Option<&'a str>,
+    pub notifier: &'a mut Notifier<Waiter, Commit>,
+    pub telemetry: &'a mut Telemetry,
+    pub unix_micros: u64,
+    pub date: &'a str,
+    /// The connection being served.
+    pub waiter: Waiter,
+    pub peer: Option<SocketAddr>,
+    /// The connection came over TLS (for the token realm's scheme).
+    pub tls: bool,
+}
+
+impl Service for Application<'_> {
+    type Request = Request;
+
+    fn head(&mut self, head: Box<RequestHead>, now_ms: u64) -> Reply<Request> {
+        let client = self.client_address(&head);
+        // Routed once: the label, the permission it needs and the handler
+        // all come from this one match.
+        let route = crate::registry::route::route(&head.path);
+        let info = RequestInfo {
+            method: method_label(&head.method),
+            route: route.label(),
+            // Only a debug log line reads it: built only when one is written.
+            path: if log::log_enabled!(target: "angos::http", log::Level::Debug) {
+                head.log_target()
+            } else {
+                String::new()
+            },
+            started_ms: now_ms,
+            client,
+            actor: Actor::default(),
+        };
+        let need = Need::of(&head, &route);
+        if need == Need::Nothing {
+            return self.serve(head, route, info, need, Principal::Anonymous, now_ms);
+        }
+        match self.auth.start(head.header("authorization"), client, now_ms) {
+            Login::Done(principal) => self.authorize(head, route, info, need, principal, now_ms),
+            Login::Failed(failure) => {
+                self.telemetry.record_auth_failure(failure.label());
+                let challenge = self.challenge(&head, &need);
+                self.refuse(Refused::BadCredentials(failure), &need, None, info, challenge)
+            }
+            Login::Verify(login) => {
+                if login.not_before_ms > now_ms {
+                    self.telemetry.record_auth_delay();
+                }
+                let wake_at = login.not_before_ms;
+                let wait = LoginWait {
+                    head,
+                    route,
+                    need,
+                    login,
+                };
+                Reply::WakeAt(
+                    Request {
+                        info,
+                        state: RequestState::Authenticating(Box::new(wait)),
+                    },
+                    wake_at,
+                )
+            }
+        }
+    }
+
+    fn body(&mut self, request: &mut Request, data: &[u8]) -> Result<(), Response> {
+        match &mut request.state {
+            RequestState::Receiving(exchange) => self.registry.body(exchange, data),
+            _ => Ok(()),
+        }
+    }
+
+    fn end(&mut self, request: Request, now_ms: u64) -> Ending<Request> {
+        let Request { info, state } = request;
+        match state {
+            RequestState::Receiving(exchange) => {
+                let outcome = self.registry.finish(*exchange);
+                self.conclude(outcome, info, now_ms)
+            }
+            // Only a request that reads its body ends here.
+            state => Ending::Resume(Request { info, state }),
+        }
+    }
+
+    /// Runs a slice of the password check; another when the slice ran out.
+    fn wake(&mut self, request: Request, now_ms: u64) -> Reply<Request> {
+        let Request { info, state } = request;
+        let RequestState::Authenticating(mut wait) = state else {
+            return Reply::Resume(Request { info, state });
+        };
+        if now_ms < wait.login.not_before_ms {
+            let at = wait.login.not_before_ms;
+            let state = RequestState::Authenticating(wait);
+            return Reply::WakeAt(Request { info, state }, at);
+        }
+        let Some(outcome) = self.auth.step(&mut wait.login, LOGIN_SLICE_ITERATIONS, now_ms) else {
+            let state = RequestState::Authenticating(wait);
+            return Reply::WakeAt(Request { info, state }, now_ms);
+        };
+        let LoginWait {
+            head, route, need, ..
+        } = *wait;
+        match outcome {
+            Ok(principal) => self.authorize(head, route, info, need, principal, now_ms),
+            Err(failure) => {
+                log::warn!(
+                    target: "angos::auth",
+                    "failed login from {}: {}",
+                    info.client
+                        .map_or("an unknown address".to_string(), |address| address.to_string()),
+                    failure.label().replace('_', " ")
+                );
+                self.telemetry.record_auth_failure(failure.label());
+                let challenge = self.challenge(&head, &need);
+                self.refuse(Refused::BadCredentials(failure), &need, None, info, challenge)
+            }
+        }
+    }
+
+    fn abort(&mut self, request: Request) {
+        release(self.registry, request);
+    }
+
+    fn answered(&mut self, request: Answered<'_, Request>, response: &Response, now_ms: u64) {
+        let (method, route, path, started_ms) = match request {
+            Answered::Request(request) => (
+                request.info.method,
+                request.info.route,
+                request.info.path.as_str(),
+                request.info.started_ms,
+            ),
+            Answered::Malformed => ("OTHER", "malformed", "", now_ms),
+            Answered::TimedOut => ("OTHER", "timeout", "", now_ms),
+        };
+        let elapsed_ms = now_ms.saturating_sub(started_ms);
+        self.telemetry
+            .record_request(route, method, response.status, elapsed_ms);
+        log::debug!(
+            target: "angos::http",
+            "{method} {path} -> {} ({elapsed_ms} ms)",
+            response.status
+        );
+    }
+
+    fn http_date(&self) -> &str {
+        self.date
+    }
+}
+
+impl Application<'_> {
+    /// The client's address: the peer, or who a trusted proxy says it serves.
+    fn client_address(&self, head: &RequestHead) -> Option<IpAddr> {
+        let peer = self.peer?.ip();
+        if self.trusted_proxies.is_empty() {
+            return Some(peer);
+        }
+        let forwarded: Vec<&str> = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "x-forwarded-for")
+            .map(|(_, value)| value.as_str())
+            .collect();
+        Some(crate::http::forwarded::client_address(
+            peer,
+            &forwarded,
+            self.trusted_proxies,
+        ))
+    }
+
+    fn authorize(
+        &mut self,
+        head: Box<RequestHead>,
+        route: Route,
+        mut info: RequestInfo,
+        need: Need,
+        principal: Principal,
+        now_ms: u64,
+    ) -> Reply<Request> {
+        if let Some(identity) = self.auth.policy().identity(principal) {
+            info.actor.id = Some(identity.id.clone());
+            info.actor.username = Some(identity.username.clone());
+        }
+        // A ping with a valid token, even an anonymous one, is welcome: the
+        // client has done what the challenge asked.
+        let with_token = crate::auth::token::bearer(head.header("authorization")).is_some();
+        let decision = match self.auth.policy().decide(principal, &need) {
+            Decision::Challenge if need == Need::Base && with_token => Decision::Allow,
+            decision => decision,
+        };
+        let refused = match decision {
+            Decision::Allow => return self.serve(head, route, info, need, principal, now_ms),
+            Decision::Deny => Refused::Denied,
+            Decision::Challenge if with_token => Refused::AnonymousToken,
+            Decision::Challenge => Refused::NoCredentials,
+        };
+        let challenge = self.challenge(&head, &need);
+        let username = info.actor.username.clone();
+        self.refuse(refused, &need, username.as_deref(), info, challenge)
+    }
+
+    /// The `WWW-Authenticate` value for a request that needs credentials:
+    /// the token endpoint, at the address the client reached us by, or Basic
+    /// for the token endpoint itself (and where that address is unknown).
+    fn challenge(&self, head: &RequestHead, need: &Need) -> String {
+        if *need == Need::Token {
+            return self.auth.basic_challenge();
+        }
+        let realm_url = match self.token_realm {
+            Some(url) => url.to_string(),
+            None => {
+                let Some(host) = head.header("host").filter(|host| is_plain_host(host)) else {
+                    return self.auth.basic_challenge();
+                };
+                let forwarded_proto = head
+                    .header("x-forwarded-proto")
+                    .filter(|_| self.peer_is_trusted_proxy())
+                    .filter(|proto| matches!(*proto, "http" | "https"));
+                let scheme = forwarded_proto.unwrap_or(if self.tls { "https" } else { "http" });
+                format!("{scheme}://{host}{}", crate::auth::access::TOKEN_PATH)
+            }
+        };
+        let scope = match need {
+            Need::Repository { namespace, action }
+                if crate::registry::reference::is_valid_name(namespace) =>
+            {
+                let actions = match action {
+                    crate::auth::Action::Pull => "pull",
+                    crate::auth::Action::Push => "pull,push",
+                    crate::auth::Action::Delete => "delete",
+                };
+                Some(format!("repository:{namespace}:{actions}"))
+            }
+            Need::Catalog => Some("registry:catalog:*".to_string()),
+            _ => None,
+        };
+        self.auth.bearer_challenge(&realm_url, scope.as_deref())
+    }
+
+    fn peer_is_trusted_proxy(&self) -> bool {
+        self.peer.is_some_and(|peer| {
+            self.trusted_proxies
+                .iter()
+                .any(|network| network.contains(peer.ip()))
+        })
+    }
+
+    /// 401 with the challenge, or 403; a body the request carries is not read.
+    fn refuse(
+        &mut self,
+        refused: Refused,
+        need: &Need,
+        username: Option<&str>,
+        info: RequestInfo,
+        challenge: String,
+    ) -> Reply<Request> {
+        let response = crate::auth::refusal::refusal(refused, need, &challenge, username);
+        Reply::Respond(settled(info), response)
+    }
+
+    /// Hands an admitted request to its handler.
+    fn serve(
+        &mut self,
+        head: Box<RequestHead>,
+        route: Route,
+        info: RequestInfo,
+        need: Need,
+        principal: Principal,
+        now_ms: u64,
+    ) -> Reply<Request> {
+        if need == Need::Token {
+            let token = self.auth.issue_token(principal, now_ms);
+            let response = Response::json(
+                200,
+                &serde_json::json!({
+                    "token": token,
+                    "access_token": token,
+                    "expires_in": crate::auth::token::TOKEN_LIFETIME_SECS,
+                }),
+            );
+            return Reply::Respond(settled(info), response);
+        }
+        if route == Route::Metrics && matches!(head.method, Method::Get | Method::Head) {
+            let mut text = String::new();
+            self.notifier.record_completed(self.telemetry.metrics());
+            self.telemetry.metrics().render(&mut text);
+            let response = Response::new(200)
+                .header("Content-Type", crate::metrics::CONTENT_TYPE)
+                .body(if head.method == Method::Head {
+                    Body::Length(text.len() as u64)
+                } else {
+                    Body::Bytes(text.into_bytes())
+                });
+            return Reply::Respond(settled(info), response);
+        }
+        if route == Route::Admin {
+            return match admin::handle(self.notifier, self.waiter, &head.method, &head.path, now_ms) {
+                AdminAnswer::Respond(response) => Reply::Respond(settled(info), response),
+                AdminAnswer::Parked => Reply::Resume(settled(info)),
+            };
+        }
+        let policy = self.auth.policy();
+        let readable = |namespace: &str| policy.allows(principal, crate::auth::Action::Pull, namespace);
+        match self.registry.begin_routed(&head, route, &readable) {
+            Begin::Answer(outcome) => match self.conclude(outcome, info, now_ms) {
+                Ending::Respond(request, response) => Reply::Respond(request, response),
+                Ending::Resume(request) => Reply::Resume(request),
+            },
+            Begin::ReadBody(exchange) => Reply::ReadBody(Request {
+                info,
+                state: RequestState::Receiving(Box::new(exchange)),
+            }),
+        }
+    }
+
+    /// Answers a complete request, or holds it while webhooks are asked.
+    fn conclude(&mut self, outcome: Outcome, info: RequestInfo, now_ms: u64) -> Ending<Request> {
+        let Some(staged) = outcome.staged else {
+            return Ending::Respond(settled(info), outcome.response);
+        };
+        let submission = Submission {
+            drafts: staged.events,
+            actor: Actor {
+                client_ip: info.client.map(|address| address.to_string()),
+                ..info.actor.clone()
+            },
+            commit: staged.commit,
+            response: outcome.response,
+        };
+        let submitted =
+            self.notifier
+                .submit(self.waiter, submission, self.registry, now_ms, self.unix_micros);
+        match submitted {
+            Submitted::Respond(response) => Ending::Respond(settled(info), response),
+            // Webhook timeouts bound the wait.
+            Submitted::Parked => Ending::Resume(settled(info)),
+        }
+    }
+}
+
+/// Releases a request that will never end (its upload keeps what arrived).
+pub fn release(registry: &mut Registry, request: Request) {
+    if let RequestState::Receiving(exchange) = request.state {
+        registry.abort(*exchange);
+    }
+}
+
+fn settled(info: RequestInfo) -> Request {
+    Request {
+        info,
+        state: RequestState::Settled,
+    }
+}
+
+/// A `Host` value safe to echo into a header parameter: a name or address and port.
+fn is_plain_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match method {
+        Method::Get => "GET",
+        Method::Head => "HEAD",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        Method::Delete => "DELETE",
+        Method::Options => "OPTIONS",
+        Method::Other(_) => "OTHER",
+    }
+}

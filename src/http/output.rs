@@ -1,0 +1,222 @@
+//! A connection's queue of answer bytes and file regions, in the order they
+//! go out. Pure data: the connection machine fills it, the reactor writes
+//! its front to the socket (`sendfile(2)` for files) and advances it.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::rc::Rc;
+
+/// In-memory bytes queued beyond which the connection decodes no further
+/// requests until the peer takes some.
+const BACKLOG_BYTES: usize = 256 * 1024;
+
+/// Bytes to send: owned (heads, small answers) or shared (cached manifests).
+enum Data {
+    Owned(Vec<u8>),
+    Shared(Rc<[u8]>),
+}
+
+impl Data {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Owned(bytes) => bytes,
+            Data::Shared(bytes) => bytes,
+        }
+    }
+}
+
+enum Item {
+    Bytes { data: Data, sent: usize },
+    File { file: File, offset: u64, remaining: u64 },
+}
+
+/// What goes out next.
+pub enum Front<'a> {
+    Bytes(&'a [u8]),
+    /// `remaining` bytes of `file` from `offset`.
+    File {
+        file: &'a File,
+        offset: u64,
+        remaining: u64,
+    },
+}
+
+#[derive(Default)]
+pub struct OutputQueue {
+    items: VecDeque<Item>,
+    queued_bytes: usize,
+}
+
+impl OutputQueue {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// In-memory bytes not yet written, plus whether a file is queued: the
+    /// connection stops decoding requests while either is large.
+    pub fn is_backlogged(&self) -> bool {
+        self.queued_bytes > BACKLOG_BYTES || self.items.iter().any(|item| matches!(item, Item::File { .. }))
+    }
+
+    /// Appends bytes, coalescing with a queued byte item so pipelined small
+    /// answers leave in one write.
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.queued_bytes += bytes.len();
+        if let Some(Item::Bytes {
+            data: Data::Owned(data),
+            ..
+        }) = self.items.back_mut()
+        {
+            data.extend_from_slice(bytes);
+            return;
+        }
+        self.items.push_back(Item::Bytes {
+            data: Data::Owned(bytes.to_vec()),
+            sent: 0,
+        });
+    }
+
+    /// Takes a buffer (response head plus body) without copying.
+    pub fn push_vec(&mut self, data: Vec<u8>) {
+        if let Some(Item::Bytes {
+            data: Data::Owned(_), ..
+        }) = self.items.back()
+        {
+            self.push_bytes(&data);
+            return;
+        }
+        if data.is_empty() {
+            return;
+        }
+        self.queued_bytes += data.len();
+        self.items.push_back(Item::Bytes {
+            data: Data::Owned(data),
+            sent: 0,
+        });
+    }
+
+    /// Queues shared bytes without copying them; they count against the
+    /// backlog like owned ones, though their memory is shared.
+    pub fn push_shared(&mut self, data: Rc<[u8]>) {
+        if data.is_empty() {
+            return;
+        }
+        self.queued_bytes += data.len();
+        self.items.push_back(Item::Bytes {
+            data: Data::Shared(data),
+            sent: 0,
+        });
+    }
+
+    pub fn push_file(&mut self, file: File, offset: u64, len: u64) {
+        if len > 0 {
+            self.items.push_back(Item::File {
+                file,
+                offset,
+                remaining: len,
+            });
+        }
+    }
+
+    /// The next thing to write, if any.
+    pub fn front(&self) -> Option<Front<'_>> {
+        Some(match self.items.front()? {
+            Item::Bytes { data, sent } => Front::Bytes(&data.as_slice()[*sent..]),
+            Item::File {
+                file,
+                offset,
+                remaining,
+            } => Front::File {
+                file,
+                offset: *offset,
+                remaining: *remaining,
+            },
+        })
+    }
+
+    /// `n` bytes of the front were written (at most what `front` showed).
+    pub fn advance(&mut self, n: usize) {
+        let Some(item) = self.items.front_mut() else {
+            return;
+        };
+        let done = match item {
+            Item::Bytes { data, sent } => {
+                let n = n.min(data.as_slice().len() - *sent);
+                *sent += n;
+                self.queued_bytes -= n;
+                *sent == data.as_slice().len()
+            }
+            Item::File {
+                offset, remaining, ..
+            } => {
+                let n = (n as u64).min(*remaining);
+                *offset += n;
+                *remaining -= n;
+                *remaining == 0
+            }
+        };
+        if done {
+            self.items.pop_front();
+        }
+    }
+
+    /// Whether a file is at the front (it may need a scratch buffer to pass through TLS).
+    pub fn front_is_file(&self) -> bool {
+        matches!(self.items.front(), Some(Item::File { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(queue: &mut OutputQueue) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(Front::Bytes(bytes)) = queue.front() {
+            let take = bytes.len().min(3);
+            out.extend_from_slice(&bytes[..take]);
+            queue.advance(take);
+        }
+        out
+    }
+
+    #[test]
+    fn pieces_leave_in_order_in_partial_writes() {
+        let mut queue = OutputQueue::default();
+        queue.push_vec(b"head ".to_vec());
+        queue.push_bytes(b"and ");
+        queue.push_shared(Rc::from(&b"shared body"[..]));
+        queue.push_bytes(b"!");
+        assert_eq!(drain(&mut queue), b"head and shared body!");
+        assert!(queue.is_empty());
+        assert!(!queue.is_backlogged());
+    }
+
+    #[test]
+    fn large_or_file_answers_are_a_backlog() {
+        let mut queue = OutputQueue::default();
+        queue.push_vec(vec![0; BACKLOG_BYTES + 1]);
+        assert!(queue.is_backlogged());
+        queue.advance(BACKLOG_BYTES + 1);
+        assert!(queue.is_empty() && !queue.is_backlogged());
+        let scratch = crate::test_support::TempDir::new("output-queue");
+        let path = scratch.path().join("f");
+        std::fs::write(&path, b"0123456789").unwrap();
+        queue.push_file(File::open(&path).unwrap(), 2, 5);
+        assert!(queue.is_backlogged() && queue.front_is_file());
+        queue.advance(4);
+        assert!(matches!(
+            queue.front(),
+            Some(Front::File {
+                offset: 6,
+                remaining: 1,
+                ..
+            })
+        ));
+        queue.advance(1);
+        assert!(queue.is_empty());
+    }
+}
