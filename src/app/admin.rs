@@ -1,18 +1,31 @@
 //! The webhook admin API under the reserved extension namespace
-//! `/v2/_angos/` (distribution-spec "Extensions").
+//! `/v2/_angos/` (distribution-spec "Extensions"): status per webhook,
+//! recent deliveries and dead letters, redelivery, and a test ping. The
+//! notifier answers the questions (`notifier::operations`); this module
+//! routes the requests and writes the JSON. When authentication exists,
+//! only an administrator may reach it (`auth::Need::of`).
+
+use serde_json::{Value, json};
 
 use crate::app::Waiter;
+use crate::clock::rfc3339_utc;
+use crate::event_webhook::dispatcher::Completed;
 use crate::event_webhook::notifier::Notifier;
-use crate::event_webhook::notifier::admin::Admin;
+use crate::event_webhook::notifier::operations::Redelivery;
+use crate::event_webhook::status::DeliveryState;
+use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::http::{Method, Response};
 use crate::registry::Commit;
+use crate::registry::route::ADMIN_PREFIX;
 
+/// What an admin request led to.
 pub enum AdminAnswer {
     Respond(Response),
-    /// A test ping is under way; the answer comes from the notifier.
+    /// A test ping is under way; the notifier hands over its answer.
     Parked,
 }
 
+/// Handles a request routed to `Route::Admin`.
 pub fn handle(
     notifier: &mut Notifier<Waiter, Commit>,
     waiter: Waiter,
@@ -20,9 +33,147 @@ pub fn handle(
     path: &str,
     now_ms: u64,
 ) -> AdminAnswer {
-    match notifier.admin(waiter, method, path, now_ms) {
-        Some(Admin::Respond(response)) => AdminAnswer::Respond(response),
-        Some(Admin::Parked) => AdminAnswer::Parked,
-        None => AdminAnswer::Respond(Response::new(404)),
+    let rest = path.strip_prefix(ADMIN_PREFIX).unwrap_or_default();
+    let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let response = match (method, segments.as_slice()) {
+        (Method::Get | Method::Head, ["webhooks"]) => list_webhooks(notifier, now_ms),
+        (Method::Get | Method::Head, ["webhooks", name, "deliveries"]) => list_deliveries(notifier, name),
+        (Method::Post, ["webhooks", name, "deliveries", id, "redeliver"]) => {
+            redeliver(notifier, name, id, now_ms)
+        }
+        (Method::Post, ["webhooks", name, "test"]) => {
+            if notifier.ping(waiter, name, ping_answer, now_ms) {
+                return AdminAnswer::Parked;
+            }
+            unknown_webhook(name)
+        }
+        (_, ["webhooks"] | ["webhooks", _, "deliveries"]) => {
+            error(405, ErrorCode::Unsupported, "method not allowed")
+        }
+        (_, ["webhooks", _, "deliveries", _, "redeliver"] | ["webhooks", _, "test"]) => {
+            error(405, ErrorCode::Unsupported, "use POST")
+        }
+        _ => error(404, ErrorCode::Unsupported, "unknown admin endpoint"),
+    };
+    AdminAnswer::Respond(response)
+}
+
+fn list_webhooks(notifier: &Notifier<Waiter, Commit>, now_ms: u64) -> Response {
+    let webhooks: Vec<Value> = notifier
+        .webhook_summaries(now_ms)
+        .into_iter()
+        .map(|summary| {
+            let webhook = summary.webhook;
+            json!({
+                "name": webhook.name,
+                "url": webhook.url.text,
+                "policy": webhook.policy.as_str(),
+                "events": webhook.events.iter().map(|kind| kind.as_str()).collect::<Vec<_>>(),
+                "queue_depth": summary.queue_depth,
+                "oldest_pending_age_seconds": summary.oldest_pending_secs,
+                "dead_letters": summary.dead_letters,
+                "last_success": summary.last_success_unix_micros.map(rfc3339_utc),
+                "last_error": summary.last_error.map(|(at, message)| json!({
+                    "time": rfc3339_utc(*at),
+                    "message": message,
+                })),
+            })
+        })
+        .collect();
+    Response::json(200, &json!({ "webhooks": webhooks }))
+}
+
+fn list_deliveries(notifier: &Notifier<Waiter, Commit>, name: &str) -> Response {
+    let Some(history) = notifier.delivery_history(name) else {
+        return unknown_webhook(name);
+    };
+    let deliveries: Vec<Value> = history
+        .recent
+        .iter()
+        .map(|record| {
+            json!({
+                "id": record.delivery_id,
+                "event_id": record.payload.event_id,
+                "kind": record.payload.kind.as_str(),
+                "status": record.state.as_str(),
+                "attempts": record.attempts,
+                "duration_ms": record.duration_ms,
+                "http_status": record.status,
+                "error": record.error,
+                "finished": rfc3339_utc(record.finished_unix_micros),
+            })
+        })
+        .collect();
+    let dead_letters: Vec<Value> = history
+        .dead_letters
+        .iter()
+        .map(|letter| {
+            json!({
+                "id": letter.delivery_id,
+                "event_id": letter.event_id,
+                "kind": letter.kind,
+                "status": DeliveryState::DeadLetter.as_str(),
+                "attempts": letter.attempts,
+                "error": letter.last_error,
+                "finished": rfc3339_utc(letter.unix_micros),
+            })
+        })
+        .collect();
+    Response::json(
+        200,
+        &json!({
+            "webhook": name,
+            "pending": history.pending,
+            "deliveries": deliveries,
+            "dead_letters": dead_letters,
+        }),
+    )
+}
+
+fn redeliver(
+    notifier: &mut Notifier<Waiter, Commit>,
+    name: &str,
+    delivery_id: &str,
+    now_ms: u64,
+) -> Response {
+    match notifier.redeliver(name, delivery_id, now_ms) {
+        Redelivery::Queued { event_id } => Response::json(
+            202,
+            &json!({ "webhook": name, "delivery_id": delivery_id, "event_id": event_id, "queued": true }),
+        ),
+        Redelivery::UnknownWebhook => unknown_webhook(name),
+        Redelivery::UnknownDelivery => error(
+            404,
+            ErrorCode::Unsupported,
+            &format!("no delivery {delivery_id} for webhook {name:?}"),
+        ),
     }
+}
+
+/// A ping's outcome as JSON: HTTP status, latency, and the failure spelled out.
+fn ping_answer(webhook: &str, result: Option<&Completed>) -> Response {
+    let body = match result {
+        Some(done) => json!({
+            "webhook": webhook,
+            "success": done.success,
+            "http_status": done.status,
+            "duration_ms": done.duration_ms,
+            "delivery_id": done.delivery_id,
+            "error": done.error,
+        }),
+        None => json!({ "webhook": webhook, "success": false, "error": "no result" }),
+    };
+    Response::json(200, &body)
+}
+
+fn unknown_webhook(name: &str) -> Response {
+    error(
+        404,
+        ErrorCode::NameUnknown,
+        &format!("no webhook named {name:?} is configured"),
+    )
+}
+
+fn error(status: u16, code: ErrorCode, message: &str) -> Response {
+    RegistryError::new(code, message).status(status).into_response()
 }

@@ -15,7 +15,7 @@ use super::{DNS, FIRST_OUTBOUND};
 use crate::clock::Clock;
 use crate::config::{Config, Policy, WebhookConfig};
 use crate::event_webhook::dispatcher::{Action, Completed, Dispatcher, GateKind};
-use crate::event_webhook::notifier::admin::ping_payload;
+use crate::event_webhook::notifier::operations::ping_payload;
 
 /// Sends one ping to webhook `name` and returns how its delivery ended.
 pub fn ping(config: &Config, name: &str, clock: &impl Clock) -> io::Result<Result<Completed, String>> {

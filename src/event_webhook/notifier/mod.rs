@@ -5,8 +5,8 @@
 //! it time and attempt results and carries the answers back to connections.
 //! Generic over the waiter (a connection handle) and the staged change.
 
-pub mod admin;
 mod durable;
+pub mod operations;
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -58,7 +58,10 @@ enum Stage<C> {
     /// The change is made; optional webhooks are being told.
     Optional { response: Response },
     /// `POST /v2/_angos/webhooks/NAME/test`: one ping attempt, reported as it went.
-    Ping { webhook: String },
+    Ping {
+        webhook: String,
+        answer: operations::PingAnswer,
+    },
 }
 
 struct Parked<W, C> {
@@ -343,9 +346,9 @@ impl<W, C> Notifier<W, C> {
                     return Some((parked.waiter, required_failed(&webhook, &reason)));
                 }
                 (Stage::Optional { response }, _) => return Some((parked.waiter, response)),
-                (Stage::Ping { webhook }, _) => {
+                (Stage::Ping { webhook, answer }, _) => {
                     let result = self.dispatcher.find_completed(gate);
-                    return Some((parked.waiter, admin::ping_answer(&webhook, result)));
+                    return Some((parked.waiter, answer(&webhook, result)));
                 }
             }
         }
