@@ -7,7 +7,7 @@
 //! from files on first use per set of files and rebuilt on `reload_tls`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -17,6 +17,7 @@ use mio::net::{TcpStream, UdpSocket};
 use mio::{Interest, Registry, Token};
 use rustls::pki_types::ServerName;
 
+use super::transport::Transport;
 use crate::config::{ClientIdentity, Scheme, WebhookConfig};
 use crate::dns::{LookupId, Resolver};
 use crate::event_webhook::dispatcher::{AttemptResult, DeliveryId};
@@ -81,10 +82,10 @@ enum Phase {
 struct Connection {
     endpoint: Endpoint,
     phase: Phase,
-    socket: Option<TcpStream>,
+    /// Plain while connecting; TLS is layered on once connected (https).
+    transport: Option<Transport>,
     addresses: Vec<IpAddr>,
     next_address: usize,
-    tls: Option<rustls::ClientConnection>,
     delivery: Option<DeliveryId>,
     request: Rc<Vec<u8>>,
     written: usize,
@@ -236,10 +237,9 @@ impl Outbound {
         let mut connection = Connection {
             endpoint,
             phase,
-            socket: None,
+            transport: None,
             addresses,
             next_address: 0,
-            tls: None,
             delivery: None,
             request: Rc::new(Vec::new()),
             written: 0,
@@ -395,8 +395,8 @@ impl Outbound {
             connection.next_address += 1;
             match TcpStream::connect(address) {
                 Ok(mut socket) => {
-                    if let Some(mut old) = connection.socket.take() {
-                        let _ = registry.deregister(&mut old);
+                    if let Some(mut old) = connection.transport.take() {
+                        let _ = registry.deregister(old.socket());
                     }
                     if let Err(error) =
                         registry.register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
@@ -405,7 +405,7 @@ impl Outbound {
                         continue;
                     }
                     let _ = socket.set_nodelay(true);
-                    connection.socket = Some(socket);
+                    connection.transport = Some(Transport::Plain(socket));
                     connection.phase = Phase::Connecting;
                     return;
                 }
@@ -422,7 +422,7 @@ impl Outbound {
             return;
         };
         if let Phase::Connecting = connection.phase {
-            let Some(socket) = connection.socket.as_ref() else {
+            let Some(socket) = connection.transport.as_mut().map(Transport::socket) else {
                 return;
             };
             match socket.take_error() {
@@ -481,8 +481,11 @@ impl Outbound {
                         return;
                     }
                 };
-                match rustls::ClientConnection::new(config, server_name) {
-                    Ok(tls) => connection.tls = Some(tls),
+                let Some(plain) = connection.transport.take() else {
+                    return;
+                };
+                match Transport::tls_client(plain.into_socket(), config, server_name) {
+                    Ok(tls) => connection.transport = Some(tls),
                     Err(error) => {
                         let reason = format!("TLS: {error}");
                         self.fail(registry, slot, reason);
@@ -566,8 +569,8 @@ impl Outbound {
         if let Some(delivery) = connection.delivery.take() {
             self.by_delivery.remove(&delivery);
         }
-        if let Some(mut socket) = connection.socket.take() {
-            let _ = registry.deregister(&mut socket);
+        if let Some(mut transport) = connection.transport.take() {
+            let _ = registry.deregister(transport.socket());
         }
         self.free.push(slot);
         self.open -= 1;
@@ -624,107 +627,41 @@ impl Connection {
     }
 
     fn pump(&mut self, buffer: &mut [u8]) -> Result<Step, String> {
-        let Some(socket) = self.socket.as_mut() else {
+        let Some(transport) = self.transport.as_mut() else {
             return Err("no socket".into());
         };
-        let mut eof = false;
-        match self.tls.as_mut() {
-            None => {
-                while self.written < self.request.len() {
-                    match socket.write(&self.request[self.written..]) {
-                        Ok(0) => return Err("connection closed while sending".into()),
-                        Ok(n) => self.written += n,
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                        Err(error) => return Err(format!("send failed: {error}")),
-                    }
-                }
-                let mut budget = READ_BUDGET_BYTES;
-                loop {
-                    if budget == 0 {
-                        return Ok(Step::Again);
-                    }
-                    let room = buffer.len().min(budget);
-                    match socket.read(&mut buffer[..room]) {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => {
-                            budget -= n;
-                            if let Some(step) = self.reader.receive(&buffer[..n], &self.endpoint.host)? {
-                                return Ok(step);
-                            }
-                        }
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                        Err(error) => return Err(format!("receive failed: {error}")),
-                    }
-                }
+        // Through TLS, plaintext is buffered until the handshake is done
+        // (within the transport's buffer limit).
+        while self.written < self.request.len() {
+            match transport.write(&self.request[self.written..]) {
+                Ok(0) => return Err("connection closed while sending".into()),
+                Ok(n) => self.written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(io_failure("send failed", &error)),
             }
-            Some(tls) => {
-                if self.written < self.request.len() {
-                    // rustls buffers plaintext until the handshake is done.
-                    tls.writer()
-                        .write_all(&self.request[self.written..])
-                        .map_err(|error| format!("TLS: {error}"))?;
-                    self.written = self.request.len();
+        }
+        let mut eof = false;
+        let mut budget = READ_BUDGET_BYTES;
+        loop {
+            if budget == 0 {
+                return Ok(Step::Again);
+            }
+            let room = buffer.len().min(budget);
+            match transport.read(&mut buffer[..room]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
                 }
-                let mut budget = READ_BUDGET_BYTES;
-                loop {
-                    while tls.wants_write() {
-                        match tls.write_tls(socket) {
-                            Ok(_) => {}
-                            Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                            Err(error) => return Err(format!("send failed: {error}")),
-                        }
-                    }
-                    if !tls.wants_read() {
-                        break;
-                    }
-                    if budget == 0 {
-                        return Ok(Step::Again);
-                    }
-                    match tls.read_tls(socket) {
-                        Ok(0) => {
-                            eof = true;
-                            break;
-                        }
-                        Ok(n) => {
-                            budget = budget.saturating_sub(n);
-                            tls.process_new_packets()
-                                .map_err(|error| format!("TLS: {error}"))?;
-                            loop {
-                                match tls.reader().read(buffer) {
-                                    Ok(0) => {
-                                        eof = true;
-                                        break;
-                                    }
-                                    Ok(n) => {
-                                        if let Some(step) =
-                                            self.reader.receive(&buffer[..n], &self.endpoint.host)?
-                                        {
-                                            return Ok(step);
-                                        }
-                                    }
-                                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                                    Err(error) => return Err(format!("TLS: {error}")),
-                                }
-                            }
-                            if eof {
-                                break;
-                            }
-                        }
-                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                            if !tls.wants_write() {
-                                break;
-                            }
-                        }
-                        Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                        Err(error) => return Err(format!("receive failed: {error}")),
+                Ok(n) => {
+                    budget -= n;
+                    if let Some(step) = self.reader.receive(&buffer[..n], &self.endpoint.host)? {
+                        return Ok(step);
                     }
                 }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(io_failure("receive failed", &error)),
             }
         }
         if eof {
@@ -744,13 +681,22 @@ impl Connection {
 
     /// An idle connection became readable: the peer closed it (or sent junk).
     fn check_idle(&mut self, buffer: &mut [u8]) -> Step {
-        let Some(socket) = self.socket.as_mut() else {
+        let Some(transport) = self.transport.as_mut() else {
             return Step::Closed;
         };
-        match socket.read(buffer) {
+        match transport.socket().read(buffer) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Step::Wait,
             _ => Step::Closed,
         }
+    }
+}
+
+/// A socket error as a delivery's failure reason; TLS failures name themselves.
+fn io_failure(doing: &str, error: &io::Error) -> String {
+    if error.kind() == io::ErrorKind::InvalidData {
+        error.to_string()
+    } else {
+        format!("{doing}: {error}")
     }
 }
 

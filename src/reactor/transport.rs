@@ -1,8 +1,9 @@
 //! A connection's byte stream: plain TCP, or TLS through rustls on the same
-//! non-blocking socket. Callers read and write plaintext; the TLS side pumps
-//! records (`read_tls`, `process_new_packets`, `write_tls`) as the socket
-//! allows, and bounds what it buffers, so back-pressure still reaches the
-//! request loop.
+//! non-blocking socket, for inbound connections (server side) and outbound
+//! ones (webhooks, client side) alike: the one TLS record pump. Callers read
+//! and write plaintext; the TLS side pumps records (`read_tls`,
+//! `process_new_packets`, `write_tls`) as the socket allows, and bounds what
+//! it buffers, so back-pressure still reaches the caller.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -28,14 +29,38 @@ impl Transport {
 
 pub struct TlsStream {
     socket: TcpStream,
-    tls: rustls::ServerConnection,
+    tls: rustls::Connection,
 }
 
 impl Transport {
+    /// The server side of TLS on an accepted socket.
     pub fn tls(socket: TcpStream, config: Arc<rustls::ServerConfig>) -> io::Result<Transport> {
-        let mut tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        let tls = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(Transport::with_tls(socket, tls.into()))
+    }
+
+    /// The client side of TLS on a connected socket, checking the server's
+    /// certificate against `server_name`.
+    pub fn tls_client(
+        socket: TcpStream,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<Transport, rustls::Error> {
+        let tls = rustls::ClientConnection::new(config, server_name)?;
+        Ok(Transport::with_tls(socket, tls.into()))
+    }
+
+    fn with_tls(socket: TcpStream, mut tls: rustls::Connection) -> Transport {
         tls.set_buffer_limit(Some(TLS_BUFFER_BYTES));
-        Ok(Transport::Tls(Box::new(TlsStream { socket, tls })))
+        Transport::Tls(Box::new(TlsStream { socket, tls }))
+    }
+
+    /// The plain socket, taken back (for a TLS upgrade or a close).
+    pub fn into_socket(self) -> TcpStream {
+        match self {
+            Transport::Plain(socket) => socket,
+            Transport::Tls(stream) => stream.socket,
+        }
     }
 
     pub fn socket(&mut self) -> &mut TcpStream {
