@@ -2,7 +2,25 @@
 //! ndots, timeout, attempts) and /etc/hosts, parsed with the limits glibc
 //! applies. Text in, values out.
 
-use super::*;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use super::wire::encode_name;
+use super::{NAMESERVERS_MAX, SEARCH_DOMAINS_MAX};
+
+/// Defaults from resolv.conf(5).
+const NDOTS_DEFAULT: u8 = 1;
+const TIMEOUT_MS_DEFAULT: u64 = 5_000;
+const ATTEMPTS_DEFAULT: u8 = 2;
+/// glibc's RES_MAXNDOTS, RES_MAXRETRANS (seconds) and RES_MAXRETRY.
+pub(super) const NDOTS_MAX: u8 = 15;
+const TIMEOUT_SECS_MAX: u64 = 30;
+pub(super) const ATTEMPTS_MAX: u8 = 5;
+
+/// Names kept from /etc/hosts (ad-blocking hosts files run to 100k+ lines).
+const HOSTS_NAMES_MAX: usize = 200_000;
+/// Addresses kept per name from /etc/hosts.
+const HOSTS_ADDRESSES_PER_NAME_MAX: usize = 16;
 
 /// The parsed content of /etc/resolv.conf that a stub resolver uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,4 +188,82 @@ pub fn parse_hosts(text: &str) -> Hosts {
         }
     }
     Hosts { by_name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::ip;
+    use super::*;
+
+    #[test]
+    fn resolv_conf_parses_glibc_subset() {
+        let config = parse_resolv_conf(
+            "# comment\n\
+             nameserver 10.0.0.1\n\
+             nameserver 2001:db8::53 # trailing comment\n\
+             nameserver fe80::1%2\n\
+             nameserver 10.0.0.4\n\
+             nameserver not-an-address\n\
+             domain ignored.example\n\
+             search Corp.Example. example.net .\n\
+             options ndots:3 timeout:2 attempts:4 rotate\n",
+        );
+        assert_eq!(
+            config.nameservers,
+            vec![
+                "10.0.0.1:53".parse().unwrap(),
+                "[2001:db8::53]:53".parse().unwrap(),
+                SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 53, 0, 2)),
+            ]
+        );
+        assert_eq!(config.search, vec!["corp.example", "example.net"]);
+        assert_eq!((config.ndots, config.timeout_ms, config.attempts), (3, 2000, 4));
+    }
+
+    #[test]
+    fn resolv_conf_defaults_and_clamps() {
+        let config = parse_resolv_conf("");
+        assert_eq!(config, ResolverConfig::default());
+        assert_eq!(config.nameservers, vec!["127.0.0.1:53".parse().unwrap()]);
+        let config = parse_resolv_conf("options ndots:99 timeout:0 attempts:100\ndomain Example.COM\n");
+        assert_eq!((config.ndots, config.timeout_ms, config.attempts), (15, 1000, 5));
+        assert_eq!(config.search, vec!["example.com"]);
+        let config = parse_resolv_conf("search a b c d e f g h\nnameserver fe80::1%eth0\n");
+        assert_eq!(config.search.len(), SEARCH_DOMAINS_MAX);
+        assert_eq!(config.nameservers, vec![default_nameserver()]);
+    }
+
+    #[test]
+    fn hosts_parse_and_lookup() {
+        let hosts = parse_hosts(
+            "127.0.0.1 localhost\n\
+             # 10.9.9.9 commented.example\n\
+             192.0.2.10 Web.Example web # alias\n\
+             2001:db8::10 web.example\n\
+             192.0.2.10 web.example\n\
+             bogus line.example\n\
+             192.0.2.11 bad!name ok.example.\n",
+        );
+        assert_eq!(
+            hosts.lookup("WEB.example."),
+            Some(&[ip("192.0.2.10"), ip("2001:db8::10")][..])
+        );
+        assert_eq!(hosts.lookup("web"), Some(&[ip("192.0.2.10")][..]));
+        assert_eq!(hosts.lookup("ok.example"), Some(&[ip("192.0.2.11")][..]));
+        assert_eq!(hosts.lookup("commented.example"), None);
+        assert_eq!(hosts.lookup("line.example"), None);
+        // The file's own localhost entry wins over the RFC 6761 fallback.
+        assert_eq!(hosts.lookup("localhost"), Some(&[ip("127.0.0.1")][..]));
+        assert_eq!(hosts.len(), 4);
+    }
+
+    #[test]
+    fn localhost_resolves_without_hosts_entry() {
+        let hosts = parse_hosts("");
+        assert!(hosts.is_empty());
+        assert_eq!(hosts.lookup("localhost"), Some(&LOOPBACK[..]));
+        assert_eq!(hosts.lookup("LocalHost."), Some(&LOOPBACK[..]));
+        assert_eq!(hosts.lookup("api.localhost"), Some(&LOOPBACK[..]));
+        assert_eq!(hosts.lookup("localhost.example"), None);
+    }
 }
