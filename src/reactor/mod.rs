@@ -25,7 +25,6 @@ pub use crate::app::telemetry::Telemetry;
 use crate::app::{Application, Waiter};
 use crate::clock::{self, Clock};
 use crate::config::{self, Config};
-use crate::event_webhook::dispatcher::Action;
 use crate::event_webhook::journal::{Journal, Recovery};
 use crate::event_webhook::notifier::Notifier;
 use crate::http::server::Timeouts;
@@ -287,24 +286,12 @@ impl<C: Clock> Reactor<C> {
     fn pump_webhooks(&mut self) {
         loop {
             let now = self.clock.now_ms();
-            let mut progressed = false;
-            while let Some(action) = self.notifier.dispatcher().poll_action() {
-                progressed = true;
-                match action {
-                    Action::Send {
-                        delivery,
-                        webhook,
-                        request,
-                    } => self
-                        .outbound
-                        .send(self.poll.registry(), delivery, &webhook, request, now),
-                    Action::Abort { delivery } => self.outbound.abort(self.poll.registry(), delivery),
-                }
-            }
-            while let Some((delivery, result)) = self.outbound.poll_result() {
-                progressed = true;
-                self.notifier.dispatcher().handle_result(delivery, result, now);
-            }
+            let mut progressed = outbound::pump(
+                self.notifier.dispatcher(),
+                &mut self.outbound,
+                self.poll.registry(),
+                now,
+            );
             while let Some((waiter, response)) = self.notifier.poll_ready(&mut self.registry, now) {
                 progressed = true;
                 self.resume(waiter, response);

@@ -20,7 +20,7 @@ use rustls::pki_types::ServerName;
 use super::transport::Transport;
 use crate::config::{ClientIdentity, Scheme, WebhookConfig};
 use crate::dns::{LookupId, Resolver};
-use crate::event_webhook::dispatcher::{AttemptResult, DeliveryId};
+use crate::event_webhook::dispatcher::{Action, AttemptResult, DeliveryId, Dispatcher};
 use crate::http::client::ResponseDecoder;
 
 /// Outbound connections at once, idle ones included; beyond it attempts fail.
@@ -599,6 +599,35 @@ enum Step {
     Failed(String),
     /// An idle connection the peer closed.
     Closed,
+}
+
+/// Hands the dispatcher's requests to the outbound side and their results
+/// back until neither has more: the one webhook pump, for the server's loop
+/// and for `angos webhook test`. `true` when anything moved.
+pub fn pump(dispatcher: &mut Dispatcher, outbound: &mut Outbound, registry: &Registry, now_ms: u64) -> bool {
+    let mut moved = false;
+    loop {
+        let mut progressed = false;
+        while let Some(action) = dispatcher.poll_action() {
+            progressed = true;
+            match action {
+                Action::Send {
+                    delivery,
+                    webhook,
+                    request,
+                } => outbound.send(registry, delivery, &webhook, request, now_ms),
+                Action::Abort { delivery } => outbound.abort(registry, delivery),
+            }
+        }
+        while let Some((delivery, result)) = outbound.poll_result() {
+            progressed = true;
+            dispatcher.handle_result(delivery, result, now_ms);
+        }
+        if !progressed {
+            return moved;
+        }
+        moved = true;
+    }
 }
 
 impl Connection {

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use mio::{Events, Poll};
 
-use super::outbound::Outbound;
+use super::outbound::{self, Outbound};
 use super::{DNS, FIRST_OUTBOUND};
 use crate::clock::Clock;
 use crate::config::{Config, Policy, WebhookConfig};
-use crate::event_webhook::dispatcher::{Action, Completed, Dispatcher, GateKind};
+use crate::event_webhook::dispatcher::{Completed, Dispatcher, GateKind};
 use crate::event_webhook::notifier::operations::ping_payload;
 
 /// Sends one ping to webhook `name` and returns how its delivery ended.
@@ -43,27 +43,7 @@ pub fn ping(config: &Config, name: &str, clock: &impl Clock) -> io::Result<Resul
     dispatcher.gate(GateKind::Optional, vec![(once, payload)], clock.now_ms());
     loop {
         let now = clock.now_ms();
-        loop {
-            let mut progressed = false;
-            while let Some(action) = dispatcher.poll_action() {
-                progressed = true;
-                match action {
-                    Action::Send {
-                        delivery,
-                        webhook,
-                        request,
-                    } => outbound.send(poll.registry(), delivery, &webhook, request, now),
-                    Action::Abort { delivery } => outbound.abort(poll.registry(), delivery),
-                }
-            }
-            while let Some((delivery, result)) = outbound.poll_result() {
-                progressed = true;
-                dispatcher.handle_result(delivery, result, now);
-            }
-            if !progressed {
-                break;
-            }
-        }
+        outbound::pump(&mut dispatcher, &mut outbound, poll.registry(), now);
         if let Some(done) = dispatcher.poll_completed() {
             return Ok(Ok(done));
         }
