@@ -4,14 +4,13 @@
 use std::fmt;
 
 use super::chunked::ChunkedDecoder;
+use super::fields::{Codings, FieldError, FramingFields, is_token};
 
 /// Header fields per response head we parse; more is treated as a head too large.
 const HEADERS_MAX: usize = 64;
 /// Interim (1xx) responses we skip before the final one. A server may send a
 /// few (100, 102, 103); an endless stream of them is a broken or hostile peer.
 const INTERIM_RESPONSES_MAX: u32 = 16;
-/// Longest Content-Length value: 19 digits always fit a u64.
-const CONTENT_LENGTH_DIGITS_MAX: usize = 19;
 
 /// Appends one request to `out`: the request line, `Host`, `headers` in order,
 /// `Content-Length`, `Connection: keep-alive`, the blank line and `body`.
@@ -64,14 +63,6 @@ pub fn write_request(
     out.extend_from_slice(body.len().to_string().as_bytes());
     out.extend_from_slice(b"\r\nConnection: keep-alive\r\n\r\n");
     out.extend_from_slice(body);
-}
-
-/// RFC 9110 section 5.6.2 `token`.
-fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// No CR, LF or NUL: the bytes that would end or corrupt the field line
@@ -362,62 +353,19 @@ fn parse_head(input: &[u8], head_bytes_max: usize) -> Result<Option<(usize, Head
     }
 
     let http10 = response.version == Some(0);
-    let mut connection_close = false;
-    let mut connection_keep_alive = false;
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut chunked_last = false;
+    let mut fields = FramingFields::default();
     for field in response.headers.iter() {
-        let name = field.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(field.value).map_err(|_| ResponseError::InvalidContentLength)?;
-            // Repeated or listed lengths must agree (RFC 9112 section 6.3 item 5).
-            for part in value.split(',') {
-                let part = part.trim_matches([' ', '\t']);
-                if part.is_empty()
-                    || part.len() > CONTENT_LENGTH_DIGITS_MAX
-                    || !part.bytes().all(|b| b.is_ascii_digit())
-                {
-                    return Err(ResponseError::InvalidContentLength);
-                }
-                let length: u64 = part.parse().map_err(|_| ResponseError::InvalidContentLength)?;
-                if content_length.is_some_and(|previous| previous != length) {
-                    return Err(ResponseError::ConflictingContentLength);
-                }
-                content_length = Some(length);
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let value =
-                std::str::from_utf8(field.value).map_err(|_| ResponseError::InvalidTransferEncoding)?;
-            // Repeated fields form one list; only the last coding decides framing.
-            for coding in value.split(',') {
-                let coding = coding.trim_matches([' ', '\t']);
-                // A coding may carry parameters (RFC 9112 section 7); its name
-                // precedes them. `chunked` takes none, so only a bare one counts.
-                let coding_name = coding.split(';').next().unwrap_or_default().trim_end();
-                if coding_name.is_empty() || !is_token(coding_name) {
-                    return Err(ResponseError::InvalidTransferEncoding);
-                }
-                transfer_encoding = true;
-                chunked_last = coding.eq_ignore_ascii_case("chunked");
-            }
-        } else if name.eq_ignore_ascii_case("connection") {
-            // Other tokens name hop-by-hop headers; only these two matter here.
-            // An unreadable value cannot promise persistence: treat it as close.
-            let Ok(value) = std::str::from_utf8(field.value) else {
-                connection_close = true;
-                continue;
-            };
-            for token in value.split(',') {
-                let token = token.trim_matches([' ', '\t']);
-                connection_close |= token.eq_ignore_ascii_case("close");
-                connection_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-            }
-        }
+        fields
+            .read(field.name, field.value)
+            .map_err(|error| match error {
+                FieldError::InvalidContentLength => ResponseError::InvalidContentLength,
+                FieldError::ConflictingContentLength => ResponseError::ConflictingContentLength,
+                FieldError::InvalidTransferEncoding => ResponseError::InvalidTransferEncoding,
+            })?;
     }
-    // RFC 9112 section 9.3: HTTP/1.1 persists unless told to close; HTTP/1.0
-    // only with an explicit keep-alive. `close` wins over `keep-alive`.
-    let mut keep_alive = !connection_close && (!http10 || connection_keep_alive);
+    let mut keep_alive = fields.keep_alive(http10);
+    let content_length = fields.content_length();
+    let transfer_encoding = fields.codings().is_some();
     if transfer_encoding && content_length.is_some() {
         return Err(ResponseError::ContentLengthWithTransferEncoding);
     }
@@ -434,7 +382,10 @@ fn parse_head(input: &[u8], head_bytes_max: usize) -> Result<Option<(usize, Head
         }
         Framing::None
     } else if transfer_encoding {
-        if chunked_last {
+        if fields
+            .codings()
+            .is_some_and(|codings| codings != Codings::NotChunkedLast)
+        {
             Framing::Chunked
         } else {
             // RFC 9112 section 6.3 item 4: in a response, a final coding other

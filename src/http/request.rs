@@ -3,6 +3,7 @@
 //! `RequestDecoder` turns a connection's bytes into heads and body slices.
 
 use super::chunked::{ChunkedDecoder, ChunkedError};
+use super::fields::{Codings, FieldError, FramingFields};
 
 /// Headers per request we parse; more is answered 431.
 const HEADERS_MAX: usize = 96;
@@ -329,9 +330,7 @@ pub fn parse_head(
     let (raw_path, query) = target.split_once('?').unwrap_or((target, ""));
 
     let mut headers = Vec::with_capacity(request.headers.len());
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding: Option<String> = None;
-    let mut connection_close = http10;
+    let mut fields = FramingFields::default();
     let mut expect_continue = false;
     for field in request.headers.iter() {
         let name = field.name.to_ascii_lowercase();
@@ -339,42 +338,15 @@ pub fn parse_head(
             .map_err(|_| RequestError::Malformed("header value is not UTF-8"))?
             .trim()
             .to_string();
-        match name.as_str() {
-            "content-length" => {
-                // Repeated or listed lengths must agree (RFC 9112 section 6.3 item 5).
-                for part in value.split(',') {
-                    let part = part.trim();
-                    if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) || part.len() > 19 {
-                        return Err(RequestError::Malformed("invalid Content-Length"));
-                    }
-                    let length: u64 = part
-                        .parse()
-                        .map_err(|_| RequestError::Malformed("invalid Content-Length"))?;
-                    if content_length.is_some_and(|previous| previous != length) {
-                        return Err(RequestError::Malformed("conflicting Content-Length values"));
-                    }
-                    content_length = Some(length);
-                }
-            }
-            "transfer-encoding" => {
-                let joined = match transfer_encoding.take() {
-                    Some(previous) => format!("{previous}, {value}"),
-                    None => value.clone(),
-                };
-                transfer_encoding = Some(joined);
-            }
-            "connection" => {
-                for token in value.split(',') {
-                    let token = token.trim();
-                    if token.eq_ignore_ascii_case("close") {
-                        connection_close = true;
-                    } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
-                        connection_close = false;
-                    }
-                }
-            }
-            "expect" if value.eq_ignore_ascii_case("100-continue") => expect_continue = !http10,
-            _ => {}
+        fields.read(&name, value.as_bytes()).map_err(|error| {
+            RequestError::Malformed(match error {
+                FieldError::InvalidContentLength => "invalid Content-Length",
+                FieldError::ConflictingContentLength => "conflicting Content-Length values",
+                FieldError::InvalidTransferEncoding => "invalid Transfer-Encoding",
+            })
+        })?;
+        if name == "expect" && value.eq_ignore_ascii_case("100-continue") {
+            expect_continue = !http10;
         }
         headers.push((name, value));
     }
@@ -386,7 +358,7 @@ pub fn parse_head(
             "an HTTP/1.1 request needs exactly one Host header",
         ));
     }
-    let framing = match (transfer_encoding, content_length) {
+    let framing = match (fields.codings(), fields.content_length()) {
         // Both present is how request smuggling starts: refuse (RFC 9112 section 6.1).
         (Some(_), Some(_)) => {
             return Err(RequestError::Malformed(
@@ -394,20 +366,13 @@ pub fn parse_head(
             ));
         }
         (Some(_), None) if http10 => return Err(RequestError::Malformed("Transfer-Encoding in HTTP/1.0")),
-        (Some(coding), None) => {
-            let codings: Vec<&str> = coding.split(',').map(str::trim).collect();
-            match codings.as_slice() {
-                [only] if only.eq_ignore_ascii_case("chunked") => BodyFraming::Chunked,
-                // chunked must be final, and we implement no other coding.
-                [.., last] if last.eq_ignore_ascii_case("chunked") => {
-                    return Err(RequestError::UnsupportedTransferCoding);
-                }
-                _ => {
-                    return Err(RequestError::Malformed(
-                        "chunked must be the final transfer coding",
-                    ));
-                }
-            }
+        (Some(Codings::Chunked), None) => BodyFraming::Chunked,
+        // chunked must be final, and we implement no other coding.
+        (Some(Codings::ChunkedAfterOthers), None) => return Err(RequestError::UnsupportedTransferCoding),
+        (Some(Codings::NotChunkedLast), None) => {
+            return Err(RequestError::Malformed(
+                "chunked must be the final transfer coding",
+            ));
         }
         (None, Some(0)) | (None, None) => BodyFraming::None,
         (None, Some(length)) => BodyFraming::Length(length),
@@ -420,7 +385,7 @@ pub fn parse_head(
         headers,
         framing,
         expect_continue: expect_continue && framing != BodyFraming::None,
-        keep_alive: !connection_close,
+        keep_alive: fields.keep_alive(http10),
     };
     Ok(Some((consumed, head)))
 }
