@@ -1,5 +1,5 @@
 //! Request decoding as the server runs it: `RequestDecoder` fed the input in
-//! pieces, driven like `reactor::connection` drives it, and `parse_head` on the
+//! pieces, driven like `http::server::ServerConnection` drives it, and `parse_head` on the
 //! whole input. Input: a mode byte (piece size, header limit), a split seed,
 //! then the bytes a client sends.
 #![no_main]

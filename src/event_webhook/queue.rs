@@ -1,7 +1,7 @@
 //! The in-memory view of the async delivery queues, behind a small
 //! interface. Per webhook: events in order, bounded; when full, the oldest
 //! event that is not in flight is dropped. Durability is the journal's job
-//! (`journal.rs`): each queued event carries its journal sequence number so
+//! (`journal/`): each queued event carries its journal sequence number so
 //! the notifier can acknowledge it there.
 
 use std::collections::{BTreeMap, VecDeque};

@@ -3,7 +3,7 @@
 //! dropped), and resumed after a restart in order with their original id
 //! and body, so signatures still verify.
 //!
-//! Acknowledgements are cursors (`journal.rs`): "done with every event of
+//! Acknowledgements are cursors (`journal/`): "done with every event of
 //! this webhook up to seq". The queue delivers a webhook's events in order,
 //! and may drop waiting ones; so when the head finishes, everything before
 //! the new head is done: the cursor moves to just before it, or to the last
