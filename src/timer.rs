@@ -367,6 +367,7 @@ fn level_for(now_ms: u64, deadline_ms: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::Rng;
     use std::collections::BTreeMap;
 
     fn poll_all<T>(wheel: &mut TimerWheel<T>, now_ms: u64) -> Vec<T> {
@@ -659,26 +660,8 @@ mod tests {
         assert_eq!(poll_all(&mut wheel, start + 30_000), [2]);
     }
 
-    /// xorshift64*: deterministic, dependency-free randomness for tests.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            self.0 = x;
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// A random offset whose magnitude spans every level of the wheel.
-    fn random_delta(rng: &mut XorShift) -> u64 {
+    fn random_delta(rng: &mut Rng) -> u64 {
         match rng.below(8) {
             0 => 0,
             1 => rng.below(64),
@@ -692,7 +675,7 @@ mod tests {
     }
 
     fn run_against_model(seed: u64, ops: usize) {
-        let mut rng = XorShift(seed);
+        let mut rng = Rng(seed);
         let start = rng.below(1 << 40);
         let mut wheel = TimerWheel::new(start);
         let mut now = start;

@@ -608,9 +608,10 @@ fn same_endpoint(nameserver: SocketAddr, from: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::super::conf::parse_hosts;
-    use super::super::testing::{AT_QNAME, XorShift, ip, record, reply};
+    use super::super::testing::{AT_QNAME, ip, record, reply};
     use super::super::wire::{HEADER_BYTES, TYPE_A, TYPE_AAAA, build_query, read_name};
     use super::*;
+    use crate::test_support::Rng;
 
     /// Id, name and type of a query we sent.
     fn query_info(packet: &[u8]) -> (u16, String, QueryType) {
@@ -1199,7 +1200,7 @@ mod tests {
     fn simulation_every_lookup_finishes_once() {
         let (mut successes, mut failures) = (0, 0);
         for seed in 1..40u64 {
-            let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut r = resolver(&[NS1, NS2], &["corp.example"], "192.0.2.200 pinned\n");
             let servers: [SocketAddr; 2] = [NS1.parse().unwrap(), NS2.parse().unwrap()];
             let mut now = 0u64;
@@ -1273,8 +1274,13 @@ mod tests {
             }
             while let Some((id, result)) = r.poll_result() {
                 assert!(open.remove(&id), "seed {seed}: {id:?} reported twice");
-                assert!(result.is_err(), "seed {seed}: nothing answers during the drain");
-                failures += 1;
+                // No answer arrives during the drain, but a lookup whose A (or
+                // AAAA) query was answered before it ends with those addresses
+                // once the other query times out.
+                match result {
+                    Ok(addresses) => assert!(!addresses.is_empty(), "seed {seed}: an empty success"),
+                    Err(_) => failures += 1,
+                }
             }
             assert!(open.is_empty(), "seed {seed}: unfinished lookups {open:?}");
             assert_eq!(r.in_flight(), 0);

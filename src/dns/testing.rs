@@ -1,5 +1,4 @@
-//! Helpers shared by the DNS unit tests: building response packets, addresses, and a seeded
-//! PRNG for the property tests.
+//! Helpers shared by the DNS unit tests: response packets built by hand, and addresses.
 
 use std::net::IpAddr;
 
@@ -29,16 +28,4 @@ pub(super) fn reply(query: &[u8], rcode: u8, ancount: u16) -> Vec<u8> {
 
 pub(super) fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
-}
-
-/// xorshift64: deterministic, std-only randomness for the property tests.
-pub(super) struct XorShift(pub(super) u64);
-
-impl XorShift {
-    pub(super) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
 }

@@ -392,8 +392,9 @@ pub(super) fn follow_chain(records: &[Record], qname: &[u8]) -> Result<Answer, D
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{AT_QNAME, RESPONSE, XorShift, ip, record, reply};
+    use super::super::testing::{AT_QNAME, RESPONSE, ip, record, reply};
     use super::*;
+    use crate::test_support::Rng;
 
     fn header(id: u16, flags: u16, counts: [u16; 4]) -> Vec<u8> {
         let mut packet = Vec::new();
@@ -790,7 +791,7 @@ mod tests {
 
     #[test]
     fn random_bytes_never_panic() {
-        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let name = "fuzz.example";
         let qname = wire(name);
         for round in 0..20_000 {
@@ -815,7 +816,7 @@ mod tests {
 
     #[test]
     fn mutated_valid_responses_never_panic() {
-        let mut rng = XorShift(42);
+        let mut rng = Rng(42);
         let query = build_query(7, "m.example", QueryType::A).unwrap();
         let mut base = reply(&query, 0, 3);
         record(&mut base, &AT_QNAME, TYPE_CNAME, 60, &[1, b'n', 0xC0, 14]);
