@@ -5,16 +5,13 @@
 //! beyond the standard library (and the crate under test) is used here (SPEC
 //! section 2).
 
-// Every test binary includes this module and uses a different part of it.
-#![allow(dead_code)]
-
 pub mod hostile;
 
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -795,10 +792,6 @@ impl Conn {
     /// Bytes received but not yet parsed.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
-    }
-
-    pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
     }
 }
 

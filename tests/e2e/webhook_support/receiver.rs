@@ -95,14 +95,6 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -213,10 +205,6 @@ impl Receiver {
     /// A receiver that answers `200 OK` at once.
     pub fn ok() -> Receiver {
         Receiver::start(Reply::ok())
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// `http://127.0.0.1:<port><path>`.
