@@ -624,6 +624,37 @@ impl Conn {
 
     /// Reads exactly one response, interim ones included.
     pub fn read_one(&mut self, method: &str) -> std::io::Result<Response> {
+        let mut response = self.read_head()?;
+        let status = response.status;
+        let no_body = method.eq_ignore_ascii_case("HEAD")
+            || (100..200).contains(&status)
+            || status == 204
+            || status == 304;
+        if no_body {
+            return Ok(response);
+        }
+        let chunked = response
+            .header("transfer-encoding")
+            .map(|v| v.to_ascii_lowercase().contains("chunked"))
+            .unwrap_or(false);
+        if chunked {
+            response.body = self.read_chunked()?;
+        } else if let Some(length) = response.header("content-length") {
+            let length: usize = length
+                .parse()
+                .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "bad Content-Length in response"))?;
+            response.body = self.read_exact_body(length)?;
+        } else {
+            // Close-delimited body (RFC 9112 section 6.3, last rule).
+            while self.fill()? > 0 {}
+            response.body = std::mem::take(&mut self.buf);
+        }
+        Ok(response)
+    }
+
+    /// Reads one response head and leaves its body unread, the bytes already
+    /// received in `buffered()`: for a caller that streams a large body itself.
+    pub fn read_head(&mut self) -> std::io::Result<Response> {
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i + 4;
@@ -662,36 +693,12 @@ impl Conn {
             })?;
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
-        let mut response = Response {
+        Ok(Response {
             status,
             reason,
             headers,
             body: Vec::new(),
-        };
-        let no_body = method.eq_ignore_ascii_case("HEAD")
-            || (100..200).contains(&status)
-            || status == 204
-            || status == 304;
-        if no_body {
-            return Ok(response);
-        }
-        let chunked = response
-            .header("transfer-encoding")
-            .map(|v| v.to_ascii_lowercase().contains("chunked"))
-            .unwrap_or(false);
-        if chunked {
-            response.body = self.read_chunked()?;
-        } else if let Some(length) = response.header("content-length") {
-            let length: usize = length
-                .parse()
-                .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "bad Content-Length in response"))?;
-            response.body = self.read_exact_body(length)?;
-        } else {
-            // Close-delimited body (RFC 9112 section 6.3, last rule).
-            while self.fill()? > 0 {}
-            response.body = std::mem::take(&mut self.buf);
-        }
-        Ok(response)
+        })
     }
 
     fn fill(&mut self) -> std::io::Result<usize> {
