@@ -11,7 +11,9 @@
 //! Settings (environment): `BENCH_RUNS` (default 5) runs per figure, `BENCH_SECS` (default 5)
 //! seconds per load run, `BENCH_PUSHES` (default 2000) pushes per latency run, `BENCH_ONLY` (a
 //! comma list of sections, see `SECTIONS`), `BENCH_KEEP=1` to keep the temporary directory,
-//! `BENCH_SYNC=1` to run the server with `sync_to_disk = true`.
+//! `BENCH_SYNC=1` to run the server with `sync_to_disk = true`, `BENCH_BASELINE=<path of another
+//! angos binary>` to run the sections of `COMPARED` on that binary too, run by run alternately
+//! with this build, and print both medians side by side.
 // A benchmark times the real binary from outside: wall-clock reads are the point here, not
 // a way around the driven clock (clippy.toml).
 #![allow(clippy::disallowed_methods)]
@@ -77,6 +79,8 @@ struct Settings {
     pushes: usize,
     /// Sections to run (`BENCH_ONLY=get,blob`); empty runs them all.
     only: Vec<String>,
+    /// Another angos binary to compare with (`BENCH_BASELINE`).
+    baseline: Option<PathBuf>,
 }
 
 impl Settings {
@@ -98,16 +102,80 @@ impl Settings {
                 }
                 Err(_) => Vec::new(),
             },
+            baseline: match std::env::var_os("BENCH_BASELINE") {
+                Some(path) if !path.is_empty() => {
+                    let path = PathBuf::from(path);
+                    if !path.is_file() {
+                        return Err(format!(
+                            "BENCH_BASELINE={}: not a file (the path of another angos binary)",
+                            path.display()
+                        ));
+                    }
+                    Some(path)
+                }
+                _ => None,
+            },
         })
     }
 
     fn wants(&self, section: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == section)
     }
+
+    /// The binary `build` names.
+    fn binary(&self, build: Build) -> &Path {
+        match build {
+            Build::This => Path::new(ANGOS),
+            Build::Baseline => self
+                .baseline
+                .as_deref()
+                .expect("a baseline build only under BENCH_BASELINE"),
+        }
+    }
+
+    /// Every build a compared section measures, the baseline first.
+    fn builds(&self) -> Vec<Build> {
+        match self.baseline {
+            Some(_) => vec![Build::Baseline, Build::This],
+            None => vec![Build::This],
+        }
+    }
+
+    /// The builds in the order run `run` of a compared section measures them: the baseline
+    /// first in even runs and second in odd ones, so neither build always runs on what the
+    /// other left behind (caches, a warmer CPU).
+    fn builds_in_run(&self, run: usize) -> Vec<Build> {
+        let mut builds = self.builds();
+        if run % 2 == 1 {
+            builds.reverse();
+        }
+        builds
+    }
 }
 
 /// The sections `BENCH_ONLY` can name, in the order they run.
 const SECTIONS: [&str; 8] = ["size", "idle", "get", "conns", "blob", "push", "async", "queue"];
+/// The sections that measure the `BENCH_BASELINE` binary too; the others measure this build.
+const COMPARED: [&str; 5] = ["size", "idle", "get", "blob", "push"];
+
+/// Which binary a figure comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Build {
+    /// `BENCH_BASELINE`.
+    Baseline,
+    /// The release binary cargo built for this bench.
+    This,
+}
+
+impl Build {
+    /// How progress lines name the build.
+    fn label(self) -> &'static str {
+        match self {
+            Build::Baseline => " (baseline)",
+            Build::This => "",
+        }
+    }
+}
 
 fn env_number(name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
     let Ok(text) = std::env::var(name) else {
@@ -141,7 +209,7 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let work = WorkDir::new();
-    let mut table = Table::default();
+    let mut table = Table::new(settings.baseline.is_some());
     // The test support panics where the bench's own code returns an error (a server that
     // does not start, a request that fails); either way the rows measured so far print.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| run_all(&settings, &work, &mut table)))
@@ -210,34 +278,43 @@ fn header(settings: &Settings) -> String {
     let load = std::fs::read_to_string("/proc/loadavg")
         .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
-    format!(
+    let mut header = format!(
         "angos benchmark: {cores} cores ({cpu}), load average {load} at the end; median of {} runs, \
          {} s per load run, {} pushes per latency run; binary {ANGOS}",
         settings.runs, settings.secs, settings.pushes
-    )
+    );
+    if let Some(baseline) = &settings.baseline {
+        let _ = write!(
+            header,
+            "; baseline {} (sections {}, its runs alternating with this build's)",
+            baseline.display(),
+            COMPARED.join(", ")
+        );
+    }
+    header
 }
 
 /// Every measurement, in table order. Each step adds its rows as soon as it has them, so
 /// a failure later still prints what was measured.
 fn run_all(settings: &Settings, work: &WorkDir, table: &mut Table) -> Result<(), String> {
     if settings.wants("size") {
-        bench_binary_size(table)?;
+        bench_binary_size(settings, table)?;
     }
     if settings.wants("idle") {
         bench_idle_rss(settings, work, table)?;
     }
     if settings.wants("get") || settings.wants("conns") || settings.wants("blob") {
-        let server = BenchServer::start(work, "main", &plain_options())?;
-        let with_log = |e: String| server.with_log(e);
+        let compared = settings.wants("get") || settings.wants("blob");
+        let servers = Servers::start(settings, work, "main", &plain_options(), compared)?;
         if settings.wants("get") {
-            let manifest = push_image(server.addr, "bench/app", "latest", b"bench").map_err(with_log)?;
-            bench_manifest_get(settings, &server, &manifest, table).map_err(with_log)?;
+            bench_manifest_get(settings, &servers, table)?;
         }
         if settings.wants("conns") {
-            bench_idle_connections(settings, &server, table).map_err(with_log)?;
+            let server = &servers.this;
+            bench_idle_connections(settings, server, table).map_err(|e| server.with_log(e))?;
         }
         if settings.wants("blob") {
-            bench_blob(settings, work, &server, table).map_err(with_log)?;
+            bench_blob(settings, work, &servers, table)?;
         }
     }
     if settings.wants("push") || settings.wants("async") {
@@ -253,13 +330,19 @@ fn run_all(settings: &Settings, work: &WorkDir, table: &mut Table) -> Result<(),
 // The figures
 // ---------------------------------------------------------------------------
 
-fn bench_binary_size(table: &mut Table) -> Result<(), String> {
-    let bytes = std::fs::metadata(ANGOS)
-        .map_err(|e| format!("{ANGOS}: {e}"))?
-        .len();
-    table.row(
+fn bench_binary_size(settings: &Settings, table: &mut Table) -> Result<(), String> {
+    let mut sizes = Series::default();
+    for build in settings.builds() {
+        let binary = settings.binary(build);
+        let bytes = std::fs::metadata(binary)
+            .map_err(|e| format!("{}: {e}", binary.display()))?
+            .len();
+        sizes.push(build, bytes as f64);
+    }
+    let bytes = sizes.this[0] as u64;
+    table.compared(
         "binary size (stripped release)",
-        vec![bytes as f64],
+        sizes,
         0,
         "bytes",
         format!("{:.2} MiB; `ls -l {ANGOS}` (profile.release strips)", mib(bytes)),
@@ -269,13 +352,15 @@ fn bench_binary_size(table: &mut Table) -> Result<(), String> {
 
 fn bench_idle_rss(settings: &Settings, work: &WorkDir, table: &mut Table) -> Result<(), String> {
     progress("RSS idle after start");
-    let mut samples = Vec::new();
-    for _ in 0..settings.runs {
-        let server = BenchServer::start(work, "idle", &Options::default())?;
-        thread::sleep(Duration::from_millis(500));
-        samples.push(mib(rss_bytes(server.pid())?));
+    let mut samples = Series::default();
+    for run in 0..settings.runs {
+        for build in settings.builds_in_run(run) {
+            let server = BenchServer::start(settings, work, "idle", build, &Options::default())?;
+            thread::sleep(Duration::from_millis(500));
+            samples.push(build, mib(rss_bytes(server.pid())?));
+        }
     }
-    table.row(
+    table.compared(
         "RSS idle after start",
         samples,
         2,
@@ -285,50 +370,58 @@ fn bench_idle_rss(settings: &Settings, work: &WorkDir, table: &mut Table) -> Res
     Ok(())
 }
 
-fn bench_manifest_get(
-    settings: &Settings,
-    server: &Server,
-    manifest: &str,
-    table: &mut Table,
-) -> Result<(), String> {
-    let url = format!("http://{}/v2/bench/app/manifests/latest", server.addr);
-    // One short run first: the first requests fault in the binary and fill the manifest cache.
-    wrk(&url, 16, 1)?;
-    let mut rss_under_load = Vec::new();
+fn manifest_url(server: &Server) -> String {
+    format!("http://{}/v2/bench/app/manifests/latest", server.addr)
+}
+
+fn bench_manifest_get(settings: &Settings, servers: &Servers, table: &mut Table) -> Result<(), String> {
+    let mut manifest_bytes = 0;
+    for build in settings.builds() {
+        let server = servers.get(build);
+        let manifest =
+            push_image(server.addr, "bench/app", "latest", b"bench").map_err(|e| server.with_log(e))?;
+        manifest_bytes = manifest.len();
+        // One short run first: the first requests fault in the binary and fill the manifest cache.
+        wrk(&manifest_url(server), 16, 1).map_err(|e| server.with_log(e))?;
+    }
+    let mut rss_under_load = Series::default();
     for connections in GET_CONNECTIONS {
         progress(&format!("manifest GET at {connections} connections"));
-        let mut rates = Vec::new();
-        let mut p99s = Vec::new();
+        let mut rates = Series::default();
+        let mut p99s = Series::default();
         let mut socket_errors = Vec::new();
-        for _ in 0..settings.runs {
-            let sampler = (connections == 256).then(|| RssSampler::start(server.pid()));
-            let result = wrk(&url, connections, settings.secs)?;
-            if let Some(sampler) = sampler {
-                rss_under_load.push(mib(sampler.finish()));
-            }
-            rates.push(result.requests_per_sec);
-            p99s.push(result.p99_ms);
-            if let Some(errors) = result.socket_errors {
-                socket_errors.push(errors);
+        for run in 0..settings.runs {
+            for build in settings.builds_in_run(run) {
+                let server = servers.get(build);
+                let sampler = (connections == 256).then(|| RssSampler::start(server.pid()));
+                let result =
+                    wrk(&manifest_url(server), connections, settings.secs).map_err(|e| server.with_log(e))?;
+                if let Some(sampler) = sampler {
+                    rss_under_load.push(build, mib(sampler.finish()));
+                }
+                rates.push(build, result.requests_per_sec);
+                p99s.push(build, result.p99_ms);
+                if let Some(errors) = result.socket_errors {
+                    socket_errors.push(format!("{errors}{}", build.label()));
+                }
             }
         }
         let threads = wrk_threads(connections);
         let mut command = format!(
-            "`wrk -t{threads} -c{connections} -d{}s --latency -H 'Accept: {OCI_MANIFEST}'`, {} B manifest",
+            "`wrk -t{threads} -c{connections} -d{}s --latency -H 'Accept: {OCI_MANIFEST}'`, {manifest_bytes} B manifest",
             settings.secs,
-            manifest.len()
         );
         if !socket_errors.is_empty() {
             let _ = write!(command, "; wrk socket errors: {}", socket_errors.join("; "));
         }
-        table.row(
+        table.compared(
             &format!("manifest GET, {connections} keep-alive connection(s)"),
             rates,
             0,
             "requests/s",
             command.clone(),
         );
-        table.row(
+        table.compared(
             &format!("manifest GET p99 latency, {connections} connection(s)"),
             p99s,
             3,
@@ -339,7 +432,7 @@ fn bench_manifest_get(
             ),
         );
     }
-    table.row(
+    table.compared(
         "RSS under load",
         rss_under_load,
         2,
@@ -430,25 +523,35 @@ fn count_closed(conns: &[TcpStream]) -> usize {
     closed
 }
 
-fn bench_blob(settings: &Settings, work: &WorkDir, server: &Server, table: &mut Table) -> Result<(), String> {
+fn bench_blob(
+    settings: &Settings,
+    work: &WorkDir,
+    servers: &Servers,
+    table: &mut Table,
+) -> Result<(), String> {
     progress("256 MiB blob: writing the random file");
     let path = work.path().join("blob.bin");
     let digest = write_random_file(&path, BLOB_BYTES).map_err(|e| format!("{}: {e}", path.display()))?;
     // Read it once so every reader below starts from the page cache, like the server does.
     run_timed(Command::new("cat").arg(&path), false)?;
 
-    let mut uploads = Vec::new();
-    let mut downloads = Vec::new();
+    let mut uploads = Series::default();
+    let mut downloads = Series::default();
     let mut sha256sums = Vec::new();
     let mut cats = Vec::new();
     let mut own_hashes = Vec::new();
     for run in 0..settings.runs {
         progress(&format!("256 MiB blob: run {} of {}", run + 1, settings.runs));
         let repo = format!("blob/r{run}");
-        let elapsed = upload_blob(server.addr, &repo, &digest, &path, BLOB_BYTES)?;
-        uploads.push(mb_per_sec(BLOB_BYTES, elapsed));
-        let elapsed = download_blob(server.addr, &repo, &digest, BLOB_BYTES)?;
-        downloads.push(mb_per_sec(BLOB_BYTES, elapsed));
+        for build in settings.builds_in_run(run) {
+            let server = servers.get(build);
+            let elapsed = upload_blob(server.addr, &repo, &digest, &path, BLOB_BYTES)
+                .map_err(|e| server.with_log(e))?;
+            uploads.push(build, mb_per_sec(BLOB_BYTES, elapsed));
+            let elapsed =
+                download_blob(server.addr, &repo, &digest, BLOB_BYTES).map_err(|e| server.with_log(e))?;
+            downloads.push(build, mb_per_sec(BLOB_BYTES, elapsed));
+        }
 
         let (elapsed, output) = run_timed(Command::new("sha256sum").arg(&path), true)?;
         if !output.starts_with(digest.hex()) {
@@ -468,7 +571,7 @@ fn bench_blob(settings: &Settings, work: &WorkDir, server: &Server, table: &mut 
         }
         own_hashes.push(mb_per_sec(BLOB_BYTES, elapsed));
     }
-    table.row(
+    table.compared(
         "blob upload, 256 MiB",
         uploads,
         0,
@@ -495,7 +598,7 @@ fn bench_blob(settings: &Settings, work: &WorkDir, server: &Server, table: &mut 
          them) over 1 MiB reads of the page-cached file, in the bench process"
             .to_string(),
     );
-    table.row(
+    table.compared(
         "blob download, 256 MiB",
         downloads,
         0,
@@ -534,6 +637,8 @@ fn hash_file(path: &Path) -> io::Result<(Duration, Digest)> {
 /// Push latency with and without a required webhook, and async delivery throughput, on one
 /// server whose repositories route differently: `plain/...` has no webhook, `hooked/...` one
 /// `required` webhook on manifest.push, `events/...` one `async` webhook on manifest.pull.
+/// Under `BENCH_BASELINE` the baseline gets a server of its own with the same receivers for
+/// the push rows; the async row measures this build alone.
 fn bench_webhooks(settings: &Settings, work: &WorkDir, table: &mut Table) -> Result<(), String> {
     let required = Receiver::counting(Reply::status(204));
     let deliveries = Receiver::counting(Reply::status(204));
@@ -556,15 +661,16 @@ fn bench_webhooks(settings: &Settings, work: &WorkDir, table: &mut Table) -> Res
         )],
         ..plain_options()
     };
-    let server = BenchServer::start(work, "webhooks", &options)?;
-    let with_log = |e: String| server.with_log(e);
+    let mut servers = Servers::start(settings, work, "webhooks", &options, settings.wants("push"))?;
     if settings.wants("push") {
-        bench_push_latency(settings, &server, &required, table).map_err(with_log)?;
+        bench_push_latency(settings, &servers, &required, table)?;
     }
+    drop(servers.baseline.take());
     if settings.wants("async") {
-        bench_async_deliveries(settings, &server, &deliveries, table).map_err(with_log)?;
+        let server = &servers.this;
+        bench_async_deliveries(settings, server, &deliveries, table).map_err(|e| server.with_log(e))?;
     }
-    drop(server);
+    drop(servers);
     drop(required);
     drop(deliveries);
     Ok(())
@@ -572,35 +678,40 @@ fn bench_webhooks(settings: &Settings, work: &WorkDir, table: &mut Table) -> Res
 
 fn bench_push_latency(
     settings: &Settings,
-    server: &Server,
+    servers: &Servers,
     required: &Receiver,
     table: &mut Table,
 ) -> Result<(), String> {
-    let mut plain = (Vec::new(), Vec::new());
-    let mut hooked = (Vec::new(), Vec::new());
+    let mut plain = (Series::default(), Series::default());
+    let mut hooked = (Series::default(), Series::default());
     for run in 0..settings.runs {
-        for (repo, out) in [("plain/app", &mut plain), ("hooked/app", &mut hooked)] {
-            progress(&format!(
-                "push latency {repo}: run {} of {}",
-                run + 1,
-                settings.runs
-            ));
-            let before = required.count();
-            let mut latencies = push_series(server.addr, repo, run, settings.pushes)?;
-            let delivered = required.count() - before;
-            let expected = if repo.starts_with("hooked") {
-                settings.pushes
-            } else {
-                0
-            };
-            if delivered != expected {
-                return Err(format!(
-                    "{repo}: the required receiver got {delivered} deliveries for {} pushes",
-                    settings.pushes
+        for build in settings.builds_in_run(run) {
+            let server = servers.get(build);
+            for (repo, out) in [("plain/app", &mut plain), ("hooked/app", &mut hooked)] {
+                progress(&format!(
+                    "push latency {repo}{}: run {} of {}",
+                    build.label(),
+                    run + 1,
+                    settings.runs
                 ));
+                let before = required.count();
+                let mut latencies =
+                    push_series(server.addr, repo, run, settings.pushes).map_err(|e| server.with_log(e))?;
+                let delivered = required.count() - before;
+                let expected = if repo.starts_with("hooked") {
+                    settings.pushes
+                } else {
+                    0
+                };
+                if delivered != expected {
+                    return Err(server.with_log(format!(
+                        "{repo}: the required receiver got {delivered} deliveries for {} pushes",
+                        settings.pushes
+                    )));
+                }
+                out.0.push(build, percentile(&mut latencies, 50.0));
+                out.1.push(build, percentile(&mut latencies, 99.0));
             }
-            out.0.push(percentile(&mut latencies, 50.0));
-            out.1.push(percentile(&mut latencies, 99.0));
         }
     }
     let what = format!(
@@ -609,35 +720,34 @@ fn bench_push_latency(
         settings.pushes
     );
     // Differences per run (the two series of a run ran back to back on the same server).
-    let diff = |with: &[f64], without: &[f64]| with.iter().zip(without).map(|(a, b)| a - b).collect();
-    let added_p50: Vec<f64> = diff(&hooked.0, &plain.0);
-    let added_p99: Vec<f64> = diff(&hooked.1, &plain.1);
-    table.row("push latency p50, no webhook", plain.0, 3, "ms", what.clone());
-    table.row("push latency p99, no webhook", plain.1, 3, "ms", what);
+    let added_p50 = Series::difference(&hooked.0, &plain.0);
+    let added_p99 = Series::difference(&hooked.1, &plain.1);
+    table.compared("push latency p50, no webhook", plain.0, 3, "ms", what.clone());
+    table.compared("push latency p99, no webhook", plain.1, 3, "ms", what);
     let hook = "the same, one `required` webhook on manifest.push to a loopback receiver answering \
                 `204 No Content` at once";
-    table.row(
+    table.compared(
         "push latency p50, required webhook",
         hooked.0,
         3,
         "ms",
         hook.to_string(),
     );
-    table.row(
+    table.compared(
         "push latency p99, required webhook",
         hooked.1,
         3,
         "ms",
         hook.to_string(),
     );
-    table.row(
+    table.compared(
         "added latency p50, required webhook",
         added_p50,
         3,
         "ms",
         "per run, p50 with the webhook minus p50 without; the median of those differences".to_string(),
     );
-    table.row(
+    table.compared(
         "added latency p99, required webhook",
         added_p99,
         3,
@@ -712,7 +822,7 @@ fn bench_queued_events(settings: &Settings, work: &WorkDir, table: &mut Table) -
     let mut baseline = Vec::new();
     let mut depths = Vec::new();
     for _ in 0..settings.runs {
-        let server = BenchServer::start(work, "queue", &options)?;
+        let server = BenchServer::start(settings, work, "queue", Build::This, &options)?;
         push_image(server.addr, "queue/app", "latest", b"queue")?;
         thread::sleep(Duration::from_millis(200));
         baseline.push(mib(rss_bytes(server.pid())?));
@@ -1129,21 +1239,28 @@ fn plain_options() -> Options {
         .server_line("header_timeout_ms = 600000")
 }
 
-/// A running `angos server` in a directory of its own under the work directory; killed
-/// (SIGKILL) and its directory removed on drop.
+/// A running `angos server` of one build in a directory of its own under the work directory;
+/// killed (SIGKILL) and its directory removed on drop.
 struct BenchServer {
     server: Server,
     dir: PathBuf,
 }
 
 impl BenchServer {
-    fn start(work: &WorkDir, label: &str, options: &Options) -> Result<BenchServer, String> {
+    fn start(
+        settings: &Settings,
+        work: &WorkDir,
+        label: &str,
+        build: Build,
+        options: &Options,
+    ) -> Result<BenchServer, String> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let dir = work
             .path()
             .join(format!("{label}-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let options = Options {
+            binary: Some(settings.binary(build).to_path_buf()),
             // BENCH_SYNC=1 measures with fsync on every commit and journal append.
             sync_to_disk: std::env::var_os("BENCH_SYNC").is_some_and(|value| value == "1"),
             ..options.clone()
@@ -1173,6 +1290,45 @@ impl Drop for BenchServer {
         self.server.kill();
         if std::env::var_os("BENCH_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The servers of a section: this build's, and the baseline's when the section is compared.
+struct Servers {
+    baseline: Option<BenchServer>,
+    this: BenchServer,
+}
+
+impl Servers {
+    fn start(
+        settings: &Settings,
+        work: &WorkDir,
+        label: &str,
+        options: &Options,
+        compared: bool,
+    ) -> Result<Servers, String> {
+        let baseline = match settings.baseline {
+            Some(_) if compared => Some(BenchServer::start(
+                settings,
+                work,
+                &format!("{label}-baseline"),
+                Build::Baseline,
+                options,
+            )?),
+            _ => None,
+        };
+        let this = BenchServer::start(settings, work, label, Build::This, options)?;
+        Ok(Servers { baseline, this })
+    }
+
+    fn get(&self, build: Build) -> &BenchServer {
+        match build {
+            Build::This => &self.this,
+            Build::Baseline => self
+                .baseline
+                .as_ref()
+                .expect("a baseline server in a compared section under BENCH_BASELINE"),
         }
     }
 }
@@ -1274,50 +1430,141 @@ fn progress(what: &str) {
     eprintln!("bench: {what}");
 }
 
+/// The samples of one figure, per build.
+#[derive(Default)]
+struct Series {
+    baseline: Vec<f64>,
+    this: Vec<f64>,
+}
+
+impl Series {
+    fn push(&mut self, build: Build, sample: f64) {
+        match build {
+            Build::Baseline => self.baseline.push(sample),
+            Build::This => self.this.push(sample),
+        }
+    }
+
+    /// `with - without`, run by run, for each build.
+    fn difference(with: &Series, without: &Series) -> Series {
+        let diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a - b).collect();
+        Series {
+            baseline: diff(&with.baseline, &without.baseline),
+            this: diff(&with.this, &without.this),
+        }
+    }
+}
+
 struct Row {
     figure: String,
     median: f64,
+    /// The baseline's median, on a compared row under `BENCH_BASELINE`.
+    baseline: Option<f64>,
     runs: usize,
     decimals: usize,
     unit: &'static str,
     context: String,
 }
 
-#[derive(Default)]
 struct Table {
     rows: Vec<Row>,
+    /// Under `BENCH_BASELINE`: baseline and change columns.
+    compare: bool,
 }
 
 impl Table {
-    fn row(
+    fn new(compare: bool) -> Table {
+        Table {
+            rows: Vec::new(),
+            compare,
+        }
+    }
+
+    /// A row of this build alone.
+    fn row(&mut self, figure: &str, samples: Vec<f64>, decimals: usize, unit: &'static str, context: String) {
+        self.compared(
+            figure,
+            Series {
+                baseline: Vec::new(),
+                this: samples,
+            },
+            decimals,
+            unit,
+            context,
+        );
+    }
+
+    /// A row of this build and, when it has samples, the baseline.
+    fn compared(
         &mut self,
         figure: &str,
-        mut samples: Vec<f64>,
+        mut samples: Series,
         decimals: usize,
         unit: &'static str,
         context: String,
     ) {
+        let baseline = (!samples.baseline.is_empty()).then(|| median(&mut samples.baseline));
         let row = Row {
             figure: figure.to_string(),
-            median: median(&mut samples),
-            runs: samples.len(),
+            median: median(&mut samples.this),
+            baseline,
+            runs: samples.this.len(),
             decimals,
             unit,
             context,
         };
+        let versus = row
+            .baseline
+            .map(|b| format!("; baseline {b:.*} {}", row.decimals, row.unit))
+            .unwrap_or_default();
         eprintln!(
-            "bench:   {} = {:.*} {} (median of {})",
+            "bench:   {} = {:.*} {} (median of {}){versus}",
             row.figure, row.decimals, row.median, row.unit, row.runs
         );
         self.rows.push(row);
     }
 
     fn render(&self) -> String {
+        if self.compare {
+            return self.render_compared();
+        }
         let mut out = String::from("| figure | median | unit | runs | how |\n|---|---:|---|---:|---|\n");
         for row in &self.rows {
             let _ = writeln!(
                 out,
                 "| {} | {:.*} | {} | {} | {} |",
+                row.figure,
+                row.decimals,
+                row.median,
+                row.unit,
+                row.runs,
+                row.context.replace('|', "\\|")
+            );
+        }
+        out
+    }
+
+    /// Medians of both builds side by side, and how this build differs in percent of the
+    /// baseline; rows measured on this build alone leave the baseline cells empty.
+    fn render_compared(&self) -> String {
+        let mut out = String::from(
+            "| figure | baseline | this build | change | unit | runs | how |\n\
+             |---|---:|---:|---:|---|---:|---|\n",
+        );
+        for row in &self.rows {
+            let (baseline, change) = match row.baseline {
+                // A ratio says something only between positive figures; the added-latency
+                // rows are differences and may cross zero.
+                Some(b) if b > 0.0 && row.median > 0.0 => (
+                    format!("{b:.*}", row.decimals),
+                    format!("{:+.1} %", (row.median - b) / b * 100.0),
+                ),
+                Some(b) => (format!("{b:.*}", row.decimals), String::new()),
+                None => (String::new(), String::new()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {baseline} | {:.*} | {change} | {} | {} | {} |",
                 row.figure,
                 row.decimals,
                 row.median,

@@ -114,6 +114,9 @@ pub struct Options {
     pub storage: Vec<String>,
     /// Whole tables (`[auth]`, `[repository."x"]`, ...) appended at the end.
     pub tables: Vec<String>,
+    /// The `angos` binary to run; the one cargo built when `None`. The registry
+    /// bench sets it to compare another build (`BENCH_BASELINE`).
+    pub binary: Option<PathBuf>,
 }
 
 impl Options {
@@ -199,7 +202,11 @@ impl Server {
         }
         std::fs::write(&config_path, config).expect("write config");
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_angos"))
+        let binary = match &options.binary {
+            Some(binary) => binary.as_path(),
+            None => Path::new(env!("CARGO_BIN_EXE_angos")),
+        };
+        let mut child = Command::new(binary)
             .arg("-c")
             .arg(&config_path)
             .arg("server")
