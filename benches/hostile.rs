@@ -1,5 +1,5 @@
 //! The attack benchmark (`cargo bench --bench hostile`, `harness = false`,
-//! issue 19): each hostile peer of `tests/hostile_peers.rs`, at full strength
+//! issue 19): each hostile peer of `tests/e2e/hostile_peers.rs`, at full strength
 //! for a few seconds against the release binary on loopback, while a
 //! well-behaved client sends `GET /v2/` every 2 ms on a keep-alive
 //! connection. Prints one markdown row per attack: the server's peak RSS and
@@ -9,10 +9,14 @@
 // A benchmark times the real binary from outside.
 #![allow(clippy::disallowed_methods)]
 
-#[path = "../tests/common/mod.rs"]
+// The end-to-end tests' support; the bench uses only part of it.
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)]
 mod common;
 
-use std::thread;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use common::hostile::*;
@@ -87,6 +91,60 @@ fn main() {
 
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// `GET /v2/` on one keep-alive connection every 2 ms until stopped: the
+/// latencies a well-behaved client sees while something else goes on.
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Vec<Duration>>>,
+}
+
+impl Probe {
+    pub fn start(server: &Server) -> Probe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut conn = server.connect();
+        let handle = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let started = Instant::now();
+                    match conn.try_request("GET", "/v2/", &[], b"") {
+                        // 401 is the answer to a ping where identities are configured.
+                        Ok(response) if matches!(response.status, 200 | 401) => {
+                            samples.push(started.elapsed())
+                        }
+                        // A refused or broken probe counts as the longest wait there is.
+                        _ => samples.push(Duration::from_secs(3600)),
+                    }
+                    thread::sleep(Duration::from_millis(2));
+                }
+                samples
+            })
+        };
+        Probe {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops probing; the latencies, sorted.
+    pub fn finish(mut self) -> Vec<Duration> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut samples = self.handle.take().unwrap().join().unwrap();
+        samples.sort();
+        samples
+    }
+}
+
+/// The `p`-th percentile (0 to 100) of sorted samples.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// Runs `attack` for `length` while probing; the row for it.

@@ -4,25 +4,45 @@
 //! nothing behind: every server child, receiver thread and temporary directory sits behind a Drop
 //! guard, so a panic half-way still kills the servers and removes the data.
 //!
+//! The server launcher, the HTTP client and the webhook receivers are the end-to-end tests' own
+//! (`tests/e2e/common`, `tests/e2e/webhook_support/receiver.rs`); this file holds what is measured
+//! and how.
+//!
 //! Settings (environment): `BENCH_RUNS` (default 5) runs per figure, `BENCH_SECS` (default 5)
 //! seconds per load run, `BENCH_PUSHES` (default 2000) pushes per latency run, `BENCH_ONLY` (a
 //! comma list of sections, see `SECTIONS`), `BENCH_KEEP=1` to keep the temporary directory,
-//! `BENCH_SYNC=1` to run the server with `sync_to_disk = true`.
+//! `BENCH_SYNC=1` to run the server with `sync_to_disk = true`, `BENCH_BASELINE=<path of another
+//! angos binary>` to run the sections of `COMPARED` on that binary too, run by run alternately
+//! with this build, and print both medians side by side.
 // A benchmark times the real binary from outside: wall-clock reads are the point here, not
 // a way around the driven clock (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
+// The end-to-end tests' support (the webhook receiver alone of webhook_support); the bench
+// uses only part of each module.
+#[path = "../tests/e2e/common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+#[path = "../tests/e2e/webhook_support/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
+
 use angos::digest::{Digest, Hasher};
-use std::collections::VecDeque;
+use common::{
+    Conn, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Options, Response, Server, open_files_soft_limit,
+    pseudo_random_bytes,
+};
+use receiver::{Receiver, Reply};
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::ops::Deref;
+use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -48,16 +68,8 @@ const PULL_THREADS: usize = 4;
 const ASYNC_WARMUP: Duration = Duration::from_secs(1);
 /// Layer size of each latency push.
 const PUSH_LAYER_BYTES: usize = 1024;
-/// How long the server may take to print its listening line.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read timeout of every client socket, so a stuck server fails the bench instead of hanging it.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
-/// Server log lines kept for error messages.
+/// Server log lines shown in error messages.
 const LOG_LINES_MAX: usize = 200;
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// What the environment asked for.
 #[derive(Clone, Debug)]
@@ -67,6 +79,8 @@ struct Settings {
     pushes: usize,
     /// Sections to run (`BENCH_ONLY=get,blob`); empty runs them all.
     only: Vec<String>,
+    /// Another angos binary to compare with (`BENCH_BASELINE`).
+    baseline: Option<PathBuf>,
 }
 
 impl Settings {
@@ -88,16 +102,80 @@ impl Settings {
                 }
                 Err(_) => Vec::new(),
             },
+            baseline: match std::env::var_os("BENCH_BASELINE") {
+                Some(path) if !path.is_empty() => {
+                    let path = PathBuf::from(path);
+                    if !path.is_file() {
+                        return Err(format!(
+                            "BENCH_BASELINE={}: not a file (the path of another angos binary)",
+                            path.display()
+                        ));
+                    }
+                    Some(path)
+                }
+                _ => None,
+            },
         })
     }
 
     fn wants(&self, section: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|s| s == section)
     }
+
+    /// The binary `build` names.
+    fn binary(&self, build: Build) -> &Path {
+        match build {
+            Build::This => Path::new(ANGOS),
+            Build::Baseline => self
+                .baseline
+                .as_deref()
+                .expect("a baseline build only under BENCH_BASELINE"),
+        }
+    }
+
+    /// Every build a compared section measures, the baseline first.
+    fn builds(&self) -> Vec<Build> {
+        match self.baseline {
+            Some(_) => vec![Build::Baseline, Build::This],
+            None => vec![Build::This],
+        }
+    }
+
+    /// The builds in the order run `run` of a compared section measures them: the baseline
+    /// first in even runs and second in odd ones, so neither build always runs on what the
+    /// other left behind (caches, a warmer CPU).
+    fn builds_in_run(&self, run: usize) -> Vec<Build> {
+        let mut builds = self.builds();
+        if run % 2 == 1 {
+            builds.reverse();
+        }
+        builds
+    }
 }
 
 /// The sections `BENCH_ONLY` can name, in the order they run.
 const SECTIONS: [&str; 8] = ["size", "idle", "get", "conns", "blob", "push", "async", "queue"];
+/// The sections that measure the `BENCH_BASELINE` binary too; the others measure this build.
+const COMPARED: [&str; 5] = ["size", "idle", "get", "blob", "push"];
+
+/// Which binary a figure comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Build {
+    /// `BENCH_BASELINE`.
+    Baseline,
+    /// The release binary cargo built for this bench.
+    This,
+}
+
+impl Build {
+    /// How progress lines name the build.
+    fn label(self) -> &'static str {
+        match self {
+            Build::Baseline => " (baseline)",
+            Build::This => "",
+        }
+    }
+}
 
 fn env_number(name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
     let Ok(text) = std::env::var(name) else {
@@ -130,9 +208,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let started = Instant::now();
-    let work = TempDir::new();
-    let mut table = Table::default();
-    let outcome = run_all(&settings, &work, &mut table);
+    let work = WorkDir::new();
+    let mut table = Table::new(settings.baseline.is_some());
+    // The test support panics where the bench's own code returns an error (a server that
+    // does not start, a request that fails); either way the rows measured so far print.
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| run_all(&settings, &work, &mut table)))
+        .unwrap_or_else(|_| Err("a step panicked (its message is above)".to_string()));
     eprintln!("bench: finished in {:.0} s", started.elapsed().as_secs_f64());
     println!();
     println!("{}", header(&settings));
@@ -182,17 +263,6 @@ fn preflight() -> Result<(), String> {
     Ok(())
 }
 
-fn open_files_soft_limit() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line["Max open files".len()..].split_whitespace().next()?;
-    if soft == "unlimited" {
-        Some(u64::MAX)
-    } else {
-        soft.parse().ok()
-    }
-}
-
 /// The lines above the table: what ran where, so a figure is never read without its context.
 fn header(settings: &Settings) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -208,34 +278,43 @@ fn header(settings: &Settings) -> String {
     let load = std::fs::read_to_string("/proc/loadavg")
         .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
-    format!(
+    let mut header = format!(
         "angos benchmark: {cores} cores ({cpu}), load average {load} at the end; median of {} runs, \
          {} s per load run, {} pushes per latency run; binary {ANGOS}",
         settings.runs, settings.secs, settings.pushes
-    )
+    );
+    if let Some(baseline) = &settings.baseline {
+        let _ = write!(
+            header,
+            "; baseline {} (sections {}, its runs alternating with this build's)",
+            baseline.display(),
+            COMPARED.join(", ")
+        );
+    }
+    header
 }
 
 /// Every measurement, in table order. Each step adds its rows as soon as it has them, so
 /// a failure later still prints what was measured.
-fn run_all(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(), String> {
+fn run_all(settings: &Settings, work: &WorkDir, table: &mut Table) -> Result<(), String> {
     if settings.wants("size") {
-        bench_binary_size(table)?;
+        bench_binary_size(settings, table)?;
     }
     if settings.wants("idle") {
         bench_idle_rss(settings, work, table)?;
     }
     if settings.wants("get") || settings.wants("conns") || settings.wants("blob") {
-        let server = Server::start(work, "main", &ServerConfig::plain())?;
-        let with_log = |e: String| format!("{e}\nserver log (last lines):\n{}", server.log_tail());
+        let compared = settings.wants("get") || settings.wants("blob");
+        let servers = Servers::start(settings, work, "main", &plain_options(), compared)?;
         if settings.wants("get") {
-            let manifest = push_image(server.addr, "bench/app", "latest", b"bench").map_err(with_log)?;
-            bench_manifest_get(settings, &server, &manifest, table).map_err(with_log)?;
+            bench_manifest_get(settings, &servers, table)?;
         }
         if settings.wants("conns") {
-            bench_idle_connections(settings, &server, table).map_err(with_log)?;
+            let server = &servers.this;
+            bench_idle_connections(settings, server, table).map_err(|e| server.with_log(e))?;
         }
         if settings.wants("blob") {
-            bench_blob(settings, work, &server, table).map_err(with_log)?;
+            bench_blob(settings, work, &servers, table)?;
         }
     }
     if settings.wants("push") || settings.wants("async") {
@@ -251,13 +330,19 @@ fn run_all(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(),
 // The figures
 // ---------------------------------------------------------------------------
 
-fn bench_binary_size(table: &mut Table) -> Result<(), String> {
-    let bytes = std::fs::metadata(ANGOS)
-        .map_err(|e| format!("{ANGOS}: {e}"))?
-        .len();
-    table.row(
+fn bench_binary_size(settings: &Settings, table: &mut Table) -> Result<(), String> {
+    let mut sizes = Series::default();
+    for build in settings.builds() {
+        let binary = settings.binary(build);
+        let bytes = std::fs::metadata(binary)
+            .map_err(|e| format!("{}: {e}", binary.display()))?
+            .len();
+        sizes.push(build, bytes as f64);
+    }
+    let bytes = sizes.this[0] as u64;
+    table.compared(
         "binary size (stripped release)",
-        vec![bytes as f64],
+        sizes,
         0,
         "bytes",
         format!("{:.2} MiB; `ls -l {ANGOS}` (profile.release strips)", mib(bytes)),
@@ -265,15 +350,17 @@ fn bench_binary_size(table: &mut Table) -> Result<(), String> {
     Ok(())
 }
 
-fn bench_idle_rss(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(), String> {
+fn bench_idle_rss(settings: &Settings, work: &WorkDir, table: &mut Table) -> Result<(), String> {
     progress("RSS idle after start");
-    let mut samples = Vec::new();
-    for _ in 0..settings.runs {
-        let server = Server::start(work, "idle", &ServerConfig::defaults())?;
-        thread::sleep(Duration::from_millis(500));
-        samples.push(mib(rss_bytes(server.pid())?));
+    let mut samples = Series::default();
+    for run in 0..settings.runs {
+        for build in settings.builds_in_run(run) {
+            let server = BenchServer::start(settings, work, "idle", build, &Options::default())?;
+            thread::sleep(Duration::from_millis(500));
+            samples.push(build, mib(rss_bytes(server.pid())?));
+        }
     }
-    table.row(
+    table.compared(
         "RSS idle after start",
         samples,
         2,
@@ -283,50 +370,58 @@ fn bench_idle_rss(settings: &Settings, work: &TempDir, table: &mut Table) -> Res
     Ok(())
 }
 
-fn bench_manifest_get(
-    settings: &Settings,
-    server: &Server,
-    manifest: &str,
-    table: &mut Table,
-) -> Result<(), String> {
-    let url = format!("http://{}/v2/bench/app/manifests/latest", server.addr);
-    // One short run first: the first requests fault in the binary and fill the manifest cache.
-    wrk(&url, 16, 1)?;
-    let mut rss_under_load = Vec::new();
+fn manifest_url(server: &Server) -> String {
+    format!("http://{}/v2/bench/app/manifests/latest", server.addr)
+}
+
+fn bench_manifest_get(settings: &Settings, servers: &Servers, table: &mut Table) -> Result<(), String> {
+    let mut manifest_bytes = 0;
+    for build in settings.builds() {
+        let server = servers.get(build);
+        let manifest =
+            push_image(server.addr, "bench/app", "latest", b"bench").map_err(|e| server.with_log(e))?;
+        manifest_bytes = manifest.len();
+        // One short run first: the first requests fault in the binary and fill the manifest cache.
+        wrk(&manifest_url(server), 16, 1).map_err(|e| server.with_log(e))?;
+    }
+    let mut rss_under_load = Series::default();
     for connections in GET_CONNECTIONS {
         progress(&format!("manifest GET at {connections} connections"));
-        let mut rates = Vec::new();
-        let mut p99s = Vec::new();
+        let mut rates = Series::default();
+        let mut p99s = Series::default();
         let mut socket_errors = Vec::new();
-        for _ in 0..settings.runs {
-            let sampler = (connections == 256).then(|| RssSampler::start(server.pid()));
-            let result = wrk(&url, connections, settings.secs)?;
-            if let Some(sampler) = sampler {
-                rss_under_load.push(mib(sampler.finish()));
-            }
-            rates.push(result.requests_per_sec);
-            p99s.push(result.p99_ms);
-            if let Some(errors) = result.socket_errors {
-                socket_errors.push(errors);
+        for run in 0..settings.runs {
+            for build in settings.builds_in_run(run) {
+                let server = servers.get(build);
+                let sampler = (connections == 256).then(|| RssSampler::start(server.pid()));
+                let result =
+                    wrk(&manifest_url(server), connections, settings.secs).map_err(|e| server.with_log(e))?;
+                if let Some(sampler) = sampler {
+                    rss_under_load.push(build, mib(sampler.finish()));
+                }
+                rates.push(build, result.requests_per_sec);
+                p99s.push(build, result.p99_ms);
+                if let Some(errors) = result.socket_errors {
+                    socket_errors.push(format!("{errors}{}", build.label()));
+                }
             }
         }
         let threads = wrk_threads(connections);
         let mut command = format!(
-            "`wrk -t{threads} -c{connections} -d{}s --latency -H 'Accept: {OCI_MANIFEST}'`, {} B manifest",
+            "`wrk -t{threads} -c{connections} -d{}s --latency -H 'Accept: {OCI_MANIFEST}'`, {manifest_bytes} B manifest",
             settings.secs,
-            manifest.len()
         );
         if !socket_errors.is_empty() {
             let _ = write!(command, "; wrk socket errors: {}", socket_errors.join("; "));
         }
-        table.row(
+        table.compared(
             &format!("manifest GET, {connections} keep-alive connection(s)"),
             rates,
             0,
             "requests/s",
             command.clone(),
         );
-        table.row(
+        table.compared(
             &format!("manifest GET p99 latency, {connections} connection(s)"),
             p99s,
             3,
@@ -337,7 +432,7 @@ fn bench_manifest_get(
             ),
         );
     }
-    table.row(
+    table.compared(
         "RSS under load",
         rss_under_load,
         2,
@@ -378,7 +473,7 @@ fn bench_idle_connections(settings: &Settings, server: &Server, table: &mut Tabl
             // later connection is answered every earlier one has been accepted. Waiting for
             // that keeps the listen queue from overflowing: an overflow drops the handshake's
             // last ACK, and such a connection stalls for a SYN-ACK retransmission or is reset.
-            let health = Client::connect(server.addr)?.request("GET", "/healthz", &[], b"")?;
+            let health = request(&mut connect(server.addr)?, "GET", "/healthz", &[], b"")?;
             if health.status != 200 {
                 return Err(format!(
                     "GET /healthz with idle connections open: {}",
@@ -428,25 +523,35 @@ fn count_closed(conns: &[TcpStream]) -> usize {
     closed
 }
 
-fn bench_blob(settings: &Settings, work: &TempDir, server: &Server, table: &mut Table) -> Result<(), String> {
+fn bench_blob(
+    settings: &Settings,
+    work: &WorkDir,
+    servers: &Servers,
+    table: &mut Table,
+) -> Result<(), String> {
     progress("256 MiB blob: writing the random file");
     let path = work.path().join("blob.bin");
     let digest = write_random_file(&path, BLOB_BYTES).map_err(|e| format!("{}: {e}", path.display()))?;
     // Read it once so every reader below starts from the page cache, like the server does.
     run_timed(Command::new("cat").arg(&path), false)?;
 
-    let mut uploads = Vec::new();
-    let mut downloads = Vec::new();
+    let mut uploads = Series::default();
+    let mut downloads = Series::default();
     let mut sha256sums = Vec::new();
     let mut cats = Vec::new();
     let mut own_hashes = Vec::new();
     for run in 0..settings.runs {
         progress(&format!("256 MiB blob: run {} of {}", run + 1, settings.runs));
         let repo = format!("blob/r{run}");
-        let elapsed = upload_blob(server.addr, &repo, &digest, &path, BLOB_BYTES)?;
-        uploads.push(mb_per_sec(BLOB_BYTES, elapsed));
-        let elapsed = download_blob(server.addr, &repo, &digest, BLOB_BYTES)?;
-        downloads.push(mb_per_sec(BLOB_BYTES, elapsed));
+        for build in settings.builds_in_run(run) {
+            let server = servers.get(build);
+            let elapsed = upload_blob(server.addr, &repo, &digest, &path, BLOB_BYTES)
+                .map_err(|e| server.with_log(e))?;
+            uploads.push(build, mb_per_sec(BLOB_BYTES, elapsed));
+            let elapsed =
+                download_blob(server.addr, &repo, &digest, BLOB_BYTES).map_err(|e| server.with_log(e))?;
+            downloads.push(build, mb_per_sec(BLOB_BYTES, elapsed));
+        }
 
         let (elapsed, output) = run_timed(Command::new("sha256sum").arg(&path), true)?;
         if !output.starts_with(digest.hex()) {
@@ -466,7 +571,7 @@ fn bench_blob(settings: &Settings, work: &TempDir, server: &Server, table: &mut 
         }
         own_hashes.push(mb_per_sec(BLOB_BYTES, elapsed));
     }
-    table.row(
+    table.compared(
         "blob upload, 256 MiB",
         uploads,
         0,
@@ -493,7 +598,7 @@ fn bench_blob(settings: &Settings, work: &TempDir, server: &Server, table: &mut 
          them) over 1 MiB reads of the page-cached file, in the bench process"
             .to_string(),
     );
-    table.row(
+    table.compared(
         "blob download, 256 MiB",
         downloads,
         0,
@@ -532,36 +637,40 @@ fn hash_file(path: &Path) -> io::Result<(Duration, Digest)> {
 /// Push latency with and without a required webhook, and async delivery throughput, on one
 /// server whose repositories route differently: `plain/...` has no webhook, `hooked/...` one
 /// `required` webhook on manifest.push, `events/...` one `async` webhook on manifest.pull.
-fn bench_webhooks(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(), String> {
-    let required = Receiver::start(ReceiverMode::Answer)?;
-    let deliveries = Receiver::start(ReceiverMode::Answer)?;
-    let config = ServerConfig {
+/// Under `BENCH_BASELINE` the baseline gets a server of its own with the same receivers for
+/// the push rows; the async row measures this build alone.
+fn bench_webhooks(settings: &Settings, work: &WorkDir, table: &mut Table) -> Result<(), String> {
+    let required = Receiver::counting(Reply::status(204));
+    let deliveries = Receiver::counting(Reply::status(204));
+    let options = Options {
         global: vec![
             "event_webhook_queue_length = 100000".to_string(),
             // An interrupted bench (Ctrl-C reaches the servers too) should not leave a server
             // draining its queue for the default 30 s.
             "shutdown_drain_secs = 1".to_string(),
         ],
-        tables: format!(
-            "[event_webhook.required_hook]\nurl = \"http://{}/hook\"\npolicy = \"required\"\n\
+        tables: vec![format!(
+            "[event_webhook.required_hook]\nurl = \"{}\"\npolicy = \"required\"\n\
              events = [\"manifest.push\"]\n\n\
-             [event_webhook.async_hook]\nurl = \"http://{}/events\"\npolicy = \"async\"\n\
+             [event_webhook.async_hook]\nurl = \"{}\"\npolicy = \"async\"\n\
              events = [\"manifest.pull\"]\n\n\
              [repository.\"hooked\"]\nevent_webhooks = [\"required_hook\"]\n\n\
              [repository.\"events\"]\nevent_webhooks = [\"async_hook\"]\n",
-            required.addr, deliveries.addr
-        ),
-        ..ServerConfig::plain()
+            required.url("/hook"),
+            deliveries.url("/events")
+        )],
+        ..plain_options()
     };
-    let server = Server::start(work, "webhooks", &config)?;
-    let with_log = |e: String| format!("{e}\nserver log (last lines):\n{}", server.log_tail());
+    let mut servers = Servers::start(settings, work, "webhooks", &options, settings.wants("push"))?;
     if settings.wants("push") {
-        bench_push_latency(settings, &server, &required, table).map_err(with_log)?;
+        bench_push_latency(settings, &servers, &required, table)?;
     }
+    drop(servers.baseline.take());
     if settings.wants("async") {
-        bench_async_deliveries(settings, &server, &deliveries, table).map_err(with_log)?;
+        let server = &servers.this;
+        bench_async_deliveries(settings, server, &deliveries, table).map_err(|e| server.with_log(e))?;
     }
-    drop(server);
+    drop(servers);
     drop(required);
     drop(deliveries);
     Ok(())
@@ -569,35 +678,40 @@ fn bench_webhooks(settings: &Settings, work: &TempDir, table: &mut Table) -> Res
 
 fn bench_push_latency(
     settings: &Settings,
-    server: &Server,
+    servers: &Servers,
     required: &Receiver,
     table: &mut Table,
 ) -> Result<(), String> {
-    let mut plain = (Vec::new(), Vec::new());
-    let mut hooked = (Vec::new(), Vec::new());
+    let mut plain = (Series::default(), Series::default());
+    let mut hooked = (Series::default(), Series::default());
     for run in 0..settings.runs {
-        for (repo, out) in [("plain/app", &mut plain), ("hooked/app", &mut hooked)] {
-            progress(&format!(
-                "push latency {repo}: run {} of {}",
-                run + 1,
-                settings.runs
-            ));
-            let before = required.requests();
-            let mut latencies = push_series(server.addr, repo, run, settings.pushes)?;
-            let delivered = required.requests() - before;
-            let expected = if repo.starts_with("hooked") {
-                settings.pushes as u64
-            } else {
-                0
-            };
-            if delivered != expected {
-                return Err(format!(
-                    "{repo}: the required receiver got {delivered} deliveries for {} pushes",
-                    settings.pushes
+        for build in settings.builds_in_run(run) {
+            let server = servers.get(build);
+            for (repo, out) in [("plain/app", &mut plain), ("hooked/app", &mut hooked)] {
+                progress(&format!(
+                    "push latency {repo}{}: run {} of {}",
+                    build.label(),
+                    run + 1,
+                    settings.runs
                 ));
+                let before = required.count();
+                let mut latencies =
+                    push_series(server.addr, repo, run, settings.pushes).map_err(|e| server.with_log(e))?;
+                let delivered = required.count() - before;
+                let expected = if repo.starts_with("hooked") {
+                    settings.pushes
+                } else {
+                    0
+                };
+                if delivered != expected {
+                    return Err(server.with_log(format!(
+                        "{repo}: the required receiver got {delivered} deliveries for {} pushes",
+                        settings.pushes
+                    )));
+                }
+                out.0.push(build, percentile(&mut latencies, 50.0));
+                out.1.push(build, percentile(&mut latencies, 99.0));
             }
-            out.0.push(percentile(&mut latencies, 50.0));
-            out.1.push(percentile(&mut latencies, 99.0));
         }
     }
     let what = format!(
@@ -606,35 +720,34 @@ fn bench_push_latency(
         settings.pushes
     );
     // Differences per run (the two series of a run ran back to back on the same server).
-    let diff = |with: &[f64], without: &[f64]| with.iter().zip(without).map(|(a, b)| a - b).collect();
-    let added_p50: Vec<f64> = diff(&hooked.0, &plain.0);
-    let added_p99: Vec<f64> = diff(&hooked.1, &plain.1);
-    table.row("push latency p50, no webhook", plain.0, 3, "ms", what.clone());
-    table.row("push latency p99, no webhook", plain.1, 3, "ms", what);
+    let added_p50 = Series::difference(&hooked.0, &plain.0);
+    let added_p99 = Series::difference(&hooked.1, &plain.1);
+    table.compared("push latency p50, no webhook", plain.0, 3, "ms", what.clone());
+    table.compared("push latency p99, no webhook", plain.1, 3, "ms", what);
     let hook = "the same, one `required` webhook on manifest.push to a loopback receiver answering \
                 `204 No Content` at once";
-    table.row(
+    table.compared(
         "push latency p50, required webhook",
         hooked.0,
         3,
         "ms",
         hook.to_string(),
     );
-    table.row(
+    table.compared(
         "push latency p99, required webhook",
         hooked.1,
         3,
         "ms",
         hook.to_string(),
     );
-    table.row(
+    table.compared(
         "added latency p50, required webhook",
         added_p50,
         3,
         "ms",
         "per run, p50 with the webhook minus p50 without; the median of those differences".to_string(),
     );
-    table.row(
+    table.compared(
         "added latency p99, required webhook",
         added_p99,
         3,
@@ -660,9 +773,9 @@ fn bench_async_deliveries(
         let dropped_before = webhook_metric(server.addr, "event_webhook_queue_dropped_total", "async_hook")?;
         let pullers = Pullers::start(server.addr, "/v2/events/app/manifests/latest", PULL_THREADS);
         thread::sleep(ASYNC_WARMUP);
-        let (delivered0, pulls0, t0) = (deliveries.requests(), pullers.pulls(), Instant::now());
+        let (delivered0, pulls0, t0) = (deliveries.count(), pullers.pulls(), Instant::now());
         thread::sleep(Duration::from_secs(settings.secs));
-        let (delivered1, pulls1, elapsed) = (deliveries.requests(), pullers.pulls(), t0.elapsed());
+        let (delivered1, pulls1, elapsed) = (deliveries.count(), pullers.pulls(), t0.elapsed());
         pullers.finish()?;
         if delivered1 == delivered0 {
             return Err(format!("no async delivery arrived in {} s", settings.secs));
@@ -689,34 +802,35 @@ fn bench_async_deliveries(
     Ok(())
 }
 
-fn bench_queued_events(settings: &Settings, work: &TempDir, table: &mut Table) -> Result<(), String> {
+fn bench_queued_events(settings: &Settings, work: &WorkDir, table: &mut Table) -> Result<(), String> {
     progress(&format!("RSS with {QUEUED_EVENTS} queued async events"));
-    let hang = Receiver::start(ReceiverMode::Hang)?;
-    let config = ServerConfig {
+    let hang = Receiver::counting(Reply::Hang);
+    let options = Options {
         global: vec![
             format!("event_webhook_queue_length = {}", QUEUED_EVENTS * 2),
             "shutdown_drain_secs = 1".to_string(),
             "event_webhooks = [\"sink\"]".to_string(),
         ],
-        tables: format!(
-            "[event_webhook.sink]\nurl = \"http://{}/events\"\npolicy = \"async\"\n\
+        tables: vec![format!(
+            "[event_webhook.sink]\nurl = \"{}\"\npolicy = \"async\"\n\
              events = [\"manifest.pull\"]\ntimeout_ms = 3600000\nmax_retries = 0\n",
-            hang.addr
-        ),
-        ..ServerConfig::plain()
+            hang.url("/events")
+        )],
+        ..plain_options()
     };
     let mut samples = Vec::new();
     let mut baseline = Vec::new();
     let mut depths = Vec::new();
     for _ in 0..settings.runs {
-        let server = Server::start(work, "queue", &config)?;
+        let server = BenchServer::start(settings, work, "queue", Build::This, &options)?;
         push_image(server.addr, "queue/app", "latest", b"queue")?;
         thread::sleep(Duration::from_millis(200));
         baseline.push(mib(rss_bytes(server.pid())?));
         // One more than the target: the first event is in flight to the receiver, not queued.
-        let mut client = Client::connect(server.addr)?;
+        let mut client = connect(server.addr)?;
         for _ in 0..=QUEUED_EVENTS {
-            let reply = client.request(
+            let reply = request(
+                &mut client,
                 "GET",
                 "/v2/queue/app/manifests/latest",
                 &[("Accept", OCI_MANIFEST)],
@@ -765,7 +879,7 @@ fn bench_queued_events(settings: &Settings, work: &TempDir, table: &mut Table) -
 /// `pushes` pushes to `repo`, each a unique 1 KiB layer by monolithic POST and a manifest PUT
 /// under a new tag; the manifest PUT round trips in milliseconds.
 fn push_series(addr: SocketAddr, repo: &str, run: usize, pushes: usize) -> Result<Vec<f64>, String> {
-    let mut client = Client::connect(addr)?;
+    let mut client = connect(addr)?;
     let config = format!("{{\"bench\":\"{repo}\"}}").into_bytes();
     let config_digest = push_blob(&mut client, repo, &config)?;
     let mut latencies = Vec::with_capacity(pushes);
@@ -776,7 +890,8 @@ fn push_series(addr: SocketAddr, repo: &str, run: usize, pushes: usize) -> Resul
         let manifest = manifest_json(&config_digest, config.len(), &layer_digest, layer.len());
         let path = format!("/v2/{repo}/manifests/r{run}-{i}");
         let start = Instant::now();
-        let reply = client.request(
+        let reply = request(
+            &mut client,
             "PUT",
             &path,
             &[("Content-Type", OCI_MANIFEST)],
@@ -793,14 +908,15 @@ fn push_series(addr: SocketAddr, repo: &str, run: usize, pushes: usize) -> Resul
 /// Pushes a config and a layer derived from `seed` and a manifest over them under `tag`;
 /// returns the manifest.
 fn push_image(addr: SocketAddr, repo: &str, tag: &str, seed: &[u8]) -> Result<String, String> {
-    let mut client = Client::connect(addr)?;
+    let mut client = connect(addr)?;
     let config = format!("{{\"seed\":\"{}\"}}", String::from_utf8_lossy(seed)).into_bytes();
     let layer = pseudo_random_bytes(seed.iter().map(|&b| u64::from(b)).sum(), 4096);
     let config_digest = push_blob(&mut client, repo, &config)?;
     let layer_digest = push_blob(&mut client, repo, &layer)?;
     let manifest = manifest_json(&config_digest, config.len(), &layer_digest, layer.len());
     let path = format!("/v2/{repo}/manifests/{tag}");
-    let reply = client.request(
+    let reply = request(
+        &mut client,
         "PUT",
         &path,
         &[("Content-Type", OCI_MANIFEST)],
@@ -812,10 +928,11 @@ fn push_image(addr: SocketAddr, repo: &str, tag: &str, seed: &[u8]) -> Result<St
     Ok(manifest)
 }
 
-fn push_blob(client: &mut Client, repo: &str, data: &[u8]) -> Result<Digest, String> {
+fn push_blob(client: &mut Conn, repo: &str, data: &[u8]) -> Result<Digest, String> {
     let digest = Digest::sha256_of(data);
     let path = format!("/v2/{repo}/blobs/uploads/?digest={digest}");
-    let reply = client.request(
+    let reply = request(
+        client,
         "POST",
         &path,
         &[("Content-Type", "application/octet-stream")],
@@ -833,18 +950,6 @@ fn manifest_json(config: &Digest, config_len: usize, layer: &Digest, layer_len: 
          \"config\":{{\"mediaType\":\"{OCI_CONFIG}\",\"digest\":\"{config}\",\"size\":{config_len}}},\
          \"layers\":[{{\"mediaType\":\"{OCI_LAYER}\",\"digest\":\"{layer}\",\"size\":{layer_len}}}]}}"
     )
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*): cheap, and not compressible.
-fn pseudo_random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    let mut state = seed | 1;
-    while out.len() < len {
-        state = xorshift(state);
-        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn xorshift(mut state: u64) -> u64 {
@@ -889,20 +994,19 @@ fn upload_blob(
     let what = format!("upload of {len} bytes to {repo}");
     let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let start = Instant::now();
-    let mut client = Client::connect(addr)?;
+    let mut client = connect(addr)?;
     let head = format!(
         "POST /v2/{repo}/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: {len}\r\n\r\n"
     );
     client
-        .stream
-        .write_all(head.as_bytes())
+        .try_send(head.as_bytes())
         .map_err(|e| format!("{what}: {e}"))?;
-    let sent = io::copy(&mut file, &mut client.stream).map_err(|e| format!("{what}: {e}"))?;
+    let sent = io::copy(&mut file, &mut client.stream()).map_err(|e| format!("{what}: {e}"))?;
     if sent != len {
         return Err(format!("{what}: the file had {sent} bytes"));
     }
-    let reply = client.read_reply("POST").map_err(|e| format!("{what}: {e}"))?;
+    let reply = client.read_response("POST").map_err(|e| format!("{what}: {e}"))?;
     let elapsed = start.elapsed();
     if reply.status != 201 {
         return Err(format!("{what}: {} {}", reply.status, reply.text()));
@@ -914,26 +1018,49 @@ fn upload_blob(
 fn download_blob(addr: SocketAddr, repo: &str, digest: &Digest, len: u64) -> Result<Duration, String> {
     let what = format!("download of {repo}@{digest}");
     let start = Instant::now();
-    let mut client = Client::connect(addr)?;
+    let mut client = connect(addr)?;
     client
-        .send("GET", &format!("/v2/{repo}/blobs/{digest}"), &[], b"")
+        .try_send(&Conn::request_bytes(
+            "GET",
+            &format!("/v2/{repo}/blobs/{digest}"),
+            &[],
+            b"",
+        ))
         .map_err(|e| format!("{what}: {e}"))?;
     let head = client.read_head().map_err(|e| format!("{what}: {e}"))?;
     if head.status != 200 {
         return Err(format!("{what}: status {}", head.status));
     }
-    let announced = head
-        .content_length()
+    let announced: u64 = head
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
         .ok_or(format!("{what}: no Content-Length"))?;
     if announced != len {
         return Err(format!("{what}: Content-Length {announced}, expected {len}"));
     }
-    let received = client.sink_body(len).map_err(|e| format!("{what}: {e}"))?;
+    let received = sink_body(&client, len).map_err(|e| format!("{what}: {e}"))?;
     let elapsed = start.elapsed();
     if received != len {
         return Err(format!("{what}: received {received} of {len} bytes"));
     }
     Ok(elapsed)
+}
+
+/// Reads the rest of a `len`-byte body into a sink, after what `read_head` already buffered;
+/// how many bytes arrived before EOF or `len`.
+fn sink_body(client: &Conn, len: u64) -> io::Result<u64> {
+    let mut received = client.buffered().len() as u64;
+    let mut stream = client.stream();
+    let mut chunk = vec![0u8; 1 << 20];
+    while received < len {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received += n as u64,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(received)
 }
 
 /// Client threads sending keep-alive manifest GETs as fast as the server answers.
@@ -951,9 +1078,9 @@ impl Pullers {
             .map(|_| {
                 let (stop, pulls, path) = (Arc::clone(&stop), Arc::clone(&pulls), path.to_string());
                 thread::spawn(move || {
-                    let mut client = Client::connect(addr)?;
+                    let mut client = connect(addr)?;
                     while !stop.load(Ordering::Relaxed) {
-                        let reply = client.request("GET", &path, &[("Accept", OCI_MANIFEST)], b"")?;
+                        let reply = request(&mut client, "GET", &path, &[("Accept", OCI_MANIFEST)], b"")?;
                         if reply.status != 200 {
                             return Err(format!("GET {path}: {}", reply.status));
                         }
@@ -988,6 +1115,24 @@ impl Drop for Pullers {
             let _ = handle.join();
         }
     }
+}
+
+/// A keep-alive connection of the tests' client, with the bench's error type.
+fn connect(addr: SocketAddr) -> Result<Conn, String> {
+    Conn::try_open(addr).map_err(|e| format!("connect to {addr}: {e}"))
+}
+
+/// One request on `client`; an I/O error names the request.
+fn request(
+    client: &mut Conn,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
+    client
+        .try_request(method, path, headers, body)
+        .map_err(|e| format!("{method} {path}: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -1083,157 +1228,109 @@ fn run_timed(command: &mut Command, capture: bool) -> Result<(Duration, String),
 }
 
 // ---------------------------------------------------------------------------
-// The server under test
+// The servers under test
 // ---------------------------------------------------------------------------
 
-/// What differs between the servers the bench starts.
-#[derive(Clone, Debug, Default)]
-struct ServerConfig {
-    /// Lines added to `[server]` (after bind_address and port).
-    server: Vec<String>,
-    /// Lines of `[global]`.
-    global: Vec<String>,
-    /// Tables after `[global]` (webhooks, repositories).
-    tables: String,
+/// Room for the idle connections and for wrk, and a header timeout long enough that
+/// connections opened first are still open when the last one is.
+fn plain_options() -> Options {
+    Options::default()
+        .server_line(&format!("max_connections = {}", IDLE_CONNECTIONS + 2_000))
+        .server_line("header_timeout_ms = 600000")
 }
 
-impl ServerConfig {
-    /// Built-in defaults but for the port: the idle-RSS figure.
-    fn defaults() -> ServerConfig {
-        ServerConfig::default()
-    }
-
-    /// Room for the idle connections and for wrk, and a header timeout long enough that
-    /// connections opened first are still open when the last one is.
-    fn plain() -> ServerConfig {
-        ServerConfig {
-            server: vec![
-                format!("max_connections = {}", IDLE_CONNECTIONS + 2_000),
-                "header_timeout_ms = 600000".to_string(),
-            ],
-            ..ServerConfig::default()
-        }
-    }
-
-    fn render(&self, root: &Path) -> String {
-        let mut text = String::from("[server]\nbind_address = \"127.0.0.1\"\nport = 0\n");
-        for line in &self.server {
-            let _ = writeln!(text, "{line}");
-        }
-        // BENCH_SYNC=1 measures with fsync on every commit and journal append.
-        let sync = std::env::var_os("BENCH_SYNC").is_some_and(|value| value == "1");
-        let _ = writeln!(
-            text,
-            "\n[blob_store.fs]\nroot_dir = \"{}\"\nsync_to_disk = {sync}\n\n[global]",
-            root.display()
-        );
-        for line in &self.global {
-            let _ = writeln!(text, "{line}");
-        }
-        let _ = writeln!(text, "\n{}", self.tables);
-        text
-    }
-}
-
-/// A running `angos server`; killed (SIGKILL) and its directory removed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    logs: Arc<Mutex<VecDeque<String>>>,
+/// A running `angos server` of one build in a directory of its own under the work directory;
+/// killed (SIGKILL) and its directory removed on drop.
+struct BenchServer {
+    server: Server,
     dir: PathBuf,
 }
 
-impl Server {
-    fn start(work: &TempDir, label: &str, config: &ServerConfig) -> Result<Server, String> {
+impl BenchServer {
+    fn start(
+        settings: &Settings,
+        work: &WorkDir,
+        label: &str,
+        build: Build,
+        options: &Options,
+    ) -> Result<BenchServer, String> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let dir = work
             .path()
             .join(format!("{label}-{}", SEQ.fetch_add(1, Ordering::Relaxed)));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, config.render(&dir.join("data")))
-            .map_err(|e| format!("{}: {e}", config_path.display()))?;
-        let mut child = Command::new(ANGOS)
-            .arg("-c")
-            .arg(&config_path)
-            .arg("server")
-            .current_dir(&dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start {ANGOS}: {e}"))?;
-        let logs = Arc::new(Mutex::new(VecDeque::new()));
-        let (lines_tx, lines_rx) = mpsc::channel();
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let drain_logs = Arc::clone(&logs);
-        // Drains stderr for the server's whole life: a full pipe would block its event loop.
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = lines_tx.send(line.clone());
-                let mut logs = drain_logs.lock().unwrap_or_else(|e| e.into_inner());
-                if logs.len() == LOG_LINES_MAX {
-                    logs.pop_front();
-                }
-                logs.push_back(line);
-            }
-        });
-        let mut server = Server {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            logs,
-            dir,
+        let options = Options {
+            binary: Some(settings.binary(build).to_path_buf()),
+            // BENCH_SYNC=1 measures with fsync on every commit and journal append.
+            sync_to_disk: std::env::var_os("BENCH_SYNC").is_some_and(|value| value == "1"),
+            ..options.clone()
         };
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match lines_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) => {
-                    if let Some(addr) = parse_listening(&line) {
-                        server.addr = addr;
-                        return Ok(server);
-                    }
-                }
-                Err(_) => {
-                    thread::sleep(Duration::from_millis(50));
-                    return Err(format!(
-                        "angos did not log 'listening on 127.0.0.1:<port>' within \
-                         {START_TIMEOUT:?}; log:\n{}",
-                        server.log_tail()
-                    ));
-                }
-            }
-        }
+        let server = Server::start_in(&dir, &options);
+        Ok(BenchServer { server, dir })
     }
 
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let logs = self.logs.lock().unwrap_or_else(|e| e.into_inner());
-        logs.iter().cloned().collect::<Vec<_>>().join("\n")
+    /// `message` and the last lines the server logged.
+    fn with_log(&self, message: String) -> String {
+        let logs = self.server.logs();
+        let tail = &logs[logs.len().saturating_sub(LOG_LINES_MAX)..];
+        format!("{message}\nserver log (last lines):\n{}", tail.join("\n"))
     }
 }
 
-impl Drop for Server {
+impl Deref for BenchServer {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl Drop for BenchServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.kill();
         if std::env::var_os("BENCH_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
 
-fn parse_listening(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-    rest.split_whitespace()
-        .next()?
-        .trim_end_matches(['.', ','])
-        .parse()
-        .ok()
+/// The servers of a section: this build's, and the baseline's when the section is compared.
+struct Servers {
+    baseline: Option<BenchServer>,
+    this: BenchServer,
+}
+
+impl Servers {
+    fn start(
+        settings: &Settings,
+        work: &WorkDir,
+        label: &str,
+        options: &Options,
+        compared: bool,
+    ) -> Result<Servers, String> {
+        let baseline = match settings.baseline {
+            Some(_) if compared => Some(BenchServer::start(
+                settings,
+                work,
+                &format!("{label}-baseline"),
+                Build::Baseline,
+                options,
+            )?),
+            _ => None,
+        };
+        let this = BenchServer::start(settings, work, label, Build::This, options)?;
+        Ok(Servers { baseline, this })
+    }
+
+    fn get(&self, build: Build) -> &BenchServer {
+        match build {
+            Build::This => &self.this,
+            Build::Baseline => self
+                .baseline
+                .as_ref()
+                .expect("a baseline server in a compared section under BENCH_BASELINE"),
+        }
+    }
 }
 
 /// VmRSS of `pid` in bytes.
@@ -1285,7 +1382,7 @@ impl Drop for RssSampler {
 
 /// The value of `name{webhook="<webhook>"}` in `/metrics`; 0 when the series is absent.
 fn webhook_metric(addr: SocketAddr, name: &str, webhook: &str) -> Result<f64, String> {
-    let reply = Client::connect(addr)?.request("GET", "/metrics", &[], b"")?;
+    let reply = request(&mut connect(addr)?, "GET", "/metrics", &[], b"")?;
     if reply.status != 200 {
         return Err(format!("GET /metrics: {}", reply.status));
     }
@@ -1300,324 +1397,6 @@ fn webhook_metric(addr: SocketAddr, name: &str, webhook: &str) -> Result<f64, St
         }
     }
     Ok(0.0)
-}
-
-// ---------------------------------------------------------------------------
-// Webhook receivers
-// ---------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ReceiverMode {
-    /// `HTTP/1.1 204 No Content`, keep-alive, as soon as a request is complete.
-    Answer,
-    /// Reads requests and never answers.
-    Hang,
-}
-
-/// A loopback webhook receiver that counts complete requests; stopped on drop.
-struct Receiver {
-    addr: SocketAddr,
-    requests: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl Receiver {
-    fn start(mode: ReceiverMode) -> Result<Receiver, String> {
-        let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("receiver bind: {e}"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("receiver address: {e}"))?;
-        let requests = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (count, flag) = (Arc::clone(&requests), Arc::clone(&stop));
-        let accept = thread::spawn(move || {
-            for stream in listener.incoming() {
-                if flag.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let (count, flag) = (Arc::clone(&count), Arc::clone(&flag));
-                thread::spawn(move || serve_webhook(stream, mode, &count, &flag));
-            }
-        });
-        Ok(Receiver {
-            addr,
-            requests,
-            stop,
-            accept: Some(accept),
-        })
-    }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wakes the accept loop, which then sees the flag.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-    }
-}
-
-/// One receiver connection: complete requests out of the buffer, count, answer (or not).
-/// Connection threads look at the stop flag between reads and end within a poll interval.
-fn serve_webhook(mut stream: TcpStream, mode: ReceiverMode, count: &AtomicU64, stop: &AtomicBool) {
-    const REQUEST_BYTES_MAX: usize = 1 << 20;
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let _ = stream.set_nodelay(true);
-    let mut buf = Vec::with_capacity(8192);
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        while let Some(used) = complete_request(&buf) {
-            buf.drain(..used);
-            count.fetch_add(1, Ordering::Relaxed);
-            if mode == ReceiverMode::Answer && stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_err() {
-                return;
-            }
-        }
-        if stop.load(Ordering::Relaxed) || buf.len() > REQUEST_BYTES_MAX {
-            let _ = stream.shutdown(Shutdown::Both);
-            return;
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-/// The length of the first complete request (head and Content-Length body) in `buf`.
-fn complete_request(buf: &[u8]) -> Option<usize> {
-    let head_end = find(buf, b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
-    let body = head
-        .split("\r\n")
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    (buf.len() >= head_end + body).then_some(head_end + body)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-// ---------------------------------------------------------------------------
-// A small HTTP/1.1 client
-// ---------------------------------------------------------------------------
-
-struct Head {
-    status: u16,
-    headers: Vec<(String, String)>,
-}
-
-impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn content_length(&self) -> Option<u64> {
-        self.header("content-length")?.parse().ok()
-    }
-}
-
-struct Reply {
-    status: u16,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A keep-alive client connection; bodies framed by Content-Length or chunked.
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Result<Client, String> {
-        let stream = TcpStream::connect(addr).map_err(|e| format!("connect to {addr}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-        Ok(Client {
-            stream,
-            buf: Vec::with_capacity(16 * 1024),
-        })
-    }
-
-    fn request(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Result<Reply, String> {
-        self.send(method, path, headers, body)
-            .and_then(|()| self.read_reply(method))
-            .map_err(|e| format!("{method} {path}: {e}"))
-    }
-
-    fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> io::Result<()> {
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
-        for (name, value) in headers {
-            let _ = write!(request, "{name}: {value}\r\n");
-        }
-        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-            let _ = write!(request, "Content-Length: {}\r\n", body.len());
-        }
-        request.push_str("\r\n");
-        let mut bytes = request.into_bytes();
-        bytes.extend_from_slice(body);
-        self.stream.write_all(&bytes)
-    }
-
-    fn read_reply(&mut self, method: &str) -> io::Result<Reply> {
-        let head = loop {
-            let head = self.read_head()?;
-            if !(100..200).contains(&head.status) {
-                break head;
-            }
-        };
-        if method == "HEAD" || head.status == 204 || head.status == 304 {
-            return Ok(Reply {
-                status: head.status,
-                body: Vec::new(),
-            });
-        }
-        let chunked = head
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-        let body = if chunked {
-            self.read_chunked()?
-        } else {
-            let len = head
-                .content_length()
-                .ok_or_else(|| invalid("a response without a length"))?;
-            self.take(len as usize)?
-        };
-        Ok(Reply {
-            status: head.status,
-            body,
-        })
-    }
-
-    fn read_head(&mut self) -> io::Result<Head> {
-        let end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            self.fill()?;
-        };
-        let text = String::from_utf8_lossy(&self.buf[..end - 4]).into_owned();
-        self.buf.drain(..end);
-        let mut lines = text.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| invalid(&format!("bad status line {status_line:?}")))?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-            .collect();
-        Ok(Head { status, headers })
-    }
-
-    /// Reads at least one more byte into the buffer; EOF is an error.
-    fn fill(&mut self) -> io::Result<()> {
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(io::Error::new(ErrorKind::UnexpectedEof, "connection closed")),
-                Ok(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(());
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn take(&mut self, len: usize) -> io::Result<Vec<u8>> {
-        while self.buf.len() < len {
-            self.fill()?;
-        }
-        Ok(self.buf.drain(..len).collect())
-    }
-
-    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            let line_end = loop {
-                if let Some(i) = find(&self.buf, b"\r\n") {
-                    break i;
-                }
-                self.fill()?;
-            };
-            let line = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
-            self.buf.drain(..line_end + 2);
-            let size_text = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid("bad chunk size"))?;
-            if size == 0 {
-                // Trailers end with an empty line.
-                loop {
-                    while find(&self.buf, b"\r\n").is_none() {
-                        self.fill()?;
-                    }
-                    let i = find(&self.buf, b"\r\n").unwrap_or(0);
-                    self.buf.drain(..i + 2);
-                    if i == 0 {
-                        return Ok(body);
-                    }
-                }
-            }
-            body.extend(self.take(size)?);
-            self.take(2)?;
-        }
-    }
-
-    /// Reads `len` body bytes into a sink; how many arrived before EOF or `len`.
-    fn sink_body(&mut self, len: u64) -> io::Result<u64> {
-        let mut received = self.buf.len() as u64;
-        self.buf.clear();
-        let mut chunk = vec![0u8; 1 << 20];
-        while received < len {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => received += n as u64,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(received)
-    }
-}
-
-fn invalid(message: &str) -> io::Error {
-    io::Error::new(ErrorKind::InvalidData, message.to_string())
 }
 
 // ---------------------------------------------------------------------------
@@ -1651,45 +1430,104 @@ fn progress(what: &str) {
     eprintln!("bench: {what}");
 }
 
+/// The samples of one figure, per build.
+#[derive(Default)]
+struct Series {
+    baseline: Vec<f64>,
+    this: Vec<f64>,
+}
+
+impl Series {
+    fn push(&mut self, build: Build, sample: f64) {
+        match build {
+            Build::Baseline => self.baseline.push(sample),
+            Build::This => self.this.push(sample),
+        }
+    }
+
+    /// `with - without`, run by run, for each build.
+    fn difference(with: &Series, without: &Series) -> Series {
+        let diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a - b).collect();
+        Series {
+            baseline: diff(&with.baseline, &without.baseline),
+            this: diff(&with.this, &without.this),
+        }
+    }
+}
+
 struct Row {
     figure: String,
     median: f64,
+    /// The baseline's median, on a compared row under `BENCH_BASELINE`.
+    baseline: Option<f64>,
     runs: usize,
     decimals: usize,
     unit: &'static str,
     context: String,
 }
 
-#[derive(Default)]
 struct Table {
     rows: Vec<Row>,
+    /// Under `BENCH_BASELINE`: baseline and change columns.
+    compare: bool,
 }
 
 impl Table {
-    fn row(
+    fn new(compare: bool) -> Table {
+        Table {
+            rows: Vec::new(),
+            compare,
+        }
+    }
+
+    /// A row of this build alone.
+    fn row(&mut self, figure: &str, samples: Vec<f64>, decimals: usize, unit: &'static str, context: String) {
+        self.compared(
+            figure,
+            Series {
+                baseline: Vec::new(),
+                this: samples,
+            },
+            decimals,
+            unit,
+            context,
+        );
+    }
+
+    /// A row of this build and, when it has samples, the baseline.
+    fn compared(
         &mut self,
         figure: &str,
-        mut samples: Vec<f64>,
+        mut samples: Series,
         decimals: usize,
         unit: &'static str,
         context: String,
     ) {
+        let baseline = (!samples.baseline.is_empty()).then(|| median(&mut samples.baseline));
         let row = Row {
             figure: figure.to_string(),
-            median: median(&mut samples),
-            runs: samples.len(),
+            median: median(&mut samples.this),
+            baseline,
+            runs: samples.this.len(),
             decimals,
             unit,
             context,
         };
+        let versus = row
+            .baseline
+            .map(|b| format!("; baseline {b:.*} {}", row.decimals, row.unit))
+            .unwrap_or_default();
         eprintln!(
-            "bench:   {} = {:.*} {} (median of {})",
+            "bench:   {} = {:.*} {} (median of {}){versus}",
             row.figure, row.decimals, row.median, row.unit, row.runs
         );
         self.rows.push(row);
     }
 
     fn render(&self) -> String {
+        if self.compare {
+            return self.render_compared();
+        }
         let mut out = String::from("| figure | median | unit | runs | how |\n|---|---:|---|---:|---|\n");
         for row in &self.rows {
             let _ = writeln!(
@@ -1705,20 +1543,52 @@ impl Table {
         }
         out
     }
+
+    /// Medians of both builds side by side, and how this build differs in percent of the
+    /// baseline; rows measured on this build alone leave the baseline cells empty.
+    fn render_compared(&self) -> String {
+        let mut out = String::from(
+            "| figure | baseline | this build | change | unit | runs | how |\n\
+             |---|---:|---:|---:|---|---:|---|\n",
+        );
+        for row in &self.rows {
+            let (baseline, change) = match row.baseline {
+                // A ratio says something only between positive figures; the added-latency
+                // rows are differences and may cross zero.
+                Some(b) if b > 0.0 && row.median > 0.0 => (
+                    format!("{b:.*}", row.decimals),
+                    format!("{:+.1} %", (row.median - b) / b * 100.0),
+                ),
+                Some(b) => (format!("{b:.*}", row.decimals), String::new()),
+                None => (String::new(), String::new()),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {baseline} | {:.*} | {change} | {} | {} | {} |",
+                row.figure,
+                row.decimals,
+                row.median,
+                row.unit,
+                row.runs,
+                row.context.replace('|', "\\|")
+            );
+        }
+        out
+    }
 }
 
 /// The bench's working directory under the system temporary directory, removed on drop
 /// (after the servers, which are dropped first because they are created later).
-struct TempDir {
+struct WorkDir {
     path: PathBuf,
 }
 
-impl TempDir {
-    fn new() -> TempDir {
+impl WorkDir {
+    fn new() -> WorkDir {
         let path = std::env::temp_dir().join(format!("angos-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-        TempDir { path }
+        WorkDir { path }
     }
 
     fn path(&self) -> &Path {
@@ -1726,7 +1596,7 @@ impl TempDir {
     }
 }
 
-impl Drop for TempDir {
+impl Drop for WorkDir {
     fn drop(&mut self) {
         if std::env::var_os("BENCH_KEEP").is_some() {
             eprintln!("bench: keeping {}", self.path.display());

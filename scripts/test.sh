@@ -28,7 +28,7 @@ apt_install() {
 # skopeo pushes and pulls images; openssl makes the test CA for HTTPS webhook
 # receivers; promtool (Debian package prometheus) checks the /metrics format;
 # docker (Debian's docker.io: dockerd and the client) and podman are the
-# clients whose refused pushes must fail at once (tests/refusals.rs starts a
+# clients whose refused pushes must fail at once (tests/e2e/refusals.rs starts a
 # dockerd of its own and skips, saying why, where none can run).
 missing=()
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
@@ -51,7 +51,7 @@ if ! python3 -c 'import oras.client' >/dev/null 2>&1; then
     python3 -m pip install oras || python3 -m pip install --break-system-packages oras
 fi
 
-# tests/slow_clients.rs holds 1,000 idle connections open on both ends.
+# tests/e2e/slow_clients.rs holds 1,000 idle connections open on both ends.
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
     ulimit -n 4096 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 fi

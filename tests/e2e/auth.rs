@@ -7,8 +7,8 @@
 // the point here, not a way around the driven clock (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-mod common;
-mod webhook_support;
+use crate::common;
+use crate::webhook_support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -2,8 +2,9 @@
 //! thread per connection, keep-alive. It records every request (method, path,
 //! headers, the exact body bytes, arrival and reply instants, the connection it
 //! came on) and answers as the test says: a status after an optional delay, a
-//! redirect, never (hang), or by closing the connection. It must not interpret the
-//! payload: that is the tests' job.
+//! redirect, never (hang), or by closing the connection; a counting receiver (the
+//! registry bench's) keeps only how many came. It must not interpret the payload:
+//! that is the tests' job.
 
 use crate::common::Json;
 use std::collections::VecDeque;
@@ -95,14 +96,6 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn headers_named(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -161,6 +154,9 @@ pub type Hook = Arc<dyn Fn(&Request) + Send + Sync>;
 
 struct State {
     requests: Vec<Request>,
+    /// False for a counting receiver: `requests` stays empty, `seen` counts.
+    keep: bool,
+    seen: usize,
     default_reply: Reply,
     script: VecDeque<Reply>,
     hook: Option<Hook>,
@@ -185,11 +181,25 @@ pub struct Receiver {
 impl Receiver {
     /// A receiver that answers `reply` to every request.
     pub fn start(reply: Reply) -> Receiver {
+        Receiver::start_keeping(reply, true)
+    }
+
+    /// A receiver that answers `reply` and only counts requests (`count`): the
+    /// registry bench sends hundreds of thousands, which `start` would all keep.
+    // Only the bench calls it, so the test crate alone sees it unused.
+    #[allow(dead_code)]
+    pub fn counting(reply: Reply) -> Receiver {
+        Receiver::start_keeping(reply, false)
+    }
+
+    fn start_keeping(reply: Reply, keep: bool) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a receiver on 127.0.0.1:0");
         let addr = listener.local_addr().expect("receiver address");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 requests: Vec::new(),
+                keep,
+                seen: 0,
                 default_reply: reply,
                 script: VecDeque::new(),
                 hook: None,
@@ -213,10 +223,6 @@ impl Receiver {
     /// A receiver that answers `200 OK` at once.
     pub fn ok() -> Receiver {
         Receiver::start(Reply::ok())
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// `http://127.0.0.1:<port><path>`.
@@ -249,7 +255,7 @@ impl Receiver {
     }
 
     pub fn count(&self) -> usize {
-        self.shared.state.lock().unwrap().requests.len()
+        self.shared.state.lock().unwrap().seen
     }
 
     /// How many requests have been answered.
@@ -333,7 +339,7 @@ fn serve(mut stream: TcpStream, conn_id: u64, shared: &Shared) {
                 .pop_front()
                 .unwrap_or_else(|| state.default_reply.clone());
             let request = Request {
-                index: state.requests.len(),
+                index: state.seen,
                 conn_id,
                 method: parsed.method,
                 path: parsed.path,
@@ -343,7 +349,10 @@ fn serve(mut stream: TcpStream, conn_id: u64, shared: &Shared) {
                 arrived: Instant::now(),
                 replied: None,
             };
-            state.requests.push(request.clone());
+            state.seen += 1;
+            if state.keep {
+                state.requests.push(request.clone());
+            }
             shared.changed.notify_all();
             (request, reply, state.hook.clone())
         };
@@ -383,7 +392,9 @@ fn serve(mut stream: TcpStream, conn_id: u64, shared: &Shared) {
                 }
                 {
                     let mut state = shared.state.lock().unwrap();
-                    state.requests[request.index].replied = Some(Instant::now());
+                    if let Some(kept) = state.requests.get_mut(request.index) {
+                        kept.replied = Some(Instant::now());
+                    }
                     shared.changed.notify_all();
                 }
                 if close {

@@ -5,7 +5,7 @@
 //! late, on a manual clock; an independent model checks the invariants after every step.
 //!
 //! It never sleeps and reads the real clock only to pick seeds. Every run prints `SEED=<n>`
-//! and every failure names it: `SEED=<n> cargo test --test webhook_simulation` replays that
+//! and every failure names it: `SEED=<n> cargo test --test e2e webhook_simulation` replays that
 //! run exactly (event ids are random UUIDs, but nothing here depends on their value).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -133,7 +133,7 @@ macro_rules! check {
         if !$cond {
             let at: At = $at;
             panic!(
-                "SEED={} step={} now={}ms: {} (replay: SEED={} cargo test --test webhook_simulation)",
+                "SEED={} step={} now={}ms: {} (replay: SEED={} cargo test --test e2e webhook_simulation)",
                 at.seed,
                 at.step,
                 at.now,

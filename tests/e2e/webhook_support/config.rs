@@ -74,11 +74,6 @@ impl Webhook {
         self
     }
 
-    pub fn extra(mut self, line: &str) -> Webhook {
-        self.extra.push(line.to_string());
-        self
-    }
-
     fn write_toml(&self, out: &mut String) {
         let _ = writeln!(out, "\n[event_webhook.{}]", json_str(&self.name));
         let _ = writeln!(out, "url = {}", json_str(&self.url));

@@ -5,7 +5,7 @@
 // End-to-end tests time the real binary and the clients from outside.
 #![allow(clippy::disallowed_methods)]
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

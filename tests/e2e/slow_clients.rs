@@ -10,7 +10,7 @@
 // the point here, not a way around the driven clock (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::io::Write;

@@ -308,10 +308,6 @@ impl TestCa {
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// A client certificate (`extendedKeyUsage = clientAuth`) for CN `name`,
     /// signed by this CA, as `NAME.pem` and `NAME.key` in the CA's directory.
     pub fn issue_client(&self, name: &str) -> ClientCert {

@@ -1,11 +1,8 @@
-//! Support for the event-webhook end-to-end tests (`tests/webhooks_*.rs`): real
+//! Support for the event-webhook end-to-end tests (`tests/e2e/webhooks_*.rs`): real
 //! receivers on loopback (a std-only HTTP one and a Python HTTPS one), the
 //! configuration of a registry with webhooks, log/metrics/process observation,
 //! payload checks, and the registry operations the tests perform beyond
-//! `tests/common`. Nothing here mocks the server: it runs as the built binary.
-
-// Each test binary uses a different part of this module.
-#![allow(dead_code, unused_imports)]
+//! `common`. Nothing here mocks the server: it runs as the built binary.
 
 pub mod config;
 pub mod observe;
@@ -14,7 +11,7 @@ pub mod receiver;
 
 pub use config::{Registry, Setup, Webhook};
 pub use observe::*;
-pub use python::{ClientCert, HttpsReceiver, SEED_VERIFY_SIGNATURE, TestCa, python_verify};
+pub use python::{ClientCert, HttpsReceiver, TestCa, python_verify};
 pub use receiver::{Receiver, Reply, Request, describe_all};
 
 use crate::common::{self, Json, Response, Server};

@@ -9,7 +9,7 @@
 // the point here, not a way around the driven clock (clippy.toml).
 #![allow(clippy::disallowed_methods)]
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::sync::{Arc, Mutex};

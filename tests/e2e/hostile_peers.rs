@@ -5,8 +5,8 @@
 // End-to-end tests time the real binary from outside.
 #![allow(clippy::disallowed_methods)]
 
-mod common;
-mod webhook_support;
+use crate::common;
+use crate::webhook_support;
 
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering;

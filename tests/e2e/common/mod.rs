@@ -5,16 +5,13 @@
 //! beyond the standard library (and the crate under test) is used here (SPEC
 //! section 2).
 
-// Every test binary includes this module and uses a different part of it.
-#![allow(dead_code)]
-
 pub mod hostile;
 
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,6 +114,9 @@ pub struct Options {
     pub storage: Vec<String>,
     /// Whole tables (`[auth]`, `[repository."x"]`, ...) appended at the end.
     pub tables: Vec<String>,
+    /// The `angos` binary to run; the one cargo built when `None`. The registry
+    /// bench sets it to compare another build (`BENCH_BASELINE`).
+    pub binary: Option<PathBuf>,
 }
 
 impl Options {
@@ -202,7 +202,11 @@ impl Server {
         }
         std::fs::write(&config_path, config).expect("write config");
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_angos"))
+        let binary = match &options.binary {
+            Some(binary) => binary.as_path(),
+            None => Path::new(env!("CARGO_BIN_EXE_angos")),
+        };
+        let mut child = Command::new(binary)
             .arg("-c")
             .arg(&config_path)
             .arg("server")
@@ -627,6 +631,37 @@ impl Conn {
 
     /// Reads exactly one response, interim ones included.
     pub fn read_one(&mut self, method: &str) -> std::io::Result<Response> {
+        let mut response = self.read_head()?;
+        let status = response.status;
+        let no_body = method.eq_ignore_ascii_case("HEAD")
+            || (100..200).contains(&status)
+            || status == 204
+            || status == 304;
+        if no_body {
+            return Ok(response);
+        }
+        let chunked = response
+            .header("transfer-encoding")
+            .map(|v| v.to_ascii_lowercase().contains("chunked"))
+            .unwrap_or(false);
+        if chunked {
+            response.body = self.read_chunked()?;
+        } else if let Some(length) = response.header("content-length") {
+            let length: usize = length
+                .parse()
+                .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "bad Content-Length in response"))?;
+            response.body = self.read_exact_body(length)?;
+        } else {
+            // Close-delimited body (RFC 9112 section 6.3, last rule).
+            while self.fill()? > 0 {}
+            response.body = std::mem::take(&mut self.buf);
+        }
+        Ok(response)
+    }
+
+    /// Reads one response head and leaves its body unread, the bytes already
+    /// received in `buffered()`: for a caller that streams a large body itself.
+    pub fn read_head(&mut self) -> std::io::Result<Response> {
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i + 4;
@@ -665,36 +700,12 @@ impl Conn {
             })?;
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
-        let mut response = Response {
+        Ok(Response {
             status,
             reason,
             headers,
             body: Vec::new(),
-        };
-        let no_body = method.eq_ignore_ascii_case("HEAD")
-            || (100..200).contains(&status)
-            || status == 204
-            || status == 304;
-        if no_body {
-            return Ok(response);
-        }
-        let chunked = response
-            .header("transfer-encoding")
-            .map(|v| v.to_ascii_lowercase().contains("chunked"))
-            .unwrap_or(false);
-        if chunked {
-            response.body = self.read_chunked()?;
-        } else if let Some(length) = response.header("content-length") {
-            let length: usize = length
-                .parse()
-                .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "bad Content-Length in response"))?;
-            response.body = self.read_exact_body(length)?;
-        } else {
-            // Close-delimited body (RFC 9112 section 6.3, last rule).
-            while self.fill()? > 0 {}
-            response.body = std::mem::take(&mut self.buf);
-        }
-        Ok(response)
+        })
     }
 
     fn fill(&mut self) -> std::io::Result<usize> {
@@ -795,10 +806,6 @@ impl Conn {
     /// Bytes received but not yet parsed.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
-    }
-
-    pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(Shutdown::Write);
     }
 }
 

@@ -1,14 +1,14 @@
 //! Hostile peers for the end-to-end suite and the attack benchmark (issue
 //! 19): a webhook receiver that answers with endless or huge bodies, the
-//! server's peak RSS from `/proc`, and a latency probe a well-behaved client
-//! runs while an attack goes on. Std only.
+//! server's peak RSS from `/proc`, and the setups of the other attacks. Std
+//! only. The bench's latency probe lives in `benches/hostile.rs`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::thread;
+use std::time::Duration;
 
 use super::{Conn, ManifestSpec, OCI_EMPTY, OCI_MANIFEST, Server, descriptor, push_blob, push_manifest};
 
@@ -148,60 +148,6 @@ pub fn base64_encode(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// `GET /v2/` on one keep-alive connection every 2 ms until stopped: the
-/// latencies a well-behaved client sees while something else goes on.
-pub struct Probe {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Vec<Duration>>>,
-}
-
-impl Probe {
-    pub fn start(server: &Server) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut conn = server.connect();
-        let handle = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let mut samples = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let started = Instant::now();
-                    match conn.try_request("GET", "/v2/", &[], b"") {
-                        // 401 is the answer to a ping where identities are configured.
-                        Ok(response) if matches!(response.status, 200 | 401) => {
-                            samples.push(started.elapsed())
-                        }
-                        // A refused or broken probe counts as the longest wait there is.
-                        _ => samples.push(Duration::from_secs(3600)),
-                    }
-                    thread::sleep(Duration::from_millis(2));
-                }
-                samples
-            })
-        };
-        Probe {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    /// Stops probing; the latencies, sorted.
-    pub fn finish(mut self) -> Vec<Duration> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut samples = self.handle.take().unwrap().join().unwrap();
-        samples.sort();
-        samples
-    }
-}
-
-/// The `p`-th percentile (0 to 100) of sorted samples.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 /// An empty-config image manifest whose config blob is pushed to `repo`;
