@@ -1,6 +1,6 @@
 //! Helpers of the unit tests only: a scratch directory removed on drop (even
 //! when the test panics) and a seeded PRNG, so a failing case replays from
-//! its seed. The end-to-end tests have theirs in `tests/common`.
+//! its seed. The end-to-end tests have theirs in `tests/e2e/common`.
 
 use std::path::{Path, PathBuf};
 

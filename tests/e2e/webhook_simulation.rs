@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 
+use crate::common::rng::Rng;
 use angos::config::{Config, Policy, WebhookConfig, load_sources};
 use angos::entropy::SeededEntropy;
 use angos::event_webhook::dispatcher::{
@@ -88,36 +89,6 @@ fn expected_retry_delay_ms(failed_attempts: u32) -> u64 {
         delay = delay.saturating_mul(2).min(RETRY_CAP_MS);
     }
     delay.min(RETRY_CAP_MS)
-}
-
-/// splitmix64: tiny, seedable, good enough to pick actions.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        assert!(n > 0);
-        self.next() % n
-    }
-
-    fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.below(high - low + 1)
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    fn index(&mut self, len: usize) -> usize {
-        self.below(len as u64) as usize
-    }
 }
 
 /// Where the simulation is, for failure messages.

@@ -17,6 +17,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use crate::common;
+use crate::common::rng::Rng;
 use crate::webhook_support;
 
 use common::*;
@@ -317,22 +318,6 @@ fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
         }
-    }
-}
-
-/// Deterministic xorshift64*, so a failing corruption case can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -669,9 +654,9 @@ fn a_torn_or_corrupt_journal_tail_is_skipped_logged_and_every_intact_event_deliv
     let mut rng = Rng(SEED);
     for i in 0..4 {
         if i % 2 == 0 {
-            cases.push(Damage::Truncate(1 + rng.below(bytes.len() - 1)));
+            cases.push(Damage::Truncate(1 + rng.index(bytes.len() - 1)));
         } else {
-            cases.push(Damage::Flip(rng.below(bytes.len()), 1 + rng.below(255) as u8));
+            cases.push(Damage::Flip(rng.index(bytes.len()), 1 + rng.below(255) as u8));
         }
     }
 
@@ -812,9 +797,9 @@ fn damage_in_a_multi_segment_journal_loses_only_what_follows_it_in_that_segment(
     // segments must still be read.
     for victim in [files.len() - 1, 0] {
         let (bytes, records) = &parsed[victim];
-        let target = 1 + rng.below(records.len() - 1);
+        let target = 1 + rng.index(records.len() - 1);
         let record = &records[target];
-        let at = record.offset + 8 + rng.below(record.end - record.offset - 8);
+        let at = record.offset + 8 + rng.index(record.end - record.offset - 8);
         let what = format!(
             "flip at byte {at} of {} (seed {SEED:#x})",
             files[victim].display()

@@ -489,7 +489,7 @@ mod tests {
         sent
     }
 
-    /// Found by tests/webhook_simulation.rs: the async events of a request
+    /// Found by tests/e2e/webhook_simulation.rs: the async events of a request
     /// parked on a required gate were queued, when the gate passed, with the
     /// definitions of submission time, so a reload in between was ignored
     /// (old timeout and retries, even a webhook since removed or no longer
