@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod base64;
 pub mod clock;
 pub mod config;
 pub mod digest;

@@ -16,10 +16,13 @@ use angos::storage::Storage;
 
 const USAGE: &str = "usage: angos [-c FILE]... server
        angos [-c FILE]... webhook test NAME
+       angos webhook secret
        angos hash-password < PASSWORD_FILE
 
   server              serve the registry
   webhook test NAME   send one ping event to webhook NAME and print the outcome
+  webhook secret      print a new Standard Webhooks secret (whsec_...) for
+                      [event_webhook.NAME] signing_secrets
   hash-password       read a password (first line of standard input) and print
                       its hash for [auth.identity.NAME] password
 
@@ -52,6 +55,10 @@ fn main() -> ExitCode {
     if words == ["hash-password"] {
         return hash_password();
     }
+    if words == ["webhook", "secret"] {
+        println!("{}", angos::event_webhook::signature::new_signing_secret());
+        return ExitCode::SUCCESS;
+    }
     angos::logger::init();
     let files = if files.is_empty() {
         config::default_files()
@@ -62,7 +69,9 @@ fn main() -> ExitCode {
     match words.as_slice() {
         ["server"] => serve(files),
         ["webhook", "test", name] => test_webhook(&files, name),
-        ["webhook", ..] => usage_error("the webhook command is: angos [-c FILE]... webhook test NAME"),
+        ["webhook", ..] => usage_error(
+            "the webhook commands are: angos [-c FILE]... webhook test NAME, angos webhook secret",
+        ),
         [other, ..] => usage_error(&format!("unknown command {other:?}")),
         [] => usage_error("a command is required"),
     }

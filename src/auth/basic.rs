@@ -3,7 +3,7 @@
 //! and shape checks here; whether the credentials are any good is
 //! `password`'s business.
 
-use super::base64::{self, Alphabet, Padding};
+use crate::base64::{self, Alphabet, Padding};
 
 /// The most credential bytes accepted: a password may be up to 4096 bytes
 /// (`angos hash-password` refuses longer), and nothing legitimate is longer.

@@ -5,7 +5,6 @@
 //! clear) so a client sending credentials on every request pays once.
 
 pub mod access;
-mod base64;
 pub mod basic;
 pub mod password;
 pub mod refusal;
@@ -345,7 +344,7 @@ mod tests {
         let pair = format!("{username}:{password}");
         format!(
             "Basic {}",
-            base64::encode(pair.as_bytes(), base64::Alphabet::Standard)
+            crate::base64::encode(pair.as_bytes(), crate::base64::Alphabet::Standard)
         )
     }
 

@@ -10,7 +10,7 @@ use std::io::Read;
 use sha2::block_api::compress256;
 use sha2::{Digest as _, Sha256};
 
-use super::base64::{self, Alphabet, Padding};
+use crate::base64::{self, Alphabet, Padding};
 
 /// OWASP's 2023 recommendation for PBKDF2-HMAC-SHA256.
 pub const DEFAULT_ITERATIONS: u32 = 600_000;

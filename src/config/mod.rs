@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 pub use auth::{AccessLists, AuthConfig, IdentityConfig};
-pub use webhook::{ClientIdentity, Policy, RepositoryConfig, Scheme, WebhookConfig, WebhookUrl};
+pub use webhook::{
+    ClientIdentity, Format, Policy, RepositoryConfig, Scheme, SigningSecret, WebhookConfig, WebhookUrl,
+};
 
 /// The validated configuration the server runs on.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,9 @@
 //! parts of the configuration, validated at load: URL scheme and host, known
 //! event kinds, non-empty token, valid regexes, `max_retries <= 16`, defined
 //! names, non-overlapping repository keys, TLS files that load (a client
-//! certificate only with its key, the pair matching, on an https URL).
+//! certificate only with its key, the pair matching, on an https URL), the
+//! message `format`, Standard Webhooks `signing_secrets`, and extra
+//! `headers` that cannot forge or break ours.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -139,26 +141,148 @@ fn parse_port(text: &str) -> Result<u16, String> {
     }
 }
 
-/// The OR-matched `repository_filter` regexes, compared by their source.
+/// How a webhook's deliveries are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The event JSON of the user's document.
+    Event,
+    /// A Slack incoming-webhook message (`text` and `blocks`).
+    Slack,
+    /// A Microsoft Teams Workflows message carrying an Adaptive Card.
+    Teams,
+    /// CloudEvents 1.0, binary mode: `ce-*` headers, the event JSON as data.
+    CloudEvents,
+    /// CloudEvents 1.0, structured mode: one `application/cloudevents+json` body.
+    CloudEventsStructured,
+}
+
+impl Format {
+    pub const ALL: [Format; 5] = [
+        Format::Event,
+        Format::Slack,
+        Format::Teams,
+        Format::CloudEvents,
+        Format::CloudEventsStructured,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Event => "event",
+            Format::Slack => "slack",
+            Format::Teams => "teams",
+            Format::CloudEvents => "cloudevents",
+            Format::CloudEventsStructured => "cloudevents-structured",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Format> {
+        Format::ALL.into_iter().find(|format| format.as_str() == text)
+    }
+
+    pub fn is_cloudevents(self) -> bool {
+        matches!(self, Format::CloudEvents | Format::CloudEventsStructured)
+    }
+}
+
+/// The host whose webhooks only understand Slack messages.
+pub const SLACK_HOST: &str = "hooks.slack.com";
+
+/// A Standard Webhooks secret: `whsec_` and the base64 of the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningSecret {
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself in logs or error messages.
+        write!(f, "whsec_<{} bytes>", self.key.len())
+    }
+}
+
+/// What a `whsec_` secret must look like.
+pub const SIGNING_SECRET_PREFIX: &str = "whsec_";
+/// Key sizes accepted from a secret: the Standard Webhooks libraries
+/// generate 24 to 64 bytes; under 16 is too weak to sign with.
+pub const SIGNING_KEY_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
+/// Most secrets at once (a rotation needs two; a few more is slack).
+pub const SIGNING_SECRETS_MAX: usize = 8;
+/// Most extra headers per webhook, and the longest value.
+pub const EXTRA_HEADERS_MAX: usize = 32;
+pub const EXTRA_HEADER_VALUE_BYTES_MAX: usize = 4096;
+
+impl SigningSecret {
+    pub fn parse(text: &str) -> Result<SigningSecret, String> {
+        let Some(encoded) = text.strip_prefix(SIGNING_SECRET_PREFIX) else {
+            return Err(format!(
+                "a secret starts with {SIGNING_SECRET_PREFIX:?} (make one with `angos webhook secret`)"
+            ));
+        };
+        let key = crate::base64::decode(
+            encoded,
+            crate::base64::Alphabet::Standard,
+            crate::base64::Padding::Optional,
+        )
+        .ok_or_else(|| format!("the part after {SIGNING_SECRET_PREFIX:?} is not base64"))?;
+        if !SIGNING_KEY_BYTES.contains(&key.len()) {
+            return Err(format!(
+                "the key is {} bytes; it must be {} to {}",
+                key.len(),
+                SIGNING_KEY_BYTES.start(),
+                SIGNING_KEY_BYTES.end()
+            ));
+        }
+        Ok(SigningSecret { key })
+    }
+}
+
+/// Headers a webhook's `headers` may not set: framing, our identity and
+/// event headers, and every signature scheme's.
+fn is_reserved_header(name: &str, has_token: bool) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "content-type"
+            | "content-length"
+            | "transfer-encoding"
+            | "host"
+            | "connection"
+            | "user-agent"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "keep-alive"
+    ) || name.starts_with("x-registry-")
+        || name.starts_with("webhook-")
+        || name.starts_with("ce-")
+        || (has_token && name == "authorization")
+}
+
+/// OR-matched regexes (`repository_filter`, `tag_filter`), compared by their source.
 #[derive(Clone)]
-pub struct RepositoryFilter {
+pub struct RegexFilter {
     pub patterns: Vec<String>,
     compiled: Vec<regex_lite::Regex>,
 }
 
-impl RepositoryFilter {
-    pub fn matches(&self, namespace: &str) -> bool {
-        self.compiled.is_empty() || self.compiled.iter().any(|regex| regex.is_match(namespace))
+impl RegexFilter {
+    pub fn is_empty(&self) -> bool {
+        self.compiled.is_empty()
+    }
+
+    /// Whether `text` matches one of the patterns; everything passes an empty filter.
+    pub fn matches(&self, text: &str) -> bool {
+        self.compiled.is_empty() || self.compiled.iter().any(|regex| regex.is_match(text))
     }
 }
 
-impl PartialEq for RepositoryFilter {
+impl PartialEq for RegexFilter {
     fn eq(&self, other: &Self) -> bool {
         self.patterns == other.patterns
     }
 }
 
-impl std::fmt::Debug for RepositoryFilter {
+impl std::fmt::Debug for RegexFilter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list().entries(&self.patterns).finish()
     }
@@ -175,7 +299,16 @@ pub struct WebhookConfig {
     pub token: Option<String>,
     pub timeout_ms: u64,
     pub max_retries: u32,
-    pub repository_filter: RepositoryFilter,
+    pub repository_filter: RegexFilter,
+    /// Regexes on the event's tag; events without a tag pass only when empty.
+    pub tag_filter: RegexFilter,
+    pub format: Format,
+    /// CloudEvents `source` (a URI reference).
+    pub cloudevents_source: String,
+    /// Standard Webhooks secrets: every attempt is signed with each.
+    pub signing_secrets: Vec<SigningSecret>,
+    /// Static extra request headers, in configuration order.
+    pub headers: Vec<(String, String)>,
     /// Extra CA certificates (PEM) trusted for this webhook's https URL.
     pub ca_bundle: Option<PathBuf>,
     /// The client certificate presented to an https endpoint that requires
@@ -187,8 +320,12 @@ pub struct WebhookConfig {
 pub use crate::tls::ClientIdentity;
 
 impl WebhookConfig {
-    pub fn wants(&self, kind: EventKind, namespace: &str) -> bool {
-        self.events.contains(&kind) && self.repository_filter.matches(namespace)
+    pub fn wants(&self, kind: EventKind, namespace: &str, tag: Option<&str>) -> bool {
+        let tag_passes = match tag {
+            Some(tag) => self.tag_filter.matches(tag),
+            None => self.tag_filter.is_empty(),
+        };
+        self.events.contains(&kind) && self.repository_filter.matches(namespace) && tag_passes
     }
 }
 
@@ -270,24 +407,55 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
     let max_retries = section
         .integer("max_retries", 0, MAX_RETRIES_LIMIT as u64)?
         .map_or(default_retries, |retries| retries as u32);
-    let mut patterns = Vec::new();
-    let mut compiled = Vec::new();
-    match section.get("repository_filter") {
-        Some(toml::Value::Array(items)) => {
-            for item in items {
-                let Some(pattern) = item.as_str() else {
-                    return Err(section.error("repository_filter", "must be a list of regex strings"));
-                };
-                let regex = regex_lite::Regex::new(pattern).map_err(|error| {
-                    section.error("repository_filter", format!("invalid regex {pattern:?}: {error}"))
-                })?;
-                patterns.push(pattern.to_string());
-                compiled.push(regex);
-            }
+    let repository_filter = parse_regex_filter(section, "repository_filter")?;
+    let tag_filter = parse_regex_filter(section, "tag_filter")?;
+    let format = match section.string("format")? {
+        Some(text) => Format::parse(text).ok_or_else(|| {
+            let known: Vec<&str> = Format::ALL.iter().map(|format| format.as_str()).collect();
+            section.error("format", format!("{text:?} is not one of {}", known.join(", ")))
+        })?,
+        // The user's document sends its `slack` webhook to Slack with no
+        // format: anything but a Slack message would be refused there.
+        None if url.host == SLACK_HOST => {
+            log::info!(
+                target: "angos::config",
+                "webhook {name:?}: {SLACK_HOST} only accepts Slack messages; sending format \"slack\" (set format to choose)"
+            );
+            Format::Slack
         }
-        Some(_) => return Err(section.error("repository_filter", "must be a list of regex strings")),
-        None => {}
+        None => Format::Event,
+    };
+    let cloudevents_source = match section.string("cloudevents_source")? {
+        Some(_) if !format.is_cloudevents() => {
+            return Err(section.error(
+                "cloudevents_source",
+                "applies only to format = \"cloudevents\" or \"cloudevents-structured\"",
+            ));
+        }
+        Some(text) if text.is_empty() || text.bytes().any(|b| b <= b' ' || b == 0x7f) => {
+            return Err(section.error(
+                "cloudevents_source",
+                "must be a non-empty URI reference without spaces or control characters",
+            ));
+        }
+        Some(text) => text.to_string(),
+        None => default_cloudevents_source(),
+    };
+    let mut signing_secrets = Vec::new();
+    for text in section
+        .string_list("signing_secrets", "must be a list of \"whsec_...\" strings")?
+        .unwrap_or_default()
+    {
+        let secret = SigningSecret::parse(&text).map_err(|why| section.error("signing_secrets", why))?;
+        signing_secrets.push(secret);
     }
+    if signing_secrets.len() > SIGNING_SECRETS_MAX {
+        return Err(section.error(
+            "signing_secrets",
+            format!("at most {SIGNING_SECRETS_MAX} secrets at once"),
+        ));
+    }
+    let headers = parse_extra_headers(section, token.is_some())?;
     let ca_bundle = section.string("ca_bundle")?.map(PathBuf::from);
     if let Some(path) = &ca_bundle {
         check_ca_bundle(path).map_err(|why| section.error("ca_bundle", why))?;
@@ -301,10 +469,89 @@ pub(super) fn parse_webhook(section: &mut Section, name: &str) -> Result<Webhook
         token,
         timeout_ms,
         max_retries,
-        repository_filter: RepositoryFilter { patterns, compiled },
+        repository_filter,
+        tag_filter,
+        format,
+        cloudevents_source,
+        signing_secrets,
+        headers,
         ca_bundle,
         client_identity,
     })
+}
+
+/// A list of regexes under `key`, compiled now so a bad one names its key.
+fn parse_regex_filter(section: &mut Section, key: &'static str) -> Result<RegexFilter, ConfigError> {
+    let mut patterns = Vec::new();
+    let mut compiled = Vec::new();
+    match section.get(key) {
+        Some(toml::Value::Array(items)) => {
+            for item in items {
+                let Some(pattern) = item.as_str() else {
+                    return Err(section.error(key, "must be a list of regex strings"));
+                };
+                let regex = regex_lite::Regex::new(pattern)
+                    .map_err(|error| section.error(key, format!("invalid regex {pattern:?}: {error}")))?;
+                patterns.push(pattern.to_string());
+                compiled.push(regex);
+            }
+        }
+        Some(_) => return Err(section.error(key, "must be a list of regex strings")),
+        None => {}
+    }
+    Ok(RegexFilter { patterns, compiled })
+}
+
+/// `headers = { "X-Api-Key" = "..." }`: token names, values without line
+/// breaks, and none of the headers we write ourselves.
+fn parse_extra_headers(section: &mut Section, has_token: bool) -> Result<Vec<(String, String)>, ConfigError> {
+    let Some(table) = section.table("headers")? else {
+        return Ok(Vec::new());
+    };
+    if table.len() > EXTRA_HEADERS_MAX {
+        return Err(section.error("headers", format!("at most {EXTRA_HEADERS_MAX} headers")));
+    }
+    let mut headers = Vec::with_capacity(table.len());
+    for (name, value) in table {
+        let Some(value) = value.as_str() else {
+            return Err(section.error("headers", format!("the value of {name:?} must be a string")));
+        };
+        if !crate::http::fields::is_token(name) {
+            return Err(section.error("headers", format!("{name:?} is not a valid header name")));
+        }
+        if is_reserved_header(name, has_token) {
+            return Err(section.error(
+                "headers",
+                format!("{name:?} is written by the server (content, framing, event or signature headers)"),
+            ));
+        }
+        if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err(section.error(
+                "headers",
+                format!("the value of {name:?} must not contain CR, LF or other control characters"),
+            ));
+        }
+        if value.len() > EXTRA_HEADER_VALUE_BYTES_MAX {
+            return Err(section.error(
+                "headers",
+                format!("the value of {name:?} is longer than {EXTRA_HEADER_VALUE_BYTES_MAX} bytes"),
+            ));
+        }
+        headers.push((name.clone(), value.trim().to_string()));
+    }
+    Ok(headers)
+}
+
+/// The CloudEvents `source` when none is configured: this registry, by the
+/// machine's host name.
+fn default_cloudevents_source() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        .collect();
+    format!("urn:angos:{}", if host.is_empty() { "localhost" } else { &host })
 }
 
 /// `client_certificate` and `client_private_key`: both or neither, on an
@@ -475,6 +722,61 @@ mod tests {
                 "event_webhook.x.ca_bundle",
                 "cannot read",
             ),
+            (
+                "format = \"xml\"",
+                "event_webhook.x.format",
+                "is not one of event, slack",
+            ),
+            (
+                "signing_secrets = [\"abc\"]",
+                "event_webhook.x.signing_secrets",
+                "whsec_",
+            ),
+            (
+                "signing_secrets = [\"whsec_!!\"]",
+                "event_webhook.x.signing_secrets",
+                "not base64",
+            ),
+            (
+                "signing_secrets = [\"whsec_AAAA\"]",
+                "event_webhook.x.signing_secrets",
+                "16 to 64",
+            ),
+            (
+                "signing_secrets = \"whsec_x\"",
+                "event_webhook.x.signing_secrets",
+                "list",
+            ),
+            (
+                "tag_filter = [\"(\"]",
+                "event_webhook.x.tag_filter",
+                "invalid regex",
+            ),
+            (
+                "headers = { \"Content-Type\" = \"text/plain\" }",
+                "event_webhook.x.headers",
+                "written by the server",
+            ),
+            (
+                "headers = { \"webhook-signature\" = \"v1,x\" }",
+                "event_webhook.x.headers",
+                "written by the server",
+            ),
+            (
+                "headers = { \"X-Api-Key\" = \"a\\r\\nX-Evil: 1\" }",
+                "event_webhook.x.headers",
+                "CR, LF",
+            ),
+            (
+                "headers = { \"Bad Name\" = \"x\" }",
+                "event_webhook.x.headers",
+                "not a valid header name",
+            ),
+            (
+                "cloudevents_source = \"https://r.example\"",
+                "event_webhook.x.cloudevents_source",
+                "applies only",
+            ),
         ];
         for (line, key, words) in cases {
             // The case's line replaces the base's line for the same key.
@@ -503,6 +805,54 @@ mod tests {
             unknown.warnings,
             ["test.toml: unknown key event_webhook.x.max_retires ignored"]
         );
+    }
+
+    #[test]
+    fn formats_secrets_filters_and_headers_load() {
+        let text = "[event_webhook.x]\nurl = \"https://h.example/e\"\npolicy = \"async\"\nevents = [\"tag.create\"]\n\
+            format = \"cloudevents\"\ncloudevents_source = \"https://registry.example/\"\n\
+            signing_secrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\"]\n\
+            tag_filter = [\"^v[0-9]+\", \"^latest$\"]\nheaders = { \"X-Api-Key\" = \"k-1\", \"Authorization\" = \"Basic eDp5\" }\n";
+        let webhook = load(text).unwrap().config.webhooks["x"].clone();
+        assert_eq!(webhook.format, Format::CloudEvents);
+        assert_eq!(webhook.cloudevents_source, "https://registry.example/");
+        assert_eq!(webhook.signing_secrets.len(), 2);
+        assert_eq!(webhook.signing_secrets[1].key, vec![0u8; 32]);
+        assert!(webhook.wants(EventKind::TagCreate, "a", Some("v12")));
+        assert!(webhook.wants(EventKind::TagCreate, "a", Some("latest")));
+        assert!(!webhook.wants(EventKind::TagCreate, "a", Some("dev")));
+        assert!(
+            !webhook.wants(EventKind::TagCreate, "a", None),
+            "no tag, a filter set"
+        );
+        assert_eq!(
+            webhook.headers,
+            [
+                ("Authorization".to_string(), "Basic eDp5".to_string()),
+                ("X-Api-Key".to_string(), "k-1".to_string())
+            ]
+        );
+        // Without a filter, events without a tag pass.
+        let plain = load(SEED_BLOCKS[0]).unwrap().config.webhooks["notifications"].clone();
+        assert!(plain.wants(EventKind::ManifestPush, "a", None));
+        assert_eq!(plain.format, Format::Event);
+        // With a token, Authorization is ours.
+        let with_token = text.replace("format = ", "token = \"t\"\nformat = ");
+        let error = load(&with_token).unwrap_err();
+        assert_eq!(error.key, "event_webhook.x.headers");
+    }
+
+    #[test]
+    fn a_slack_url_without_a_format_gets_slack_messages() {
+        let slack = "[event_webhook.slack]\nurl = \"https://hooks.slack.com/services/T.../B.../xxx\"\npolicy = \"optional\"\nevents = [\"manifest.push\", \"tag.create\"]\ntimeout_ms = 3000\n";
+        let webhook = load(slack).unwrap().config.webhooks["slack"].clone();
+        assert_eq!(webhook.format, Format::Slack);
+        let chosen = load(&format!("{slack}format = \"event\"\n"))
+            .unwrap()
+            .config
+            .webhooks["slack"]
+            .clone();
+        assert_eq!(chosen.format, Format::Event);
     }
 
     /// A self-signed P-256 certificate, its key, and an unrelated key, made

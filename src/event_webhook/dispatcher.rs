@@ -16,11 +16,11 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use super::event::EventKind;
+use super::format::{self, Message};
 use super::queue::{AsyncQueue, MemoryQueue, Queued};
-use super::signature;
+use super::request::build_request;
 use super::status::delivery_id;
 use crate::config::{Policy, WebhookConfig};
-use crate::http::client::write_request;
 use crate::timer::{TimerKey, TimerWheel};
 
 /// First retry delay; doubles per attempt.
@@ -132,8 +132,9 @@ struct Delivery {
     seq: Option<u64>,
     delivery_id: String,
     last_status: Option<u16>,
-    /// Built once: retries resend the same bytes (same signature).
-    request: Rc<Vec<u8>>,
+    /// Built once: every attempt sends the same body (the same event id and
+    /// token signature); only a Standard Webhooks timestamp changes.
+    message: Rc<Message>,
     owner: Owner,
     state: State,
     attempts: u32,
@@ -162,6 +163,9 @@ pub struct Dispatcher {
     next_gate: u64,
     /// Events dropped from full async queues, per webhook, since start.
     dropped: BTreeMap<String, u64>,
+    /// Unix time minus the monotonic clock (ms), for the time attempts are
+    /// signed at; set by `set_wall_clock`.
+    unix_offset_ms: i64,
 }
 
 impl Dispatcher {
@@ -178,11 +182,18 @@ impl Dispatcher {
             next_delivery: 0,
             next_gate: 0,
             dropped: BTreeMap::new(),
+            unix_offset_ms: 0,
         }
     }
 
     /// Starts one delivery per item, all at once; the gate reports when its
     /// verdict is known. An empty gate passes at once.
+    /// Tells the wall-clock time that goes with `now_ms` (the monotonic
+    /// clock the rest of the machine runs on), for signature timestamps.
+    pub fn set_wall_clock(&mut self, now_ms: u64, unix_micros: u64) {
+        self.unix_offset_ms = (unix_micros / 1000) as i64 - now_ms as i64;
+    }
+
     pub fn gate(
         &mut self,
         kind: GateKind,
@@ -415,7 +426,7 @@ impl Dispatcher {
         self.next_delivery += 1;
         let id = DeliveryId(self.next_delivery);
         let delivery_id = delivery_id(&payload.event_id, &webhook.name);
-        let request = Rc::new(build_request(&webhook, &payload, &delivery_id));
+        let message = Rc::new(format::render(&webhook, &payload));
         self.deliveries.insert(
             id,
             Delivery {
@@ -424,7 +435,7 @@ impl Dispatcher {
                 seq,
                 delivery_id,
                 last_status: None,
-                request,
+                message,
                 owner,
                 state: State::Backoff,
                 attempts: 0,
@@ -454,10 +465,18 @@ impl Dispatcher {
             delivery.webhook.max_retries + 1,
             delivery.payload.event_id
         );
+        let unix_secs = now_ms.saturating_add_signed(self.unix_offset_ms) / 1000;
+        let request = build_request(
+            &delivery.webhook,
+            &delivery.payload,
+            &delivery.message,
+            &delivery.delivery_id,
+            unix_secs,
+        );
         self.actions.push_back(Action::Send {
             delivery: id,
             webhook: delivery.webhook.clone(),
-            request: delivery.request.clone(),
+            request: Rc::new(request),
         });
     }
 
@@ -550,36 +569,6 @@ impl Dispatcher {
             self.gates.remove(&id);
         }
     }
-}
-
-/// The POST with the SPEC section 4 headers; the signature covers the exact body.
-fn build_request(webhook: &WebhookConfig, payload: &Payload, delivery_id: &str) -> Vec<u8> {
-    let user_agent = concat!("angos/", env!("CARGO_PKG_VERSION"));
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("Content-Type", "application/json"),
-        ("X-Registry-Event", payload.kind.as_str()),
-        ("User-Agent", user_agent),
-        // Stable across retries, restarts and redeliveries: receivers deduplicate on it.
-        ("X-Registry-Delivery", delivery_id),
-    ];
-    let bearer;
-    let signature_value;
-    if let Some(token) = &webhook.token {
-        bearer = format!("Bearer {token}");
-        signature_value = signature::signature_header(token, &payload.body);
-        headers.push(("Authorization", &bearer));
-        headers.push(("X-Registry-Signature-256", &signature_value));
-    }
-    let mut request = Vec::with_capacity(256 + payload.body.len());
-    write_request(
-        &mut request,
-        "POST",
-        &webhook.url.path_and_query,
-        &webhook.url.host_header(),
-        &headers,
-        &payload.body,
-    );
-    request
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Which webhooks see an event (SPEC section 3): the owning repository's
 //! `event_webhooks` when set, else `global.event_webhooks`; then the
-//! webhook's `events` and `repository_filter`. Built once per configuration.
+//! webhook's `events`, `repository_filter` and `tag_filter`. Built once per configuration.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -90,14 +90,20 @@ impl Routing {
         }
     }
 
-    /// The webhooks an event of `kind` in `namespace` goes to, in list order.
-    pub fn webhooks_for(&self, kind: EventKind, namespace: &str) -> Vec<Rc<WebhookConfig>> {
+    /// The webhooks an event of `kind` in `namespace` (about `tag`, if
+    /// any) goes to, in list order.
+    pub fn webhooks_for(
+        &self,
+        kind: EventKind,
+        namespace: &str,
+        tag: Option<&str>,
+    ) -> Vec<Rc<WebhookConfig>> {
         let list = match self.owner(namespace) {
             Some((_, Some(list))) => list,
             _ => &self.global,
         };
         list.iter()
-            .filter(|webhook| webhook.wants(kind, namespace))
+            .filter(|webhook| webhook.wants(kind, namespace, tag))
             .cloned()
             .collect()
     }
@@ -151,24 +157,24 @@ event_webhooks = ["audit"]
             .config;
         let routing = Routing::new(&config);
         assert_eq!(
-            names(routing.webhooks_for(EventKind::ManifestPush, "production/api")),
+            names(routing.webhooks_for(EventKind::ManifestPush, "production/api", None)),
             ["audit"]
         );
         assert_eq!(
-            names(routing.webhooks_for(EventKind::ManifestPush, "production")),
+            names(routing.webhooks_for(EventKind::ManifestPush, "production", None)),
             ["audit"]
         );
         assert_eq!(
-            names(routing.webhooks_for(EventKind::ManifestPush, "productionx/api")),
+            names(routing.webhooks_for(EventKind::ManifestPush, "productionx/api", None)),
             ["audit", "slack", "analytics"]
         );
         assert_eq!(
-            names(routing.webhooks_for(EventKind::TagCreate, "staging/web")),
+            names(routing.webhooks_for(EventKind::TagCreate, "staging/web", None)),
             ["slack", "analytics"]
         );
         assert!(
             routing
-                .webhooks_for(EventKind::ManifestPull, "staging/web")
+                .webhooks_for(EventKind::ManifestPull, "staging/web", None)
                 .is_empty()
         );
         assert_eq!(routing.repository_of("production/api"), "production");
@@ -197,14 +203,18 @@ event_webhooks = ["important-repos"]
         let routing = Routing::new(&config);
         for namespace in ["production/a", "staging/b", "library/c"] {
             assert_eq!(
-                names(routing.webhooks_for(EventKind::ManifestPush, namespace)).len(),
+                names(routing.webhooks_for(EventKind::ManifestPush, namespace, None)).len(),
                 1
             );
         }
-        assert!(routing.webhooks_for(EventKind::ManifestPush, "dev/a").is_empty());
         assert!(
             routing
-                .webhooks_for(EventKind::ManifestPush, "production")
+                .webhooks_for(EventKind::ManifestPush, "dev/a", None)
+                .is_empty()
+        );
+        assert!(
+            routing
+                .webhooks_for(EventKind::ManifestPush, "production", None)
                 .is_empty()
         );
     }

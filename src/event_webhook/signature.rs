@@ -1,4 +1,5 @@
-//! HMAC-SHA256 signatures of webhook bodies (RFC 2104).
+//! HMAC-SHA256 signatures of webhook bodies (RFC 2104): our
+//! `X-Registry-Signature-256`, and the Standard Webhooks `webhook-signature`.
 //! Pure functions of key and bytes: no I/O, no clock, no state; the token never leaves here
 //! except as the keyed digest.
 
@@ -48,6 +49,37 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 pub fn signature_header(token: &str, body: &[u8]) -> String {
     let mac = hmac_sha256(token.as_bytes(), body);
     format!("sha256={}", crate::digest::to_lower_hex(&mac))
+}
+
+/// The Standard Webhooks `webhook-signature` value: `v1,<base64 HMAC>` of
+/// `{id}.{timestamp}.{body}` under each key, space-separated, so a receiver
+/// holding any one of the keys (old or new, during a rotation) verifies it.
+pub fn standard_signature(keys: &[&[u8]], id: &str, unix_secs: u64, body: &[u8]) -> String {
+    let mut signed = Vec::with_capacity(id.len() + 24 + body.len());
+    signed.extend_from_slice(id.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(unix_secs.to_string().as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    keys.iter()
+        .map(|key| format!("v1,{}", crate::base64::encode_padded(&hmac_sha256(key, &signed))))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Bytes of key in a secret `angos webhook secret` makes.
+pub const NEW_SECRET_KEY_BYTES: usize = 32;
+
+/// A fresh Standard Webhooks secret, `whsec_` and the base64 of
+/// `NEW_SECRET_KEY_BYTES` bytes from the kernel.
+pub fn new_signing_secret() -> String {
+    let mut key = [0u8; NEW_SECRET_KEY_BYTES];
+    crate::entropy::os_fill(&mut key);
+    format!(
+        "{}{}",
+        crate::config::webhook::SIGNING_SECRET_PREFIX,
+        crate::base64::encode_padded(&key)
+    )
 }
 
 #[cfg(test)]
@@ -115,5 +147,25 @@ block-size data. The key needs to be hashed before being used by the HMAC algori
         let long = [0x42; BLOCK_BYTES + 1];
         let long_hashed: [u8; 32] = Sha256::digest(long).into();
         assert_eq!(hmac_sha256(&long, b"m"), hmac_sha256(&long_hashed, b"m"));
+    }
+
+    /// The example of the Standard Webhooks specification (and of its
+    /// libraries' tests): this secret, id, timestamp and body.
+    #[test]
+    fn standard_webhooks_example_signature() {
+        let key = crate::base64::decode(
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            crate::base64::Alphabet::Standard,
+            crate::base64::Padding::Optional,
+        )
+        .unwrap();
+        let body = br#"{"test": 2432232314}"#;
+        assert_eq!(
+            standard_signature(&[&key], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        let two = standard_signature(&[&key, b"another key of some length"], "id", 1, b"x");
+        assert_eq!(two.split(' ').count(), 2);
+        assert!(two.starts_with(&standard_signature(&[&key], "id", 1, b"x")));
     }
 }

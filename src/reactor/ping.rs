@@ -39,6 +39,7 @@ pub fn ping(config: &Config, name: &str, clock: &impl Clock) -> io::Result<Resul
     let mut events = Events::with_capacity(64);
     let mut outbound = Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver());
     let mut dispatcher = Dispatcher::new(clock.now_ms(), 1);
+    dispatcher.set_wall_clock(clock.now_ms(), clock.unix_micros());
     let payload = Rc::new(ping_payload(crate::storage::uuid_v4(), clock.unix_micros()));
     dispatcher.gate(GateKind::Optional, vec![(once, payload)], clock.now_ms());
     loop {

@@ -163,6 +163,7 @@ impl<W, C> Notifier<W, C> {
     pub fn set_time(&mut self, now_ms: u64, unix_micros: u64) {
         self.now_ms = now_ms;
         self.unix_micros = unix_micros;
+        self.dispatcher.set_wall_clock(now_ms, unix_micros);
     }
 
     /// The event kinds some webhook wants, for `Registry::set_interest`.
@@ -210,7 +211,9 @@ impl<W, C> Notifier<W, C> {
         let mut optional = Vec::new();
         let mut asynchronous = Vec::new();
         for draft in drafts {
-            let webhooks = self.routing.webhooks_for(draft.kind, &draft.namespace);
+            let webhooks = self
+                .routing
+                .webhooks_for(draft.kind, &draft.namespace, draft.tag.as_deref());
             if webhooks.is_empty() {
                 continue;
             }

@@ -1,11 +1,12 @@
-//! Base64 (RFC 4648 section 4) in the two spellings authentication reads: the
-//! standard alphabet of HTTP Basic credentials and PHC hash strings, and
-//! passlib's "ab64", which writes '.' for '+'. One decoder, so every caller
-//! agrees on what is malformed.
+//! Base64 (RFC 4648 section 4) in the spellings the server reads and
+//! writes: the standard alphabet of HTTP Basic credentials, PHC hash
+//! strings, Standard Webhooks secrets and signatures, and passlib's "ab64",
+//! which writes '.' for '+'. One decoder, so every caller agrees on what is
+//! malformed.
 
 /// Which character stands for the value 62; the other 63 are shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Alphabet {
+pub enum Alphabet {
     Standard,
     Ab64,
 }
@@ -13,7 +14,7 @@ pub(crate) enum Alphabet {
 /// Whether trailing '=' may appear. Where it may, it must be exactly what
 /// RFC 4648 prescribes: a length that is a multiple of four, one or two '='.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Padding {
+pub enum Padding {
     Forbidden,
     Optional,
 }
@@ -41,8 +42,18 @@ impl Alphabet {
     }
 }
 
+/// Encodes with the padding RFC 4648 prescribes (Standard Webhooks
+/// signatures are compared as padded text).
+pub fn encode_padded(bytes: &[u8]) -> String {
+    let mut text = encode(bytes, Alphabet::Standard);
+    while !text.len().is_multiple_of(4) {
+        text.push('=');
+    }
+    text
+}
+
 /// Encodes without padding: both PHC strings and passlib omit it.
-pub(crate) fn encode(bytes: &[u8], alphabet: Alphabet) -> String {
+pub fn encode(bytes: &[u8], alphabet: Alphabet) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for group in bytes.chunks(3) {
         let mut word = 0u32;
@@ -62,7 +73,7 @@ pub(crate) fn encode(bytes: &[u8], alphabet: Alphabet) -> String {
 /// character, a length no encoding produces, wrong padding, or unused low
 /// bits in the last symbol that are not zero. The last rule makes the
 /// encoding of a byte string unique, so decode and encode round-trip exactly.
-pub(crate) fn decode(text: &str, alphabet: Alphabet, padding: Padding) -> Option<Vec<u8>> {
+pub fn decode(text: &str, alphabet: Alphabet, padding: Padding) -> Option<Vec<u8>> {
     let mut symbols = text.as_bytes();
     let pads = symbols.iter().rev().take_while(|&&byte| byte == b'=').count();
     if pads > 0 {
