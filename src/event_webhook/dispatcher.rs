@@ -135,6 +135,9 @@ struct Delivery {
     /// Built once: every attempt sends the same body (the same event id and
     /// token signature); only a Standard Webhooks timestamp changes.
     message: Rc<Message>,
+    /// The request of the last attempt, resent as is unless the webhook signs
+    /// with `signing_secrets` (whose timestamp is the attempt's).
+    request: Option<Rc<Vec<u8>>>,
     owner: Owner,
     state: State,
     attempts: u32,
@@ -436,6 +439,7 @@ impl Dispatcher {
                 delivery_id,
                 last_status: None,
                 message,
+                request: None,
                 owner,
                 state: State::Backoff,
                 attempts: 0,
@@ -465,18 +469,25 @@ impl Dispatcher {
             delivery.webhook.max_retries + 1,
             delivery.payload.event_id
         );
-        let unix_secs = now_ms.saturating_add_signed(self.unix_offset_ms) / 1000;
-        let request = build_request(
-            &delivery.webhook,
-            &delivery.payload,
-            &delivery.message,
-            &delivery.delivery_id,
-            unix_secs,
-        );
+        let request = match &delivery.request {
+            Some(request) if delivery.webhook.signing_secrets.is_empty() => request.clone(),
+            _ => {
+                let unix_secs = now_ms.saturating_add_signed(self.unix_offset_ms) / 1000;
+                let request = Rc::new(build_request(
+                    &delivery.webhook,
+                    &delivery.payload,
+                    &delivery.message,
+                    &delivery.delivery_id,
+                    unix_secs,
+                ));
+                delivery.request = Some(request.clone());
+                request
+            }
+        };
         self.actions.push_back(Action::Send {
             delivery: id,
             webhook: delivery.webhook.clone(),
-            request: Rc::new(request),
+            request,
         });
     }
 
@@ -823,6 +834,49 @@ mod tests {
         ));
         assert!(text.contains("User-Agent: angos/"));
         assert!(text.ends_with("\r\n\r\nhello world"));
+    }
+
+    /// Standard Webhooks signatures cover the attempt's time: a retry is
+    /// signed anew; without `signing_secrets` a retry resends the same bytes.
+    #[test]
+    fn each_attempt_is_signed_at_its_own_time() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        for (extra, resigned) in [
+            (format!("signing_secrets = [\"{secret}\"]\nmax_retries = 1"), true),
+            ("max_retries = 1".to_string(), false),
+        ] {
+            let hook = webhook("s", "optional", &extra);
+            let mut dispatcher = Dispatcher::new(0, 3);
+            dispatcher.set_wall_clock(0, 1_700_000_000_000_000);
+            dispatcher.gate(GateKind::Optional, vec![(hook, payload("e"))], 0);
+            let Some(Action::Send {
+                delivery,
+                request: first,
+                ..
+            }) = dispatcher.poll_action()
+            else {
+                panic!()
+            };
+            dispatcher.handle_result(delivery, AttemptResult::Status(500), 10);
+            dispatcher.handle_timeout(5_000);
+            let Some(Action::Send { request: second, .. }) = dispatcher.poll_action() else {
+                panic!()
+            };
+            let text = |request: &[u8]| String::from_utf8(request.to_vec()).unwrap();
+            if resigned {
+                assert!(
+                    text(&first).contains("webhook-timestamp: 1700000000\r\n"),
+                    "{}",
+                    text(&first)
+                );
+                assert!(text(&second).contains("webhook-timestamp: 1700000005\r\n"));
+                assert!(text(&first).contains("webhook-id: "));
+                assert_ne!(first, second);
+            } else {
+                assert!(Rc::ptr_eq(&first, &second));
+                assert!(!text(&first).contains("webhook-"));
+            }
+        }
     }
 
     #[test]
