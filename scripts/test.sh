@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need when it is missing (skopeo from Debian's
-# packages, the oras Python library from PyPI), then runs the whole test suite.
-# Safe to run again: nothing is installed twice.
+# packages, the oras Python library and the webhook receivers' libraries from PyPI,
+# the Adaptive Cards library from npm), then runs the whole test suite.
+# Safe to run again: nothing is installed twice. An install that fails stops here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,12 +44,27 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
     apt_install python3 python3-pip
 fi
-if ! python3 -c 'import oras.client' >/dev/null 2>&1; then
+pip_install() {
     if ! python3 -m pip --version >/dev/null 2>&1; then
         apt_install python3-pip
     fi
     # Debian's own python3 refuses system-wide pip installs (PEP 668) unless told.
-    python3 -m pip install oras || python3 -m pip install --break-system-packages oras
+    python3 -m pip install "$@" || python3 -m pip install --break-system-packages "$@"
+}
+if ! python3 -c 'import oras.client' >/dev/null 2>&1; then
+    pip_install oras
+fi
+
+# The receivers of tests/e2e/webhook_formats.rs (the README's): Standard Webhooks,
+# CloudEvents and Slack's SDK at the versions pinned there (pip checks first and
+# downloads nothing when they are installed), and the Adaptive Cards library at the
+# version tests/e2e/node/package-lock.json pins.
+pip_install --quiet -r tests/e2e/python-requirements.txt
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+fi
+if ! npm ls --prefix tests/e2e/node >/dev/null 2>&1; then
+    npm ci --prefix tests/e2e/node --no-audit --no-fund
 fi
 
 # tests/e2e/slow_clients.rs holds 1,000 idle connections open on both ends.

@@ -64,6 +64,29 @@ impl Fields {
         }
     }
 
+    /// The CloudEvents `subject`, absent for an event about no repository
+    /// (a ping): the specification allows no empty subject, and the
+    /// CloudEvents SDKs refuse one.
+    fn cloudevents_subject(&self) -> Option<String> {
+        (!self.namespace.is_empty()).then(|| self.subject())
+    }
+
+    /// The CloudEvents context attributes in the order they are written:
+    /// name, binary-mode header (`ce-` and the name), value.
+    fn cloudevents_attributes(&self, source: &str) -> Vec<(&'static str, &'static str, String)> {
+        let mut attributes = vec![
+            ("specversion", "ce-specversion", "1.0".to_string()),
+            ("id", "ce-id", self.id.clone()),
+            ("source", "ce-source", source.to_string()),
+            ("type", "ce-type", cloudevents_type(self.kind)),
+            ("time", "ce-time", self.time.clone()),
+        ];
+        if let Some(subject) = self.cloudevents_subject() {
+            attributes.push(("subject", "ce-subject", subject));
+        }
+        attributes
+    }
+
     /// One line for people: what happened, where, by whom.
     fn summary(&self) -> String {
         if self.kind == EventKind::Ping {
@@ -120,31 +143,26 @@ pub fn render(webhook: &WebhookConfig, payload: &Payload) -> Message {
         Format::Teams => json_message(&teams(&Fields::of(payload))),
         Format::CloudEvents => {
             let fields = Fields::of(payload);
+            let headers = fields
+                .cloudevents_attributes(&webhook.cloudevents_source)
+                .into_iter()
+                .map(|(_, header, value)| (header, percent_encode_header(&value)))
+                .collect();
             Message {
                 content_type: "application/json",
                 body: payload.body.clone(),
-                headers: vec![
-                    ("ce-specversion", "1.0".to_string()),
-                    ("ce-id", fields.id.clone()),
-                    ("ce-source", webhook.cloudevents_source.clone()),
-                    ("ce-type", cloudevents_type(fields.kind)),
-                    ("ce-time", fields.time.clone()),
-                    ("ce-subject", fields.subject()),
-                ],
+                headers,
             }
         }
         Format::CloudEventsStructured => {
             let fields = Fields::of(payload);
             // Written by hand so `data` is the event's exact bytes.
-            let attributes = [
-                ("specversion", "1.0".to_string()),
-                ("id", fields.id.clone()),
-                ("source", webhook.cloudevents_source.clone()),
-                ("type", cloudevents_type(fields.kind)),
-                ("time", fields.time.clone()),
-                ("subject", fields.subject()),
-                ("datacontenttype", "application/json".to_string()),
-            ];
+            let mut attributes: Vec<(&str, String)> = fields
+                .cloudevents_attributes(&webhook.cloudevents_source)
+                .into_iter()
+                .map(|(name, _, value)| (name, value))
+                .collect();
+            attributes.push(("datacontenttype", "application/json".to_string()));
             let mut body = Vec::with_capacity(payload.body.len() + 256);
             body.push(b'{');
             for (key, value) in attributes {
@@ -167,6 +185,23 @@ pub fn render(webhook: &WebhookConfig, payload: &Payload) -> Message {
 
 pub fn cloudevents_type(kind: EventKind) -> String {
     format!("{CLOUDEVENTS_TYPE_PREFIX}{}", kind.as_str())
+}
+
+/// A header value as the CloudEvents HTTP binding writes it (section
+/// 3.1.3.2): space, `"`, `%` and every byte outside printable ASCII as
+/// `%XY` of its UTF-8, so a receiver's single round of percent-decoding
+/// gives back the attribute (a `cloudevents_source` of `https://r/a%20b`
+/// would otherwise arrive as `https://r/a b`).
+fn percent_encode_header(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if (0x21..=0x7e).contains(&byte) && byte != b'"' && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn json_message(value: &Value) -> Message {
@@ -352,6 +387,73 @@ mod tests {
         assert_eq!(header("ce-type"), "io.angos.registry.tag.create");
         assert_eq!(header("ce-time"), "2023-11-14T22:13:20.000000Z");
         assert_eq!(header("ce-subject"), "library/nginx:latest");
+    }
+
+    fn ping() -> Payload {
+        let event = Event::new("p-1".to_string(), EventKind::Ping, "", "", 1_700_000_000_000_000);
+        Payload {
+            event_id: event.id.clone(),
+            kind: event.kind,
+            namespace: event.namespace.clone(),
+            body: event.to_json(),
+        }
+    }
+
+    /// A ping is about no repository: CloudEvents allows no empty `subject`
+    /// (the Python SDK refused `ce-subject: ` and `"subject":""`), so it has none.
+    #[test]
+    fn a_ping_has_no_cloudevents_subject() {
+        let binary = render(&webhook("format = \"cloudevents\""), &ping());
+        assert!(
+            binary.headers.iter().all(|(name, _)| *name != "ce-subject"),
+            "{:?}",
+            binary.headers
+        );
+        assert!(
+            binary
+                .headers
+                .iter()
+                .any(|(name, value)| *name == "ce-type" && value == "io.angos.registry.ping")
+        );
+        let structured = render(&webhook("format = \"cloudevents-structured\""), &ping());
+        let value: Value = serde_json::from_slice(&structured.body).unwrap();
+        assert_eq!(value.get("subject"), None, "{value}");
+        assert_eq!(value["type"], "io.angos.registry.ping");
+        // An event about a repository keeps its subject in both modes.
+        let tagged = render(&webhook("format = \"cloudevents-structured\""), &payload());
+        let value: Value = serde_json::from_slice(&tagged.body).unwrap();
+        assert_eq!(value["subject"], "library/nginx:latest");
+    }
+
+    /// HTTP binding section 3.1.3.2: space, `"`, `%` and non-ASCII are
+    /// percent-encoded in `ce-*` headers (as UTF-8, upper-case hex); the
+    /// structured body carries the attribute as it is.
+    #[test]
+    fn cloudevents_header_values_are_percent_encoded() {
+        let source = "cloudevents_source = 'https://r.example/a%20b/\u{e9}\"q'";
+        let binary = render(
+            &webhook(&format!("format = \"cloudevents\"\n{source}")),
+            &payload(),
+        );
+        let header = binary
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "ce-source")
+            .unwrap();
+        assert_eq!(header.1, "https://r.example/a%2520b/%C3%A9%22q");
+        for (name, value) in &binary.headers {
+            assert!(
+                value.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"'),
+                "{name}: {value:?}"
+            );
+        }
+        let structured = render(
+            &webhook(&format!("format = \"cloudevents-structured\"\n{source}")),
+            &payload(),
+        );
+        let value: Value = serde_json::from_slice(&structured.body).unwrap();
+        assert_eq!(value["source"], "https://r.example/a%20b/\u{e9}\"q");
+        assert_eq!(percent_encode_header("a b\u{20ac}"), "a%20b%E2%82%AC");
     }
 
     #[test]

@@ -37,6 +37,7 @@ mod registry_api;
 mod registry_manifests;
 mod slow_clients;
 mod tls_inbound;
+mod webhook_formats;
 mod webhook_simulation;
 mod webhooks_delivery;
 mod webhooks_durable;

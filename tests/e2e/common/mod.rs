@@ -118,6 +118,9 @@ pub struct Options {
     /// The `angos` binary to run; the one cargo built when `None`. The registry
     /// bench sets it to compare another build (`BENCH_BASELINE`).
     pub binary: Option<PathBuf>,
+    /// Further configuration files, given as `-c FILE` after the generated one
+    /// (a document's example kept verbatim in a file of its own).
+    pub config_files: Vec<PathBuf>,
 }
 
 impl Options {
@@ -138,6 +141,11 @@ impl Options {
 
     pub fn table(mut self, text: &str) -> Options {
         self.tables.push(text.to_string());
+        self
+    }
+
+    pub fn config_file(mut self, path: &Path) -> Options {
+        self.config_files.push(path.to_path_buf());
         self
     }
 
@@ -207,9 +215,12 @@ impl Server {
             Some(binary) => binary.as_path(),
             None => Path::new(env!("CARGO_BIN_EXE_angos")),
         };
-        let mut child = Command::new(binary)
-            .arg("-c")
-            .arg(&config_path)
+        let mut command = Command::new(binary);
+        command.arg("-c").arg(&config_path);
+        for file in &options.config_files {
+            command.arg("-c").arg(file);
+        }
+        let mut child = command
             .arg("server")
             .current_dir(dir)
             // The listening line is logged at info; ANGOS_TEST_RUST_LOG can ask for more.

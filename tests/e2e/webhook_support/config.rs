@@ -74,6 +74,12 @@ impl Webhook {
         self
     }
 
+    /// A raw `key = value` line (format, signing_secrets, tag_filter, headers...).
+    pub fn line(mut self, line: &str) -> Webhook {
+        self.extra.push(line.to_string());
+        self
+    }
+
     fn write_toml(&self, out: &mut String) {
         let _ = writeln!(out, "\n[event_webhook.{}]", json_str(&self.name));
         let _ = writeln!(out, "url = {}", json_str(&self.url));

@@ -1,5 +1,6 @@
-//! Support for the event-webhook end-to-end tests (`tests/e2e/webhooks_*.rs`): real
-//! receivers on loopback (a std-only HTTP one and a Python HTTPS one), the
+//! Support for the event-webhook end-to-end tests (`tests/e2e/webhooks_*.rs`,
+//! `webhook_formats.rs`): real receivers on loopback (a std-only HTTP one, a Python
+//! HTTPS one, and the README's receivers run as printed), the
 //! configuration of a registry with webhooks, log/metrics/process observation,
 //! payload checks, and the registry operations the tests perform beyond
 //! `common`. Nothing here mocks the server: it runs as the built binary.
@@ -8,11 +9,13 @@ pub mod config;
 pub mod observe;
 pub mod python;
 pub mod receiver;
+pub mod snippet;
 
 pub use config::{Registry, Setup, Webhook};
 pub use observe::*;
 pub use python::{ClientCert, HttpsReceiver, TestCa, python_verify};
 pub use receiver::{Receiver, Reply, Request, describe_all};
+pub use snippet::SnippetReceiver;
 
 use crate::common::{self, Json, Response, Server};
 use std::time::Duration;
