@@ -307,7 +307,7 @@ pub struct WebhookConfig {
     pub cloudevents_source: String,
     /// Standard Webhooks secrets: every attempt is signed with each.
     pub signing_secrets: Vec<SigningSecret>,
-    /// Static extra request headers, in configuration order.
+    /// Static extra request headers, sorted by name (as TOML tables are).
     pub headers: Vec<(String, String)>,
     /// Extra CA certificates (PEM) trusted for this webhook's https URL.
     pub ca_bundle: Option<PathBuf>,
@@ -524,6 +524,18 @@ fn parse_extra_headers(section: &mut Section, has_token: bool) -> Result<Vec<(St
                 "headers",
                 format!("{name:?} is written by the server (content, framing, event or signature headers)"),
             ));
+        }
+        if headers
+            .iter()
+            .any(|(seen, _): &(String, String)| seen.eq_ignore_ascii_case(name))
+        {
+            return Err(section.error(
+                "headers",
+                format!("{name:?} is set twice (header names ignore case)"),
+            ));
+        }
+        if !value.is_ascii() {
+            return Err(section.error("headers", format!("the value of {name:?} must be ASCII")));
         }
         if value.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
             return Err(section.error(
@@ -771,6 +783,16 @@ mod tests {
                 "headers = { \"Bad Name\" = \"x\" }",
                 "event_webhook.x.headers",
                 "not a valid header name",
+            ),
+            (
+                "headers = { \"X-Api-Key\" = \"a\", \"x-api-key\" = \"b\" }",
+                "event_webhook.x.headers",
+                "set twice",
+            ),
+            (
+                "headers = { \"X-Name\" = \"caf\u{e9}\" }",
+                "event_webhook.x.headers",
+                "ASCII",
             ),
             (
                 "cloudevents_source = \"https://r.example\"",
