@@ -162,13 +162,120 @@ pub fn rfc3339_utc(unix_micros: u64) -> String {
     )
 }
 
+/// (year >= 1970, month 1..=12, day 1..=31) to days since 1970-01-01: the
+/// inverse of `civil_from_days` (Howard Hinnant's `days_from_civil`), in
+/// unsigned arithmetic because the year is never before the epoch.
+fn days_from_civil(year: u64, month: u32, day: u32) -> u64 {
+    // March-based years, as in `civil_from_days`: the leap day ends the year.
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let year_of_era = year - era * 400; // [0, 399]
+    let month_from_march = u64::from((month + 9) % 12); // [0, 11]
+    let day_of_year = (153 * month_from_march + 2) / 5 + u64::from(day) - 1; // [0, 365]
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+const WEEKDAYS_LONG: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Parses an HTTP-date (RFC 9110 section 5.6.7) into Unix seconds: the
+/// IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, and the two obsolete forms
+/// recipients must also accept, `Sunday, 06-Nov-94 08:49:37 GMT` (RFC 850)
+/// and `Sun Nov  6 08:49:37 1994` (asctime). `None` for anything else, a
+/// date that does not exist, or one before 1970. The RFC 850 form's
+/// two-digit year is read as 20yy below 70 and 19yy from 70 (the POSIX
+/// pivot), where the RFC asks for "not more than 50 years ahead": the same
+/// answer until 2020 + 50, and no clock is needed to parse.
+pub fn parse_http_date(text: &str) -> Option<u64> {
+    let fields: Vec<&str> = text.split(' ').collect();
+    let (day, month, year, time) = match fields.as_slice() {
+        // IMF-fixdate: every field fixed-width, so the split is exact.
+        [weekday, day, month, year, time, "GMT"] => {
+            let weekday = weekday.strip_suffix(',')?;
+            if !WEEKDAYS.contains(&weekday) || day.len() != 2 || year.len() != 4 {
+                return None;
+            }
+            (*day, *month, digits(year)?, *time)
+        }
+        [weekday, date, time, "GMT"] => {
+            let weekday = weekday.strip_suffix(',')?;
+            let [day, month, year] = date.split('-').collect::<Vec<_>>()[..] else {
+                return None;
+            };
+            if !WEEKDAYS_LONG.contains(&weekday) || day.len() != 2 || year.len() != 2 {
+                return None;
+            }
+            let year = digits(year)?;
+            (
+                day,
+                month,
+                if year < 70 { 2000 + year } else { 1900 + year },
+                *time,
+            )
+        }
+        // asctime: a day below 10 is padded with a space, which splits into
+        // an empty field.
+        [weekday, month, "", day, time, year] | [weekday, month, day, time, year]
+            if WEEKDAYS.contains(weekday) =>
+        {
+            let padded = fields.len() == 6;
+            if (padded && day.len() != 1) || (!padded && day.len() != 2) || year.len() != 4 {
+                return None;
+            }
+            (*day, *month, digits(year)?, *time)
+        }
+        _ => return None,
+    };
+    let month = MONTHS.iter().position(|name| *name == month)? as u32 + 1;
+    let day = u32::try_from(digits(day)?).ok()?;
+    let [hour, minute, second] = time.split(':').collect::<Vec<_>>()[..] else {
+        return None;
+    };
+    if [hour, minute, second].iter().any(|part| part.len() != 2) {
+        return None;
+    }
+    let (hour, minute, second) = (digits(hour)?, digits(minute)?, digits(second)?);
+    // Second 60 is a leap second (RFC 5322 section 3.3 allows it).
+    if year < 1970 || day == 0 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60
+    {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * SECS_PER_DAY + hour * 3600 + minute * 60 + second)
+}
+
+/// A run of ASCII digits (at most four: every HTTP-date field is shorter).
+fn digits(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn days_in_month(year: u64, month: u32) -> u32 {
+    let leap = (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
+    match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// Formats Unix seconds as an IMF-fixdate for the HTTP `Date` header:
 /// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 section 5.6.7).
 pub fn http_date(unix_secs: u64) -> String {
-    const WEEKDAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
     let c = Civil::from_unix_secs(unix_secs);
     format!(
         "{}, {:02} {} {:04} {:02}:{:02}:{:02} GMT",
@@ -244,6 +351,72 @@ mod tests {
         assert_eq!(http_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
         assert_eq!(http_date(1_768_473_000), "Thu, 15 Jan 2026 10:30:00 GMT");
         assert_eq!(http_date(4_102_444_799), "Thu, 31 Dec 2099 23:59:59 GMT");
+    }
+
+    #[test]
+    fn days_from_civil_inverts_civil_from_days() {
+        for days in (0..200_000).step_by(7).chain([0, 1, 59, 60, 11_016, 10_957]) {
+            let (year, month, day) = civil_from_days(days);
+            assert_eq!(days_from_civil(year, month, day), days, "{year}-{month}-{day}");
+        }
+    }
+
+    #[test]
+    fn http_dates_parse_in_all_three_forms() {
+        // RFC 9110 section 5.6.7's example, in each form.
+        for text in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(text), Some(784_111_777), "{text}");
+        }
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2000 00:00:00 GMT"),
+            Some(951_782_400)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(parse_http_date("Wed Dec 31 23:59:59 2099"), Some(4_102_444_799));
+        assert_eq!(
+            parse_http_date("Thursday, 15-Jan-26 10:30:00 GMT"),
+            Some(1_768_473_000)
+        );
+        // What we format parses back, over a wide range.
+        for secs in (0..5_000_000_000u64).step_by(86_399_999) {
+            assert_eq!(parse_http_date(&http_date(secs)), Some(secs));
+        }
+    }
+
+    #[test]
+    fn malformed_http_dates_are_refused() {
+        for text in [
+            "",
+            "120",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 nov 1994 08:49:37 GMT",
+            "sun, 06 Nov 1994 08:49:37 GMT",
+            "Sun,  06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT ",
+            "Sun, 06 Nov 94 08:49:37 GMT",
+            "Sun, 06 Nov 1994 8:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+            "Sun, 31 Nov 1994 08:49:37 GMT",
+            "Sun, 29 Feb 1900 08:49:37 GMT",
+            "Sun, 00 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 23:60:00 GMT",
+            "Sun, 06 Nov 1969 23:59:59 GMT",
+            "Sun, 06 Nov +994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:3x GMT",
+            "Sunday, 06-Nov-1994 08:49:37 GMT",
+            "Sun, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov 6 08:49:37 1994",
+            "Sun Nov  06 08:49:37 1994",
+            "Sun Nov 16 08:49:37 94",
+        ] {
+            assert_eq!(parse_http_date(text), None, "{text:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The webhook admin API under the reserved extension namespace
 //! `/v2/_angos/` (distribution-spec "Extensions"): status per webhook,
-//! recent deliveries and dead letters, redelivery, and a test ping. The
+//! recent deliveries and dead letters, redelivery, enabling a webhook a
+//! `410 Gone` disabled, and a test ping. The
 //! notifier answers the questions (`notifier::operations`); this module
 //! routes the requests and writes the JSON. When authentication exists,
 //! only an administrator may reach it (`auth::Need::of`).
@@ -11,7 +12,7 @@ use crate::app::Waiter;
 use crate::clock::rfc3339_utc;
 use crate::event_webhook::dispatcher::Completed;
 use crate::event_webhook::notifier::Notifier;
-use crate::event_webhook::notifier::operations::Redelivery;
+use crate::event_webhook::notifier::operations::{Enabling, Redelivery};
 use crate::event_webhook::status::DeliveryState;
 use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::http::{Method, Response};
@@ -41,6 +42,7 @@ pub fn handle(
         (Method::Post, ["webhooks", name, "deliveries", id, "redeliver"]) => {
             redeliver(notifier, name, id, now_ms)
         }
+        (Method::Post, ["webhooks", name, "enable"]) => enable(notifier, name),
         (Method::Post, ["webhooks", name, "test"]) => {
             if notifier.ping(waiter, name, ping_answer, now_ms) {
                 return AdminAnswer::Parked;
@@ -50,9 +52,12 @@ pub fn handle(
         (_, ["webhooks"] | ["webhooks", _, "deliveries"]) => {
             error(405, ErrorCode::Unsupported, "method not allowed")
         }
-        (_, ["webhooks", _, "deliveries", _, "redeliver"] | ["webhooks", _, "test"]) => {
-            error(405, ErrorCode::Unsupported, "use POST")
-        }
+        (
+            _,
+            ["webhooks", _, "deliveries", _, "redeliver"]
+            | ["webhooks", _, "test"]
+            | ["webhooks", _, "enable"],
+        ) => error(405, ErrorCode::Unsupported, "use POST"),
         _ => error(404, ErrorCode::Unsupported, "unknown admin endpoint"),
     };
     AdminAnswer::Respond(response)
@@ -77,6 +82,9 @@ fn list_webhooks(notifier: &Notifier<Waiter, Commit>, now_ms: u64) -> Response {
                     "time": rfc3339_utc(*at),
                     "message": message,
                 })),
+                "disabled": summary.disabled.is_some(),
+                "disabled_since": summary.disabled.map(|disabled| rfc3339_utc(disabled.since_unix_micros)),
+                "disabled_reason": summary.disabled.map(|disabled| disabled.reason.as_str()),
             })
         })
         .collect();
@@ -142,12 +150,33 @@ fn redeliver(
             &json!({ "webhook": name, "delivery_id": delivery_id, "event_id": event_id, "queued": true }),
         ),
         Redelivery::UnknownWebhook => unknown_webhook(name),
+        Redelivery::Disabled => error(
+            409,
+            ErrorCode::Denied,
+            &format!("webhook {name:?} is disabled (it answered 410 Gone): enable it first"),
+        ),
         Redelivery::UnknownDelivery => error(
             404,
             ErrorCode::Unsupported,
             &format!("no delivery {delivery_id} for webhook {name:?}"),
         ),
     }
+}
+
+/// `POST /v2/_angos/webhooks/NAME/enable`: what it was, and that it is not.
+fn enable(notifier: &mut Notifier<Waiter, Commit>, name: &str) -> Response {
+    let was = match notifier.enable(name) {
+        Enabling::UnknownWebhook => return unknown_webhook(name),
+        Enabling::WasNotDisabled => Value::Null,
+        Enabling::Enabled(disabled) => json!({
+            "since": rfc3339_utc(disabled.since_unix_micros),
+            "reason": disabled.reason,
+        }),
+    };
+    Response::json(
+        200,
+        &json!({ "webhook": name, "disabled": false, "was_disabled": was }),
+    )
 }
 
 /// A ping's outcome as JSON: HTTP status, latency, and the failure spelled out.

@@ -8,32 +8,34 @@
 //! metrics and logs), and `poll_timeout` (the next deadline).
 //!
 //! Retries follow `100ms * 2^(k-1)` after the k-th failed attempt, each
-//! delay capped at 10 s; every attempt is bounded by the webhook's
-//! `timeout_ms`. Async deliveries to one webhook go out one at a time, in
-//! event order; their queue is bounded and drops its oldest waiting event.
+//! delay capped at 10 s; `async` retries wait a random delay between half
+//! and all of that (jitter, from the injected `Entropy`, so a seeded run
+//! replays). A `429` or `503` with a valid `Retry-After` sets the next
+//! delay instead, exactly, within a floor and a cap per policy (`backoff`
+//! holds the numbers). Every
+//! attempt is bounded by the webhook's `timeout_ms`. Async deliveries to one
+//! webhook go out one at a time, in event order; their queue is bounded and
+//! drops its oldest waiting event.
+//!
+//! A `410 Gone` disables its webhook at the URL that answered it: no
+//! further attempt to it (deliveries backing off end at once, waiting async
+//! events end unattempted, as do new ones) until `enable`, or until
+//! `reconfigure` gives it another URL. Pings (`EventKind::Ping`) are tests:
+//! they go out to a disabled webhook, and their 410 disables nothing.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
+use super::backoff::{jittered_delay_ms, retry_after_delay_ms, retry_delay_ms};
 use super::event::EventKind;
 use super::format::{self, Message};
 use super::queue::{AsyncQueue, MemoryQueue, Queued};
 use super::request::build_request;
 use super::status::delivery_id;
 use crate::config::{Policy, WebhookConfig};
+use crate::entropy::{Entropy, OsEntropy};
+use crate::http::client::RetryAfter;
 use crate::timer::{TimerKey, TimerWheel};
-
-/// First retry delay; doubles per attempt.
-pub const RETRY_BASE_MS: u64 = 100;
-/// No single retry delay exceeds this.
-pub const RETRY_CAP_MS: u64 = 10_000;
-
-/// The delay before retry attempt `failed_attempts + 1`, after
-/// `failed_attempts` (>= 1) attempts failed.
-pub fn retry_delay_ms(failed_attempts: u32) -> u64 {
-    let exponent = failed_attempts.saturating_sub(1).min(20);
-    (RETRY_BASE_MS << exponent).min(RETRY_CAP_MS)
-}
 
 pub use super::event::Payload;
 
@@ -59,10 +61,54 @@ pub enum Action {
 /// How an attempt ended, as the transport saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttemptResult {
-    /// A complete response with this status.
-    Status(u16),
+    /// A complete response: its status, and its `Retry-After` when valid.
+    Answered {
+        status: u16,
+        retry_after: Option<RetryAfter>,
+    },
     /// No usable response: connect, DNS, TLS or framing failure, spelled out.
     Failed(String),
+}
+
+impl AttemptResult {
+    /// An answer without `Retry-After`.
+    pub fn status(status: u16) -> AttemptResult {
+        AttemptResult::Answered {
+            status,
+            retry_after: None,
+        }
+    }
+}
+
+/// A webhook a `410 Gone` disabled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    /// The URL that answered 410: a definition with another URL is not disabled.
+    pub url: String,
+    pub since_unix_micros: u64,
+    /// What happened, for the admin API and the journal (never the URL,
+    /// which may hold a secret: it also reaches refused clients).
+    pub reason: String,
+}
+
+impl Disabled {
+    /// The error of a delivery ended or skipped because of it.
+    pub fn error(&self) -> String {
+        format!(
+            "webhook disabled since {} ({}); enable it again or change its URL",
+            crate::clock::rfc3339_utc(self.since_unix_micros),
+            self.reason
+        )
+    }
+}
+
+/// What `reconfigure` did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// Waiting async events dropped: their webhook is gone or no longer async.
+    pub dropped: usize,
+    /// Disabled webhooks enabled again: gone, or given another URL.
+    pub enabled: Vec<(String, Disabled)>,
 }
 
 /// A gate's verdict, reported once.
@@ -104,6 +150,22 @@ pub struct Completed {
     pub seq: Option<u64>,
     /// The gate a gated delivery belonged to.
     pub gate: Option<GateId>,
+    /// Its `410 Gone` disabled the webhook (the first such answer does).
+    pub gone: bool,
+    /// It ended unattempted (`attempts` 0) or before its next retry because
+    /// its webhook is disabled.
+    pub disabled: bool,
+}
+
+/// How a delivery ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Delivered,
+    Failed,
+    /// Its 410 disabled the webhook.
+    Gone,
+    /// Its webhook is disabled: cut short, or never attempted.
+    Disabled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +231,15 @@ pub struct Dispatcher {
     /// Unix time minus the monotonic clock (ms), for the time attempts are
     /// signed at; set by `set_wall_clock`.
     unix_offset_ms: i64,
+    /// Webhooks a 410 disabled, by name.
+    disabled: BTreeMap<String, Disabled>,
+    /// Each configured webhook's URL, from `reconfigure`: a 410 from another
+    /// URL (an attempt that started before a reload), or for a webhook no
+    /// longer configured, disables nothing. `None` before any `reconfigure`
+    /// (a lone ping, a unit test): every 410 counts.
+    urls: Option<BTreeMap<String, String>>,
+    /// Where async retry jitter comes from.
+    entropy: Box<dyn Entropy>,
 }
 
 impl Dispatcher {
@@ -186,17 +257,30 @@ impl Dispatcher {
             next_gate: 0,
             dropped: BTreeMap::new(),
             unix_offset_ms: 0,
+            disabled: BTreeMap::new(),
+            urls: None,
+            entropy: Box::new(OsEntropy),
         }
     }
 
-    /// Starts one delivery per item, all at once; the gate reports when its
-    /// verdict is known. An empty gate passes at once.
+    /// Draws async retry jitter from `entropy` (a seeded one replays a run).
+    pub fn set_entropy(&mut self, entropy: Box<dyn Entropy>) {
+        self.entropy = entropy;
+    }
+
     /// Tells the wall-clock time that goes with `now_ms` (the monotonic
-    /// clock the rest of the machine runs on), for signature timestamps.
+    /// clock the rest of the machine runs on), for signature timestamps and
+    /// `Retry-After` dates.
     pub fn set_wall_clock(&mut self, now_ms: u64, unix_micros: u64) {
         self.unix_offset_ms = (unix_micros / 1000) as i64 - now_ms as i64;
     }
 
+    fn unix_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_add_signed(self.unix_offset_ms)
+    }
+
+    /// Starts one delivery per item, all at once; the gate reports when its
+    /// verdict is known. An empty gate passes at once.
     pub fn gate(
         &mut self,
         kind: GateKind,
@@ -291,20 +375,95 @@ impl Dispatcher {
     }
 
     /// Applies a new configuration to waiting async events: they go out with
-    /// the webhook's new definition, or are dropped (and counted in the
-    /// return value) when it is gone or no longer async. Deliveries already
-    /// in flight finish on the definition they started with.
-    pub fn reconfigure(&mut self, webhooks: &BTreeMap<String, Rc<WebhookConfig>>) -> usize {
-        let mut dropped = 0;
+    /// the webhook's new definition, or are dropped (and counted) when it is
+    /// gone or no longer async. A disabled webhook that is gone or has
+    /// another URL is enabled again. Deliveries already in flight finish on
+    /// the definition they started with.
+    pub fn reconfigure(&mut self, webhooks: &BTreeMap<String, Rc<WebhookConfig>>) -> Reconfigured {
+        let mut done = Reconfigured::default();
         for name in self.queue.webhooks() {
             match webhooks.get(&name) {
                 Some(webhook) if webhook.policy == Policy::Async => {
                     self.queue.set_webhook(&name, webhook.clone())
                 }
-                _ => dropped += self.queue.remove_webhook(&name),
+                _ => done.dropped += self.queue.remove_webhook(&name),
             }
         }
-        dropped
+        let urls: BTreeMap<String, String> = webhooks
+            .iter()
+            .map(|(name, webhook)| (name.clone(), webhook.url.text.clone()))
+            .collect();
+        let moved: Vec<String> = self
+            .disabled
+            .iter()
+            .filter(|(name, disabled)| urls.get(*name) != Some(&disabled.url))
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.urls = Some(urls);
+        for name in moved {
+            if let Some(disabled) = self.disabled.remove(&name) {
+                done.enabled.push((name, disabled));
+            }
+        }
+        done
+    }
+
+    /// Disables a webhook at `disabled.url` (a 410, or one recovered from
+    /// the journal): deliveries backing off for it end now, and its waiting
+    /// async events end unattempted. `false` when it already was.
+    pub fn disable(&mut self, name: &str, disabled: Disabled, now_ms: u64) -> bool {
+        if self.disabled.get(name) == Some(&disabled) {
+            return false;
+        }
+        self.disabled.insert(name.to_string(), disabled);
+        self.stop(name, now_ms);
+        true
+    }
+
+    /// Ends what a newly disabled webhook has backing off or waiting.
+    fn stop(&mut self, name: &str, now_ms: u64) {
+        let mut waiting: Vec<DeliveryId> = self
+            .deliveries
+            .iter()
+            .filter(|(_, delivery)| delivery.state == State::Backoff && self.stops(delivery))
+            .map(|(id, _)| *id)
+            .collect();
+        // By id, not by hash order: completions come out in a replayable order.
+        waiting.sort();
+        for id in waiting {
+            if let Some(key) = self
+                .deliveries
+                .get_mut(&id)
+                .and_then(|delivery| delivery.timer.take())
+            {
+                self.timers.cancel(key);
+            }
+            self.finish(id, Ending::Disabled, now_ms);
+        }
+        self.start_next_async(name, now_ms);
+    }
+
+    /// Lets a disabled webhook be delivered to again; returns what it was.
+    /// Its dead letters stay where they are (redelivery is the operator's).
+    pub fn enable(&mut self, name: &str) -> Option<Disabled> {
+        self.disabled.remove(name)
+    }
+
+    /// The disabled webhooks, by name, with the URL each was disabled at.
+    pub fn disabled(&self) -> &BTreeMap<String, Disabled> {
+        &self.disabled
+    }
+
+    /// Why deliveries with this definition are not attempted, if they are not.
+    pub fn disabled_for(&self, webhook: &WebhookConfig) -> Option<&Disabled> {
+        self.disabled
+            .get(&webhook.name)
+            .filter(|disabled| disabled.url == webhook.url.text)
+    }
+
+    /// A delivery its webhook's disabled state stops (never a ping).
+    fn stops(&self, delivery: &Delivery) -> bool {
+        delivery.payload.kind != EventKind::Ping && self.disabled_for(&delivery.webhook).is_some()
     }
 
     pub fn handle_result(&mut self, id: DeliveryId, result: AttemptResult, now_ms: u64) {
@@ -317,17 +476,59 @@ impl Dispatcher {
         if let Some(key) = delivery.timer.take() {
             self.timers.cancel(key);
         }
-        if let AttemptResult::Status(status) = result {
-            delivery.last_status = Some(status);
-        }
         match result {
-            AttemptResult::Status(status) if (200..300).contains(&status) => self.finish(id, true, now_ms),
-            AttemptResult::Status(status) => {
-                // 3xx included: redirects are not followed (SPEC section 5).
-                self.attempt_failed(id, format!("HTTP status {status}"), now_ms)
+            AttemptResult::Answered { status, .. } if (200..300).contains(&status) => {
+                delivery.last_status = Some(status);
+                self.finish(id, Ending::Delivered, now_ms)
             }
-            AttemptResult::Failed(reason) => self.attempt_failed(id, reason, now_ms),
+            AttemptResult::Answered { status: 410, .. } if delivery.payload.kind != EventKind::Ping => {
+                delivery.last_status = Some(410);
+                self.gone(id, now_ms)
+            }
+            AttemptResult::Answered { status, retry_after } => {
+                delivery.last_status = Some(status);
+                let policy = delivery.webhook.policy;
+                let wait_ms = retry_after_delay_ms(status, retry_after, policy, self.unix_ms(now_ms));
+                // 3xx included: redirects are not followed (SPEC section 5).
+                self.attempt_failed(id, format!("HTTP status {status}"), wait_ms, now_ms)
+            }
+            AttemptResult::Failed(reason) => self.attempt_failed(id, reason, None, now_ms),
         }
+    }
+
+    /// A `410 Gone`: the receiver says the endpoint will not come back, so
+    /// it is not retried, and the webhook is disabled at that URL unless the
+    /// URL is no longer its own (a reload moved it) or it already is.
+    fn gone(&mut self, id: DeliveryId, now_ms: u64) {
+        let Some(delivery) = self.deliveries.get_mut(&id) else {
+            return;
+        };
+        delivery.last_error = Some("HTTP status 410 (Gone)".to_string());
+        let name = delivery.webhook.name.clone();
+        let url = delivery.webhook.url.text.clone();
+        let moved = self
+            .urls
+            .as_ref()
+            .is_some_and(|urls| urls.get(&name) != Some(&url));
+        if moved
+            || self
+                .disabled
+                .get(&name)
+                .is_some_and(|disabled| disabled.url == url)
+        {
+            self.finish(id, Ending::Failed, now_ms);
+            return;
+        }
+        let disabled = Disabled {
+            url,
+            since_unix_micros: self.unix_ms(now_ms).saturating_mul(1000),
+            reason: "it answered 410 Gone".to_string(),
+        };
+        // Disabled first: finishing the async head starts the next event,
+        // which must end unattempted rather than go out.
+        self.disabled.insert(name.clone(), disabled);
+        self.finish(id, Ending::Gone, now_ms);
+        self.stop(&name, now_ms);
     }
 
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -343,7 +544,7 @@ impl Dispatcher {
                 (TimerKind::AttemptTimeout, State::InFlight) => {
                     let timeout_ms = delivery.webhook.timeout_ms;
                     self.actions.push_back(Action::Abort { delivery: id });
-                    self.attempt_failed(id, format!("timed out after {timeout_ms} ms"), now_ms);
+                    self.attempt_failed(id, format!("timed out after {timeout_ms} ms"), None, now_ms);
                 }
                 _ => {}
             }
@@ -397,25 +598,79 @@ impl Dispatcher {
         &self.dropped
     }
 
+    /// Starts the head of a webhook's queue when nothing of it is in
+    /// flight; while the webhook is disabled, its events end unattempted
+    /// instead, one after the other (a loop, not recursion: the queue may
+    /// hold thousands).
     fn start_next_async(&mut self, name: &str, now_ms: u64) {
-        if self.async_in_flight.contains_key(name) {
-            return;
+        while !self.async_in_flight.contains_key(name) {
+            let Some((webhook, item)) = self.queue.start_front(name) else {
+                return;
+            };
+            if let Some(disabled) = self.disabled_for(&webhook) {
+                let error = disabled.error();
+                self.queue.pop_front(name);
+                self.skip(&webhook, item.payload, item.seq, Owner::Async, error);
+                continue;
+            }
+            let id = self.start_delivery_with_seq(webhook, item.payload, item.seq, Owner::Async, now_ms);
+            self.async_in_flight.insert(name.to_string(), id);
         }
-        let Some((webhook, item)) = self.queue.start_front(name) else {
-            return;
-        };
-        let id = self.start_delivery_with_seq(webhook, item.payload, item.seq, Owner::Async, now_ms);
-        self.async_in_flight.insert(name.to_string(), id);
     }
 
+    /// Starts a gated delivery, or ends it unattempted when its webhook is
+    /// disabled (a ping goes out regardless).
     fn start_delivery(
         &mut self,
         webhook: Rc<WebhookConfig>,
         payload: Rc<Payload>,
         owner: Owner,
         now_ms: u64,
-    ) -> DeliveryId {
-        self.start_delivery_with_seq(webhook, payload, None, owner, now_ms)
+    ) {
+        let disabled = self
+            .disabled_for(&webhook)
+            .filter(|_| payload.kind != EventKind::Ping)
+            .map(Disabled::error);
+        let Some(error) = disabled else {
+            self.start_delivery_with_seq(webhook, payload, None, owner, now_ms);
+            return;
+        };
+        let name = webhook.name.clone();
+        self.skip(&webhook, payload, None, owner, error.clone());
+        if let Owner::Gate(gate) = owner {
+            self.gate_done(gate, &name, false, Some(error));
+        }
+    }
+
+    /// Records a delivery that ends unattempted because its webhook is disabled.
+    fn skip(
+        &mut self,
+        webhook: &WebhookConfig,
+        payload: Rc<Payload>,
+        seq: Option<u64>,
+        owner: Owner,
+        error: String,
+    ) {
+        self.completed.push_back(Completed {
+            webhook: webhook.name.clone(),
+            policy: webhook.policy,
+            kind: payload.kind,
+            event_id: payload.event_id.clone(),
+            success: false,
+            attempts: 0,
+            duration_ms: 0,
+            error: Some(error),
+            status: None,
+            delivery_id: delivery_id(&payload.event_id, &webhook.name),
+            payload,
+            seq,
+            gate: match owner {
+                Owner::Gate(gate) => Some(gate),
+                Owner::Async => None,
+            },
+            gone: false,
+            disabled: true,
+        });
     }
 
     fn start_delivery_with_seq(
@@ -491,7 +746,13 @@ impl Dispatcher {
         });
     }
 
-    fn attempt_failed(&mut self, id: DeliveryId, reason: String, now_ms: u64) {
+    /// An attempt failed: retry after `wait_ms` (a `Retry-After`) or the
+    /// backoff, unless the attempts are used up or the webhook is disabled.
+    fn attempt_failed(&mut self, id: DeliveryId, reason: String, wait_ms: Option<u64>, now_ms: u64) {
+        let stopped = self
+            .deliveries
+            .get(&id)
+            .is_some_and(|delivery| self.stops(delivery));
         let Some(delivery) = self.deliveries.get_mut(&id) else {
             return;
         };
@@ -504,20 +765,36 @@ impl Dispatcher {
         );
         delivery.last_error = Some(reason);
         if delivery.attempts > delivery.webhook.max_retries {
-            self.finish(id, false, now_ms);
+            self.finish(id, Ending::Failed, now_ms);
+            return;
+        }
+        if stopped {
+            self.finish(id, Ending::Disabled, now_ms);
             return;
         }
         delivery.state = State::Backoff;
-        let deadline = now_ms + retry_delay_ms(delivery.attempts);
-        delivery.timer = Some(self.timers.insert(deadline, (id, TimerKind::Retry)));
+        let delay_ms = match (wait_ms, delivery.owner) {
+            (Some(wait_ms), _) => wait_ms,
+            (None, Owner::Async) => {
+                jittered_delay_ms(retry_delay_ms(delivery.attempts), self.entropy.as_mut())
+            }
+            (None, Owner::Gate(_)) => retry_delay_ms(delivery.attempts),
+        };
+        delivery.timer = Some(self.timers.insert(now_ms + delay_ms, (id, TimerKind::Retry)));
     }
 
-    fn finish(&mut self, id: DeliveryId, success: bool, now_ms: u64) {
+    fn finish(&mut self, id: DeliveryId, ending: Ending, now_ms: u64) {
         let Some(mut delivery) = self.deliveries.remove(&id) else {
             return;
         };
         if let Some(key) = delivery.timer.take() {
             self.timers.cancel(key);
+        }
+        let success = ending == Ending::Delivered;
+        if ending == Ending::Disabled
+            && let Some(disabled) = self.disabled_for(&delivery.webhook)
+        {
+            delivery.last_error = Some(disabled.error());
         }
         let error = if success { None } else { delivery.last_error.take() };
         self.completed.push_back(Completed {
@@ -537,35 +814,40 @@ impl Dispatcher {
                 Owner::Gate(gate) => Some(gate),
                 Owner::Async => None,
             },
+            gone: ending == Ending::Gone,
+            disabled: ending == Ending::Disabled,
         });
         match delivery.owner {
-            Owner::Gate(gate_id) => {
-                let Some(gate) = self.gates.get_mut(&gate_id) else {
-                    return;
-                };
-                gate.pending -= 1;
-                let verdict = match (gate.kind, success) {
-                    (GateKind::Required, false) => Some(GateOutcome::Failed {
-                        webhook: delivery.webhook.name.clone(),
-                        reason: error.unwrap_or_default(),
-                    }),
-                    _ if gate.pending == 0 => Some(GateOutcome::Passed),
-                    _ => None,
-                };
-                let done = gate.pending == 0;
-                if let Some(verdict) = verdict {
-                    self.report_gate(gate_id, verdict);
-                }
-                if done {
-                    self.gates.remove(&gate_id);
-                }
-            }
+            Owner::Gate(gate_id) => self.gate_done(gate_id, &delivery.webhook.name, success, error),
             Owner::Async => {
                 let name = delivery.webhook.name.clone();
                 self.async_in_flight.remove(&name);
                 self.queue.pop_front(&name);
                 self.start_next_async(&name, now_ms);
             }
+        }
+    }
+
+    /// One delivery of a gate ended; reports the verdict once it is known.
+    fn gate_done(&mut self, gate_id: GateId, webhook: &str, success: bool, error: Option<String>) {
+        let Some(gate) = self.gates.get_mut(&gate_id) else {
+            return;
+        };
+        gate.pending -= 1;
+        let verdict = match (gate.kind, success) {
+            (GateKind::Required, false) => Some(GateOutcome::Failed {
+                webhook: webhook.to_string(),
+                reason: error.unwrap_or_default(),
+            }),
+            _ if gate.pending == 0 => Some(GateOutcome::Passed),
+            _ => None,
+        };
+        let done = gate.pending == 0;
+        if let Some(verdict) = verdict {
+            self.report_gate(gate_id, verdict);
+        }
+        if done {
+            self.gates.remove(&gate_id);
         }
     }
 
@@ -616,16 +898,6 @@ mod tests {
     }
 
     #[test]
-    fn retry_delays_double_from_100ms_and_cap_at_10s() {
-        let delays: Vec<u64> = (1..=10).map(retry_delay_ms).collect();
-        assert_eq!(
-            delays,
-            [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
-        );
-        assert_eq!(retry_delay_ms(u32::MAX), 10_000);
-    }
-
-    #[test]
     fn failed_attempts_are_retried_at_the_exact_delays() {
         let hook = webhook("audit", "required", "max_retries = 3");
         let mut dispatcher = Dispatcher::new(0, 10);
@@ -646,7 +918,7 @@ mod tests {
             }
             for id in sent {
                 attempt_times.push(now);
-                dispatcher.handle_result(id, AttemptResult::Status(503), now);
+                dispatcher.handle_result(id, AttemptResult::status(503), now);
             }
         }
         assert_eq!(attempt_times, [0, 100, 300, 700]);
@@ -689,7 +961,7 @@ mod tests {
         dispatcher.handle_timeout(1600);
         assert!(matches!(dispatcher.poll_action(), Some(Action::Abort { .. })));
         // A late answer for an aborted attempt changes nothing.
-        dispatcher.handle_result(second[0], AttemptResult::Status(200), 1601);
+        dispatcher.handle_result(second[0], AttemptResult::status(200), 1601);
         assert_eq!(dispatcher.poll_gate(), Some((gate, GateOutcome::Passed)));
         let completed = dispatcher.poll_completed().unwrap();
         assert_eq!((completed.success, completed.attempts), (false, 2));
@@ -717,7 +989,7 @@ mod tests {
                 }
             ))
         );
-        dispatcher.handle_result(sent[0], AttemptResult::Status(200), 9);
+        dispatcher.handle_result(sent[0], AttemptResult::status(200), 9);
         assert_eq!(dispatcher.poll_gate(), None);
         assert_eq!(dispatcher.in_flight(), 0);
     }
@@ -733,14 +1005,14 @@ mod tests {
             0,
         );
         let sent = sends(&mut dispatcher);
-        dispatcher.handle_result(sent[0], AttemptResult::Status(204), 1);
+        dispatcher.handle_result(sent[0], AttemptResult::status(204), 1);
         assert_eq!(dispatcher.poll_gate(), None, "one of two answered");
-        dispatcher.handle_result(sent[1], AttemptResult::Status(200), 2);
+        dispatcher.handle_result(sent[1], AttemptResult::status(200), 2);
         assert_eq!(dispatcher.poll_gate(), Some((gate, GateOutcome::Passed)));
 
         let redirected = dispatcher.gate(GateKind::Required, vec![(a, payload("2"))], 3);
         let sent = sends(&mut dispatcher);
-        dispatcher.handle_result(sent[0], AttemptResult::Status(302), 4);
+        dispatcher.handle_result(sent[0], AttemptResult::status(302), 4);
         assert!(matches!(dispatcher.poll_gate(), Some((id, GateOutcome::Failed { .. })) if id == redirected));
     }
 
@@ -750,7 +1022,7 @@ mod tests {
         let mut dispatcher = Dispatcher::new(0, 10);
         let gate = dispatcher.gate(GateKind::Optional, vec![(hook, payload("1"))], 0);
         let sent = sends(&mut dispatcher);
-        dispatcher.handle_result(sent[0], AttemptResult::Status(500), 1);
+        dispatcher.handle_result(sent[0], AttemptResult::status(500), 1);
         assert_eq!(dispatcher.poll_gate(), Some((gate, GateOutcome::Passed)));
         assert!(!dispatcher.poll_completed().unwrap().success);
     }
@@ -774,7 +1046,7 @@ mod tests {
                     order.push(text[text.len() - 10..].to_string());
                     // The first attempt of event 2 fails; its retry keeps the order.
                     let status = if order.len() == 2 { 500 } else { 200 };
-                    dispatcher.handle_result(delivery, AttemptResult::Status(status), now);
+                    dispatcher.handle_result(delivery, AttemptResult::status(status), now);
                 }
             }
             if let Some(deadline) = dispatcher.poll_timeout() {
@@ -892,17 +1164,370 @@ mod tests {
         });
         let mut webhooks = BTreeMap::new();
         webhooks.insert("q".to_string(), new);
-        assert_eq!(dispatcher.reconfigure(&webhooks), 0);
-        dispatcher.handle_result(first[0], AttemptResult::Status(200), 1);
+        assert_eq!(dispatcher.reconfigure(&webhooks), Reconfigured::default());
+        dispatcher.handle_result(first[0], AttemptResult::status(200), 1);
         let Some(Action::Send { webhook, .. }) = dispatcher.poll_action() else {
             panic!()
         };
         assert_eq!(webhook.url.port, 10);
         assert_eq!(
-            dispatcher.reconfigure(&BTreeMap::new()),
+            dispatcher.reconfigure(&BTreeMap::new()).dropped,
             0,
             "the head in flight finishes"
         );
         assert_eq!(dispatcher.async_pending(), 1);
+    }
+
+    /// Drives the dispatcher on its own clock: answers the n-th attempt (from
+    /// 0), sent at `now`, at once with `answer(n, now)` and jumps to each
+    /// deadline; returns when each attempt went out.
+    fn attempt_times(
+        dispatcher: &mut Dispatcher,
+        mut now: u64,
+        mut answer: impl FnMut(usize, u64) -> AttemptResult,
+    ) -> Vec<u64> {
+        let mut times = Vec::new();
+        loop {
+            let sent = sends(dispatcher);
+            if sent.is_empty() {
+                match dispatcher.poll_timeout() {
+                    Some(deadline) => {
+                        now = now.max(deadline);
+                        dispatcher.handle_timeout(now);
+                        continue;
+                    }
+                    None => return times,
+                }
+            }
+            for id in sent {
+                let n = times.len();
+                times.push(now);
+                dispatcher.handle_result(id, answer(n, now), now);
+            }
+        }
+    }
+
+    fn retry_after(status: u16, retry_after: RetryAfter) -> AttemptResult {
+        AttemptResult::Answered {
+            status,
+            retry_after: Some(retry_after),
+        }
+    }
+
+    /// Our wall clock in these tests: Unix ms = this + the monotonic ms.
+    const WALL_MS: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn retry_after_on_429_and_503_sets_the_next_delay_exactly() {
+        let hook = webhook("audit", "required", "max_retries = 9");
+        let mut dispatcher = Dispatcher::new(0, 10);
+        // Our wall clock runs 750 ms past a whole second of WALL_MS.
+        dispatcher.set_wall_clock(0, (WALL_MS + 750) * 1000);
+        let gate = dispatcher.gate(GateKind::Required, vec![(hook, payload("e1"))], 0);
+        let times = attempt_times(&mut dispatcher, 0, |n, now| {
+            match n {
+                0 => retry_after(503, RetryAfter::Seconds(3)),
+                // Over the 10 s cap of a webhook a request waits on.
+                1 => retry_after(429, RetryAfter::Seconds(30)),
+                // A date against the response's own Date: 5 s, whatever our clock says.
+                2 => retry_after(
+                    503,
+                    RetryAfter::Date {
+                        unix_secs: 2_000_000_005,
+                        response_date: Some(2_000_000_000),
+                    },
+                ),
+                // A date against our clock, to the millisecond: 4,250 ms from now.
+                3 => {
+                    // Sent at 18 s: 18,750 ms past WALL_MS, so this is a whole second.
+                    let target_ms = WALL_MS + 750 + now + 4_250;
+                    assert_eq!(target_ms % 1000, 0, "the test picks a whole second");
+                    retry_after(
+                        503,
+                        RetryAfter::Date {
+                            unix_secs: target_ms / 1000,
+                            response_date: None,
+                        },
+                    )
+                }
+                // Not a 429 or 503: the normal backoff (the 5th delay, 1.6 s).
+                4 => retry_after(500, RetryAfter::Seconds(1)),
+                // No valid Retry-After (the decoder drops invalid ones): backoff, 3.2 s.
+                5 => AttemptResult::status(503),
+                // Zero, and a date in the past: never sooner than 100 ms.
+                6 => retry_after(503, RetryAfter::Seconds(0)),
+                7 => retry_after(
+                    503,
+                    RetryAfter::Date {
+                        unix_secs: 1,
+                        response_date: None,
+                    },
+                ),
+                _ => AttemptResult::status(204),
+            }
+        });
+        let delays: Vec<u64> = times.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        assert_eq!(delays, [3_000, 10_000, 5_000, 4_250, 1_600, 3_200, 100, 100]);
+        assert_eq!(dispatcher.poll_gate(), Some((gate, GateOutcome::Passed)));
+    }
+
+    #[test]
+    fn async_retry_after_is_exact_and_capped_at_ten_minutes() {
+        let hook = webhook("q", "async", "max_retries = 3");
+        let mut dispatcher = Dispatcher::new(0, 10);
+        dispatcher.enqueue(hook, payload("e1"), 0);
+        let times = attempt_times(&mut dispatcher, 0, |n, _| match n {
+            0 => retry_after(503, RetryAfter::Seconds(300)),
+            1 => retry_after(429, RetryAfter::Seconds(86_400)),
+            2 => retry_after(503, RetryAfter::Seconds(u64::MAX)),
+            _ => AttemptResult::status(200),
+        });
+        assert_eq!(times, [0, 300_000, 900_000, 1_500_000]);
+        assert_eq!(super::super::backoff::RETRY_AFTER_ASYNC_CAP_MS, 600_000);
+        assert!(dispatcher.poll_completed().unwrap().success);
+    }
+
+    /// Every completion waiting, with what the tests look at.
+    fn completions(dispatcher: &mut Dispatcher) -> Vec<(String, u32, bool, bool, bool)> {
+        let mut done = Vec::new();
+        while let Some(completed) = dispatcher.poll_completed() {
+            done.push((
+                completed.event_id,
+                completed.attempts,
+                completed.success,
+                completed.gone,
+                completed.disabled,
+            ));
+        }
+        done
+    }
+
+    fn ping() -> Rc<Payload> {
+        Rc::new(Payload {
+            event_id: "ping".into(),
+            kind: EventKind::Ping,
+            namespace: String::new(),
+            body: b"{}".to_vec(),
+        })
+    }
+
+    #[test]
+    fn a_410_disables_the_webhook_and_ends_its_queue_unattempted() {
+        let queue = webhook("q", "async", "max_retries = 5");
+        let mut dispatcher = Dispatcher::new(0, 10);
+        dispatcher.set_wall_clock(0, WALL_MS * 1000);
+        for id in ["1", "2", "3"] {
+            dispatcher.enqueue(queue.clone(), payload(id), 0);
+        }
+        let first = sends(&mut dispatcher);
+        dispatcher.handle_result(first[0], AttemptResult::status(410), 7);
+        assert!(dispatcher.poll_action().is_none(), "no retry, no next event");
+        assert_eq!(dispatcher.poll_timeout(), None);
+        assert_eq!(
+            completions(&mut dispatcher),
+            [
+                ("1".to_string(), 1, false, true, false),
+                ("2".to_string(), 0, false, false, true),
+                ("3".to_string(), 0, false, false, true),
+            ]
+        );
+        assert_eq!(dispatcher.async_pending(), 0);
+        let disabled = dispatcher.disabled()["q"].clone();
+        assert_eq!(disabled.url, "http://127.0.0.1:9/q");
+        assert_eq!(disabled.since_unix_micros, (WALL_MS + 7) * 1000);
+
+        // New events: async ones end at once, a required gate fails at once,
+        // an optional one passes; nothing goes out.
+        dispatcher.enqueue(queue.clone(), payload("4"), 8);
+        assert_eq!(
+            completions(&mut dispatcher),
+            [("4".to_string(), 0, false, false, true)]
+        );
+        let required = webhook("q", "required", "");
+        let gate = dispatcher.gate(GateKind::Required, vec![(required, payload("5"))], 9);
+        let Some((
+            id,
+            GateOutcome::Failed {
+                webhook: name,
+                reason,
+            },
+        )) = dispatcher.poll_gate()
+        else {
+            panic!("the required gate must fail")
+        };
+        assert_eq!((id, name.as_str()), (gate, "q"));
+        assert!(
+            reason.starts_with("webhook disabled since 2023-11-14T22:13:20.007000Z (it answered 410 Gone)"),
+            "{reason}"
+        );
+        let optional = webhook("q", "optional", "");
+        let gate = dispatcher.gate(GateKind::Optional, vec![(optional.clone(), payload("6"))], 9);
+        assert_eq!(dispatcher.poll_gate(), Some((gate, GateOutcome::Passed)));
+        assert!(dispatcher.poll_action().is_none());
+        assert_eq!(dispatcher.in_flight(), 0);
+        completions(&mut dispatcher);
+
+        // A ping is a test: it goes out, and its own 410 disables nothing more.
+        dispatcher.gate(GateKind::Optional, vec![(optional, ping())], 10);
+        let pinged = sends(&mut dispatcher);
+        assert_eq!(pinged.len(), 1);
+        dispatcher.handle_result(pinged[0], AttemptResult::status(410), 11);
+        assert_eq!(
+            completions(&mut dispatcher),
+            [("ping".to_string(), 1, false, false, false)]
+        );
+
+        // Enabled again: the next event goes out.
+        assert_eq!(dispatcher.enable("q"), Some(disabled));
+        assert_eq!(dispatcher.enable("q"), None);
+        dispatcher.enqueue(queue, payload("7"), 12);
+        assert_eq!(sends(&mut dispatcher).len(), 1);
+    }
+
+    #[test]
+    fn a_410_ends_the_retries_other_deliveries_of_its_webhook_wait_for() {
+        let hook = webhook("w", "required", "max_retries = 3");
+        let mut dispatcher = Dispatcher::new(0, 10);
+        let waiting = dispatcher.gate(GateKind::Required, vec![(hook.clone(), payload("1"))], 0);
+        let gone = dispatcher.gate(GateKind::Required, vec![(hook, payload("2"))], 0);
+        let sent = sends(&mut dispatcher);
+        dispatcher.handle_result(sent[0], AttemptResult::status(503), 1);
+        assert!(dispatcher.poll_timeout().is_some(), "backing off");
+        dispatcher.handle_result(sent[1], AttemptResult::status(410), 2);
+        let mut outcomes = Vec::new();
+        while let Some((gate, GateOutcome::Failed { reason, .. })) = dispatcher.poll_gate() {
+            outcomes.push((gate, reason));
+        }
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        assert_eq!(outcomes[0], (gone, "HTTP status 410 (Gone)".to_string()));
+        assert_eq!(outcomes[1].0, waiting);
+        assert!(
+            outcomes[1].1.starts_with("webhook disabled since "),
+            "{outcomes:?}"
+        );
+        assert_eq!(dispatcher.poll_timeout(), None, "no retry left waiting");
+        assert_eq!(
+            completions(&mut dispatcher),
+            [
+                ("2".to_string(), 1, false, true, false),
+                ("1".to_string(), 1, false, false, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn another_url_enables_again_and_a_410_from_an_old_url_disables_nothing() {
+        let at = |port: u16| {
+            Rc::new(WebhookConfig {
+                url: crate::config::WebhookUrl::parse(&format!("http://127.0.0.1:{port}/q")).unwrap(),
+                ..(*webhook("q", "async", "")).clone()
+            })
+        };
+        let only = |webhook: Rc<WebhookConfig>| BTreeMap::from([("q".to_string(), webhook)]);
+        let mut dispatcher = Dispatcher::new(0, 10);
+        dispatcher.reconfigure(&only(at(1)));
+        dispatcher.enqueue(at(1), payload("1"), 0);
+        let old = sends(&mut dispatcher);
+        // A reload moves the webhook while its attempt is in flight.
+        assert_eq!(dispatcher.reconfigure(&only(at(2))), Reconfigured::default());
+        dispatcher.handle_result(old[0], AttemptResult::status(410), 1);
+        assert_eq!(
+            completions(&mut dispatcher),
+            [("1".to_string(), 1, false, false, false)]
+        );
+        assert!(
+            dispatcher.disabled().is_empty(),
+            "the old URL's 410 is about the old URL"
+        );
+
+        dispatcher.enqueue(at(2), payload("2"), 2);
+        let new = sends(&mut dispatcher);
+        dispatcher.handle_result(new[0], AttemptResult::status(410), 3);
+        assert_eq!(dispatcher.disabled()["q"].url, "http://127.0.0.1:2/q");
+        // The same URL keeps it disabled; another one enables it.
+        assert!(dispatcher.reconfigure(&only(at(2))).enabled.is_empty());
+        let enabled = dispatcher.reconfigure(&only(at(3))).enabled;
+        assert_eq!(enabled.len(), 1);
+        assert_eq!(enabled[0].1.url, "http://127.0.0.1:2/q");
+        dispatcher.enqueue(at(3), payload("3"), 4);
+        dispatcher.enqueue(at(3), payload("4"), 4);
+        let third = sends(&mut dispatcher);
+        assert_eq!(third.len(), 1);
+        dispatcher.handle_result(third[0], AttemptResult::status(200), 5);
+        let fourth = sends(&mut dispatcher);
+        // Disabled (as after a restart), then removed: enabled and forgotten;
+        // a late 410 from its attempt in flight disables nothing.
+        let restored = Disabled {
+            url: "http://127.0.0.1:3/q".into(),
+            since_unix_micros: 0,
+            reason: "it answered 410 Gone".into(),
+        };
+        assert!(dispatcher.disable("q", restored.clone(), 5));
+        assert!(!dispatcher.disable("q", restored, 5), "already");
+        assert_eq!(dispatcher.reconfigure(&BTreeMap::new()).enabled.len(), 1);
+        assert!(dispatcher.disabled().is_empty());
+        dispatcher.handle_result(fourth[0], AttemptResult::status(410), 6);
+        assert!(dispatcher.disabled().is_empty());
+        assert_eq!(
+            completions(&mut dispatcher).last(),
+            Some(&("4".to_string(), 1, false, false, false))
+        );
+    }
+
+    /// The times the retries of many async webhooks that all failed at once
+    /// go out, per round of retries, with jitter drawn from `seed`.
+    fn retry_rounds(seed: u64) -> Vec<Vec<u64>> {
+        let mut dispatcher = Dispatcher::new(0, 10);
+        dispatcher.set_entropy(Box::new(crate::entropy::SeededEntropy::new(seed)));
+        for n in 0..64 {
+            let hook = webhook(&format!("j{n}"), "async", "max_retries = 2");
+            dispatcher.enqueue(hook, payload(&n.to_string()), 0);
+        }
+        let mut rounds: Vec<Vec<u64>> = vec![Vec::new(); 3];
+        let mut attempts: BTreeMap<DeliveryId, usize> = BTreeMap::new();
+        let mut now = 0;
+        loop {
+            for id in sends(&mut dispatcher) {
+                let round = attempts.entry(id).or_default();
+                rounds[*round].push(now);
+                *round += 1;
+                dispatcher.handle_result(id, AttemptResult::status(503), now);
+            }
+            let Some(deadline) = dispatcher.poll_timeout() else {
+                return rounds;
+            };
+            now = deadline;
+            dispatcher.handle_timeout(now);
+        }
+    }
+
+    #[test]
+    fn async_retries_spread_with_jitter_replayable_from_a_seed() {
+        let rounds = retry_rounds(7);
+        assert!(rounds[0].iter().all(|&at| at == 0), "first attempts together");
+        // The first retry waits between half and all of 100 ms, the second
+        // between half and all of 200 ms after the first.
+        assert_eq!(rounds[1].len(), 64);
+        assert!(
+            rounds[1].iter().all(|at| (50..=100).contains(at)),
+            "{:?}",
+            rounds[1]
+        );
+        let distinct: std::collections::BTreeSet<u64> = rounds[1].iter().copied().collect();
+        assert!(
+            distinct.len() >= 25,
+            "only {} distinct retry times",
+            distinct.len()
+        );
+        let (earliest, latest) = (rounds[1][0], rounds[1][63]);
+        assert!(latest - earliest >= 40, "spread {earliest}..{latest}");
+        assert_eq!(rounds[2].len(), 64);
+        assert!(
+            rounds[2].iter().all(|at| (150..=300).contains(at)),
+            "{:?}",
+            rounds[2]
+        );
+        assert_eq!(retry_rounds(7), rounds, "a seed replays");
+        assert_ne!(retry_rounds(8), rounds, "another seed spreads otherwise");
     }
 }

@@ -1,6 +1,7 @@
 //! Event webhooks: events, their formats and signatures, the delivery
 //! machine, the dispatcher and its queues. Sans-IO: the reactor carries the bytes.
 
+pub mod backoff;
 pub mod dispatcher;
 pub mod event;
 pub mod format;

@@ -71,12 +71,61 @@ fn is_field_value(text: &str) -> bool {
     !text.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
 }
 
-/// A complete response: its status, and whether the connection may carry the
-/// next request.
+/// A complete response: its status, whether the connection may carry the
+/// next request, and its `Retry-After` when it had a valid one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResponseDone {
     pub status: u16,
     pub keep_alive: bool,
+    pub retry_after: Option<RetryAfter>,
+}
+
+/// A `Retry-After` field (RFC 9110 section 10.2.3), as the response said it.
+/// The decoder reads no clock: turning a date into a delay is the caller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// `delay-seconds`; saturates rather than overflow.
+    Seconds(u64),
+    /// An HTTP-date, in Unix seconds, with the response's own `Date` (Unix
+    /// seconds) when it carried a valid one: the delay is the difference of
+    /// the two, so the receiver's clock and ours need not agree.
+    Date {
+        unix_secs: u64,
+        response_date: Option<u64>,
+    },
+}
+
+impl RetryAfter {
+    /// Parses the field's value; `None` for anything invalid (which the
+    /// caller ignores).
+    pub fn parse(value: &[u8], response_date: Option<u64>) -> Option<RetryAfter> {
+        let text = std::str::from_utf8(value).ok()?;
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            // 1*DIGIT; an absurd number of digits is an absurdly long wait.
+            return Some(RetryAfter::Seconds(text.parse().unwrap_or(u64::MAX)));
+        }
+        let unix_secs = crate::clock::parse_http_date(text)?;
+        Some(RetryAfter::Date {
+            unix_secs,
+            response_date,
+        })
+    }
+
+    /// The delay it asks for in ms, given our wall clock (Unix ms) for a date
+    /// when the response had no `Date` of its own. A date in the past asks
+    /// for no delay.
+    pub fn delay_ms(self, our_unix_ms: u64) -> u64 {
+        match self {
+            RetryAfter::Seconds(secs) => secs.saturating_mul(1000),
+            RetryAfter::Date {
+                unix_secs,
+                response_date,
+            } => {
+                let reference_ms = response_date.map_or(our_unix_ms, |date| date.saturating_mul(1000));
+                unix_secs.saturating_mul(1000).saturating_sub(reference_ms)
+            }
+        }
+    }
 }
 
 /// Why a response could not be read. Any of them means the connection's
@@ -145,6 +194,7 @@ struct Head {
     status: u16,
     keep_alive: bool,
     framing: Framing,
+    retry_after: Option<RetryAfter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +212,7 @@ enum State {
         done: ResponseDone,
     },
     UntilEof {
-        status: u16,
+        done: ResponseDone,
     },
     /// An error was returned; the framing is lost for good.
     Failed(ResponseError),
@@ -193,11 +243,13 @@ impl ResponseDecoder {
         self.state == State::Head { interim: 0 }
     }
 
-    /// The final status while its body is being read.
-    pub fn status_in_body(&self) -> Option<u16> {
+    /// The final response's head (status, `Retry-After`) while its body is
+    /// being read.
+    pub fn head_in_body(&self) -> Option<ResponseDone> {
         match &self.state {
-            State::Length { done, .. } | State::Chunked { done, .. } => Some(done.status),
-            State::UntilEof { status } => Some(*status),
+            State::Length { done, .. } | State::Chunked { done, .. } | State::UntilEof { done } => {
+                Some(*done)
+            }
             State::Head { .. } | State::Failed(_) => None,
         }
     }
@@ -225,9 +277,9 @@ impl ResponseDecoder {
     pub fn eof(&mut self) -> Result<ResponseDone, ResponseError> {
         let result = match self.state {
             State::Failed(error) => return Err(error),
-            State::UntilEof { status } => Ok(ResponseDone {
-                status,
+            State::UntilEof { done } => Ok(ResponseDone {
                 keep_alive: false,
+                ..done
             }),
             State::Head { .. } => Err(ResponseError::ClosedBeforeHead),
             State::Length { .. } | State::Chunked { .. } => Err(ResponseError::ClosedInBody),
@@ -254,6 +306,7 @@ impl ResponseDecoder {
                     let done = ResponseDone {
                         status: head.status,
                         keep_alive: head.keep_alive,
+                        retry_after: head.retry_after,
                     };
                     self.state = match head.framing {
                         Framing::Interim => {
@@ -274,7 +327,7 @@ impl ResponseDecoder {
                             decoder: ChunkedDecoder::new(),
                             done,
                         },
-                        Framing::UntilEof => State::UntilEof { status: head.status },
+                        Framing::UntilEof => State::UntilEof { done },
                     };
                 }
                 State::Length { remaining, done } => {
@@ -348,6 +401,7 @@ fn parse_head(input: &[u8], head_bytes_max: usize) -> Result<Option<(usize, Head
                 status,
                 keep_alive: true,
                 framing: Framing::Interim,
+                retry_after: None,
             },
         )));
     }
@@ -409,8 +463,30 @@ fn parse_head(input: &[u8], head_bytes_max: usize) -> Result<Option<(usize, Head
             status,
             keep_alive,
             framing,
+            retry_after: retry_after(response.headers),
         },
     )))
+}
+
+/// The head's `Retry-After`, when it has exactly one valid one (a field that
+/// is not a list, repeated, is an error: RFC 9110 section 5.3), with the
+/// head's `Date` when that is a valid HTTP-date (a repeated `Date` counts as
+/// absent).
+fn retry_after(fields: &[httparse::Header<'_>]) -> Option<RetryAfter> {
+    let only = |name: &str| {
+        let mut named = fields
+            .iter()
+            .filter(|field| field.name.eq_ignore_ascii_case(name));
+        match (named.next(), named.next()) {
+            (Some(field), None) => Some(field.value),
+            _ => None,
+        }
+    };
+    let value = only("retry-after")?;
+    let date = only("date")
+        .and_then(|value| std::str::from_utf8(value).ok())
+        .and_then(crate::clock::parse_http_date);
+    RetryAfter::parse(value, date)
 }
 
 #[cfg(test)]
@@ -461,7 +537,11 @@ mod tests {
     }
 
     fn ok(status: u16, keep_alive: bool) -> ResponseDone {
-        ResponseDone { status, keep_alive }
+        ResponseDone {
+            status,
+            keep_alive,
+            retry_after: None,
+        }
     }
 
     fn decode_all(input: &[u8]) -> Result<(usize, Option<ResponseDone>), ResponseError> {
@@ -528,20 +608,110 @@ mod tests {
     }
 
     #[test]
-    fn the_status_is_known_while_the_body_is_read() {
+    fn the_head_is_known_while_the_body_is_read() {
+        let status = |decoder: &ResponseDecoder| decoder.head_in_body().map(|head| head.status);
         let mut decoder = ResponseDecoder::new(1024);
-        assert_eq!(decoder.status_in_body(), None);
+        assert_eq!(status(&decoder), None);
         let (consumed, done) = decoder
-            .decode(b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nab")
+            .decode(b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n4\r\nab")
             .unwrap();
-        assert_eq!((consumed, done), (54, None));
-        assert_eq!(decoder.status_in_body(), Some(503));
+        assert_eq!((consumed, done), (70, None));
+        assert_eq!(status(&decoder), Some(503));
+        assert_eq!(
+            decoder.head_in_body().unwrap().retry_after,
+            Some(RetryAfter::Seconds(7))
+        );
         let mut decoder = ResponseDecoder::new(1024);
         decoder.decode(b"HTTP/1.0 200 OK\r\n\r\nforever").unwrap();
-        assert_eq!(decoder.status_in_body(), Some(200));
+        assert_eq!(status(&decoder), Some(200));
         let mut decoder = ResponseDecoder::new(1024);
         decoder.decode(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap();
-        assert_eq!(decoder.status_in_body(), None, "an interim response has no body");
+        assert_eq!(status(&decoder), None, "an interim response has no body");
+    }
+
+    fn retry_after_of(head: &str) -> Option<RetryAfter> {
+        let input = format!("HTTP/1.1 503 Busy\r\n{head}Content-Length: 0\r\n\r\n");
+        let (_, done) = decode_all(input.as_bytes()).unwrap();
+        done.unwrap().retry_after
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        assert_eq!(
+            retry_after_of("Retry-After: 120\r\n"),
+            Some(RetryAfter::Seconds(120))
+        );
+        assert_eq!(retry_after_of("retry-after:0\r\n"), Some(RetryAfter::Seconds(0)));
+        assert_eq!(
+            retry_after_of("Retry-After: 99999999999999999999999\r\n"),
+            Some(RetryAfter::Seconds(u64::MAX))
+        );
+        assert_eq!(
+            retry_after_of("Retry-After: Sun, 06 Nov 1994 08:49:37 GMT\r\n"),
+            Some(RetryAfter::Date {
+                unix_secs: 784_111_777,
+                response_date: None
+            })
+        );
+        assert_eq!(
+            retry_after_of(
+                "Date: Sun, 06 Nov 1994 08:49:07 GMT\r\nRetry-After: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+            ),
+            Some(RetryAfter::Date {
+                unix_secs: 784_111_777,
+                response_date: Some(784_111_747)
+            })
+        );
+        // A bad or repeated Date is no Date: our clock is the reference then.
+        for date in [
+            "Date: yesterday\r\n",
+            "Date: Sun, 06 Nov 1994 08:49:07 GMT\r\nDate: Sun, 06 Nov 1994 08:49:08 GMT\r\n",
+        ] {
+            assert_eq!(
+                retry_after_of(&format!("{date}Retry-After: Sun, 06 Nov 1994 08:49:37 GMT\r\n")),
+                Some(RetryAfter::Date {
+                    unix_secs: 784_111_777,
+                    response_date: None
+                }),
+                "{date}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_or_repeated_retry_after_is_ignored() {
+        for head in [
+            "",
+            "Retry-After:\r\n",
+            "Retry-After: -1\r\n",
+            "Retry-After: 1.5\r\n",
+            "Retry-After: +5\r\n",
+            "Retry-After: 5 s\r\n",
+            "Retry-After: soon\r\n",
+            "Retry-After: Sun, 31 Nov 1994 08:49:37 GMT\r\n",
+            "Retry-After: 5\r\nRetry-After: 5\r\n",
+        ] {
+            assert_eq!(retry_after_of(head), None, "{head:?}");
+        }
+        let not_utf8 = b"HTTP/1.1 429 Slow down\r\nRetry-After: 5\xff\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(decode_all(not_utf8).unwrap().1.unwrap().retry_after, None);
+    }
+
+    #[test]
+    fn retry_after_delays() {
+        assert_eq!(RetryAfter::Seconds(3).delay_ms(123), 3000);
+        assert_eq!(RetryAfter::Seconds(u64::MAX).delay_ms(0), u64::MAX);
+        let date = |response_date| RetryAfter::Date {
+            unix_secs: 1_000,
+            response_date,
+        };
+        // Against the response's own Date, whatever our clock says.
+        assert_eq!(date(Some(990)).delay_ms(5_000_000), 10_000);
+        // Against our clock without one, to the millisecond.
+        assert_eq!(date(None).delay_ms(998_500), 1_500);
+        // In the past: no delay.
+        assert_eq!(date(None).delay_ms(2_000_000), 0);
+        assert_eq!(date(Some(1_001)).delay_ms(0), 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::transport::Transport;
 use crate::config::{ClientIdentity, Scheme, WebhookConfig};
 use crate::dns::{LookupId, Resolver};
 use crate::event_webhook::dispatcher::{Action, AttemptResult, DeliveryId, Dispatcher};
-use crate::http::client::ResponseDecoder;
+use crate::http::client::{ResponseDecoder, ResponseDone};
 
 /// Outbound connections at once, idle ones included; beyond it attempts fail.
 const CONNECTIONS_MAX: usize = 1024;
@@ -509,15 +509,19 @@ impl Outbound {
         match step {
             Step::Wait => {}
             Step::Again => self.again.push(slot),
-            Step::Done { status, keep_alive } => {
+            Step::Done(done) => {
                 let delivery = connection.delivery.take();
                 if let Some(delivery) = delivery {
                     self.by_delivery.remove(&delivery);
-                    self.results.push_back((delivery, AttemptResult::Status(status)));
+                    let result = AttemptResult::Answered {
+                        status: done.status,
+                        retry_after: done.retry_after,
+                    };
+                    self.results.push_back((delivery, result));
                 }
                 let endpoint = connection.endpoint.clone();
                 let pool = self.idle.entry(endpoint).or_default();
-                if keep_alive && pool.len() < IDLE_PER_ENDPOINT_MAX {
+                if done.keep_alive && pool.len() < IDLE_PER_ENDPOINT_MAX {
                     connection.phase = Phase::Idle;
                     pool.push(slot);
                 } else {
@@ -592,10 +596,9 @@ enum Step {
     Wait,
     /// The read budget ran out with bytes possibly left: run again next turn.
     Again,
-    Done {
-        status: u16,
-        keep_alive: bool,
-    },
+    /// A response: its status, `Retry-After`, and whether the connection
+    /// may be reused.
+    Done(ResponseDone),
     Failed(String),
     /// An idle connection the peer closed.
     Closed,
@@ -696,10 +699,10 @@ impl Connection {
         if eof {
             if self.reader.started {
                 return match self.reader.decoder.eof() {
-                    Ok(done) => Ok(Step::Done {
-                        status: done.status,
+                    Ok(done) => Ok(Step::Done(ResponseDone {
                         keep_alive: false,
-                    }),
+                        ..done
+                    })),
                     Err(error) => Err(format!("malformed response: {error}")),
                 };
             }
@@ -730,8 +733,8 @@ fn io_failure(doing: &str, error: &io::Error) -> String {
 }
 
 /// Reads one response: decodes each read as it arrives, so what is held is
-/// at most a partial head, and stops once the status is known and the
-/// response ran past `RESPONSE_BYTES_MAX`.
+/// at most a partial head, and stops once the head (status, `Retry-After`)
+/// is known and the response ran past `RESPONSE_BYTES_MAX`.
 struct ResponseReader {
     decoder: ResponseDecoder,
     /// Plaintext received and not yet decoded (a partial head).
@@ -768,21 +771,18 @@ impl ResponseReader {
             // Bytes after the response on a connection we own are a protocol
             // error; the connection cannot be reused.
             let keep_alive = done.keep_alive && self.pending.is_empty();
-            return Ok(Some(Step::Done {
-                status: done.status,
-                keep_alive,
-            }));
+            return Ok(Some(Step::Done(ResponseDone { keep_alive, ..done })));
         }
-        match self.decoder.status_in_body() {
-            Some(status) if self.bytes > RESPONSE_BYTES_MAX => {
+        match self.decoder.head_in_body() {
+            Some(head) if self.bytes > RESPONSE_BYTES_MAX => {
                 log::debug!(
                     target: "angos::event_webhook",
                     "response from {host} longer than {RESPONSE_BYTES_MAX} bytes: not read further"
                 );
-                Ok(Some(Step::Done {
-                    status,
+                Ok(Some(Step::Done(ResponseDone {
                     keep_alive: false,
-                }))
+                    ..head
+                })))
             }
             _ => Ok(None),
         }

@@ -42,5 +42,6 @@ mod webhook_simulation;
 mod webhooks_delivery;
 mod webhooks_durable;
 mod webhooks_https;
+mod webhooks_manners;
 mod webhooks_policies;
 mod webhooks_reload;

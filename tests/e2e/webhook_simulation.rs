@@ -1,8 +1,11 @@
 //! A deterministic, seeded simulation of webhook delivery (STYLE.md lesson 6, after sozu's
 //! `udp_simulation` and TigerBeetle's VOPR). It drives the sans-IO `Notifier` and `Dispatcher`
-//! with random registry operations, direct `gate`/`enqueue` calls and configuration reloads,
-//! against a fake network whose receivers answer 2xx, 5xx, 3xx/4xx, reset, hang or answer
-//! late, on a manual clock; an independent model checks the invariants after every step.
+//! with random registry operations, direct `gate`/`enqueue` calls, configuration reloads and
+//! re-enables, against a fake network whose receivers answer 2xx, 5xx, 3xx/4xx, reset, hang,
+//! answer late, ask for a pause (`Retry-After` on 429/503, valid or not) or say `410 Gone`, on a
+//! manual clock; an independent model checks the invariants after every step: exact retry
+//! delays (a window for jittered async ones), webhooks disabled by a 410 and enabled again by a
+//! reload that moves them or by `enable`, and nothing sent to a disabled webhook.
 //!
 //! It never sleeps and reads the real clock only to pick seeds. Every run prints `SEED=<n>`
 //! and every failure names it: `SEED=<n> cargo test --test e2e webhook_simulation` replays that
@@ -19,7 +22,9 @@ use angos::event_webhook::dispatcher::{
     Action, AttemptResult, Completed, DeliveryId, Dispatcher, GateId, GateKind, GateOutcome, Payload,
 };
 use angos::event_webhook::event::{Actor, EventKind};
+use angos::event_webhook::notifier::operations::Enabling;
 use angos::event_webhook::notifier::{Apply, Notifier, Submission, Submitted};
+use angos::http::client::RetryAfter;
 use angos::http::{Body, Response};
 use angos::metrics::Metrics;
 use angos::registry::EventDraft;
@@ -34,6 +39,13 @@ const DRAIN_STEPS_MAX: u64 = 2_000_000;
 /// Retry schedule of SPEC section 5, restated here rather than imported.
 const RETRY_BASE_MS: u64 = 100;
 const RETRY_CAP_MS: u64 = 10_000;
+/// The `Retry-After` cap of async webhooks (README, "HTTP manners").
+const RETRY_AFTER_ASYNC_CAP_MS: u64 = 600_000;
+/// The wall clock: Unix ms = this + the simulation's monotonic ms.
+const WALL_MS: u64 = 1_700_000_000_000;
+/// Ids of the model's records of deliveries that end unattempted (their webhook is
+/// disabled): the dispatcher never hands them out, its ids count from 1.
+const SKIPPED_BASE: u64 = 1 << 62;
 
 const NAMES: [&str; 6] = ["w0", "w1", "w2", "w3", "w4", "w5"];
 const NAMESPACES: [&str; 14] = [
@@ -89,6 +101,38 @@ fn expected_retry_delay_ms(failed_attempts: u32) -> u64 {
         delay = delay.saturating_mul(2).min(RETRY_CAP_MS);
     }
     delay.min(RETRY_CAP_MS)
+}
+
+/// The wait a 429 or 503 with a valid `Retry-After` asks for, within 100 ms and the policy's
+/// cap (README, "HTTP manners"); `None` means the backoff. `now` is when the answer arrived.
+fn expected_retry_after_ms(
+    status: u16,
+    retry_after: Option<RetryAfter>,
+    policy: Policy,
+    now: u64,
+) -> Option<u64> {
+    if status != 429 && status != 503 {
+        return None;
+    }
+    let asked_ms = match retry_after? {
+        RetryAfter::Seconds(secs) => secs.saturating_mul(1000),
+        RetryAfter::Date {
+            unix_secs,
+            response_date,
+        } => {
+            let reference_ms = match response_date {
+                Some(date) => date * 1000,
+                None => WALL_MS + now,
+            };
+            (unix_secs * 1000).saturating_sub(reference_ms)
+        }
+    };
+    let cap_ms = if policy == Policy::Async {
+        RETRY_AFTER_ASYNC_CAP_MS
+    } else {
+        RETRY_CAP_MS
+    };
+    Some(asked_ms.clamp(RETRY_BASE_MS, cap_ms))
 }
 
 /// Where the simulation is, for failure messages.
@@ -367,22 +411,25 @@ impl Apply<Commit> for FakeRegistry {
     }
 }
 
-/// How a receiver behaves, as weights of: 2xx, 5xx, 3xx/4xx, reset, hang, slow.
+/// How a receiver behaves, as weights of: 2xx, 5xx, 3xx/4xx, reset, hang, slow,
+/// a pause asked for (`Retry-After`), gone (410).
 #[derive(Clone, Copy, Debug)]
 struct Receiver {
-    weights: [u64; 6],
+    weights: [u64; 8],
 }
 
 fn random_receiver(rng: &mut Rng) -> Receiver {
     let weights = match rng.below(4) {
-        0 => [85, 4, 2, 3, 2, 4],
-        1 => [3, 30, 10, 25, 17, 15],
+        0 => [85, 4, 2, 3, 2, 4, 3, 0],
+        1 => [3, 30, 10, 25, 17, 15, 20, 1],
         _ => {
-            let mut weights = [0; 6];
+            let mut weights = [0; 8];
             for weight in &mut weights {
                 *weight = rng.below(10);
             }
             weights[0] += 8;
+            // A 410 is rare: most webhooks never say it, a few now and then.
+            weights[7] = [0, 0, 0, 1, 3][rng.index(5)];
             weights
         }
     };
@@ -423,9 +470,30 @@ struct EventModel {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum DeliveryState {
-    InFlight { started_ms: u64 },
-    Backoff { failed_ms: u64 },
-    Done { success: bool },
+    InFlight {
+        started_ms: u64,
+    },
+    /// The retry goes out at a time in `[earliest_ms, latest_ms]`: one instant, or the
+    /// window of an async backoff's jitter.
+    Backoff {
+        failed_ms: u64,
+        earliest_ms: u64,
+        latest_ms: u64,
+    },
+    Done {
+        success: bool,
+    },
+}
+
+/// How the model expects a delivery to end.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum End {
+    Delivered,
+    Failed,
+    /// Its 410 disabled the webhook.
+    Gone,
+    /// Its webhook is disabled: cut short before a retry, or never attempted.
+    Disabled,
 }
 
 struct DeliveryModel {
@@ -509,6 +577,8 @@ struct ExpectedCompletion {
     duration_ms: u64,
     policy: Policy,
     kind: EventKind,
+    gone: bool,
+    disabled: bool,
 }
 
 /// Declares the run counters and how runs add up.
@@ -545,11 +615,21 @@ counters!(
     late_dropped,
     retries,
     capped_retries,
+    jittered_retries,
+    retry_after_waits,
+    retry_after_capped,
+    gone_disabled,
+    gone_ignored,
+    cut_short,
+    skipped,
+    enabled_by_reload,
+    enabled_by_call,
     delivered,
     failed,
     async_enqueued,
     async_delivered,
     async_failed,
+    async_skipped,
     dropped_bound,
     dropped_reload,
     dropped_at_commit,
@@ -564,9 +644,12 @@ impl fmt::Display for Stats {
         write!(
             f,
             "{} steps, {} inputs, {} operations, {} events, {} reloads, {} direct gates; \
-             {} deliveries ({} ok, {} failed), {} attempts ({} retries, {} after the 10 s cap; receivers: {} 2xx, {} errors, \
+             {} deliveries ({} ok, {} failed), {} attempts ({} retries, {} after the 10 s cap, {} jittered, \
+             {} after a Retry-After ({} capped); receivers: {} 2xx, {} errors, \
              {} resets, {} hangs; {} timeouts, {} late answers ignored, {} dropped with their connection); \
-             async: {} enqueued, {} delivered, {} failed, {} dropped by the bound, {} by reloads, \
+             410: {} webhooks disabled, {} answers that disabled nothing more, {} retries cut short, \
+             {} deliveries skipped, re-enabled {} by reloads and {} by enable; \
+             async: {} enqueued, {} delivered, {} failed, {} skipped, {} dropped by the bound, {} by reloads, \
              {} at commit; commits: {} applied, {} discarded, {} refused by the registry; \
              {:.1} simulated minutes",
             self.steps,
@@ -581,6 +664,9 @@ impl fmt::Display for Stats {
             self.attempts,
             self.retries,
             self.capped_retries,
+            self.jittered_retries,
+            self.retry_after_waits,
+            self.retry_after_capped,
             self.answers_2xx,
             self.answers_error,
             self.resets,
@@ -588,9 +674,16 @@ impl fmt::Display for Stats {
             self.timeouts,
             self.late_ignored,
             self.late_dropped,
+            self.gone_disabled,
+            self.gone_ignored,
+            self.cut_short,
+            self.skipped,
+            self.enabled_by_reload,
+            self.enabled_by_call,
             self.async_enqueued,
             self.async_delivered,
             self.async_failed,
+            self.async_skipped,
             self.dropped_bound,
             self.dropped_reload,
             self.dropped_at_commit,
@@ -674,6 +767,10 @@ struct Sim {
     gates: BTreeMap<GateId, GateModel>,
     expected_reports: BTreeMap<GateId, ExpectedGate>,
     awaiting_completion: BTreeMap<(u64, String), ExpectedCompletion>,
+    /// Webhooks a 410 disabled, with the URL that said it.
+    disabled: BTreeMap<String, String>,
+    /// Records of deliveries ended unattempted so far (for their ids).
+    skipped_ids: u64,
     stats: Stats,
 }
 
@@ -707,14 +804,20 @@ impl Sim {
         let at = At { now: start_ms, ..at };
         let config = random_config(&mut rng, at, queue_length);
         let mut metrics = Metrics::new();
+        let unix_micros = (WALL_MS + start_ms) * 1000;
         let machine = if raw {
-            Machine::Raw(Box::new(Dispatcher::new(start_ms, queue_length)))
+            let mut dispatcher = Dispatcher::new(start_ms, queue_length);
+            // Jitter from the seed too, so a run replays bit for bit.
+            dispatcher.set_entropy(Box::new(SeededEntropy::new(seed ^ 0x5eed)));
+            dispatcher.set_wall_clock(start_ms, unix_micros);
+            dispatcher.reconfigure(&config.defs);
+            Machine::Raw(Box::new(dispatcher))
         } else {
-            // Event ids from the seed too, so a run replays bit for bit.
-            Machine::Notifier(Box::new(
-                Notifier::new(&config.config, &mut metrics, start_ms)
-                    .with_entropy(Box::new(SeededEntropy::new(seed))),
-            ))
+            // Event ids and jitter from the seed too, so a run replays bit for bit.
+            let mut notifier = Notifier::new(&config.config, &mut metrics, start_ms)
+                .with_entropy(Box::new(SeededEntropy::new(seed)));
+            notifier.set_time(start_ms, unix_micros);
+            Machine::Notifier(Box::new(notifier))
         };
         let retries_max = config.defs.values().map(|def| def.max_retries).max().unwrap_or(0);
         let mut receivers = BTreeMap::new();
@@ -758,7 +861,25 @@ impl Sim {
             gates: BTreeMap::new(),
             expected_reports: BTreeMap::new(),
             awaiting_completion: BTreeMap::new(),
+            disabled: BTreeMap::new(),
+            skipped_ids: 0,
             stats: Stats::default(),
+        }
+    }
+
+    /// Whether deliveries with this definition are not attempted: a 410 disabled its
+    /// webhook at its URL.
+    fn is_disabled(&self, def: &WebhookConfig) -> bool {
+        self.disabled.get(&def.name) == Some(&def.url.text)
+    }
+
+    /// The time of this step, as the reactor tells it each loop turn.
+    fn tell_time(&mut self) {
+        let now = self.at.now;
+        let unix_micros = (WALL_MS + now) * 1000;
+        match &mut self.machine {
+            Machine::Notifier(notifier) => notifier.set_time(now, unix_micros),
+            Machine::Raw(dispatcher) => dispatcher.set_wall_clock(now, unix_micros),
         }
     }
 
@@ -780,6 +901,7 @@ impl Sim {
         };
         if next > self.at.now {
             self.at.now = next;
+            self.tell_time();
             if self.eager_timeouts {
                 self.handle_timeout();
             }
@@ -841,7 +963,8 @@ impl Sim {
                 4..=44 => self.direct_gate(),
                 45..=89 => self.direct_enqueue(),
                 90..=94 => self.handle_timeout(),
-                _ => self.bogus_result(),
+                95..=97 => self.bogus_result(),
+                _ => self.enable(),
             }
         } else {
             match roll {
@@ -849,6 +972,7 @@ impl Sim {
                 4..=10 => self.direct_enqueue(),
                 11..=13 => self.handle_timeout(),
                 14..=15 => self.bogus_result(),
+                16..=17 => self.enable(),
                 _ => self.submit(),
             }
         }
@@ -969,6 +1093,13 @@ impl Sim {
             unreachable!()
         };
         let submitted = notifier.submit(op, submission, &mut self.registry, now, unix_micros);
+        // Required deliveries to a disabled webhook end at once, unattempted.
+        for (seq, name) in self.ops[&op].required.clone() {
+            let def = self.events[seq as usize].targets[&name].def.clone();
+            if self.is_disabled(&def) {
+                self.skip_delivery(seq, def, Route::Gate(None));
+            }
+        }
         self.on_apply_log();
         let at = self.at;
         match submitted {
@@ -1035,6 +1166,78 @@ impl Sim {
         );
         if pairs.is_empty() {
             self.expected_reports.insert(gate, ExpectedGate::Passed);
+        }
+        // In item order, as the dispatcher starts them: the first skipped one of a
+        // required gate is the failure it reports.
+        for (seq, def) in pairs {
+            if self.is_disabled(&def) {
+                self.skip_delivery(seq, def, Route::Gate(Some(gate)));
+            }
+        }
+        self.pump();
+    }
+
+    /// A gated delivery the dispatcher ends unattempted because its webhook is disabled:
+    /// recorded under an id of the model's own, and done at once.
+    fn skip_delivery(&mut self, seq: u64, def: Rc<WebhookConfig>, route: Route) {
+        self.skipped_ids += 1;
+        let delivery = DeliveryId(SKIPPED_BASE + self.skipped_ids);
+        let now = self.at.now;
+        let name = def.name.clone();
+        let at = self.at;
+        check!(
+            at,
+            !self.by_pair.contains_key(&(seq, name.clone())),
+            "e{seq} to {name} was both started and skipped"
+        );
+        self.stats.deliveries += 1;
+        self.stats.skipped += 1;
+        self.deliveries.insert(
+            delivery,
+            DeliveryModel {
+                event: seq,
+                webhook: name.clone(),
+                def,
+                request: Rc::new(Vec::new()),
+                route,
+                attempts: 0,
+                first_start_ms: now,
+                state: DeliveryState::InFlight { started_ms: now },
+            },
+        );
+        self.by_pair.insert((seq, name), delivery);
+        self.active.insert(delivery);
+        self.on_done(delivery, End::Disabled);
+    }
+
+    /// `enable` (the admin API's) on a random name, configured or not.
+    fn enable(&mut self) {
+        let name = NAMES[self.rng.index(NAMES.len())];
+        let at = self.at;
+        let was = self.disabled.remove(name);
+        let configured = self.config.defs.contains_key(name);
+        let answered = match &mut self.machine {
+            Machine::Notifier(notifier) => match notifier.enable(name) {
+                Enabling::UnknownWebhook => (!configured, "unknown".to_string()),
+                Enabling::WasNotDisabled => (configured && was.is_none(), "not disabled".to_string()),
+                Enabling::Enabled(disabled) => (
+                    configured && was.as_ref() == Some(&disabled.url),
+                    format!("enabled, was disabled at {}", disabled.url),
+                ),
+            },
+            Machine::Raw(dispatcher) => {
+                let enabled = dispatcher.enable(name).map(|disabled| disabled.url);
+                (enabled == was, format!("{enabled:?}"))
+            }
+        };
+        check!(
+            at,
+            answered.0,
+            "enable({name}) answered {}; the model had {was:?} (configured: {configured})",
+            answered.1
+        );
+        if was.is_some() {
+            self.stats.enabled_by_call += 1;
         }
         self.pump();
     }
@@ -1108,14 +1311,32 @@ impl Sim {
             }
         }
         self.stats.dropped_reload += predicted as u64;
+        // A disabled webhook that is gone or has another URL is enabled again.
+        let enabled: Vec<String> = self
+            .disabled
+            .iter()
+            .filter(|(name, url)| config.defs.get(*name).map(|def| &def.url.text) != Some(*url))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &enabled {
+            self.disabled.remove(name);
+        }
+        self.stats.enabled_by_reload += enabled.len() as u64;
         match &mut self.machine {
             Machine::Notifier(notifier) => notifier.reconfigure(&config.config, &mut self.metrics),
             Machine::Raw(dispatcher) => {
-                let dropped = dispatcher.reconfigure(&config.defs);
+                let done = dispatcher.reconfigure(&config.defs);
                 check!(
                     at,
-                    dropped == predicted,
-                    "reconfigure dropped {dropped} waiting events, the model expected {predicted}"
+                    done.dropped == predicted,
+                    "reconfigure dropped {} waiting events, the model expected {predicted}",
+                    done.dropped
+                );
+                let names: Vec<&String> = done.enabled.iter().map(|(name, _)| name).collect();
+                check!(
+                    at,
+                    names == enabled.iter().collect::<Vec<_>>(),
+                    "reconfigure enabled {names:?} again, the model expected {enabled:?}"
                 );
             }
         }
@@ -1132,10 +1353,10 @@ impl Sim {
         } else {
             DeliveryId(self.rng.range(1 << 40, 1 << 41))
         };
-        let result = if self.rng.percent(50) {
-            AttemptResult::Status(200)
-        } else {
-            AttemptResult::Failed("stray".into())
+        let result = match self.rng.below(3) {
+            0 => AttemptResult::status(200),
+            1 => AttemptResult::status(410),
+            _ => AttemptResult::Failed("stray".into()),
         };
         self.deliver_ignored(delivery, result, "a result for a finished or unknown delivery");
     }
@@ -1159,24 +1380,26 @@ impl Sim {
         let answer = match choice {
             0 => Some((
                 fast,
-                AttemptResult::Status([200, 201, 202, 204, 299][self.rng.index(5)]),
+                AttemptResult::status([200, 201, 202, 204, 299][self.rng.index(5)]),
             )),
-            1 => Some((fast, AttemptResult::Status(self.rng.range(500, 599) as u16))),
+            1 => Some((fast, AttemptResult::status(self.rng.range(500, 599) as u16))),
             2 => {
                 let statuses = [300, 301, 302, 303, 304, 307, 308, 400, 401, 404, 429];
                 Some((
                     fast,
-                    AttemptResult::Status(statuses[self.rng.index(statuses.len())]),
+                    AttemptResult::status(statuses[self.rng.index(statuses.len())]),
                 ))
             }
             3 => Some((fast, AttemptResult::Failed("connection reset by peer".into()))),
             4 => None,
-            _ => {
+            5 => {
                 // Slow: possibly exactly at, or after, the attempt's timeout.
                 let delay = self.rng.range(timeout_ms / 2, timeout_ms * 2);
                 let status = if self.rng.percent(60) { 200 } else { 503 };
-                Some((delay, AttemptResult::Status(status)))
+                Some((delay, AttemptResult::status(status)))
             }
+            6 => Some((fast, self.pause_answer(self.at.now + fast))),
+            _ => Some((fast, AttemptResult::status(410))),
         };
         match answer {
             Some((delay, result)) => {
@@ -1196,6 +1419,30 @@ impl Sim {
         }
     }
 
+    /// An answer with a `Retry-After` arriving at `arrival`: mostly a 429 or 503 (honoured),
+    /// sometimes another status (ignored); seconds within and beyond the caps, dates against
+    /// the response's `Date` or our clock, in the past too, or none (an invalid field).
+    fn pause_answer(&mut self, arrival: u64) -> AttemptResult {
+        let status = [429, 503, 503, 500, 302][self.rng.index(5)];
+        let retry_after = match self.rng.below(10) {
+            0..=3 => Some(RetryAfter::Seconds(self.rng.range(0, 20))),
+            4 => Some(RetryAfter::Seconds(self.rng.range(20, 100_000))),
+            5 | 6 => {
+                let date = 1_600_000_000 + self.rng.below(1 << 30);
+                Some(RetryAfter::Date {
+                    unix_secs: date + self.rng.range(0, 40) - 5,
+                    response_date: Some(date),
+                })
+            }
+            7 | 8 => Some(RetryAfter::Date {
+                unix_secs: (WALL_MS + arrival) / 1000 + self.rng.range(0, 40) - 5,
+                response_date: None,
+            }),
+            _ => None,
+        };
+        AttemptResult::Answered { status, retry_after }
+    }
+
     fn deliver_net(&mut self) {
         let Some((_, event)) = self.net.pop_first() else {
             return;
@@ -1208,20 +1455,37 @@ impl Sim {
         let current =
             matches!(model.state, DeliveryState::InFlight { .. }) && model.attempts == event.attempt;
         if current && !orphan {
-            match &event.result {
-                AttemptResult::Status(status) if (200..300).contains(status) => self.stats.answers_2xx += 1,
-                AttemptResult::Status(_) => self.stats.answers_error += 1,
-                AttemptResult::Failed(_) => self.stats.resets += 1,
+            let policy = model.def.policy;
+            enum Next {
+                Done,
+                Gone,
+                Retry(Option<u64>),
             }
-            let success =
-                matches!(event.result, AttemptResult::Status(status) if (200..300).contains(&status));
+            let next = match &event.result {
+                AttemptResult::Answered { status, .. } if (200..300).contains(status) => {
+                    self.stats.answers_2xx += 1;
+                    Next::Done
+                }
+                AttemptResult::Answered { status: 410, .. } => {
+                    self.stats.answers_error += 1;
+                    Next::Gone
+                }
+                AttemptResult::Answered { status, retry_after } => {
+                    self.stats.answers_error += 1;
+                    Next::Retry(expected_retry_after_ms(*status, *retry_after, policy, at.now))
+                }
+                AttemptResult::Failed(_) => {
+                    self.stats.resets += 1;
+                    Next::Retry(None)
+                }
+            };
             self.machine
                 .dispatcher()
                 .handle_result(event.delivery, event.result, at.now);
-            if success {
-                self.on_done(event.delivery, true);
-            } else {
-                self.on_attempt_failed(event.delivery);
+            match next {
+                Next::Done => self.on_done(event.delivery, End::Delivered),
+                Next::Gone => self.on_gone(event.delivery),
+                Next::Retry(wait_ms) => self.on_attempt_failed(event.delivery, wait_ms),
             }
             self.pump();
             return;
@@ -1354,6 +1618,12 @@ impl Sim {
         let seq = seq.unwrap();
         let event_id = json_field(body, "id").unwrap_or_default().to_string();
         let name = webhook.name.clone();
+        check!(
+            at,
+            !self.is_disabled(&webhook),
+            "e{seq} was sent to {name}, which a 410 disabled at {}",
+            webhook.url.text
+        );
         let event = &mut self.events[seq as usize];
         check!(
             at,
@@ -1397,22 +1667,32 @@ impl Sim {
                 model.event == seq && model.webhook == name,
                 "{delivery:?} changed its event or webhook"
             );
-            let DeliveryState::Backoff { failed_ms } = model.state else {
+            let DeliveryState::Backoff {
+                failed_ms,
+                earliest_ms,
+                latest_ms,
+            } = model.state
+            else {
                 panic!(
                     "SEED={} step={} now={}ms: Send for {delivery:?} (e{seq} to {name}) in state {:?}: \
                      a delivery already finished or in flight",
                     at.seed, at.step, at.now, model.state
                 );
             };
-            let delay = expected_retry_delay_ms(model.attempts);
             check!(
                 at,
-                now == failed_ms + delay,
-                "attempt {} of e{seq} to {name} started {} ms after attempt {} failed; expected {delay} ms",
+                earliest_ms <= now && now <= latest_ms,
+                "attempt {} of e{seq} to {name} started {} ms after attempt {} failed; expected {} to {} ms",
                 model.attempts + 1,
                 now - failed_ms,
-                model.attempts
+                model.attempts,
+                earliest_ms - failed_ms,
+                latest_ms - failed_ms
             );
+            if now < latest_ms {
+                self.stats.jittered_retries += 1;
+            }
+            let delay = now - failed_ms;
             check!(
                 at,
                 model.attempts < model.def.max_retries + 1,
@@ -1422,7 +1702,9 @@ impl Sim {
             );
             check!(
                 at,
-                Rc::ptr_eq(&model.def, &webhook) && Rc::ptr_eq(&model.request, &request),
+                // The same bytes, not the same buffer: each attempt is built anew (a
+                // Standard Webhooks timestamp is per attempt; these webhooks have none).
+                Rc::ptr_eq(&model.def, &webhook) && *model.request == *request,
                 "a retry of e{seq} to {name} changed its definition or its bytes"
             );
             model.attempts += 1;
@@ -1561,21 +1843,119 @@ impl Sim {
         if self.pending_net.contains(&key) {
             self.orphans.insert(key);
         }
-        self.on_attempt_failed(delivery);
+        self.on_attempt_failed(delivery, None);
     }
 
-    fn on_attempt_failed(&mut self, delivery: DeliveryId) {
+    /// An attempt failed: the delivery retries after `wait_ms` (a `Retry-After`) or its
+    /// backoff (jittered when async), unless its attempts are used up or its webhook is
+    /// disabled.
+    fn on_attempt_failed(&mut self, delivery: DeliveryId, wait_ms: Option<u64>) {
         let now = self.at.now;
+        let disabled = self.is_disabled(&self.deliveries[&delivery].def);
         let model = self.deliveries.get_mut(&delivery).unwrap();
         if model.attempts > model.def.max_retries {
-            self.on_done(delivery, false);
-        } else {
-            model.state = DeliveryState::Backoff { failed_ms: now };
+            self.on_done(delivery, End::Failed);
+            return;
+        }
+        if disabled {
+            self.stats.cut_short += 1;
+            self.on_done(delivery, End::Disabled);
+            return;
+        }
+        let backoff_ms = expected_retry_delay_ms(model.attempts);
+        let (earliest_ms, latest_ms) = match (wait_ms, model.route) {
+            (Some(wait_ms), _) => {
+                self.stats.retry_after_waits += 1;
+                if wait_ms == RETRY_CAP_MS || wait_ms == RETRY_AFTER_ASYNC_CAP_MS {
+                    self.stats.retry_after_capped += 1;
+                }
+                (now + wait_ms, now + wait_ms)
+            }
+            (None, Route::Async) => (now + backoff_ms / 2, now + backoff_ms),
+            (None, Route::Gate(_)) => (now + backoff_ms, now + backoff_ms),
+        };
+        model.state = DeliveryState::Backoff {
+            failed_ms: now,
+            earliest_ms,
+            latest_ms,
+        };
+    }
+
+    /// A 410: the delivery ends, and its webhook is disabled at that URL, unless the URL is
+    /// no longer the webhook's (or the webhook is gone) or it already is. Then what waits
+    /// to retry for it ends too, and its queue's events end unattempted.
+    fn on_gone(&mut self, delivery: DeliveryId) {
+        let model = &self.deliveries[&delivery];
+        let (name, url) = (model.webhook.clone(), model.def.url.text.clone());
+        let current = self.config.defs.get(&name).map(|def| def.url.text.clone());
+        if current.as_ref() != Some(&url) || self.disabled.get(&name) == Some(&url) {
+            self.stats.gone_ignored += 1;
+            self.on_done(delivery, End::Failed);
+            return;
+        }
+        self.stats.gone_disabled += 1;
+        self.disabled.insert(name.clone(), url);
+        self.on_done(delivery, End::Gone);
+        let waiting: Vec<DeliveryId> = self
+            .active
+            .iter()
+            .copied()
+            .filter(|id| {
+                let model = &self.deliveries[id];
+                matches!(model.state, DeliveryState::Backoff { .. }) && self.is_disabled(&model.def)
+            })
+            .collect();
+        for id in waiting {
+            self.stats.cut_short += 1;
+            self.on_done(id, End::Disabled);
+        }
+        self.start_queue(&name);
+    }
+
+    /// Starts a webhook's queue head when nothing of it is in flight, as the dispatcher
+    /// does; while the webhook is disabled, its events end unattempted instead.
+    fn start_queue(&mut self, name: &str) {
+        let at = self.at;
+        loop {
+            let Some(queue) = self.queues.get_mut(name) else {
+                return;
+            };
+            if queue.events.is_empty() {
+                self.queues.remove(name);
+                return;
+            }
+            if queue.head_taken {
+                return;
+            }
+            let def = self.config.defs.get(name);
+            check!(
+                at,
+                def.is_some_and(|def| def.policy == Policy::Async),
+                "{name}'s queue holds waiting events but {name} is not async"
+            );
+            if self.disabled.get(name) != def.map(|def| &def.url.text) {
+                queue.start_head();
+                return;
+            }
+            let seq = queue.events.pop_front().unwrap();
+            self.stats.async_skipped += 1;
+            self.stats.skipped += 1;
+            let expected = ExpectedCompletion {
+                success: false,
+                attempts: 0,
+                duration_ms: 0,
+                policy: Policy::Async,
+                kind: self.events[seq as usize].kind,
+                gone: false,
+                disabled: true,
+            };
+            self.awaiting_completion.insert((seq, name.to_string()), expected);
         }
     }
 
-    fn on_done(&mut self, delivery: DeliveryId, success: bool) {
+    fn on_done(&mut self, delivery: DeliveryId, end: End) {
         let at = self.at;
+        let success = end == End::Delivered;
         let model = self.deliveries.get_mut(&delivery).unwrap();
         model.state = DeliveryState::Done { success };
         let (seq, name, route) = (model.event, model.webhook.clone(), model.route);
@@ -1585,6 +1965,8 @@ impl Sim {
             duration_ms: at.now - model.first_start_ms,
             policy: model.def.policy,
             kind: self.events[seq as usize].kind,
+            gone: end == End::Gone,
+            disabled: end == End::Disabled,
         };
         self.awaiting_completion.insert((seq, name.clone()), expected);
         self.active.remove(&delivery);
@@ -1613,11 +1995,7 @@ impl Sim {
                     "async queue model of {name}"
                 );
                 queue.head_taken = false;
-                if queue.events.is_empty() {
-                    self.queues.remove(&name);
-                } else {
-                    queue.start_head();
-                }
+                self.start_queue(&name);
             }
             Route::Gate(Some(gate)) => {
                 let model = self.gates.get_mut(&gate).unwrap();
@@ -1655,12 +2033,21 @@ impl Sim {
 
     fn on_completed(&mut self, completed: Completed) {
         let at = self.at;
-        let seq = self.by_event_id.get(&completed.event_id).copied().or_else(|| {
-            completed
-                .event_id
-                .strip_prefix("raw-")
-                .and_then(|n| n.parse().ok())
-        });
+        // The body names the event (`e<seq>`): a delivery that never went out has no id
+        // the model learnt from a request.
+        let body = String::from_utf8_lossy(&completed.payload.body).to_string();
+        let seq = json_field(&body, "reference")
+            .and_then(|reference| reference.strip_prefix('e'))
+            .and_then(|number| number.parse::<u64>().ok());
+        if let Some(seq) = seq
+            && let Some(known) = &self.events[seq as usize].event_id
+        {
+            check!(
+                at,
+                *known == completed.event_id,
+                "e{seq} completed under another id"
+            );
+        }
         let expected = seq.and_then(|seq| self.awaiting_completion.remove(&(seq, completed.webhook.clone())));
         let Some(expected) = expected else {
             panic!(
@@ -1675,6 +2062,8 @@ impl Sim {
                 && completed.duration_ms == expected.duration_ms
                 && completed.policy == expected.policy
                 && completed.kind == expected.kind
+                && completed.gone == expected.gone
+                && completed.disabled == expected.disabled
                 && completed.error.is_some() != completed.success,
             "completion {completed:?}, the model expected {expected:?}"
         );
@@ -1713,11 +2102,20 @@ impl Sim {
                     self.stats.applied += 1;
                     // The events go to the queues as the webhooks are defined now:
                     // one removed or no longer async since the submission gets none.
+                    let optional = model.optional.clone();
                     for (seq, name) in model.asynchronous.clone() {
                         if self.config.is_async(&name) {
                             self.model_enqueue(seq, &name, true);
                         } else {
                             self.stats.dropped_at_commit += 1;
+                        }
+                    }
+                    // Optional deliveries start now, with the definitions of submission
+                    // time; those to a disabled webhook end at once, unattempted.
+                    for (seq, name) in optional {
+                        let def = self.events[seq as usize].targets[&name].def.clone();
+                        if self.is_disabled(&def) {
+                            self.skip_delivery(seq, def, Route::Gate(None));
                         }
                     }
                 }
@@ -1748,8 +2146,9 @@ impl Sim {
             .insert((seq, name.to_string()), self.enqueue_seq);
         let queue = self.queues.entry(name.to_string()).or_default();
         let dropped = queue.push(seq, self.queue_length);
-        // The dispatcher starts an idle webhook's head within `enqueue`.
-        queue.start_head();
+        // The dispatcher starts an idle webhook's head within `enqueue` (or ends it, and
+        // all behind it, when the webhook is disabled).
+        self.start_queue(name);
         if dropped.is_some() {
             self.stats.dropped_bound += 1;
             *self.bound_drops.entry(name.to_string()).or_default() += 1;
@@ -1829,6 +2228,17 @@ impl Sim {
         let pending = dispatcher.async_pending();
         let in_flight = dispatcher.in_flight();
         let dropped = dispatcher.dropped_counts().clone();
+        let disabled: BTreeMap<String, String> = dispatcher
+            .disabled()
+            .iter()
+            .map(|(name, state)| (name.clone(), state.url.clone()))
+            .collect();
+        check!(
+            at,
+            disabled == self.disabled,
+            "disabled webhooks {disabled:?}, the model has {:?}",
+            self.disabled
+        );
         if self.eager_timeouts {
             check!(
                 at,
@@ -1853,9 +2263,9 @@ impl Sim {
                     model.event,
                     model.webhook
                 ),
-                DeliveryState::Backoff { failed_ms } => check!(
+                DeliveryState::Backoff { latest_ms, .. } => check!(
                     at,
-                    now <= failed_ms + expected_retry_delay_ms(model.attempts),
+                    now <= latest_ms,
                     "the retry of e{} to {} is late",
                     model.event,
                     model.webhook
@@ -1981,10 +2391,10 @@ impl Sim {
         self.inputs_on = false;
         let stop_ms = self.at.now;
         // The longest one delivery can take: every attempt times out at 2 s and
-        // every back-off is waited for.
+        // every wait is the longest a Retry-After may ask for.
         let retries = self.retries_max;
         let one_delivery_ms: u64 =
-            u64::from(retries + 1) * 2000 + (1..=retries).map(expected_retry_delay_ms).sum::<u64>();
+            u64::from(retries + 1) * 2000 + u64::from(retries) * RETRY_AFTER_ASYNC_CAP_MS;
         let queued: usize = self.queues.values().map(|queue| queue.events.len()).sum();
         let waiting_commit: usize = self
             .unanswered
@@ -2081,11 +2491,14 @@ impl Sim {
         let s = &self.stats;
         check!(
             at,
-            s.async_enqueued == s.async_delivered + s.async_failed + s.dropped_bound + s.dropped_reload,
-            "async accounting: {} enqueued != {} delivered + {} failed + {} dropped (bound) + {} dropped (reload)",
+            s.async_enqueued
+                == s.async_delivered + s.async_failed + s.async_skipped + s.dropped_bound + s.dropped_reload,
+            "async accounting: {} enqueued != {} delivered + {} failed + {} skipped + {} dropped (bound) \
+             + {} dropped (reload)",
             s.async_enqueued,
             s.async_delivered,
             s.async_failed,
+            s.async_skipped,
             s.dropped_bound,
             s.dropped_reload
         );

@@ -1,5 +1,6 @@
 //! Reclaiming disk: deleting segments that hold no pending event, after rewriting into the active
-//! segment the dead letters and cursors that must outlive them, and the disk bound's drop policy
+//! segment the dead letters, cursors and disabled states that must outlive them, and the disk
+//! bound's drop policy
 //! (see the `journal` module docs), which empties the oldest segment when nothing else is left.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -125,8 +126,8 @@ impl Journal {
     }
 
     /// Deletes `doomed` segments (never the active one) after making durable, in the active
-    /// segment, what they hold that must outlive them: retained dead letters, and the cursors of
-    /// webhooks whose events remain in other segments.
+    /// segment, what they hold that must outlive them: retained dead letters, the cursors of
+    /// webhooks whose events remain in other segments, and disabled states (`marks`).
     pub(super) fn delete_segments(&mut self, doomed: &[u64]) -> io::Result<()> {
         let doomed: BTreeSet<u64> = doomed
             .iter()
@@ -158,10 +159,13 @@ impl Journal {
                 rewritten.push(index);
             }
         }
+        let marks = self.marks_to_keep(&doomed)?;
+        frames.extend_from_slice(&marks.frames);
         if !frames.is_empty() {
             self.write_batch(&frames)?;
         }
         let location = self.active_key;
+        self.marks_kept(marks.names, location, &doomed);
         for name in checkpointed {
             if let Some(state) = self.webhooks.get_mut(&name) {
                 state.cursor_segment = Some(location);

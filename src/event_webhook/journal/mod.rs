@@ -22,6 +22,9 @@
 //! - `D` dead letter: number u64 (orders dead letters and deduplicates rewritten copies),
 //!   webhook str, seq u64, event id str, delivery id str, attempts u32, last error str,
 //!   unix micros u64, kind str, body bytes (kept so the event can be redelivered).
+//! - `W` webhook state: webhook str, disabled u8 (1, or 0 for enabled again), unix micros u64,
+//!   url str, reason str. The latest record of a webhook is its state; compaction rewrites it
+//!   while it matters (see `marks`).
 //!
 //! Sequence numbers grow strictly but may skip values: a new segment starts at
 //! `max(next seq, previous segment's first seq + 1)` so names stay unique even when a segment
@@ -65,6 +68,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 mod compaction;
+mod marks;
 mod record;
 mod recovery;
 mod segment;
@@ -150,6 +154,16 @@ pub struct NewDeadLetter<'a> {
     pub body: &'a [u8],
 }
 
+/// A webhook its receiver disabled (`410 Gone`), kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisabledWebhook {
+    pub webhook: String,
+    /// The URL that answered 410: configured with another one, the webhook is enabled again.
+    pub url: String,
+    pub unix_micros: u64,
+    pub reason: String,
+}
+
 /// What `open` found.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -157,6 +171,8 @@ pub struct Recovery {
     pub pending: Vec<PendingEvent>,
     /// The retained dead letters, oldest first.
     pub dead_letters: Vec<DeadLetter>,
+    /// The webhooks disabled when the journal was last written, by name.
+    pub disabled: Vec<DisabledWebhook>,
     /// One line per damaged segment tail, unreadable file or stray file: file, offset, why.
     pub skipped: Vec<String>,
 }
@@ -206,6 +222,8 @@ pub struct Journal {
     next_dead_letter: u64,
     webhooks: BTreeMap<String, WebhookState>,
     dead_letters: VecDeque<RetainedDeadLetter>,
+    /// The latest disabled-state record per webhook still on disk.
+    marks: BTreeMap<String, marks::RetainedMark>,
     disk_bytes: u64,
     /// A rotation happened since the last compaction.
     compact_due: bool,

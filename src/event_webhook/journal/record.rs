@@ -1,15 +1,18 @@
 //! The record format (see the `journal` module docs): the frame (length, CRC-32C), the encoding
-//! of the three record types, and the decoding of a checksummed payload with every length checked
+//! of the four record types, and the decoding of a checksummed payload with every length checked
 //! against what is left. Bytes in, bytes out: it touches no file and no journal state.
 
 use std::io;
 
-use super::{DeadLetter, PendingEvent, RECORD_PAYLOAD_BYTES_MAX, invalid};
+use super::{
+    DeadLetter, DisabledWebhook, LAST_ERROR_BYTES_MAX, PendingEvent, RECORD_PAYLOAD_BYTES_MAX, invalid,
+};
 
 pub(super) const HEADER_BYTES: usize = 8;
 pub(super) const TYPE_EVENT: u8 = b'E';
 pub(super) const TYPE_ACK: u8 = b'A';
 pub(super) const TYPE_DEAD_LETTER: u8 = b'D';
+pub(super) const TYPE_WEBHOOK_STATE: u8 = b'W';
 
 /// An event record's fields as `append_event` takes them; the seq is added when it is encoded.
 pub(super) struct EventFields<'a> {
@@ -47,8 +50,16 @@ impl EventFields<'_> {
 
 pub(super) enum Record {
     Event(PendingEvent),
-    Ack { webhook: String, seq: u64 },
+    Ack {
+        webhook: String,
+        seq: u64,
+    },
     DeadLetter(DeadLetter),
+    /// A webhook's disabled state from now on; `None`: enabled.
+    WebhookState {
+        webhook: String,
+        disabled: Option<DisabledWebhook>,
+    },
 }
 
 pub(super) fn decode(payload: &[u8]) -> Result<Record, &'static str> {
@@ -57,6 +68,7 @@ pub(super) fn decode(payload: &[u8]) -> Result<Record, &'static str> {
         TYPE_EVENT => decoder.event().map(Record::Event),
         TYPE_ACK => decoder.ack(),
         TYPE_DEAD_LETTER => decoder.dead_letter().map(Record::DeadLetter),
+        TYPE_WEBHOOK_STATE => decoder.webhook_state(),
         _ => return Err("unknown record type"),
     };
     match record {
@@ -121,6 +133,25 @@ impl<'a> Decoder<'a> {
             webhook: self.string()?,
             seq: self.u64()?,
         })
+    }
+
+    fn webhook_state(&mut self) -> Option<Record> {
+        let webhook = self.string()?;
+        let flag = self.u8()?;
+        let unix_micros = self.u64()?;
+        let url = self.string()?;
+        let reason = self.string()?;
+        let disabled = match flag {
+            0 => None,
+            1 => Some(DisabledWebhook {
+                webhook: webhook.clone(),
+                url,
+                unix_micros,
+                reason,
+            }),
+            _ => return None,
+        };
+        Some(Record::WebhookState { webhook, disabled })
     }
 
     fn dead_letter(&mut self) -> Option<DeadLetter> {
@@ -201,6 +232,30 @@ pub(super) fn encode_dead_letter(letter: &DeadLetter) -> io::Result<Vec<u8>> {
         put_u64(out, letter.unix_micros);
         put_str(out, &letter.kind);
         put_bytes(out, &letter.body);
+    }))
+}
+
+/// A webhook-state record: `disabled`, or enabled again when `None`. The reason is cut like a
+/// dead letter's error; names and URLs come from the validated configuration.
+pub(super) fn encode_webhook_state(webhook: &str, disabled: Option<&DisabledWebhook>) -> io::Result<Vec<u8>> {
+    let (flag, unix_micros, url, reason) = match disabled {
+        Some(disabled) => (
+            1u8,
+            disabled.unix_micros,
+            disabled.url.as_str(),
+            truncate_utf8(&disabled.reason, LAST_ERROR_BYTES_MAX),
+        ),
+        None => (0, 0, "", ""),
+    };
+    let payload_bytes = 1 + 1 + 8 + field_bytes(&[webhook.len(), url.len(), reason.len()]);
+    check_payload(payload_bytes)?;
+    Ok(encode(payload_bytes, |out| {
+        out.push(TYPE_WEBHOOK_STATE);
+        put_str(out, webhook);
+        out.push(flag);
+        put_u64(out, unix_micros);
+        put_str(out, url);
+        put_str(out, reason);
     }))
 }
 

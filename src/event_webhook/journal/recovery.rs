@@ -7,6 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::Path;
 
+use super::marks::RetainedMark;
 use super::record::{Record, decode};
 use super::segment::{Segment, SegmentReader, Step, create_segment, parse_segment_name};
 use super::{
@@ -62,6 +63,7 @@ pub(super) fn recover(
                 path: path.clone(),
                 bytes,
                 webhooks: outcome.webhooks,
+                marks: outcome.marks,
             },
         );
     }
@@ -84,13 +86,13 @@ pub(super) fn recover(
                 None => next_seq,
             };
             let (path, file) = create_segment(dir, first, sync_to_disk)?;
-            let webhooks = BTreeSet::new();
             segments.insert(
                 first,
                 Segment {
                     path,
                     bytes: 0,
-                    webhooks,
+                    webhooks: BTreeSet::new(),
+                    marks: BTreeSet::new(),
                 },
             );
             next_seq = first;
@@ -104,12 +106,17 @@ pub(super) fn recover(
         .map(|(letter, segment)| RetainedDeadLetter { letter, segment })
         .collect();
     let next_dead_letter = scan.dead_letter_floor;
+    let marks: BTreeMap<String, RetainedMark> = std::mem::take(&mut scan.marks)
+        .into_iter()
+        .map(|(name, (disabled, segment))| (name, RetainedMark { disabled, segment }))
+        .collect();
     let recovery = Recovery {
         pending,
         dead_letters: dead_letters
             .iter()
             .map(|retained| retained.letter.clone())
             .collect(),
+        disabled: marks.values().filter_map(|mark| mark.disabled.clone()).collect(),
         skipped: skipped.finish(),
     };
     let disk_bytes = segments.values().map(|segment| segment.bytes).sum();
@@ -124,6 +131,7 @@ pub(super) fn recover(
         next_dead_letter,
         webhooks,
         dead_letters,
+        marks,
         disk_bytes,
         // Segments acknowledged before the restart go at the first append.
         compact_due: true,
@@ -141,6 +149,7 @@ struct SegmentOutcome {
     /// False when the file could not be opened or read (as opposed to holding bad records).
     readable: bool,
     webhooks: BTreeSet<String>,
+    marks: BTreeSet<String>,
 }
 
 /// Recovery state accumulated over the segments, in order.
@@ -159,6 +168,8 @@ struct Scan {
     /// Greater than every dead letter number seen, retained or not, so none is reused (a reused
     /// number would merge two dead letters if `dead_letters_max` grows).
     dead_letter_floor: u64,
+    /// Per webhook: its latest disabled state (later records win) and the segment holding it.
+    marks: BTreeMap<String, (Option<super::DisabledWebhook>, u64)>,
 }
 
 impl Scan {
@@ -171,6 +182,7 @@ impl Scan {
             events: BTreeMap::new(),
             dead_letters: BTreeMap::new(),
             dead_letter_floor: 1,
+            marks: BTreeMap::new(),
         }
     }
 
@@ -180,6 +192,7 @@ impl Scan {
             valid_bytes: 0,
             readable: true,
             webhooks: BTreeSet::new(),
+            marks: BTreeSet::new(),
         };
         let mut reader = match SegmentReader::open(path) {
             Ok(reader) => reader,
@@ -200,7 +213,7 @@ impl Scan {
                 Ok(Step::Record { offset }) => {
                     match decode(&reader.payload) {
                         Ok(record) => {
-                            if let Err(why) = self.record(record, first, end, &mut outcome.webhooks) {
+                            if let Err(why) = self.record(record, first, end, &mut outcome) {
                                 skipped.push(format!("{}: offset {offset}: {why}", path.display()));
                             }
                         }
@@ -236,8 +249,9 @@ impl Scan {
         record: Record,
         first: u64,
         end: u64,
-        webhooks: &mut BTreeSet<String>,
+        outcome: &mut SegmentOutcome,
     ) -> Result<(), String> {
+        let webhooks = &mut outcome.webhooks;
         match record {
             Record::Event(event) => {
                 let seq = event.seq;
@@ -279,6 +293,10 @@ impl Scan {
                 while self.dead_letters.len() > self.dead_letters_max {
                     self.dead_letters.pop_first();
                 }
+            }
+            Record::WebhookState { webhook, disabled } => {
+                outcome.marks.insert(webhook.clone());
+                self.marks.insert(webhook, (disabled, first));
             }
         }
         Ok(())

@@ -20,6 +20,8 @@ pub(super) struct Segment {
     /// Webhooks with at least one event record here, acknowledged or not: their cursor must
     /// survive as long as this segment does.
     pub(super) webhooks: BTreeSet<String>,
+    /// Webhooks with a disabled-state record here (`marks`), superseded or not.
+    pub(super) marks: BTreeSet<String>,
 }
 
 impl Journal {
@@ -41,6 +43,7 @@ impl Journal {
                 path,
                 bytes: 0,
                 webhooks: BTreeSet::new(),
+                marks: BTreeSet::new(),
             },
         );
         self.active_key = first;

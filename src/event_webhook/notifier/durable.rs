@@ -1,7 +1,8 @@
 //! The notifier's side of the journal: async events are recorded before the
 //! client is answered, acknowledged once done (delivered, dead-lettered or
 //! dropped), and resumed after a restart in order with their original id
-//! and body, so signatures still verify.
+//! and body, so signatures still verify. Webhooks a `410 Gone` disabled are
+//! recorded too, and stay disabled after a restart unless their URL changed.
 //!
 //! Acknowledgements are cursors (`journal/`): "done with every event of
 //! this webhook up to seq". The queue delivers a webhook's events in order,
@@ -11,9 +12,9 @@
 
 use std::rc::Rc;
 
-use super::super::dispatcher::{Completed, Payload};
+use super::super::dispatcher::{Completed, Disabled, Payload};
 use super::super::event::EventKind;
-use super::super::journal::{Journal, NewDeadLetter, Recovery};
+use super::super::journal::{DisabledWebhook, Journal, NewDeadLetter, Recovery};
 use super::super::status::{DeliveryRecord, DeliveryState};
 use super::Notifier;
 use crate::config::Policy;
@@ -25,6 +26,10 @@ impl<W, C> Notifier<W, C> {
     pub fn with_journal(mut self, mut journal: Journal, recovery: Recovery, now_ms: u64) -> Self {
         for line in &recovery.skipped {
             log::warn!(target: "angos::event_webhook", "journal: skipped {line}");
+        }
+        // Before the events: those of a disabled webhook become dead letters.
+        for state in &recovery.disabled {
+            self.restore_disabled(&mut journal, state, now_ms);
         }
         let mut resumed = 0;
         let mut forgotten: Vec<String> = Vec::new();
@@ -72,6 +77,75 @@ impl<W, C> Notifier<W, C> {
         }
         self.journal = Some(journal);
         self
+    }
+
+    /// A webhook recorded as disabled stays so if it is still configured with
+    /// the URL that answered 410; otherwise it is enabled again, on disk too.
+    fn restore_disabled(&mut self, journal: &mut Journal, state: &DisabledWebhook, now_ms: u64) {
+        let name = &state.webhook;
+        let same_url = self
+            .routing
+            .webhooks()
+            .get(name)
+            .is_some_and(|webhook| webhook.url.text == state.url);
+        if same_url {
+            let disabled = Disabled {
+                url: state.url.clone(),
+                since_unix_micros: state.unix_micros,
+                reason: state.reason.clone(),
+            };
+            log::warn!(
+                target: "angos::event_webhook",
+                "webhook {name:?} stays disabled: {}",
+                disabled.error()
+            );
+            self.dispatcher.disable(name, disabled, now_ms);
+            return;
+        }
+        log::info!(
+            target: "angos::event_webhook",
+            "webhook {name:?} is enabled again: its URL changed, or it was removed, since it was disabled"
+        );
+        if let Err(error) = journal.append_enabled(name) {
+            log::error!(target: "angos::event_webhook", "journal: {error}");
+        }
+    }
+
+    /// A 410 disabled `name`: said once at `warn`, and recorded.
+    pub(super) fn on_gone(&mut self, name: &str) {
+        let Some(disabled) = self.dispatcher.disabled().get(name).cloned() else {
+            return;
+        };
+        log::warn!(
+            target: "angos::event_webhook",
+            "webhook {name:?} answered 410 Gone and is disabled: no further deliveries, its queued \
+             async events become dead letters, required events are refused; enable it with \
+             POST /v2/_angos/webhooks/{name}/enable or change its URL"
+        );
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let state = DisabledWebhook {
+            webhook: name.to_string(),
+            url: disabled.url,
+            unix_micros: disabled.since_unix_micros,
+            reason: disabled.reason,
+        };
+        if let Err(error) = journal.append_disabled(&state) {
+            log::error!(
+                target: "angos::event_webhook",
+                "journal: cannot record that webhook {name:?} is disabled (it is, until a restart): {error}"
+            );
+        }
+    }
+
+    /// Records that `name` is enabled again (when the journal says otherwise).
+    pub(super) fn journal_enabled(&mut self, name: &str) {
+        if let Some(journal) = self.journal.as_mut()
+            && let Err(error) = journal.append_enabled(name)
+        {
+            log::error!(target: "angos::event_webhook", "journal: {error}");
+        }
     }
 
     /// Records an async event before it is queued; `None` when there is no
@@ -135,8 +209,10 @@ impl<W, C> Notifier<W, C> {
         }
     }
 
-    /// Status, dead letters and acknowledgements for a finished delivery.
-    pub(super) fn settle(&mut self, done: &Completed, metrics: &mut Metrics) {
+    /// Status and dead letter for a finished delivery; `true` when its
+    /// webhook's journal cursor may move (`acknowledge`, once the batch is
+    /// settled).
+    pub(super) fn settle(&mut self, done: &Completed, metrics: &mut Metrics) -> bool {
         let is_async = done.gate.is_none();
         let state = match (done.success, is_async) {
             (true, _) => DeliveryState::Success,
@@ -157,14 +233,14 @@ impl<W, C> Notifier<W, C> {
             },
         );
         if !is_async {
-            return;
+            return false;
         }
         if state == DeliveryState::DeadLetter {
             let series = metrics.series(self.families.dead_letters, &[&done.webhook]);
             metrics.inc(series);
         }
         let Some(journal) = self.journal.as_mut() else {
-            return;
+            return false;
         };
         if state == DeliveryState::DeadLetter
             && let Some(seq) = done.seq
@@ -184,12 +260,21 @@ impl<W, C> Notifier<W, C> {
                 log::error!(target: "angos::event_webhook", "journal: cannot record a dead letter: {error}");
             }
         }
-        let done_up_to = match self.dispatcher.queue_first_seq(&done.webhook) {
+        true
+    }
+
+    /// Moves `webhook`'s journal cursor past every event it is done with:
+    /// all before the head of its queue, or all it queued when that is empty.
+    pub(super) fn acknowledge(&mut self, webhook: &str) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let done_up_to = match self.dispatcher.queue_first_seq(webhook) {
             Some(next) => next.checked_sub(1),
-            None => self.last_seq.get(&done.webhook).copied(),
+            None => self.last_seq.get(webhook).copied(),
         };
         if let Some(seq) = done_up_to
-            && let Err(error) = journal.append_ack(&done.webhook, seq)
+            && let Err(error) = journal.append_ack(webhook, seq)
         {
             log::error!(target: "angos::event_webhook", "journal: cannot acknowledge: {error}");
         }

@@ -17,7 +17,7 @@ use super::journal::Journal;
 use super::routing::Routing;
 use super::status::StatusBook;
 use crate::config::{Config, Policy, WebhookConfig};
-use crate::entropy::{Entropy, OsEntropy, uuid_v4};
+use crate::entropy::{Entropy, OsEntropy, SeededEntropy, uuid_v4};
 use crate::http::Response;
 use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::metrics::{FamilyId, LATENCY_BUCKETS_SECONDS, Metrics};
@@ -76,6 +76,7 @@ struct Families {
     dropped: FamilyId,
     dead_letters: FamilyId,
     oldest_pending: FamilyId,
+    disabled: FamilyId,
 }
 
 pub struct Notifier<W, C> {
@@ -105,7 +106,8 @@ impl<W, C> Notifier<W, C> {
         let families = Families {
             deliveries: metrics.counter(
                 "event_webhook_deliveries_total",
-                "Webhook deliveries by outcome, counted once per delivery after its retries.",
+                "Webhook deliveries by outcome (success, error, or disabled: not attempted or not \
+                 retried because a 410 Gone disabled the webhook), counted once per delivery after its retries.",
                 &["webhook", "event", "result"],
             ),
             duration: metrics.histogram(
@@ -134,12 +136,19 @@ impl<W, C> Notifier<W, C> {
                 "Age of the oldest queued async event per webhook (0 when none).",
                 &["webhook"],
             ),
+            disabled: metrics.gauge(
+                "event_webhook_disabled",
+                "1 while the webhook is disabled because its receiver answered 410 Gone, else 0.",
+                &["webhook"],
+            ),
         };
         let routing = Routing::new(config);
-        declare_async_series(&families, metrics, &routing);
+        declare_series(&families, metrics, &routing);
+        let mut dispatcher = Dispatcher::new(now_ms, config.global.event_webhook_queue_length);
+        dispatcher.reconfigure(routing.webhooks());
         Notifier {
             routing,
-            dispatcher: Dispatcher::new(now_ms, config.global.event_webhook_queue_length),
+            dispatcher,
             parked: HashMap::new(),
             families,
             gauged: Vec::new(),
@@ -153,8 +162,14 @@ impl<W, C> Notifier<W, C> {
         }
     }
 
-    /// Draws event ids from `entropy` (a seeded one replays a run).
-    pub fn with_entropy(mut self, entropy: Box<dyn Entropy>) -> Notifier<W, C> {
+    /// Draws event ids from `entropy` (a seeded one replays a run), and the
+    /// dispatcher's retry jitter from a generator seeded by it: a stream of
+    /// its own, so jitter draws do not shift the ids.
+    pub fn with_entropy(mut self, mut entropy: Box<dyn Entropy>) -> Notifier<W, C> {
+        let mut seed = [0u8; 8];
+        entropy.fill(&mut seed);
+        self.dispatcher
+            .set_entropy(Box::new(SeededEntropy::new(u64::from_le_bytes(seed))));
         self.entropy = entropy;
         self
     }
@@ -176,19 +191,31 @@ impl<W, C> Notifier<W, C> {
     }
 
     /// Switches to a reloaded configuration. Parked requests and deliveries in
-    /// flight keep the definitions they started with.
+    /// flight keep the definitions they started with. A disabled webhook
+    /// given another URL (or removed) is enabled again.
     pub fn reconfigure(&mut self, config: &Config, metrics: &mut Metrics) {
         self.routing = Routing::new(config);
-        declare_async_series(&self.families, metrics, &self.routing);
+        declare_series(&self.families, metrics, &self.routing);
         self.dispatcher
             .set_queue_length(config.global.event_webhook_queue_length);
         self.forget_unconfigured();
-        let dropped = self.dispatcher.reconfigure(self.routing.webhooks());
-        if dropped > 0 {
+        let done = self.dispatcher.reconfigure(self.routing.webhooks());
+        if done.dropped > 0 {
             log::warn!(
                 target: "angos::event_webhook",
-                "dropped {dropped} queued async events of webhooks removed or no longer async"
+                "dropped {} queued async events of webhooks removed or no longer async",
+                done.dropped
             );
+        }
+        for (name, _) in done.enabled {
+            let why = match self.routing.webhooks().get(&name) {
+                Some(_) => "its URL changed",
+                None => "it was removed from the configuration",
+            };
+            log::info!(target: "angos::event_webhook", "webhook {name:?} is enabled again: {why}");
+            self.journal_enabled(&name);
+            let series = metrics.series(self.families.disabled, &[&name]);
+            metrics.set(series, 0.0);
         }
     }
 
@@ -358,11 +385,28 @@ impl<W, C> Notifier<W, C> {
         None
     }
 
-    /// Finished deliveries: metrics, and a warning for each failure.
+    /// Finished deliveries: metrics, status, dead letters, and a warning for
+    /// each failure; then the journal's acknowledgements, once per webhook
+    /// and after every dead letter of the batch is written (so none is
+    /// acknowledged before it is recorded).
     pub fn record_completed(&mut self, metrics: &mut Metrics) {
+        let mut acknowledge: Vec<String> = Vec::new();
         while let Some(done) = self.dispatcher.poll_completed() {
             record(&self.families, metrics, &done);
-            self.settle(&done, metrics);
+            if done.gone {
+                self.on_gone(&done.webhook);
+            }
+            if self.settle(&done, metrics) && !acknowledge.contains(&done.webhook) {
+                acknowledge.push(done.webhook.clone());
+            }
+        }
+        for name in acknowledge {
+            self.acknowledge(&name);
+        }
+        for (name, webhook) in self.routing.webhooks() {
+            let disabled = self.dispatcher.disabled_for(webhook).is_some();
+            let series = metrics.series(self.families.disabled, &[name]);
+            metrics.set(series, if disabled { 1.0 } else { 0.0 });
         }
         for (name, _) in self
             .routing
@@ -403,10 +447,12 @@ impl<W, C> Notifier<W, C> {
     }
 }
 
-/// Async webhooks' queue series start at 0 (Prometheus: known labels should
-/// exist before their first event, so `rate()` sees the first increase).
-fn declare_async_series(families: &Families, metrics: &mut Metrics, routing: &Routing) {
+/// Webhooks' series start at 0 (Prometheus: known labels should exist
+/// before their first event, so `rate()` sees the first increase): the
+/// disabled gauge for every webhook, the queue series for async ones.
+fn declare_series(families: &Families, metrics: &mut Metrics, routing: &Routing) {
     for (name, webhook) in routing.webhooks() {
+        metrics.series(families.disabled, &[name]);
         if webhook.policy == Policy::Async {
             metrics.series(families.queue_depth, &[name]);
             metrics.series(families.dropped, &[name]);
@@ -417,13 +463,26 @@ fn declare_async_series(families: &Families, metrics: &mut Metrics, routing: &Ro
 }
 
 fn record(families: &Families, metrics: &mut Metrics, done: &Completed) {
-    let result = if done.success { "success" } else { "error" };
+    let result = match (done.success, done.disabled) {
+        (true, _) => "success",
+        (false, true) => "disabled",
+        (false, false) => "error",
+    };
     let kind = done.kind.as_str();
     let counter = metrics.series(families.deliveries, &[&done.webhook, kind, result]);
     metrics.inc(counter);
     let histogram = metrics.series(families.duration, &[&done.webhook, kind]);
     metrics.observe(histogram, done.duration_ms as f64 / 1000.0);
-    if !done.success {
+    if done.disabled {
+        // Said once, when the webhook was disabled; not once per event.
+        log::debug!(
+            target: "angos::event_webhook",
+            "webhook {:?}: {} event {} not delivered: the webhook is disabled",
+            done.webhook,
+            kind,
+            done.event_id
+        );
+    } else if !done.success {
         let error = done.error.as_deref().unwrap_or("unknown error");
         // Required failures are logged where the request is refused; pings are
         // reported to whoever asked.
@@ -536,7 +595,7 @@ mod tests {
             notifier.reconfigure(&after, &mut metrics);
             notifier
                 .dispatcher()
-                .handle_result(gate[0].0, AttemptResult::Status(200), 5);
+                .handle_result(gate[0].0, AttemptResult::status(200), 5);
             let (waiter, response) = notifier.poll_ready(&mut commits, 5).unwrap();
             assert_eq!(
                 (waiter, response.status, commits.0.as_slice()),
@@ -555,5 +614,110 @@ mod tests {
             );
             assert_eq!(notifier.dispatcher().async_pending(), expected.len());
         }
+    }
+
+    fn push(notifier: &mut Notifier<u32, &'static str>, commits: &mut Commits, now_ms: u64) {
+        let submission = Submission {
+            drafts: vec![EventDraft::new(EventKind::ManifestPush, "a")],
+            actor: Actor::default(),
+            commit: "push",
+            response: Response::new(201),
+        };
+        let submitted = notifier.submit(1, submission, commits, now_ms, 0);
+        assert!(
+            matches!(submitted, Submitted::Respond(_)),
+            "async only: answered at once"
+        );
+    }
+
+    fn rendered(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        metrics.render(&mut text);
+        text
+    }
+
+    /// Item 5 of issue 12, on the notifier: a 410 turns the webhook's queue
+    /// into dead letters in the journal, the journal keeps it disabled across
+    /// a restart, and a restart with another URL enables it.
+    #[test]
+    fn a_410_dead_letters_the_queue_and_the_journal_keeps_it_disabled() {
+        use crate::event_webhook::journal::{Journal, JournalLimits};
+        let dir = crate::test_support::TempDir::new("notifier-gone");
+        let config = |port: u16| {
+            load(&format!(
+                "[event_webhook.q]\nurl = \"http://127.0.0.1:{port}/q\"\npolicy = \"async\"\n\
+                 events = [\"manifest.push\"]\n[global]\nevent_webhooks = [\"q\"]\n"
+            ))
+        };
+        let start = |config: &Config, metrics: &mut Metrics| {
+            let (journal, recovery) = Journal::open(dir.path(), false, JournalLimits::default()).unwrap();
+            let mut notifier: Notifier<u32, &'static str> = Notifier::new(config, metrics, 0);
+            notifier.set_time(0, 1_700_000_000_000_000);
+            notifier.with_journal(journal, recovery, 0)
+        };
+        let mut metrics = Metrics::new();
+        let mut notifier = start(&config(9), &mut metrics);
+        let mut commits = Commits::default();
+        for _ in 0..3 {
+            push(&mut notifier, &mut commits, 0);
+        }
+        let first = sends(&mut notifier);
+        assert_eq!(first.len(), 1, "one at a time");
+        notifier
+            .dispatcher()
+            .handle_result(first[0].0, AttemptResult::status(410), 5);
+        notifier.record_completed(&mut metrics);
+        assert!(sends(&mut notifier).is_empty());
+        let journal = notifier.journal.as_ref().unwrap();
+        assert_eq!(
+            journal.dead_letters().count(),
+            3,
+            "the one that got 410 and the two queued"
+        );
+        assert_eq!(journal.pending_total(), 0);
+        let text = rendered(&metrics);
+        assert!(text.contains("event_webhook_disabled{webhook=\"q\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "event_webhook_deliveries_total{webhook=\"q\",event=\"manifest.push\",result=\"disabled\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("event_webhook_dead_letters_total{webhook=\"q\"} 3"),
+            "{text}"
+        );
+        // A new event is a dead letter at once.
+        push(&mut notifier, &mut commits, 6);
+        notifier.record_completed(&mut metrics);
+        assert!(sends(&mut notifier).is_empty());
+        assert_eq!(notifier.journal.as_ref().unwrap().dead_letters().count(), 4);
+        drop(notifier);
+
+        // Restarted with the same URL: still disabled.
+        let mut metrics = Metrics::new();
+        let mut notifier = start(&config(9), &mut metrics);
+        assert_eq!(notifier.dispatcher().disabled()["q"].url, "http://127.0.0.1:9/q");
+        push(&mut notifier, &mut commits, 0);
+        notifier.record_completed(&mut metrics);
+        assert!(sends(&mut notifier).is_empty());
+        assert!(rendered(&metrics).contains("event_webhook_disabled{webhook=\"q\"} 1"));
+        drop(notifier);
+
+        // Restarted with another URL: enabled, on disk too.
+        let mut metrics = Metrics::new();
+        let mut notifier = start(&config(10), &mut metrics);
+        assert!(notifier.dispatcher().disabled().is_empty());
+        push(&mut notifier, &mut commits, 0);
+        assert_eq!(sends(&mut notifier).len(), 1);
+        drop(notifier);
+        let mut metrics = Metrics::new();
+        let mut notifier = start(&config(9), &mut metrics);
+        assert!(
+            notifier.dispatcher().disabled().is_empty(),
+            "back at the old URL, it starts enabled: the change was recorded"
+        );
+        notifier.record_completed(&mut metrics);
+        assert!(rendered(&metrics).contains("event_webhook_disabled{webhook=\"q\"} 0"));
     }
 }

@@ -1,12 +1,13 @@
 //! What operators may ask of the webhooks, as data: a summary per webhook,
-//! recent deliveries and dead letters, redelivery, and a test ping. The
-//! admin API (`app::admin`) turns these into HTTP answers.
+//! recent deliveries and dead letters, redelivery, enabling a webhook a
+//! `410 Gone` disabled, and a test ping. The admin API (`app::admin`) turns
+//! these into HTTP answers.
 
 use std::rc::Rc;
 
 use serde_json::Value;
 
-use super::super::dispatcher::{Completed, GateKind, Payload};
+use super::super::dispatcher::{Completed, Disabled, GateKind, Payload};
 use super::super::event::{Event, EventKind};
 use super::super::journal::DeadLetter;
 use super::super::status::{DeliveryRecord, DeliveryState};
@@ -23,6 +24,8 @@ pub struct WebhookSummary<'a> {
     pub last_success_unix_micros: Option<u64>,
     /// When (unix microseconds) and what.
     pub last_error: Option<&'a (u64, String)>,
+    /// Since when and why, while a `410 Gone` keeps it disabled.
+    pub disabled: Option<&'a Disabled>,
 }
 
 /// A webhook's recent deliveries (most recent first), its dead letters, and
@@ -40,6 +43,15 @@ pub enum Redelivery {
     },
     UnknownWebhook,
     UnknownDelivery,
+    /// The webhook is disabled: it would end at once, unattempted.
+    Disabled,
+}
+
+pub enum Enabling {
+    /// It was disabled since then, for that reason; it is not any more.
+    Enabled(Disabled),
+    WasNotDisabled,
+    UnknownWebhook,
 }
 
 /// Renders a ping's outcome (`None`: it left no result) as the answer of
@@ -106,6 +118,7 @@ impl<W, C> Notifier<W, C> {
                     dead_letters: self.dead_letters(&webhook.name).len(),
                     last_success_unix_micros: status.and_then(|status| status.last_success_unix_micros),
                     last_error: status.and_then(|status| status.last_error.as_ref()),
+                    disabled: self.dispatcher.disabled_for(webhook),
                 }
             })
             .collect()
@@ -131,6 +144,9 @@ impl<W, C> Notifier<W, C> {
         let Some(webhook) = self.webhook(name) else {
             return Redelivery::UnknownWebhook;
         };
+        if self.dispatcher.disabled_for(&webhook).is_some() {
+            return Redelivery::Disabled;
+        }
         let recent = self
             .status
             .find(name, delivery_id)
@@ -160,6 +176,20 @@ impl<W, C> Notifier<W, C> {
         self.dispatcher.enqueue_journaled(webhook, payload, seq, now_ms);
         log::info!(target: "angos::event_webhook", "webhook {name:?}: redelivery of {delivery_id} queued");
         Redelivery::Queued { event_id }
+    }
+
+    /// Lets a webhook a `410 Gone` disabled be delivered to again, from the
+    /// next event on; its dead letters stay for `redeliver`.
+    pub fn enable(&mut self, name: &str) -> Enabling {
+        if self.webhook(name).is_none() {
+            return Enabling::UnknownWebhook;
+        }
+        let Some(disabled) = self.dispatcher.enable(name) else {
+            return Enabling::WasNotDisabled;
+        };
+        self.journal_enabled(name);
+        log::info!(target: "angos::event_webhook", "webhook {name:?} is enabled again by the admin API");
+        Enabling::Enabled(disabled)
     }
 
     /// Starts one `ping` attempt with the webhook's URL, token and timeout,

@@ -1,8 +1,8 @@
 //! A std-only HTTP/1.1 webhook receiver on `127.0.0.1:0`: one accept thread, one
 //! thread per connection, keep-alive. It records every request (method, path,
 //! headers, the exact body bytes, arrival and reply instants, the connection it
-//! came on) and answers as the test says: a status after an optional delay, a
-//! redirect, never (hang), or by closing the connection; a counting receiver (the
+//! came on) and answers as the test says: a status (with extra header fields)
+//! after an optional delay, a redirect, never (hang), or by closing the connection; a counting receiver (the
 //! registry bench's) keeps only how many came. It must not interpret the payload:
 //! that is the tests' job.
 
@@ -24,11 +24,11 @@ const REQUEST_BYTES_MAX: usize = 1 << 20;
 /// How the receiver answers one request.
 #[derive(Clone, Debug)]
 pub enum Reply {
-    /// `status` after `delay`, with a `Location` header when `location` is set.
+    /// `status` after `delay`, with `headers` (a `Location`, a `Retry-After`...).
     Status {
         status: u16,
         delay: Duration,
-        location: Option<String>,
+        headers: Vec<(String, String)>,
     },
     /// Keep the connection open and never answer.
     Hang,
@@ -47,7 +47,7 @@ impl Reply {
         Reply::Status {
             status,
             delay: Duration::ZERO,
-            location: None,
+            headers: Vec::new(),
         }
     }
 
@@ -55,17 +55,21 @@ impl Reply {
         Reply::Status {
             status,
             delay,
-            location: None,
+            headers: Vec::new(),
         }
     }
 
     /// `302 Found` to `location`.
     pub fn redirect(location: &str) -> Reply {
-        Reply::Status {
-            status: 302,
-            delay: Duration::ZERO,
-            location: Some(location.to_string()),
+        Reply::status(302).header("Location", location)
+    }
+
+    /// The same answer with one more header field.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        if let Reply::Status { headers, .. } = &mut self {
+            headers.push((name.to_string(), value.to_string()));
         }
+        self
     }
 }
 
@@ -376,7 +380,7 @@ fn serve(mut stream: TcpStream, conn_id: u64, shared: &Shared) {
             Reply::Status {
                 status,
                 delay,
-                location,
+                headers,
             } => {
                 if !pause(delay, &shared.stop) {
                     return;
@@ -385,7 +389,7 @@ fn serve(mut stream: TcpStream, conn_id: u64, shared: &Shared) {
                     .header("connection")
                     .is_some_and(|v| v.eq_ignore_ascii_case("close"));
                 if stream
-                    .write_all(&response_bytes(status, location.as_deref(), close))
+                    .write_all(&response_bytes(status, &headers, close))
                     .is_err()
                 {
                     return;
@@ -450,6 +454,8 @@ fn reason(status: u16) -> &'static str {
         307 => "Temporary Redirect",
         400 => "Bad Request",
         404 => "Not Found",
+        410 => "Gone",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -457,7 +463,7 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn response_bytes(status: u16, location: Option<&str>, close: bool) -> Vec<u8> {
+fn response_bytes(status: u16, headers: &[(String, String)], close: bool) -> Vec<u8> {
     let body: &[u8] = if status == 204 || status == 304 {
         b""
     } else if (200..300).contains(&status) {
@@ -466,8 +472,8 @@ fn response_bytes(status: u16, location: Option<&str>, close: bool) -> Vec<u8> {
         b"not ok"
     };
     let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
-    if let Some(location) = location {
-        let _ = write!(head, "Location: {location}\r\n");
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
     }
     if close {
         head.push_str("Connection: close\r\n");
