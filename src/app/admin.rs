@@ -74,6 +74,8 @@ fn list_webhooks(notifier: &Notifier<Waiter, Commit>, now_ms: u64) -> Response {
                 "url": webhook.url.text,
                 "policy": webhook.policy.as_str(),
                 "events": webhook.events.iter().map(|kind| kind.as_str()).collect::<Vec<_>>(),
+                "format": webhook.format.as_str(),
+                "signing": signing_schemes(webhook),
                 "queue_depth": summary.queue_depth,
                 "oldest_pending_age_seconds": summary.oldest_pending_secs,
                 "dead_letters": summary.dead_letters,
@@ -89,6 +91,18 @@ fn list_webhooks(notifier: &Notifier<Waiter, Commit>, now_ms: u64) -> Response {
         })
         .collect();
     Response::json(200, &json!({ "webhooks": webhooks }))
+}
+
+/// The signature schemes a webhook's deliveries carry (never the secrets).
+fn signing_schemes(webhook: &crate::config::WebhookConfig) -> Vec<&'static str> {
+    let mut schemes = Vec::new();
+    if webhook.token.is_some() {
+        schemes.push("token");
+    }
+    if !webhook.signing_secrets.is_empty() {
+        schemes.push("standard-webhooks");
+    }
+    schemes
 }
 
 fn list_deliveries(notifier: &Notifier<Waiter, Commit>, name: &str) -> Response {

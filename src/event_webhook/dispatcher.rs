@@ -1129,7 +1129,7 @@ mod tests {
             else {
                 panic!()
             };
-            dispatcher.handle_result(delivery, AttemptResult::Status(500), 10);
+            dispatcher.handle_result(delivery, AttemptResult::status(500), 10);
             dispatcher.handle_timeout(5_000);
             let Some(Action::Send { request: second, .. }) = dispatcher.poll_action() else {
                 panic!()

@@ -259,7 +259,7 @@ impl Outbound {
             self.connect_next(registry, slot);
         } else {
             self.flush_dns(registry);
-            self.take_dns_results(registry, now_ms);
+            self.take_dns_results(registry);
         }
     }
 
@@ -276,7 +276,7 @@ impl Outbound {
     pub fn handle_event(&mut self, registry: &Registry, token: Token, now_ms: u64) {
         if token == self.dns_token {
             self.receive_dns(now_ms);
-            self.take_dns_results(registry, now_ms);
+            self.take_dns_results(registry);
             return;
         }
         let slot = token.0 - self.token_base;
@@ -289,7 +289,7 @@ impl Outbound {
         }
         self.resolver.handle_timeout(now_ms);
         self.flush_dns(registry);
-        self.take_dns_results(registry, now_ms);
+        self.take_dns_results(registry);
     }
 
     fn receive_dns(&mut self, now_ms: u64) {
@@ -307,7 +307,6 @@ impl Outbound {
     /// Sends the resolver's queries, opening a UDP socket per address family on first use.
     fn flush_dns(&mut self, registry: &Registry) {
         while let Some((server, packet)) = self.resolver.poll_transmit() {
-            let family_index = usize::from(server.is_ipv6());
             let wanted_bind: SocketAddr = if server.is_ipv6() {
                 (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             } else {
@@ -336,13 +335,12 @@ impl Outbound {
                     }
                 },
             };
-            let _ = family_index;
             // A lost datagram is the resolver's timeout to handle.
             let _ = self.dns_sockets[index].send_to(&packet, server);
         }
     }
 
-    fn take_dns_results(&mut self, registry: &Registry, now_ms: u64) {
+    fn take_dns_results(&mut self, registry: &Registry) {
         self.flush_dns(registry);
         while let Some((lookup, result)) = self.resolver.poll_result() {
             let waiting: Vec<usize> = self
@@ -377,7 +375,6 @@ impl Outbound {
                 }
             }
         }
-        let _ = now_ms;
     }
 
     /// Starts a non-blocking connect to the next address, or fails the attempt.
@@ -427,12 +424,10 @@ impl Outbound {
             };
             match socket.take_error() {
                 Ok(Some(error)) | Err(error) => {
-                    let address = socket.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                     let reason = format!(
                         "connect to {}:{} failed: {error}",
                         connection.endpoint.host, connection.endpoint.port
                     );
-                    let _ = address;
                     if connection.next_address < connection.addresses.len() {
                         self.connect_next(registry, slot);
                     } else {

@@ -757,6 +757,24 @@ fn the_guides_multiple_webhooks_example_loads_verbatim_and_its_slack_hook_gets_s
         ]
         .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())),
     );
+    // The admin API names each one's format and signing schemes, never a secret.
+    let shown: Vec<(String, String)> = webhooks
+        .iter()
+        .map(|w| {
+            let format = w.get("format").and_then(Json::as_str).unwrap().to_string();
+            (
+                format,
+                w.get("signing").map(|s| format!("{s:?}")).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(shown[0].0, "event");
+    assert_eq!(shown[1].0, "event");
+    assert!(
+        shown[1].1.contains("token") && !shown[1].1.contains("audit-secret"),
+        "{shown:?}"
+    );
+    assert_eq!(shown[2].0, "slack");
     drop(server);
 
     // The same text with the three URLs on loopback; the slack one, no longer on
