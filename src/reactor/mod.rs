@@ -51,6 +51,9 @@ struct Slot {
     connection: Connection,
     generation: u64,
     timer: Option<(TimerKey, u64)>,
+    /// The slot is in `Reactor::again`: listed once however often its
+    /// budget runs out before the list is run.
+    again_queued: bool,
 }
 
 /// A timer entry names a connection slot and the generation it belonged to,
@@ -93,7 +96,10 @@ pub struct Reactor<C: Clock> {
     clock: C,
     config: Config,
     read_buffer: Vec<u8>,
-    /// Connections whose budget ran out and that must run again without an event.
+    /// Connections whose budget ran out and that must run again without an
+    /// event, each once (`Slot::again_queued`): a connection run both by its
+    /// event and from this list must not be listed twice, or the list (and
+    /// so one turn of the loop) grows with every turn.
     again: Vec<usize>,
     date: String,
     date_secs: u64,
@@ -246,6 +252,9 @@ impl<C: Clock> Reactor<C> {
                 }
             }
             for slot in std::mem::take(&mut self.again) {
+                if let Some(Some(entry)) = self.slots.get_mut(slot) {
+                    entry.again_queued = false;
+                }
                 self.run_connection(slot);
             }
             let now = self.clock.now_ms();
@@ -490,6 +499,7 @@ impl<C: Clock> Reactor<C> {
             connection,
             generation: self.next_generation,
             timer: None,
+            again_queued: false,
         });
         self.open += 1;
         // Data may already be waiting (edge-triggered: no event would say so again).
@@ -548,7 +558,12 @@ impl<C: Clock> Reactor<C> {
         match work(&mut entry.connection, &mut app, &mut self.read_buffer, now) {
             Next::Close => self.close(slot),
             Next::Again => {
-                self.again.push(slot);
+                if let Some(Some(entry)) = self.slots.get_mut(slot)
+                    && !entry.again_queued
+                {
+                    entry.again_queued = true;
+                    self.again.push(slot);
+                }
                 self.arm_timer(slot);
             }
             Next::Wait => self.arm_timer(slot),
