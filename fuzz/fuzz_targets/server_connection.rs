@@ -138,7 +138,10 @@ fuzz_target!(|input: &[u8]| {
             2 => drain(&mut connection, usize::from(*argument) * 16, &mut out),
             3 => connection.resume(Response::new(202), &mut service, now),
             4 => connection.handle_eof(&mut service, now),
-            _ => connection.wake(&mut service, now),
+            _ => {
+                connection.begin_turn();
+                connection.wake(&mut service, now);
+            }
         }
         connection.process(&mut service, now);
         match connection.poll_state(now) {

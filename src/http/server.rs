@@ -21,6 +21,10 @@ const PENDING_KEPT_BYTES_MAX: usize = 16 * 1024;
 const LINGER_BYTES_MAX: u64 = 1 << 20;
 /// How long a lingering close waits for the peer to finish sending.
 const LINGER_MS: u64 = 2_000;
+/// Input one connection takes per turn of the loop before others get theirs:
+/// a request body is read, hashed and written at roughly 1 GB/s here, so a
+/// turn costs about a millisecond, whatever the client sends.
+pub const INPUT_BYTES_PER_TURN: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -152,6 +156,8 @@ pub struct ServerConnection<R> {
     window_bytes: u64,
     /// Requests answered on this connection.
     answered: u64,
+    /// Input taken since `begin_turn`.
+    turn_input: usize,
 }
 
 impl<R> ServerConnection<R> {
@@ -173,6 +179,7 @@ impl<R> ServerConnection<R> {
             window_started_ms: now_ms,
             window_bytes: 0,
             answered: 0,
+            turn_input: 0,
         }
     }
 
@@ -195,15 +202,32 @@ impl<R> ServerConnection<R> {
         self.window_bytes += bytes;
     }
 
+    /// A turn of the loop begins: the input budget is full again.
+    pub fn begin_turn(&mut self) {
+        self.turn_input = 0;
+    }
+
+    /// Whether this turn's input budget is spent (more may be waiting: run
+    /// again on the next turn, after the others).
+    fn input_budget_spent(&self) -> bool {
+        self.turn_input >= INPUT_BYTES_PER_TURN
+    }
+
     /// Whether the reactor should read more: not while a request is held,
-    /// after the last request, or while lingering (read raw, see `State::Linger`).
+    /// after the last request, while lingering (read raw, see
+    /// `State::Linger`), or once this turn's input budget is spent.
     pub fn wants_input(&self) -> bool {
-        !self.closing && !self.is_waiting() && !self.peer_closed && self.phase != Phase::Lingering
+        !self.closing
+            && !self.is_waiting()
+            && !self.peer_closed
+            && self.phase != Phase::Lingering
+            && !self.input_budget_spent()
     }
 
     /// Bytes from the peer; decoded by the next `process`. While lingering
     /// they are counted and dropped.
     pub fn handle_input(&mut self, data: &[u8]) {
+        self.turn_input += data.len();
         if self.phase == Phase::Lingering {
             self.lingered += data.len() as u64;
             return;
@@ -448,7 +472,9 @@ impl<R> ServerConnection<R> {
         }
         self.update_phase(now_ms);
         let due = matches!(self.current, Current::Waiting(_, _, Some(at)) if at <= now_ms);
-        State::Open { again: due }
+        State::Open {
+            again: due || self.input_budget_spent(),
+        }
     }
 
     fn update_phase(&mut self, now_ms: u64) {
@@ -653,6 +679,7 @@ mod tests {
         /// One reactor turn at `now`: the bytes arrive, are processed, and
         /// the state is polled.
         fn turn(&mut self, input: &[u8], now: u64) -> State {
+            self.connection.begin_turn();
             self.connection.wake(&mut self.service, now);
             if !input.is_empty() {
                 assert!(self.connection.wants_input(), "the machine takes no input now");
@@ -901,6 +928,33 @@ mod tests {
         h.written();
         h.turn(b"", 2);
         assert_eq!(h.service.answered.len(), 40);
+    }
+
+    #[test]
+    fn a_connection_with_endless_input_yields_after_its_budget_each_turn() {
+        let mut h = Harness::new();
+        let head = "PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\n";
+        h.turn(head.as_bytes(), 0);
+        h.written();
+        let chunk = vec![b'x'; 64 * 1024];
+        for turn in 0..3 {
+            h.connection.begin_turn();
+            let mut taken = 0;
+            // The reactor reads while the machine wants input.
+            while h.connection.wants_input() {
+                h.connection.handle_input(&chunk);
+                h.connection.process(&mut h.service, turn);
+                taken += chunk.len();
+                assert!(taken <= INPUT_BYTES_PER_TURN + chunk.len(), "no end to the turn");
+            }
+            assert_eq!(taken, INPUT_BYTES_PER_TURN);
+            // It asks to run again, after the others, rather than wait for readiness.
+            assert_eq!(h.connection.poll_state(turn), State::Open { again: true });
+        }
+        assert_eq!(h.service.body_bytes, 3 * INPUT_BYTES_PER_TURN);
+        h.connection.begin_turn();
+        assert!(h.connection.wants_input());
+        assert_eq!(h.connection.poll_state(3), State::Open { again: false });
     }
 
     /// A path long enough that some answers exceed the output backlog.

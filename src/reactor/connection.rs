@@ -12,8 +12,9 @@ use crate::app::{Application, Request};
 use crate::http::Response;
 use crate::http::server::{ServerConnection, State, Timeouts};
 
-/// Bytes one connection may read or write per wake-up before others get a turn.
-const IO_BUDGET_BYTES: usize = 4 << 20;
+/// Bytes one connection may write per wake-up before others get a turn
+/// (what it reads is the machine's budget, `INPUT_BYTES_PER_TURN`).
+const OUTPUT_BUDGET_BYTES: usize = 4 << 20;
 
 /// What the reactor should do with the connection after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,9 +59,9 @@ impl Connection {
         if self.machine.phase() == crate::http::server::Phase::Lingering {
             return Ok(self.linger(app, read_buffer, now_ms));
         }
+        self.machine.begin_turn();
         self.machine.wake(app, now_ms);
         let mut again = false;
-        let mut read_budget = IO_BUDGET_BYTES;
         loop {
             let progressed = self.machine.process(app, now_ms);
             match self.flush()? {
@@ -79,20 +80,13 @@ impl Connection {
                 // Answers went out; pipelined requests may already be buffered.
                 continue;
             }
-            if read_budget == 0 {
-                again = true;
-                break;
-            }
             match self.transport.read(read_buffer) {
                 Ok(0) => {
                     self.machine.handle_eof(app, now_ms);
                     self.flush()?;
                     break;
                 }
-                Ok(n) => {
-                    read_budget = read_budget.saturating_sub(n);
-                    self.machine.handle_input(&read_buffer[..n]);
-                }
+                Ok(n) => self.machine.handle_input(&read_buffer[..n]),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
@@ -141,7 +135,7 @@ impl Connection {
             self.machine.output(),
             &mut self.transport,
             &mut self.scratch,
-            IO_BUDGET_BYTES,
+            OUTPUT_BUDGET_BYTES,
         )?;
         self.machine.handle_written(written);
         Ok(flush)
