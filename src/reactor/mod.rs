@@ -5,6 +5,7 @@
 //! dispatcher's retries and attempt timeouts live in its own wheel.
 
 mod connection;
+mod file_worker;
 mod outbound;
 mod output;
 mod ping;
@@ -82,6 +83,8 @@ pub struct Reactor<C: Clock> {
     next_generation: u64,
     timers: TimerWheel<Deadline>,
     registry: Registry,
+    /// Removes what storage discards, off the loop.
+    file_worker: file_worker::FileWorker,
     auth: crate::auth::Authenticator,
     notifier: Notifier<Waiter, Commit>,
     outbound: outbound::Outbound,
@@ -171,6 +174,7 @@ impl<C: Clock> Reactor<C> {
             next_generation: 0,
             timers: TimerWheel::new(now),
             registry,
+            file_worker: file_worker::FileWorker::start(),
             auth: crate::auth::Authenticator::new(&config),
             notifier,
             outbound: outbound::Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver()),
@@ -278,6 +282,10 @@ impl<C: Clock> Reactor<C> {
             }
             if now >= self.next_upload_sweep_ms {
                 self.sweep_uploads(now);
+            }
+            let discarded = self.registry.take_discarded();
+            if !discarded.is_empty() || self.file_worker.has_backlog() {
+                self.file_worker.remove(discarded);
             }
             if self.webhook_tls_watcher.check(now) {
                 log::info!(target: "angos::event_webhook", "webhook TLS files changed, reloading them");

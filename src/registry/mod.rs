@@ -274,6 +274,11 @@ impl Registry {
         &self.storage
     }
 
+    /// `Storage::take_discarded`: what the caller must remove off the loop.
+    pub fn take_discarded(&mut self) -> Vec<std::path::PathBuf> {
+        self.storage.take_discarded()
+    }
+
     /// Drops upload sessions idle since the last call; see
     /// `Storage::expire_idle_uploads`.
     pub fn expire_idle_uploads(&mut self) -> usize {

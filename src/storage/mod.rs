@@ -53,6 +53,8 @@ const RANDOM_ID_BYTES: usize = 16;
 
 const TMP_DIR: &str = "_tmp";
 const UPLOADS_DIR: &str = "_uploads";
+/// Where large things go to be removed off the loop (see `Storage::discard`).
+const TRASH_DIR: &str = "_trash";
 const BLOBS_DIR: &str = "blobs";
 const REPOSITORIES_DIR: &str = "repositories";
 const LAYERS_DIR: &str = "_layers";
@@ -76,6 +78,9 @@ pub struct Storage {
     cache: RefCell<cache::ManifestCache>,
     /// Sorted tag and namespace names for paged listings (`listing.rs`).
     listing: RefCell<listing::ListingIndex>,
+    /// Paths moved into `_trash` and not yet handed to whoever removes them
+    /// (`take_discarded`).
+    discarded: Vec<PathBuf>,
 }
 
 impl Storage {
@@ -83,13 +88,13 @@ impl Storage {
     /// previous run: everything in `_tmp` and every upload session in `_uploads`
     /// (sessions do not survive a restart; clients restart the upload).
     pub fn open(root: &Path, sync_to_disk: bool, upload_sessions_max: usize) -> io::Result<Storage> {
-        for dir in [TMP_DIR, UPLOADS_DIR] {
+        for dir in [TMP_DIR, UPLOADS_DIR, TRASH_DIR] {
             unlink_if_symlink(&root.join(dir))?;
         }
-        for dir in [TMP_DIR, UPLOADS_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
+        for dir in [TMP_DIR, UPLOADS_DIR, TRASH_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
             atomic::create_dirs(&root.join(dir), sync_to_disk)?;
         }
-        for dir in [TMP_DIR, UPLOADS_DIR] {
+        for dir in [TMP_DIR, UPLOADS_DIR, TRASH_DIR] {
             remove_dir_contents(&root.join(dir))?;
         }
         Ok(Storage {
@@ -101,7 +106,30 @@ impl Storage {
             sessions_per_namespace: HashMap::new(),
             cache: RefCell::new(cache::ManifestCache::new(MANIFEST_CACHE_BYTES_DEFAULT)),
             listing: RefCell::new(listing::ListingIndex::new(LISTING_INDEX_BYTES_DEFAULT)),
+            discarded: Vec::new(),
         })
+    }
+
+    /// Takes `path` out of the layout at once, by a rename into `_trash`
+    /// (constant time), so that removing it, whose cost grows with its size
+    /// (half a second for a 1 GiB file here), happens off the loop
+    /// (`take_discarded`). Falls back to removing it here if the rename fails.
+    fn discard(&mut self, path: &Path) -> io::Result<()> {
+        let target = self.root.join(TRASH_DIR).join(random_hex(RANDOM_ID_BYTES));
+        match fs::rename(path, &target) {
+            Ok(()) => {
+                self.discarded.push(target);
+                Ok(())
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(_) => fs::remove_dir_all(path),
+        }
+    }
+
+    /// Paths discarded since the last call; each is removed by the caller
+    /// (the reactor's file worker), or at the next start.
+    pub fn take_discarded(&mut self) -> Vec<PathBuf> {
+        std::mem::take(&mut self.discarded)
     }
 
     /// Sets the listing index budget (0 disables it: every listing scans).
@@ -607,6 +635,34 @@ mod tests {
     }
 
     #[test]
+    fn large_removals_are_discarded_into_the_trash_for_later() {
+        let root = TempDir::new("storage-test");
+        let mut storage = open(&root);
+        let cancelled = upload(&mut storage, "ns", &[b"partial"]);
+        assert!(storage.cancel_upload("ns", &cancelled).unwrap());
+        let first = upload(&mut storage, "ns", &[b"same bytes"]);
+        let digest = Digest::sha256_of(b"same bytes");
+        storage.commit_upload("ns", &first, &digest).unwrap();
+        let duplicate = upload(&mut storage, "ns", &[b"same bytes"]);
+        storage.commit_upload("ns", &duplicate, &digest).unwrap();
+        let discarded = storage.take_discarded();
+        assert_eq!(discarded.len(), 3, "{discarded:?}");
+        assert!(
+            discarded
+                .iter()
+                .all(|path| path.starts_with(root.path().join(TRASH_DIR)))
+        );
+        // The duplicate's bytes wait there; the session is gone from the layout.
+        assert!(discarded[2].join(SESSION_DATA_FILE).exists());
+        assert_eq!(dir_entries(&root.path().join(UPLOADS_DIR)), 0);
+        assert!(storage.take_discarded().is_empty(), "handed over once");
+        // Whatever was not removed before a restart goes at the next start.
+        drop(storage);
+        let _reopened = open(&root);
+        assert_eq!(dir_entries(&root.path().join(TRASH_DIR)), 0);
+    }
+
+    #[test]
     fn cancel_removes_the_session() {
         let root = TempDir::new("storage-test");
         let mut storage = open(&root);
@@ -977,7 +1033,7 @@ mod tests {
         let root = TempDir::new("storage-test");
         let nested = root.path().join("deep/er");
         Storage::open(&nested, true, 1).unwrap();
-        for dir in [TMP_DIR, UPLOADS_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
+        for dir in [TMP_DIR, UPLOADS_DIR, TRASH_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
             assert!(nested.join(dir).is_dir());
         }
     }

@@ -289,7 +289,8 @@ impl Storage {
         self.forget_session(id);
         let dir = self.session_dir(id);
         let result = self.commit_session_data(&dir.join(SESSION_DATA_FILE), digest);
-        let _ = fs::remove_dir_all(&dir);
+        // The data file is still there when the blob already existed.
+        let _ = self.discard(&dir);
         result?;
         self.ensure_layer_link(namespace, digest)?;
         Ok(())
@@ -317,7 +318,7 @@ impl Storage {
             return Ok(false);
         }
         self.forget_session(id);
-        fs::remove_dir_all(self.session_dir(id))?;
+        self.discard(&self.session_dir(id))?;
         Ok(true)
     }
 
@@ -348,7 +349,7 @@ impl Storage {
 
     fn remove_session(&mut self, id: &str) {
         self.forget_session(id);
-        if let Err(error) = fs::remove_dir_all(self.session_dir(id)) {
+        if let Err(error) = self.discard(&self.session_dir(id)) {
             // Harmless: `open` removes it at the next start.
             log::warn!("removing upload session {id}: {error}");
         }

@@ -929,3 +929,46 @@ fn concurrent_uploads_of_the_same_blob_end_with_one_correct_blob() {
         assert_blob(&server, repo, &data);
     }
 }
+
+/// A cancelled session and a duplicate upload's bytes leave the layout at
+/// once (moved into `_trash`) and are removed off the loop by the server's
+/// file worker, not left behind.
+#[test]
+fn cancelled_and_duplicate_uploads_are_removed_by_the_file_worker() {
+    let server = Server::start();
+    let body = vec![7u8; 3 * 1024 * 1024];
+    let digest = format!("sha256:{}", sha256_hex(&body));
+    let cancelled = start_upload(&server, "trash/a");
+    server
+        .request(
+            "PATCH",
+            &cancelled,
+            &[("Content-Type", "application/octet-stream")],
+            &body,
+        )
+        .assert_status(202);
+    server.request("DELETE", &cancelled, &[], b"").assert_status(204);
+    for _ in 0..2 {
+        let location = start_upload(&server, "trash/a");
+        let separator = if location.contains('?') { '&' } else { '?' };
+        server
+            .request(
+                "PUT",
+                &format!("{location}{separator}digest={digest}"),
+                &[],
+                &body,
+            )
+            .assert_status(201);
+    }
+    let trash = server.root.join("_trash");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(&trash).unwrap().count() > 0 {
+        assert!(std::time::Instant::now() < deadline, "_trash was never emptied");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_dir(server.root.join("_uploads")).unwrap().count(),
+        0
+    );
+    assert_blob(&server, "trash/a", &body);
+}
