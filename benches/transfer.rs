@@ -23,8 +23,9 @@ mod common;
 #[path = "../tests/e2e/webhook_support/python.rs"]
 #[allow(dead_code)]
 mod python;
-// The well-behaved client, shared with the attack bench.
+// The well-behaved client, shared with the attack bench; each uses part of it.
 #[path = "support/probe.rs"]
+#[allow(dead_code)]
 mod probe;
 
 use angos::digest::{Digest, Hasher};
@@ -247,6 +248,10 @@ impl Case {
     /// letter, a word of the name (`monolithic`, `chunked`, `cancelled`, ...),
     /// `sync_to_disk=true` or `false`, `http` or `https`.
     fn matches(&self, word: &str) -> bool {
+        // The name has one-letter words too ("of a blob").
+        if word.len() == 1 {
+            return word == self.kind.letter();
+        }
         self.describe()
             .to_ascii_lowercase()
             .split([' ', ',', '(', ')'])
@@ -507,14 +512,18 @@ impl Measure {
     }
 }
 
-/// Probes from just before `transfer` starts until `TAIL` after its final answer.
+/// Probes from just before `transfer` starts until `TAIL` after its final answer; the
+/// tail counts only around the final request.
 fn measure(server: &Server, transfer: impl FnOnce() -> Result<Transfer, String>) -> Result<Measure, String> {
     let probe = Probe::start(server);
     // On an error the probe is dropped, which stops it.
     let transfer = transfer()?;
     thread::sleep(TAIL);
     let samples = probe.finish();
-    let sorted = samples.sorted();
+    // The probe waits for each answer, so a stall is one slow sample however long it
+    // lasts, and the quiet tail would outnumber the transfer's samples: the case's
+    // figures count only the probes sent until the final answer.
+    let sorted = samples.sorted_sent_by(Some(transfer.answered));
     let final_probe_max = transfer
         .final_from
         .and_then(|from| samples.slowest_between(from, transfer.answered + TAIL));
@@ -979,8 +988,9 @@ fn header(settings: &Settings, space: &Space, load_before: &str) -> String {
         "angos transfer benchmark: `{}`; {cores} cores ({cpu}), load average {load_before} at the \
          start and {} at the end; temporary directory {} ({}, {:.1} GiB free at the start); \
          {} MiB per transfer, each figure the median of its runs (up to {}); probe `GET /v2/` \
-         every 2 ms on one keep-alive plain HTTP connection, until {} ms after the final answer; \
-         HTTPS transfers by curl; binary {ANGOS}",
+         every 2 ms after the previous answer on one keep-alive plain HTTP connection, the \
+         figures over the probes sent until the final answer, the slowest around the final \
+         request until {} ms after it; HTTPS transfers by curl; binary {ANGOS}",
         settings.command(),
         load_average(),
         space.dir.display(),

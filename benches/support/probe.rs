@@ -96,7 +96,18 @@ pub struct Samples(Vec<Sample>);
 impl Samples {
     /// The latencies, sorted (for `percentile`).
     pub fn sorted(&self) -> Vec<Duration> {
-        let mut latencies: Vec<Duration> = self.0.iter().map(|sample| sample.latency).collect();
+        self.sorted_sent_by(None)
+    }
+
+    /// The latencies of the probes sent at or before `end`, sorted: what waited on
+    /// something that ended then, without the quiet answers after it.
+    pub fn sorted_sent_by(&self, end: Option<Instant>) -> Vec<Duration> {
+        let mut latencies: Vec<Duration> = self
+            .0
+            .iter()
+            .filter(|sample| end.is_none_or(|end| sample.sent <= end))
+            .map(|sample| sample.latency)
+            .collect();
         latencies.sort();
         latencies
     }
