@@ -13,14 +13,17 @@
 #[path = "../tests/e2e/common/mod.rs"]
 #[allow(dead_code)]
 mod common;
+// The well-behaved client, shared with the transfer bench.
+#[path = "support/probe.rs"]
+#[allow(dead_code)]
+mod probe;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::hostile::*;
 use common::*;
+use probe::{Probe, percentile};
 
 /// One attack: it starts its own server and returns its row.
 type Attack = fn(Duration) -> Row;
@@ -93,60 +96,6 @@ fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
 
-/// `GET /v2/` on one keep-alive connection every 2 ms until stopped: the
-/// latencies a well-behaved client sees while something else goes on.
-pub struct Probe {
-    stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<Vec<Duration>>>,
-}
-
-impl Probe {
-    pub fn start(server: &Server) -> Probe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut conn = server.connect();
-        let handle = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let mut samples = Vec::new();
-                while !stop.load(Ordering::SeqCst) {
-                    let started = Instant::now();
-                    match conn.try_request("GET", "/v2/", &[], b"") {
-                        // 401 is the answer to a ping where identities are configured.
-                        Ok(response) if matches!(response.status, 200 | 401) => {
-                            samples.push(started.elapsed())
-                        }
-                        // A refused or broken probe counts as the longest wait there is.
-                        _ => samples.push(Duration::from_secs(3600)),
-                    }
-                    thread::sleep(Duration::from_millis(2));
-                }
-                samples
-            })
-        };
-        Probe {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    /// Stops probing; the latencies, sorted.
-    pub fn finish(mut self) -> Vec<Duration> {
-        self.stop.store(true, Ordering::SeqCst);
-        let mut samples = self.handle.take().unwrap().join().unwrap();
-        samples.sort();
-        samples
-    }
-}
-
-/// The `p`-th percentile (0 to 100) of sorted samples.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 /// Runs `attack` for `length` while probing; the row for it.
 fn measure(server: &Server, length: Duration, attack: impl FnOnce(Instant) + Send) -> Row {
     let probe = Probe::start(server);
@@ -154,7 +103,7 @@ fn measure(server: &Server, length: Duration, attack: impl FnOnce(Instant) + Sen
     thread::scope(|scope| {
         scope.spawn(move || attack(until));
     });
-    let samples = probe.finish();
+    let samples = probe.finish().sorted();
     Row {
         attack: "",
         peak_rss_bytes: peak_rss_bytes(server),

@@ -1,7 +1,7 @@
 //! Hostile peers for the end-to-end suite and the attack benchmark (issue
 //! 19): a webhook receiver that answers with endless or huge bodies, the
 //! server's peak RSS from `/proc`, and the setups of the other attacks. Std
-//! only. The bench's latency probe lives in `benches/hostile.rs`.
+//! only. The benches' latency probe lives in `benches/support/probe.rs`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
