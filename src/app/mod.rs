@@ -59,6 +59,9 @@ enum RequestState {
     /// Answered, or waiting for webhooks.
     Settled,
     Receiving(Box<Exchange>),
+    /// The body is in; its file is being synced off the loop (`file_syncs`)
+    /// before the registry finishes the request.
+    Syncing(Box<Exchange>),
     /// The head waits for its credentials to be checked.
     Authenticating(Box<LoginWait>),
 }
@@ -86,6 +89,10 @@ pub struct Application<'a> {
     pub peer: Option<SocketAddr>,
     /// The connection came over TLS (for the token realm's scheme).
     pub tls: bool,
+    /// Files to sync off the loop, each for the request of its waiter; the
+    /// reactor continues the request (`ServerConnection::continue_held`)
+    /// once its file is synced.
+    pub file_syncs: &'a mut Vec<(Waiter, std::path::PathBuf)>,
 }
 
 impl Service for Application<'_> {
@@ -153,6 +160,11 @@ impl Service for Application<'_> {
         let Request { info, state } = request;
         match state {
             RequestState::Receiving(exchange) => {
+                if let Some(path) = self.registry.file_to_sync(&exchange) {
+                    self.file_syncs.push((self.waiter, path));
+                    let state = RequestState::Syncing(exchange);
+                    return Ending::Resume(Request { info, state });
+                }
                 let outcome = self.registry.finish(*exchange);
                 self.conclude(outcome, info, now_ms)
             }
@@ -162,8 +174,16 @@ impl Service for Application<'_> {
     }
 
     /// Runs a slice of the password check; another when the slice ran out.
+    /// Or, for a request whose file was synced, finishes it.
     fn wake(&mut self, request: Request, now_ms: u64) -> Reply<Request> {
         let Request { info, state } = request;
+        if let RequestState::Syncing(exchange) = state {
+            let outcome = self.registry.finish(*exchange);
+            return match self.conclude(outcome, info, now_ms) {
+                Ending::Respond(request, response) => Reply::Respond(request, response),
+                Ending::Resume(request) => Reply::Resume(request),
+            };
+        }
         let RequestState::Authenticating(mut wait) = state else {
             return Reply::Resume(Request { info, state });
         };
@@ -418,7 +438,7 @@ impl Application<'_> {
 
 /// Releases a request that will never end (its upload keeps what arrived).
 pub fn release(registry: &mut Registry, request: Request) {
-    if let RequestState::Receiving(exchange) = request.state {
+    if let RequestState::Receiving(exchange) | RequestState::Syncing(exchange) = request.state {
         registry.abort(*exchange);
     }
 }

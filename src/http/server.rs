@@ -378,6 +378,19 @@ impl<R> ServerConnection<R> {
         self.deadline_ms = wake_at.unwrap_or(u64::MAX);
     }
 
+    /// The outside work a request held for `resume` waited on is done (a
+    /// file synced off the loop): the service continues it through `wake`.
+    pub fn continue_held<S: Service<Request = R>>(&mut self, service: &mut S, now_ms: u64) {
+        if !matches!(self.current, Current::Waiting(_, _, None)) {
+            return;
+        }
+        let Current::Waiting(request, meta, _) = std::mem::replace(&mut self.current, Current::None) else {
+            unreachable!("matched above");
+        };
+        let reply = service.wake(request, now_ms);
+        self.on_reply(reply, meta, service, now_ms);
+    }
+
     /// The answer of a request held for `resume` arrived.
     pub fn resume<S: Service<Request = R>>(&mut self, response: Response, service: &mut S, now_ms: u64) {
         if !matches!(self.current, Current::Waiting(_, _, None)) {
@@ -623,7 +636,7 @@ mod tests {
             match path.as_str() {
                 "/park" => Reply::Resume(path),
                 "/login" => Reply::WakeAt(path, now_ms + 100),
-                "/upload" => Reply::ReadBody(path),
+                "/upload" | "/upload-held" => Reply::ReadBody(path),
                 _ => Reply::Respond(
                     path.clone(),
                     Response::new(200).body(Body::Bytes(path.into_bytes())),
@@ -637,6 +650,9 @@ mod tests {
         }
 
         fn end(&mut self, request: String, _now_ms: u64) -> Ending<String> {
+            if request == "/upload-held" {
+                return Ending::Resume(request);
+            }
             let text = format!("{} bytes", self.body_bytes);
             Ending::Respond(request, Response::new(201).body(Body::Bytes(text.into_bytes())))
         }
@@ -955,6 +971,27 @@ mod tests {
         h.connection.begin_turn();
         assert!(h.connection.wants_input());
         assert_eq!(h.connection.poll_state(3), State::Open { again: false });
+    }
+
+    #[test]
+    fn a_request_held_at_its_end_continues_when_its_outside_work_is_done() {
+        let mut h = Harness::new();
+        let input = format!(
+            "PUT /upload-held HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello{}",
+            get("/next")
+        );
+        h.turn(input.as_bytes(), 0);
+        assert_eq!(h.connection.phase(), Phase::Waiting);
+        assert_eq!(h.connection.poll_timeout(), None);
+        assert_eq!(h.written(), "", "nothing answered while the work runs");
+        h.connection.continue_held(&mut h.service, 30);
+        h.turn(b"", 30);
+        let out = h.written();
+        assert!(
+            out.starts_with("HTTP/1.1 200 ") && out.contains("welcome"),
+            "{out}"
+        );
+        assert!(out.contains("/next"), "the pipelined request follows: {out}");
     }
 
     /// A path long enough that some answers exceed the output backlog.

@@ -155,6 +155,12 @@ impl Connection {
         self.run(app, read_buffer, now_ms)
     }
 
+    /// The outside work a held request waited on is done.
+    pub fn continue_held(&mut self, app: &mut Application, read_buffer: &mut [u8], now_ms: u64) -> Next {
+        self.machine.continue_held(app, now_ms);
+        self.run(app, read_buffer, now_ms)
+    }
+
     /// The answer of a held request arrived.
     pub fn resume(
         &mut self,

@@ -39,6 +39,8 @@ const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const DNS: Token = Token(2);
 const TLS_LISTENER: Token = Token(3);
+/// The file worker's wake-up: a sync it ran is done.
+const FILE_WORKER: Token = Token(FIRST_OUTBOUND - 1);
 /// Inbound connection tokens start here; token = slot index + this.
 const FIRST_CONNECTION: usize = 4;
 /// Outbound (webhook) connection tokens start here.
@@ -83,8 +85,10 @@ pub struct Reactor<C: Clock> {
     next_generation: u64,
     timers: TimerWheel<Deadline>,
     registry: Registry,
-    /// Removes what storage discards, off the loop.
+    /// Removes what storage discards, and syncs uploads, off the loop.
     file_worker: file_worker::FileWorker,
+    /// Syncs a connection step asked for, handed to the worker after it.
+    file_syncs: Vec<(Waiter, PathBuf)>,
     auth: crate::auth::Authenticator,
     notifier: Notifier<Waiter, Commit>,
     outbound: outbound::Outbound,
@@ -126,6 +130,7 @@ impl<C: Clock> Reactor<C> {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let file_worker = file_worker::FileWorker::start(mio::Waker::new(poll.registry(), FILE_WORKER)?);
         let (tls_config, tls_watcher) = match &config.server.tls {
             Some(tls) => {
                 let loaded =
@@ -174,7 +179,8 @@ impl<C: Clock> Reactor<C> {
             next_generation: 0,
             timers: TimerWheel::new(now),
             registry,
-            file_worker: file_worker::FileWorker::start(),
+            file_worker,
+            file_syncs: Vec::new(),
             auth: crate::auth::Authenticator::new(&config),
             notifier,
             outbound: outbound::Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver()),
@@ -248,6 +254,7 @@ impl<C: Clock> Reactor<C> {
                             self.begin_shutdown();
                         }
                     }
+                    FILE_WORKER => self.continue_synced(),
                     token if self.outbound.owns(token) || token == DNS => {
                         let now = self.clock.now_ms();
                         self.outbound.handle_event(self.poll.registry(), token, now);
@@ -562,6 +569,7 @@ impl<C: Clock> Reactor<C> {
             },
             peer: entry.connection.peer,
             tls: entry.connection.transport.is_tls(),
+            file_syncs: &mut self.file_syncs,
         };
         match work(&mut entry.connection, &mut app, &mut self.read_buffer, now) {
             Next::Close => self.close(slot),
@@ -575,6 +583,24 @@ impl<C: Clock> Reactor<C> {
                 self.arm_timer(slot);
             }
             Next::Wait => self.arm_timer(slot),
+        }
+        for (waiter, path) in std::mem::take(&mut self.file_syncs) {
+            self.file_worker.sync(path, waiter);
+        }
+        if self.file_worker.has_synced_inline() {
+            self.continue_synced();
+        }
+    }
+
+    /// Continues the requests whose files the worker has synced.
+    fn continue_synced(&mut self) {
+        while let Some(waiter) = self.file_worker.poll_synced() {
+            // A client that left is not answered; its upload was released.
+            self.step(
+                waiter.slot,
+                Some(waiter.generation),
+                |connection, app, buffer, now| connection.continue_held(app, buffer, now),
+            );
         }
     }
 

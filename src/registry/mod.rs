@@ -274,6 +274,16 @@ impl Registry {
         &self.storage
     }
 
+    /// The file to sync off the loop before `finish`, when `sync_to_disk` is
+    /// on and the exchange is an upload body (a PATCH or a committing PUT or
+    /// POST): syncing a large file holds everyone for as long as it takes.
+    pub fn file_to_sync(&self, exchange: &Exchange) -> Option<std::path::PathBuf> {
+        match &exchange.state {
+            ExchangeState::Upload { id, .. } => self.storage.upload_to_sync(id),
+            _ => None,
+        }
+    }
+
     /// `Storage::take_discarded`: what the caller must remove off the loop.
     pub fn take_discarded(&mut self) -> Vec<std::path::PathBuf> {
         self.storage.take_discarded()

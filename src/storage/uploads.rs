@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::digest::{Digest, Hasher};
@@ -310,6 +310,14 @@ impl Storage {
             File::open(data)?.sync_all()?;
         }
         atomic::rename(data, &blob, self.sync_to_disk)
+    }
+
+    /// The session's data file, when `sync_to_disk` wants it on disk before
+    /// an answer: the caller syncs it off the loop first, so the commit's
+    /// own fsync finds nothing left to write.
+    pub fn upload_to_sync(&self, id: &str) -> Option<PathBuf> {
+        (self.sync_to_disk && self.sessions.contains_key(id))
+            .then(|| self.session_dir(id).join(SESSION_DATA_FILE))
     }
 
     /// Removes a session; `false` when unknown.

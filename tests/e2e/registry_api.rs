@@ -972,3 +972,65 @@ fn cancelled_and_duplicate_uploads_are_removed_by_the_file_worker() {
     );
     assert_blob(&server, "trash/a", &body);
 }
+
+/// With `sync_to_disk`, an upload's bytes are synced off the loop before its
+/// request goes on: monolithic, chunked (each PATCH synced, then the closing
+/// PUT) and a wrong digest all answer as without it, and the blob is right.
+#[test]
+fn uploads_with_sync_to_disk_answer_after_their_sync() {
+    let server = Server::start_with(&Options::default().sync());
+    let body = vec![3u8; 2 * 1024 * 1024];
+    let digest = format!("sha256:{}", sha256_hex(&body));
+    let location = start_upload(&server, "synced/a");
+    let separator = if location.contains('?') { '&' } else { '?' };
+    server
+        .request(
+            "PUT",
+            &format!("{location}{separator}digest={digest}"),
+            &[],
+            &body,
+        )
+        .assert_status(201);
+    assert_blob(&server, "synced/a", &body);
+
+    let other = vec![5u8; 3 * 1024 * 1024];
+    let other_digest = format!("sha256:{}", sha256_hex(&other));
+    let location = start_upload(&server, "synced/b");
+    let half = other.len() / 2;
+    for (start, chunk) in [(0, &other[..half]), (half, &other[half..])] {
+        let range = format!("{start}-{}", start + chunk.len() - 1);
+        server
+            .request(
+                "PATCH",
+                &location,
+                &[
+                    ("Content-Type", "application/octet-stream"),
+                    ("Content-Range", &range),
+                ],
+                chunk,
+            )
+            .assert_status(202);
+    }
+    let separator = if location.contains('?') { '&' } else { '?' };
+    server
+        .request(
+            "PUT",
+            &format!("{location}{separator}digest={other_digest}"),
+            &[],
+            b"",
+        )
+        .assert_status(201);
+    assert_blob(&server, "synced/b", &other);
+
+    let location = start_upload(&server, "synced/c");
+    let separator = if location.contains('?') { '&' } else { '?' };
+    server
+        .request(
+            "PUT",
+            &format!("{location}{separator}digest={other_digest}"),
+            &[],
+            &body,
+        )
+        .assert_status(400);
+    server.get("/v2/").assert_status(200);
+}
