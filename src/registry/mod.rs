@@ -279,7 +279,13 @@ impl Registry {
     /// POST): syncing a large file holds everyone for as long as it takes.
     pub fn file_to_sync(&self, exchange: &Exchange) -> Option<std::path::PathBuf> {
         match &exchange.state {
-            ExchangeState::Upload { id, .. } => self.storage.upload_to_sync(id),
+            ExchangeState::Upload { id, then, .. } => {
+                let digest = match then {
+                    AfterUpload::Commit(digest) => Some(digest),
+                    AfterUpload::Progress => None,
+                };
+                self.storage.upload_to_sync(id, digest)
+            }
             _ => None,
         }
     }

@@ -315,9 +315,16 @@ impl Storage {
     /// The session's data file, when `sync_to_disk` wants it on disk before
     /// an answer: the caller syncs it off the loop first, so the commit's
     /// own fsync finds nothing left to write.
-    pub fn upload_to_sync(&self, id: &str) -> Option<PathBuf> {
-        (self.sync_to_disk && self.sessions.contains_key(id))
-            .then(|| self.session_dir(id).join(SESSION_DATA_FILE))
+    /// `None` too when the upload will commit as `digest` and the store
+    /// holds it already: those bytes are discarded, never needed on disk.
+    pub fn upload_to_sync(&self, id: &str, digest: Option<&Digest>) -> Option<PathBuf> {
+        if !self.sync_to_disk || !self.sessions.contains_key(id) {
+            return None;
+        }
+        if digest.is_some_and(|digest| exists(&self.blob_path(digest)).unwrap_or(false)) {
+            return None;
+        }
+        Some(self.session_dir(id).join(SESSION_DATA_FILE))
     }
 
     /// Removes a session; `false` when unknown.
