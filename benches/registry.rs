@@ -26,6 +26,8 @@ mod common;
 #[path = "../tests/e2e/webhook_support/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
+#[path = "support/shared.rs"]
+mod shared;
 
 use angos::digest::{Digest, Hasher};
 use common::{
@@ -33,6 +35,7 @@ use common::{
     pseudo_random_bytes,
 };
 use receiver::{Receiver, Reply};
+use shared::{connect, cpu_model, env_number, load_average, progress, sink_body};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
@@ -177,18 +180,6 @@ impl Build {
     }
 }
 
-fn env_number(name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
-    let Ok(text) = std::env::var(name) else {
-        return Ok(default);
-    };
-    match text.trim().parse::<u64>() {
-        Ok(value) if (min..=max).contains(&value) => Ok(value),
-        _ => Err(format!(
-            "{name}={text:?}: expected an integer from {min} to {max}"
-        )),
-    }
-}
-
 fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
     // binary without it, only to check that it builds and starts: no load runs.
@@ -265,19 +256,9 @@ fn preflight() -> Result<(), String> {
 
 /// The lines above the table: what ran where, so a figure is never read without its context.
 fn header(settings: &Settings) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cpu = cpu_model();
     let cores = thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let load = load_average();
     let mut header = format!(
         "angos benchmark: {cores} cores ({cpu}), load average {load} at the end; median of {} runs, \
          {} s per load run, {} pushes per latency run; binary {ANGOS}",
@@ -1046,23 +1027,6 @@ fn download_blob(addr: SocketAddr, repo: &str, digest: &Digest, len: u64) -> Res
     Ok(elapsed)
 }
 
-/// Reads the rest of a `len`-byte body into a sink, after what `read_head` already buffered;
-/// how many bytes arrived before EOF or `len`.
-fn sink_body(client: &Conn, len: u64) -> io::Result<u64> {
-    let mut received = client.buffered().len() as u64;
-    let mut stream = client.stream();
-    let mut chunk = vec![0u8; 1 << 20];
-    while received < len {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => received += n as u64,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(received)
-}
-
 /// Client threads sending keep-alive manifest GETs as fast as the server answers.
 struct Pullers {
     stop: Arc<AtomicBool>,
@@ -1115,11 +1079,6 @@ impl Drop for Pullers {
             let _ = handle.join();
         }
     }
-}
-
-/// A keep-alive connection of the tests' client, with the bench's error type.
-fn connect(addr: SocketAddr) -> Result<Conn, String> {
-    Conn::try_open(addr).map_err(|e| format!("connect to {addr}: {e}"))
 }
 
 /// One request on `client`; an I/O error names the request.
@@ -1424,10 +1383,6 @@ fn mib(bytes: u64) -> f64 {
 /// Decimal megabytes (10^6 bytes) per second.
 fn mb_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64()
-}
-
-fn progress(what: &str) {
-    eprintln!("bench: {what}");
 }
 
 /// The samples of one figure, per build.

@@ -23,6 +23,8 @@ mod common;
 #[path = "../tests/e2e/webhook_support/python.rs"]
 #[allow(dead_code)]
 mod python;
+#[path = "support/shared.rs"]
+mod shared;
 // The well-behaved client, shared with the attack bench; each uses part of it.
 #[path = "support/probe.rs"]
 #[allow(dead_code)]
@@ -34,8 +36,9 @@ use common::{
 };
 use probe::{Probe, percentile};
 use python::TestCa;
+use shared::{connect, cpu_model, env_number, load_average, progress, sink_body};
 use std::fs::File;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
@@ -116,18 +119,6 @@ impl Settings {
             "BENCH_RUNS={} BENCH_TRANSFER_MIB={}{cases} cargo bench --bench transfer",
             self.runs, self.mib
         )
-    }
-}
-
-fn env_number(name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
-    let Ok(text) = std::env::var(name) else {
-        return Ok(default);
-    };
-    match text.trim().parse::<u64>() {
-        Ok(value) if (min..=max).contains(&value) => Ok(value),
-        _ => Err(format!(
-            "{name}={text:?}: expected an integer from {min} to {max}"
-        )),
     }
 }
 
@@ -578,10 +569,6 @@ impl Source {
     }
 }
 
-fn connect(addr: SocketAddr) -> Result<Conn, String> {
-    Conn::try_open(addr).map_err(|e| format!("connect to {addr}: {e}"))
-}
-
 /// One request without a body on `client`; an error unless the answer has `status`.
 fn exchange(client: &mut Conn, method: &str, path: &str, status: u16) -> Result<Response, String> {
     let headers: &[(&str, &str)] = match method {
@@ -759,23 +746,6 @@ fn download(addr: SocketAddr, source: &Source) -> Result<Transfer, String> {
         final_from: None,
         answered,
     })
-}
-
-/// Reads the rest of a `len`-byte body into a sink, after what `read_head` already
-/// buffered; how many bytes arrived before EOF or `len`.
-fn sink_body(client: &Conn, len: u64) -> io::Result<u64> {
-    let mut received = client.buffered().len() as u64;
-    let mut stream = client.stream();
-    let mut chunk = vec![0u8; 1 << 20];
-    while received < len {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => received += n as u64,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(received)
 }
 
 // ---------------------------------------------------------------------------
@@ -974,15 +944,7 @@ struct Row {
 
 /// The lines above the table: what ran where, so a figure is never read without its context.
 fn header(settings: &Settings, space: &Space, load_before: &str) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
+    let cpu = cpu_model();
     let cores = thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     format!(
         "angos transfer benchmark: `{}`; {cores} cores ({cpu}), load average {load_before} at the \
@@ -1050,14 +1012,4 @@ fn ms(duration: Duration) -> f64 {
 
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_string())
-}
-
-fn progress(what: &str) {
-    eprintln!("transfer: {what}");
 }

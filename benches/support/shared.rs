@@ -1,0 +1,69 @@
+//! Small pieces the registry and transfer benches share: settings from the
+//! environment, progress lines, the machine's description, a connection that
+//! reports failure as the bench's error, and a counting sink for bodies.
+//! Included by `#[path]` next to the tests' support, whose `common` module
+//! must sit at the crate root.
+
+use std::io::{self, ErrorKind, Read};
+use std::net::SocketAddr;
+
+use crate::common::Conn;
+
+/// `name` from the environment, `default` when unset, refused outside `min..=max`.
+pub fn env_number(name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(default);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(value) if (min..=max).contains(&value) => Ok(value),
+        _ => Err(format!(
+            "{name}={text:?}: expected an integer from {min} to {max}"
+        )),
+    }
+}
+
+/// Progress goes to stderr, so stdout holds just the table.
+pub fn progress(what: &str) {
+    eprintln!("bench: {what}");
+}
+
+/// The CPU's model name, from `/proc/cpuinfo`.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+/// The three load averages, as `/proc/loadavg` gives them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+pub fn connect(addr: SocketAddr) -> Result<Conn, String> {
+    Conn::try_open(addr).map_err(|e| format!("connect to {addr}: {e}"))
+}
+
+/// Reads the rest of a `len`-byte body into a sink, after what `read_head` already
+/// buffered; how many bytes arrived before EOF or `len`.
+pub fn sink_body(client: &Conn, len: u64) -> io::Result<u64> {
+    let mut received = client.buffered().len() as u64;
+    let mut stream = client.stream();
+    let mut chunk = vec![0u8; 1 << 20];
+    while received < len {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => received += n as u64,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(received)
+}
