@@ -243,16 +243,8 @@ fn a_410_disables_the_webhook_dead_letters_its_queue_and_a_new_url_enables_it() 
 
     // A reload that changes the URL enables it again.
     let fresh = Receiver::ok();
-    let reloads = count_logs(&registry, is_reloaded);
     setup.webhook_mut("feed").url = fresh.url("/fresh");
-    registry.rewrite(&setup, 1);
-    wait_for_new_log(
-        &registry,
-        reloads,
-        RELOAD_WAIT,
-        "'configuration reloaded'",
-        is_reloaded,
-    );
+    registry.rewrite_and_wait_reload(&setup, 1);
     wait_for_log(&registry, SOON, "'is enabled again'", |line| {
         line.contains("webhook \"feed\" is enabled again: its URL changed")
     });

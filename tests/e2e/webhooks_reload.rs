@@ -32,16 +32,8 @@ fn an_edited_url_takes_the_next_event_and_an_invalid_edit_is_rejected() {
     push_image(&registry, "reload/app", Some("v1"), "before-edit");
     expect_requests(&first, 1, &registry);
 
-    let reloads = count_logs(&registry, is_reloaded);
     setup.webhook_mut("moving").url = second.url("/two");
-    registry.rewrite(&setup, 1);
-    wait_for_new_log(
-        &registry,
-        reloads,
-        RELOAD_WAIT,
-        "'configuration reloaded'",
-        is_reloaded,
-    );
+    registry.rewrite_and_wait_reload(&setup, 1);
 
     push_image(&registry, "reload/app", Some("v2"), "after-edit");
     let moved = expect_requests(&second, 1, &registry);
@@ -91,15 +83,7 @@ fn reload_adds_and_removes_webhooks_and_changes_tokens_and_lists() {
     let edited = Setup::new()
         .define(Webhook::new("new", &new.url("/new"), "optional", &["manifest.push"]).token("first-token"))
         .repository("lists", &["new"]);
-    let reloads = count_logs(&registry, is_reloaded);
-    registry.rewrite(&edited, 1);
-    wait_for_new_log(
-        &registry,
-        reloads,
-        RELOAD_WAIT,
-        "'configuration reloaded'",
-        is_reloaded,
-    );
+    registry.rewrite_and_wait_reload(&edited, 1);
     push_image(&registry, "lists/app", Some("v2"), "two");
     // Not in the repository list and no global list: nothing for "elsewhere".
     push_image(&registry, "elsewhere/app", Some("v1"), "three");
@@ -111,15 +95,7 @@ fn reload_adds_and_removes_webhooks_and_changes_tokens_and_lists() {
     // Change the token.
     let mut rotated = edited.clone();
     rotated.webhook_mut("new").token = Some("second-token".to_string());
-    let reloads = count_logs(&registry, is_reloaded);
-    registry.rewrite(&rotated, 2);
-    wait_for_new_log(
-        &registry,
-        reloads,
-        RELOAD_WAIT,
-        "'configuration reloaded'",
-        is_reloaded,
-    );
+    registry.rewrite_and_wait_reload(&rotated, 2);
     push_image(&registry, "lists/app", Some("v3"), "four");
     let got = expect_requests(&new, 2, &registry);
     assert_count(&new, 2, "the new webhook");
@@ -158,16 +134,8 @@ fn an_in_flight_delivery_finishes_on_the_configuration_it_started_with() {
     push_image(&registry, "flight/app", Some("v1"), "in-flight");
     expect_requests(&old, 1, &registry);
 
-    let reloads = count_logs(&registry, is_reloaded);
     setup.webhook_mut("bg").url = new.url("/new");
-    registry.rewrite(&setup, 1);
-    wait_for_new_log(
-        &registry,
-        reloads,
-        RELOAD_WAIT,
-        "'configuration reloaded'",
-        is_reloaded,
-    );
+    registry.rewrite_and_wait_reload(&setup, 1);
     old.release();
     old.wait_replied(1, SOON).expect("the held delivery was answered");
     push_image(&registry, "flight/app", Some("v2"), "after-reload");

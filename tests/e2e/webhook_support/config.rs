@@ -231,6 +231,21 @@ impl Registry {
         self.rewrite_tail(&setup.global_tail(), revision);
     }
 
+    /// `rewrite`, then waits until the server logs that it reloaded.
+    #[track_caller]
+    pub fn rewrite_and_wait_reload(&self, setup: &Setup, revision: usize) {
+        use super::observe::{count_logs, is_reloaded, wait_for_new_log};
+        let reloads = count_logs(self, is_reloaded);
+        self.rewrite(setup, revision);
+        wait_for_new_log(
+            self,
+            reloads,
+            super::RELOAD_WAIT,
+            "'configuration reloaded'",
+            is_reloaded,
+        );
+    }
+
     /// Like `rewrite`, with raw text after `[global]`.
     pub fn rewrite_tail(&self, tail: &str, revision: usize) {
         let path = self.config_path();
