@@ -18,6 +18,7 @@ pub mod entropy;
 pub mod event_webhook;
 pub mod http;
 pub mod logger;
+pub mod maintenance;
 pub mod metrics;
 #[allow(unsafe_code)]
 pub mod reactor;

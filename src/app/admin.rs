@@ -1,7 +1,8 @@
-//! The webhook admin API under the reserved extension namespace
+//! The admin API under the reserved extension namespace
 //! `/v2/_angos/` (distribution-spec "Extensions"): status per webhook,
 //! recent deliveries and dead letters, redelivery, enabling a webhook a
-//! `410 Gone` disabled, and a test ping. The
+//! `410 Gone` disabled, and a test ping; and garbage collection (`gc`: its
+//! status, and a run on demand). The
 //! notifier answers the questions (`notifier::operations`); this module
 //! routes the requests and writes the JSON. When authentication exists,
 //! only an administrator may reach it (`auth::Need::of`).
@@ -16,6 +17,7 @@ use crate::event_webhook::notifier::operations::{Enabling, Redelivery};
 use crate::event_webhook::status::DeliveryState;
 use crate::http::oci_error::{ErrorCode, RegistryError};
 use crate::http::{Method, Response};
+use crate::maintenance::{Maintenance, Trigger};
 use crate::registry::Commit;
 use crate::registry::route::ADMIN_PREFIX;
 
@@ -29,6 +31,7 @@ pub enum AdminAnswer {
 /// Handles a request routed to `Route::Admin`.
 pub fn handle(
     notifier: &mut Notifier<Waiter, Commit>,
+    maintenance: &mut Maintenance,
     waiter: Waiter,
     method: &Method,
     path: &str,
@@ -38,6 +41,9 @@ pub fn handle(
     let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     let response = match (method, segments.as_slice()) {
         (Method::Get | Method::Head, ["webhooks"]) => list_webhooks(notifier, now_ms),
+        (Method::Get | Method::Head, ["gc"]) => Response::json(200, &maintenance.status()),
+        (Method::Post, ["gc"]) => start_collection(maintenance),
+        (_, ["gc"]) => error(405, ErrorCode::Unsupported, "use GET or POST"),
         (Method::Get | Method::Head, ["webhooks", name, "deliveries"]) => list_deliveries(notifier, name),
         (Method::Post, ["webhooks", name, "deliveries", id, "redeliver"]) => {
             redeliver(notifier, name, id, now_ms)
@@ -61,6 +67,19 @@ pub fn handle(
         _ => error(404, ErrorCode::Unsupported, "unknown admin endpoint"),
     };
     AdminAnswer::Respond(response)
+}
+
+/// `POST /v2/_angos/gc`: starts a collection now (202), or says one runs (409).
+fn start_collection(maintenance: &mut Maintenance) -> Response {
+    if maintenance.request(Trigger::Demand) {
+        Response::json(202, &json!({ "started": true }))
+    } else {
+        error(
+            409,
+            ErrorCode::Unsupported,
+            "a garbage collection is already running",
+        )
+    }
 }
 
 fn list_webhooks(notifier: &Notifier<Waiter, Commit>, now_ms: u64) -> Response {

@@ -36,6 +36,15 @@ pub struct Waiter {
     pub generation: u64,
 }
 
+impl Waiter {
+    /// Not a connection: the registry's own maintenance jobs, whose
+    /// removals go through the notifier like a client's.
+    pub const MAINTENANCE: Waiter = Waiter {
+        slot: usize::MAX,
+        generation: 0,
+    };
+}
+
 /// What the application keeps about a request between calls.
 pub struct Request {
     info: RequestInfo,
@@ -93,6 +102,9 @@ pub struct Application<'a> {
     /// reactor continues the request (`ServerConnection::continue_held`)
     /// once its file is synced.
     pub file_syncs: &'a mut Vec<(Waiter, std::path::PathBuf)>,
+    /// Garbage collection: the admin API starts it and reads its reports;
+    /// deletions count towards `gc_after_deletes`.
+    pub maintenance: &'a mut crate::maintenance::Maintenance,
 }
 
 impl Service for Application<'_> {
@@ -234,6 +246,9 @@ impl Service for Application<'_> {
         let elapsed_ms = now_ms.saturating_sub(started_ms);
         self.telemetry
             .record_request(route, method, response.status, elapsed_ms);
+        if method == "DELETE" && response.status == 202 {
+            self.maintenance.note_deletion();
+        }
         log::debug!(
             target: "angos::http",
             "{method} {path} -> {} ({elapsed_ms} ms)",
@@ -392,7 +407,14 @@ impl Application<'_> {
             return Reply::Respond(settled(info), response);
         }
         if route == Route::Admin {
-            return match admin::handle(self.notifier, self.waiter, &head.method, &head.path, now_ms) {
+            return match admin::handle(
+                self.notifier,
+                self.maintenance,
+                self.waiter,
+                &head.method,
+                &head.path,
+                now_ms,
+            ) {
                 AdminAnswer::Respond(response) => Reply::Respond(settled(info), response),
                 AdminAnswer::Parked => Reply::Resume(settled(info)),
             };

@@ -85,6 +85,15 @@ pub struct GlobalConfig {
     /// (upstream Angos's key and default).
     pub allow_missing_manifest_references: bool,
     pub shutdown_drain_secs: u64,
+    /// Garbage collection removes only what was last written at least this
+    /// long before a collection starts: a push's blobs wait for its manifest
+    /// that long at most.
+    pub gc_grace_secs: u64,
+    /// Seconds between scheduled collections (0: only on demand).
+    pub gc_interval_secs: u64,
+    /// Start a collection after this many deletions (manifests, tags, blob
+    /// links) since the last one (0: never on that account).
+    pub gc_after_deletes: u64,
     /// Webhooks for every namespace without its own `event_webhooks`.
     pub event_webhooks: Vec<String>,
     /// Events queued per async webhook before the oldest is dropped.
@@ -127,6 +136,9 @@ impl Default for Config {
                 max_blob_size: 100 * 1024 * 1024 * 1024,
                 allow_missing_manifest_references: true,
                 shutdown_drain_secs: 30,
+                gc_grace_secs: 48 * 3600,
+                gc_interval_secs: 24 * 3600,
+                gc_after_deletes: 0,
                 event_webhooks: Vec::new(),
                 event_webhook_queue_length: 10_000,
                 event_webhook_journal_size: 256 << 20,
@@ -555,6 +567,16 @@ impl Builder {
         }
         if let Some(secs) = section.integer("shutdown_drain_secs", 0, 24 * 3600)? {
             global.shutdown_drain_secs = secs;
+        }
+        let year_secs = 366 * 24 * 3600;
+        if let Some(secs) = section.integer("gc_grace_secs", 0, year_secs)? {
+            global.gc_grace_secs = secs;
+        }
+        if let Some(secs) = section.integer("gc_interval_secs", 0, year_secs)? {
+            global.gc_interval_secs = secs;
+        }
+        if let Some(count) = section.integer("gc_after_deletes", 0, 1 << 40)? {
+            global.gc_after_deletes = count;
         }
         if let Some(length) = section.integer("event_webhook_queue_length", 1, 10_000_000)? {
             global.event_webhook_queue_length = length as usize;

@@ -77,12 +77,15 @@ pub struct Actor {
     pub id: Option<String>,
     pub username: Option<String>,
     pub client_ip: Option<String>,
+    /// Set when the registry itself acted (`"prune"` for retention, `"gc"`
+    /// for garbage collection), as upstream Angos marks its own deletions.
+    pub internal: Option<String>,
 }
 
 impl Actor {
     /// `true` when nothing is known: the payload then omits `actor` entirely.
     pub fn is_empty(&self) -> bool {
-        self.id.is_none() && self.username.is_none() && self.client_ip.is_none()
+        self.id.is_none() && self.username.is_none() && self.client_ip.is_none() && self.internal.is_none()
     }
 }
 
@@ -170,6 +173,7 @@ impl Event {
             actor.optional("id", self.actor.id.as_deref());
             actor.optional("username", self.actor.username.as_deref());
             actor.optional("client_ip", self.actor.client_ip.as_deref());
+            actor.optional("internal", self.actor.internal.as_deref());
             out.push(b'}');
         }
         out.push(b'}');
@@ -337,6 +341,7 @@ mod tests {
                 id: Some("u-1".to_string()),
                 username: Some("alice".to_string()),
                 client_ip: Some("10.0.0.7".to_string()),
+                internal: None,
             }),
         );
         assert_eq!(

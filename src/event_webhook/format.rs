@@ -42,7 +42,12 @@ impl Fields {
             .as_str()
             .or(actor["id"].as_str())
             .map(str::to_string)
-            .or_else(|| actor["client_ip"].as_str().map(|ip| format!("anonymous ({ip})")));
+            .or_else(|| actor["client_ip"].as_str().map(|ip| format!("anonymous ({ip})")))
+            .or_else(|| {
+                actor["internal"]
+                    .as_str()
+                    .map(|job| format!("the registry ({job})"))
+            });
         Fields {
             id: payload.event_id.clone(),
             time: text("timestamp").unwrap_or_default(),

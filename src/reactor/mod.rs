@@ -91,6 +91,8 @@ pub struct Reactor<C: Clock> {
     file_syncs: Vec<(Waiter, PathBuf)>,
     auth: crate::auth::Authenticator,
     notifier: Notifier<Waiter, Commit>,
+    /// Garbage collection, run in slices between connections' turns.
+    maintenance: crate::maintenance::Maintenance,
     outbound: outbound::Outbound,
     /// The webhooks' `ca_bundle` and client certificate files: one replaced
     /// in place (same path, no configuration edit) still reaches the next
@@ -164,6 +166,7 @@ impl<C: Clock> Reactor<C> {
             notifier = notifier.with_journal(journal, recovery, now);
         }
         registry.set_interest(notifier.interest());
+        let maintenance = crate::maintenance::Maintenance::new(&config.global, telemetry.metrics(), now);
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -183,6 +186,7 @@ impl<C: Clock> Reactor<C> {
             file_syncs: Vec::new(),
             auth: crate::auth::Authenticator::new(&config),
             notifier,
+            maintenance,
             outbound: outbound::Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver()),
             webhook_tls_watcher: reload::Watcher::new(webhook_tls_files(&config), now),
             next_upload_sweep_ms: now + config.storage.upload_session_idle_secs * 1000,
@@ -220,7 +224,8 @@ impl<C: Clock> Reactor<C> {
         // Deliveries resumed from the journal go out now, not at the first wake-up.
         self.pump_webhooks();
         loop {
-            let timeout = if !self.again.is_empty() || self.outbound.has_work() {
+            let timeout = if !self.again.is_empty() || self.outbound.has_work() || self.maintenance.has_work()
+            {
                 Some(Duration::ZERO)
             } else {
                 let now = self.clock.now_ms();
@@ -231,6 +236,7 @@ impl<C: Clock> Reactor<C> {
                     Some(self.watcher.next_check_ms),
                     Some(self.webhook_tls_watcher.next_check_ms),
                     Some(self.next_upload_sweep_ms),
+                    self.maintenance.next_deadline_ms(),
                     self.shutting_down.then_some(self.shutdown_deadline_ms),
                 ];
                 deadlines
@@ -290,6 +296,9 @@ impl<C: Clock> Reactor<C> {
             if now >= self.next_upload_sweep_ms {
                 self.sweep_uploads(now);
             }
+            if !self.shutting_down {
+                self.run_maintenance(now);
+            }
             let discarded = self.registry.take_discarded();
             if !discarded.is_empty() || self.file_worker.has_backlog() {
                 self.file_worker.remove(discarded);
@@ -327,7 +336,39 @@ impl<C: Clock> Reactor<C> {
         self.notifier.record_completed(self.telemetry.metrics());
     }
 
+    /// This turn's slice of garbage collection; the unreachable manifests it
+    /// found are removed through the notifier, so webhooks hear of them (and
+    /// a `required` one may keep one).
+    fn run_maintenance(&mut self, now: u64) {
+        let unix_micros = self.clock.unix_micros();
+        let deletions = self.maintenance.run(
+            &mut self.registry,
+            self.telemetry.metrics(),
+            now,
+            unix_micros / 1_000_000,
+        );
+        for deletion in deletions {
+            let submission = crate::maintenance::removal_submission(deletion, "gc");
+            let submitted = self.notifier.submit(
+                Waiter::MAINTENANCE,
+                submission,
+                &mut self.registry,
+                now,
+                unix_micros,
+            );
+            if let crate::event_webhook::notifier::Submitted::Respond(response) = submitted {
+                self.maintenance
+                    .removal_answered(response.status < 300, self.telemetry.metrics());
+            }
+        }
+    }
+
     fn resume(&mut self, waiter: Waiter, response: crate::http::Response) {
+        if waiter == Waiter::MAINTENANCE {
+            self.maintenance
+                .removal_answered(response.status < 300, self.telemetry.metrics());
+            return;
+        }
         // A client that left is not answered; the change (if any) is made regardless.
         self.step(
             waiter.slot,
@@ -356,6 +397,7 @@ impl<C: Clock> Reactor<C> {
         self.auth.reconfigure(&new);
         self.registry.set_interest(self.notifier.interest());
         self.registry.set_limits(crate::registry::Limits::of(&new.global));
+        self.maintenance.reconfigure(&new.global, self.clock.now_ms());
         self.config.global = new.global;
         self.config.repositories = new.repositories;
         self.config.webhooks = new.webhooks;
@@ -570,6 +612,7 @@ impl<C: Clock> Reactor<C> {
             peer: entry.connection.peer,
             tls: entry.connection.transport.is_tls(),
             file_syncs: &mut self.file_syncs,
+            maintenance: &mut self.maintenance,
         };
         match work(&mut entry.connection, &mut app, &mut self.read_buffer, now) {
             Next::Close => self.close(slot),

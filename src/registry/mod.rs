@@ -23,7 +23,7 @@ use crate::http::{Method, RequestHead, Response};
 use crate::storage::{Storage, UploadWriter};
 use error::{ErrorCode, RegistryError};
 pub use manifests::{LISTING_PAGE_MAX, TAGS_PER_PUSH_MAX};
-pub use outcome::{Commit, EventDraft, Outcome, Staged};
+pub use outcome::{Commit, EventDraft, Outcome, Removal, Staged};
 use reference::Reference;
 use route::Route;
 
@@ -250,6 +250,7 @@ impl Registry {
                 )),
                 Err(error) => Err(RegistryError::storage(error)),
             },
+            Commit::Remove { name, target, epoch } => self.remove(&name, target, epoch),
             Commit::DeleteTag { name, tag } => match self.storage.delete_tag(&name, &tag) {
                 Ok(Some(_)) => Ok(()),
                 Ok(None) => Err(RegistryError::new(
@@ -262,6 +263,31 @@ impl Registry {
         result.map_err(RegistryError::into_response)
     }
 
+    /// A registry-decided removal, unless `name` changed since it was decided.
+    fn remove(&mut self, name: &str, target: Removal, epoch: u64) -> Result<()> {
+        if self.storage.manifest_epoch(name) != epoch {
+            return Err(stale_removal());
+        }
+        let removed = match target {
+            Removal::Tag { tag, digest } => match self.storage.tag(name, &tag) {
+                Ok(Some(current)) if current == digest => {
+                    self.storage.delete_tag(name, &tag).map(|gone| gone.is_some())
+                }
+                Ok(_) => Ok(false),
+                Err(error) => Err(error),
+            },
+            Removal::Manifest { digest } => self
+                .storage
+                .delete_manifest(name, &digest)
+                .map(|gone| gone.is_some()),
+        };
+        match removed {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(stale_removal()),
+            Err(error) => Err(RegistryError::storage(error)),
+        }
+    }
+
     /// Drops a staged change a required webhook refused: nothing becomes
     /// visible, and a verified upload session is released.
     pub fn discard(&mut self, commit: Commit) {
@@ -272,6 +298,11 @@ impl Registry {
 
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// For the maintenance jobs, which walk and trim the store.
+    pub fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.storage
     }
 
     /// The file to sync off the loop before `finish`, when `sync_to_disk` is
@@ -591,6 +622,16 @@ fn is_upload_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The target of a registry-decided removal changed (or went) since the
+/// decision: nothing is removed, and the next run decides again.
+fn stale_removal() -> RegistryError {
+    RegistryError::new(
+        ErrorCode::ManifestUnknown,
+        "changed since the removal was decided",
+    )
+    .status(409)
 }
 
 fn method_not_allowed() -> RegistryError {

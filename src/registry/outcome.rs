@@ -43,6 +43,24 @@ pub enum Commit {
         name: String,
         tag: String,
     },
+    /// A removal the registry decided itself (garbage collection, retention),
+    /// made only if `name` took no manifest write since the decision
+    /// (`Storage::manifest_epoch` still `epoch`): a push in between may have
+    /// tagged or referenced what was judged removable.
+    Remove {
+        name: String,
+        target: Removal,
+        epoch: u64,
+    },
+}
+
+/// What a registry-decided removal takes away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The tag, if it still points to `digest`.
+    Tag { tag: String, digest: Digest },
+    /// The manifest with every tag on it.
+    Manifest { digest: Digest },
 }
 
 /// Content a manifest refers to.

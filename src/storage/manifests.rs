@@ -57,7 +57,7 @@ pub(super) fn parse_revision(text: &str) -> Option<Revision> {
     })
 }
 
-fn read_tag(path: &Path) -> io::Result<Option<Digest>> {
+pub(super) fn read_tag(path: &Path) -> io::Result<Option<Digest>> {
     let Some(text) = not_found_as_none(fs::read_to_string(path))? else {
         return Ok(None);
     };
@@ -94,6 +94,8 @@ impl Storage {
             debug_assert_tag(tag);
         }
         self.cache.borrow_mut().invalidate(namespace);
+        self.epochs.borrow_mut().bump(namespace);
+        self.touch_content(digest);
         let blob = self.blob_path(digest);
         if !exists(&blob)? {
             self.write_atomic(&blob, body)?;
@@ -193,7 +195,7 @@ impl Storage {
         Ok(Some((manifest.media_type, ManifestBytes::Shared(manifest.body))))
     }
 
-    fn revision(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Revision>> {
+    pub(super) fn revision(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Revision>> {
         let path = self.revision_path(namespace, digest);
         let Some(text) = not_found_as_none(fs::read_to_string(&path))? else {
             return Ok(None);
@@ -303,7 +305,7 @@ impl Storage {
     }
 
     /// Tag names and paths of `namespace`, unordered; empty when it has none.
-    fn tag_files(&self, namespace: &str) -> io::Result<Vec<(String, PathBuf)>> {
+    pub(super) fn tag_files(&self, namespace: &str) -> io::Result<Vec<(String, PathBuf)>> {
         let Some(entries) = not_found_as_none(fs::read_dir(self.tags_dir(namespace)))? else {
             return Ok(Vec::new());
         };

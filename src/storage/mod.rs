@@ -23,11 +23,15 @@ mod cache;
 pub mod listing;
 mod manifests;
 mod uploads;
+pub mod walk;
+mod watch;
 
 use manifests::referrer_entry;
 pub use manifests::{MANIFEST_IN_MEMORY_BYTES_MAX, ManifestBytes, StoredManifest};
 use uploads::UploadSession;
 pub use uploads::{UploadError, UploadWriter};
+pub use watch::Watch;
+pub use watch::content_key as watch_content_key;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -81,6 +85,11 @@ pub struct Storage {
     /// Paths moved into `_trash` and not yet handed to whoever removes them
     /// (`take_discarded`).
     discarded: Vec<PathBuf>,
+    /// What requests touched while a collection runs (`watch.rs`); `None`
+    /// when none does.
+    watch: RefCell<Option<Watch>>,
+    /// Manifest writes per namespace, for decisions taken slices earlier.
+    epochs: RefCell<watch::Epochs>,
 }
 
 impl Storage {
@@ -107,6 +116,8 @@ impl Storage {
             cache: RefCell::new(cache::ManifestCache::new(MANIFEST_CACHE_BYTES_DEFAULT)),
             listing: RefCell::new(listing::ListingIndex::new(LISTING_INDEX_BYTES_DEFAULT)),
             discarded: Vec::new(),
+            watch: RefCell::new(None),
+            epochs: RefCell::new(watch::Epochs::default()),
         })
     }
 
@@ -130,6 +141,57 @@ impl Storage {
     /// (the reactor's file worker), or at the next start.
     pub fn take_discarded(&mut self) -> Vec<PathBuf> {
         std::mem::take(&mut self.discarded)
+    }
+
+    /// Starts recording what requests touch, for a collection (`watch.rs`).
+    pub fn start_watch(&self) {
+        self.watch.replace(Some(Watch::default()));
+    }
+
+    /// Stops recording; returns what was recorded.
+    pub fn stop_watch(&self) -> Option<Watch> {
+        self.watch.take()
+    }
+
+    /// Whether a request wrote or read `namespace`'s link to `digest` since
+    /// the watch started.
+    pub fn link_touched(&self, namespace: &str, digest: &Digest) -> bool {
+        self.watch
+            .borrow()
+            .as_ref()
+            .is_some_and(|watch| watch.link_touched(namespace, digest))
+    }
+
+    /// Whether a request wrote, linked or read content `digest` since the
+    /// watch started.
+    pub fn content_touched(&self, digest: &Digest) -> bool {
+        self.watch
+            .borrow()
+            .as_ref()
+            .is_some_and(|watch| watch.content_touched(digest))
+    }
+
+    /// Entries the watch holds (0 without one).
+    pub fn watched(&self) -> usize {
+        self.watch.borrow().as_ref().map_or(0, Watch::len)
+    }
+
+    fn touch_link(&self, namespace: &str, digest: &Digest) {
+        if let Some(watch) = self.watch.borrow_mut().as_mut() {
+            watch.touch_link(namespace, digest);
+        }
+    }
+
+    fn touch_content(&self, digest: &Digest) {
+        if let Some(watch) = self.watch.borrow_mut().as_mut() {
+            watch.touch_content(digest);
+        }
+    }
+
+    /// Manifest writes to `namespace` so far: a decision taken at one epoch
+    /// is stale at another.
+    pub fn manifest_epoch(&self, namespace: &str) -> u64 {
+        self.epochs.borrow().get(namespace)
     }
 
     /// Sets the listing index budget (0 disables it: every listing scans).
@@ -222,6 +284,7 @@ impl Storage {
     /// it is there already: re-linking is common (every push of a shared base
     /// layer) and would otherwise cost a file and two fsyncs.
     fn ensure_layer_link(&self, namespace: &str, digest: &Digest) -> io::Result<()> {
+        self.touch_link(namespace, digest);
         let link = self.layer_link_path(namespace, digest);
         if exists(&link)? {
             return Ok(());
@@ -235,6 +298,8 @@ impl Storage {
 
     /// Size of `digest` if `namespace` may read it (uploaded or mounted there).
     pub fn blob_size(&self, namespace: &str, digest: &Digest) -> io::Result<Option<u64>> {
+        // A client that checks a blob may reference it in its next manifest.
+        self.touch_link(namespace, digest);
         if !exists(&self.layer_link_path(namespace, digest))? {
             return Ok(None);
         }
@@ -247,6 +312,7 @@ impl Storage {
 
     /// Opens `digest` for reading if `namespace` may read it; returns the file and its size.
     pub fn open_blob(&self, namespace: &str, digest: &Digest) -> io::Result<Option<(File, u64)>> {
+        self.touch_link(namespace, digest);
         if !exists(&self.layer_link_path(namespace, digest))? {
             return Ok(None);
         }

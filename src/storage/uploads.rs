@@ -299,6 +299,7 @@ impl Storage {
     /// Moves verified session bytes to the content store, unless the content
     /// is already there.
     fn commit_session_data(&self, data: &Path, digest: &Digest) -> io::Result<()> {
+        self.touch_content(digest);
         let blob = self.blob_path(digest);
         if exists(&blob)? {
             // Content-addressed: the existing file holds the same bytes.

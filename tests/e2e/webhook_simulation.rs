@@ -1073,6 +1073,7 @@ impl Sim {
                 id: None,
                 username: Some("alice".into()),
                 client_ip: Some("10.0.0.7".into()),
+                internal: None,
             }
         } else {
             Actor::default()

@@ -1,0 +1,473 @@
+//! Online garbage collection, one bounded slice at a time on the loop.
+//!
+//! A collection walks every namespace, then the content store:
+//! 1. **Mark a namespace.** Read its revisions, tags and manifest bodies.
+//!    Live manifests are the tagged ones, those written within the grace
+//!    period, those with referrers, and (transitively) the children of live
+//!    indexes and the referrers of live manifests. Every other revision older
+//!    than the grace period is unreachable: it is handed out as a `Deletion`
+//!    (the caller removes it through the notifier, so webhooks hear of it).
+//! 2. **Sweep its links.** A blob link is removed when no revision of the
+//!    namespace (live or not yet removed) references it, it is older than the
+//!    grace period, no request touched it since the collection began, and
+//!    no manifest was written to the namespace since its mark.
+//! 3. **Sweep the content.** A file under `blobs/` is removed when no
+//!    namespace links or references it, it is older than the grace period,
+//!    and no request wrote, linked or read it since the collection began.
+//!
+//! Everything kept is kept for a reason that still holds when the slice that
+//! removes things runs: requests between slices are seen through the
+//! storage's watch and manifest epochs (`storage/watch.rs`). A manifest
+//! removed in this collection frees its blobs in the next one, which is why
+//! unreachable content is gone "within two collections". The collector holds
+//! no state on disk: a crash loses nothing but the progress of the run.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::digest::Digest;
+use crate::registry::manifest;
+use crate::storage::Storage;
+use crate::storage::walk::{DigestFile, DigestWalk, NamespaceWalk};
+
+/// What one collection found and freed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub namespaces: u64,
+    pub manifests: u64,
+    /// Unreachable manifests handed out for removal.
+    pub manifests_unreachable: u64,
+    pub links: u64,
+    pub links_removed: u64,
+    pub contents: u64,
+    pub contents_removed: u64,
+    pub bytes_removed: u64,
+    /// Bytes of the content kept (what the store holds after the run).
+    pub bytes_kept: u64,
+    /// Bytes of content nothing links yet that is still within the grace
+    /// period: what a later collection may free.
+    pub bytes_reclaimable: u64,
+    /// Namespaces written while marked, or unreadable: nothing removed there.
+    pub namespaces_skipped: u64,
+    /// Set when a namespace could not be read: content is then not swept at
+    /// all, since what that namespace references is unknown.
+    pub content_sweep_skipped: bool,
+    pub errors: u64,
+}
+
+/// An unreachable manifest to remove, unless `namespace` took a manifest
+/// write since `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub namespace: String,
+    pub digest: Digest,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    Working,
+    Done,
+}
+
+pub struct Collector {
+    /// Files last written at or before this (wall clock, seconds) are old
+    /// enough to remove.
+    cutoff_secs: u64,
+    phase: Phase,
+    /// Keys (`storage::watch::content_key`) of content some namespace keeps.
+    linked: HashSet<u64>,
+    report: Report,
+    deletions: Vec<Deletion>,
+}
+
+enum Phase {
+    /// Finding namespaces; each found one is scanned before the walk goes on.
+    Namespaces {
+        walk: NamespaceWalk,
+        queue: VecDeque<String>,
+    },
+    Namespace {
+        walk: NamespaceWalk,
+        queue: VecDeque<String>,
+        scan: Box<NamespaceScan>,
+    },
+    Content(DigestWalk),
+    Done,
+}
+
+struct NamespaceScan {
+    name: String,
+    epoch: u64,
+    stage: ScanStage,
+    revisions: Vec<DigestFile>,
+    /// Index into `revisions` of the next body to read.
+    next_body: usize,
+    /// Per revision: the child manifests of an index; per subject: its referrers.
+    children: HashMap<Digest, Vec<Digest>>,
+    referrers: HashMap<Digest, Vec<Digest>>,
+    tagged: HashSet<Digest>,
+    /// Content the namespace's revisions reference (or are).
+    kept: HashSet<u64>,
+    /// Unreadable or unparseable: mark nothing dead, remove nothing.
+    keep_all: bool,
+}
+
+enum ScanStage {
+    Revisions(DigestWalk),
+    Tags,
+    Bodies,
+    Decide,
+    Links(DigestWalk),
+}
+
+/// Directory entries (or file reads) per unit of budget.
+const NAMESPACE_DIRECTORIES_PER_UNIT: usize = 1;
+
+impl Collector {
+    /// A collection starting at `now_secs` (wall clock) that removes only
+    /// what was last written `grace_secs` or more before it.
+    pub fn new(storage: &Storage, now_secs: u64, grace_secs: u64) -> Collector {
+        storage.start_watch();
+        Collector {
+            cutoff_secs: now_secs.saturating_sub(grace_secs),
+            phase: Phase::Namespaces {
+                walk: storage.namespace_walk(),
+                queue: VecDeque::new(),
+            },
+            linked: HashSet::new(),
+            report: Report::default(),
+            deletions: Vec::new(),
+        }
+    }
+
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Unreachable manifests found since the last call.
+    pub fn take_deletions(&mut self) -> Vec<Deletion> {
+        std::mem::take(&mut self.deletions)
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// Runs about `budget` file-system operations (directory entries read,
+    /// files read or removed), then returns.
+    pub fn step(&mut self, storage: &mut Storage, budget: usize) -> Progress {
+        let mut left = budget.max(1);
+        while left > 0 {
+            let phase = std::mem::replace(&mut self.phase, Phase::Done);
+            self.phase = match phase {
+                Phase::Namespaces { mut walk, mut queue } => {
+                    if let Some(name) = queue.pop_front() {
+                        let scan = NamespaceScan::new(storage, name);
+                        self.report.namespaces += 1;
+                        Phase::Namespace { walk, queue, scan }
+                    } else if walk.is_done() {
+                        if self.report.content_sweep_skipped {
+                            self.finish(storage)
+                        } else {
+                            Phase::Content(storage.content_walk())
+                        }
+                    } else {
+                        let directories = left.min(16) * NAMESPACE_DIRECTORIES_PER_UNIT;
+                        left = left.saturating_sub(directories);
+                        match walk.step(directories) {
+                            Ok(found) => queue.extend(found),
+                            Err(error) => {
+                                // An unreadable directory may hide a namespace
+                                // whose references are unknown: sweep no content.
+                                log::warn!(target: "angos::gc", "reading namespaces: {error}");
+                                self.report.errors += 1;
+                                self.report.content_sweep_skipped = true;
+                            }
+                        }
+                        Phase::Namespaces { walk, queue }
+                    }
+                }
+                Phase::Namespace {
+                    walk,
+                    queue,
+                    mut scan,
+                } => {
+                    if self.scan_step(storage, &mut scan, &mut left) {
+                        Phase::Namespaces { walk, queue }
+                    } else {
+                        Phase::Namespace { walk, queue, scan }
+                    }
+                }
+                Phase::Content(mut walk) => {
+                    if walk.is_done() {
+                        self.finish(storage)
+                    } else {
+                        let entries = left.min(64);
+                        left -= entries;
+                        match walk.step(entries) {
+                            Ok(files) => {
+                                for file in files {
+                                    self.sweep_content(storage, &file);
+                                }
+                                Phase::Content(walk)
+                            }
+                            Err(error) => {
+                                log::warn!(target: "angos::gc", "reading the content store: {error}");
+                                self.report.errors += 1;
+                                self.finish(storage)
+                            }
+                        }
+                    }
+                }
+                Phase::Done => return Progress::Done,
+            };
+        }
+        if self.is_done() {
+            Progress::Done
+        } else {
+            Progress::Working
+        }
+    }
+
+    fn finish(&mut self, storage: &Storage) -> Phase {
+        storage.stop_watch();
+        Phase::Done
+    }
+
+    /// One piece of a namespace's scan; `true` once it is complete.
+    fn scan_step(&mut self, storage: &mut Storage, scan: &mut NamespaceScan, left: &mut usize) -> bool {
+        let stage = std::mem::replace(&mut scan.stage, ScanStage::Decide);
+        scan.stage = match stage {
+            ScanStage::Revisions(mut walk) => {
+                let entries = (*left).min(64);
+                *left -= entries;
+                match walk.step(entries) {
+                    Ok(found) => scan.revisions.extend(found),
+                    Err(error) => scan.fail(&mut self.report, "reading revisions", &error),
+                }
+                if walk.is_done() || scan.keep_all {
+                    self.report.manifests += scan.revisions.len() as u64;
+                    ScanStage::Tags
+                } else {
+                    ScanStage::Revisions(walk)
+                }
+            }
+            ScanStage::Tags => {
+                match storage.tag_targets(&scan.name) {
+                    Ok(targets) => {
+                        *left = left.saturating_sub(targets.len().max(1));
+                        scan.tagged.extend(targets.into_iter().map(|(_, digest)| digest));
+                    }
+                    Err(error) => scan.fail(&mut self.report, "reading tags", &error),
+                }
+                ScanStage::Bodies
+            }
+            ScanStage::Bodies => {
+                while *left > 0 && scan.next_body < scan.revisions.len() {
+                    *left -= 1;
+                    let digest = scan.revisions[scan.next_body].digest.clone();
+                    scan.next_body += 1;
+                    scan.read_body(storage, &digest, &mut self.report);
+                }
+                if scan.next_body < scan.revisions.len() {
+                    ScanStage::Bodies
+                } else {
+                    ScanStage::Decide
+                }
+            }
+            ScanStage::Decide => {
+                self.decide(storage, scan);
+                ScanStage::Links(storage.link_walk(&scan.name))
+            }
+            ScanStage::Links(mut walk) => {
+                let entries = (*left).min(64);
+                *left -= entries;
+                match walk.step(entries) {
+                    Ok(links) => {
+                        for link in links {
+                            self.sweep_link(storage, scan, &link);
+                        }
+                    }
+                    Err(error) => {
+                        // Links not read are not known to be kept: sweep no content.
+                        scan.fail(&mut self.report, "reading links", &error);
+                        self.report.content_sweep_skipped = true;
+                        return true;
+                    }
+                }
+                if walk.is_done() {
+                    if scan.keep_all {
+                        self.report.namespaces_skipped += 1;
+                    }
+                    return true;
+                }
+                ScanStage::Links(walk)
+            }
+        };
+        false
+    }
+
+    /// Marks the namespace's live manifests; hands out the unreachable ones.
+    fn decide(&mut self, storage: &Storage, scan: &mut NamespaceScan) {
+        for kept in &scan.kept {
+            self.linked.insert(*kept);
+        }
+        if scan.keep_all || storage.manifest_epoch(&scan.name) != scan.epoch {
+            scan.keep_all = true;
+            return;
+        }
+        let mut live: HashSet<Digest> = HashSet::new();
+        let mut pending: Vec<Digest> = Vec::new();
+        for revision in &scan.revisions {
+            let digest = &revision.digest;
+            let young = revision.modified_secs > self.cutoff_secs;
+            let has_referrers = scan.referrers.get(digest).is_some_and(|list| !list.is_empty());
+            if young || has_referrers || scan.tagged.contains(digest) {
+                pending.push(digest.clone());
+            }
+        }
+        while let Some(digest) = pending.pop() {
+            if !live.insert(digest.clone()) {
+                continue;
+            }
+            for next in scan
+                .children
+                .get(&digest)
+                .into_iter()
+                .chain(scan.referrers.get(&digest))
+                .flatten()
+            {
+                if !live.contains(next) {
+                    pending.push(next.clone());
+                }
+            }
+        }
+        for revision in &scan.revisions {
+            if !live.contains(&revision.digest) {
+                self.report.manifests_unreachable += 1;
+                self.deletions.push(Deletion {
+                    namespace: scan.name.clone(),
+                    digest: revision.digest.clone(),
+                    epoch: scan.epoch,
+                });
+            }
+        }
+    }
+
+    fn sweep_link(&mut self, storage: &mut Storage, scan: &NamespaceScan, link: &DigestFile) {
+        self.report.links += 1;
+        let key = crate::storage::watch_content_key(&link.digest);
+        let removable = !scan.keep_all
+            && !scan.kept.contains(&key)
+            && link.modified_secs <= self.cutoff_secs
+            && !storage.link_touched(&scan.name, &link.digest)
+            && storage.manifest_epoch(&scan.name) == scan.epoch;
+        if removable {
+            match storage.remove_link_written_by(&scan.name, &link.digest, self.cutoff_secs) {
+                Ok(true) => {
+                    self.report.links_removed += 1;
+                    log::debug!(target: "angos::gc", "removed link {}@{}", scan.name, link.digest);
+                    return;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    log::warn!(target: "angos::gc", "removing link {}@{}: {error}", scan.name, link.digest);
+                    self.report.errors += 1;
+                }
+            }
+        }
+        self.linked.insert(key);
+    }
+
+    fn sweep_content(&mut self, storage: &mut Storage, file: &DigestFile) {
+        self.report.contents += 1;
+        let key = crate::storage::watch_content_key(&file.digest);
+        if self.linked.contains(&key) || storage.content_touched(&file.digest) {
+            self.report.bytes_kept += file.size;
+            return;
+        }
+        if file.modified_secs > self.cutoff_secs {
+            self.report.bytes_kept += file.size;
+            self.report.bytes_reclaimable += file.size;
+            return;
+        }
+        match storage.discard_content_written_by(&file.digest, self.cutoff_secs) {
+            Ok(Some(size)) => {
+                self.report.contents_removed += 1;
+                self.report.bytes_removed += size;
+                log::debug!(target: "angos::gc", "removed content {}", file.digest);
+            }
+            Ok(None) => self.report.bytes_kept += file.size,
+            Err(error) => {
+                log::warn!(target: "angos::gc", "removing content {}: {error}", file.digest);
+                self.report.errors += 1;
+                self.report.bytes_kept += file.size;
+            }
+        }
+    }
+}
+
+impl NamespaceScan {
+    fn new(storage: &Storage, name: String) -> Box<NamespaceScan> {
+        Box::new(NamespaceScan {
+            epoch: storage.manifest_epoch(&name),
+            stage: ScanStage::Revisions(storage.revision_walk(&name)),
+            name,
+            revisions: Vec::new(),
+            next_body: 0,
+            children: HashMap::new(),
+            referrers: HashMap::new(),
+            tagged: HashSet::new(),
+            kept: HashSet::new(),
+            keep_all: false,
+        })
+    }
+
+    fn fail(&mut self, report: &mut Report, what: &str, error: &std::io::Error) {
+        log::warn!(target: "angos::gc", "{}: {what}: {error}; nothing is removed there", self.name);
+        report.errors += 1;
+        self.keep_all = true;
+    }
+
+    /// Reads one revision's body: what it references, its children and subject.
+    fn read_body(&mut self, storage: &Storage, digest: &Digest, report: &mut Report) {
+        self.kept.insert(crate::storage::watch_content_key(digest));
+        let (media_type, body) = match storage.revision_body(&self.name, digest) {
+            Ok(Some(found)) => found,
+            // Removed since the walk: nothing to keep for it.
+            Ok(None) => return,
+            Err(error) => return self.fail(report, "reading a manifest", &error),
+        };
+        let parsed = match manifest::parse(&media_type, &body) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                // Its references are unknown, so none of its namespace's
+                // links, and no content at all, may be judged unreferenced.
+                log::warn!(target: "angos::gc", "{}@{digest}: {error}; nothing is removed there", self.name);
+                report.errors += 1;
+                report.content_sweep_skipped = true;
+                self.keep_all = true;
+                return;
+            }
+        };
+        let mut references = Vec::new();
+        for blob in &parsed.blobs {
+            references.push(blob.digest.clone());
+        }
+        let mut children = Vec::new();
+        for child in &parsed.manifests {
+            references.push(child.digest.clone());
+            children.push(child.digest.clone());
+        }
+        for reference in &references {
+            self.kept.insert(crate::storage::watch_content_key(reference));
+        }
+        if let Some(subject) = &parsed.subject {
+            self.referrers
+                .entry(subject.digest.clone())
+                .or_default()
+                .push(digest.clone());
+        }
+        self.children.insert(digest.clone(), children);
+    }
+}

@@ -1,0 +1,380 @@
+//! Keeping the store within bounds while it serves: online garbage
+//! collection (`collector`). `Maintenance` decides when a collection runs
+//! (schedule, after deletions, on demand), hands the collector its slice of
+//! each loop turn, and keeps the reports for the admin API and the metrics.
+//! Removals webhooks must hear of come out as data (`Deletion`); the reactor
+//! submits them through the notifier and reports back how each went.
+
+pub mod collector;
+
+use serde_json::{Value, json};
+
+use crate::config::GlobalConfig;
+use crate::event_webhook::event::{Actor, EventKind};
+use crate::event_webhook::notifier::Submission;
+use crate::http::Response;
+use crate::metrics::{FamilyId, Metrics};
+use crate::registry::{Commit, EventDraft, Registry, Removal};
+use collector::{Collector, Deletion, Progress, Report};
+
+/// File-system operations a collection may run per loop turn: about a
+/// millisecond of work here, so a request waits no longer behind it than
+/// behind another client's transfer (issue 13's budget).
+pub const GC_OPERATIONS_PER_TURN: usize = 256;
+
+/// Why a collection started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Deletions,
+    Demand,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Deletions => "deletions",
+            Trigger::Demand => "demand",
+        }
+    }
+}
+
+/// A finished collection, as the admin API and the log tell it.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub trigger: Trigger,
+    pub started_unix_secs: u64,
+    pub duration_ms: u64,
+    pub report: Report,
+    /// Unreachable manifests removed, and those whose removal was refused
+    /// (a webhook said no, or the namespace changed meanwhile).
+    pub manifests_removed: u64,
+    pub manifests_kept: u64,
+}
+
+struct Active {
+    collector: Collector,
+    trigger: Trigger,
+    started_ms: u64,
+    started_unix_secs: u64,
+}
+
+struct Families {
+    runs: FamilyId,
+    duration: FamilyId,
+    removed_objects: FamilyId,
+    removed_bytes: FamilyId,
+    content_bytes: FamilyId,
+    reclaimable_bytes: FamilyId,
+}
+
+pub struct Maintenance {
+    active: Option<Active>,
+    requested: Option<Trigger>,
+    grace_secs: u64,
+    interval_ms: u64,
+    /// When the next scheduled collection is due (`None`: no schedule).
+    next_scheduled_ms: Option<u64>,
+    deletes_threshold: u64,
+    deletes_since: u64,
+    last: Option<Run>,
+    /// Removals handed out and not answered yet, and their tallies for the
+    /// run in progress (or the last one, when answers come after its end).
+    removals_pending: u64,
+    removals_done: u64,
+    removals_refused: u64,
+    families: Families,
+}
+
+impl Maintenance {
+    pub fn new(global: &GlobalConfig, metrics: &mut Metrics, now_ms: u64) -> Maintenance {
+        let families = Families {
+            runs: metrics.counter(
+                "gc_runs_total",
+                "Garbage collections finished, by what started them.",
+                &["trigger"],
+            ),
+            duration: metrics.gauge(
+                "gc_last_duration_seconds",
+                "How long the last collection ran.",
+                &[],
+            ),
+            removed_objects: metrics.counter(
+                "gc_removed_objects_total",
+                "Objects garbage collection removed: blob links, content files, unreachable manifests.",
+                &["kind"],
+            ),
+            removed_bytes: metrics.counter(
+                "gc_removed_bytes_total",
+                "Content bytes garbage collection freed.",
+                &[],
+            ),
+            content_bytes: metrics.gauge(
+                "storage_content_bytes",
+                "Bytes of content (blobs and manifests) the store held after the last collection.",
+                &[],
+            ),
+            reclaimable_bytes: metrics.gauge(
+                "storage_reclaimable_bytes",
+                "Content nothing referenced at the last collection but still within gc_grace_secs: \
+                 what a later collection may free.",
+                &[],
+            ),
+        };
+        let mut maintenance = Maintenance {
+            active: None,
+            requested: None,
+            grace_secs: 0,
+            interval_ms: 0,
+            next_scheduled_ms: None,
+            deletes_threshold: 0,
+            deletes_since: 0,
+            last: None,
+            removals_pending: 0,
+            removals_done: 0,
+            removals_refused: 0,
+            families,
+        };
+        maintenance.reconfigure(global, now_ms);
+        maintenance
+    }
+
+    /// Takes new settings; a changed interval counts from now.
+    pub fn reconfigure(&mut self, global: &GlobalConfig, now_ms: u64) {
+        let interval_ms = global.gc_interval_secs.saturating_mul(1000);
+        if interval_ms != self.interval_ms || self.next_scheduled_ms.is_none() {
+            self.next_scheduled_ms = (interval_ms > 0).then(|| now_ms.saturating_add(interval_ms));
+        }
+        self.interval_ms = interval_ms;
+        self.grace_secs = global.gc_grace_secs;
+        self.deletes_threshold = global.gc_after_deletes;
+    }
+
+    /// Asks for a collection; `false` when one is running already.
+    pub fn request(&mut self, trigger: Trigger) -> bool {
+        if self.active.is_some() {
+            return false;
+        }
+        self.requested.get_or_insert(trigger);
+        true
+    }
+
+    /// A client deleted something: maybe time to collect.
+    pub fn note_deletion(&mut self) {
+        self.deletes_since += 1;
+        if self.deletes_threshold > 0 && self.deletes_since >= self.deletes_threshold && self.active.is_none()
+        {
+            self.requested.get_or_insert(Trigger::Deletions);
+        }
+    }
+
+    /// Whether a slice should run this turn (the loop must not sleep).
+    pub fn has_work(&self) -> bool {
+        self.active.is_some() || self.requested.is_some()
+    }
+
+    /// When a scheduled collection is due.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.next_scheduled_ms
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Runs this turn's slice: starts a due collection, steps the running
+    /// one. Returns the unreachable manifests it found, for the notifier.
+    pub fn run(
+        &mut self,
+        registry: &mut Registry,
+        metrics: &mut Metrics,
+        now_ms: u64,
+        unix_secs: u64,
+    ) -> Vec<Deletion> {
+        if self.active.is_none() {
+            if self.next_scheduled_ms.is_some_and(|due| now_ms >= due) {
+                self.requested.get_or_insert(Trigger::Schedule);
+            }
+            let Some(trigger) = self.requested.take() else {
+                return Vec::new();
+            };
+            self.start(registry, trigger, now_ms, unix_secs);
+        }
+        let Some(active) = &mut self.active else {
+            return Vec::new();
+        };
+        let progress = active
+            .collector
+            .step(registry.storage_mut(), GC_OPERATIONS_PER_TURN);
+        let deletions = active.collector.take_deletions();
+        self.removals_pending += deletions.len() as u64;
+        if progress == Progress::Done {
+            self.finish(metrics, now_ms);
+        }
+        deletions
+    }
+
+    fn start(&mut self, registry: &Registry, trigger: Trigger, now_ms: u64, unix_secs: u64) {
+        log::info!(target: "angos::gc", "garbage collection started ({}; grace {} s)", trigger.as_str(), self.grace_secs);
+        self.deletes_since = 0;
+        self.removals_done = 0;
+        self.removals_refused = 0;
+        self.active = Some(Active {
+            collector: Collector::new(registry.storage(), unix_secs, self.grace_secs),
+            trigger,
+            started_ms: now_ms,
+            started_unix_secs: unix_secs,
+        });
+        if self.interval_ms > 0 {
+            self.next_scheduled_ms = Some(now_ms.saturating_add(self.interval_ms));
+        }
+    }
+
+    fn finish(&mut self, metrics: &mut Metrics, now_ms: u64) {
+        let Some(active) = self.active.take() else {
+            return;
+        };
+        let report = active.collector.report().clone();
+        let run = Run {
+            trigger: active.trigger,
+            started_unix_secs: active.started_unix_secs,
+            duration_ms: now_ms.saturating_sub(active.started_ms),
+            report,
+            manifests_removed: self.removals_done,
+            manifests_kept: self.removals_refused,
+        };
+        let report = &run.report;
+        log::info!(
+            target: "angos::gc",
+            "garbage collection finished in {} ms ({}): {} namespaces, {} manifests ({} unreachable), \
+             {} links ({} removed), {} content files ({} removed, {} bytes freed), {} bytes kept, \
+             {} bytes reclaimable later, {} namespaces skipped, {} errors{}",
+            run.duration_ms,
+            run.trigger.as_str(),
+            report.namespaces,
+            report.manifests,
+            report.manifests_unreachable,
+            report.links,
+            report.links_removed,
+            report.contents,
+            report.contents_removed,
+            report.bytes_removed,
+            report.bytes_kept,
+            report.bytes_reclaimable,
+            report.namespaces_skipped,
+            report.errors,
+            if report.content_sweep_skipped { "; content not swept (a namespace could not be read)" } else { "" },
+        );
+        let families = &self.families;
+        let series = metrics.series(families.runs, &[run.trigger.as_str()]);
+        metrics.inc(series);
+        let series = metrics.series(families.duration, &[]);
+        metrics.set(series, run.duration_ms as f64 / 1000.0);
+        for (kind, count) in [
+            ("link", report.links_removed),
+            ("content", report.contents_removed),
+        ] {
+            let series = metrics.series(families.removed_objects, &[kind]);
+            metrics.add(series, count);
+        }
+        let series = metrics.series(families.removed_bytes, &[]);
+        metrics.add(series, report.bytes_removed);
+        if !report.content_sweep_skipped {
+            let series = metrics.series(families.content_bytes, &[]);
+            metrics.set(series, report.bytes_kept as f64);
+            let series = metrics.series(families.reclaimable_bytes, &[]);
+            metrics.set(series, report.bytes_reclaimable as f64);
+        }
+        self.last = Some(run);
+    }
+
+    /// How a removal handed out by `run` went (`removed`: it was made).
+    pub fn removal_answered(&mut self, removed: bool, metrics: &mut Metrics) {
+        self.removals_pending = self.removals_pending.saturating_sub(1);
+        if removed {
+            self.removals_done += 1;
+            let series = metrics.series(self.families.removed_objects, &["manifest"]);
+            metrics.inc(series);
+        } else {
+            self.removals_refused += 1;
+        }
+        // Answers that come after the run ended still belong to it.
+        if self.active.is_none()
+            && let Some(last) = &mut self.last
+        {
+            last.manifests_removed = self.removals_done;
+            last.manifests_kept = self.removals_refused;
+        }
+    }
+
+    /// The admin API's view: whether a collection runs, and the last one.
+    pub fn status(&self) -> Value {
+        json!({
+            "running": self.active.is_some(),
+            "running_since": self.active.as_ref().map(|active| active.started_unix_secs),
+            "progress": self.active.as_ref().map(|active| report_json(active.collector.report())),
+            "removals_pending": self.removals_pending,
+            "grace_secs": self.grace_secs,
+            "interval_secs": self.interval_ms / 1000,
+            "last": self.last.as_ref().map(run_json),
+        })
+    }
+
+    pub fn last_run(&self) -> Option<&Run> {
+        self.last.as_ref()
+    }
+}
+
+/// A removal as the notifier takes it: the event webhooks hear
+/// (`manifest.delete`, by the registry itself: `actor.internal = job`), the
+/// change, and the answer that tells the job how it went.
+pub fn removal_submission(deletion: Deletion, job: &str) -> Submission<Commit> {
+    let draft = EventDraft::new(EventKind::ManifestDelete, &deletion.namespace)
+        .digest(&deletion.digest)
+        .reference(deletion.digest.to_string());
+    Submission {
+        drafts: vec![draft],
+        actor: Actor {
+            internal: Some(job.to_owned()),
+            ..Actor::default()
+        },
+        commit: Commit::Remove {
+            name: deletion.namespace,
+            target: Removal::Manifest {
+                digest: deletion.digest,
+            },
+            epoch: deletion.epoch,
+        },
+        response: Response::new(202),
+    }
+}
+
+fn run_json(run: &Run) -> Value {
+    json!({
+        "trigger": run.trigger.as_str(),
+        "started": crate::clock::rfc3339_utc(run.started_unix_secs * 1_000_000),
+        "duration_ms": run.duration_ms,
+        "report": report_json(&run.report),
+        "manifests_removed": run.manifests_removed,
+        "manifests_kept": run.manifests_kept,
+    })
+}
+
+fn report_json(report: &Report) -> Value {
+    json!({
+        "namespaces": report.namespaces,
+        "manifests": report.manifests,
+        "manifests_unreachable": report.manifests_unreachable,
+        "links": report.links,
+        "links_removed": report.links_removed,
+        "contents": report.contents,
+        "contents_removed": report.contents_removed,
+        "bytes_removed": report.bytes_removed,
+        "bytes_kept": report.bytes_kept,
+        "bytes_reclaimable": report.bytes_reclaimable,
+        "namespaces_skipped": report.namespaces_skipped,
+        "content_sweep_skipped": report.content_sweep_skipped,
+        "errors": report.errors,
+    })
+}

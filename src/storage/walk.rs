@@ -1,0 +1,280 @@
+//! Resumable walks over the layout, for the maintenance jobs (garbage
+//! collection, retention, scrub) that run on the loop in slices: each walk
+//! reads a bounded number of directory entries per call and keeps its place
+//! between calls, so no slice's cost grows with the size of the registry.
+//!
+//! A walk sees entries added or removed while it runs, or not (readdir's
+//! rules); its callers are written so that either is safe.
+
+use std::fs::{self, ReadDir};
+use std::io;
+use std::path::PathBuf;
+use std::time::UNIX_EPOCH;
+
+use super::{
+    BLOBS_DIR, LAYERS_DIR, MANIFESTS_DIR, REPOSITORIES_DIR, Storage, is_namespace_dir, not_found_as_none,
+};
+use crate::digest::Digest;
+
+/// A file of the layout named by a digest, with what the jobs judge it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DigestFile {
+    pub digest: Digest,
+    /// Last modification, in seconds since the epoch (a link's or a
+    /// revision's is when it was last written: its push).
+    pub modified_secs: u64,
+    pub size: u64,
+}
+
+/// A tag file: its name and the time it was last written (pushed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagFile {
+    pub tag: String,
+    pub modified_secs: u64,
+}
+
+/// Every namespace under `repositories/`, a few directories per step.
+#[derive(Debug)]
+pub struct NamespaceWalk {
+    pending: Vec<(PathBuf, String)>,
+}
+
+impl NamespaceWalk {
+    /// Up to `directories_max` more directories: the namespaces among them.
+    pub fn step(&mut self, directories_max: usize) -> io::Result<Vec<String>> {
+        let mut found = Vec::new();
+        for _ in 0..directories_max {
+            let Some((dir, name)) = self.pending.pop() else {
+                break;
+            };
+            if !name.is_empty() && is_namespace_dir(&dir)? {
+                found.push(name.clone());
+            }
+            let Some(entries) = not_found_as_none(fs::read_dir(&dir))? else {
+                continue;
+            };
+            for entry in entries {
+                let entry = entry?;
+                if !entry.file_type()?.is_dir() {
+                    continue;
+                }
+                let Ok(component) = entry.file_name().into_string() else {
+                    continue;
+                };
+                // `_layers` & co. hold data, not nested namespaces.
+                if component.starts_with(['_', '.']) {
+                    continue;
+                }
+                let child = if name.is_empty() {
+                    component
+                } else {
+                    format!("{name}/{component}")
+                };
+                self.pending.push((entry.path(), child));
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// The files of a tree `<base>/<algorithm>/[<2 hex>/]<hex>`, each named by
+/// the digest it stands for, a bounded number per step.
+#[derive(Debug)]
+pub struct DigestWalk {
+    /// Directories still to read, with the algorithm their files belong to.
+    pending: Vec<(PathBuf, Option<String>)>,
+    current: Option<(ReadDir, String)>,
+    /// `true` under `blobs/`, whose files sit one fan-out level deeper.
+    fanned_out: bool,
+}
+
+impl DigestWalk {
+    fn new(base: PathBuf, fanned_out: bool) -> DigestWalk {
+        DigestWalk {
+            pending: vec![(base, None)],
+            current: None,
+            fanned_out,
+        }
+    }
+
+    /// Up to `entries_max` directory entries read: the digest files among them.
+    /// Files whose name is not a digest are skipped (not written by us).
+    pub fn step(&mut self, entries_max: usize) -> io::Result<Vec<DigestFile>> {
+        let mut found = Vec::new();
+        let mut read = 0;
+        while read < entries_max {
+            let Some((entries, algorithm)) = &mut self.current else {
+                let Some((dir, algorithm)) = self.pending.pop() else {
+                    break;
+                };
+                read += 1;
+                if let Some(entries) = not_found_as_none(fs::read_dir(&dir))? {
+                    let algorithm = algorithm.unwrap_or_default();
+                    self.current = Some((entries, algorithm));
+                }
+                continue;
+            };
+            let Some(entry) = entries.next() else {
+                self.current = None;
+                continue;
+            };
+            read += 1;
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let file_type = entry.file_type()?;
+            if algorithm.is_empty() {
+                // The base directory: one subdirectory per algorithm.
+                if file_type.is_dir() {
+                    let algorithm = name;
+                    self.pending.push((entry.path(), Some(algorithm)));
+                }
+                continue;
+            }
+            if file_type.is_dir() {
+                if self.fanned_out && name.len() == 2 {
+                    self.pending.push((entry.path(), Some(algorithm.clone())));
+                }
+                continue;
+            }
+            if !file_type.is_file() {
+                continue;
+            }
+            let Ok(digest) = Digest::parse(&format!("{algorithm}:{name}")) else {
+                continue;
+            };
+            let Some(metadata) = not_found_as_none(entry.metadata())? else {
+                continue;
+            };
+            found.push(DigestFile {
+                digest,
+                modified_secs: modified_secs(&metadata),
+                size: metadata.len(),
+            });
+        }
+        Ok(found)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.current.is_none() && self.pending.is_empty()
+    }
+}
+
+pub(super) fn modified_secs(metadata: &fs::Metadata) -> u64 {
+    metadata
+        .modified()
+        .ok()
+        .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |age| age.as_secs())
+}
+
+impl Storage {
+    pub fn namespace_walk(&self) -> NamespaceWalk {
+        NamespaceWalk {
+            pending: vec![(self.root.join(REPOSITORIES_DIR), String::new())],
+        }
+    }
+
+    /// Every content file under `blobs/` (blobs and manifest bodies).
+    pub fn content_walk(&self) -> DigestWalk {
+        DigestWalk::new(self.root.join(BLOBS_DIR), true)
+    }
+
+    /// The blob links of `namespace`.
+    pub fn link_walk(&self, namespace: &str) -> DigestWalk {
+        DigestWalk::new(self.repository_path(namespace).join(LAYERS_DIR), false)
+    }
+
+    /// The manifest revisions of `namespace`.
+    pub fn revision_walk(&self, namespace: &str) -> DigestWalk {
+        let base = self
+            .repository_path(namespace)
+            .join(MANIFESTS_DIR)
+            .join("revisions");
+        DigestWalk::new(base, false)
+    }
+
+    /// Every tag of `namespace` with its digest and push time, in no order.
+    /// One read per tag: callers bound how many namespaces they read per step.
+    pub fn tag_targets(&self, namespace: &str) -> io::Result<Vec<(TagFile, Digest)>> {
+        let mut targets = Vec::new();
+        for (tag, path) in self.tag_files(namespace)? {
+            let Some(metadata) = not_found_as_none(fs::metadata(&path))? else {
+                continue;
+            };
+            match super::manifests::read_tag(&path) {
+                Ok(Some(digest)) => targets.push((
+                    TagFile {
+                        tag,
+                        modified_secs: modified_secs(&metadata),
+                    },
+                    digest,
+                )),
+                Ok(None) => {}
+                // A corrupt tag points nowhere: it keeps nothing alive, and
+                // is left for an operator to look at.
+                Err(error) => log::warn!("skipping tag {namespace}:{tag}: {error}"),
+            }
+        }
+        Ok(targets)
+    }
+
+    /// The stored manifest body of `digest` with its revision's media type,
+    /// if `namespace` has it; read past the cache (the jobs read each once).
+    pub fn revision_body(&self, namespace: &str, digest: &Digest) -> io::Result<Option<(String, Vec<u8>)>> {
+        let Some(revision) = self.revision(namespace, digest)? else {
+            return Ok(None);
+        };
+        let Some(body) = not_found_as_none(fs::read(self.blob_path(digest)))? else {
+            return Ok(None);
+        };
+        Ok(Some((revision.media_type, body)))
+    }
+
+    /// Removes `namespace`'s link to `digest` if it was last written at or
+    /// before `written_by_secs` (a link re-written since then is fresh).
+    pub fn remove_link_written_by(
+        &self,
+        namespace: &str,
+        digest: &Digest,
+        written_by_secs: u64,
+    ) -> io::Result<bool> {
+        let link = self.layer_link_path(namespace, digest);
+        let Some(metadata) = not_found_as_none(fs::symlink_metadata(&link))? else {
+            return Ok(false);
+        };
+        if modified_secs(&metadata) > written_by_secs {
+            return Ok(false);
+        }
+        super::atomic::remove_file(&link, self.sync_to_disk)
+    }
+
+    /// Takes content `digest` out of the store if it was last written at or
+    /// before `written_by_secs`; its bytes are removed off the loop
+    /// (`take_discarded`). Returns the size freed, `None` if kept or gone.
+    pub fn discard_content_written_by(
+        &mut self,
+        digest: &Digest,
+        written_by_secs: u64,
+    ) -> io::Result<Option<u64>> {
+        let path = self.blob_path(digest);
+        let Some(metadata) = not_found_as_none(fs::symlink_metadata(&path))? else {
+            return Ok(None);
+        };
+        if modified_secs(&metadata) > written_by_secs {
+            return Ok(None);
+        }
+        self.discard(&path)?;
+        Ok(Some(metadata.len()))
+    }
+
+    /// Path of a content file, for the jobs that read it off the loop (scrub).
+    pub fn content_path(&self, digest: &Digest) -> PathBuf {
+        self.blob_path(digest)
+    }
+}
