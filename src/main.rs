@@ -16,11 +16,15 @@ use angos::storage::Storage;
 
 const USAGE: &str = "usage: angos [-c FILE]... server
        angos [-c FILE]... webhook test NAME
+       angos [-c FILE]... scrub [--commit]
        angos webhook secret
        angos hash-password < PASSWORD_FILE
 
   server              serve the registry
   webhook test NAME   send one ping event to webhook NAME and print the outcome
+  scrub [--commit]    garbage collection: report what is unreferenced and older
+                      than [global] gc_grace_secs; with --commit, remove it. When
+                      a server runs on the data, it asks that server to collect
   webhook secret      print a new Standard Webhooks secret (whsec_...) for
                       [event_webhook.NAME] signing_secrets
   hash-password       read a password (first line of standard input) and print
@@ -33,6 +37,7 @@ const USAGE: &str = "usage: angos [-c FILE]... server
 fn main() -> ExitCode {
     let mut files = Vec::new();
     let mut words: Vec<String> = Vec::new();
+    let mut flags: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             other if !other.starts_with('-') => words.push(other.to_string()),
+            "--commit" | "--dry-run" | "-d" => flags.push(arg),
             other => return usage_error(&format!("unexpected argument {other:?}")),
         }
     }
@@ -67,11 +73,13 @@ fn main() -> ExitCode {
     };
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["server"] => serve(files),
+        ["server"] if flags.is_empty() => serve(files),
+        ["scrub"] => scrub(&files, &flags),
         ["webhook", "test", name] => test_webhook(&files, name),
         ["webhook", ..] => usage_error(
             "the webhook commands are: angos [-c FILE]... webhook test NAME, angos webhook secret",
         ),
+        [_, ..] if !flags.is_empty() => usage_error(&format!("unexpected argument {:?}", flags[0])),
         [other, ..] => usage_error(&format!("unknown command {other:?}")),
         [] => usage_error("a command is required"),
     }
@@ -115,6 +123,144 @@ fn load(files: &[PathBuf]) -> Option<config::Config> {
     }
 }
 
+/// `angos scrub [--commit]`: one garbage collection, report-only unless
+/// `--commit` (upstream Angos's default). A running server on the same data
+/// is asked to run it (`POST /v2/_angos/gc`), so the two never race;
+/// otherwise it runs here.
+fn scrub(files: &[PathBuf], flags: &[String]) -> ExitCode {
+    let commit = flags.iter().any(|flag| flag == "--commit");
+    if commit && flags.iter().any(|flag| flag != "--commit") {
+        return usage_error("--commit and --dry-run exclude each other");
+    }
+    let Some(config) = load(files) else {
+        return ExitCode::FAILURE;
+    };
+    let root = &config.storage.root_dir;
+    let _lock = match angos::storage::lock_root(root) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return scrub_on_server(&config, commit),
+        Err(error) => {
+            log::error!("cannot lock {}: {error}", root.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut storage = match Storage::open(
+        root,
+        config.storage.sync_to_disk,
+        config.storage.max_upload_sessions,
+    ) {
+        Ok(storage) => storage,
+        Err(error) => {
+            log::error!("cannot open storage at {}: {error}", root.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let now_secs = angos::clock::Clock::unix_micros(&SystemClock::new()) / 1_000_000;
+    let report =
+        angos::maintenance::offline::collect(&mut storage, now_secs, config.global.gc_grace_secs, !commit);
+    let mut summary = angos::maintenance::report_json(&report);
+    summary["mode"] = (if commit { "commit" } else { "report-only" }).into();
+    println!("{summary}");
+    if report.manifests_unreachable > 0 {
+        eprintln!(
+            "angos: {} unreachable manifests are left for the server's collection (webhooks hear of their removal)",
+            report.manifests_unreachable
+        );
+    }
+    if report.errors > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Asks the server holding the data directory to collect, waits for the
+/// run to end and prints its report.
+fn scrub_on_server(config: &config::Config, commit: bool) -> ExitCode {
+    let address = admin_address(config);
+    let mode = if commit { "commit" } else { "report-only" };
+    let started = match admin_request(address, "POST", &format!("/v2/_angos/gc?mode={mode}")) {
+        Ok((202, _)) => true,
+        // One is running already: report on that one when it ends.
+        Ok((409, _)) => false,
+        Ok((status, body)) => {
+            log::error!("the server at {address} refused the collection ({status}): {body}");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            log::error!(
+                "a server holds {} but does not answer at {address}: {error}",
+                config.storage.root_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    log::info!(
+        "asked the server at {address} to collect ({})",
+        if started { mode } else { "one was running" }
+    );
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let body = match admin_request(address, "GET", "/v2/_angos/gc") {
+            Ok((200, body)) => body,
+            Ok((status, body)) => {
+                log::error!("GET /v2/_angos/gc answered {status}: {body}");
+                return ExitCode::FAILURE;
+            }
+            Err(error) => {
+                log::error!("lost the server at {address}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else {
+            log::error!("GET /v2/_angos/gc answered something else than JSON: {body}");
+            return ExitCode::FAILURE;
+        };
+        if status["running"] == false && status["removals_pending"] == 0 {
+            println!("{}", status["last"]);
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
+/// Where this host reaches the configured server.
+fn admin_address(config: &config::Config) -> std::net::SocketAddr {
+    let ip = match config.server.bind_address {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::IpAddr::from([127, 0, 0, 1]),
+        ip if ip.is_unspecified() => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, config.server.port)
+}
+
+/// One plain HTTP/1.1 request to the local server; its status and body.
+/// Blocking is fine here: this is a command, not the server's loop.
+fn admin_request(
+    address: std::net::SocketAddr,
+    method: &str,
+    target: &str,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {target} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other("not an HTTP answer"))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
 /// `angos webhook test NAME`: one ping, its outcome spelled out, exit 0 on 2xx.
 fn test_webhook(files: &[PathBuf], name: &str) -> ExitCode {
     let Some(config) = load(files) else {
@@ -155,6 +301,21 @@ fn test_webhook(files: &[PathBuf], name: &str) -> ExitCode {
 fn serve(files: Vec<PathBuf>) -> ExitCode {
     let Some(config) = load(&files) else {
         return ExitCode::FAILURE;
+    };
+    // Held until the process exits.
+    let _lock = match angos::storage::lock_root(&config.storage.root_dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            log::error!(
+                "another angos process is using {} (its .lock is held)",
+                config.storage.root_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            log::error!("cannot lock {}: {error}", config.storage.root_dir.display());
+            return ExitCode::FAILURE;
+        }
     };
     let storage = match Storage::open(
         &config.storage.root_dir,

@@ -35,6 +35,7 @@ pub fn handle(
     waiter: Waiter,
     method: &Method,
     path: &str,
+    query: &str,
     now_ms: u64,
 ) -> AdminAnswer {
     let rest = path.strip_prefix(ADMIN_PREFIX).unwrap_or_default();
@@ -42,7 +43,7 @@ pub fn handle(
     let response = match (method, segments.as_slice()) {
         (Method::Get | Method::Head, ["webhooks"]) => list_webhooks(notifier, now_ms),
         (Method::Get | Method::Head, ["gc"]) => Response::json(200, &maintenance.status()),
-        (Method::Post, ["gc"]) => start_collection(maintenance),
+        (Method::Post, ["gc"]) => start_collection(maintenance, query),
         (_, ["gc"]) => error(405, ErrorCode::Unsupported, "use GET or POST"),
         (Method::Get | Method::Head, ["webhooks", name, "deliveries"]) => list_deliveries(notifier, name),
         (Method::Post, ["webhooks", name, "deliveries", id, "redeliver"]) => {
@@ -69,9 +70,21 @@ pub fn handle(
     AdminAnswer::Respond(response)
 }
 
-/// `POST /v2/_angos/gc`: starts a collection now (202), or says one runs (409).
-fn start_collection(maintenance: &mut Maintenance) -> Response {
-    if maintenance.request(Trigger::Demand) {
+/// `POST /v2/_angos/gc`: starts a collection now (202), or says one runs
+/// (409). `?mode=report-only` counts what it would remove and removes nothing.
+fn start_collection(maintenance: &mut Maintenance, query: &str) -> Response {
+    let report_only = match query {
+        "" | "mode=commit" => false,
+        "mode=report-only" => true,
+        _ => {
+            return error(
+                400,
+                ErrorCode::Unsupported,
+                "the query is mode=commit or mode=report-only",
+            );
+        }
+    };
+    if maintenance.request(Trigger::Demand, report_only) {
         Response::json(202, &json!({ "started": true }))
     } else {
         error(

@@ -413,6 +413,7 @@ impl Application<'_> {
                 self.waiter,
                 &head.method,
                 &head.path,
+                &head.query,
                 now_ms,
             ) {
                 AdminAnswer::Respond(response) => Reply::Respond(settled(info), response),

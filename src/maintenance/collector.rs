@@ -29,7 +29,8 @@ use crate::registry::manifest;
 use crate::storage::Storage;
 use crate::storage::walk::{DigestFile, DigestWalk, NamespaceWalk};
 
-/// What one collection found and freed.
+/// What one collection found and freed (in a report-only run, the
+/// `_removed` counts are what it would have removed).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
     pub namespaces: u64,
@@ -60,6 +61,9 @@ pub struct Report {
 pub struct Deletion {
     pub namespace: String,
     pub digest: Digest,
+    /// Unreachable indexes listing it as a child: it goes only once they
+    /// are gone.
+    pub parents: Vec<Digest>,
     pub epoch: u64,
 }
 
@@ -70,6 +74,8 @@ pub enum Progress {
 }
 
 pub struct Collector {
+    /// Report what would go, remove nothing (`angos scrub` without `--commit`).
+    report_only: bool,
     /// Files last written at or before this (wall clock, seconds) are old
     /// enough to remove.
     cutoff_secs: u64,
@@ -129,6 +135,7 @@ impl Collector {
     pub fn new(storage: &Storage, now_secs: u64, grace_secs: u64) -> Collector {
         storage.start_watch();
         Collector {
+            report_only: false,
             cutoff_secs: now_secs.saturating_sub(grace_secs),
             phase: Phase::Namespaces {
                 walk: storage.namespace_walk(),
@@ -138,6 +145,17 @@ impl Collector {
             report: Report::default(),
             deletions: Vec::new(),
         }
+    }
+
+    /// Makes this collection count what it would remove, and remove nothing
+    /// (its unreachable manifests are counted, not handed out).
+    pub fn report_only(mut self) -> Collector {
+        self.report_only = true;
+        self
+    }
+
+    pub fn is_report_only(&self) -> bool {
+        self.report_only
     }
 
     pub fn report(&self) -> &Report {
@@ -342,14 +360,52 @@ impl Collector {
                 }
             }
         }
-        for revision in &scan.revisions {
-            if !live.contains(&revision.digest) {
+        // Parents first: an index goes before its children, so no index is
+        // ever left without one; a child's removal waits for its parents'
+        // (`Removal::Manifest::parents`), since a webhook may keep a parent.
+        let dead: Vec<&Digest> = scan
+            .revisions
+            .iter()
+            .map(|revision| &revision.digest)
+            .filter(|digest| !live.contains(*digest))
+            .collect();
+        let mut parents: HashMap<&Digest, Vec<Digest>> = HashMap::new();
+        for parent in &dead {
+            for child in scan.children.get(*parent).into_iter().flatten() {
+                if !live.contains(child) {
+                    parents.entry(child).or_default().push((*parent).clone());
+                }
+            }
+        }
+        let mut emitted: HashSet<&Digest> = HashSet::new();
+        while emitted.len() < dead.len() {
+            let before = emitted.len();
+            for digest in &dead {
+                if emitted.contains(*digest) {
+                    continue;
+                }
+                let waiting = parents
+                    .get(*digest)
+                    .is_some_and(|list| list.iter().any(|parent| !emitted.contains(parent)));
+                if waiting {
+                    continue;
+                }
+                emitted.insert(digest);
                 self.report.manifests_unreachable += 1;
+                if self.report_only {
+                    continue;
+                }
                 self.deletions.push(Deletion {
                     namespace: scan.name.clone(),
-                    digest: revision.digest.clone(),
+                    digest: (*digest).clone(),
+                    parents: parents.get(*digest).cloned().unwrap_or_default(),
                     epoch: scan.epoch,
                 });
+            }
+            if emitted.len() == before {
+                // Content addressing rules out cycles; if a corrupt store had
+                // one, its manifests simply stay.
+                break;
             }
         }
     }
@@ -362,6 +418,11 @@ impl Collector {
             && link.modified_secs <= self.cutoff_secs
             && !storage.link_touched(&scan.name, &link.digest)
             && storage.manifest_epoch(&scan.name) == scan.epoch;
+        if removable && self.report_only {
+            // Not added to `linked`: its content counts as removable too.
+            self.report.links_removed += 1;
+            return;
+        }
         if removable {
             match storage.remove_link_written_by(&scan.name, &link.digest, self.cutoff_secs) {
                 Ok(true) => {
@@ -389,6 +450,11 @@ impl Collector {
         if file.modified_secs > self.cutoff_secs {
             self.report.bytes_kept += file.size;
             self.report.bytes_reclaimable += file.size;
+            return;
+        }
+        if self.report_only {
+            self.report.contents_removed += 1;
+            self.report.bytes_removed += file.size;
             return;
         }
         match storage.discard_content_written_by(&file.digest, self.cutoff_secs) {

@@ -6,6 +6,7 @@
 //! submits them through the notifier and reports back how each went.
 
 pub mod collector;
+pub mod offline;
 
 use serde_json::{Value, json};
 
@@ -44,6 +45,8 @@ impl Trigger {
 #[derive(Debug, Clone)]
 pub struct Run {
     pub trigger: Trigger,
+    /// Counted what it would remove, removed nothing.
+    pub report_only: bool,
     pub started_unix_secs: u64,
     pub duration_ms: u64,
     pub report: Report,
@@ -71,7 +74,8 @@ struct Families {
 
 pub struct Maintenance {
     active: Option<Active>,
-    requested: Option<Trigger>,
+    /// A collection asked for, and whether it only reports.
+    requested: Option<(Trigger, bool)>,
     grace_secs: u64,
     interval_ms: u64,
     /// When the next scheduled collection is due (`None`: no schedule).
@@ -151,12 +155,13 @@ impl Maintenance {
         self.deletes_threshold = global.gc_after_deletes;
     }
 
-    /// Asks for a collection; `false` when one is running already.
-    pub fn request(&mut self, trigger: Trigger) -> bool {
+    /// Asks for a collection (`report_only`: one that removes nothing);
+    /// `false` when one is running already.
+    pub fn request(&mut self, trigger: Trigger, report_only: bool) -> bool {
         if self.active.is_some() {
             return false;
         }
-        self.requested.get_or_insert(trigger);
+        self.requested.get_or_insert((trigger, report_only));
         true
     }
 
@@ -165,7 +170,7 @@ impl Maintenance {
         self.deletes_since += 1;
         if self.deletes_threshold > 0 && self.deletes_since >= self.deletes_threshold && self.active.is_none()
         {
-            self.requested.get_or_insert(Trigger::Deletions);
+            self.requested.get_or_insert((Trigger::Deletions, false));
         }
     }
 
@@ -194,12 +199,12 @@ impl Maintenance {
     ) -> Vec<Deletion> {
         if self.active.is_none() {
             if self.next_scheduled_ms.is_some_and(|due| now_ms >= due) {
-                self.requested.get_or_insert(Trigger::Schedule);
+                self.requested.get_or_insert((Trigger::Schedule, false));
             }
-            let Some(trigger) = self.requested.take() else {
+            let Some((trigger, report_only)) = self.requested.take() else {
                 return Vec::new();
             };
-            self.start(registry, trigger, now_ms, unix_secs);
+            self.start(registry, trigger, report_only, now_ms, unix_secs);
         }
         let Some(active) = &mut self.active else {
             return Vec::new();
@@ -215,13 +220,30 @@ impl Maintenance {
         deletions
     }
 
-    fn start(&mut self, registry: &Registry, trigger: Trigger, now_ms: u64, unix_secs: u64) {
-        log::info!(target: "angos::gc", "garbage collection started ({}; grace {} s)", trigger.as_str(), self.grace_secs);
+    fn start(
+        &mut self,
+        registry: &Registry,
+        trigger: Trigger,
+        report_only: bool,
+        now_ms: u64,
+        unix_secs: u64,
+    ) {
+        log::info!(
+            target: "angos::gc",
+            "garbage collection started ({}{}; grace {} s)",
+            trigger.as_str(),
+            if report_only { ", report only" } else { "" },
+            self.grace_secs
+        );
+        let mut collector = Collector::new(registry.storage(), unix_secs, self.grace_secs);
+        if report_only {
+            collector = collector.report_only();
+        }
         self.deletes_since = 0;
         self.removals_done = 0;
         self.removals_refused = 0;
         self.active = Some(Active {
-            collector: Collector::new(registry.storage(), unix_secs, self.grace_secs),
+            collector,
             trigger,
             started_ms: now_ms,
             started_unix_secs: unix_secs,
@@ -238,6 +260,7 @@ impl Maintenance {
         let report = active.collector.report().clone();
         let run = Run {
             trigger: active.trigger,
+            report_only: active.collector.is_report_only(),
             started_unix_secs: active.started_unix_secs,
             duration_ms: now_ms.saturating_sub(active.started_ms),
             report,
@@ -247,11 +270,12 @@ impl Maintenance {
         let report = &run.report;
         log::info!(
             target: "angos::gc",
-            "garbage collection finished in {} ms ({}): {} namespaces, {} manifests ({} unreachable), \
+            "garbage collection finished in {} ms ({}{}): {} namespaces, {} manifests ({} unreachable), \
              {} links ({} removed), {} content files ({} removed, {} bytes freed), {} bytes kept, \
              {} bytes reclaimable later, {} namespaces skipped, {} errors{}",
             run.duration_ms,
             run.trigger.as_str(),
+            if run.report_only { ", report only: counts are what it would remove" } else { "" },
             report.namespaces,
             report.manifests,
             report.manifests_unreachable,
@@ -266,6 +290,10 @@ impl Maintenance {
             report.errors,
             if report.content_sweep_skipped { "; content not swept (a namespace could not be read)" } else { "" },
         );
+        if run.report_only {
+            self.last = Some(run);
+            return;
+        }
         let families = &self.families;
         let series = metrics.series(families.runs, &[run.trigger.as_str()]);
         metrics.inc(series);
@@ -343,6 +371,7 @@ pub fn removal_submission(deletion: Deletion, job: &str) -> Submission<Commit> {
             name: deletion.namespace,
             target: Removal::Manifest {
                 digest: deletion.digest,
+                parents: deletion.parents,
             },
             epoch: deletion.epoch,
         },
@@ -353,6 +382,7 @@ pub fn removal_submission(deletion: Deletion, job: &str) -> Submission<Commit> {
 fn run_json(run: &Run) -> Value {
     json!({
         "trigger": run.trigger.as_str(),
+        "mode": if run.report_only { "report-only" } else { "commit" },
         "started": crate::clock::rfc3339_utc(run.started_unix_secs * 1_000_000),
         "duration_ms": run.duration_ms,
         "report": report_json(&run.report),
@@ -361,7 +391,8 @@ fn run_json(run: &Run) -> Value {
     })
 }
 
-fn report_json(report: &Report) -> Value {
+/// A collection's counts as JSON (admin API, `angos scrub`).
+pub fn report_json(report: &Report) -> Value {
     json!({
         "namespaces": report.namespaces,
         "manifests": report.manifests,
@@ -378,3 +409,6 @@ fn report_json(report: &Report) -> Value {
         "errors": report.errors,
     })
 }
+
+#[cfg(test)]
+mod simulation;

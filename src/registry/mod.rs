@@ -276,10 +276,18 @@ impl Registry {
                 Ok(_) => Ok(false),
                 Err(error) => Err(error),
             },
-            Removal::Manifest { digest } => self
-                .storage
-                .delete_manifest(name, &digest)
-                .map(|gone| gone.is_some()),
+            Removal::Manifest { digest, parents } => {
+                for parent in &parents {
+                    match self.storage.has_manifest(name, parent) {
+                        Ok(false) => {}
+                        Ok(true) => return Err(stale_removal()),
+                        Err(error) => return Err(RegistryError::storage(error)),
+                    }
+                }
+                self.storage
+                    .delete_manifest(name, &digest)
+                    .map(|gone| gone.is_some())
+            }
         };
         match removed {
             Ok(true) => Ok(()),

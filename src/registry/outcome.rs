@@ -59,8 +59,9 @@ pub enum Commit {
 pub enum Removal {
     /// The tag, if it still points to `digest`.
     Tag { tag: String, digest: Digest },
-    /// The manifest with every tag on it.
-    Manifest { digest: Digest },
+    /// The manifest with every tag on it, once none of `parents` (indexes
+    /// listing it) is stored any more.
+    Manifest { digest: Digest, parents: Vec<Digest> },
 }
 
 /// Content a manifest refers to.

@@ -128,6 +128,11 @@ impl Storage {
         Ok(())
     }
 
+    /// Whether `namespace` has manifest `digest` (its revision link).
+    pub fn has_manifest(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
+        exists(&self.revision_path(namespace, digest))
+    }
+
     /// The manifest `digest` if `namespace` has it.
     pub fn manifest(&self, namespace: &str, digest: &Digest) -> io::Result<Option<StoredManifest>> {
         if let Some(cached) = self.cache.borrow().manifest(namespace, digest) {

@@ -343,6 +343,27 @@ impl Storage {
     }
 }
 
+/// The lock file a server holds on its data directory for as long as it
+/// runs, so that a second server, or an offline maintenance command, cannot
+/// work on the same data unseen (`angos scrub` asks the running server instead).
+const ROOT_LOCK_FILE: &str = ".lock";
+
+/// Takes the data directory's lock: `Ok(None)` when another process holds it.
+/// The lock lasts as long as the returned file is open.
+pub fn lock_root(root: &Path) -> io::Result<Option<File>> {
+    atomic::create_dirs(root, false)?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join(ROOT_LOCK_FILE))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(error)) => Err(error),
+    }
+}
+
 /// A directory under `repositories/` is a namespace once it has a blob link
 /// or a manifest (written only by `ensure_layer_link` and `put_manifest`).
 fn is_namespace_dir(dir: &Path) -> io::Result<bool> {
