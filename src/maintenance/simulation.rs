@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use super::collector::{Collector, Deletion, Progress};
 use crate::digest::Digest;
@@ -33,8 +33,10 @@ const TAGS: [&str; 4] = ["v1", "v2", "latest", "dev"];
 const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
+/// The files' modification times are the real clock's: the simulated clock
+/// is set against it (and jumps from there).
 fn real_now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    crate::clock::Clock::unix_micros(&crate::clock::SystemClock::new()) / 1_000_000
 }
 
 /// Blobs a client readied for its next push in one namespace.
