@@ -76,8 +76,9 @@ pub enum Progress {
 pub struct Collector {
     /// Report what would go, remove nothing (`angos scrub` without `--commit`).
     report_only: bool,
-    /// Files last written at or before this (wall clock, seconds) are old
-    /// enough to remove.
+    /// Files last written before this second (wall clock) are old enough to
+    /// remove; a file of the cutoff's own second is not (modification times
+    /// are read in whole seconds, and a tie must keep).
     cutoff_secs: u64,
     phase: Phase,
     /// Keys (`storage::watch::content_key`) of content some namespace keeps.
@@ -338,7 +339,7 @@ impl Collector {
         let mut pending: Vec<Digest> = Vec::new();
         for revision in &scan.revisions {
             let digest = &revision.digest;
-            let young = revision.modified_secs > self.cutoff_secs;
+            let young = revision.modified_secs >= self.cutoff_secs;
             let has_referrers = scan.referrers.get(digest).is_some_and(|list| !list.is_empty());
             if young || has_referrers || scan.tagged.contains(digest) {
                 pending.push(digest.clone());
@@ -415,7 +416,7 @@ impl Collector {
         let key = crate::storage::watch_content_key(&link.digest);
         let removable = !scan.keep_all
             && !scan.kept.contains(&key)
-            && link.modified_secs <= self.cutoff_secs
+            && link.modified_secs < self.cutoff_secs
             && !storage.link_touched(&scan.name, &link.digest)
             && storage.manifest_epoch(&scan.name) == scan.epoch;
         if removable && self.report_only {
@@ -424,7 +425,7 @@ impl Collector {
             return;
         }
         if removable {
-            match storage.remove_link_written_by(&scan.name, &link.digest, self.cutoff_secs) {
+            match storage.remove_link_written_before(&scan.name, &link.digest, self.cutoff_secs) {
                 Ok(true) => {
                     self.report.links_removed += 1;
                     log::debug!(target: "angos::gc", "removed link {}@{}", scan.name, link.digest);
@@ -447,7 +448,7 @@ impl Collector {
             self.report.bytes_kept += file.size;
             return;
         }
-        if file.modified_secs > self.cutoff_secs {
+        if file.modified_secs >= self.cutoff_secs {
             self.report.bytes_kept += file.size;
             self.report.bytes_reclaimable += file.size;
             return;
@@ -457,7 +458,7 @@ impl Collector {
             self.report.bytes_removed += file.size;
             return;
         }
-        match storage.discard_content_written_by(&file.digest, self.cutoff_secs) {
+        match storage.discard_content_written_before(&file.digest, self.cutoff_secs) {
             Ok(Some(size)) => {
                 self.report.contents_removed += 1;
                 self.report.bytes_removed += size;

@@ -339,7 +339,9 @@ impl Maintenance {
     /// The admin API's view: whether a collection runs, and the last one.
     pub fn status(&self) -> Value {
         json!({
-            "running": self.active.is_some(),
+            // A requested run starts on the next turn; it counts as running
+            // already, so a client polling after its POST waits for it.
+            "running": self.active.is_some() || self.requested.is_some(),
             "running_since": self.active.as_ref().map(|active| active.started_unix_secs),
             "progress": self.active.as_ref().map(|active| report_json(active.collector.report())),
             "removals_pending": self.removals_pending,

@@ -273,7 +273,7 @@ impl Sim {
             // cutoff reaches the link's age, may have taken it.
             let excused = self.cutoffs[prepared.collections_started as usize..]
                 .iter()
-                .any(|cutoff| cutoff >= modified);
+                .any(|cutoff| cutoff > modified);
             assert!(
                 excused,
                 "a readied blob vanished: {namespace} {digest} (link written {modified})"
@@ -548,7 +548,7 @@ impl Sim {
                             .and_then(|parsed| parsed.subject.as_ref())
                             .is_some_and(|subject| subject.digest == *digest)
                     });
-                    *modified > cutoff || has_referrers || tags.values().any(|target| target == digest)
+                    *modified >= cutoff || has_referrers || tags.values().any(|target| target == digest)
                 })
                 .map(|(digest, _, _)| digest.clone())
                 .collect();
@@ -584,7 +584,7 @@ impl Sim {
             }
             for (digest, modified) in self.links(namespace) {
                 assert!(
-                    referenced.contains(&digest) || modified > cutoff,
+                    referenced.contains(&digest) || modified >= cutoff,
                     "{namespace}: unreferenced link {digest} (written {modified}) survived two collections"
                 );
                 referenced_content.insert(digest);
@@ -595,7 +595,7 @@ impl Sim {
             let digest = Self::digest_of_path(&path);
             let modified = Self::mtime(&path).unwrap_or(0);
             assert!(
-                referenced_content.contains(&digest) || modified > cutoff,
+                referenced_content.contains(&digest) || modified >= cutoff,
                 "unreferenced content {digest} (written {modified}) survived two collections"
             );
         }

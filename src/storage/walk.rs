@@ -236,37 +236,37 @@ impl Storage {
         Ok(Some((revision.media_type, body)))
     }
 
-    /// Removes `namespace`'s link to `digest` if it was last written at or
-    /// before `written_by_secs` (a link re-written since then is fresh).
-    pub fn remove_link_written_by(
+    /// Removes `namespace`'s link to `digest` if it was last written before
+    /// the second `before_secs` (a link re-written since then is fresh).
+    pub fn remove_link_written_before(
         &self,
         namespace: &str,
         digest: &Digest,
-        written_by_secs: u64,
+        before_secs: u64,
     ) -> io::Result<bool> {
         let link = self.layer_link_path(namespace, digest);
         let Some(metadata) = not_found_as_none(fs::symlink_metadata(&link))? else {
             return Ok(false);
         };
-        if modified_secs(&metadata) > written_by_secs {
+        if modified_secs(&metadata) >= before_secs {
             return Ok(false);
         }
         super::atomic::remove_file(&link, self.sync_to_disk)
     }
 
-    /// Takes content `digest` out of the store if it was last written at or
-    /// before `written_by_secs`; its bytes are removed off the loop
+    /// Takes content `digest` out of the store if it was last written before
+    /// the second `before_secs`; its bytes are removed off the loop
     /// (`take_discarded`). Returns the size freed, `None` if kept or gone.
-    pub fn discard_content_written_by(
+    pub fn discard_content_written_before(
         &mut self,
         digest: &Digest,
-        written_by_secs: u64,
+        before_secs: u64,
     ) -> io::Result<Option<u64>> {
         let path = self.blob_path(digest);
         let Some(metadata) = not_found_as_none(fs::symlink_metadata(&path))? else {
             return Ok(None);
         };
-        if modified_secs(&metadata) > written_by_secs {
+        if modified_secs(&metadata) >= before_secs {
             return Ok(None);
         }
         self.discard(&path)?;

@@ -30,6 +30,7 @@ mod auth;
 mod clients;
 mod crash;
 mod fuzz_regressions;
+mod garbage_collection;
 mod hostile_peers;
 mod http_protocol;
 mod refusals;
