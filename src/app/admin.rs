@@ -1,8 +1,8 @@
 //! The admin API under the reserved extension namespace
 //! `/v2/_angos/` (distribution-spec "Extensions"): status per webhook,
 //! recent deliveries and dead letters, redelivery, enabling a webhook a
-//! `410 Gone` disabled, and a test ping; and garbage collection (`gc`: its
-//! status, and a run on demand). The
+//! `410 Gone` disabled, and a test ping; garbage collection (`gc`) and the
+//! scrub (`scrub`): their status, and a run on demand. The
 //! notifier answers the questions (`notifier::operations`); this module
 //! routes the requests and writes the JSON. When authentication exists,
 //! only an administrator may reach it (`auth::Need::of`).
@@ -44,7 +44,15 @@ pub fn handle(
         (Method::Get | Method::Head, ["webhooks"]) => list_webhooks(notifier, now_ms),
         (Method::Get | Method::Head, ["gc"]) => Response::json(200, &maintenance.status()),
         (Method::Post, ["gc"]) => start_collection(maintenance, query),
-        (_, ["gc"]) => error(405, ErrorCode::Unsupported, "use GET or POST"),
+        (Method::Get | Method::Head, ["scrub"]) => Response::json(200, &maintenance.scrub_status()),
+        (Method::Post, ["scrub"]) => {
+            if maintenance.request_scrub(Trigger::Demand) {
+                Response::json(202, &json!({ "started": true }))
+            } else {
+                error(409, ErrorCode::Unsupported, "a scrub is already running")
+            }
+        }
+        (_, ["gc"] | ["scrub"]) => error(405, ErrorCode::Unsupported, "use GET or POST"),
         (Method::Get | Method::Head, ["webhooks", name, "deliveries"]) => list_deliveries(notifier, name),
         (Method::Post, ["webhooks", name, "deliveries", id, "redeliver"]) => {
             redeliver(notifier, name, id, now_ms)

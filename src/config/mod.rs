@@ -94,6 +94,11 @@ pub struct GlobalConfig {
     /// Start a collection after this many deletions (manifests, tags, blob
     /// links) since the last one (0: never on that account).
     pub gc_after_deletes: u64,
+    /// Seconds between scheduled scrubs, which check every stored file
+    /// against its digest (0: only on demand).
+    pub scrub_interval_secs: u64,
+    /// How fast a scrub reads: it competes with clients for the disk.
+    pub scrub_bytes_per_sec: u64,
     /// Webhooks for every namespace without its own `event_webhooks`.
     pub event_webhooks: Vec<String>,
     /// Events queued per async webhook before the oldest is dropped.
@@ -139,6 +144,8 @@ impl Default for Config {
                 gc_grace_secs: 48 * 3600,
                 gc_interval_secs: 24 * 3600,
                 gc_after_deletes: 0,
+                scrub_interval_secs: 7 * 24 * 3600,
+                scrub_bytes_per_sec: 16 << 20,
                 event_webhooks: Vec::new(),
                 event_webhook_queue_length: 10_000,
                 event_webhook_journal_size: 256 << 20,
@@ -577,6 +584,15 @@ impl Builder {
         }
         if let Some(count) = section.integer("gc_after_deletes", 0, 1 << 40)? {
             global.gc_after_deletes = count;
+        }
+        if let Some(secs) = section.integer("scrub_interval_secs", 0, year_secs)? {
+            global.scrub_interval_secs = secs;
+        }
+        if let Some(rate) = section.size("scrub_bytes_per_sec")? {
+            if rate < 64 << 10 {
+                return Err(section.error("scrub_bytes_per_sec", "must be at least 64KiB"));
+            }
+            global.scrub_bytes_per_sec = rate;
         }
         if let Some(length) = section.integer("event_webhook_queue_length", 1, 10_000_000)? {
             global.event_webhook_queue_length = length as usize;

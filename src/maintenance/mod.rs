@@ -1,12 +1,14 @@
-//! Keeping the store within bounds while it serves: online garbage
-//! collection (`collector`). `Maintenance` decides when a collection runs
-//! (schedule, after deletions, on demand), hands the collector its slice of
-//! each loop turn, and keeps the reports for the admin API and the metrics.
-//! Removals webhooks must hear of come out as data (`Deletion`); the reactor
-//! submits them through the notifier and reports back how each went.
+//! Keeping the store sound and within bounds while it serves: online
+//! garbage collection (`collector`) and the scrub (`scrub`). `Maintenance`
+//! decides when each runs (schedule, after deletions, on demand), hands it
+//! its slice of each loop turn, and keeps the reports for the admin API and
+//! the metrics. What must leave the loop comes out as data (`Work`):
+//! removals webhooks must hear of, which the reactor submits through the
+//! notifier, and files to check, which the file thread hashes.
 
 pub mod collector;
 pub mod offline;
+pub mod scrub;
 
 use serde_json::{Value, json};
 
@@ -17,6 +19,32 @@ use crate::http::Response;
 use crate::metrics::{FamilyId, Metrics};
 use crate::registry::{Commit, EventDraft, Registry, Removal};
 use collector::{Collector, Deletion, Progress, Report};
+use scrub::{ScrubReport, Scrubber, Verification, VerifyJob};
+
+/// What a turn's maintenance hands the reactor.
+#[derive(Debug, Default)]
+pub struct Work {
+    /// Unreachable manifests to remove through the notifier.
+    pub deletions: Vec<Deletion>,
+    /// Files for the file thread to check against their digests.
+    pub checks: Vec<VerifyJob>,
+}
+
+/// A finished scrub.
+#[derive(Debug, Clone)]
+pub struct ScrubRun {
+    pub trigger: Trigger,
+    pub started_unix_secs: u64,
+    pub duration_ms: u64,
+    pub report: ScrubReport,
+}
+
+struct ActiveScrub {
+    scrubber: Scrubber,
+    trigger: Trigger,
+    started_ms: u64,
+    started_unix_secs: u64,
+}
 
 /// File-system operations a collection may run per loop turn: about a
 /// millisecond of work here, so a request waits no longer behind it than
@@ -70,6 +98,9 @@ struct Families {
     removed_bytes: FamilyId,
     content_bytes: FamilyId,
     reclaimable_bytes: FamilyId,
+    scrub_runs: FamilyId,
+    scrub_bytes: FamilyId,
+    scrub_corrupt: FamilyId,
 }
 
 pub struct Maintenance {
@@ -88,6 +119,12 @@ pub struct Maintenance {
     removals_pending: u64,
     removals_done: u64,
     removals_refused: u64,
+    scrub: Option<ActiveScrub>,
+    scrub_requested: Option<Trigger>,
+    scrub_interval_ms: u64,
+    next_scrub_ms: Option<u64>,
+    pub scrub_bytes_per_sec: u64,
+    last_scrub: Option<ScrubRun>,
     families: Families,
 }
 
@@ -125,6 +162,21 @@ impl Maintenance {
                  what a later collection may free.",
                 &[],
             ),
+            scrub_runs: metrics.counter(
+                "scrub_runs_total",
+                "Scrubs finished, by what started them.",
+                &["trigger"],
+            ),
+            scrub_bytes: metrics.counter(
+                "scrub_verified_bytes_total",
+                "Bytes of stored content checked against their digests.",
+                &[],
+            ),
+            scrub_corrupt: metrics.counter(
+                "scrub_quarantined_total",
+                "Stored files whose bytes did not match their digest, moved to _quarantine.",
+                &[],
+            ),
         };
         let mut maintenance = Maintenance {
             active: None,
@@ -138,6 +190,12 @@ impl Maintenance {
             removals_pending: 0,
             removals_done: 0,
             removals_refused: 0,
+            scrub: None,
+            scrub_requested: None,
+            scrub_interval_ms: 0,
+            next_scrub_ms: None,
+            scrub_bytes_per_sec: 0,
+            last_scrub: None,
             families,
         };
         maintenance.reconfigure(global, now_ms);
@@ -151,6 +209,12 @@ impl Maintenance {
             self.next_scheduled_ms = (interval_ms > 0).then(|| now_ms.saturating_add(interval_ms));
         }
         self.interval_ms = interval_ms;
+        let scrub_interval_ms = global.scrub_interval_secs.saturating_mul(1000);
+        if scrub_interval_ms != self.scrub_interval_ms || self.next_scrub_ms.is_none() {
+            self.next_scrub_ms = (scrub_interval_ms > 0).then(|| now_ms.saturating_add(scrub_interval_ms));
+        }
+        self.scrub_interval_ms = scrub_interval_ms;
+        self.scrub_bytes_per_sec = global.scrub_bytes_per_sec;
         self.grace_secs = global.gc_grace_secs;
         self.deletes_threshold = global.gc_after_deletes;
     }
@@ -174,23 +238,184 @@ impl Maintenance {
         }
     }
 
-    /// Whether a slice should run this turn (the loop must not sleep).
-    pub fn has_work(&self) -> bool {
-        self.active.is_some() || self.requested.is_some()
+    /// Asks for a scrub; `false` when one is running already.
+    pub fn request_scrub(&mut self, trigger: Trigger) -> bool {
+        if self.scrub.is_some() {
+            return false;
+        }
+        self.scrub_requested.get_or_insert(trigger);
+        true
     }
 
-    /// When a scheduled collection is due.
+    /// Whether a slice should run this turn (the loop must not sleep). A
+    /// scrub waiting on the file thread needs none: its verdicts wake the loop.
+    pub fn has_work(&self) -> bool {
+        self.active.is_some()
+            || self.requested.is_some()
+            || self.scrub_requested.is_some()
+            || self
+                .scrub
+                .as_ref()
+                .is_some_and(|active| active.scrubber.wants_turn())
+    }
+
+    /// When a scheduled collection or scrub is due.
     pub fn next_deadline_ms(&self) -> Option<u64> {
-        self.next_scheduled_ms
+        [self.next_scheduled_ms, self.next_scrub_ms]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// This turn's scrub slice: starts a due scrub, walks on, and gives the
+    /// files to check.
+    fn run_scrub(
+        &mut self,
+        registry: &Registry,
+        metrics: &mut Metrics,
+        now_ms: u64,
+        unix_secs: u64,
+    ) -> Vec<VerifyJob> {
+        if self.scrub.is_none() {
+            if self.next_scrub_ms.is_some_and(|due| now_ms >= due) {
+                self.scrub_requested.get_or_insert(Trigger::Schedule);
+            }
+            let Some(trigger) = self.scrub_requested.take() else {
+                return Vec::new();
+            };
+            log::info!(
+                target: "angos::scrub",
+                "scrub started ({}; {} bytes/s)",
+                trigger.as_str(),
+                self.scrub_bytes_per_sec
+            );
+            self.scrub = Some(ActiveScrub {
+                scrubber: Scrubber::new(registry.storage()),
+                trigger,
+                started_ms: now_ms,
+                started_unix_secs: unix_secs,
+            });
+            if self.scrub_interval_ms > 0 {
+                self.next_scrub_ms = Some(now_ms.saturating_add(self.scrub_interval_ms));
+            }
+        }
+        let Some(active) = &mut self.scrub else {
+            return Vec::new();
+        };
+        let checks = active.scrubber.step(registry.storage(), 64);
+        if active.scrubber.is_done() {
+            self.finish_scrub(metrics, now_ms);
+        }
+        checks
+    }
+
+    /// A verdict of the file thread.
+    pub fn verified(
+        &mut self,
+        registry: &mut Registry,
+        verification: Verification,
+        metrics: &mut Metrics,
+        now_ms: u64,
+    ) {
+        let Some(active) = &mut self.scrub else {
+            return;
+        };
+        let before = active.scrubber.report().bytes;
+        let quarantined = active.scrubber.verified(registry.storage_mut(), verification);
+        let checked = active.scrubber.report().bytes - before;
+        let series = metrics.series(self.families.scrub_bytes, &[]);
+        metrics.add(series, checked);
+        if quarantined.is_some() {
+            let series = metrics.series(self.families.scrub_corrupt, &[]);
+            metrics.inc(series);
+        }
+        if active.scrubber.is_done() {
+            self.finish_scrub(metrics, now_ms);
+        }
+    }
+
+    /// The file thread is gone: a scrub cannot go on.
+    pub fn abandon_scrub(&mut self) {
+        if self.scrub.take().is_some() {
+            log::warn!(target: "angos::scrub", "scrub abandoned: the file thread is not running");
+        }
+    }
+
+    fn finish_scrub(&mut self, metrics: &mut Metrics, now_ms: u64) {
+        let Some(active) = self.scrub.take() else {
+            return;
+        };
+        let run = ScrubRun {
+            trigger: active.trigger,
+            started_unix_secs: active.started_unix_secs,
+            duration_ms: now_ms.saturating_sub(active.started_ms),
+            report: active.scrubber.report().clone(),
+        };
+        let report = &run.report;
+        log::info!(
+            target: "angos::scrub",
+            "scrub finished in {} ms ({}): {} files, {} bytes checked, {} corrupt (quarantined), {} unreadable",
+            run.duration_ms,
+            run.trigger.as_str(),
+            report.objects,
+            report.bytes,
+            report.corrupt,
+            report.unreadable
+        );
+        let series = metrics.series(self.families.scrub_runs, &[run.trigger.as_str()]);
+        metrics.inc(series);
+        self.last_scrub = Some(run);
+    }
+
+    /// The admin API's view of the scrub.
+    pub fn scrub_status(&self) -> Value {
+        let report = |report: &ScrubReport| {
+            json!({
+                "files": report.objects,
+                "bytes": report.bytes,
+                "corrupt": report.corrupt,
+                "unreadable": report.unreadable,
+                "quarantined": report.quarantined.iter().map(|(digest, path)| json!({
+                    "digest": digest,
+                    "moved_to": path,
+                })).collect::<Vec<_>>(),
+            })
+        };
+        json!({
+            "running": self.scrub.is_some() || self.scrub_requested.is_some(),
+            "progress": self.scrub.as_ref().map(|active| report(active.scrubber.report())),
+            "bytes_per_sec": self.scrub_bytes_per_sec,
+            "interval_secs": self.scrub_interval_ms / 1000,
+            "last": self.last_scrub.as_ref().map(|run| json!({
+                "trigger": run.trigger.as_str(),
+                "started": crate::clock::rfc3339_utc(run.started_unix_secs * 1_000_000),
+                "duration_ms": run.duration_ms,
+                "report": report(&run.report),
+            })),
+        })
     }
 
     pub fn is_running(&self) -> bool {
         self.active.is_some()
     }
 
-    /// Runs this turn's slice: starts a due collection, steps the running
-    /// one. Returns the unreachable manifests it found, for the notifier.
+    /// Runs this turn's slices: garbage collection and scrub.
     pub fn run(
+        &mut self,
+        registry: &mut Registry,
+        metrics: &mut Metrics,
+        now_ms: u64,
+        unix_secs: u64,
+    ) -> Work {
+        Work {
+            checks: self.run_scrub(registry, metrics, now_ms, unix_secs),
+            deletions: self.run_collection(registry, metrics, now_ms, unix_secs),
+        }
+    }
+
+    /// Starts a due collection, steps the running one. Returns the
+    /// unreachable manifests it found, for the notifier.
+    fn run_collection(
         &mut self,
         registry: &mut Registry,
         metrics: &mut Metrics,

@@ -260,7 +260,10 @@ impl<C: Clock> Reactor<C> {
                             self.begin_shutdown();
                         }
                     }
-                    FILE_WORKER => self.continue_synced(),
+                    FILE_WORKER => {
+                        self.continue_synced();
+                        self.take_verdicts();
+                    }
                     token if self.outbound.owns(token) || token == DNS => {
                         let now = self.clock.now_ms();
                         self.outbound.handle_event(self.poll.registry(), token, now);
@@ -336,18 +339,27 @@ impl<C: Clock> Reactor<C> {
         self.notifier.record_completed(self.telemetry.metrics());
     }
 
-    /// This turn's slice of garbage collection; the unreachable manifests it
-    /// found are removed through the notifier, so webhooks hear of them (and
-    /// a `required` one may keep one).
+    /// This turn's slice of maintenance: the files a scrub checks go to the
+    /// file thread; the unreachable manifests a collection found are removed
+    /// through the notifier, so webhooks hear of them (and a `required` one
+    /// may keep one).
     fn run_maintenance(&mut self, now: u64) {
         let unix_micros = self.clock.unix_micros();
-        let deletions = self.maintenance.run(
+        let work = self.maintenance.run(
             &mut self.registry,
             self.telemetry.metrics(),
             now,
             unix_micros / 1_000_000,
         );
-        for deletion in deletions {
+        for check in work.checks {
+            if !self
+                .file_worker
+                .verify(check, self.maintenance.scrub_bytes_per_sec)
+            {
+                self.maintenance.abandon_scrub();
+            }
+        }
+        for deletion in work.deletions {
             let submission = crate::maintenance::removal_submission(deletion, "gc");
             let submitted = self.notifier.submit(
                 Waiter::MAINTENANCE,
@@ -360,6 +372,15 @@ impl<C: Clock> Reactor<C> {
                 self.maintenance
                     .removal_answered(response.status < 300, self.telemetry.metrics());
             }
+        }
+    }
+
+    /// The file thread's scrub verdicts; the next checks go out this turn.
+    fn take_verdicts(&mut self) {
+        let now = self.clock.now_ms();
+        while let Some(verification) = self.file_worker.poll_verified() {
+            self.maintenance
+                .verified(&mut self.registry, verification, self.telemetry.metrics(), now);
         }
     }
 

@@ -72,6 +72,13 @@ impl ManifestCache {
         }
     }
 
+    /// Drops everything (content was quarantined: which namespaces hold it
+    /// is not known here, and quarantines are rare).
+    pub fn clear(&mut self) {
+        self.namespaces.clear();
+        self.used_bytes = 0;
+    }
+
     fn entries(&mut self, namespace: &str) -> &mut NamespaceEntries {
         self.namespaces.entry(namespace.to_string()).or_default()
     }

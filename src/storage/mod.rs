@@ -9,6 +9,8 @@
 //! root/_tmp/<random>                                  in-flight atomic writes
 //! root/_uploads/<id>/data                             upload session bytes
 //! root/_uploads/<id>/namespace                        owner of the session
+//! root/_trash/<random>                                being removed off the loop
+//! root/_quarantine/<alg>-<hex>[.<random>]             content that failed its digest check
 //! root/blobs/<alg>/<hex[0..2]>/<hex>                  content (blobs and manifests)
 //! root/repositories/<ns>/_layers/<alg>/<hex>          the namespace may read that blob
 //! root/repositories/<ns>/_manifests/revisions/<alg>/<hex>
@@ -59,6 +61,8 @@ const TMP_DIR: &str = "_tmp";
 const UPLOADS_DIR: &str = "_uploads";
 /// Where large things go to be removed off the loop (see `Storage::discard`).
 const TRASH_DIR: &str = "_trash";
+/// Content found corrupt by a scrub, kept for an operator to look at.
+const QUARANTINE_DIR: &str = "_quarantine";
 const BLOBS_DIR: &str = "blobs";
 const REPOSITORIES_DIR: &str = "repositories";
 const LAYERS_DIR: &str = "_layers";
@@ -100,7 +104,14 @@ impl Storage {
         for dir in [TMP_DIR, UPLOADS_DIR, TRASH_DIR] {
             unlink_if_symlink(&root.join(dir))?;
         }
-        for dir in [TMP_DIR, UPLOADS_DIR, TRASH_DIR, BLOBS_DIR, REPOSITORIES_DIR] {
+        for dir in [
+            TMP_DIR,
+            UPLOADS_DIR,
+            TRASH_DIR,
+            QUARANTINE_DIR,
+            BLOBS_DIR,
+            REPOSITORIES_DIR,
+        ] {
             atomic::create_dirs(&root.join(dir), sync_to_disk)?;
         }
         for dir in [TMP_DIR, UPLOADS_DIR, TRASH_DIR] {

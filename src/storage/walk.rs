@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::time::UNIX_EPOCH;
 
 use super::{
-    BLOBS_DIR, LAYERS_DIR, MANIFESTS_DIR, REPOSITORIES_DIR, Storage, is_namespace_dir, not_found_as_none,
+    BLOBS_DIR, LAYERS_DIR, MANIFESTS_DIR, QUARANTINE_DIR, REPOSITORIES_DIR, Storage, is_namespace_dir,
+    not_found_as_none,
 };
 use crate::digest::Digest;
 
@@ -180,6 +181,15 @@ impl Storage {
         }
     }
 
+    /// A walk that finds nothing (a job abandoning its walk).
+    pub fn empty_walk(&self) -> DigestWalk {
+        DigestWalk {
+            pending: Vec::new(),
+            current: None,
+            fanned_out: false,
+        }
+    }
+
     /// Every content file under `blobs/` (blobs and manifest bodies).
     pub fn content_walk(&self) -> DigestWalk {
         DigestWalk::new(self.root.join(BLOBS_DIR), true)
@@ -276,5 +286,56 @@ impl Storage {
     /// Path of a content file, for the jobs that read it off the loop (scrub).
     pub fn content_path(&self, digest: &Digest) -> PathBuf {
         self.blob_path(digest)
+    }
+
+    /// Moves content `digest` into `_quarantine` if the file there is still
+    /// the one found corrupt (`found`: a file re-pushed since is another
+    /// file, and stays). From then on the content is unknown, so clients
+    /// push it again. Returns where it went.
+    pub fn quarantine_content(
+        &mut self,
+        digest: &Digest,
+        found: FileIdentity,
+    ) -> io::Result<Option<PathBuf>> {
+        let path = self.blob_path(digest);
+        let Some(metadata) = not_found_as_none(fs::symlink_metadata(&path))? else {
+            return Ok(None);
+        };
+        if FileIdentity::of(&metadata) != found {
+            return Ok(None);
+        }
+        let mut target =
+            self.root
+                .join(QUARANTINE_DIR)
+                .join(format!("{}-{}", digest.algorithm(), digest.hex()));
+        if fs::symlink_metadata(&target).is_ok() {
+            target.set_extension(super::random_hex(4));
+        }
+        super::atomic::rename(&path, &target, self.sync_to_disk)?;
+        // A manifest body kept in memory would still be served.
+        self.cache.borrow_mut().clear();
+        Ok(Some(target))
+    }
+}
+
+/// Which file a path named when it was read: a content file replaced since
+/// (removed and pushed again) has another identity. The inode alone is not
+/// enough (file systems reuse a freed one at once); its change time, to the
+/// nanosecond, is set anew when a file is created or renamed into place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub device: u64,
+    pub inode: u64,
+    pub changed_nanos: i128,
+}
+
+impl FileIdentity {
+    pub fn of(metadata: &fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            changed_nanos: i128::from(metadata.ctime()) * 1_000_000_000 + i128::from(metadata.ctime_nsec()),
+        }
     }
 }
