@@ -19,6 +19,7 @@ pub mod event_webhook;
 pub mod http;
 pub mod logger;
 pub mod metrics;
+pub mod pattern;
 #[allow(unsafe_code)]
 pub mod reactor;
 pub mod registry;
