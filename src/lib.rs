@@ -23,6 +23,7 @@ pub mod pattern;
 #[allow(unsafe_code)]
 pub mod reactor;
 pub mod registry;
+pub mod retention;
 pub mod storage;
 pub mod timer;
 pub mod tls;
