@@ -356,6 +356,8 @@ impl<C: Clock> Reactor<C> {
         self.auth.reconfigure(&new);
         self.registry.set_interest(self.notifier.interest());
         self.registry.set_limits(crate::registry::Limits::of(&new.global));
+        self.registry
+            .set_tag_immutability(config::TagImmutability::of(&new));
         self.config.global = new.global;
         self.config.repositories = new.repositories;
         self.config.webhooks = new.webhooks;

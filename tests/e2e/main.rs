@@ -32,6 +32,7 @@ mod crash;
 mod fuzz_regressions;
 mod hostile_peers;
 mod http_protocol;
+mod immutable_tags;
 mod refusals;
 mod registry_api;
 mod registry_manifests;
