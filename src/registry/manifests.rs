@@ -1,5 +1,5 @@
 //! Manifest endpoints (HEAD/GET/PUT/DELETE by tag or digest), tag listing,
-//! the `_catalog`, and the referrers API.
+//! the `_catalog`, and the referrers API; a PUT never moves an immutable tag.
 
 use super::error::{ErrorCode, RegistryError};
 use super::manifest::{self, OCI_INDEX};
