@@ -20,9 +20,11 @@ pub mod http;
 pub mod logger;
 pub mod maintenance;
 pub mod metrics;
+pub mod pattern;
 #[allow(unsafe_code)]
 pub mod reactor;
 pub mod registry;
+pub mod retention;
 pub mod storage;
 pub mod timer;
 pub mod tls;

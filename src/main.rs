@@ -334,7 +334,8 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let registry = Registry::new(storage, Limits::of(&config.global));
+    let mut registry = Registry::new(storage, Limits::of(&config.global));
+    registry.set_tag_immutability(config::TagImmutability::of(&config));
     let journal_dir = config.storage.root_dir.join("_journal");
     let journal_bytes = config.global.event_webhook_journal_size;
     let journal_limits = JournalLimits {

@@ -3,6 +3,7 @@
 //! Unknown keys are accepted with a warning naming them, so typos are visible.
 
 pub mod auth;
+pub mod lifecycle;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 pub use auth::{AccessLists, AuthConfig, IdentityConfig};
+pub use lifecycle::{ImmutableTags, TagImmutability};
 pub use webhook::{
     ClientIdentity, Format, Policy, RepositoryConfig, Scheme, SigningSecret, WebhookConfig, WebhookUrl,
 };
@@ -109,6 +111,14 @@ pub struct GlobalConfig {
     pub event_webhook_dead_letters: usize,
     /// Who may pull, push and delete where a repository does not say.
     pub access: AccessLists,
+    /// Record each manifest's last pull time (for retention rules that read it).
+    pub update_pull_time: bool,
+    /// `immutable_tags` and `immutable_tags_exclusions`: tags a push may
+    /// not move to another digest, where a repository does not say.
+    pub immutable_tags: ImmutableTags,
+    /// `[global.retention_policy] rules`: a manifest any of them keeps
+    /// stays, in every namespace (with its repository's rules).
+    pub retention_rules: Vec<crate::retention::rule::Rule>,
 }
 
 impl Default for Config {
@@ -151,6 +161,9 @@ impl Default for Config {
                 event_webhook_journal_size: 256 << 20,
                 event_webhook_dead_letters: 1000,
                 access: AccessLists::default(),
+                update_pull_time: false,
+                immutable_tags: ImmutableTags::default(),
+                retention_rules: Vec::new(),
             },
             repositories: BTreeMap::new(),
             webhooks: BTreeMap::new(),
@@ -232,6 +245,9 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, ConfigError>
         .into_iter()
         .map(|(key, (_, repository))| (key, repository))
         .collect();
+    builder
+        .warnings
+        .extend(lifecycle::pull_time_warnings(&builder.config));
     Ok(Loaded {
         config: builder.config,
         warnings: builder.warnings,
@@ -413,6 +429,13 @@ impl Builder {
                 };
                 let entry = self.repositories.entry(key.clone()).or_default();
                 auth::parse_access_lists(&mut section, &mut entry.1.access, &mut self.auth_origins)?;
+                entry
+                    .1
+                    .immutable_tags
+                    .merge(lifecycle::parse_immutable_tags(&mut section)?);
+                if let Some(rules) = lifecycle::parse_retention_policy(&mut section, &mut self.warnings)? {
+                    entry.1.retention_rules = rules;
+                }
                 section.finish(&mut self.warnings);
                 entry.0 = origin;
                 if event_webhooks.is_some() {
@@ -620,9 +643,81 @@ impl Builder {
             &mut self.config.global.access,
             &mut self.auth_origins,
         )?;
+        if let Some(update) = section.boolean("update_pull_time")? {
+            self.config.global.update_pull_time = update;
+        }
+        self.config
+            .global
+            .immutable_tags
+            .merge(lifecycle::parse_immutable_tags(&mut section)?);
+        if let Some(rules) = lifecycle::parse_retention_policy(&mut section, &mut self.warnings)? {
+            self.config.global.retention_rules = rules;
+        }
         section.finish(&mut self.warnings);
         Ok(())
     }
+}
+
+impl Config {
+    /// The `[repository."X"]` that owns `namespace`: the key equal to it or
+    /// a path prefix of it (`production` owns `production/api`, not
+    /// `productionx`). Keys do not nest (load refuses it), so at most one does;
+    /// the longest is taken all the same.
+    pub fn repository_for(&self, namespace: &str) -> Option<(&str, &RepositoryConfig)> {
+        self.repositories
+            .iter()
+            .filter(|(key, _)| owns(key, namespace))
+            .max_by_key(|(key, _)| key.len())
+            .map(|(key, repository)| (key.as_str(), repository))
+    }
+
+    /// Whether a push may not move `tag` of `namespace` to another digest
+    /// (`immutable_tags`, `immutable_tags_exclusions`; precedence in `lifecycle`).
+    pub fn tag_is_immutable(&self, namespace: &str, tag: &str) -> bool {
+        let repository = self
+            .repository_for(namespace)
+            .map(|(_, repository)| &repository.immutable_tags);
+        ImmutableTags::resolve(&self.global.immutable_tags, repository, tag)
+    }
+
+    /// The retention rules that apply in `namespace`: the global ones and
+    /// its repository's. A manifest is kept when any rule of either keeps
+    /// it (upstream's "kept if either policy matches"). Both empty: the
+    /// namespace has no retention policy, and nothing in it is pruned
+    /// (upstream builds no policy from an empty list).
+    pub fn retention_rules(&self, namespace: &str) -> RetentionRules<'_> {
+        RetentionRules {
+            global: &self.global.retention_rules,
+            repository: self
+                .repository_for(namespace)
+                .map_or(&[], |(_, repository)| &repository.retention_rules),
+        }
+    }
+}
+
+/// The rules `Config::retention_rules` finds for one namespace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetentionRules<'a> {
+    pub global: &'a [crate::retention::rule::Rule],
+    pub repository: &'a [crate::retention::rule::Rule],
+}
+
+impl RetentionRules<'_> {
+    /// No rule anywhere: the namespace is not subject to retention.
+    pub fn is_empty(&self) -> bool {
+        self.global.is_empty() && self.repository.is_empty()
+    }
+
+    /// Every rule, global ones first.
+    pub fn iter(&self) -> impl Iterator<Item = &crate::retention::rule::Rule> {
+        self.global.iter().chain(self.repository)
+    }
+}
+
+/// Whether the `[repository."X"]` key `key` covers `namespace`: equal, or a
+/// path prefix ending at a `/`.
+pub fn owns(key: &str, namespace: &str) -> bool {
+    namespace == key || (namespace.starts_with(key) && namespace.as_bytes().get(key.len()) == Some(&b'/'))
 }
 
 /// Names of webhooks and identities: they appear in logs, metrics labels

@@ -336,6 +336,10 @@ pub struct RepositoryConfig {
     pub event_webhooks: Option<Vec<String>>,
     /// Replace `[global]`'s lists for this namespace, each where set.
     pub access: super::AccessLists,
+    /// `immutable_tags` and `immutable_tags_exclusions`, over the global ones.
+    pub immutable_tags: super::ImmutableTags,
+    /// `[repository."X".retention_policy] rules`, in addition to the global ones.
+    pub retention_rules: Vec<crate::retention::rule::Rule>,
 }
 
 /// Where a name list came from, to name the file and key in errors found

@@ -27,6 +27,10 @@ pub enum ErrorCode {
     Denied,
     /// A failure of ours (storage I/O); the client may retry.
     Unknown,
+    /// Not in the OCI list: upstream Angos's code for a push that would move
+    /// an immutable tag (doc/how-to/protect-tags-immutability.md), kept so
+    /// its clients and scripts read the same answer.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -48,6 +52,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unknown => "UNKNOWN",
+            ErrorCode::Conflict => "CONFLICT",
         }
     }
 
@@ -63,6 +68,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied => 403,
             ErrorCode::Unknown => 500,
+            ErrorCode::Conflict => 409,
             _ => 400,
         }
     }

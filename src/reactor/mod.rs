@@ -419,6 +419,8 @@ impl<C: Clock> Reactor<C> {
         self.registry.set_interest(self.notifier.interest());
         self.registry.set_limits(crate::registry::Limits::of(&new.global));
         self.maintenance.reconfigure(&new.global, self.clock.now_ms());
+        self.registry
+            .set_tag_immutability(config::TagImmutability::of(&new));
         self.config.global = new.global;
         self.config.repositories = new.repositories;
         self.config.webhooks = new.webhooks;

@@ -1,5 +1,5 @@
 //! Manifest endpoints (HEAD/GET/PUT/DELETE by tag or digest), tag listing,
-//! the `_catalog`, and the referrers API.
+//! the `_catalog`, and the referrers API; a PUT never moves an immutable tag.
 
 use super::error::{ErrorCode, RegistryError};
 use super::manifest::{self, OCI_INDEX};
@@ -137,6 +137,7 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&body),
         };
+        self.refuse_moving_immutable_tags(name, tags, &digest)?;
         let parsed = manifest::parse(content_type, &body)
             .map_err(|error| RegistryError::new(ErrorCode::ManifestInvalid, error.to_string()))?;
         let media_type = match (content_type.split(';').next().map(str::trim), &parsed.media_type) {
@@ -217,6 +218,35 @@ impl Registry {
             recheck,
         };
         self.outcome(response, events, commit)
+    }
+
+    /// `409 CONFLICT` when setting `tags` to `digest` would move an immutable
+    /// tag (upstream's doc/how-to/protect-tags-immutability.md, with its
+    /// message). A tag that does not exist yet, or already names `digest`,
+    /// does not move: creating tags and pushing the same content again pass.
+    pub(super) fn refuse_moving_immutable_tags(
+        &self,
+        name: &str,
+        tags: &[String],
+        digest: &Digest,
+    ) -> Result<()> {
+        if !self.immutability.is_enabled_anywhere() {
+            return Ok(());
+        }
+        for tag in tags {
+            if !self.immutability.tag_is_immutable(name, tag) {
+                continue;
+            }
+            let current = self.storage.tag(name, tag).map_err(RegistryError::storage)?;
+            if current.is_some_and(|current| current != *digest) {
+                return Err(RegistryError::new(
+                    ErrorCode::Conflict,
+                    format!("Tag '{tag}' is immutable and cannot be overwritten"),
+                )
+                .detail(serde_json::json!({ "tag": tag })));
+            }
+        }
+        Ok(())
     }
 
     /// `Ok` when every reference is readable from `name`, else

@@ -18,6 +18,7 @@ mod manifests;
 use std::cell::Cell;
 use std::rc::Rc;
 
+use crate::config::TagImmutability;
 use crate::event_webhook::event::EventKind;
 use crate::http::{Method, RequestHead, Response};
 use crate::storage::{Storage, UploadWriter};
@@ -51,6 +52,9 @@ impl Limits {
 pub struct Registry {
     storage: Storage,
     limits: Limits,
+    /// Tags a push may not move (`immutable_tags`), checked when a manifest
+    /// PUT is verified and again when its change is made.
+    immutability: TagImmutability,
     /// Event kinds some webhook wants (`EventKind::bit`); no other events are built.
     interest: u8,
     /// Manifest body bytes held by all PUTs in progress.
@@ -169,6 +173,7 @@ impl Registry {
         Registry {
             storage,
             limits,
+            immutability: TagImmutability::default(),
             interest: 0,
             manifest_bytes_in_flight: Rc::new(Cell::new(0)),
         }
@@ -177,6 +182,11 @@ impl Registry {
     /// Applies reloaded body limits.
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
+    }
+
+    /// Sets which tags are immutable (at start and on reload).
+    pub fn set_tag_immutability(&mut self, immutability: TagImmutability) {
+        self.immutability = immutability;
     }
 
     /// Sets which event kinds to build (from the webhook routing).
@@ -216,20 +226,26 @@ impl Registry {
                 tags,
                 referrer,
                 recheck,
-            } => self.missing_references(&name, &recheck).and_then(|()| {
-                self.storage
-                    .put_manifest(
-                        &name,
-                        &digest,
-                        &media_type,
-                        &body,
-                        &tags,
-                        referrer
-                            .as_ref()
-                            .map(|(subject, descriptor)| (subject, descriptor)),
-                    )
-                    .map_err(RegistryError::storage)
-            }),
+            } => self
+                // Again here: a required webhook's wait can last seconds, and
+                // another push may have set the tag in between (or a reload
+                // made it immutable).
+                .refuse_moving_immutable_tags(&name, &tags, &digest)
+                .and_then(|()| self.missing_references(&name, &recheck))
+                .and_then(|()| {
+                    self.storage
+                        .put_manifest(
+                            &name,
+                            &digest,
+                            &media_type,
+                            &body,
+                            &tags,
+                            referrer
+                                .as_ref()
+                                .map(|(subject, descriptor)| (subject, descriptor)),
+                        )
+                        .map_err(RegistryError::storage)
+                }),
             Commit::Upload { name, id, digest } => self
                 .storage
                 .commit_upload(&name, &id, &digest)
@@ -679,6 +695,152 @@ impl crate::event_webhook::notifier::Apply<Commit> for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Digest;
+    use crate::test_support::TempDir;
+
+    /// A registry on a fresh directory under the configuration `text`.
+    fn registry(dir: &TempDir, text: &str) -> Registry {
+        let loaded = crate::config::load_sources(&[("test.toml".into(), text.into())]).unwrap();
+        let storage = Storage::open(dir.path(), false, 16).unwrap();
+        let mut registry = Registry::new(storage, Limits::of(&loaded.config.global));
+        registry.set_tag_immutability(TagImmutability::of(&loaded.config));
+        registry
+    }
+
+    /// A distinct, valid image manifest per `seed`, and its digest.
+    fn manifest(seed: &str) -> (Vec<u8>, String) {
+        let config = Digest::sha256_of(b"{}");
+        let body = format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"{}\",\"config\":{{\"mediaType\":             \"application/vnd.oci.image.config.v1+json\",\"digest\":\"{config}\",\"size\":2}},             \"layers\":[],\"annotations\":{{\"seed\":\"{seed}\"}}}}",
+            manifest::OCI_MANIFEST
+        )
+        .into_bytes();
+        let digest = Digest::sha256_of(&body).to_string();
+        (body, digest)
+    }
+
+    fn put(registry: &mut Registry, path: &str, body: &[u8]) -> Outcome {
+        let request = format!(
+            "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+            manifest::OCI_MANIFEST,
+            body.len()
+        );
+        let (_, head) = crate::http::request::parse_head(request.as_bytes(), 8192)
+            .unwrap()
+            .unwrap();
+        match registry.begin(&head) {
+            Begin::ReadBody(mut exchange) => {
+                registry.body(&mut exchange, body).unwrap();
+                registry.finish(exchange)
+            }
+            Begin::Answer(outcome) => outcome,
+        }
+    }
+
+    fn tag(registry: &Registry, name: &str, tag: &str) -> Option<String> {
+        registry
+            .storage()
+            .tag(name, tag)
+            .unwrap()
+            .map(|digest| digest.to_string())
+    }
+
+    fn error_code(response: &Response) -> String {
+        let crate::http::Body::Bytes(bytes) = &response.body else {
+            panic!("no error body");
+        };
+        let body: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        body["errors"][0]["code"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn immutable_tags_do_not_move_but_take_the_same_digest_again() {
+        let dir = TempDir::new("immutable");
+        let config = "[global]\nimmutable_tags = true\nimmutable_tags_exclusions = [\"^latest$\"]\n\
+                      [repository.\"dev\"]\nimmutable_tags = false\n";
+        let mut registry = registry(&dir, config);
+        let (a, a_digest) = manifest("a");
+        let (b, b_digest) = manifest("b");
+        assert_eq!(
+            put(&mut registry, "/v2/app/manifests/v1", &a).response.status,
+            201
+        );
+        assert_eq!(
+            put(&mut registry, "/v2/app/manifests/v1", &a).response.status,
+            201,
+            "same digest"
+        );
+        let refused = put(&mut registry, "/v2/app/manifests/v1", &b).response;
+        assert_eq!(refused.status, 409);
+        assert_eq!(error_code(&refused), "CONFLICT");
+        assert_eq!(tag(&registry, "app", "v1"), Some(a_digest.clone()));
+        // By digest with `?tag=`: refused when one of the tags would move, nothing stored.
+        let path = format!("/v2/app/manifests/{b_digest}?tag=v2&tag=v1");
+        assert_eq!(put(&mut registry, &path, &b).response.status, 409);
+        assert_eq!(tag(&registry, "app", "v2"), None, "all or nothing");
+        let path = format!("/v2/app/manifests/{b_digest}?tag=v2");
+        assert_eq!(put(&mut registry, &path, &b).response.status, 201, "a new tag");
+        // Excluded tags and a repository that turns it off move freely.
+        for (name, tag_name) in [("app", "latest"), ("dev", "v1"), ("dev/sub", "v1")] {
+            let path = format!("/v2/{name}/manifests/{tag_name}");
+            assert_eq!(put(&mut registry, &path, &a).response.status, 201);
+            assert_eq!(
+                put(&mut registry, &path, &b).response.status,
+                201,
+                "{name}:{tag_name}"
+            );
+            assert_eq!(tag(&registry, name, tag_name), Some(b_digest.clone()));
+        }
+    }
+
+    #[test]
+    fn a_staged_push_is_checked_again_when_it_is_made() {
+        let dir = TempDir::new("immutable-staged");
+        let mut registry = registry(&dir, "[global]\nimmutable_tags = true\n");
+        let (a, _) = manifest("a");
+        let (b, b_digest) = manifest("b");
+        // A webhook wants pushes: the change waits, staged, while it is asked.
+        registry.set_interest(EventKind::ManifestPush.bit());
+        let staged = put(&mut registry, "/v2/app/manifests/v1", &a).staged.unwrap();
+        // Meanwhile another push sets the tag (its own webhook already said yes).
+        let other = put(&mut registry, "/v2/app/manifests/v1", &b).staged.unwrap();
+        registry.apply(other.commit).unwrap();
+        let refused = registry.apply(staged.commit).unwrap_err();
+        assert_eq!(refused.status, 409);
+        assert_eq!(error_code(&refused), "CONFLICT");
+        assert_eq!(tag(&registry, "app", "v1"), Some(b_digest.clone()));
+        // A reload that makes the tag immutable while a move waits: refused too.
+        registry.set_tag_immutability(TagImmutability::default());
+        let staged = put(&mut registry, "/v2/app/manifests/v1", &a).staged.unwrap();
+        let loaded =
+            crate::config::load_sources(&[("t.toml".into(), "[global]\nimmutable_tags = true\n".into())]);
+        registry.set_tag_immutability(TagImmutability::of(&loaded.unwrap().config));
+        assert_eq!(registry.apply(staged.commit).unwrap_err().status, 409);
+        // The same digest again, staged, is made.
+        let staged = put(&mut registry, "/v2/app/manifests/v1", &b).staged.unwrap();
+        registry.apply(staged.commit).unwrap();
+        assert_eq!(tag(&registry, "app", "v1"), Some(b_digest));
+    }
+
+    #[test]
+    fn deleting_an_immutable_tag_is_not_refused() {
+        let dir = TempDir::new("immutable-delete");
+        let mut registry = registry(&dir, "[global]\nimmutable_tags = true\n");
+        let (a, _) = manifest("a");
+        assert_eq!(
+            put(&mut registry, "/v2/app/manifests/v1", &a).response.status,
+            201
+        );
+        let request = "DELETE /v2/app/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (_, head) = crate::http::request::parse_head(request.as_bytes(), 8192)
+            .unwrap()
+            .unwrap();
+        let Begin::Answer(outcome) = registry.begin(&head) else {
+            panic!("a delete has no body");
+        };
+        assert_eq!(outcome.response.status, 202);
+        assert_eq!(tag(&registry, "app", "v1"), None);
+    }
 
     #[test]
     fn manifest_bodies_count_in_flight_until_they_end_however_they_end() {

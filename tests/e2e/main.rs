@@ -33,6 +33,7 @@ mod fuzz_regressions;
 mod garbage_collection;
 mod hostile_peers;
 mod http_protocol;
+mod immutable_tags;
 mod refusals;
 mod registry_api;
 mod registry_manifests;
