@@ -24,8 +24,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use super::scan::NamespaceScan;
 use crate::digest::Digest;
-use crate::registry::manifest;
 use crate::storage::Storage;
 use crate::storage::walk::{DigestFile, DigestWalk, NamespaceWalk};
 
@@ -97,33 +97,15 @@ enum Phase {
         walk: NamespaceWalk,
         queue: VecDeque<String>,
         scan: Box<NamespaceScan>,
+        stage: NamespaceStage,
     },
     Content(DigestWalk),
     Done,
 }
 
-struct NamespaceScan {
-    name: String,
-    epoch: u64,
-    stage: ScanStage,
-    revisions: Vec<DigestFile>,
-    /// Index into `revisions` of the next body to read.
-    next_body: usize,
-    /// Per revision: the child manifests of an index; per subject: its referrers.
-    children: HashMap<Digest, Vec<Digest>>,
-    referrers: HashMap<Digest, Vec<Digest>>,
-    tagged: HashSet<Digest>,
-    /// Content the namespace's revisions reference (or are).
-    kept: HashSet<u64>,
-    /// Unreadable or unparseable: mark nothing dead, remove nothing.
-    keep_all: bool,
-}
-
-enum ScanStage {
-    Revisions(DigestWalk),
-    Tags,
-    Bodies,
-    Decide,
+/// Where a namespace's scan is: reading it, then sweeping its links.
+enum NamespaceStage {
+    Reading,
     Links(DigestWalk),
 }
 
@@ -183,7 +165,12 @@ impl Collector {
                     if let Some(name) = queue.pop_front() {
                         let scan = NamespaceScan::new(storage, name);
                         self.report.namespaces += 1;
-                        Phase::Namespace { walk, queue, scan }
+                        Phase::Namespace {
+                            walk,
+                            queue,
+                            scan,
+                            stage: NamespaceStage::Reading,
+                        }
                     } else if walk.is_done() {
                         if self.report.content_sweep_skipped {
                             self.finish(storage)
@@ -210,13 +197,16 @@ impl Collector {
                     walk,
                     queue,
                     mut scan,
-                } => {
-                    if self.scan_step(storage, &mut scan, &mut left) {
-                        Phase::Namespaces { walk, queue }
-                    } else {
-                        Phase::Namespace { walk, queue, scan }
-                    }
-                }
+                    stage,
+                } => match self.scan_step(storage, &mut scan, stage, &mut left) {
+                    None => Phase::Namespaces { walk, queue },
+                    Some(stage) => Phase::Namespace {
+                        walk,
+                        queue,
+                        scan,
+                        stage,
+                    },
+                },
                 Phase::Content(mut walk) => {
                     if walk.is_done() {
                         self.finish(storage)
@@ -253,52 +243,28 @@ impl Collector {
         Phase::Done
     }
 
-    /// One piece of a namespace's scan; `true` once it is complete.
-    fn scan_step(&mut self, storage: &mut Storage, scan: &mut NamespaceScan, left: &mut usize) -> bool {
-        let stage = std::mem::replace(&mut scan.stage, ScanStage::Decide);
-        scan.stage = match stage {
-            ScanStage::Revisions(mut walk) => {
-                let entries = (*left).min(64);
-                *left -= entries;
-                match walk.step(entries) {
-                    Ok(found) => scan.revisions.extend(found),
-                    Err(error) => scan.fail(&mut self.report, "reading revisions", &error),
+    /// One piece of a namespace's work; `None` once it is complete.
+    fn scan_step(
+        &mut self,
+        storage: &mut Storage,
+        scan: &mut NamespaceScan,
+        stage: NamespaceStage,
+        left: &mut usize,
+    ) -> Option<NamespaceStage> {
+        match stage {
+            NamespaceStage::Reading => {
+                if !scan.step(storage, left) {
+                    return Some(NamespaceStage::Reading);
                 }
-                if walk.is_done() || scan.keep_all {
-                    self.report.manifests += scan.revisions.len() as u64;
-                    ScanStage::Tags
-                } else {
-                    ScanStage::Revisions(walk)
+                self.report.manifests += scan.revisions.len() as u64;
+                self.report.errors += scan.errors;
+                if scan.unparseable {
+                    self.report.content_sweep_skipped = true;
                 }
-            }
-            ScanStage::Tags => {
-                match storage.tag_targets(&scan.name) {
-                    Ok(targets) => {
-                        *left = left.saturating_sub(targets.len().max(1));
-                        scan.tagged.extend(targets.into_iter().map(|(_, digest)| digest));
-                    }
-                    Err(error) => scan.fail(&mut self.report, "reading tags", &error),
-                }
-                ScanStage::Bodies
-            }
-            ScanStage::Bodies => {
-                while *left > 0 && scan.next_body < scan.revisions.len() {
-                    *left -= 1;
-                    let digest = scan.revisions[scan.next_body].digest.clone();
-                    scan.next_body += 1;
-                    scan.read_body(storage, &digest, &mut self.report);
-                }
-                if scan.next_body < scan.revisions.len() {
-                    ScanStage::Bodies
-                } else {
-                    ScanStage::Decide
-                }
-            }
-            ScanStage::Decide => {
                 self.decide(storage, scan);
-                ScanStage::Links(storage.link_walk(&scan.name))
+                Some(NamespaceStage::Links(storage.link_walk(&scan.name)))
             }
-            ScanStage::Links(mut walk) => {
+            NamespaceStage::Links(mut walk) => {
                 let entries = (*left).min(64);
                 *left -= entries;
                 match walk.step(entries) {
@@ -309,21 +275,22 @@ impl Collector {
                     }
                     Err(error) => {
                         // Links not read are not known to be kept: sweep no content.
-                        scan.fail(&mut self.report, "reading links", &error);
+                        log::warn!(target: "angos::gc", "{}: reading links: {error}", scan.name);
+                        self.report.errors += 1;
                         self.report.content_sweep_skipped = true;
-                        return true;
+                        self.report.namespaces_skipped += 1;
+                        return None;
                     }
                 }
                 if walk.is_done() {
                     if scan.keep_all {
                         self.report.namespaces_skipped += 1;
                     }
-                    return true;
+                    return None;
                 }
-                ScanStage::Links(walk)
+                Some(NamespaceStage::Links(walk))
             }
-        };
-        false
+        }
     }
 
     /// Marks the namespace's live manifests; hands out the unreachable ones.
@@ -471,70 +438,5 @@ impl Collector {
                 self.report.bytes_kept += file.size;
             }
         }
-    }
-}
-
-impl NamespaceScan {
-    fn new(storage: &Storage, name: String) -> Box<NamespaceScan> {
-        Box::new(NamespaceScan {
-            epoch: storage.manifest_epoch(&name),
-            stage: ScanStage::Revisions(storage.revision_walk(&name)),
-            name,
-            revisions: Vec::new(),
-            next_body: 0,
-            children: HashMap::new(),
-            referrers: HashMap::new(),
-            tagged: HashSet::new(),
-            kept: HashSet::new(),
-            keep_all: false,
-        })
-    }
-
-    fn fail(&mut self, report: &mut Report, what: &str, error: &std::io::Error) {
-        log::warn!(target: "angos::gc", "{}: {what}: {error}; nothing is removed there", self.name);
-        report.errors += 1;
-        self.keep_all = true;
-    }
-
-    /// Reads one revision's body: what it references, its children and subject.
-    fn read_body(&mut self, storage: &Storage, digest: &Digest, report: &mut Report) {
-        self.kept.insert(crate::storage::watch_content_key(digest));
-        let (media_type, body) = match storage.revision_body(&self.name, digest) {
-            Ok(Some(found)) => found,
-            // Removed since the walk: nothing to keep for it.
-            Ok(None) => return,
-            Err(error) => return self.fail(report, "reading a manifest", &error),
-        };
-        let parsed = match manifest::parse(&media_type, &body) {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                // Its references are unknown, so none of its namespace's
-                // links, and no content at all, may be judged unreferenced.
-                log::warn!(target: "angos::gc", "{}@{digest}: {error}; nothing is removed there", self.name);
-                report.errors += 1;
-                report.content_sweep_skipped = true;
-                self.keep_all = true;
-                return;
-            }
-        };
-        let mut references = Vec::new();
-        for blob in &parsed.blobs {
-            references.push(blob.digest.clone());
-        }
-        let mut children = Vec::new();
-        for child in &parsed.manifests {
-            references.push(child.digest.clone());
-            children.push(child.digest.clone());
-        }
-        for reference in &references {
-            self.kept.insert(crate::storage::watch_content_key(reference));
-        }
-        if let Some(subject) = &parsed.subject {
-            self.referrers
-                .entry(subject.digest.clone())
-                .or_default()
-                .push(digest.clone());
-        }
-        self.children.insert(digest.clone(), children);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod collector;
 pub mod offline;
+mod scan;
 pub mod scrub;
 
 use serde_json::{Value, json};

@@ -1,0 +1,160 @@
+//! Reading one namespace for a maintenance job, a bounded piece per call:
+//! its revisions (with when each was written), its tags, and from each
+//! manifest body what it references, its children (an index's manifests)
+//! and its subject. Garbage collection and retention both decide from this.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::digest::Digest;
+use crate::registry::manifest;
+use crate::storage::Storage;
+use crate::storage::walk::{DigestFile, DigestWalk, TagFile};
+
+pub struct NamespaceScan {
+    pub name: String,
+    /// The namespace's manifest epoch when the scan began: a decision is
+    /// stale once it moved (`Storage::manifest_epoch`).
+    pub epoch: u64,
+    stage: Stage,
+    pub revisions: Vec<DigestFile>,
+    /// Index into `revisions` of the next body to read.
+    next_body: usize,
+    pub tags: Vec<(TagFile, Digest)>,
+    pub tagged: HashSet<Digest>,
+    /// Per revision: the child manifests of an index.
+    pub children: HashMap<Digest, Vec<Digest>>,
+    /// Per subject: its referrers.
+    pub referrers: HashMap<Digest, Vec<Digest>>,
+    /// Content keys (`storage::watch_content_key`) the revisions are or reference.
+    pub kept: HashSet<u64>,
+    /// Something could not be read or parsed: judge nothing here.
+    pub keep_all: bool,
+    /// A manifest body did not parse: what it references is unknown.
+    pub unparseable: bool,
+    pub errors: u64,
+}
+
+enum Stage {
+    Revisions(DigestWalk),
+    Tags,
+    Bodies,
+    Done,
+}
+
+impl NamespaceScan {
+    pub fn new(storage: &Storage, name: String) -> Box<NamespaceScan> {
+        Box::new(NamespaceScan {
+            epoch: storage.manifest_epoch(&name),
+            stage: Stage::Revisions(storage.revision_walk(&name)),
+            name,
+            revisions: Vec::new(),
+            next_body: 0,
+            tags: Vec::new(),
+            tagged: HashSet::new(),
+            children: HashMap::new(),
+            referrers: HashMap::new(),
+            kept: HashSet::new(),
+            keep_all: false,
+            unparseable: false,
+            errors: 0,
+        })
+    }
+
+    /// Reads on, spending `left` (directory entries and files read);
+    /// `true` once everything is read.
+    pub fn step(&mut self, storage: &Storage, left: &mut usize) -> bool {
+        while *left > 0 {
+            let stage = std::mem::replace(&mut self.stage, Stage::Done);
+            self.stage = match stage {
+                Stage::Revisions(mut walk) => {
+                    let entries = (*left).min(64);
+                    *left -= entries;
+                    match walk.step(entries) {
+                        Ok(found) => self.revisions.extend(found),
+                        Err(error) => self.fail("reading revisions", &error),
+                    }
+                    if walk.is_done() || self.keep_all {
+                        Stage::Tags
+                    } else {
+                        Stage::Revisions(walk)
+                    }
+                }
+                Stage::Tags => {
+                    match storage.tag_targets(&self.name) {
+                        Ok(targets) => {
+                            *left = left.saturating_sub(targets.len().max(1));
+                            self.tagged
+                                .extend(targets.iter().map(|(_, digest)| digest.clone()));
+                            self.tags = targets;
+                        }
+                        Err(error) => self.fail("reading tags", &error),
+                    }
+                    Stage::Bodies
+                }
+                Stage::Bodies => {
+                    while *left > 0 && self.next_body < self.revisions.len() {
+                        *left -= 1;
+                        let digest = self.revisions[self.next_body].digest.clone();
+                        self.next_body += 1;
+                        self.read_body(storage, &digest);
+                    }
+                    if self.next_body < self.revisions.len() {
+                        Stage::Bodies
+                    } else {
+                        Stage::Done
+                    }
+                }
+                Stage::Done => {
+                    self.stage = Stage::Done;
+                    return true;
+                }
+            };
+        }
+        matches!(self.stage, Stage::Done)
+    }
+
+    pub fn fail(&mut self, what: &str, error: &std::io::Error) {
+        log::warn!(target: "angos::maintenance", "{}: {what}: {error}; nothing is removed there", self.name);
+        self.errors += 1;
+        self.keep_all = true;
+    }
+
+    /// Reads one revision's body: what it references, its children and subject.
+    fn read_body(&mut self, storage: &Storage, digest: &Digest) {
+        self.kept.insert(crate::storage::watch_content_key(digest));
+        let (media_type, body) = match storage.revision_body(&self.name, digest) {
+            Ok(Some(found)) => found,
+            // Removed since the walk, or its body is quarantined: nothing to
+            // keep for it.
+            Ok(None) => return,
+            Err(error) => return self.fail("reading a manifest", &error),
+        };
+        let parsed = match manifest::parse(&media_type, &body) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                // Its references are unknown, so none of its namespace's
+                // links, and no content at all, may be judged unreferenced.
+                log::warn!(target: "angos::maintenance", "{}@{digest}: {error}; nothing is removed there", self.name);
+                self.errors += 1;
+                self.unparseable = true;
+                self.keep_all = true;
+                return;
+            }
+        };
+        for blob in &parsed.blobs {
+            self.kept.insert(crate::storage::watch_content_key(&blob.digest));
+        }
+        let mut children = Vec::new();
+        for child in &parsed.manifests {
+            self.kept.insert(crate::storage::watch_content_key(&child.digest));
+            children.push(child.digest.clone());
+        }
+        if let Some(subject) = &parsed.subject {
+            self.referrers
+                .entry(subject.digest.clone())
+                .or_default()
+                .push(digest.clone());
+        }
+        self.children.insert(digest.clone(), children);
+    }
+}
