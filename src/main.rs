@@ -17,6 +17,7 @@ use angos::storage::Storage;
 const USAGE: &str = "usage: angos [-c FILE]... server
        angos [-c FILE]... webhook test NAME
        angos [-c FILE]... scrub [--commit]
+       angos [-c FILE]... prune [--dry-run]
        angos webhook secret
        angos hash-password < PASSWORD_FILE
 
@@ -25,6 +26,9 @@ const USAGE: &str = "usage: angos [-c FILE]... server
   scrub [--commit]    garbage collection: report what is unreferenced and older
                       than [global] gc_grace_secs; with --commit, remove it. When
                       a server runs on the data, it asks that server to collect
+  prune [--dry-run]   retention: remove the tags and manifests no rule of
+                      retention_policy keeps (--dry-run lists them); also
+                      `scrub --retention` and `policy --retention` (upstream's)
   webhook secret      print a new Standard Webhooks secret (whsec_...) for
                       [event_webhook.NAME] signing_secrets
   hash-password       read a password (first line of standard input) and print
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             other if !other.starts_with('-') => words.push(other.to_string()),
-            "--commit" | "--dry-run" | "-d" => flags.push(arg),
+            "--commit" | "--dry-run" | "-d" | "--retention" | "-r" => flags.push(arg),
             other => return usage_error(&format!("unexpected argument {other:?}")),
         }
     }
@@ -74,7 +78,15 @@ fn main() -> ExitCode {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["server"] if flags.is_empty() => serve(files),
+        ["scrub"] | ["policy"] if flags.iter().any(|flag| flag == "--retention" || flag == "-r") => {
+            let flags: Vec<String> = flags
+                .into_iter()
+                .filter(|flag| flag != "--retention" && flag != "-r")
+                .collect();
+            prune(&files, &flags)
+        }
         ["scrub"] => scrub(&files, &flags),
+        ["prune"] => prune(&files, &flags),
         ["webhook", "test", name] => test_webhook(&files, name),
         ["webhook", ..] => usage_error(
             "the webhook commands are: angos [-c FILE]... webhook test NAME, angos webhook secret",
@@ -177,60 +189,155 @@ fn scrub(files: &[PathBuf], flags: &[String]) -> ExitCode {
 /// Asks the server holding the data directory to collect, waits for the
 /// run to end and prints its report.
 fn scrub_on_server(config: &config::Config, commit: bool) -> ExitCode {
-    let address = admin_address(config);
     let mode = if commit { "commit" } else { "report-only" };
-    let started = match admin_request(address, "POST", &format!("/v2/_angos/gc?mode={mode}")) {
+    match run_on_server(config, "gc", mode) {
+        Ok(status) => {
+            println!("{}", status["last"]);
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Starts the server's maintenance job `job` (`gc`, `prune`) in `mode`
+/// through the admin API, and waits for it to end (its removals made too);
+/// the job's final status.
+fn run_on_server(config: &config::Config, job: &str, mode: &str) -> Result<serde_json::Value, ExitCode> {
+    let address = admin_address(config);
+    let path = format!("/v2/_angos/{job}");
+    let started = match admin_request(address, "POST", &format!("{path}?mode={mode}")) {
         Ok((202, _)) => true,
         // One is running already: report on that one when it ends.
-        Ok((409, _)) => false,
+        Ok((409, body)) if body.contains("already") => false,
         Ok((status, body)) => {
-            log::error!("the server at {address} refused the collection ({status}): {body}");
-            return ExitCode::FAILURE;
+            log::error!("the server at {address} refused ({status}): {body}");
+            return Err(ExitCode::FAILURE);
         }
         Err(error) => {
             log::error!(
                 "a server holds {} but does not answer at {address}: {error}",
                 config.storage.root_dir.display()
             );
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
     log::info!(
-        "asked the server at {address} to collect ({})",
-        if started { mode } else { "one was running" }
+        "asked the server at {address} to run {job} ({})",
+        if started {
+            mode
+        } else {
+            "one was running: its report follows"
+        }
     );
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let body = match admin_request(address, "GET", "/v2/_angos/gc") {
+        let body = match admin_request(address, "GET", &path) {
             Ok((200, body)) => body,
             Ok((status, body)) => {
-                log::error!("GET /v2/_angos/gc answered {status}: {body}");
-                return ExitCode::FAILURE;
+                log::error!("GET {path} answered {status}: {body}");
+                return Err(ExitCode::FAILURE);
             }
             Err(error) => {
                 log::error!("lost the server at {address}: {error}");
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         };
         let Ok(status) = serde_json::from_str::<serde_json::Value>(&body) else {
-            log::error!("GET /v2/_angos/gc answered something else than JSON: {body}");
-            return ExitCode::FAILURE;
+            log::error!("GET {path} answered something else than JSON: {body}");
+            return Err(ExitCode::FAILURE);
         };
         if status["running"] == false && status["removals_pending"] == 0 {
-            println!("{}", status["last"]);
-            return ExitCode::SUCCESS;
+            return Ok(status);
         }
     }
 }
 
-/// Where this host reaches the configured server.
+/// `angos prune [--dry-run]` (also upstream's `scrub --retention` and
+/// `policy --retention`): one retention run. Its removals are events
+/// webhooks must hear of, so a running server makes them; without one it
+/// runs here only when no webhook is configured (or as a dry run).
+fn prune(files: &[PathBuf], flags: &[String]) -> ExitCode {
+    let dry_run = flags.iter().any(|flag| flag == "--dry-run" || flag == "-d");
+    let Some(config) = load(files) else {
+        return ExitCode::FAILURE;
+    };
+    let root = &config.storage.root_dir;
+    let _lock = match angos::storage::lock_root(root) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            let mode = if dry_run { "dry-run" } else { "commit" };
+            return match run_on_server(&config, "prune", mode) {
+                Ok(status) => print_prune(&status["last"]),
+                Err(code) => code,
+            };
+        }
+        Err(error) => {
+            log::error!("cannot lock {}: {error}", root.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(why) = angos::maintenance::prune::check_pull_times(&config) {
+        log::error!("{why}");
+        return ExitCode::FAILURE;
+    }
+    if !dry_run && !config.webhooks.is_empty() {
+        log::error!(
+            "retention removals are events for the configured webhooks, and only a running server delivers \
+             them: start `angos server` and run this again (it asks the server), or use --dry-run"
+        );
+        return ExitCode::FAILURE;
+    }
+    let storage = match Storage::open(
+        root,
+        config.storage.sync_to_disk,
+        config.storage.max_upload_sessions,
+    ) {
+        Ok(storage) => storage,
+        Err(error) => {
+            log::error!("cannot open storage at {}: {error}", root.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut registry = Registry::new(storage, Limits::of(&config.global));
+    let now_secs = angos::clock::Clock::unix_micros(&SystemClock::new()) / 1_000_000;
+    let report = angos::maintenance::offline::prune(&mut registry, &config, now_secs, dry_run);
+    print_prune(&report)
+}
+
+fn print_prune(report: &serde_json::Value) -> ExitCode {
+    if let Some(lines) = report["listed"].as_array() {
+        for line in lines {
+            println!("{}", line.as_str().unwrap_or_default());
+        }
+    }
+    let mut summary = report.clone();
+    if let Some(object) = summary.as_object_mut() {
+        object.remove("listed");
+    }
+    eprintln!("{summary}");
+    ExitCode::SUCCESS
+}
+
+/// Where this host reaches the server holding the data directory: the
+/// address it noted in the `.lock`, else the configured one.
 fn admin_address(config: &config::Config) -> std::net::SocketAddr {
-    let ip = match config.server.bind_address {
+    if let Some(address) = angos::storage::noted_server_address(&config.storage.root_dir) {
+        return loopback_for(address);
+    }
+    loopback_for(std::net::SocketAddr::new(
+        config.server.bind_address,
+        config.server.port,
+    ))
+}
+
+/// `address`, with an unspecified IP replaced by the loopback one.
+fn loopback_for(address: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match address.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => std::net::IpAddr::from([127, 0, 0, 1]),
         ip if ip.is_unspecified() => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    std::net::SocketAddr::new(ip, config.server.port)
+    std::net::SocketAddr::new(ip, address.port())
 }
 
 /// One plain HTTP/1.1 request to the local server; its status and body.
@@ -361,6 +468,11 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Where commands on the same data (`angos scrub`, `angos prune`) find
+    // this server: the configured port may be 0, the address unspecified.
+    if let Err(error) = angos::storage::note_server_address(&_lock, reactor.local_addr()) {
+        log::warn!("cannot write the server's address into the data directory's .lock: {error}");
+    }
     match reactor.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

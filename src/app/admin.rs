@@ -2,7 +2,8 @@
 //! `/v2/_angos/` (distribution-spec "Extensions"): status per webhook,
 //! recent deliveries and dead letters, redelivery, enabling a webhook a
 //! `410 Gone` disabled, and a test ping; garbage collection (`gc`) and the
-//! scrub (`scrub`): their status, and a run on demand. The
+//! scrub (`scrub`) and retention (`prune`): their status, and a run on
+//! demand. The
 //! notifier answers the questions (`notifier::operations`); this module
 //! routes the requests and writes the JSON. When authentication exists,
 //! only an administrator may reach it (`auth::Need::of`).
@@ -52,7 +53,9 @@ pub fn handle(
                 error(409, ErrorCode::Unsupported, "a scrub is already running")
             }
         }
-        (_, ["gc"] | ["scrub"]) => error(405, ErrorCode::Unsupported, "use GET or POST"),
+        (Method::Get | Method::Head, ["prune"]) => Response::json(200, &maintenance.prune_status()),
+        (Method::Post, ["prune"]) => start_prune(maintenance, query),
+        (_, ["gc"] | ["scrub"] | ["prune"]) => error(405, ErrorCode::Unsupported, "use GET or POST"),
         (Method::Get | Method::Head, ["webhooks", name, "deliveries"]) => list_deliveries(notifier, name),
         (Method::Post, ["webhooks", name, "deliveries", id, "redeliver"]) => {
             redeliver(notifier, name, id, now_ms)
@@ -100,6 +103,26 @@ fn start_collection(maintenance: &mut Maintenance, query: &str) -> Response {
             ErrorCode::Unsupported,
             "a garbage collection is already running",
         )
+    }
+}
+
+/// `POST /v2/_angos/prune`: a retention run now (202); `?mode=dry-run`
+/// lists what would go (in `GET`'s `last.listed`) and removes nothing.
+fn start_prune(maintenance: &mut Maintenance, query: &str) -> Response {
+    let report_only = match query {
+        "" | "mode=commit" => false,
+        "mode=dry-run" | "mode=report-only" => true,
+        _ => {
+            return error(
+                400,
+                ErrorCode::Unsupported,
+                "the query is mode=commit or mode=dry-run",
+            );
+        }
+    };
+    match maintenance.request_prune(Trigger::Demand, report_only) {
+        Ok(()) => Response::json(202, &json!({ "started": true })),
+        Err(why) => error(409, ErrorCode::Unsupported, &why),
     }
 }
 

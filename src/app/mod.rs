@@ -37,12 +37,20 @@ pub struct Waiter {
 }
 
 impl Waiter {
-    /// Not a connection: the registry's own maintenance jobs, whose
-    /// removals go through the notifier like a client's.
-    pub const MAINTENANCE: Waiter = Waiter {
-        slot: usize::MAX,
-        generation: 0,
-    };
+    /// Not a connection: one of the registry's own maintenance jobs
+    /// (`job`: `maintenance::Job` as a number), whose removals go through
+    /// the notifier like a client's.
+    pub const fn maintenance(job: u64) -> Waiter {
+        Waiter {
+            slot: usize::MAX,
+            generation: job,
+        }
+    }
+
+    /// The maintenance job this waiter stands for, if it is one.
+    pub fn maintenance_job(&self) -> Option<u64> {
+        (self.slot == usize::MAX).then_some(self.generation)
+    }
 }
 
 /// What the application keeps about a request between calls.
@@ -422,6 +430,7 @@ impl Application<'_> {
         }
         let policy = self.auth.policy();
         let readable = |namespace: &str| policy.allows(principal, crate::auth::Action::Pull, namespace);
+        self.registry.set_time(self.unix_micros / 1_000_000);
         match self.registry.begin_routed(&head, route, &readable) {
             Begin::Answer(outcome) => match self.conclude(outcome, info, now_ms) {
                 Ending::Respond(request, response) => Reply::Respond(request, response),

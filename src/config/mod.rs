@@ -101,6 +101,9 @@ pub struct GlobalConfig {
     pub scrub_interval_secs: u64,
     /// How fast a scrub reads: it competes with clients for the disk.
     pub scrub_bytes_per_sec: u64,
+    /// Seconds between scheduled retention runs (0: only on demand); none
+    /// runs without retention rules.
+    pub prune_interval_secs: u64,
     /// Webhooks for every namespace without its own `event_webhooks`.
     pub event_webhooks: Vec<String>,
     /// Events queued per async webhook before the oldest is dropped.
@@ -156,6 +159,7 @@ impl Default for Config {
                 gc_after_deletes: 0,
                 scrub_interval_secs: 7 * 24 * 3600,
                 scrub_bytes_per_sec: 16 << 20,
+                prune_interval_secs: 24 * 3600,
                 event_webhooks: Vec::new(),
                 event_webhook_queue_length: 10_000,
                 event_webhook_journal_size: 256 << 20,
@@ -610,6 +614,9 @@ impl Builder {
         }
         if let Some(secs) = section.integer("scrub_interval_secs", 0, year_secs)? {
             global.scrub_interval_secs = secs;
+        }
+        if let Some(secs) = section.integer("prune_interval_secs", 0, year_secs)? {
+            global.prune_interval_secs = secs;
         }
         if let Some(rate) = section.size("scrub_bytes_per_sec")? {
             if rate < 64 << 10 {

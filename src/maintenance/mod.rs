@@ -8,18 +8,20 @@
 
 pub mod collector;
 pub mod offline;
+pub mod prune;
 mod scan;
 pub mod scrub;
 
 use serde_json::{Value, json};
 
-use crate::config::GlobalConfig;
+use crate::config::Config;
 use crate::event_webhook::event::{Actor, EventKind};
 use crate::event_webhook::notifier::Submission;
 use crate::http::Response;
 use crate::metrics::{FamilyId, Metrics};
 use crate::registry::{Commit, EventDraft, Registry, Removal};
 use collector::{Collector, Deletion, Progress, Report};
+use prune::{PruneReport, Pruner, Pruning};
 use scrub::{ScrubReport, Scrubber, Verification, VerifyJob};
 
 /// What a turn's maintenance hands the reactor.
@@ -29,6 +31,29 @@ pub struct Work {
     pub deletions: Vec<Deletion>,
     /// Files for the file thread to check against their digests.
     pub checks: Vec<VerifyJob>,
+    /// Tags and manifests retention removes, through the notifier.
+    pub prunings: Vec<Pruning>,
+}
+
+/// A finished retention run.
+#[derive(Debug, Clone)]
+pub struct PruneRun {
+    pub trigger: Trigger,
+    pub report_only: bool,
+    pub started_unix_secs: u64,
+    pub duration_ms: u64,
+    pub report: PruneReport,
+    /// Removals made, and refused (a webhook said no, or the namespace
+    /// changed meanwhile).
+    pub removed: u64,
+    pub refused: u64,
+}
+
+struct ActivePrune {
+    pruner: Pruner,
+    trigger: Trigger,
+    started_ms: u64,
+    started_unix_secs: u64,
 }
 
 /// A finished scrub.
@@ -126,11 +151,21 @@ pub struct Maintenance {
     next_scrub_ms: Option<u64>,
     pub scrub_bytes_per_sec: u64,
     last_scrub: Option<ScrubRun>,
+    prune: Option<ActivePrune>,
+    prune_requested: Option<(Trigger, bool)>,
+    prune_interval_ms: u64,
+    next_prune_ms: Option<u64>,
+    prune_pending: u64,
+    /// Why retention may not run under the current configuration.
+    prune_refusal: Option<String>,
+    prune_removed: u64,
+    prune_refused: u64,
+    last_prune: Option<PruneRun>,
     families: Families,
 }
 
 impl Maintenance {
-    pub fn new(global: &GlobalConfig, metrics: &mut Metrics, now_ms: u64) -> Maintenance {
+    pub fn new(config: &Config, metrics: &mut Metrics, now_ms: u64) -> Maintenance {
         let families = Families {
             runs: metrics.counter(
                 "gc_runs_total",
@@ -197,14 +232,25 @@ impl Maintenance {
             next_scrub_ms: None,
             scrub_bytes_per_sec: 0,
             last_scrub: None,
+            prune: None,
+            prune_requested: None,
+            prune_interval_ms: 0,
+            next_prune_ms: None,
+            prune_pending: 0,
+            prune_refusal: None,
+            prune_removed: 0,
+            prune_refused: 0,
+            last_prune: None,
             families,
         };
-        maintenance.reconfigure(global, now_ms);
+        maintenance.reconfigure(config, now_ms);
         maintenance
     }
 
     /// Takes new settings; a changed interval counts from now.
-    pub fn reconfigure(&mut self, global: &GlobalConfig, now_ms: u64) {
+    pub fn reconfigure(&mut self, config: &Config, now_ms: u64) {
+        let global = &config.global;
+        self.prune_refusal = prune::check_pull_times(config).err();
         let interval_ms = global.gc_interval_secs.saturating_mul(1000);
         if interval_ms != self.interval_ms || self.next_scheduled_ms.is_none() {
             self.next_scheduled_ms = (interval_ms > 0).then(|| now_ms.saturating_add(interval_ms));
@@ -215,6 +261,11 @@ impl Maintenance {
             self.next_scrub_ms = (scrub_interval_ms > 0).then(|| now_ms.saturating_add(scrub_interval_ms));
         }
         self.scrub_interval_ms = scrub_interval_ms;
+        let prune_interval_ms = global.prune_interval_secs.saturating_mul(1000);
+        if prune_interval_ms != self.prune_interval_ms || self.next_prune_ms.is_none() {
+            self.next_prune_ms = (prune_interval_ms > 0).then(|| now_ms.saturating_add(prune_interval_ms));
+        }
+        self.prune_interval_ms = prune_interval_ms;
         self.scrub_bytes_per_sec = global.scrub_bytes_per_sec;
         self.grace_secs = global.gc_grace_secs;
         self.deletes_threshold = global.gc_after_deletes;
@@ -254,6 +305,8 @@ impl Maintenance {
         self.active.is_some()
             || self.requested.is_some()
             || self.scrub_requested.is_some()
+            || self.prune.is_some()
+            || self.prune_requested.is_some()
             || self
                 .scrub
                 .as_ref()
@@ -400,10 +453,12 @@ impl Maintenance {
         self.active.is_some()
     }
 
-    /// Runs this turn's slices: garbage collection and scrub.
+    /// Runs this turn's slices: garbage collection, scrub and retention
+    /// (under `config`'s rules).
     pub fn run(
         &mut self,
         registry: &mut Registry,
+        config: &Config,
         metrics: &mut Metrics,
         now_ms: u64,
         unix_secs: u64,
@@ -411,7 +466,126 @@ impl Maintenance {
         Work {
             checks: self.run_scrub(registry, metrics, now_ms, unix_secs),
             deletions: self.run_collection(registry, metrics, now_ms, unix_secs),
+            prunings: self.run_prune(registry, config, now_ms, unix_secs),
         }
+    }
+
+    /// Asks for a retention run (`report_only`: one that lists what would go
+    /// and removes nothing); an error when one runs, or when its rules read
+    /// pull times that are not recorded.
+    pub fn request_prune(&mut self, trigger: Trigger, report_only: bool) -> Result<(), String> {
+        if self.prune.is_some() || self.prune_requested.is_some() {
+            return Err("a retention run is already under way".into());
+        }
+        if let Some(why) = &self.prune_refusal {
+            return Err(why.clone());
+        }
+        self.prune_requested = Some((trigger, report_only));
+        Ok(())
+    }
+
+    fn run_prune(
+        &mut self,
+        registry: &Registry,
+        config: &Config,
+        now_ms: u64,
+        unix_secs: u64,
+    ) -> Vec<Pruning> {
+        if self.prune.is_none() {
+            if self.next_prune_ms.is_some_and(|due| now_ms >= due) {
+                self.next_prune_ms = Some(now_ms.saturating_add(self.prune_interval_ms));
+                if has_retention_rules(config) {
+                    match prune::check_pull_times(config) {
+                        Ok(()) => {
+                            self.prune_requested.get_or_insert((Trigger::Schedule, false));
+                        }
+                        Err(why) => {
+                            log::error!(target: "angos::prune", "scheduled retention run refused: {why}")
+                        }
+                    }
+                }
+            }
+            let Some((trigger, report_only)) = self.prune_requested.take() else {
+                return Vec::new();
+            };
+            log::info!(
+                target: "angos::prune",
+                "retention run started ({}{})",
+                trigger.as_str(),
+                if report_only { ", dry run" } else { "" }
+            );
+            self.prune_removed = 0;
+            self.prune_refused = 0;
+            self.prune = Some(ActivePrune {
+                pruner: Pruner::new(registry.storage(), unix_secs, report_only),
+                trigger,
+                started_ms: now_ms,
+                started_unix_secs: unix_secs,
+            });
+        }
+        let Some(active) = &mut self.prune else {
+            return Vec::new();
+        };
+        let progress = active
+            .pruner
+            .step(registry.storage(), config, GC_OPERATIONS_PER_TURN);
+        let prunings = active.pruner.take_prunings();
+        self.prune_pending += prunings.len() as u64;
+        if progress == Progress::Done {
+            let active = self.prune.take().expect("a retention run is under way");
+            let report = active.pruner.report().clone();
+            let dry = active.pruner.is_report_only();
+            let verb = if dry { "would go" } else { "removed" };
+            log::info!(
+                target: "angos::prune",
+                "retention run finished ({}{}): {} namespaces with rules, {} tags ({} {verb}), \
+                 {} manifests ({} {verb}), {} protected, {} rule errors",
+                active.trigger.as_str(),
+                if dry { ", dry run" } else { "" },
+                report.namespaces,
+                report.tags,
+                report.tags_removed,
+                report.manifests,
+                report.manifests_removed,
+                report.protected,
+                report.rule_errors,
+            );
+            self.last_prune = Some(PruneRun {
+                trigger: active.trigger,
+                report_only: dry,
+                started_unix_secs: active.started_unix_secs,
+                duration_ms: now_ms.saturating_sub(active.started_ms),
+                report,
+                removed: self.prune_removed,
+                refused: self.prune_refused,
+            });
+        }
+        prunings
+    }
+
+    /// The admin API's view of retention.
+    pub fn prune_status(&self) -> Value {
+        json!({
+            "running": self.prune.is_some() || self.prune_requested.is_some(),
+            "removals_pending": self.prune_pending,
+            "interval_secs": self.prune_interval_ms / 1000,
+            "last": self.last_prune.as_ref().map(|run| json!({
+                "trigger": run.trigger.as_str(),
+                "mode": if run.report_only { "dry-run" } else { "commit" },
+                "started": crate::clock::rfc3339_utc(run.started_unix_secs * 1_000_000),
+                "duration_ms": run.duration_ms,
+                "namespaces": run.report.namespaces,
+                "tags": run.report.tags,
+                "manifests": run.report.manifests,
+                "tags_removed": run.report.tags_removed,
+                "manifests_removed": run.report.manifests_removed,
+                "protected": run.report.protected,
+                "rule_errors": run.report.rule_errors,
+                "removals_made": run.removed,
+                "removals_refused": run.refused,
+                "listed": run.report.listed,
+            })),
+        })
     }
 
     /// Starts a due collection, steps the running one. Returns the
@@ -543,8 +717,29 @@ impl Maintenance {
         self.last = Some(run);
     }
 
-    /// How a removal handed out by `run` went (`removed`: it was made).
-    pub fn removal_answered(&mut self, removed: bool, metrics: &mut Metrics) {
+    /// How a removal of `job` handed out by `run` went (`removed`: it was made).
+    pub fn answered(&mut self, job: Job, removed: bool, metrics: &mut Metrics) {
+        match job {
+            Job::Gc => self.removal_answered(removed, metrics),
+            Job::Prune => {
+                self.prune_pending = self.prune_pending.saturating_sub(1);
+                if removed {
+                    self.prune_removed += 1;
+                } else {
+                    self.prune_refused += 1;
+                }
+                if self.prune.is_none()
+                    && let Some(last) = &mut self.last_prune
+                {
+                    last.removed = self.prune_removed;
+                    last.refused = self.prune_refused;
+                }
+            }
+        }
+    }
+
+    /// How a collection's removal went (`removed`: it was made).
+    fn removal_answered(&mut self, removed: bool, metrics: &mut Metrics) {
         self.removals_pending = self.removals_pending.saturating_sub(1);
         if removed {
             self.removals_done += 1;
@@ -585,26 +780,64 @@ impl Maintenance {
 /// A removal as the notifier takes it: the event webhooks hear
 /// (`manifest.delete`, by the registry itself: `actor.internal = job`), the
 /// change, and the answer that tells the job how it went.
-pub fn removal_submission(deletion: Deletion, job: &str) -> Submission<Commit> {
-    let draft = EventDraft::new(EventKind::ManifestDelete, &deletion.namespace)
-        .digest(&deletion.digest)
-        .reference(deletion.digest.to_string());
+pub fn removal_submission(namespace: String, removal: Removal, epoch: u64, job: Job) -> Submission<Commit> {
+    let draft = match &removal {
+        Removal::Tag { tag, digest } => EventDraft::new(EventKind::TagDelete, &namespace)
+            .digest(digest)
+            .reference(tag.clone())
+            .tag(tag.clone()),
+        Removal::Manifest { digest, .. } => EventDraft::new(EventKind::ManifestDelete, &namespace)
+            .digest(digest)
+            .reference(digest.to_string()),
+    };
     Submission {
         drafts: vec![draft],
         actor: Actor {
-            internal: Some(job.to_owned()),
+            internal: Some(job.as_str().to_owned()),
             ..Actor::default()
         },
         commit: Commit::Remove {
-            name: deletion.namespace,
-            target: Removal::Manifest {
-                digest: deletion.digest,
-                parents: deletion.parents,
-            },
-            epoch: deletion.epoch,
+            name: namespace,
+            target: removal,
+            epoch,
         },
         response: Response::new(202),
     }
+}
+
+/// The jobs whose removals go through the notifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Gc,
+    Prune,
+}
+
+impl Job {
+    /// `actor.internal` of their events (upstream says "prune" for retention).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::Gc => "gc",
+            Job::Prune => "prune",
+        }
+    }
+
+    pub fn number(self) -> u64 {
+        self as u64
+    }
+
+    pub fn from_number(number: u64) -> Option<Job> {
+        [Job::Gc, Job::Prune]
+            .into_iter()
+            .find(|job| job.number() == number)
+    }
+}
+
+fn has_retention_rules(config: &Config) -> bool {
+    !config.global.retention_rules.is_empty()
+        || config
+            .repositories
+            .values()
+            .any(|repository| !repository.retention_rules.is_empty())
 }
 
 fn run_json(run: &Run) -> Value {

@@ -1,13 +1,18 @@
-//! A collection run by `angos scrub` when no server holds the data
-//! directory: the same collector, driven to the end in one go, with the
-//! discarded files removed at once. Unreachable manifests are left for the
-//! server's collections: their removal is an event webhooks must hear of,
-//! and only a running server delivers events.
+//! Maintenance run by a command when no server holds the data directory:
+//! the same jobs, driven to the end in one go. A collection (`angos scrub`)
+//! removes the discarded files at once and leaves unreachable manifests for
+//! the server's collections: their removal is an event webhooks must hear
+//! of, and only a running server delivers events. A retention run
+//! (`angos prune`) makes its removals here only when no webhook is
+//! configured (the command checks), else it is a dry run.
 
 use std::fs;
 use std::path::Path;
 
 use super::collector::{Collector, Progress, Report};
+use super::prune::Pruner;
+use crate::config::Config;
+use crate::registry::{Commit, Registry};
 use crate::storage::Storage;
 
 /// Operations per step; nothing else waits on this process.
@@ -44,4 +49,42 @@ fn remove(path: &Path) -> std::io::Result<()> {
     } else {
         fs::remove_file(path)
     }
+}
+
+/// One retention run over `registry` under `config`'s rules, its removals
+/// made at once unless `dry_run`; the report as the admin API gives it.
+pub fn prune(registry: &mut Registry, config: &Config, now_secs: u64, dry_run: bool) -> serde_json::Value {
+    let mut pruner = Pruner::new(registry.storage(), now_secs, dry_run);
+    let (mut made, mut refused) = (0u64, 0u64);
+    loop {
+        let progress = pruner.step(registry.storage(), config, OPERATIONS_PER_STEP);
+        for pruning in pruner.take_prunings() {
+            let commit = Commit::Remove {
+                name: pruning.namespace,
+                target: pruning.removal,
+                epoch: pruning.epoch,
+            };
+            match registry.apply(commit) {
+                Ok(()) => made += 1,
+                Err(_) => refused += 1,
+            }
+        }
+        if progress == Progress::Done {
+            break;
+        }
+    }
+    let report = pruner.report();
+    serde_json::json!({
+        "mode": if dry_run { "dry-run" } else { "commit" },
+        "namespaces": report.namespaces,
+        "tags": report.tags,
+        "manifests": report.manifests,
+        "tags_removed": report.tags_removed,
+        "manifests_removed": report.manifests_removed,
+        "protected": report.protected,
+        "rule_errors": report.rule_errors,
+        "removals_made": made,
+        "removals_refused": refused,
+        "listed": report.listed,
+    })
 }

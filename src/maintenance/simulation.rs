@@ -68,6 +68,7 @@ fn open(root: &Path) -> Registry {
         max_manifest_size: 1 << 20,
         max_blob_size: 1 << 20,
         allow_missing_manifest_references: false,
+        update_pull_time: false,
     };
     Registry::new(storage, limits)
 }

@@ -29,6 +29,8 @@ use crate::config::{self, Config};
 use crate::event_webhook::journal::{Journal, Recovery};
 use crate::event_webhook::notifier::Notifier;
 use crate::http::server::Timeouts;
+use crate::maintenance::Job;
+use crate::registry::Removal;
 use crate::registry::{Commit, Registry};
 use crate::timer::{TimerKey, TimerWheel};
 use connection::{Connection, Next};
@@ -166,7 +168,7 @@ impl<C: Clock> Reactor<C> {
             notifier = notifier.with_journal(journal, recovery, now);
         }
         registry.set_interest(notifier.interest());
-        let maintenance = crate::maintenance::Maintenance::new(&config.global, telemetry.metrics(), now);
+        let maintenance = crate::maintenance::Maintenance::new(&config, telemetry.metrics(), now);
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -340,13 +342,14 @@ impl<C: Clock> Reactor<C> {
     }
 
     /// This turn's slice of maintenance: the files a scrub checks go to the
-    /// file thread; the unreachable manifests a collection found are removed
+    /// file thread; the removals of garbage collection and retention go
     /// through the notifier, so webhooks hear of them (and a `required` one
     /// may keep one).
     fn run_maintenance(&mut self, now: u64) {
         let unix_micros = self.clock.unix_micros();
         let work = self.maintenance.run(
             &mut self.registry,
+            &self.config,
             self.telemetry.metrics(),
             now,
             unix_micros / 1_000_000,
@@ -359,10 +362,25 @@ impl<C: Clock> Reactor<C> {
                 self.maintenance.abandon_scrub();
             }
         }
-        for deletion in work.deletions {
-            let submission = crate::maintenance::removal_submission(deletion, "gc");
+        let removals = work
+            .deletions
+            .into_iter()
+            .map(|deletion| {
+                let removal = Removal::Manifest {
+                    digest: deletion.digest,
+                    parents: deletion.parents,
+                };
+                (deletion.namespace, removal, deletion.epoch, Job::Gc)
+            })
+            .chain(
+                work.prunings
+                    .into_iter()
+                    .map(|pruning| (pruning.namespace, pruning.removal, pruning.epoch, Job::Prune)),
+            );
+        for (namespace, removal, epoch, job) in removals {
+            let submission = crate::maintenance::removal_submission(namespace, removal, epoch, job);
             let submitted = self.notifier.submit(
-                Waiter::MAINTENANCE,
+                Waiter::maintenance(job.number()),
                 submission,
                 &mut self.registry,
                 now,
@@ -370,7 +388,7 @@ impl<C: Clock> Reactor<C> {
             );
             if let crate::event_webhook::notifier::Submitted::Respond(response) = submitted {
                 self.maintenance
-                    .removal_answered(response.status < 300, self.telemetry.metrics());
+                    .answered(job, response.status < 300, self.telemetry.metrics());
             }
         }
     }
@@ -385,9 +403,11 @@ impl<C: Clock> Reactor<C> {
     }
 
     fn resume(&mut self, waiter: Waiter, response: crate::http::Response) {
-        if waiter == Waiter::MAINTENANCE {
-            self.maintenance
-                .removal_answered(response.status < 300, self.telemetry.metrics());
+        if let Some(job) = waiter.maintenance_job() {
+            if let Some(job) = Job::from_number(job) {
+                self.maintenance
+                    .answered(job, response.status < 300, self.telemetry.metrics());
+            }
             return;
         }
         // A client that left is not answered; the change (if any) is made regardless.
@@ -418,7 +438,7 @@ impl<C: Clock> Reactor<C> {
         self.auth.reconfigure(&new);
         self.registry.set_interest(self.notifier.interest());
         self.registry.set_limits(crate::registry::Limits::of(&new.global));
-        self.maintenance.reconfigure(&new.global, self.clock.now_ms());
+        self.maintenance.reconfigure(&new, self.clock.now_ms());
         self.registry
             .set_tag_immutability(config::TagImmutability::of(&new));
         self.config.global = new.global;

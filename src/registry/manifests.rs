@@ -55,6 +55,12 @@ impl Registry {
             .header("ETag", format!("\"{digest}\""))
             .body(body);
         // A GET (not a HEAD) is a pull.
+        if !head_only && self.limits.update_pull_time {
+            // A pull must not fail for want of its record (a full disk, say).
+            if let Err(error) = self.storage.record_pull(name, &digest, self.now_secs) {
+                log::warn!("recording a pull of {name}@{digest}: {error}");
+            }
+        }
         let mut events = Vec::new();
         if !head_only && self.wants(EventKind::ManifestPull) {
             let mut draft = EventDraft::new(EventKind::ManifestPull, name)

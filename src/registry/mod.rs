@@ -37,6 +37,9 @@ pub struct Limits {
     /// Accept a manifest whose blobs or child manifests this namespace does
     /// not have (`[global] allow_missing_manifest_references`).
     pub allow_missing_manifest_references: bool,
+    /// Record when each manifest was last pulled (`[global] update_pull_time`),
+    /// for retention rules that read it.
+    pub update_pull_time: bool,
 }
 
 impl Limits {
@@ -45,6 +48,7 @@ impl Limits {
             max_manifest_size: global.max_manifest_size,
             max_blob_size: global.max_blob_size,
             allow_missing_manifest_references: global.allow_missing_manifest_references,
+            update_pull_time: global.update_pull_time,
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Registry {
     interest: u8,
     /// Manifest body bytes held by all PUTs in progress.
     manifest_bytes_in_flight: Rc<Cell<u64>>,
+    /// The current request's wall-clock second (`set_time`): when a pull is.
+    now_secs: u64,
 }
 
 /// Manifest body bytes all PUTs in progress may hold together: a manifest
@@ -176,10 +182,17 @@ impl Registry {
             immutability: TagImmutability::default(),
             interest: 0,
             manifest_bytes_in_flight: Rc::new(Cell::new(0)),
+            now_secs: 0,
         }
     }
 
     /// Applies reloaded body limits.
+    /// The wall-clock second of the requests that follow (the registry reads
+    /// no clock itself).
+    pub fn set_time(&mut self, unix_secs: u64) {
+        self.now_secs = unix_secs;
+    }
+
     pub fn set_limits(&mut self, limits: Limits) {
         self.limits = limits;
     }
@@ -293,6 +306,13 @@ impl Registry {
                 Err(error) => Err(error),
             },
             Removal::Manifest { digest, parents } => {
+                // Decided for a manifest without tags: one a webhook kept
+                // since (a vetoed tag removal) keeps its manifest too.
+                match self.storage.is_tagged(name, &digest) {
+                    Ok(false) => {}
+                    Ok(true) => return Err(stale_removal()),
+                    Err(error) => return Err(RegistryError::storage(error)),
+                }
                 for parent in &parents {
                     match self.storage.has_manifest(name, parent) {
                         Ok(false) => {}

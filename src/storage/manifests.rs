@@ -128,6 +128,40 @@ impl Storage {
         Ok(())
     }
 
+    /// Records that `digest` was pulled from `namespace` at `unix_secs` (for
+    /// retention's `image.last_pulled_at`). Written at most once a minute per
+    /// manifest: a busy image would otherwise cost a file write per pull.
+    pub fn record_pull(&self, namespace: &str, digest: &Digest, unix_secs: u64) -> io::Result<()> {
+        let key = (namespace.to_owned(), digest.clone());
+        {
+            let mut written = self.pulls_written.borrow_mut();
+            if written
+                .get(&key)
+                .is_some_and(|last| unix_secs < last.saturating_add(PULL_RECORD_INTERVAL_SECS))
+            {
+                return Ok(());
+            }
+            if written.len() >= PULL_RECORDS_REMEMBERED_MAX {
+                // Forgetting only costs a write sooner.
+                written.clear();
+            }
+            written.insert(key, unix_secs);
+        }
+        self.write_atomic(
+            &self.pull_path(namespace, digest),
+            format!("{unix_secs}\n").as_bytes(),
+        )
+    }
+
+    /// When `digest` was last pulled from `namespace` (0: never, or not
+    /// recorded), to a minute.
+    pub fn pulled_at(&self, namespace: &str, digest: &Digest) -> io::Result<u64> {
+        let Some(text) = not_found_as_none(fs::read_to_string(self.pull_path(namespace, digest)))? else {
+            return Ok(0);
+        };
+        Ok(text.trim().parse().unwrap_or(0))
+    }
+
     /// Whether `namespace` has manifest `digest` (its revision link).
     pub fn has_manifest(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
         exists(&self.revision_path(namespace, digest))
@@ -252,6 +286,7 @@ impl Storage {
                 .remove_referrer(&format!("{namespace}\n{subject}"), &referrer_entry(digest));
         }
         atomic::remove_file(&self.revision_path(namespace, digest), self.sync_to_disk)?;
+        atomic::remove_file(&self.pull_path(namespace, digest), false)?;
         removed.sort();
         let mut listing = self.listing.borrow_mut();
         for tag in &removed {

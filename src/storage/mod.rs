@@ -16,6 +16,7 @@
 //! root/repositories/<ns>/_manifests/revisions/<alg>/<hex>
 //!                                                     "<media type>\n<subject digest or empty>\n"
 //! root/repositories/<ns>/_manifests/tags/<tag>        "<digest>\n"
+//! root/repositories/<ns>/_manifests/pulls/<alg>/<hex> "<unix seconds>\n": its last pull (update_pull_time)
 //! root/repositories/<ns>/_referrers/<alg>/<subject hex>/<alg>-<referrer hex>
 //!                                                     the referrer's descriptor JSON
 //! ```
@@ -53,6 +54,11 @@ pub const MANIFEST_CACHE_BYTES_DEFAULT: usize = 4 << 20;
 pub const LISTING_INDEX_BYTES_DEFAULT: usize = 16 << 20;
 /// Read size when a session must be rehashed with another algorithm.
 const REHASH_CHUNK_BYTES: usize = 1 << 20;
+
+/// A manifest's pull time is rewritten at most this often.
+const PULL_RECORD_INTERVAL_SECS: u64 = 60;
+/// Manifests whose last recorded pull is remembered, to skip rewrites.
+const PULL_RECORDS_REMEMBERED_MAX: usize = 65_536;
 
 /// Random bytes in an upload id (32 hex characters) and a temporary file name.
 const RANDOM_ID_BYTES: usize = 16;
@@ -94,6 +100,8 @@ pub struct Storage {
     watch: RefCell<Option<Watch>>,
     /// Manifest writes per namespace, for decisions taken slices earlier.
     epochs: RefCell<watch::Epochs>,
+    /// When each recently pulled manifest's pull time was last written.
+    pulls_written: RefCell<HashMap<(String, Digest), u64>>,
 }
 
 impl Storage {
@@ -129,6 +137,7 @@ impl Storage {
             discarded: Vec::new(),
             watch: RefCell::new(None),
             epochs: RefCell::new(watch::Epochs::default()),
+            pulls_written: RefCell::new(HashMap::new()),
         })
     }
 
@@ -262,6 +271,14 @@ impl Storage {
             .join(digest.hex())
     }
 
+    fn pull_path(&self, namespace: &str, digest: &Digest) -> PathBuf {
+        self.repository_path(namespace)
+            .join(MANIFESTS_DIR)
+            .join("pulls")
+            .join(digest.algorithm())
+            .join(digest.hex())
+    }
+
     fn tags_dir(&self, namespace: &str) -> PathBuf {
         self.repository_path(namespace).join(MANIFESTS_DIR).join("tags")
     }
@@ -373,6 +390,23 @@ pub fn lock_root(root: &Path) -> io::Result<Option<File>> {
         Err(fs::TryLockError::WouldBlock) => Ok(None),
         Err(fs::TryLockError::Error(error)) => Err(error),
     }
+}
+
+/// Writes the server's listening address into the lock it holds.
+pub fn note_server_address(lock: &File, address: std::net::SocketAddr) -> io::Result<()> {
+    use std::io::Write;
+    lock.set_len(0)?;
+    let mut writer = lock;
+    writer.write_all(format!("{address}\n").as_bytes())
+}
+
+/// The address a running server noted in `root`'s lock, if any.
+pub fn noted_server_address(root: &Path) -> Option<std::net::SocketAddr> {
+    fs::read_to_string(root.join(ROOT_LOCK_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A directory under `repositories/` is a namespace once it has a blob link

@@ -234,6 +234,14 @@ impl Storage {
         Ok(targets)
     }
 
+    /// Whether some tag of `namespace` points to `digest` (reads every tag).
+    pub fn is_tagged(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
+        Ok(self
+            .tag_targets(namespace)?
+            .iter()
+            .any(|(_, target)| target == digest))
+    }
+
     /// The stored manifest body of `digest` with its revision's media type,
     /// if `namespace` has it; read past the cache (the jobs read each once).
     pub fn revision_body(&self, namespace: &str, digest: &Digest) -> io::Result<Option<(String, Vec<u8>)>> {

@@ -37,6 +37,7 @@ mod immutable_tags;
 mod refusals;
 mod registry_api;
 mod registry_manifests;
+mod retention;
 mod slow_clients;
 mod tls_inbound;
 mod webhook_formats;
