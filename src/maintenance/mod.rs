@@ -873,3 +873,104 @@ pub fn report_json(report: &Report) -> Value {
 
 #[cfg(test)]
 mod simulation;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Limits;
+    use crate::storage::Storage;
+    use crate::test_support::TempDir;
+
+    fn setup(config: &Config) -> (TempDir, Registry, Metrics, Maintenance) {
+        let dir = TempDir::new("maintenance");
+        let storage = Storage::open(dir.path(), false, 8).unwrap();
+        let registry = Registry::new(storage, Limits::of(&config.global));
+        let mut metrics = Metrics::new();
+        let maintenance = Maintenance::new(config, &mut metrics, 0);
+        (dir, registry, metrics, maintenance)
+    }
+
+    /// Runs turns at `now_ms` until nothing is left to do.
+    fn settle(
+        maintenance: &mut Maintenance,
+        registry: &mut Registry,
+        config: &Config,
+        metrics: &mut Metrics,
+        now_ms: u64,
+    ) {
+        for _ in 0..1000 {
+            maintenance.run(registry, config, metrics, now_ms, 1_800_000_000);
+            if !maintenance.has_work() {
+                return;
+            }
+        }
+        panic!("maintenance did not settle");
+    }
+
+    #[test]
+    fn collections_run_on_their_schedule_on_demand_and_after_deletions() {
+        let mut config = Config::default();
+        config.global.gc_interval_secs = 10;
+        config.global.gc_after_deletes = 3;
+        config.global.scrub_interval_secs = 0;
+        config.global.prune_interval_secs = 0;
+        let (_dir, mut registry, mut metrics, mut maintenance) = setup(&config);
+        assert_eq!(maintenance.next_deadline_ms(), Some(10_000));
+        settle(&mut maintenance, &mut registry, &config, &mut metrics, 9_999);
+        assert!(maintenance.last_run().is_none(), "not due yet");
+        settle(&mut maintenance, &mut registry, &config, &mut metrics, 10_000);
+        assert_eq!(
+            maintenance.last_run().map(|run| run.trigger),
+            Some(Trigger::Schedule)
+        );
+        assert_eq!(
+            maintenance.next_deadline_ms(),
+            Some(20_000),
+            "the next one counts from this one"
+        );
+
+        for _ in 0..2 {
+            maintenance.note_deletion();
+        }
+        assert!(!maintenance.has_work(), "two deletions are not enough");
+        maintenance.note_deletion();
+        assert!(maintenance.has_work());
+        settle(&mut maintenance, &mut registry, &config, &mut metrics, 11_000);
+        assert_eq!(
+            maintenance.last_run().map(|run| run.trigger),
+            Some(Trigger::Deletions)
+        );
+
+        assert!(maintenance.request(Trigger::Demand, true));
+        maintenance.run(&mut registry, &config, &mut metrics, 12_000, 1_800_000_000);
+        settle(&mut maintenance, &mut registry, &config, &mut metrics, 12_000);
+        let last = maintenance.last_run().unwrap();
+        assert_eq!((last.trigger, last.report_only), (Trigger::Demand, true));
+        let mut text = String::new();
+        metrics.render(&mut text);
+        assert!(text.contains("gc_runs_total{trigger=\"schedule\"} 1"), "{text}");
+        assert!(text.contains("gc_runs_total{trigger=\"deletions\"} 1"), "{text}");
+        assert!(
+            !text.contains("gc_runs_total{trigger=\"demand\"}"),
+            "report-only runs are not counted: {text}"
+        );
+    }
+
+    #[test]
+    fn retention_is_refused_when_its_rules_read_pull_times_that_are_not_kept() {
+        let mut config = Config::default();
+        config.global.retention_rules = vec![crate::retention::rule::Rule::parse("top_pulled(3)").unwrap()];
+        let (_dir, mut registry, mut metrics, mut maintenance) = setup(&config);
+        let refused = maintenance.request_prune(Trigger::Demand, false).unwrap_err();
+        assert!(refused.contains("update_pull_time"), "{refused}");
+        config.global.update_pull_time = true;
+        maintenance.reconfigure(&config, 0);
+        maintenance.request_prune(Trigger::Demand, true).unwrap();
+        assert!(
+            maintenance.request_prune(Trigger::Demand, true).is_err(),
+            "one at a time"
+        );
+        settle(&mut maintenance, &mut registry, &config, &mut metrics, 0);
+        assert_eq!(maintenance.prune_status()["last"]["mode"], "dry-run");
+    }
+}

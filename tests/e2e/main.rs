@@ -38,6 +38,7 @@ mod refusals;
 mod registry_api;
 mod registry_manifests;
 mod retention;
+mod scrub;
 mod slow_clients;
 mod tls_inbound;
 mod webhook_formats;
