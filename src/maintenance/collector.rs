@@ -109,8 +109,15 @@ enum NamespaceStage {
     Links(DigestWalk),
 }
 
-/// Directory entries (or file reads) per unit of budget.
-const NAMESPACE_DIRECTORIES_PER_UNIT: usize = 1;
+/// Budget units a removal costs beyond reading its entry: a rename or an
+/// unlink is a few times a directory entry's read, and with `sync_to_disk`
+/// each is followed by a directory fsync (milliseconds on a real disk), so
+/// a slice then removes only a few.
+fn removal_cost(storage: &Storage, removed: u64) -> usize {
+    let each = if storage.syncs_to_disk() { 32 } else { 3 };
+    (removed as usize).saturating_mul(each)
+}
+
 
 impl Collector {
     /// A collection starting at `now_secs` (wall clock) that removes only
@@ -178,7 +185,7 @@ impl Collector {
                             Phase::Content(storage.content_walk())
                         }
                     } else {
-                        let directories = left.min(16) * NAMESPACE_DIRECTORIES_PER_UNIT;
+                        let directories = left.min(16);
                         left = left.saturating_sub(directories);
                         match walk.step(directories) {
                             Ok(found) => queue.extend(found),
@@ -215,9 +222,12 @@ impl Collector {
                         left -= entries;
                         match walk.step(entries) {
                             Ok(files) => {
+                                let before = self.report.contents_removed;
                                 for file in files {
                                     self.sweep_content(storage, &file);
                                 }
+                                let removed = self.report.contents_removed - before;
+                                left = left.saturating_sub(removal_cost(storage, removed));
                                 Phase::Content(walk)
                             }
                             Err(error) => {
@@ -269,9 +279,12 @@ impl Collector {
                 *left -= entries;
                 match walk.step(entries) {
                     Ok(links) => {
+                        let before = self.report.links_removed;
                         for link in links {
                             self.sweep_link(storage, scan, &link);
                         }
+                        let removed = self.report.links_removed - before;
+                        *left = left.saturating_sub(removal_cost(storage, removed));
                     }
                     Err(error) => {
                         // Links not read are not known to be kept: sweep no content.

@@ -227,6 +227,11 @@ impl Storage {
     }
 
     /// The root directory this storage owns.
+    /// Whether commits and removals are fsync'd (`sync_to_disk`).
+    pub fn syncs_to_disk(&self) -> bool {
+        self.sync_to_disk
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
