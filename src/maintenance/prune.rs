@@ -199,6 +199,7 @@ impl Pruner {
             .collect();
 
         let mut tagged_after: HashSet<&Digest> = HashSet::new();
+        let mut removed_tags: HashMap<&Digest, Vec<String>> = HashMap::new();
         for (tag, digest) in &scan.tags {
             if protected.contains(digest) {
                 self.report.protected += 1;
@@ -217,6 +218,7 @@ impl Pruner {
                 continue;
             }
             self.report.tags_removed += 1;
+            removed_tags.entry(digest).or_default().push(tag.tag.clone());
             self.decided(Pruning {
                 namespace: scan.name.clone(),
                 removal: Removal::Tag {
@@ -251,6 +253,7 @@ impl Pruner {
                 removal: Removal::Manifest {
                     digest: digest.clone(),
                     parents: Vec::new(),
+                    former_tags: removed_tags.remove(digest).unwrap_or_default(),
                 },
                 epoch: scan.epoch,
             });

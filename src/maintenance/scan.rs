@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use crate::digest::Digest;
 use crate::registry::manifest;
 use crate::storage::Storage;
-use crate::storage::walk::{DigestFile, DigestWalk, TagFile};
+use crate::storage::walk::{DigestFile, DigestWalk, TagFile, TagWalk};
 
 pub struct NamespaceScan {
     pub name: String,
@@ -36,7 +36,7 @@ pub struct NamespaceScan {
 
 enum Stage {
     Revisions(DigestWalk),
-    Tags,
+    Tags(TagWalk),
     Bodies,
     Done,
 }
@@ -74,22 +74,26 @@ impl NamespaceScan {
                         Err(error) => self.fail("reading revisions", &error),
                     }
                     if walk.is_done() || self.keep_all {
-                        Stage::Tags
+                        Stage::Tags(storage.tag_walk(&self.name))
                     } else {
                         Stage::Revisions(walk)
                     }
                 }
-                Stage::Tags => {
-                    match storage.tag_targets(&self.name) {
+                Stage::Tags(mut walk) => {
+                    let tags = (*left).min(64);
+                    *left -= tags;
+                    match walk.step(tags) {
                         Ok(targets) => {
-                            *left = left.saturating_sub(targets.len().max(1));
-                            self.tagged
-                                .extend(targets.iter().map(|(_, digest)| digest.clone()));
-                            self.tags = targets;
+                            self.tagged.extend(targets.iter().map(|(_, digest)| digest.clone()));
+                            self.tags.extend(targets);
                         }
                         Err(error) => self.fail("reading tags", &error),
                     }
-                    Stage::Bodies
+                    if walk.is_done() || self.keep_all {
+                        Stage::Bodies
+                    } else {
+                        Stage::Tags(walk)
+                    }
                 }
                 Stage::Bodies => {
                     while *left > 0 && self.next_body < self.revisions.len() {

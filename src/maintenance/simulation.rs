@@ -484,6 +484,7 @@ impl Sim {
             target: Removal::Manifest {
                 digest: deletion.digest,
                 parents: deletion.parents,
+                former_tags: Vec::new(),
             },
             epoch: deletion.epoch,
         }

@@ -369,6 +369,7 @@ impl<C: Clock> Reactor<C> {
                 let removal = Removal::Manifest {
                     digest: deletion.digest,
                     parents: deletion.parents,
+                    former_tags: Vec::new(),
                 };
                 (deletion.namespace, removal, deletion.epoch, Job::Gc)
             })

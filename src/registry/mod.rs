@@ -305,13 +305,20 @@ impl Registry {
                 Ok(_) => Ok(false),
                 Err(error) => Err(error),
             },
-            Removal::Manifest { digest, parents } => {
-                // Decided for a manifest without tags: one a webhook kept
-                // since (a vetoed tag removal) keeps its manifest too.
-                match self.storage.is_tagged(name, &digest) {
-                    Ok(false) => {}
-                    Ok(true) => return Err(stale_removal()),
-                    Err(error) => return Err(RegistryError::storage(error)),
+            Removal::Manifest {
+                digest,
+                parents,
+                former_tags,
+            } => {
+                // Tags were removed first: one a webhook kept keeps its
+                // manifest too. (No other tag can point to it: adding one
+                // is a manifest write, which made the removal stale.)
+                for tag in &former_tags {
+                    match self.storage.tag(name, tag) {
+                        Ok(Some(target)) if target == digest => return Err(stale_removal()),
+                        Ok(_) => {}
+                        Err(error) => return Err(RegistryError::storage(error)),
+                    }
                 }
                 for parent in &parents {
                     match self.storage.has_manifest(name, parent) {

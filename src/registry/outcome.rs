@@ -59,9 +59,14 @@ pub enum Commit {
 pub enum Removal {
     /// The tag, if it still points to `digest`.
     Tag { tag: String, digest: Digest },
-    /// The manifest with every tag on it, once none of `parents` (indexes
-    /// listing it) is stored any more.
-    Manifest { digest: Digest, parents: Vec<Digest> },
+    /// The manifest, once none of `parents` (indexes listing it) is stored
+    /// any more and none of `former_tags` (tags removed with it) points to
+    /// it still (a webhook may have kept one).
+    Manifest {
+        digest: Digest,
+        parents: Vec<Digest>,
+        former_tags: Vec<String>,
+    },
 }
 
 /// Content a manifest refers to.

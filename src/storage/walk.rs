@@ -166,6 +166,65 @@ impl DigestWalk {
     }
 }
 
+/// The tags of one namespace with their targets, a bounded number per step.
+#[derive(Debug)]
+pub struct TagWalk {
+    namespace: String,
+    dir: PathBuf,
+    entries: Option<ReadDir>,
+    started: bool,
+}
+
+impl TagWalk {
+    /// Up to `tags_max` more tags (each a directory entry and a file read).
+    pub fn step(&mut self, tags_max: usize) -> io::Result<Vec<(TagFile, Digest)>> {
+        if !self.started {
+            self.started = true;
+            self.entries = not_found_as_none(fs::read_dir(&self.dir))?;
+        }
+        let mut found = Vec::new();
+        let Some(entries) = &mut self.entries else {
+            return Ok(found);
+        };
+        for _ in 0..tags_max {
+            let Some(entry) = entries.next() else {
+                self.entries = None;
+                break;
+            };
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            // Tags are ASCII by grammar; anything else was not written by us.
+            let Ok(tag) = entry.file_name().into_string() else {
+                continue;
+            };
+            let path = entry.path();
+            let Some(metadata) = not_found_as_none(fs::metadata(&path))? else {
+                continue;
+            };
+            match super::manifests::read_tag(&path) {
+                Ok(Some(digest)) => found.push((
+                    TagFile {
+                        tag,
+                        modified_secs: modified_secs(&metadata),
+                    },
+                    digest,
+                )),
+                Ok(None) => {}
+                // A corrupt tag points nowhere: it keeps nothing alive, and
+                // is left for an operator to look at.
+                Err(error) => log::warn!("skipping tag {}:{tag}: {error}", self.namespace),
+            }
+        }
+        Ok(found)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.started && self.entries.is_none()
+    }
+}
+
 pub(super) fn modified_secs(metadata: &fs::Metadata) -> u64 {
     metadata
         .modified()
@@ -209,37 +268,14 @@ impl Storage {
         DigestWalk::new(base, false)
     }
 
-    /// Every tag of `namespace` with its digest and push time, in no order.
-    /// One read per tag: callers bound how many namespaces they read per step.
-    pub fn tag_targets(&self, namespace: &str) -> io::Result<Vec<(TagFile, Digest)>> {
-        let mut targets = Vec::new();
-        for (tag, path) in self.tag_files(namespace)? {
-            let Some(metadata) = not_found_as_none(fs::metadata(&path))? else {
-                continue;
-            };
-            match super::manifests::read_tag(&path) {
-                Ok(Some(digest)) => targets.push((
-                    TagFile {
-                        tag,
-                        modified_secs: modified_secs(&metadata),
-                    },
-                    digest,
-                )),
-                Ok(None) => {}
-                // A corrupt tag points nowhere: it keeps nothing alive, and
-                // is left for an operator to look at.
-                Err(error) => log::warn!("skipping tag {namespace}:{tag}: {error}"),
-            }
+    /// The tags of `namespace` with their digests and push times, in no order.
+    pub fn tag_walk(&self, namespace: &str) -> TagWalk {
+        TagWalk {
+            namespace: namespace.to_owned(),
+            dir: self.tags_dir(namespace),
+            entries: None,
+            started: false,
         }
-        Ok(targets)
-    }
-
-    /// Whether some tag of `namespace` points to `digest` (reads every tag).
-    pub fn is_tagged(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
-        Ok(self
-            .tag_targets(namespace)?
-            .iter()
-            .any(|(_, target)| target == digest))
     }
 
     /// The stored manifest body of `digest` with its revision's media type,
