@@ -109,6 +109,10 @@ enum NamespaceStage {
     Links(DigestWalk),
 }
 
+/// Entries the write barrier may hold (about 16 bytes each): requests
+/// touching more blobs than this during one collection end it early.
+const WATCH_ENTRIES_MAX: usize = 1 << 20;
+
 /// Budget units a removal costs beyond reading its entry: a rename or an
 /// unlink is a few times a directory entry's read, and with `sync_to_disk`
 /// each is followed by a directory fsync (milliseconds on a real disk), so
@@ -165,6 +169,19 @@ impl Collector {
     /// files read or removed), then returns.
     pub fn step(&mut self, storage: &mut Storage, budget: usize) -> Progress {
         let mut left = budget.max(1);
+        if storage.watched() > WATCH_ENTRIES_MAX && !self.is_done() {
+            // Requests touched more than the barrier may hold: rather than
+            // grow without bound, stop removing; the next collection starts
+            // afresh.
+            log::warn!(
+                target: "angos::gc",
+                "garbage collection stopped early: requests touched more than {WATCH_ENTRIES_MAX} blobs while it ran"
+            );
+            self.report.errors += 1;
+            self.report.content_sweep_skipped = true;
+            self.phase = self.finish(storage);
+            return Progress::Done;
+        }
         while left > 0 {
             let phase = std::mem::replace(&mut self.phase, Phase::Done);
             self.phase = match phase {
