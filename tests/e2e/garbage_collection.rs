@@ -296,13 +296,43 @@ fn a_collection_killed_midway_loses_nothing_and_the_next_one_finishes() {
         None,
     );
     push_manifest(&server, "gc/kept", "multi", OCI_INDEX, index.as_bytes());
-    small_garbage(&server, "gc/doomed", 5000);
+    // Garbage with links (swept in its namespace), and a lot of content
+    // nothing links, written straight into the store: enough that the
+    // collection is seen under way and killed then.
+    small_garbage(&server, "gc/doomed", 1000);
+    for n in 0..40_000u64 {
+        let data = format!("orphan content {n}").into_bytes();
+        let hex = sha256_hex(&data);
+        let dir = server.root.join("blobs/sha256").join(&hex[..2]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(&hex), &data).unwrap();
+    }
     age_store(&server);
     server
         .request("POST", "/v2/_angos/gc", &[], b"")
         .assert_status(202);
-    // Let it run a little, then kill it mid-collection.
-    thread::sleep(Duration::from_millis(5 + random_u64() % 30));
+    // Kill it once it has removed something, at a random point after that.
+    let extra_polls = random_u64() % 4;
+    let mut seen_removing = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let status = server.get("/v2/_angos/gc").json();
+        if at(&status, &["running"]) == &Json::Bool(false) {
+            println!("the collection ended before the kill: killed after it instead");
+            break;
+        }
+        if at(&status, &["progress", "contents_removed"])
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
+            if seen_removing == extra_polls {
+                println!("killed mid-collection: {status:?}");
+                break;
+            }
+            seen_removing += 1;
+        }
+    }
     server.kill();
     let server = Server::start_in(dir.path(), &options);
     let check = |server: &Server| {
