@@ -26,7 +26,9 @@ mod common;
 #[path = "../tests/e2e/webhook_support/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
+// Shared with the transfer and gc benches; each uses part of it.
 #[path = "support/shared.rs"]
+#[allow(dead_code)]
 mod shared;
 
 use angos::digest::{Digest, Hasher};

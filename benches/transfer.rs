@@ -36,7 +36,9 @@ use common::{
 };
 use probe::{Probe, percentile};
 use python::TestCa;
-use shared::{connect, cpu_model, env_number, load_average, progress, sink_body};
+use shared::{
+    Space, connect, cpu_model, env_number, free_space, load_average, median_of, progress, settle, sink_body,
+};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -312,13 +314,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The temporary directory's free space and file system, for the header.
-struct Space {
-    dir: PathBuf,
-    free_bytes: u64,
-    fstype: String,
-}
-
 /// Checks what the bench needs before starting anything: `sync` and `df` (coreutils),
 /// `curl` and `openssl` for the HTTPS cases, and room for three blobs in the temporary
 /// directory (`TMPDIR` moves it).
@@ -358,31 +353,6 @@ fn preflight(settings: &Settings, rows: &[Row]) -> Result<Space, String> {
         ));
     }
     Ok(space)
-}
-
-/// `df`'s available bytes and file-system type for `dir`.
-fn free_space(dir: &Path) -> Result<Space, String> {
-    let output = Command::new("df")
-        .args(["-k", "--output=avail,fstype"])
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("cannot run df: {e}"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut fields = text.lines().nth(1).unwrap_or_default().split_whitespace();
-    match (
-        fields.next().and_then(|kib| kib.parse::<u64>().ok()),
-        fields.next(),
-    ) {
-        (Some(kib), Some(fstype)) if output.status.success() => Ok(Space {
-            dir: dir.to_path_buf(),
-            free_bytes: kib * 1024,
-            fstype: fstype.to_string(),
-        }),
-        _ => Err(format!(
-            "`df -k --output=avail,fstype {}` printed {text:?}",
-            dir.display()
-        )),
-    }
 }
 
 /// Every run of every case, run after run so that drift on the machine falls on all
@@ -442,15 +412,6 @@ fn run_case(case: &Case, source: &Source, ca: Option<&TestCa>) -> Result<Measure
         (Kind::Cancel, _) => measure(&server, || fill_and_cancel(addr, source)),
     };
     measured.map_err(|e| server.with_log(format!("{}: {e}", case.describe())))
-}
-
-/// `sync(1)`: flushes every dirty page, so the next measurement starts from a quiet disk.
-fn settle() -> Result<(), String> {
-    match Command::new("sync").status() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(format!("sync: {status}")),
-        Err(e) => Err(format!("cannot run sync: {e}")),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -995,15 +956,6 @@ fn render(rows: &[Row]) -> String {
         ));
     }
     out
-}
-
-/// The median by nearest rank (the lower middle of an even count); `None` for no values.
-fn median_of(mut values: Vec<f64>) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_by(f64::total_cmp);
-    Some(values[(values.len() - 1) / 2])
 }
 
 fn ms(duration: Duration) -> f64 {

@@ -1,4 +1,4 @@
-//! The benches' well-behaved client (`hostile.rs`, `transfer.rs`): `GET /v2/` on one
+//! The benches' well-behaved client (`hostile.rs`, `transfer.rs`, `gc.rs`): `GET /v2/` on one
 //! keep-alive connection every 2 ms until stopped, each answer recorded with the moment
 //! its request went out, so a bench can ask for the latencies overall or around one
 //! moment (a commit, a cancel). It measures; it judges nothing. Included by `#[path]`

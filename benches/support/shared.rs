@@ -1,11 +1,14 @@
-//! Small pieces the registry and transfer benches share: settings from the
-//! environment, progress lines, the machine's description, a connection that
-//! reports failure as the bench's error, and a counting sink for bodies.
+//! Small pieces the registry, transfer and gc benches share: settings from the
+//! environment, progress lines, the machine's description (its temporary
+//! directory's free space and file system too), `sync`, medians, a connection
+//! that reports failure as the bench's error, and a counting sink for bodies.
 //! Included by `#[path]` next to the tests' support, whose `common` module
 //! must sit at the crate root.
 
 use std::io::{self, ErrorKind, Read};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::common::Conn;
 
@@ -66,4 +69,54 @@ pub fn sink_body(client: &Conn, len: u64) -> io::Result<u64> {
         }
     }
     Ok(received)
+}
+
+/// A directory's free space and file system, for a bench's header.
+pub struct Space {
+    pub dir: PathBuf,
+    pub free_bytes: u64,
+    pub fstype: String,
+}
+
+/// `df`'s available bytes and file-system type for `dir`.
+pub fn free_space(dir: &Path) -> Result<Space, String> {
+    let output = Command::new("df")
+        .args(["-k", "--output=avail,fstype"])
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("cannot run df: {e}"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut fields = text.lines().nth(1).unwrap_or_default().split_whitespace();
+    match (
+        fields.next().and_then(|kib| kib.parse::<u64>().ok()),
+        fields.next(),
+    ) {
+        (Some(kib), Some(fstype)) if output.status.success() => Ok(Space {
+            dir: dir.to_path_buf(),
+            free_bytes: kib * 1024,
+            fstype: fstype.to_string(),
+        }),
+        _ => Err(format!(
+            "`df -k --output=avail,fstype {}` printed {text:?}",
+            dir.display()
+        )),
+    }
+}
+
+/// `sync(1)`: flushes every dirty page, so the next measurement starts from a quiet disk.
+pub fn settle() -> Result<(), String> {
+    match Command::new("sync").status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("sync: {status}")),
+        Err(e) => Err(format!("cannot run sync: {e}")),
+    }
+}
+
+/// The median by nearest rank (the lower middle of an even count); `None` for no values.
+pub fn median_of(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[(values.len() - 1) / 2])
 }
