@@ -17,6 +17,12 @@ use super::{
 };
 use crate::digest::Digest;
 
+/// Content up to this size is unlinked on the loop: its blocks fit in a
+/// few extents, so freeing them costs what a rename into `_trash` would,
+/// without a second pass (and a directory of a hundred thousand entries)
+/// on the file thread.
+const UNLINK_ON_LOOP_BYTES_MAX: u64 = 1 << 20;
+
 /// A file of the layout named by a digest, with what the jobs judge it by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DigestFile {
@@ -308,23 +314,21 @@ impl Storage {
         super::atomic::remove_file(&link, self.sync_to_disk)
     }
 
-    /// Takes content `digest` out of the store if it was last written before
-    /// the second `before_secs`; its bytes are removed off the loop
-    /// (`take_discarded`). Returns the size freed, `None` if kept or gone.
-    pub fn discard_content_written_before(
-        &mut self,
-        digest: &Digest,
-        before_secs: u64,
-    ) -> io::Result<Option<u64>> {
+    /// Takes content `digest` (of `size` bytes, as a walk found it in this
+    /// same turn) out of the store. A small file is unlinked here (a
+    /// constant cost); a large one is renamed into `_trash` and its bytes
+    /// removed off the loop (`take_discarded`), since unlinking costs grow
+    /// with a file's size. `false` when it was gone already.
+    pub fn remove_content(&mut self, digest: &Digest, size: u64) -> io::Result<bool> {
         let path = self.blob_path(digest);
-        let Some(metadata) = not_found_as_none(fs::symlink_metadata(&path))? else {
-            return Ok(None);
-        };
-        if modified_secs(&metadata) >= before_secs {
-            return Ok(None);
+        if size <= UNLINK_ON_LOOP_BYTES_MAX {
+            return super::atomic::remove_file(&path, false);
+        }
+        if fs::symlink_metadata(&path).is_err() {
+            return Ok(false);
         }
         self.discard(&path)?;
-        Ok(Some(metadata.len()))
+        Ok(true)
     }
 
     /// Path of a content file, for the jobs that read it off the loop (scrub).
