@@ -405,6 +405,37 @@ fn test_webhook(files: &[PathBuf], name: &str) -> ExitCode {
     }
 }
 
+/// Counts the content for the metrics, and says how full the disk is, at
+/// start: an operator reading the log sees the guard's setting in bytes.
+fn report_space(storage: &Storage) {
+    match storage.count_content() {
+        Ok(count) => log::info!(
+            "storage: {} content files, {}",
+            count.files,
+            angos::storage::space::human_bytes(count.bytes)
+        ),
+        Err(error) => log::warn!("storage: cannot count the content under blobs/: {error}"),
+    }
+    let report = storage.space_report();
+    let Some(disk) = report.disk else {
+        return;
+    };
+    let human = angos::storage::space::human_bytes;
+    let guard = if report.min_free_bytes == 0 {
+        "min_free_space is 0: pushes are never refused for space".to_string()
+    } else {
+        format!(
+            "pushes are refused below {} free (min_free_space)",
+            human(report.min_free_bytes)
+        )
+    };
+    log::info!(
+        "storage: {} free of {}; {guard}",
+        human(disk.free_bytes),
+        human(disk.total_bytes)
+    );
+}
+
 fn serve(files: Vec<PathBuf>) -> ExitCode {
     let Some(config) = load(&files) else {
         return ExitCode::FAILURE;
@@ -432,7 +463,11 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
         Ok(storage) => storage
             .with_manifest_cache(config.storage.manifest_cache_size)
             .with_listing_index(config.storage.listing_index_size)
-            .with_upload_sessions_per_namespace(config.storage.max_upload_sessions_per_namespace),
+            .with_upload_sessions_per_namespace(config.storage.max_upload_sessions_per_namespace)
+            .with_space_guard(
+                config.storage.min_free_space,
+                Box::new(angos::reactor::disk_space),
+            ),
         Err(error) => {
             log::error!(
                 "cannot open storage at {}: {error}",
@@ -441,6 +476,7 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    report_space(&storage);
     let mut registry = Registry::new(storage, Limits::of(&config.global));
     registry.set_tag_immutability(config::TagImmutability::of(&config));
     let journal_dir = config.storage.root_dir.join("_journal");

@@ -122,7 +122,6 @@ fn removal_cost(storage: &Storage, removed: u64) -> usize {
     (removed as usize).saturating_mul(each)
 }
 
-
 impl Collector {
     /// A collection starting at `now_secs` (wall clock) that removes only
     /// what was last written `grace_secs` or more before it.

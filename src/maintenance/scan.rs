@@ -84,7 +84,8 @@ impl NamespaceScan {
                     *left -= tags;
                     match walk.step(tags) {
                         Ok(targets) => {
-                            self.tagged.extend(targets.iter().map(|(_, digest)| digest.clone()));
+                            self.tagged
+                                .extend(targets.iter().map(|(_, digest)| digest.clone()));
                             self.tags.extend(targets);
                         }
                         Err(error) => self.fail("reading tags", &error),
