@@ -486,6 +486,7 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
         segment_bytes_max: (journal_bytes / 8).clamp(64 << 10, 4 << 20),
         total_bytes_max: journal_bytes,
         dead_letters_max: config.global.event_webhook_dead_letters,
+        reserve_bytes: angos::event_webhook::journal::RESERVE_BYTES_DEFAULT,
     };
     let journal = match Journal::open(&journal_dir, config.storage.sync_to_disk, journal_limits) {
         Ok(opened) => opened,

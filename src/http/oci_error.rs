@@ -107,7 +107,7 @@ impl RegistryError {
     /// it, except a full disk (or quota), which the client is told plainly:
     /// it is the operator's to fix, and retrying at once will not help.
     pub fn storage(error: std::io::Error) -> RegistryError {
-        if is_storage_full(&error) {
+        if crate::storage::space::is_storage_full(&error) {
             log::warn!("storage full: {error}");
             return RegistryError::storage_full(
                 "the registry's storage is full (no space left on its disk); pushes resume when space is freed",
@@ -139,14 +139,6 @@ impl RegistryError {
     pub fn into_response(self) -> Response {
         Response::json(self.status, &self.body())
     }
-}
-
-/// `ENOSPC` and `EDQUOT`: no space left for this write, on the disk or in a quota.
-pub fn is_storage_full(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    )
 }
 
 impl std::fmt::Display for RegistryError {

@@ -111,6 +111,16 @@ impl fmt::Display for Full {
     }
 }
 
+/// `ENOSPC` and `EDQUOT`: no room left for a write, on the disk or in a
+/// quota. What the guard keeps from happening to pushes, and what the
+/// answers and the journal's reserve still have to handle when it does.
+pub fn is_storage_full(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// `12.0 MiB`: binary units, one decimal; plain bytes under 1 KiB.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
