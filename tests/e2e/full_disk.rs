@@ -30,6 +30,8 @@ const LAYER_BYTES: usize = 768 << 10;
 const MIN_FREE: u64 = 4 << 20;
 /// How long every acknowledged event may take to arrive.
 const DELIVERY_WAIT: Duration = Duration::from_secs(20);
+/// How long a line the server logged may take to reach the test's reader thread.
+const LOG_WAIT: Duration = Duration::from_secs(5);
 
 /// A tmpfs of `size_mib` mounted on a fresh directory, unmounted on drop (a failing test too).
 struct Tmpfs {
@@ -333,9 +335,16 @@ fn pushes_stop_at_min_free_space_with_507_reads_and_events_go_on_and_pushes_resu
         .delete(&format!("/v2/{REPO}/manifests/{}", deleted.tag))
         .assert_status(202);
     ledger.event("tag.delete", &deleted.manifest.digest, &deleted.tag);
+    let released = |line: &str| line.contains("the journal's reserve (1.0 MiB) was released");
+    // The log is read by another thread: wait for the line rather than race it.
+    wait_for_log(
+        &server,
+        LOG_WAIT,
+        "'the journal's reserve ... was released'",
+        released,
+    );
     assert_eq!(
-        count_logs(&server, |line| line
-            .contains("the journal's reserve (1.0 MiB) was released")),
+        count_logs(&server, released),
         1,
         "the journal took its reserve once:\n{}",
         log_dump(&server)
@@ -377,13 +386,9 @@ fn pushes_stop_at_min_free_space_with_507_reads_and_events_go_on_and_pushes_resu
     put_manifest(&server, REPO, "after", OCI_MANIFEST, &refused_manifest.bytes).assert_status(201);
     ledger.manifest(&refused_manifest, "after");
     server.assert_alive();
-    assert_eq!(
-        count_logs(&server, |line| line
-            .contains("storage has room again: pushes are accepted")),
-        1,
-        "{}",
-        log_dump(&server)
-    );
+    wait_for_log(&server, LOG_WAIT, "'storage has room again'", |line| {
+        line.contains("storage has room again: pushes are accepted")
+    });
     receiver
         .wait_for(ledger.events.len(), DELIVERY_WAIT)
         .expect("the events of the pushes after");
