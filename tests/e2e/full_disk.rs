@@ -4,8 +4,8 @@
 //! deletes go on, also once something else has filled the disk to the last byte (the event
 //! journal then lives on its reserve); every async event the registry acknowledged reaches the
 //! receiver; and once space is freed, pushes are accepted again by the same process. Without
-//! the guard, a write that meets the full disk is answered 507 too, never `500 UNKNOWN`, and
-//! leaves nothing behind.
+//! the guard, a write that meets the full disk (an upload's body, a manifest's commit) is
+//! answered 507 too, never `500 UNKNOWN`, and leaves nothing behind.
 //!
 //! Mounting a tmpfs needs root (and `CAP_SYS_ADMIN`): without them the tests say why and pass.
 // End-to-end tests time the real binary from outside: wall-clock reads are
@@ -440,6 +440,27 @@ fn without_the_guard_a_write_that_meets_the_full_disk_is_507_and_leaves_nothing(
         response.assert_status(200);
         assert!(response.body == blob.bytes);
     }
+    // A manifest commit that meets the full disk: 507, and no torn manifest or tag. The failed
+    // upload's bytes go to _trash and are removed off the loop: once they are, nothing frees
+    // space behind the test's back, and the disk is filled to its last byte.
+    poll_until(SOON, || {
+        leftovers(&server.root, "_trash").is_empty().then_some(())
+    })
+    .expect("the failed upload's bytes are removed");
+    fill_disk(&disk.path().join("hog"));
+    let manifest = Content::manifest_over(&pushed[0], &pushed[1]);
+    let response = put_manifest(&server, REPO, "torn", OCI_MANIFEST, &manifest.bytes);
+    assert_eq!(
+        refusal_message(&response),
+        "the registry's storage is full (no space left on its disk); pushes resume when space is freed"
+    );
+    server
+        .head(&format!("/v2/{REPO}/manifests/torn"))
+        .assert_status(404);
+    server
+        .head(&format!("/v2/{REPO}/manifests/{}", manifest.digest))
+        .assert_status(404);
+    assert_eq!(leftovers(&server.root, "_tmp"), Vec::<PathBuf>::new());
     assert!(
         server.logs().iter().any(|line| line.contains("storage full: ")),
         "the cause is logged"
