@@ -56,7 +56,8 @@ impl StorageFamilies {
             ),
             reclaimable: metrics.gauge(
                 "storage_reclaimable_bytes",
-                "What a garbage collection would free, as the collector last estimated it (absent until it has).",
+                "Content nothing referenced at the last collection but still within gc_grace_secs: \
+                 what a later collection may free (absent until a collection has run).",
                 &[],
             ),
         }

@@ -90,7 +90,8 @@ impl Storage {
     }
 
     /// For the collector: the content total it measured, replacing the
-    /// running count (which only ever adds).
+    /// running count (which only adds; content committed while the sweep
+    /// had passed its place is missed until the next collection).
     pub fn set_content_bytes(&self, bytes: u64) {
         self.content_bytes.set(Some(bytes));
     }
