@@ -3,7 +3,8 @@
 //! and a message saying the store is full; nothing of a refused push is visible; pulls and
 //! deletes go on, also once something else has filled the disk to the last byte (the event
 //! journal then lives on its reserve); every async event the registry acknowledged reaches the
-//! receiver; and once space is freed, pushes are accepted again by the same process. Without
+//! receiver; and once space is freed by a deletion plus a collection (on the disk still full),
+//! pushes are accepted again by the same process. Without
 //! the guard, a write that meets the full disk (an upload's body, a manifest's commit) is
 //! answered 507 too, never `500 UNKNOWN`, and leaves nothing behind.
 //!
@@ -200,6 +201,39 @@ fn leftovers(root: &Path, dir: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Makes everything stored so far two hours old, as if pushed then: older than the test's
+/// `gc_grace_secs`, so a collection may take it, without waiting.
+fn age_store(root: &Path) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    for top in ["blobs", "repositories"] {
+        let mut pending = vec![root.join(top)];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                if entry.file_type().unwrap().is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    let file = std::fs::File::options().write(true).open(entry.path()).unwrap();
+                    file.set_modified(then).unwrap();
+                }
+            }
+        }
+    }
+}
+
+/// Runs a collection through the admin API and waits for its end; its report.
+fn collect(server: &Server) -> Json {
+    server
+        .request("POST", "/v2/_angos/gc", &[], b"")
+        .assert_status(202);
+    poll_until(DELIVERY_WAIT, || {
+        let status = server.get("/v2/_angos/gc").json();
+        let idle = matches!(status.get("running"), Some(Json::Bool(false)));
+        let settled = status.get("removals_pending").and_then(Json::as_u64) == Some(0);
+        (idle && settled).then(|| status.get("last").cloned()).flatten()
+    })
+    .unwrap_or_else(|| panic!("the collection did not finish:\n{}", log_dump(server)))
+}
+
 /// One pushed image: its tag, manifest and layer (the config is shared).
 struct Image {
     tag: String,
@@ -235,7 +269,11 @@ fn pushes_stop_at_min_free_space_with_507_reads_and_events_go_on_and_pushes_resu
         "tag.create",
         "tag.delete",
     ];
-    let setup = Setup::new().hook(Webhook::new("audit", &receiver.url("/events"), "async", &events));
+    // A collection runs only when asked, and takes what `age_store` made older than an hour.
+    let setup = Setup::new()
+        .global_line("gc_grace_secs = 3600")
+        .global_line("gc_interval_secs = 0")
+        .hook(Webhook::new("audit", &receiver.url("/events"), "async", &events));
     let options = setup
         .options()
         .storage_line(&format!("min_free_space = {MIN_FREE}"));
@@ -377,10 +415,40 @@ fn pushes_stop_at_min_free_space_with_507_reads_and_events_go_on_and_pushes_resu
     expected.sort();
     assert_eq!(arrived, expected, "every acknowledged event, and nothing else");
 
-    // Space comes back (the other tenant deletes its files): the same process takes pushes.
-    for file in [&hog, &crowd, &filler] {
-        std::fs::remove_file(file).unwrap();
+    // Space comes back by a deletion plus a collection, on the disk still full to its last
+    // byte: eight images' manifests and layer links go, then the collector removes their
+    // content, and the same process takes pushes again.
+    let mut freed = vec![deleted];
+    freed.extend(images.drain(..7));
+    for image in &freed {
+        server
+            .delete(&format!("/v2/{REPO}/manifests/{}", image.manifest.digest))
+            .assert_status(202);
+        server
+            .delete(&format!("/v2/{REPO}/blobs/{}", image.layer.digest))
+            .assert_status(202);
+        ledger.content.remove(&image.manifest.digest);
+        ledger.content.remove(&image.layer.digest);
     }
+    let refused = refusal_message(&post(&server, REPO, &refused_layer));
+    assert!(
+        refused.starts_with("the registry's storage is full: "),
+        "deleting alone frees nothing: {refused}"
+    );
+    age_store(&server.root);
+    let report = collect(&server);
+    assert_eq!(
+        report
+            .get("report")
+            .and_then(|report| report.get("contents_removed"))
+            .and_then(Json::as_u64),
+        Some(2 * freed.len() as u64),
+        "{report:?}"
+    );
+    poll_until(SOON, || {
+        leftovers(&server.root, "_trash").is_empty().then_some(())
+    })
+    .expect("the collected content is removed off the loop");
     post(&server, REPO, &refused_layer).assert_status(201);
     ledger.blob(&refused_layer);
     put_manifest(&server, REPO, "after", OCI_MANIFEST, &refused_manifest.bytes).assert_status(201);
@@ -392,18 +460,20 @@ fn pushes_stop_at_min_free_space_with_507_reads_and_events_go_on_and_pushes_resu
     receiver
         .wait_for(ledger.events.len(), DELIVERY_WAIT)
         .expect("the events of the pushes after");
+    pull_all(&server, &mut ledger, &images);
 
-    // The metrics: the disk as it is, the minimum, and the content to the byte.
+    // The metrics: the disk as it is, the minimum, and the content to the byte (as the
+    // collection measured it, plus the pushes since).
     let free = metric(&server, "storage_free_bytes").expect("storage_free_bytes");
-    assert!(free > MIN_FREE as f64, "{free}");
+    assert!(free > 0.0 && free < (32u64 << 20) as f64, "{free}");
     assert_eq!(metric(&server, "storage_size_bytes"), Some((32u64 << 20) as f64));
     assert_eq!(metric(&server, "storage_min_free_bytes"), Some(MIN_FREE as f64));
     let content: u64 = ledger.content.values().sum();
     assert_eq!(metric(&server, "storage_content_bytes"), Some(content as f64));
     assert_eq!(
         metric(&server, "storage_reclaimable_bytes"),
-        None,
-        "no collection has run"
+        Some(0.0),
+        "everything unreferenced was old enough to go"
     );
     drop(server);
 }
