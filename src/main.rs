@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use angos::clock::SystemClock;
+use angos::clock::{Clock, SystemClock};
 use angos::config;
 use angos::event_webhook::journal::{Journal, JournalLimits};
 use angos::reactor::Reactor;
@@ -405,6 +405,40 @@ fn test_webhook(files: &[PathBuf], name: &str) -> ExitCode {
     }
 }
 
+/// Counts the content for the metrics, and says how full the disk is, at
+/// start: an operator reading the log sees the guard's setting in bytes.
+fn report_space(storage: &Storage) {
+    // Timed in the log line: the count is one stat per content file, before serving.
+    let clock = SystemClock::new();
+    match storage.count_content() {
+        Ok(count) => log::info!(
+            "storage: {} content files, {} (counted in {} ms)",
+            count.files,
+            angos::storage::space::human_bytes(count.bytes),
+            clock.now_ms()
+        ),
+        Err(error) => log::warn!("storage: cannot count the content under blobs/: {error}"),
+    }
+    let report = storage.space_report();
+    let Some(disk) = report.disk else {
+        return;
+    };
+    let human = angos::storage::space::human_bytes;
+    let guard = if report.min_free_bytes == 0 {
+        "min_free_space is 0: pushes are never refused for space".to_string()
+    } else {
+        format!(
+            "pushes are refused below {} free (min_free_space)",
+            human(report.min_free_bytes)
+        )
+    };
+    log::info!(
+        "storage: {} free of {}; {guard}",
+        human(disk.free_bytes),
+        human(disk.total_bytes)
+    );
+}
+
 fn serve(files: Vec<PathBuf>) -> ExitCode {
     let Some(config) = load(&files) else {
         return ExitCode::FAILURE;
@@ -432,7 +466,11 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
         Ok(storage) => storage
             .with_manifest_cache(config.storage.manifest_cache_size)
             .with_listing_index(config.storage.listing_index_size)
-            .with_upload_sessions_per_namespace(config.storage.max_upload_sessions_per_namespace),
+            .with_upload_sessions_per_namespace(config.storage.max_upload_sessions_per_namespace)
+            .with_space_guard(
+                config.storage.min_free_space,
+                Box::new(angos::reactor::disk_space),
+            ),
         Err(error) => {
             log::error!(
                 "cannot open storage at {}: {error}",
@@ -441,6 +479,7 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    report_space(&storage);
     let mut registry = Registry::new(storage, Limits::of(&config.global));
     registry.set_tag_immutability(config::TagImmutability::of(&config));
     let journal_dir = config.storage.root_dir.join("_journal");
@@ -450,6 +489,7 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
         segment_bytes_max: (journal_bytes / 8).clamp(64 << 10, 4 << 20),
         total_bytes_max: journal_bytes,
         dead_letters_max: config.global.event_webhook_dead_letters,
+        reserve_bytes: angos::event_webhook::journal::RESERVE_BYTES_DEFAULT,
     };
     let journal = match Journal::open(&journal_dir, config.storage.sync_to_disk, journal_limits) {
         Ok(opened) => opened,

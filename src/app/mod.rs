@@ -404,6 +404,9 @@ impl Application<'_> {
         if route == Route::Metrics && matches!(head.method, Method::Get | Method::Head) {
             let mut text = String::new();
             self.notifier.record_completed(self.telemetry.metrics());
+            // Read at the scrape: free space is exact when it is looked at.
+            self.telemetry
+                .record_storage(&self.registry.storage().space_report());
             self.telemetry.metrics().render(&mut text);
             let response = Response::new(200)
                 .header("Content-Type", crate::metrics::CONTENT_TYPE)

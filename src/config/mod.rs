@@ -77,6 +77,9 @@ pub struct StorageConfig {
     pub manifest_cache_size: usize,
     /// Memory for the sorted tag and namespace names of paged listings.
     pub listing_index_size: usize,
+    /// Free space pushes must leave on the disk under `root_dir`; below it
+    /// they are refused with 507 (`storage::space`).
+    pub min_free_space: crate::storage::MinFreeSpace,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +151,7 @@ impl Default for Config {
                 upload_session_idle_secs: 3600,
                 manifest_cache_size: 4 << 20,
                 listing_index_size: 16 << 20,
+                min_free_space: crate::storage::MinFreeSpace::DEFAULT,
             },
             global: GlobalConfig {
                 max_manifest_size: 5 * 1024 * 1024,
@@ -577,6 +581,9 @@ impl Builder {
             }
             storage.listing_index_size = size as usize;
         }
+        if let Some(setting) = min_free_space(&mut section)? {
+            storage.min_free_space = setting;
+        }
         section.finish(&mut self.warnings);
         Ok(())
     }
@@ -727,6 +734,25 @@ pub fn owns(key: &str, namespace: &str) -> bool {
     namespace == key || (namespace.starts_with(key) && namespace.as_bytes().get(key.len()) == Some(&b'/'))
 }
 
+/// `min_free_space`: a size (`"512MiB"`, or an integer of bytes) or a
+/// percentage of the disk (`"5%"`).
+fn min_free_space(section: &mut Section) -> Result<Option<crate::storage::MinFreeSpace>, ConfigError> {
+    const KEY: &str = "min_free_space";
+    if let Some(toml::Value::String(text)) = section.table.get(KEY)
+        && let Some(parsed) = crate::storage::MinFreeSpace::parse_percent(text)
+    {
+        section.seen.push(KEY);
+        return parsed.map(Some).map_err(|why| section.error(KEY, why));
+    }
+    let size = section.size(KEY).map_err(|mut error| {
+        error
+            .message
+            .push_str(", or a percentage of the disk such as \"5%\"");
+        error
+    })?;
+    Ok(size.map(crate::storage::MinFreeSpace::Bytes))
+}
+
 /// Names of webhooks and identities: they appear in logs, metrics labels
 /// and the admin API's paths, so plain characters only.
 fn is_plain_name(name: &str) -> bool {
@@ -865,6 +891,34 @@ mod tests {
             error.to_string().starts_with("test.toml: invalid TOML"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn min_free_space_is_a_size_or_a_percentage() {
+        use crate::storage::MinFreeSpace;
+        assert_eq!(
+            Config::default().storage.min_free_space,
+            MinFreeSpace::Percent(1.0)
+        );
+        let setting = |value: &str| {
+            load(&format!("[blob_store.fs]\nmin_free_space = {value}\n"))
+                .map(|loaded| loaded.config.storage.min_free_space)
+        };
+        assert_eq!(setting("\"512MiB\""), Ok(MinFreeSpace::Bytes(512 << 20)));
+        assert_eq!(setting("1048576"), Ok(MinFreeSpace::Bytes(1 << 20)));
+        assert_eq!(setting("\"5%\""), Ok(MinFreeSpace::Percent(5.0)));
+        assert_eq!(setting("0"), Ok(MinFreeSpace::Bytes(0)));
+        for bad in ["\"100%\"", "\"lots\"", "true", "-1"] {
+            let error = setting(bad).unwrap_err();
+            assert_eq!(error.file, "test.toml", "{bad}");
+            assert_eq!(error.key, "blob_store.fs.min_free_space", "{bad}");
+        }
+        assert!(
+            setting("\"lots\"").unwrap_err().message.contains("\"5%\""),
+            "the error shows both forms"
+        );
+        let loaded = load("[blob_store.fs]\nmin_free_space = \"5%\"\n").unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     }
 
     #[test]

@@ -63,6 +63,14 @@ impl EventKind {
     pub fn bit(self) -> u8 {
         1 << (self as u8)
     }
+
+    /// A pull (or a ping): the event of a read, which changed nothing.
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            EventKind::ManifestPull | EventKind::BlobPull | EventKind::Ping
+        )
+    }
 }
 
 impl fmt::Display for EventKind {
@@ -319,6 +327,8 @@ mod tests {
             mask |= kind.bit();
         }
         assert_eq!(mask, 0x7f);
+        let reads: Vec<EventKind> = EventKind::ALL.into_iter().filter(|kind| kind.is_read()).collect();
+        assert_eq!(reads, [EventKind::ManifestPull, EventKind::BlobPull]);
         assert_eq!(EventKind::parse("Manifest.Push"), None);
         assert_eq!(EventKind::parse("manifest"), None);
         assert_eq!(EventKind::parse(""), None);

@@ -103,10 +103,28 @@ impl RegistryError {
         self
     }
 
-    /// Storage failures are logged with their cause and answered 500 without it.
+    /// Storage failures are logged with their cause and answered 500 without
+    /// it, except a full disk (or quota), which the client is told plainly:
+    /// it is the operator's to fix, and retrying at once will not help.
     pub fn storage(error: std::io::Error) -> RegistryError {
+        if crate::storage::space::is_storage_full(&error) {
+            log::warn!("storage full: {error}");
+            return RegistryError::storage_full(
+                "the registry's storage is full (no space left on its disk); pushes resume when space is freed",
+            );
+        }
         log::error!("storage error: {error}");
         RegistryError::new(ErrorCode::Unknown, "storage error")
+    }
+
+    /// A write refused, or failed, because the registry's disk is full:
+    /// `507 Insufficient Storage` (RFC 4918 section 11.5, the one status that
+    /// says so). The distribution spec's code table has no code for it; of its
+    /// codes, `DENIED` is the one that fits ("the operation is refused") and
+    /// the one clients do not retry at once (Docker retries `UNKNOWN`), which
+    /// a full disk would only answer the same way. The message says why.
+    pub fn storage_full(message: impl Into<String>) -> RegistryError {
+        RegistryError::new(ErrorCode::Denied, message).status(507)
     }
 
     /// The spec's error body: `{"errors":[{"code","message","detail"?}]}`.
@@ -132,5 +150,25 @@ impl std::fmt::Display for RegistryError {
 impl From<RegistryError> for Response {
     fn from(error: RegistryError) -> Response {
         error.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_507_with_a_message_that_says_so() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let error = RegistryError::storage(std::io::Error::from_raw_os_error(errno));
+            assert_eq!(error.status, 507, "errno {errno}");
+            assert_eq!(error.code, ErrorCode::Denied);
+            assert!(error.message.contains("storage is full"), "{}", error.message);
+        }
+        let other = RegistryError::storage(std::io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!((other.status, other.code), (500, ErrorCode::Unknown));
+        let response = RegistryError::storage_full("full").into_response();
+        assert_eq!(response.status, 507);
+        assert_eq!(crate::http::response::reason(507), "Insufficient Storage");
     }
 }

@@ -124,8 +124,6 @@ struct Families {
     duration: FamilyId,
     removed_objects: FamilyId,
     removed_bytes: FamilyId,
-    content_bytes: FamilyId,
-    reclaimable_bytes: FamilyId,
     scrub_runs: FamilyId,
     scrub_bytes: FamilyId,
     scrub_corrupt: FamilyId,
@@ -187,17 +185,6 @@ impl Maintenance {
             removed_bytes: metrics.counter(
                 "gc_removed_bytes_total",
                 "Content bytes garbage collection freed.",
-                &[],
-            ),
-            content_bytes: metrics.gauge(
-                "storage_content_bytes",
-                "Bytes of content (blobs and manifests) the store held after the last collection.",
-                &[],
-            ),
-            reclaimable_bytes: metrics.gauge(
-                "storage_reclaimable_bytes",
-                "Content nothing referenced at the last collection but still within gc_grace_secs: \
-                 what a later collection may free.",
                 &[],
             ),
             scrub_runs: metrics.counter(
@@ -617,7 +604,7 @@ impl Maintenance {
         let deletions = active.collector.take_deletions();
         self.removals_pending += deletions.len() as u64;
         if progress == Progress::Done {
-            self.finish(metrics, now_ms);
+            self.finish(registry.storage(), metrics, now_ms);
         }
         deletions
     }
@@ -655,7 +642,7 @@ impl Maintenance {
         }
     }
 
-    fn finish(&mut self, metrics: &mut Metrics, now_ms: u64) {
+    fn finish(&mut self, storage: &crate::storage::Storage, metrics: &mut Metrics, now_ms: u64) {
         let Some(active) = self.active.take() else {
             return;
         };
@@ -711,10 +698,11 @@ impl Maintenance {
         let series = metrics.series(families.removed_bytes, &[]);
         metrics.add(series, report.bytes_removed);
         if !report.content_sweep_skipped {
-            let series = metrics.series(families.content_bytes, &[]);
-            metrics.set(series, report.bytes_kept as f64);
-            let series = metrics.series(families.reclaimable_bytes, &[]);
-            metrics.set(series, report.bytes_reclaimable as f64);
+            // The storage_content_bytes and storage_reclaimable_bytes gauges
+            // read these at each scrape (app/telemetry.rs); commits add to the
+            // content total until the next collection measures it again.
+            storage.set_content_bytes(report.bytes_kept);
+            storage.set_reclaimable_bytes(report.bytes_reclaimable);
         }
         self.last = Some(run);
     }

@@ -5,6 +5,7 @@
 //! dispatcher's retries and attempt timeouts live in its own wheel.
 
 mod connection;
+mod disk_space;
 mod file_worker;
 mod outbound;
 mod output;
@@ -34,6 +35,7 @@ use crate::registry::Removal;
 use crate::registry::{Commit, Registry};
 use crate::timer::{TimerKey, TimerWheel};
 use connection::{Connection, Next};
+pub use disk_space::disk_space;
 pub use ping::ping;
 use transport::Transport;
 

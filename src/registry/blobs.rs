@@ -104,6 +104,11 @@ impl Registry {
         name: String,
         readable: &dyn Fn(&str) -> bool,
     ) -> Result<ExchangeState> {
+        // Before anything is written, a mount's link included: a push that
+        // cannot finish should not start.
+        self.storage
+            .check_space_to_start(None)
+            .map_err(super::storage_full)?;
         if let Some(mount) = head.query_value("mount") {
             // Invalid mount arguments fall back to a plain upload (spec: "Cross
             // Repository Blob Mount"), and so does a source the client may not
@@ -180,6 +185,14 @@ impl Registry {
                 let _ = self.storage.cancel_upload(&name, &id);
             }
             return Err(super::blob_too_large(self.limits.max_blob_size));
+        }
+        // Refused before the body is read: the session keeps what it has, so
+        // a chunked upload resumes where it stopped once space is freed.
+        if let Err(full) = self.storage.check_space_to_start(head.content_length()) {
+            if commit.is_some() && head.method == Method::Post {
+                let _ = self.storage.cancel_upload(&name, &id);
+            }
+            return Err(super::storage_full(full));
         }
         let writer = Box::new(self.storage.upload_writer(&name, &id).map_err(upload_error)?);
         Ok(ExchangeState::Upload {

@@ -84,6 +84,9 @@ impl Registry {
         if head.content_length().is_some_and(|length| length > limit) {
             return Err(super::manifest_too_large(limit));
         }
+        self.storage
+            .check_space_to_start(head.content_length())
+            .map_err(super::storage_full)?;
         // OCI 1.1 lets a PUT by digest carry `?tag=` parameters to tag it too.
         let mut tags = Vec::new();
         if let Reference::Tag(tag) = &reference {

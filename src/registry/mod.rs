@@ -446,6 +446,11 @@ impl Registry {
                 if writer.size() + data.len() as u64 > limits.max_blob_size {
                     return Err(self.fail_upload(exchange, blob_too_large(limits.max_blob_size)));
                 }
+                // The minimum free space holds during a body too: a large
+                // upload that would eat into it stops, and its session goes.
+                if let Err(full) = self.storage.check_space_to_write(data.len() as u64) {
+                    return Err(self.fail_upload(exchange, storage_full(full)));
+                }
                 if let Err(error) = writer.write(data) {
                     return Err(self.fail_upload(exchange, RegistryError::storage(error)));
                 }
@@ -701,6 +706,15 @@ fn blob_too_large(limit: u64) -> RegistryError {
     RegistryError::new(ErrorCode::SizeInvalid, format!("blob larger than {limit} bytes")).status(413)
 }
 
+/// `min_free_space` refused a push: 507, the message saying what is free
+/// and what must stay so, and both numbers for tools.
+fn storage_full(full: crate::storage::Full) -> RegistryError {
+    RegistryError::storage_full(full.to_string()).detail(serde_json::json!({
+        "free_bytes": full.free_bytes,
+        "min_free_bytes": full.min_free_bytes,
+    }))
+}
+
 fn range_mismatch() -> RegistryError {
     RegistryError::new(
         ErrorCode::BlobUploadInvalid,
@@ -723,6 +737,7 @@ impl crate::event_webhook::notifier::Apply<Commit> for Registry {
 mod tests {
     use super::*;
     use crate::digest::Digest;
+    use crate::storage::{DiskSpace, MinFreeSpace};
     use crate::test_support::TempDir;
 
     /// A registry on a fresh directory under the configuration `text`.
@@ -867,6 +882,159 @@ mod tests {
         };
         assert_eq!(outcome.response.status, 202);
         assert_eq!(tag(&registry, "app", "v1"), None);
+    }
+
+    fn head(request: &str) -> RequestHead {
+        let text = format!("{request} HTTP/1.1\r\nHost: x\r\n\r\n");
+        crate::http::request::parse_head(text.as_bytes(), 1 << 14)
+            .unwrap()
+            .unwrap()
+            .1
+    }
+
+    fn with_length(mut head: RequestHead, length: u64) -> RequestHead {
+        head.framing = crate::http::request::BodyFraming::Length(length);
+        head
+    }
+
+    /// Runs a request to its answer; `None` as the body sends none.
+    fn serve(registry: &mut Registry, head: &RequestHead, body: &[u8]) -> Response {
+        match registry.begin(head) {
+            Begin::Answer(outcome) => outcome.response,
+            Begin::ReadBody(mut exchange) => match registry.body(&mut exchange, body) {
+                Ok(()) => registry.finish(exchange).response,
+                Err(response) => response,
+            },
+        }
+    }
+
+    fn error_message(response: &Response) -> String {
+        let crate::http::Body::Bytes(bytes) = &response.body else {
+            panic!("no JSON body");
+        };
+        let body: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED");
+        body["errors"][0]["message"].as_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn below_min_free_space_pushes_are_refused_before_writing_and_reads_go_on() {
+        let root = TempDir::new("registry-test");
+        let free = Rc::new(Cell::new(10_000u64));
+        let probe_free = free.clone();
+        let storage = Storage::open(root.path(), false, 16).unwrap().with_space_guard(
+            MinFreeSpace::Bytes(1000),
+            Box::new(move |_| {
+                Ok(DiskSpace {
+                    free_bytes: probe_free.get(),
+                    total_bytes: 1 << 20,
+                })
+            }),
+        );
+        let limits = Limits {
+            max_manifest_size: 1 << 20,
+            max_blob_size: 1 << 20,
+            allow_missing_manifest_references: true,
+            update_pull_time: false,
+        };
+        let mut registry = Registry::new(storage, limits);
+        let layer = b"layer bytes";
+        let digest = Digest::sha256_of(layer);
+        let monolithic = |length| {
+            with_length(
+                head(&format!("POST /v2/ns/blobs/uploads/?digest={digest}")),
+                length,
+            )
+        };
+        assert_eq!(
+            serve(&mut registry, &monolithic(layer.len() as u64), layer).status,
+            201
+        );
+        // An open session, started while there was room.
+        let started = serve(&mut registry, &head("POST /v2/ns/blobs/uploads/"), b"");
+        assert_eq!(started.status, 202);
+        let location = started
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "Location")
+            .unwrap()
+            .1
+            .clone();
+        assert_eq!(registry.storage().upload_sessions(), 1);
+
+        free.set(999);
+        for (request, length) in [
+            ("POST /v2/ns/blobs/uploads/".to_string(), 0),
+            (format!("POST /v2/ns/blobs/uploads/?digest={digest}"), 11),
+            (format!("POST /v2/other/blobs/uploads/?mount={digest}&from=ns"), 0),
+            (format!("PATCH {location}"), 11),
+            (format!("PUT {location}?digest={digest}"), 11),
+            ("PUT /v2/ns/manifests/latest".to_string(), 2),
+        ] {
+            let response = serve(&mut registry, &with_length(head(&request), length), layer);
+            assert_eq!(response.status, 507, "{request}");
+            assert_eq!(
+                error_message(&response),
+                "the registry's storage is full: 999 B free, min_free_space is 1000 B; pushes resume when space is freed",
+                "{request}"
+            );
+        }
+        // Nothing was written, and the open session is still there to resume.
+        assert_eq!(registry.storage().upload_sessions(), 1);
+        assert_eq!(
+            registry
+                .storage()
+                .upload_size("ns", &location[location.len() - 32..]),
+            Some(0)
+        );
+        // Reads and deletes go on.
+        assert_eq!(
+            serve(&mut registry, &head(&format!("GET /v2/ns/blobs/{digest}")), b"").status,
+            200
+        );
+        assert_eq!(serve(&mut registry, &head("GET /v2/_catalog"), b"").status, 200);
+        assert_eq!(
+            serve(
+                &mut registry,
+                &head(&format!("DELETE /v2/ns/blobs/{digest}")),
+                b""
+            )
+            .status,
+            202
+        );
+
+        // An announced body that would eat into the minimum is refused whole.
+        free.set(2000);
+        let response = serve(&mut registry, &monolithic(1001), &[0; 1001]);
+        assert_eq!(response.status, 507);
+        assert!(error_message(&response).contains("too full for this upload"));
+        assert_eq!(
+            registry.storage().upload_sessions(),
+            1,
+            "the monolithic session is gone"
+        );
+        // A body without a length is stopped at the chunk that would.
+        let mut chunked = head(&format!("PATCH {location}"));
+        chunked.framing = crate::http::request::BodyFraming::Chunked;
+        let Begin::ReadBody(mut exchange) = registry.begin(&chunked) else {
+            panic!("the PATCH starts");
+        };
+        assert!(registry.body(&mut exchange, &[1; 500]).is_ok());
+        free.set(1500);
+        let refused = registry.body(&mut exchange, &[1; 600]).unwrap_err();
+        assert_eq!(refused.status, 507);
+        assert_eq!(
+            registry.storage().upload_sessions(),
+            0,
+            "a cut body ends its session"
+        );
+
+        // Space is back: the next push is accepted, no restart.
+        free.set(10_000);
+        assert_eq!(
+            serve(&mut registry, &monolithic(layer.len() as u64), layer).status,
+            201
+        );
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Storage {
         let blob = self.blob_path(digest);
         if !exists(&blob)? {
             self.write_atomic(&blob, body)?;
+            self.content_added(body.len() as u64);
         }
         let subject = referrer
             .map(|(subject, _)| subject.to_string())

@@ -25,18 +25,22 @@ mod atomic;
 mod cache;
 pub mod listing;
 mod manifests;
+pub mod space;
 mod uploads;
+mod usage;
 pub mod walk;
 mod watch;
 
 use manifests::referrer_entry;
 pub use manifests::{MANIFEST_IN_MEMORY_BYTES_MAX, ManifestBytes, StoredManifest};
+pub use space::{DiskSpace, Full, MinFreeSpace, SpaceProbe};
 use uploads::UploadSession;
 pub use uploads::{UploadError, UploadWriter};
+pub use usage::{ContentCount, SpaceReport};
 pub use watch::Watch;
 pub use watch::content_key as watch_content_key;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
@@ -102,6 +106,12 @@ pub struct Storage {
     epochs: RefCell<watch::Epochs>,
     /// When each recently pulled manifest's pull time was last written.
     pulls_written: RefCell<HashMap<(String, Digest), u64>>,
+    /// `min_free_space` and the disk readings behind it (`space.rs`).
+    space: space::SpaceGuard,
+    /// Bytes under `blobs/`, once counted (`usage.rs`).
+    content_bytes: Cell<Option<u64>>,
+    /// What a collection would free, once the collector said.
+    reclaimable_bytes: Cell<Option<u64>>,
 }
 
 impl Storage {
@@ -138,6 +148,9 @@ impl Storage {
             watch: RefCell::new(None),
             epochs: RefCell::new(watch::Epochs::default()),
             pulls_written: RefCell::new(HashMap::new()),
+            space: space::SpaceGuard::off(),
+            content_bytes: Cell::new(None),
+            reclaimable_bytes: Cell::new(None),
         })
     }
 

@@ -286,9 +286,10 @@ impl Storage {
         // From here on the session is consumed whatever happens: on an I/O
         // error the client restarts the upload, and no half-committed session
         // lingers in the map.
+        let size = self.upload_size(namespace, id).unwrap_or(0);
         self.forget_session(id);
         let dir = self.session_dir(id);
-        let result = self.commit_session_data(&dir.join(SESSION_DATA_FILE), digest);
+        let result = self.commit_session_data(&dir.join(SESSION_DATA_FILE), digest, size);
         // The data file is still there when the blob already existed.
         let _ = self.discard(&dir);
         result?;
@@ -298,7 +299,7 @@ impl Storage {
 
     /// Moves verified session bytes to the content store, unless the content
     /// is already there.
-    fn commit_session_data(&self, data: &Path, digest: &Digest) -> io::Result<()> {
+    fn commit_session_data(&self, data: &Path, digest: &Digest, size: u64) -> io::Result<()> {
         self.touch_content(digest);
         let blob = self.blob_path(digest);
         if exists(&blob)? {
@@ -310,7 +311,9 @@ impl Storage {
             // disk before the bytes do.
             File::open(data)?.sync_all()?;
         }
-        atomic::rename(data, &blob, self.sync_to_disk)
+        atomic::rename(data, &blob, self.sync_to_disk)?;
+        self.content_added(size);
+        Ok(())
     }
 
     /// The session's data file, when `sync_to_disk` wants it on disk before

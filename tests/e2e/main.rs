@@ -29,6 +29,7 @@ mod webhook_support;
 mod auth;
 mod clients;
 mod crash;
+mod full_disk;
 mod fuzz_regressions;
 mod garbage_collection;
 mod hostile_peers;

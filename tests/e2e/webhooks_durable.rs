@@ -219,16 +219,14 @@ fn segments(root: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Bytes of the journal's segments: what `event_webhook_journal_size` bounds (the fixed
+/// reserve beside them is not events; README, "Full disk").
 fn journal_bytes(root: &Path) -> u64 {
-    std::fs::read_dir(journal_dir(root))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
+    segments(root)
+        .iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .map(|metadata| metadata.len())
+        .sum()
 }
 
 /// One record of a segment, decoded from the documented layout (`[u32 LE len]

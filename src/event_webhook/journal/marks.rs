@@ -45,6 +45,14 @@ impl Journal {
     }
 
     fn append_webhook_state(&mut self, webhook: &str, disabled: Option<DisabledWebhook>) -> io::Result<()> {
+        self.with_reserve(|journal| journal.append_webhook_state_once(webhook, disabled.clone()))
+    }
+
+    fn append_webhook_state_once(
+        &mut self,
+        webhook: &str,
+        disabled: Option<DisabledWebhook>,
+    ) -> io::Result<()> {
         let frame = encode_webhook_state(webhook, disabled.as_ref())?;
         // Rotation and compaction first: a rewrite of this webhook's older record lands before
         // the new one, never after it.

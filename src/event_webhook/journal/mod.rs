@@ -54,13 +54,20 @@
 //! bound (they are small and bounded in number), so the journal can exceed `total_bytes_max` by
 //! the retained dead letters and one segment's acks at most.
 //!
+//! # A full disk
+//!
+//! Beside the segments, the file `reserve` holds `reserve_bytes` of written zeros. A write that
+//! finds the disk full deletes it and runs once more, so the journal keeps recording on a disk
+//! something else filled; the reserve is written again at a later compaction or start.
+//!
 //! # Where the code is
 //!
 //! This file holds the public types and the `Journal` API (appends, acks, dead letters,
 //! compaction, the counters). The rest of `impl Journal` and its helpers live beside it, by
 //! what they own: `record` (the payload format and its checksum), `segment` (segment files:
 //! names, durable creation, reading records back, appends and rotation), `recovery` (what
-//! `open` reads back at start-up) and `compaction` (deleting segments and the drop policy).
+//! `open` reads back at start-up), `compaction` (deleting segments and the drop policy) and
+//! `reserve` (the space held back for a full disk).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -71,10 +78,13 @@ mod compaction;
 mod marks;
 mod record;
 mod recovery;
+mod reserve;
 mod segment;
 
 use record::{EventFields, HEADER_BYTES, check_payload, encode_ack, encode_dead_letter, truncate_utf8};
 use segment::{Segment, create_dir};
+
+pub use reserve::{RESERVE_BYTES_DEFAULT, ReserveChange};
 
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 4 << 20;
 pub const TOTAL_BYTES_MAX_DEFAULT: u64 = 256 << 20;
@@ -98,6 +108,9 @@ pub struct JournalLimits {
     pub total_bytes_max: u64,
     /// How many of the most recent dead letters are kept.
     pub dead_letters_max: usize,
+    /// Disk held back for the journal alone (`reserve`): released when a write finds the disk
+    /// full, so events are still recorded. 0: none.
+    pub reserve_bytes: u64,
 }
 
 impl Default for JournalLimits {
@@ -106,6 +119,7 @@ impl Default for JournalLimits {
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             total_bytes_max: TOTAL_BYTES_MAX_DEFAULT,
             dead_letters_max: DEAD_LETTERS_MAX_DEFAULT,
+            reserve_bytes: RESERVE_BYTES_DEFAULT,
         }
     }
 }
@@ -232,6 +246,15 @@ pub struct Journal {
     rotate_due: bool,
     /// Drops not yet handed to a caller (an `append_event` failed after dropping).
     unreported_drops: Vec<DroppedEvent>,
+    /// The reserve file is on disk, whole (`reserve`).
+    reserve_held: bool,
+    /// What happened to the reserve since the caller last asked.
+    reserve_change: Option<ReserveChange>,
+    /// The reserve was released since the last compaction, which must not write it again.
+    reserve_wait: bool,
+    /// Tests: this many coming record writes fail as on a full disk.
+    #[cfg(test)]
+    full_disk_writes: u32,
 }
 
 impl Journal {
@@ -246,12 +269,31 @@ impl Journal {
             )));
         }
         create_dir(dir, sync_to_disk)?;
-        recovery::recover(dir, sync_to_disk, limits)
+        let (mut journal, recovery) = recovery::recover(dir, sync_to_disk, limits)?;
+        // Written now if missing; a disk too full for it is no reason not to start (the caller
+        // sees `reserve_held`), and making it is no news to log.
+        journal.restore_reserve();
+        journal.reserve_change = None;
+        Ok((journal, recovery))
     }
 
     /// Records an event for one webhook; durable (with `sync_to_disk`) when this returns, so the
     /// client may be answered. Makes room first under the disk bound (see the module docs).
     pub fn append_event(
+        &mut self,
+        webhook: &str,
+        event_id: &str,
+        kind: &str,
+        unix_micros: u64,
+        delivery_id: &str,
+        body: &[u8],
+    ) -> io::Result<Appended> {
+        self.with_reserve(|journal| {
+            journal.append_event_once(webhook, event_id, kind, unix_micros, delivery_id, body)
+        })
+    }
+
+    fn append_event_once(
         &mut self,
         webhook: &str,
         event_id: &str,
@@ -300,6 +342,10 @@ impl Journal {
     /// The webhook is done with its events up to and including `seq`. Returns how many pending
     /// events that released; an ack that releases none writes nothing.
     pub fn append_ack(&mut self, webhook: &str, seq: u64) -> io::Result<usize> {
+        self.with_reserve(|journal| journal.append_ack_once(webhook, seq))
+    }
+
+    fn append_ack_once(&mut self, webhook: &str, seq: u64) -> io::Result<usize> {
         self.check_seq(seq)?;
         if self.releasable(webhook, seq) == 0 {
             return Ok(0);
@@ -314,6 +360,10 @@ impl Journal {
     /// is done with); a later `append_ack` of the same seq is a no-op. Returns its number. Only the
     /// `dead_letters_max` most recent are kept.
     pub fn append_dead_letter(&mut self, new: NewDeadLetter<'_>) -> io::Result<u64> {
+        self.with_reserve(|journal| journal.append_dead_letter_once(new))
+    }
+
+    fn append_dead_letter_once(&mut self, new: NewDeadLetter<'_>) -> io::Result<u64> {
         self.check_seq(new.seq)?;
         let letter = DeadLetter {
             number: self.next_dead_letter,
@@ -365,8 +415,15 @@ impl Journal {
     /// Deletes every segment but the active one that holds no pending event, after rewriting into
     /// the active segment the retained dead letters they hold and the cursors they hold that
     /// still matter. Work is bounded by the segment count and `dead_letters_max`. Runs by itself
-    /// at the first write after a rotation.
+    /// at the first write after a rotation. Then writes the reserve again if a full disk took it
+    /// and there is room now.
     pub fn compact(&mut self) -> io::Result<()> {
+        self.with_reserve(Journal::compact_once)?;
+        self.restore_reserve_after_compaction();
+        Ok(())
+    }
+
+    fn compact_once(&mut self) -> io::Result<()> {
         self.compact_due = false;
         let doomed: Vec<u64> = self
             .segments

@@ -28,6 +28,10 @@ pub(super) fn recover(
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
+        if entry.file_name() == super::reserve::RESERVE_FILE {
+            // The reserve (`reserve`), not a segment: nothing to read, nothing to report.
+            continue;
+        }
         let first = entry.file_name().to_str().and_then(parse_segment_name);
         match first {
             Some(first) if entry.file_type()?.is_file() => names.push((first, path)),
@@ -137,6 +141,11 @@ pub(super) fn recover(
         compact_due: true,
         rotate_due: false,
         unreported_drops: Vec::new(),
+        reserve_held: false,
+        reserve_change: None,
+        reserve_wait: false,
+        #[cfg(test)]
+        full_disk_writes: 0,
     };
     Ok((journal, recovery))
 }

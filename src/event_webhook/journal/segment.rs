@@ -58,13 +58,19 @@ impl Journal {
     pub(super) fn write_active(&mut self, frames: &[u8]) -> io::Result<()> {
         let segment = self.segments.get_mut(&self.active_key).expect("active segment");
         let before = segment.bytes;
-        let result = self.active.write_all(frames).and_then(|()| {
-            if self.sync {
-                self.active.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        #[cfg(test)]
+        let injected = super::reserve::injected_full_disk(&mut self.full_disk_writes);
+        #[cfg(not(test))]
+        let injected = Ok(());
+        let result = injected
+            .and_then(|()| self.active.write_all(frames))
+            .and_then(|()| {
+                if self.sync {
+                    self.active.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
         let after = match &result {
             Ok(()) => before + frames.len() as u64,
             Err(_) => {

@@ -12,6 +12,8 @@ pub(super) fn limits(segment_bytes_max: u64, total_bytes_max: u64, dead_letters_
         segment_bytes_max,
         total_bytes_max,
         dead_letters_max,
+        // Most tests reopen often and look at the directory: no reserve unless one asks.
+        reserve_bytes: 0,
     }
 }
 

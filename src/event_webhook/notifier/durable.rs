@@ -14,11 +14,12 @@ use std::rc::Rc;
 
 use super::super::dispatcher::{Completed, Disabled, Payload};
 use super::super::event::EventKind;
-use super::super::journal::{DisabledWebhook, Journal, NewDeadLetter, Recovery};
+use super::super::journal::{DisabledWebhook, Journal, NewDeadLetter, Recovery, ReserveChange};
 use super::super::status::{DeliveryRecord, DeliveryState};
 use super::Notifier;
 use crate::config::Policy;
 use crate::metrics::Metrics;
+use crate::storage::space::human_bytes;
 
 impl<W, C> Notifier<W, C> {
     /// Makes async delivery durable: `journal` records every async event from
@@ -74,6 +75,13 @@ impl<W, C> Notifier<W, C> {
         }
         if resumed > 0 {
             log::info!(target: "angos::event_webhook", "journal: resumed {resumed} pending async deliveries");
+        }
+        if !journal.reserve_held() && journal.limits().reserve_bytes > 0 {
+            log::warn!(
+                target: "angos::event_webhook",
+                "journal: no room on the disk for the journal's reserve ({}); it is written once there is",
+                human_bytes(journal.limits().reserve_bytes)
+            );
         }
         self.journal = Some(journal);
         self
@@ -148,10 +156,17 @@ impl<W, C> Notifier<W, C> {
         }
     }
 
-    /// Records an async event before it is queued; `None` when there is no
-    /// journal or it failed (the event then lives in memory only, and says so).
-    pub(super) fn journal_append(&mut self, webhook: &str, payload: &Payload) -> Option<u64> {
-        let journal = self.journal.as_mut()?;
+    /// Records an async event before it is queued: its seq, `Ok(None)` when
+    /// there is no journal, the error when it failed (logged here; the event
+    /// then lives in memory only, and the caller decides what the client hears).
+    pub(super) fn journal_append(
+        &mut self,
+        webhook: &str,
+        payload: &Payload,
+    ) -> std::io::Result<Option<u64>> {
+        let Some(journal) = self.journal.as_mut() else {
+            return Ok(None);
+        };
         let delivery_id = super::super::status::delivery_id(&payload.event_id, webhook);
         let appended = journal.append_event(
             webhook,
@@ -174,7 +189,8 @@ impl<W, C> Notifier<W, C> {
                     self.drops.push(dropped.webhook);
                 }
                 self.last_seq.insert(webhook.to_string(), appended.seq);
-                Some(appended.seq)
+                self.log_reserve_change();
+                Ok(Some(appended.seq))
             }
             Err(error) => {
                 log::error!(
@@ -182,8 +198,29 @@ impl<W, C> Notifier<W, C> {
                     "journal: cannot record event {} for webhook {webhook:?}: {error}; it is kept in memory only",
                     payload.event_id
                 );
-                None
+                self.log_reserve_change();
+                Err(error)
             }
+        }
+    }
+
+    /// Says what a full disk did to the journal's reserve, once per change.
+    pub(super) fn log_reserve_change(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        match journal.take_reserve_change() {
+            Some(ReserveChange::Released) => log::warn!(
+                target: "angos::event_webhook",
+                "journal: the disk is full; the journal's reserve ({}) was released so async events \
+                 are still recorded; free space on the registry's disk",
+                human_bytes(journal.limits().reserve_bytes)
+            ),
+            Some(ReserveChange::Restored) => log::info!(
+                target: "angos::event_webhook",
+                "journal: the disk has room again; the journal's reserve is back"
+            ),
+            None => {}
         }
     }
 

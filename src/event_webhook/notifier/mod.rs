@@ -276,14 +276,18 @@ impl<W, C> Notifier<W, C> {
 
     /// The change is visible: queue async deliveries, then wait for optional
     /// ones. Gives the waiter back with its answer when nothing is waited for.
+    /// A change's async event the journal cannot record turns its answer into
+    /// an error: an acknowledged change's events must survive a restart, and
+    /// the client, told, pushes again (the same content commits the same way).
     fn after_commit(
         &mut self,
         waiter: W,
-        response: Response,
+        mut response: Response,
         optional: Deliveries,
         asynchronous: Deliveries,
         now_ms: u64,
     ) -> Option<(W, Response)> {
+        let mut unrecorded: Option<(String, std::io::Error)> = None;
         for (webhook, payload) in asynchronous {
             let name = webhook.name.clone();
             // A reload while a required gate held the request: the event joins
@@ -301,7 +305,17 @@ impl<W, C> Notifier<W, C> {
                 );
                 continue;
             };
-            let seq = self.journal_append(&name, &payload);
+            let seq = match self.journal_append(&name, &payload) {
+                Ok(seq) => seq,
+                Err(error) => {
+                    // A pull's event is no reason to fail the pull: it stays
+                    // in memory only, as the log line said.
+                    if !payload.kind.is_read() && unrecorded.is_none() {
+                        unrecorded = Some((name.clone(), error));
+                    }
+                    None
+                }
+            };
             if let Some(dropped) = self.dispatcher.enqueue_journaled(webhook, payload, seq, now_ms) {
                 log::warn!(
                     target: "angos::event_webhook",
@@ -311,6 +325,9 @@ impl<W, C> Notifier<W, C> {
                 );
                 self.drops.push(name);
             }
+        }
+        if let Some((webhook, error)) = unrecorded {
+            response = unrecorded_event(&webhook, &error);
         }
         if optional.is_empty() {
             return Some((waiter, response));
@@ -403,6 +420,8 @@ impl<W, C> Notifier<W, C> {
         for name in acknowledge {
             self.acknowledge(&name);
         }
+        // Acks and dead letters may have released or restored the reserve.
+        self.log_reserve_change();
         for (name, webhook) in self.routing.webhooks() {
             let disabled = self.dispatcher.disabled_for(webhook).is_some();
             let series = metrics.series(self.families.disabled, &[name]);
@@ -502,6 +521,28 @@ fn record(families: &Families, metrics: &mut Metrics, done: &Completed) {
 
 /// The 500 a client gets when a required webhook refused: it names the
 /// webhook, never its token.
+/// The answer to a change whose async event for `webhook` the journal could
+/// not record (it is still delivered from memory unless the process stops).
+fn unrecorded_event(webhook: &str, error: &std::io::Error) -> Response {
+    let error = if crate::storage::space::is_storage_full(error) {
+        RegistryError::storage_full(format!(
+            "the registry's storage is full: the change was made, but its event for webhook \
+             \"{webhook}\" could not be recorded; push again once space is freed"
+        ))
+    } else {
+        RegistryError::new(
+            ErrorCode::Unknown,
+            format!(
+                "the change was made, but its event for webhook \"{webhook}\" could not be \
+                 recorded ({error}); retry the request"
+            ),
+        )
+    };
+    error
+        .detail(serde_json::json!({ "webhook": webhook }))
+        .into_response()
+}
+
 fn required_failed(webhook: &str, reason: &str) -> Response {
     RegistryError::new(
         ErrorCode::Unknown,
@@ -628,6 +669,78 @@ mod tests {
             matches!(submitted, Submitted::Respond(_)),
             "async only: answered at once"
         );
+    }
+
+    /// A change is acknowledged only once its async events are in the
+    /// journal: a full disk first costs the journal its reserve, then fails
+    /// the change's answer (507, the change made, the event in memory); a
+    /// pull's event never fails the pull.
+    #[test]
+    fn a_change_whose_async_event_cannot_be_recorded_is_not_acknowledged() {
+        use crate::event_webhook::journal::{Journal, JournalLimits};
+        let dir = crate::test_support::TempDir::new("notifier-full");
+        let config = load(
+            "[event_webhook.q]\nurl = \"http://127.0.0.1:9/q\"\npolicy = \"async\"\n\
+             events = [\"manifest.push\", \"manifest.pull\"]\n[global]\nevent_webhooks = [\"q\"]\n",
+        );
+        let limits = JournalLimits {
+            reserve_bytes: 64 << 10,
+            ..JournalLimits::default()
+        };
+        let (opened, recovery) = Journal::open(dir.path(), false, limits).unwrap();
+        let mut metrics = Metrics::new();
+        let mut notifier: Notifier<u32, &'static str> = Notifier::new(&config, &mut metrics, 0);
+        notifier = notifier.with_journal(opened, recovery, 0);
+        let mut commits = Commits::default();
+        let mut submit = |notifier: &mut Notifier<u32, &'static str>, kind, commit| {
+            let submission = Submission {
+                drafts: vec![EventDraft::new(kind, "a")],
+                actor: Actor::default(),
+                commit,
+                response: Response::new(201),
+            };
+            match notifier.submit(1, submission, &mut commits, 0, 0) {
+                Submitted::Respond(response) => response,
+                Submitted::Parked => panic!("async only: answered at once"),
+            }
+        };
+        fn journal<'a>(notifier: &'a mut Notifier<u32, &'static str>) -> &'a mut Journal {
+            notifier.journal.as_mut().unwrap()
+        }
+
+        journal(&mut notifier).fail_writes_as_full(1);
+        assert_eq!(submit(&mut notifier, EventKind::ManifestPush, "one").status, 201);
+        assert!(
+            !journal(&mut notifier).reserve_held(),
+            "the reserve took the full disk"
+        );
+        assert_eq!(journal(&mut notifier).pending("q"), 1);
+
+        journal(&mut notifier).fail_writes_as_full(1);
+        let refused = submit(&mut notifier, EventKind::ManifestPush, "two");
+        assert_eq!(refused.status, 507);
+        let crate::http::Body::Bytes(body) = &refused.body else {
+            panic!("an OCI error body");
+        };
+        let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(body["errors"][0]["code"], "DENIED");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("the registry's storage is full: the change was made"),
+            "{body}"
+        );
+        assert_eq!(journal(&mut notifier).pending("q"), 1, "not recorded");
+        assert_eq!(
+            notifier.dispatcher().async_pending(),
+            2,
+            "still delivered from memory"
+        );
+
+        journal(&mut notifier).fail_writes_as_full(1);
+        assert_eq!(submit(&mut notifier, EventKind::ManifestPull, "pull").status, 201);
+        assert_eq!(commits.0, ["one", "two", "pull"]);
     }
 
     fn rendered(metrics: &Metrics) -> String {

@@ -172,7 +172,8 @@ impl<W, C> Notifier<W, C> {
             return Redelivery::UnknownDelivery;
         };
         let event_id = payload.event_id.clone();
-        let seq = self.journal_append(name, &payload);
+        // A redelivery the journal could not record still goes out from memory.
+        let seq = self.journal_append(name, &payload).ok().flatten();
         self.dispatcher.enqueue_journaled(webhook, payload, seq, now_ms);
         log::info!(target: "angos::event_webhook", "webhook {name:?}: redelivery of {delivery_id} queued");
         Redelivery::Queued { event_id }
