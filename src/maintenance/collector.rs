@@ -125,8 +125,12 @@ fn removal_cost(storage: &Storage, removed: u64) -> usize {
 impl Collector {
     /// A collection starting at `now_secs` (wall clock) that removes only
     /// what was last written `grace_secs` or more before it.
-    pub fn new(storage: &Storage, now_secs: u64, grace_secs: u64) -> Collector {
+    pub fn new(storage: &mut Storage, now_secs: u64, grace_secs: u64) -> Collector {
         storage.start_watch();
+        if let Err(error) = storage.begin_discard_batch() {
+            // Discards then go to `_trash` one by one, as outside a collection.
+            log::warn!(target: "angos::gc", "cannot make a trash directory for this collection: {error}");
+        }
         Collector {
             report_only: false,
             cutoff_secs: now_secs.saturating_sub(grace_secs),
@@ -264,8 +268,9 @@ impl Collector {
         }
     }
 
-    fn finish(&mut self, storage: &Storage) -> Phase {
+    fn finish(&mut self, storage: &mut Storage) -> Phase {
         storage.stop_watch();
+        storage.end_discard_batch();
         Phase::Done
     }
 
@@ -456,7 +461,7 @@ impl Collector {
         }
         // The walk read this file in this same call: no request came in
         // between, so it is still the file judged old above.
-        match storage.remove_content(&file.digest, file.size) {
+        match storage.remove_content(&file.digest) {
             Ok(true) => {
                 self.report.contents_removed += 1;
                 self.report.bytes_removed += file.size;

@@ -455,7 +455,7 @@ impl Sim {
     // ---- the collector ----------------------------------------------------
 
     fn start_collection(&mut self) {
-        let collector = Collector::new(self.registry.storage(), self.clock_secs, GRACE_SECS);
+        let collector = Collector::new(self.registry.storage_mut(), self.clock_secs, GRACE_SECS);
         self.cutoffs.push(self.clock_secs.saturating_sub(GRACE_SECS));
         self.collector = Some(collector);
         self.trace.push(format!(
