@@ -201,39 +201,6 @@ fn leftovers(root: &Path, dir: &str) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Makes everything stored so far two hours old, as if pushed then: older than the test's
-/// `gc_grace_secs`, so a collection may take it, without waiting.
-fn age_store(root: &Path) {
-    let then = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
-    for top in ["blobs", "repositories"] {
-        let mut pending = vec![root.join(top)];
-        while let Some(dir) = pending.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-                if entry.file_type().unwrap().is_dir() {
-                    pending.push(entry.path());
-                } else {
-                    let file = std::fs::File::options().write(true).open(entry.path()).unwrap();
-                    file.set_modified(then).unwrap();
-                }
-            }
-        }
-    }
-}
-
-/// Runs a collection through the admin API and waits for its end; its report.
-fn collect(server: &Server) -> Json {
-    server
-        .request("POST", "/v2/_angos/gc", &[], b"")
-        .assert_status(202);
-    poll_until(DELIVERY_WAIT, || {
-        let status = server.get("/v2/_angos/gc").json();
-        let idle = matches!(status.get("running"), Some(Json::Bool(false)));
-        let settled = status.get("removals_pending").and_then(Json::as_u64) == Some(0);
-        (idle && settled).then(|| status.get("last").cloned()).flatten()
-    })
-    .unwrap_or_else(|| panic!("the collection did not finish:\n{}", log_dump(server)))
-}
-
 /// One pushed image: its tag, manifest and layer (the config is shared).
 struct Image {
     tag: String,
@@ -435,8 +402,8 @@ fn pushes_stop_at_min_free_space_with_507_reads_and_events_go_on_and_pushes_resu
         refused.starts_with("the registry's storage is full: "),
         "deleting alone frees nothing: {refused}"
     );
-    age_store(&server.root);
-    let report = collect(&server);
+    common::maintenance::age_store(&server.root, Duration::from_secs(2 * 3600));
+    let report = common::maintenance::run_job(&server, "gc", "");
     assert_eq!(
         report
             .get("report")

@@ -9,6 +9,7 @@
 
 use crate::common;
 
+use common::maintenance::{self, json_at, run_job};
 use common::*;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,59 +58,21 @@ fn files_in(dir: &Path) -> usize {
     count
 }
 
-/// The value at `path` in `json`, `Null` when absent.
-fn at<'a>(json: &'a Json, path: &[&str]) -> &'a Json {
-    static NULL: Json = Json::Null;
-    path.iter()
-        .try_fold(json, |value, key| value.get(key))
-        .unwrap_or(&NULL)
-}
-
 fn count(json: &Json, path: &[&str]) -> u64 {
-    at(json, path)
+    json_at(json, path)
         .as_u64()
         .unwrap_or_else(|| panic!("no count at {path:?} in {json:?}"))
 }
 
-/// Starts a collection (`mode`: commit or report-only) and waits for its
-/// end; the status JSON of the finished run.
+/// A collection (`mode`: commit or report-only), waited for; its run.
 fn collect(server: &Server, mode: &str) -> Json {
-    let started = server.request("POST", &format!("/v2/_angos/gc?mode={mode}"), &[], b"");
-    started.assert_status(202);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let status = server.get("/v2/_angos/gc");
-        status.assert_status(200);
-        let json = status.json();
-        if matches!(at(&json, &["running"]), Json::Bool(false)) && count(&json, &["removals_pending"]) == 0 {
-            return at(&json, &["last"]).clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "collection did not finish: {}",
-            status.text()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    run_job(server, "gc", &format!("mode={mode}"))
 }
 
-/// Makes everything stored so far two hours old, as if pushed then: older
-/// than the tests' `gc_grace_secs` without waiting for it.
+/// Makes everything stored so far two hours old: older than the tests'
+/// `gc_grace_secs`, without waiting for it.
 fn age_store(server: &Server) {
-    let then = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
-    for top in ["blobs", "repositories"] {
-        let mut pending = vec![server.root.join(top)];
-        while let Some(dir) = pending.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-                if entry.file_type().unwrap().is_dir() {
-                    pending.push(entry.path());
-                } else {
-                    let file = std::fs::File::options().write(true).open(entry.path()).unwrap();
-                    file.set_modified(then).unwrap();
-                }
-            }
-        }
-    }
+    maintenance::age_store(&server.root, Duration::from_secs(2 * 3600));
 }
 
 /// Waits until the file worker has emptied `_trash`.
@@ -179,7 +142,7 @@ fn fifty_deleted_images_are_collected_back_to_an_empty_registrys_size() {
     // Report-only first: it counts what would go and removes nothing.
     let deleted = file_bytes(&server.root, ".lock");
     let report = collect(&server, "report-only");
-    assert_eq!(at(&report, &["mode"]).as_str(), Some("report-only"));
+    assert_eq!(json_at(&report, &["mode"]).as_str(), Some("report-only"));
     assert_eq!(count(&report, &["report", "links_removed"]), 100, "{report:?}");
     assert_eq!(count(&report, &["report", "contents_removed"]), 150, "{report:?}");
     assert_eq!(
@@ -317,11 +280,11 @@ fn a_collection_killed_midway_loses_nothing_and_the_next_one_finishes() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let status = server.get("/v2/_angos/gc").json();
-        if at(&status, &["running"]) == &Json::Bool(false) {
+        if json_at(&status, &["running"]) == &Json::Bool(false) {
             println!("the collection ended before the kill: killed after it instead");
             break;
         }
-        if at(&status, &["progress", "contents_removed"])
+        if json_at(&status, &["progress", "contents_removed"])
             .as_u64()
             .unwrap_or(0)
             > 0
@@ -390,9 +353,12 @@ fn unreachable_manifests_go_with_an_internal_actor_and_referrers_stay() {
         .assert_status(200);
     let events = crate::webhook_support::expect_requests(&receiver, 1, &server);
     let event = events[0].json();
-    assert_eq!(at(&event, &["kind"]).as_str(), Some("manifest.delete"));
-    assert_eq!(at(&event, &["digest"]).as_str(), Some(untagged.digest.as_str()));
-    assert_eq!(at(&event, &["actor", "internal"]).as_str(), Some("gc"));
+    assert_eq!(json_at(&event, &["kind"]).as_str(), Some("manifest.delete"));
+    assert_eq!(
+        json_at(&event, &["digest"]).as_str(),
+        Some(untagged.digest.as_str())
+    );
+    assert_eq!(json_at(&event, &["actor", "internal"]).as_str(), Some("gc"));
     // The next collection frees what the removed manifest referenced.
     let report = collect(&server, "commit");
     assert_eq!(count(&report, &["report", "links_removed"]), 2, "{report:?}");

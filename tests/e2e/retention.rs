@@ -12,8 +12,7 @@ use crate::webhook_support::{Receiver, Reply, expect_requests};
 
 use common::*;
 use std::path::Path;
-use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// "Combined Rules", verbatim, with the `[global]` lines it needs.
 const COMBINED_RULES: &str = r#"[global]
@@ -80,23 +79,9 @@ fn pushed(server: &Server, repo: &str, tag: Option<&str>, seed: &str, days: u64)
     image
 }
 
-/// Starts a retention run (`mode`: commit or dry-run) and waits for it and
-/// its removals to end; the run's report.
+/// A retention run (`mode`: commit or dry-run), waited for with its removals.
 fn prune(server: &Server, mode: &str) -> Json {
-    server
-        .request("POST", &format!("/v2/_angos/prune?mode={mode}"), &[], b"")
-        .assert_status(202);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = server.get("/v2/_angos/prune").json();
-        let running = matches!(status.get("running"), Some(Json::Bool(true)));
-        let pending = status.get("removals_pending").and_then(Json::as_u64);
-        if !running && pending == Some(0) {
-            return status.get("last").cloned().expect("a finished run");
-        }
-        assert!(Instant::now() < deadline, "the retention run did not end");
-        thread::sleep(Duration::from_millis(20));
-    }
+    common::maintenance::run_job(server, "prune", &format!("mode={mode}"))
 }
 
 fn listed(report: &Json) -> Vec<String> {

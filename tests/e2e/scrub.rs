@@ -8,8 +8,6 @@
 use crate::common;
 
 use common::*;
-use std::thread;
-use std::time::{Duration, Instant};
 
 fn content_path(server: &Server, digest: &str) -> std::path::PathBuf {
     let hex = digest.strip_prefix("sha256:").unwrap();
@@ -24,20 +22,8 @@ fn flip_a_byte(path: &std::path::Path, at: usize) {
     std::io::Write::write_all(&mut file, &bytes).unwrap();
 }
 
-/// Starts a scrub and waits for its end; the finished run's JSON.
 fn scrub(server: &Server) -> Json {
-    server
-        .request("POST", "/v2/_angos/scrub", &[], b"")
-        .assert_status(202);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = server.get("/v2/_angos/scrub").json();
-        if matches!(status.get("running"), Some(Json::Bool(false))) {
-            return status.get("last").cloned().expect("a finished scrub");
-        }
-        assert!(Instant::now() < deadline, "the scrub did not end");
-        thread::sleep(Duration::from_millis(20));
-    }
+    common::maintenance::run_job(server, "scrub", "")
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! section 2).
 
 pub mod hostile;
+pub mod maintenance;
 pub mod rng;
 
 use std::collections::hash_map::RandomState;
