@@ -156,16 +156,8 @@ fn scrub(files: &[PathBuf], flags: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut storage = match Storage::open(
-        root,
-        config.storage.sync_to_disk,
-        config.storage.max_upload_sessions,
-    ) {
-        Ok(storage) => storage,
-        Err(error) => {
-            log::error!("cannot open storage at {}: {error}", root.display());
-            return ExitCode::FAILURE;
-        }
+    let Some(mut storage) = open_storage(&config) else {
+        return ExitCode::FAILURE;
     };
     let now_secs = angos::clock::Clock::unix_micros(&SystemClock::new()) / 1_000_000;
     let report =
@@ -183,6 +175,22 @@ fn scrub(files: &[PathBuf], flags: &[String]) -> ExitCode {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// The store for a command working without a server (it holds the lock).
+fn open_storage(config: &config::Config) -> Option<Storage> {
+    let root = &config.storage.root_dir;
+    match Storage::open(
+        root,
+        config.storage.sync_to_disk,
+        config.storage.max_upload_sessions,
+    ) {
+        Ok(storage) => Some(storage),
+        Err(error) => {
+            log::error!("cannot open storage at {}: {error}", root.display());
+            None
+        }
     }
 }
 
@@ -287,16 +295,8 @@ fn prune(files: &[PathBuf], flags: &[String]) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let storage = match Storage::open(
-        root,
-        config.storage.sync_to_disk,
-        config.storage.max_upload_sessions,
-    ) {
-        Ok(storage) => storage,
-        Err(error) => {
-            log::error!("cannot open storage at {}: {error}", root.display());
-            return ExitCode::FAILURE;
-        }
+    let Some(storage) = open_storage(&config) else {
+        return ExitCode::FAILURE;
     };
     let mut registry = Registry::new(storage, Limits::of(&config.global));
     let now_secs = angos::clock::Clock::unix_micros(&SystemClock::new()) / 1_000_000;

@@ -492,40 +492,15 @@ impl Storage {
     /// particular order, until it returns `true` or `directories_max`
     /// directories were read.
     fn walk_namespaces(&self, directories_max: usize, mut visit: impl FnMut(&str) -> bool) -> io::Result<()> {
-        // Explicit stack rather than recursion: depth is bounded by the name
-        // length the registry accepts, but a stack cannot overflow either way.
-        let mut pending = vec![(self.root.join(REPOSITORIES_DIR), String::new())];
-        let mut directories = 0usize;
-        while let Some((dir, name)) = pending.pop() {
-            if directories == directories_max {
+        let mut walk = self.namespace_walk();
+        for _ in 0..directories_max {
+            if walk.is_done() {
                 break;
             }
-            directories += 1;
-            if !name.is_empty() && is_namespace_dir(&dir)? && visit(&name) {
-                break;
-            }
-            let Some(entries) = not_found_as_none(fs::read_dir(&dir))? else {
-                continue;
-            };
-            for entry in entries {
-                let entry = entry?;
-                if !entry.file_type()?.is_dir() {
-                    continue;
+            for name in walk.step(1)? {
+                if visit(&name) {
+                    return Ok(());
                 }
-                let Ok(component) = entry.file_name().into_string() else {
-                    continue;
-                };
-                // `_layers` & co. hold data, not nested namespaces; `.`
-                // entries are never ours.
-                if component.starts_with(['_', '.']) {
-                    continue;
-                }
-                let child = if name.is_empty() {
-                    component
-                } else {
-                    format!("{name}/{component}")
-                };
-                pending.push((entry.path(), child));
             }
         }
         Ok(())
