@@ -20,6 +20,7 @@ pub mod http;
 pub mod logger;
 pub mod maintenance;
 pub mod metrics;
+pub mod mirror;
 pub mod pattern;
 #[allow(unsafe_code)]
 pub mod reactor;

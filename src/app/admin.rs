@@ -33,17 +33,19 @@ pub enum AdminAnswer {
 pub fn handle(
     notifier: &mut Notifier<Waiter, Commit>,
     maintenance: &mut Maintenance,
+    mirror: &crate::mirror::Mirror,
     waiter: Waiter,
-    method: &Method,
-    path: &str,
-    query: &str,
+    head: &crate::http::RequestHead,
     now_ms: u64,
 ) -> AdminAnswer {
+    let (method, path, query) = (&head.method, head.path.as_str(), head.query.as_str());
     let rest = path.strip_prefix(ADMIN_PREFIX).unwrap_or_default();
     let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     let response = match (method, segments.as_slice()) {
         (Method::Get | Method::Head, ["webhooks"]) => list_webhooks(notifier, now_ms),
         (Method::Get | Method::Head, ["gc"]) => Response::json(200, &maintenance.status()),
+        (Method::Get | Method::Head, ["upstreams"]) => Response::json(200, &mirror.status_json()),
+        (_, ["upstreams"]) => error(405, ErrorCode::Unsupported, "use GET"),
         (Method::Post, ["gc"]) => start_collection(maintenance, query),
         (Method::Get | Method::Head, ["scrub"]) => Response::json(200, &maintenance.scrub_status()),
         (Method::Post, ["scrub"]) => {

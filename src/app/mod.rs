@@ -47,6 +47,20 @@ impl Waiter {
         }
     }
 
+    /// Not a connection: the pull-through cache's fetch `fetch`, whose
+    /// stored manifests and blobs go through the notifier like a push.
+    pub const fn cache(fetch: u64) -> Waiter {
+        Waiter {
+            slot: usize::MAX - 1,
+            generation: fetch,
+        }
+    }
+
+    /// The cache fetch this waiter stands for, if it is one.
+    pub fn cache_fetch(&self) -> Option<u64> {
+        (self.slot == usize::MAX - 1).then_some(self.generation)
+    }
+
     /// The maintenance job this waiter stands for, if it is one.
     pub fn maintenance_job(&self) -> Option<u64> {
         (self.slot == usize::MAX).then_some(self.generation)
@@ -81,6 +95,15 @@ enum RequestState {
     Syncing(Box<Exchange>),
     /// The head waits for its credentials to be checked.
     Authenticating(Box<LoginWait>),
+    /// The pull-through cache fetches what the request asks for.
+    Mirroring(Box<MirrorWait>),
+}
+
+struct MirrorWait {
+    head: Box<RequestHead>,
+    route: Route,
+    principal: Principal,
+    pending: std::rc::Rc<crate::mirror::Pending>,
 }
 
 struct LoginWait {
@@ -113,12 +136,19 @@ pub struct Application<'a> {
     /// Garbage collection: the admin API starts it and reads its reports;
     /// deletions count towards `gc_after_deletes`.
     pub maintenance: &'a mut crate::maintenance::Maintenance,
+    /// The pull-through cache.
+    pub mirror: &'a mut crate::mirror::Mirror,
+    /// Whether a push may not move a tag (for the cache: immutable tags
+    /// are served without asking the upstream).
+    pub config: &'a crate::config::Config,
 }
 
 impl Service for Application<'_> {
     type Request = Request;
 
-    fn head(&mut self, head: Box<RequestHead>, now_ms: u64) -> Reply<Request> {
+    fn head(&mut self, mut head: Box<RequestHead>, now_ms: u64) -> Reply<Request> {
+        // Before routing: `?ns=` names the repository the request is for.
+        self.mirror.rewrite_namespace(&mut head);
         let client = self.client_address(&head);
         // Routed once: the label, the permission it needs and the handler
         // all come from this one match.
@@ -197,6 +227,9 @@ impl Service for Application<'_> {
     /// Or, for a request whose file was synced, finishes it.
     fn wake(&mut self, request: Request, now_ms: u64) -> Reply<Request> {
         let Request { info, state } = request;
+        if let RequestState::Mirroring(wait) = state {
+            return self.mirrored(*wait, info, now_ms);
+        }
         if let RequestState::Syncing(exchange) = state {
             let outcome = self.registry.finish(*exchange);
             return match self.conclude(outcome, info, now_ms) {
@@ -421,20 +454,57 @@ impl Application<'_> {
             return match admin::handle(
                 self.notifier,
                 self.maintenance,
+                self.mirror,
                 self.waiter,
-                &head.method,
-                &head.path,
-                &head.query,
+                &head,
                 now_ms,
             ) {
                 AdminAnswer::Respond(response) => Reply::Respond(settled(info), response),
                 AdminAnswer::Parked => Reply::Resume(settled(info)),
             };
         }
+        self.registry.set_time(self.unix_micros / 1_000_000);
+        if self.mirror.is_enabled() {
+            let config = self.config;
+            let immutable = |name: &str, tag: &str| config.tag_is_immutable(name, tag);
+            let intercept = self.mirror.intercept(
+                &head,
+                &route,
+                self.registry,
+                &immutable,
+                (self.waiter.slot, self.waiter.generation),
+                self.telemetry.metrics(),
+                now_ms,
+            );
+            match intercept {
+                crate::mirror::Intercept::Pass => {}
+                crate::mirror::Intercept::Refuse(response) => return Reply::Respond(settled(info), response),
+                crate::mirror::Intercept::Wait(pending) => {
+                    let wait = MirrorWait {
+                        head,
+                        route,
+                        principal,
+                        pending,
+                    };
+                    let state = RequestState::Mirroring(Box::new(wait));
+                    return Reply::Resume(Request { info, state });
+                }
+            }
+        }
+        self.route_to_registry(&head, route, info, principal, now_ms)
+    }
+
+    fn route_to_registry(
+        &mut self,
+        head: &RequestHead,
+        route: Route,
+        info: RequestInfo,
+        principal: Principal,
+        now_ms: u64,
+    ) -> Reply<Request> {
         let policy = self.auth.policy();
         let readable = |namespace: &str| policy.allows(principal, crate::auth::Action::Pull, namespace);
-        self.registry.set_time(self.unix_micros / 1_000_000);
-        match self.registry.begin_routed(&head, route, &readable) {
+        match self.registry.begin_routed(head, route, &readable) {
             Begin::Answer(outcome) => match self.conclude(outcome, info, now_ms) {
                 Ending::Respond(request, response) => Reply::Respond(request, response),
                 Ending::Resume(request) => Reply::Resume(request),
@@ -443,6 +513,88 @@ impl Application<'_> {
                 info,
                 state: RequestState::Receiving(Box::new(exchange)),
             }),
+        }
+    }
+
+    /// A request held for the pull-through cache: its fetch is decided.
+    fn mirrored(&mut self, wait: MirrorWait, info: RequestInfo, now_ms: u64) -> Reply<Request> {
+        let MirrorWait {
+            head,
+            route,
+            principal,
+            pending,
+        } = wait;
+        let Some(verdict) = pending.verdict() else {
+            // Woken early (cannot happen): keep waiting.
+            let wait = MirrorWait {
+                head,
+                route,
+                principal,
+                pending,
+            };
+            let state = RequestState::Mirroring(Box::new(wait));
+            return Reply::Resume(Request { info, state });
+        };
+        use crate::mirror::Verdict;
+        let (is_manifest, name, target) = match &route {
+            Route::Manifest { name, reference } => (true, name.clone(), reference.clone()),
+            Route::Blob { name, digest } => (false, name.clone(), digest.clone()),
+            _ => (false, String::new(), String::new()),
+        };
+        let unknown = |status: u16, message: String| {
+            let code = if is_manifest {
+                crate::http::oci_error::ErrorCode::ManifestUnknown
+            } else {
+                crate::http::oci_error::ErrorCode::BlobUnknown
+            };
+            crate::http::oci_error::RegistryError::new(code, message)
+                .status(status)
+                .detail(serde_json::json!({ "reference": target }))
+                .into_response()
+        };
+        match verdict {
+            Verdict::Local | Verdict::Offline(_) => {
+                self.route_to_registry(&head, route, info, principal, now_ms)
+            }
+            Verdict::NotFound => Reply::Respond(
+                settled(info),
+                unknown(
+                    404,
+                    format!("{target} is not in the cache, and no upstream has it"),
+                ),
+            ),
+            Verdict::Unavailable(reason) => Reply::Respond(
+                settled(info),
+                unknown(
+                    502,
+                    format!("{target} is not in the cache, and no upstream could give it: {reason}"),
+                ),
+            ),
+            Verdict::Size(size) => {
+                let response = Response::new(200)
+                    .header("Content-Type", "application/octet-stream")
+                    .header("Docker-Content-Digest", target)
+                    .body(Body::Length(size));
+                Reply::Respond(settled(info), response)
+            }
+            Verdict::Streaming(fill) => {
+                let Ok(digest) = crate::digest::Digest::parse(&target) else {
+                    return self.route_to_registry(&head, route, info, principal, now_ms);
+                };
+                let file = match fill.reader() {
+                    Ok(file) => file,
+                    Err(error) => {
+                        let reason = format!("reading the fill: {error}");
+                        return Reply::Respond(settled(info), unknown(502, reason));
+                    }
+                };
+                let size = fill.size;
+                let outcome = self.registry.streaming_blob(&name, &digest, file, size, fill);
+                match self.conclude(outcome, info, now_ms) {
+                    Ending::Respond(request, response) => Reply::Respond(request, response),
+                    Ending::Resume(request) => Reply::Resume(request),
+                }
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod lifecycle;
+pub mod upstream;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -119,6 +120,9 @@ pub struct GlobalConfig {
     pub access: AccessLists,
     /// Record each manifest's last pull time (for retention rules that read it).
     pub update_pull_time: bool,
+    /// `max_concurrent_cache_jobs`: blob fills of the pull-through cache
+    /// running at once (upstream Angos's key and default); more wait.
+    pub max_concurrent_cache_jobs: usize,
     /// `immutable_tags` and `immutable_tags_exclusions`: tags a push may
     /// not move to another digest, where a repository does not say.
     pub immutable_tags: ImmutableTags,
@@ -170,6 +174,7 @@ impl Default for Config {
                 event_webhook_dead_letters: 1000,
                 access: AccessLists::default(),
                 update_pull_time: false,
+                max_concurrent_cache_jobs: 4,
                 immutable_tags: ImmutableTags::default(),
                 retention_rules: Vec::new(),
             },
@@ -444,6 +449,7 @@ impl Builder {
                 if let Some(rules) = lifecycle::parse_retention_policy(&mut section, &mut self.warnings)? {
                     entry.1.retention_rules = rules;
                 }
+                entry.1.mirror = upstream::parse_mirror(&mut section, &mut self.warnings)?;
                 section.finish(&mut self.warnings);
                 entry.0 = origin;
                 if event_webhooks.is_some() {
@@ -659,6 +665,9 @@ impl Builder {
         )?;
         if let Some(update) = section.boolean("update_pull_time")? {
             self.config.global.update_pull_time = update;
+        }
+        if let Some(jobs) = section.integer("max_concurrent_cache_jobs", 1, 1024)? {
+            self.config.global.max_concurrent_cache_jobs = jobs as usize;
         }
         self.config
             .global

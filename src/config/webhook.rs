@@ -340,6 +340,8 @@ pub struct RepositoryConfig {
     pub immutable_tags: super::ImmutableTags,
     /// `[repository."X".retention_policy] rules`, in addition to the global ones.
     pub retention_rules: Vec<crate::retention::rule::Rule>,
+    /// `[[repository."X".upstream]]` and its companions: a pull-through cache.
+    pub mirror: super::upstream::MirrorConfig,
 }
 
 /// Where a name list came from, to name the file and key in errors found
@@ -573,7 +575,7 @@ fn default_cloudevents_source() -> String {
 /// `client_certificate` and `client_private_key`: both or neither, on an
 /// https URL only, and loaded now, so a typo, a wrong file or a key that does
 /// not match is a configuration error rather than failed deliveries later.
-fn parse_client_identity(
+pub(super) fn parse_client_identity(
     section: &mut Section,
     url: &WebhookUrl,
 ) -> Result<Option<ClientIdentity>, ConfigError> {

@@ -189,12 +189,56 @@ enum Framing {
     UntilEof,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Head {
     status: u16,
     keep_alive: bool,
     framing: Framing,
     retry_after: Option<RetryAfter>,
+    /// The head's fields, names lowercased; kept only when the decoder was
+    /// asked to (`with_fields`).
+    fields: Vec<(String, String)>,
+    content_length: Option<u64>,
+}
+
+/// A final response head for a client that reads the answer (the upstream
+/// registries' client), not just its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// Names lowercased, in order; values that are not UTF-8 are dropped.
+    pub fields: Vec<(String, String)>,
+    /// `Content-Length` when the body is framed by one.
+    pub content_length: Option<u64>,
+}
+
+impl ResponseHead {
+    /// The first field named `name` (lowercase).
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Every field named `name` (lowercase).
+    pub fn fields_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.fields
+            .iter()
+            .filter(move |(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// What `ResponseDecoder::decode_parts` found in one call.
+#[derive(Debug, Default)]
+pub struct Parts {
+    /// The final head, the call it was parsed in.
+    pub head: Option<ResponseHead>,
+    /// Body bytes (copied out of the input), in order.
+    pub body: Vec<u8>,
+    /// The response is complete.
+    pub done: Option<ResponseDone>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +272,12 @@ enum State {
 pub struct ResponseDecoder {
     state: State,
     head_bytes_max: usize,
+    /// The request was a HEAD: its answer has no body whatever it declares.
+    head_request: bool,
+    /// Keep the final head's fields for `decode_parts`.
+    with_fields: bool,
+    /// The last final head's fields, until `decode_parts` takes them.
+    head: Option<ResponseHead>,
 }
 
 impl ResponseDecoder {
@@ -235,6 +285,40 @@ impl ResponseDecoder {
         ResponseDecoder {
             state: State::Head { interim: 0 },
             head_bytes_max,
+            head_request: false,
+            with_fields: false,
+            head: None,
+        }
+    }
+
+    /// A decoder for a client that reads heads and bodies
+    /// (`decode_parts`); `head_request` for the answer to a HEAD.
+    pub fn reading(head_bytes_max: usize, head_request: bool) -> ResponseDecoder {
+        ResponseDecoder {
+            head_request,
+            with_fields: true,
+            ..ResponseDecoder::new(head_bytes_max)
+        }
+    }
+
+    /// Like `decode`, but hands out the final head and the body bytes too
+    /// (at most `input`'s length of them: memory stays the caller's).
+    pub fn decode_parts(&mut self, input: &[u8]) -> Result<(usize, Parts), ResponseError> {
+        let mut parts = Parts::default();
+        if let State::Failed(error) = self.state {
+            return Err(error);
+        }
+        let result = self.decode_inner(input, &mut |data| parts.body.extend_from_slice(data));
+        match result {
+            Ok((consumed, done)) => {
+                parts.head = self.head.take();
+                parts.done = done;
+                Ok((consumed, parts))
+            }
+            Err(error) => {
+                self.state = State::Failed(error);
+                Err(error)
+            }
         }
     }
 
@@ -264,7 +348,7 @@ impl ResponseDecoder {
         if let State::Failed(error) = self.state {
             return Err(error);
         }
-        let result = self.decode_inner(input);
+        let result = self.decode_inner(input, &mut |_| {});
         if let Err(error) = result {
             self.state = State::Failed(error);
         }
@@ -293,13 +377,18 @@ impl ResponseDecoder {
         result
     }
 
-    fn decode_inner(&mut self, input: &[u8]) -> Result<(usize, Option<ResponseDone>), ResponseError> {
+    fn decode_inner(
+        &mut self,
+        input: &[u8],
+        body: &mut dyn FnMut(&[u8]),
+    ) -> Result<(usize, Option<ResponseDone>), ResponseError> {
         let mut at = 0;
         loop {
             let rest = &input[at..];
             match &mut self.state {
                 State::Head { interim } => {
-                    let Some((consumed, head)) = parse_head(rest, self.head_bytes_max)? else {
+                    let Some((consumed, mut head)) = parse_head(rest, self.head_bytes_max, self.with_fields)?
+                    else {
                         return Ok((at, None));
                     };
                     at += consumed;
@@ -308,6 +397,21 @@ impl ResponseDecoder {
                         keep_alive: head.keep_alive,
                         retry_after: head.retry_after,
                     };
+                    if self.head_request && head.framing != Framing::Interim {
+                        // RFC 9110 section 9.3.2: the fields describe the GET's
+                        // body; none follows.
+                        head.framing = Framing::None;
+                    }
+                    if self.with_fields && head.framing != Framing::Interim {
+                        self.head = Some(ResponseHead {
+                            status: head.status,
+                            fields: std::mem::take(&mut head.fields),
+                            content_length: match head.framing {
+                                Framing::Length(length) => Some(length),
+                                _ => head.content_length.filter(|_| self.head_request),
+                            },
+                        });
+                    }
                     self.state = match head.framing {
                         Framing::Interim => {
                             // RFC 9110 section 15.2: a client must be able to
@@ -332,6 +436,7 @@ impl ResponseDecoder {
                 }
                 State::Length { remaining, done } => {
                     let take = (rest.len() as u64).min(*remaining);
+                    body(&rest[..take as usize]);
                     *remaining -= take;
                     // `take` is at most `rest.len()`, so it fits a usize.
                     at += take as usize;
@@ -346,10 +451,12 @@ impl ResponseDecoder {
                     if rest.is_empty() {
                         return Ok((at, None));
                     }
-                    // The data slices are the body: dropped, only the framing matters.
                     let step = decoder
                         .step(rest)
                         .map_err(|_| ResponseError::MalformedChunkedBody)?;
+                    if let Some(data) = step.data {
+                        body(data);
+                    }
                     at += step.consumed;
                     if decoder.is_done() {
                         let done = *done;
@@ -360,7 +467,10 @@ impl ResponseDecoder {
                         return Ok((at, None));
                     }
                 }
-                State::UntilEof { .. } => return Ok((input.len(), None)),
+                State::UntilEof { .. } => {
+                    body(rest);
+                    return Ok((input.len(), None));
+                }
                 State::Failed(error) => return Err(*error),
             }
         }
@@ -368,7 +478,11 @@ impl ResponseDecoder {
 }
 
 /// Parses one response head from the start of `input`; `None` when incomplete.
-fn parse_head(input: &[u8], head_bytes_max: usize) -> Result<Option<(usize, Head)>, ResponseError> {
+fn parse_head(
+    input: &[u8],
+    head_bytes_max: usize,
+    with_fields: bool,
+) -> Result<Option<(usize, Head)>, ResponseError> {
     let mut fields = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut response = httparse::Response::new(&mut fields);
     let limited = &input[..input.len().min(head_bytes_max)];
@@ -402,6 +516,8 @@ fn parse_head(input: &[u8], head_bytes_max: usize) -> Result<Option<(usize, Head
                 keep_alive: true,
                 framing: Framing::Interim,
                 retry_after: None,
+                fields: Vec::new(),
+                content_length: None,
             },
         )));
     }
@@ -464,6 +580,19 @@ fn parse_head(input: &[u8], head_bytes_max: usize) -> Result<Option<(usize, Head
             keep_alive,
             framing,
             retry_after: retry_after(response.headers),
+            fields: if with_fields {
+                response
+                    .headers
+                    .iter()
+                    .filter_map(|field| {
+                        let value = std::str::from_utf8(field.value).ok()?;
+                        Some((field.name.to_ascii_lowercase(), value.trim().to_string()))
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            content_length,
         },
     )))
 }

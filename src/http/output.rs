@@ -25,9 +25,29 @@ impl Data {
     }
 }
 
+/// A file still being written while it is sent (a pull-through cache
+/// fill): only what is written so far may go out.
+pub trait Growing: std::fmt::Debug {
+    /// Bytes of the file written so far.
+    fn available(&self) -> u64;
+    /// The file will never reach its announced length: end the answer.
+    fn failed(&self) -> bool;
+    /// Remembers to run the connection `slot` (of `generation`) again when
+    /// more is written or the fill ends.
+    fn wait(&self, slot: usize, generation: u64);
+}
+
 enum Item {
-    Bytes { data: Data, sent: usize },
-    File { file: File, offset: u64, remaining: u64 },
+    Bytes {
+        data: Data,
+        sent: usize,
+    },
+    File {
+        file: File,
+        offset: u64,
+        remaining: u64,
+        growing: Option<Rc<dyn Growing>>,
+    },
 }
 
 /// What goes out next.
@@ -38,6 +58,7 @@ pub enum Front<'a> {
         file: &'a File,
         offset: u64,
         remaining: u64,
+        growing: Option<&'a Rc<dyn Growing>>,
     },
 }
 
@@ -117,6 +138,19 @@ impl OutputQueue {
                 file,
                 offset,
                 remaining: len,
+                growing: None,
+            });
+        }
+    }
+
+    /// Like `push_file`, for a file `growing` is still writing.
+    pub fn push_growing_file(&mut self, file: File, len: u64, growing: Rc<dyn Growing>) {
+        if len > 0 {
+            self.items.push_back(Item::File {
+                file,
+                offset: 0,
+                remaining: len,
+                growing: Some(growing),
             });
         }
     }
@@ -129,10 +163,12 @@ impl OutputQueue {
                 file,
                 offset,
                 remaining,
+                growing,
             } => Front::File {
                 file,
                 offset: *offset,
                 remaining: *remaining,
+                growing: growing.as_ref(),
             },
         })
     }

@@ -17,6 +17,13 @@ pub enum Body {
         offset: u64,
         len: u64,
     },
+    /// `len` bytes of a file still being written (a cache fill), from its
+    /// start: sent as `growing` writes them.
+    Growing {
+        file: File,
+        len: u64,
+        growing: std::rc::Rc<dyn super::output::Growing>,
+    },
     /// The length a GET would send, for HEAD answers that never open the content.
     Length(u64),
 }
@@ -27,7 +34,7 @@ impl Body {
             Body::Empty => 0,
             Body::Bytes(bytes) => bytes.len() as u64,
             Body::Shared(bytes) => bytes.len() as u64,
-            Body::File { len, .. } | Body::Length(len) => *len,
+            Body::File { len, .. } | Body::Growing { len, .. } | Body::Length(len) => *len,
         }
     }
 

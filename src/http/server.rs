@@ -452,6 +452,10 @@ impl<R> ServerConnection<R> {
                 self.output.push_vec(head);
                 self.output.push_file(file, offset, len);
             }
+            Body::Growing { file, len, growing } if !head_only => {
+                self.output.push_vec(head);
+                self.output.push_growing_file(file, len, growing);
+            }
             _ => self.output.push_vec(head),
         }
         if !keep_alive {

@@ -70,6 +70,11 @@ impl Connection {
             match self.flush()? {
                 // Writable readiness resumes us; buffered requests wait for it.
                 Flush::Blocked => break,
+                // The fill of the blob being sent wakes us when it wrote more.
+                Flush::Starved(growing) => {
+                    growing.wait(app.waiter.slot, app.waiter.generation);
+                    break;
+                }
                 Flush::Budget => {
                     again = true;
                     break;

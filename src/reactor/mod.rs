@@ -98,6 +98,8 @@ pub struct Reactor<C: Clock> {
     /// Garbage collection, run in slices between connections' turns.
     maintenance: crate::maintenance::Maintenance,
     outbound: outbound::Outbound,
+    /// The pull-through cache: its upstream exchanges go through `outbound`.
+    mirror: crate::mirror::Mirror,
     /// The webhooks' `ca_bundle` and client certificate files: one replaced
     /// in place (same path, no configuration edit) still reaches the next
     /// handshake, as the server's own certificate does.
@@ -171,6 +173,7 @@ impl<C: Clock> Reactor<C> {
         }
         registry.set_interest(notifier.interest());
         let maintenance = crate::maintenance::Maintenance::new(&config, telemetry.metrics(), now);
+        let mirror = crate::mirror::Mirror::new(&config, telemetry.metrics());
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -192,6 +195,7 @@ impl<C: Clock> Reactor<C> {
             notifier,
             maintenance,
             outbound: outbound::Outbound::new(FIRST_OUTBOUND, DNS, crate::dns::system_resolver()),
+            mirror,
             webhook_tls_watcher: reload::Watcher::new(webhook_tls_files(&config), now),
             next_upload_sweep_ms: now + config.storage.upload_session_idle_secs * 1000,
             telemetry,
@@ -228,7 +232,10 @@ impl<C: Clock> Reactor<C> {
         // Deliveries resumed from the journal go out now, not at the first wake-up.
         self.pump_webhooks();
         loop {
-            let timeout = if !self.again.is_empty() || self.outbound.has_work() || self.maintenance.has_work()
+            let timeout = if !self.again.is_empty()
+                || self.outbound.has_work()
+                || self.maintenance.has_work()
+                || self.mirror.has_work()
             {
                 Some(Duration::ZERO)
             } else {
@@ -237,6 +244,7 @@ impl<C: Clock> Reactor<C> {
                     self.timers.next_deadline(),
                     self.notifier.dispatcher().poll_timeout(),
                     self.outbound.poll_timeout(),
+                    self.mirror.poll_timeout(),
                     Some(self.watcher.next_check_ms),
                     Some(self.webhook_tls_watcher.next_check_ms),
                     Some(self.next_upload_sweep_ms),
@@ -289,7 +297,11 @@ impl<C: Clock> Reactor<C> {
             }
             self.notifier.dispatcher().handle_timeout(now);
             self.outbound.handle_timeout(self.poll.registry(), now);
+            self.mirror.set_time(now, self.clock.unix_micros() / 1_000_000);
+            self.mirror
+                .handle_timeout(&mut self.registry, self.telemetry.metrics(), now);
             self.pump_webhooks();
+            self.pump_mirror();
             if self.watcher.check(now) {
                 self.reload();
             }
@@ -341,6 +353,92 @@ impl<C: Clock> Reactor<C> {
             }
         }
         self.notifier.record_completed(self.telemetry.metrics());
+    }
+
+    /// Moves the pull-through cache's work until it settles: requests to
+    /// the outbound client, answers back, staged changes to the notifier,
+    /// and held requests and streaming readers to their connections.
+    fn pump_mirror(&mut self) {
+        loop {
+            let now = self.clock.now_ms();
+            let mut progressed = false;
+            while let Some(outgoing) = self.mirror.poll_outgoing() {
+                progressed = true;
+                match outgoing {
+                    crate::mirror::Outgoing::Send {
+                        exchange,
+                        target,
+                        request,
+                        head_request,
+                    } => self.outbound.exchange(
+                        self.poll.registry(),
+                        exchange,
+                        &target,
+                        request,
+                        head_request,
+                        now,
+                    ),
+                    crate::mirror::Outgoing::Cancel { exchange } => {
+                        self.outbound.cancel_exchange(self.poll.registry(), exchange)
+                    }
+                }
+            }
+            while let Some((exchange, answer)) = self.outbound.poll_exchange_event() {
+                progressed = true;
+                self.mirror.handle_answer(
+                    exchange,
+                    answer,
+                    &mut self.registry,
+                    self.telemetry.metrics(),
+                    now,
+                );
+            }
+            while let Some((fetch, outcome)) = self.mirror.poll_staged() {
+                progressed = true;
+                let Some(staged) = outcome.staged else {
+                    continue;
+                };
+                let submission = crate::event_webhook::notifier::Submission {
+                    drafts: staged.events,
+                    actor: crate::event_webhook::event::Actor {
+                        internal: Some("cache".into()),
+                        ..Default::default()
+                    },
+                    commit: staged.commit,
+                    response: outcome.response,
+                };
+                let submitted = self.notifier.submit(
+                    Waiter::cache(fetch),
+                    submission,
+                    &mut self.registry,
+                    now,
+                    self.clock.unix_micros(),
+                );
+                if let crate::event_webhook::notifier::Submitted::Respond(response) = submitted {
+                    self.mirror.stored(
+                        fetch,
+                        response.status < 300,
+                        &mut self.registry,
+                        self.telemetry.metrics(),
+                    );
+                }
+            }
+            for (slot, generation) in self.mirror.take_woken() {
+                progressed = true;
+                self.step(slot, Some(generation), |connection, app, buffer, now| {
+                    connection.continue_held(app, buffer, now)
+                });
+            }
+            for (slot, generation) in self.mirror.take_readers() {
+                progressed = true;
+                self.step(slot, Some(generation), |connection, app, buffer, now| {
+                    connection.run(app, buffer, now)
+                });
+            }
+            if !progressed {
+                break;
+            }
+        }
     }
 
     /// This turn's slice of maintenance: the files a scrub checks go to the
@@ -406,6 +504,15 @@ impl<C: Clock> Reactor<C> {
     }
 
     fn resume(&mut self, waiter: Waiter, response: crate::http::Response) {
+        if let Some(fetch) = waiter.cache_fetch() {
+            self.mirror.stored(
+                fetch,
+                response.status < 300,
+                &mut self.registry,
+                self.telemetry.metrics(),
+            );
+            return;
+        }
         if let Some(job) = waiter.maintenance_job() {
             if let Some(job) = Job::from_number(job) {
                 self.maintenance
@@ -442,6 +549,7 @@ impl<C: Clock> Reactor<C> {
         self.registry.set_interest(self.notifier.interest());
         self.registry.set_limits(crate::registry::Limits::of(&new.global));
         self.maintenance.reconfigure(&new, self.clock.now_ms());
+        self.mirror.reconfigure(&new);
         self.registry
             .set_tag_immutability(config::TagImmutability::of(&new));
         self.config.global = new.global;
@@ -659,6 +767,8 @@ impl<C: Clock> Reactor<C> {
             tls: entry.connection.transport.is_tls(),
             file_syncs: &mut self.file_syncs,
             maintenance: &mut self.maintenance,
+            mirror: &mut self.mirror,
+            config: &self.config,
         };
         match work(&mut entry.connection, &mut app, &mut self.read_buffer, now) {
             Next::Close => self.close(slot),

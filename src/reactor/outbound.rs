@@ -1,8 +1,10 @@
-//! Outbound webhook connections on the reactor: non-blocking DNS (our own
-//! resolver over UDP), non-blocking connect, TLS through rustls, one
-//! HTTP/1.1 exchange per attempt, and keep-alive reuse per endpoint. It
-//! executes the dispatcher's `Send`/`Abort` actions and reports each
-//! attempt's result; it decides nothing about retries or policies.
+//! Outbound connections on the reactor: non-blocking DNS (our own resolver
+//! over UDP), non-blocking connect, TLS through rustls, one HTTP/1.1
+//! exchange per attempt, and keep-alive reuse per endpoint. It executes the
+//! dispatcher's `Send`/`Abort` actions and reports each attempt's result,
+//! and the pull-through cache's exchanges (`exchange`), whose answers it
+//! hands back as they arrive (head, body pieces, end); it decides nothing
+//! about retries, policies or what an answer means.
 //! TLS client configurations (trust roots, client certificate) are built
 //! from files on first use per set of files and rebuilt on `reload_tls`.
 
@@ -22,6 +24,7 @@ use crate::config::{ClientIdentity, Scheme, WebhookConfig};
 use crate::dns::{LookupId, Resolver};
 use crate::event_webhook::dispatcher::{Action, AttemptResult, DeliveryId, Dispatcher};
 use crate::http::client::{ResponseDecoder, ResponseDone};
+use crate::mirror::{Answer as ExchangeEvent, ExchangeId, Target};
 
 /// Outbound connections at once, idle ones included; beyond it attempts fail.
 const CONNECTIONS_MAX: usize = 1024;
@@ -36,6 +39,13 @@ const RESPONSE_BYTES_MAX: u64 = 64 * 1024;
 /// Bytes one connection may read per loop turn; the rest waits for the next
 /// turn, so a fast sender cannot hold the reactor (STYLE.md, readiness).
 const READ_BUDGET_BYTES: usize = 64 * 1024;
+
+/// Who an attempt on a connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Owner {
+    Delivery(DeliveryId),
+    Exchange(ExchangeId),
+}
 
 /// Where a connection goes; connections are reused only for the same key,
 /// so a connection made with one client certificate (or trust) never serves
@@ -63,6 +73,13 @@ impl TlsFiles {
         }
     }
 
+    fn of_target(target: &Target) -> TlsFiles {
+        TlsFiles {
+            ca_bundle: target.ca_bundle.clone(),
+            client_identity: target.client_identity.clone(),
+        }
+    }
+
     fn load(&self) -> Result<Arc<rustls::ClientConfig>, String> {
         crate::tls::client_config(self.ca_bundle.as_deref(), self.client_identity.as_ref())
     }
@@ -86,7 +103,7 @@ struct Connection {
     transport: Option<Transport>,
     addresses: Vec<IpAddr>,
     next_address: usize,
-    delivery: Option<DeliveryId>,
+    owner: Option<Owner>,
     request: Rc<Vec<u8>>,
     written: usize,
     /// The response being read.
@@ -103,12 +120,13 @@ pub struct Outbound {
     free: Vec<usize>,
     open: usize,
     idle: HashMap<Endpoint, Vec<usize>>,
-    by_delivery: HashMap<DeliveryId, usize>,
+    by_owner: HashMap<Owner, usize>,
     resolver: Resolver,
     dns_sockets: Vec<UdpSocket>,
     /// Ordered so rebuilds log in a stable order.
     tls_configs: BTreeMap<TlsFiles, Arc<rustls::ClientConfig>>,
     results: VecDeque<(DeliveryId, AttemptResult)>,
+    exchange_events: VecDeque<(ExchangeId, ExchangeEvent)>,
     buffer: Vec<u8>,
     /// Connections that used their read budget and must run again next
     /// turn without a readiness event (edge-triggered: none would come).
@@ -126,11 +144,12 @@ impl Outbound {
             free: Vec::new(),
             open: 0,
             idle: HashMap::new(),
-            by_delivery: HashMap::new(),
+            by_owner: HashMap::new(),
             resolver,
             dns_sockets: Vec::new(),
             tls_configs: BTreeMap::new(),
             results: VecDeque::new(),
+            exchange_events: VecDeque::new(),
             buffer: vec![0; 16 * 1024],
             again: Vec::new(),
         }
@@ -142,6 +161,45 @@ impl Outbound {
 
     pub fn poll_result(&mut self) -> Option<(DeliveryId, AttemptResult)> {
         self.results.pop_front()
+    }
+
+    /// The next piece of an exchange's answer.
+    pub fn poll_exchange_event(&mut self) -> Option<(ExchangeId, ExchangeEvent)> {
+        self.exchange_events.pop_front()
+    }
+
+    /// Starts an exchange for the pull-through cache: `request` (a whole
+    /// request, no body) to `target`; its answer comes back through
+    /// `poll_exchange_event`. `head_request`: the request is a HEAD.
+    pub fn exchange(
+        &mut self,
+        registry: &Registry,
+        exchange: ExchangeId,
+        target: &Target,
+        request: Vec<u8>,
+        head_request: bool,
+        now_ms: u64,
+    ) {
+        let endpoint = Endpoint {
+            scheme: target.scheme,
+            host: target.host.clone(),
+            port: target.port,
+            tls: TlsFiles::of_target(target),
+        };
+        self.start(
+            registry,
+            endpoint,
+            Owner::Exchange(exchange),
+            Rc::new(request),
+            head_request,
+            now_ms,
+        );
+    }
+
+    /// The cache gave up on an exchange (its time ran out, or nobody wants
+    /// the answer): its connection is closed (its state is unknown).
+    pub fn cancel_exchange(&mut self, registry: &Registry, exchange: ExchangeId) {
+        self.drop_owner(registry, Owner::Exchange(exchange));
     }
 
     /// The resolver's next deadline.
@@ -191,6 +249,27 @@ impl Outbound {
             port: webhook.url.port,
             tls: TlsFiles::of(webhook),
         };
+        self.start(
+            registry,
+            endpoint,
+            Owner::Delivery(delivery),
+            request,
+            false,
+            now_ms,
+        );
+    }
+
+    /// Starts an attempt on an idle connection to the endpoint when there
+    /// is one, else on a new one.
+    fn start(
+        &mut self,
+        registry: &Registry,
+        endpoint: Endpoint,
+        owner: Owner,
+        request: Rc<Vec<u8>>,
+        head_request: bool,
+        now_ms: u64,
+    ) {
         while let Some(slot) = self.idle.get_mut(&endpoint).and_then(Vec::pop) {
             // A pooled connection the peer closed meanwhile is dropped, not used.
             let alive = self.connections[slot]
@@ -200,29 +279,30 @@ impl Outbound {
                 self.close(registry, slot);
                 continue;
             }
-            self.by_delivery.insert(delivery, slot);
+            self.by_owner.insert(owner, slot);
             if let Some(connection) = self.connections[slot].as_mut() {
-                connection.begin_attempt(delivery, request, true);
+                connection.begin_attempt(owner, request, head_request, true);
             }
             self.drive(registry, slot, now_ms);
             return;
         }
-        self.open_new(registry, endpoint, delivery, request, now_ms);
+        self.open_new(registry, endpoint, owner, request, head_request, now_ms);
     }
 
     fn open_new(
         &mut self,
         registry: &Registry,
         endpoint: Endpoint,
-        delivery: DeliveryId,
+        owner: Owner,
         request: Rc<Vec<u8>>,
+        head_request: bool,
         now_ms: u64,
     ) {
         if self.open >= CONNECTIONS_MAX && !self.close_one_idle(registry) {
-            self.results.push_back((
-                delivery,
-                AttemptResult::Failed(format!("too many outbound connections ({CONNECTIONS_MAX})")),
-            ));
+            self.report_failure(
+                owner,
+                format!("too many outbound connections ({CONNECTIONS_MAX})"),
+            );
             return;
         }
         let phase = match endpoint.host.parse::<IpAddr>() {
@@ -240,13 +320,13 @@ impl Outbound {
             transport: None,
             addresses,
             next_address: 0,
-            delivery: None,
+            owner: None,
             request: Rc::new(Vec::new()),
             written: 0,
-            reader: ResponseReader::new(),
+            reader: ResponseReader::new(None),
             reused: false,
         };
-        connection.begin_attempt(delivery, request, false);
+        connection.begin_attempt(owner, request, head_request, false);
         let slot = self.free.pop().unwrap_or_else(|| {
             self.connections.push(None);
             self.connections.len() - 1
@@ -254,7 +334,7 @@ impl Outbound {
         let connecting = matches!(connection.phase, Phase::Connecting);
         self.connections[slot] = Some(connection);
         self.open += 1;
-        self.by_delivery.insert(delivery, slot);
+        self.by_owner.insert(owner, slot);
         if connecting {
             self.connect_next(registry, slot);
         } else {
@@ -265,11 +345,25 @@ impl Outbound {
 
     /// The attempt ran out of time: its connection is closed (its state is unknown).
     pub fn abort(&mut self, registry: &Registry, delivery: DeliveryId) {
-        if let Some(slot) = self.by_delivery.remove(&delivery) {
+        self.drop_owner(registry, Owner::Delivery(delivery));
+    }
+
+    fn drop_owner(&mut self, registry: &Registry, owner: Owner) {
+        if let Some(slot) = self.by_owner.remove(&owner) {
             if let Some(Some(connection)) = self.connections.get_mut(slot) {
-                connection.delivery = None;
+                connection.owner = None;
             }
             self.close(registry, slot);
+        }
+    }
+
+    /// An attempt ended in failure: the dispatcher or the cache hears why.
+    fn report_failure(&mut self, owner: Owner, reason: String) {
+        match owner {
+            Owner::Delivery(delivery) => self.results.push_back((delivery, AttemptResult::Failed(reason))),
+            Owner::Exchange(exchange) => self
+                .exchange_events
+                .push_back((exchange, ExchangeEvent::Failed(reason))),
         }
     }
 
@@ -501,18 +595,29 @@ impl Outbound {
             Phase::Idle => connection.check_idle(&mut self.buffer),
             _ => return,
         };
+        if let Some(Owner::Exchange(exchange)) = connection.owner {
+            for event in connection.reader.events.drain(..) {
+                self.exchange_events.push_back((exchange, event));
+            }
+        }
         match step {
             Step::Wait => {}
             Step::Again => self.again.push(slot),
             Step::Done(done) => {
-                let delivery = connection.delivery.take();
-                if let Some(delivery) = delivery {
-                    self.by_delivery.remove(&delivery);
-                    let result = AttemptResult::Answered {
-                        status: done.status,
-                        retry_after: done.retry_after,
-                    };
-                    self.results.push_back((delivery, result));
+                match connection.owner.take() {
+                    Some(owner @ Owner::Delivery(delivery)) => {
+                        self.by_owner.remove(&owner);
+                        let result = AttemptResult::Answered {
+                            status: done.status,
+                            retry_after: done.retry_after,
+                        };
+                        self.results.push_back((delivery, result));
+                    }
+                    Some(owner @ Owner::Exchange(exchange)) => {
+                        self.by_owner.remove(&owner);
+                        self.exchange_events.push_back((exchange, ExchangeEvent::End));
+                    }
+                    None => {}
                 }
                 let endpoint = connection.endpoint.clone();
                 let pool = self.idle.entry(endpoint).or_default();
@@ -528,14 +633,15 @@ impl Outbound {
                 // cannot have acted on it, so a second try is not a second attempt
                 // (at most max_retries + 1 attempts reach a receiver).
                 let can_retry = connection.reused && !connection.reader.started && !connection.request_sent();
-                if can_retry && let Some(delivery) = connection.delivery.take() {
+                if can_retry && let Some(owner) = connection.owner.take() {
                     // The peer closed a keep-alive connection we took from the pool:
                     // a race, not a failure of the receiver. Try a fresh connection.
                     let endpoint = connection.endpoint.clone();
                     let request = connection.request.clone();
-                    self.by_delivery.remove(&delivery);
+                    let head_request = connection.reader.head_request;
+                    self.by_owner.remove(&owner);
                     self.close(registry, slot);
-                    self.open_new(registry, endpoint, delivery, request, now_ms);
+                    self.open_new(registry, endpoint, owner, request, head_request, now_ms);
                     return;
                 }
                 self.fail(registry, slot, reason);
@@ -547,10 +653,10 @@ impl Outbound {
     /// Reports the attempt on `slot` as failed and closes the connection.
     fn fail(&mut self, registry: &Registry, slot: usize, reason: String) {
         if let Some(Some(connection)) = self.connections.get_mut(slot)
-            && let Some(delivery) = connection.delivery.take()
+            && let Some(owner) = connection.owner.take()
         {
-            self.by_delivery.remove(&delivery);
-            self.results.push_back((delivery, AttemptResult::Failed(reason)));
+            self.by_owner.remove(&owner);
+            self.report_failure(owner, reason);
         }
         self.close(registry, slot);
     }
@@ -565,8 +671,8 @@ impl Outbound {
         if let Some(pool) = self.idle.get_mut(&connection.endpoint) {
             pool.retain(|idle| *idle != slot);
         }
-        if let Some(delivery) = connection.delivery.take() {
-            self.by_delivery.remove(&delivery);
+        if let Some(owner) = connection.owner.take() {
+            self.by_owner.remove(&owner);
         }
         if let Some(mut transport) = connection.transport.take() {
             let _ = registry.deregister(transport.socket());
@@ -634,11 +740,14 @@ impl Connection {
         self.written >= self.request.len()
     }
 
-    fn begin_attempt(&mut self, delivery: DeliveryId, request: Rc<Vec<u8>>, reused: bool) {
-        self.delivery = Some(delivery);
+    fn begin_attempt(&mut self, owner: Owner, request: Rc<Vec<u8>>, head_request: bool, reused: bool) {
+        self.owner = Some(owner);
         self.request = request;
         self.written = 0;
-        self.reader = ResponseReader::new();
+        self.reader = ResponseReader::new(match owner {
+            Owner::Delivery(_) => None,
+            Owner::Exchange(_) => Some(head_request),
+        });
         self.reused = reused;
         if reused {
             self.phase = Phase::Exchanging;
@@ -728,10 +837,16 @@ fn io_failure(doing: &str, error: &io::Error) -> String {
 }
 
 /// Reads one response: decodes each read as it arrives, so what is held is
-/// at most a partial head, and stops once the head (status, `Retry-After`)
-/// is known and the response ran past `RESPONSE_BYTES_MAX`.
+/// at most a partial head. For a webhook it stops once the head (status,
+/// `Retry-After`) is known and the response ran past `RESPONSE_BYTES_MAX`;
+/// for an exchange it hands out the head and every body byte as events.
 struct ResponseReader {
     decoder: ResponseDecoder,
+    /// An exchange's reader (heads and bodies wanted), not a webhook's.
+    reading: bool,
+    head_request: bool,
+    /// What the last reads brought, for the exchange's owner.
+    events: Vec<ExchangeEvent>,
     /// Plaintext received and not yet decoded (a partial head).
     pending: Vec<u8>,
     /// A response byte arrived.
@@ -741,9 +856,16 @@ struct ResponseReader {
 }
 
 impl ResponseReader {
-    fn new() -> ResponseReader {
+    /// `reading`: `Some(head_request)` for an exchange.
+    fn new(reading: Option<bool>) -> ResponseReader {
         ResponseReader {
-            decoder: ResponseDecoder::new(RESPONSE_HEAD_BYTES_MAX),
+            decoder: match reading {
+                Some(head_request) => ResponseDecoder::reading(RESPONSE_HEAD_BYTES_MAX, head_request),
+                None => ResponseDecoder::new(RESPONSE_HEAD_BYTES_MAX),
+            },
+            reading: reading.is_some(),
+            head_request: reading.unwrap_or(false),
+            events: Vec::new(),
             pending: Vec::new(),
             started: false,
             bytes: 0,
@@ -755,6 +877,9 @@ impl ResponseReader {
     /// not read and the connection is not reused).
     fn receive(&mut self, data: &[u8], host: &str) -> Result<Option<Step>, String> {
         self.started = true;
+        if self.reading {
+            return self.receive_parts(data);
+        }
         self.pending.extend_from_slice(data);
         let (consumed, done) = self
             .decoder
@@ -781,5 +906,33 @@ impl ResponseReader {
             }
             _ => Ok(None),
         }
+    }
+
+    fn receive_parts(&mut self, data: &[u8]) -> Result<Option<Step>, String> {
+        // Body bytes go straight through: only a partial head is kept.
+        let input: &[u8] = if self.pending.is_empty() {
+            data
+        } else {
+            self.pending.extend_from_slice(data);
+            &self.pending
+        };
+        let (consumed, parts) = self
+            .decoder
+            .decode_parts(input)
+            .map_err(|error| format!("malformed response: {error}"))?;
+        let leftover = input.len() - consumed;
+        if let Some(head) = parts.head {
+            self.events.push(ExchangeEvent::Head(head));
+        }
+        if !parts.body.is_empty() {
+            self.events.push(ExchangeEvent::Body(parts.body));
+        }
+        let rest = input[consumed..].to_vec();
+        self.pending = rest;
+        if let Some(done) = parts.done {
+            let keep_alive = done.keep_alive && leftover == 0;
+            return Ok(Some(Step::Done(ResponseDone { keep_alive, ..done })));
+        }
+        Ok(None)
     }
 }

@@ -3,9 +3,10 @@
 //! in bounded chunks through TLS, up to a per-turn byte budget.
 
 use std::io;
+use std::rc::Rc;
 
 use super::transport::Transport;
-use crate::http::output::{Front, OutputQueue};
+use crate::http::output::{Front, Growing, OutputQueue};
 
 /// Largest single sendfile call, so one connection cannot monopolise a wake-up.
 const SENDFILE_BYTES_MAX: usize = 4 << 20;
@@ -14,7 +15,7 @@ const SENDFILE_BYTES_MAX: usize = 4 << 20;
 const TLS_FILE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// How far a flush got.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Flush {
     /// Everything queued is written.
     Done,
@@ -22,6 +23,9 @@ pub enum Flush {
     Blocked,
     /// This wake-up's budget is used; continue on the next loop turn.
     Budget,
+    /// The front is a file still being written, sent as far as it is
+    /// written: wait for the writer (`Growing::wait`).
+    Starved(Rc<dyn Growing>),
 }
 
 /// File bytes on their way into TLS (no sendfile there); allocated only
@@ -51,7 +55,22 @@ pub fn flush(
                 file,
                 offset,
                 remaining,
+                growing,
             } => {
+                let mut remaining = remaining;
+                if let Some(growing) = growing {
+                    let ready = growing.available().saturating_sub(offset).min(remaining);
+                    if ready == 0 {
+                        if growing.failed() {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "the upstream fetch of this blob failed",
+                            ));
+                        }
+                        return Ok((Flush::Starved(growing.clone()), written));
+                    }
+                    remaining = ready;
+                }
                 let count = remaining.min(SENDFILE_BYTES_MAX.min(budget) as u64) as usize;
                 if matches!(transport, Transport::Tls(_)) && scratch.0.is_empty() {
                     scratch.0 = vec![0; TLS_FILE_CHUNK_BYTES];

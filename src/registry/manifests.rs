@@ -129,6 +129,7 @@ impl Registry {
         content_type: &str,
         tags: &[String],
         body: Vec<u8>,
+        cache_fill: bool,
     ) -> Result<Outcome> {
         let digest = match reference {
             Reference::Digest(expected) => {
@@ -146,7 +147,9 @@ impl Registry {
             }
             Reference::Tag(_) => Digest::sha256_of(&body),
         };
-        self.refuse_moving_immutable_tags(name, tags, &digest)?;
+        if !cache_fill {
+            self.refuse_moving_immutable_tags(name, tags, &digest)?;
+        }
         let parsed = manifest::parse(content_type, &body)
             .map_err(|error| RegistryError::new(ErrorCode::ManifestInvalid, error.to_string()))?;
         let media_type = match (content_type.split(';').next().map(str::trim), &parsed.media_type) {
@@ -169,7 +172,8 @@ impl Registry {
         // non-distributable layers, a mirror holding one platform); it stays
         // unreadable from this namespace until it is pushed or mounted. A
         // `subject` is never checked (spec "Pushing Manifests with Subject").
-        let recheck = if self.limits.allow_missing_manifest_references {
+        // A mirror holds what was pulled: the platforms, not every one.
+        let recheck = if self.limits.allow_missing_manifest_references || cache_fill {
             Vec::new()
         } else {
             self.missing_references(name, &references)?;

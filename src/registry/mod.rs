@@ -13,6 +13,7 @@ pub mod route;
 pub mod outcome;
 
 mod blobs;
+mod cached;
 mod manifests;
 
 use std::cell::Cell;
@@ -473,7 +474,7 @@ impl Registry {
                 // The checks below read the body; it leaves the in-flight
                 // total once they have (put_manifest may keep it staged).
                 let body = body.into_bytes();
-                self.put_manifest(&name, &reference, &content_type, &tags, body)
+                self.put_manifest(&name, &reference, &content_type, &tags, body, false)
             }
             ExchangeState::Upload {
                 name,

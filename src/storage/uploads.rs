@@ -331,6 +331,12 @@ impl Storage {
         Some(self.session_dir(id).join(SESSION_DATA_FILE))
     }
 
+    /// The session's data file opened for reading: a cache fill's readers
+    /// stream it while it is written.
+    pub fn upload_data_file(&self, id: &str) -> io::Result<File> {
+        File::open(self.session_dir(id).join(SESSION_DATA_FILE))
+    }
+
     /// Removes a session; `false` when unknown.
     pub fn cancel_upload(&mut self, namespace: &str, id: &str) -> io::Result<bool> {
         if self.session_mut(namespace, id).is_err() {
