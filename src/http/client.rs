@@ -624,6 +624,49 @@ mod tests {
 
     const HEAD_BYTES_MAX: usize = 16 * 1024;
 
+    /// Feeds `input` a byte at a time to a reading decoder; returns the heads,
+    /// the body and the completions seen.
+    fn read_parts(input: &[u8], head_request: bool) -> (Vec<ResponseHead>, Vec<u8>, Vec<ResponseDone>) {
+        let mut decoder = ResponseDecoder::reading(HEAD_BYTES_MAX, head_request);
+        let (mut heads, mut body, mut done) = (Vec::new(), Vec::new(), Vec::new());
+        let mut pending = Vec::new();
+        for byte in input {
+            pending.push(*byte);
+            let (consumed, parts) = decoder.decode_parts(&pending).unwrap();
+            pending.drain(..consumed);
+            heads.extend(parts.head);
+            body.extend_from_slice(&parts.body);
+            done.extend(parts.done);
+        }
+        (heads, body, done)
+    }
+
+    #[test]
+    fn a_reading_decoder_hands_out_the_head_fields_and_the_body() {
+        let input = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nDocker-Content-Digest: sha256:ab\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let (heads, body, done) = read_parts(input, false);
+        assert_eq!(heads.len(), 1, "interim heads are not handed out");
+        assert_eq!(heads[0].status, 200);
+        assert_eq!(heads[0].field("docker-content-digest"), Some("sha256:ab"));
+        assert_eq!(heads[0].content_length, None);
+        assert_eq!(body, b"abcde");
+        assert_eq!(done.len(), 1);
+        let (heads, body, done) = read_parts(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nwxyz", false);
+        assert_eq!(heads[0].content_length, Some(4));
+        assert_eq!(body, b"wxyz");
+        assert!(done[0].keep_alive);
+    }
+
+    #[test]
+    fn the_answer_to_a_head_has_no_body_whatever_it_declares() {
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+        let (heads, body, done) = read_parts(input, true);
+        assert_eq!(heads.len(), 2);
+        assert_eq!(heads[0].content_length, Some(1234), "the size a GET would send");
+        assert!(body.is_empty());
+        assert_eq!(done.len(), 2);
+    }
+
     /// Drives a decoder like the connection machine does: appends each piece to
     /// a pending buffer, decodes until no progress, drains what was consumed.
     /// Returns the responses seen, the bytes left pending, and the decoder.

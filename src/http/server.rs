@@ -204,6 +204,17 @@ impl<R> ServerConnection<R> {
         self.window_bytes += bytes;
     }
 
+    /// Everything the answer has so far is written: the rest is still on its
+    /// way to us (a cache fill), so the client is not judged slow for it;
+    /// the rate window starts again.
+    pub fn handle_starved(&mut self, now_ms: u64) {
+        if self.phase == Phase::Writing {
+            self.window_started_ms = now_ms;
+            self.window_bytes = 0;
+            self.deadline_ms = now_ms + self.timeouts.body_ms;
+        }
+    }
+
     /// A turn of the loop begins: the input budget is full again.
     pub fn begin_turn(&mut self) {
         self.turn_input = 0;

@@ -1532,3 +1532,500 @@ fn basic(user: &str, password: &str) -> String {
         crate::base64::encode_padded(format!("{user}:{password}").as_bytes())
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Limits;
+    use crate::storage::Storage;
+    use crate::test_support::TempDir;
+
+    const UPSTREAM: &str = "[repository.\"mirror\"]\nnamespace = \"docker.io\"\nEXTRA\n\
+        [[repository.\"mirror\".upstream]]\nurl = \"http://10.0.0.1:5000\"\nusername = \"u\"\npassword = \"p\"\n\
+        [[repository.\"mirror\".upstream]]\nurl = \"http://10.0.0.2/team\"\nread_timeout_secs = 2\nconnect_timeout_secs = 1\n";
+
+    struct Rig {
+        _dir: TempDir,
+        registry: Registry,
+        mirror: Mirror,
+        metrics: Metrics,
+        config: Config,
+        now: u64,
+    }
+
+    impl Rig {
+        fn new(extra: &str) -> Rig {
+            let dir = TempDir::new("mirror");
+            let text = UPSTREAM.replace("EXTRA", extra);
+            let config = crate::config::load_sources(&[("test.toml".into(), text)])
+                .unwrap()
+                .config;
+            let storage = Storage::open(dir.path(), false, 16).unwrap();
+            let registry = Registry::new(storage, Limits::of(&config.global));
+            let mut metrics = Metrics::new();
+            let mirror = Mirror::new(&config, &mut metrics);
+            Rig {
+                _dir: dir,
+                registry,
+                mirror,
+                metrics,
+                config,
+                now: 1_000,
+            }
+        }
+
+        fn intercept(&mut self, request: &str, slot: usize) -> Intercept {
+            let text = format!(
+                "{request} HTTP/1.1\r\nHost: x\r\nAccept: application/vnd.oci.image.manifest.v1+json\r\n\r\n"
+            );
+            let mut head = crate::http::request::parse_head(text.as_bytes(), 1 << 14)
+                .unwrap()
+                .unwrap()
+                .1;
+            self.mirror.rewrite_namespace(&mut head);
+            let route = crate::registry::route::route(&head.path);
+            let config = &self.config;
+            let immutable = |name: &str, tag: &str| config.tag_is_immutable(name, tag);
+            self.mirror.intercept(
+                &head,
+                &route,
+                &self.registry,
+                &immutable,
+                (slot, 1),
+                &mut self.metrics,
+                self.now,
+            )
+        }
+
+        /// The next request sent: its exchange, host, and request text.
+        fn sent(&mut self) -> (ExchangeId, String, String) {
+            loop {
+                match self.mirror.poll_outgoing().expect("a request goes out") {
+                    Outgoing::Send {
+                        exchange,
+                        target,
+                        request,
+                        ..
+                    } => {
+                        return (
+                            exchange,
+                            format!("{}:{}", target.host, target.port),
+                            String::from_utf8(request).unwrap(),
+                        );
+                    }
+                    Outgoing::Cancel { .. } => continue,
+                }
+            }
+        }
+
+        fn answer(&mut self, exchange: ExchangeId, status: u16, fields: &[(&str, &str)], body: &[u8]) {
+            let head = ResponseHead {
+                status,
+                fields: fields
+                    .iter()
+                    .map(|(name, value)| (name.to_string(), value.to_string()))
+                    .collect(),
+                content_length: Some(body.len() as u64),
+            };
+            self.mirror.handle_answer(
+                exchange,
+                Answer::Head(head),
+                &mut self.registry,
+                &mut self.metrics,
+                self.now,
+            );
+            if !body.is_empty() {
+                self.mirror.handle_answer(
+                    exchange,
+                    Answer::Body(body.to_vec()),
+                    &mut self.registry,
+                    &mut self.metrics,
+                    self.now,
+                );
+            }
+            self.mirror.handle_answer(
+                exchange,
+                Answer::End,
+                &mut self.registry,
+                &mut self.metrics,
+                self.now,
+            );
+        }
+
+        fn fail(&mut self, exchange: ExchangeId) {
+            self.mirror.handle_answer(
+                exchange,
+                Answer::Failed("connection refused".into()),
+                &mut self.registry,
+                &mut self.metrics,
+                self.now,
+            );
+        }
+    }
+
+    fn pending(intercept: Intercept) -> Rc<Pending> {
+        match intercept {
+            Intercept::Wait(pending) => pending,
+            Intercept::Pass => panic!("passed"),
+            Intercept::Refuse(response) => panic!("refused {}", response.status),
+        }
+    }
+
+    fn image_manifest() -> Vec<u8> {
+        let config = Digest::sha256_of(b"{}");
+        format!(
+            "{{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"{config}\",\"size\":2}},\"layers\":[]}}"
+        )
+        .into_bytes()
+    }
+
+    const MANIFEST_TYPE: (&str, &str) = ("content-type", "application/vnd.oci.image.manifest.v1+json");
+
+    #[test]
+    fn a_manifest_miss_is_fetched_with_the_clients_accept_stored_and_then_a_hit_by_digest() {
+        let mut rig = Rig::new("");
+        let pending = pending(rig.intercept("GET /v2/library/alpine/manifests/3.20?ns=docker.io", 7));
+        let (exchange, host, request) = rig.sent();
+        assert_eq!(host, "10.0.0.1:5000");
+        assert!(
+            request.starts_with("GET /v2/library/alpine/manifests/3.20 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("Accept: application/vnd.oci.image.manifest.v1+json\r\n"),
+            "{request}"
+        );
+        let body = image_manifest();
+        let digest = Digest::sha256_of(&body);
+        rig.answer(
+            exchange,
+            200,
+            &[MANIFEST_TYPE, ("docker-content-digest", &digest.to_string())],
+            &body,
+        );
+        assert!(matches!(pending.verdict(), Some(Verdict::Local)));
+        assert_eq!(rig.mirror.take_woken(), vec![(7, 1)]);
+        let storage = rig.registry.storage();
+        assert_eq!(
+            storage.tag("mirror/library/alpine", "3.20").unwrap(),
+            Some(digest.clone())
+        );
+        assert!(matches!(
+            rig.intercept(&format!("GET /v2/mirror/library/alpine/manifests/{digest}"), 8),
+            Intercept::Pass
+        ));
+        assert!(rig.mirror.poll_outgoing().is_none());
+    }
+
+    #[test]
+    fn writes_to_a_mirror_are_refused_and_other_repositories_pass() {
+        let mut rig = Rig::new("");
+        match rig.intercept("PUT /v2/mirror/x/manifests/v1", 1) {
+            Intercept::Refuse(response) => assert_eq!(response.status, 401),
+            _ => panic!("a push to a mirror must be refused"),
+        }
+        assert!(matches!(
+            rig.intercept("POST /v2/mirror/x/blobs/uploads/", 1),
+            Intercept::Refuse(_)
+        ));
+        assert!(matches!(
+            rig.intercept("DELETE /v2/mirror/x/manifests/v1", 1),
+            Intercept::Refuse(_)
+        ));
+        assert!(matches!(
+            rig.intercept("GET /v2/mirrorx/a/manifests/v1", 1),
+            Intercept::Pass
+        ));
+        assert!(matches!(
+            rig.intercept("PUT /v2/other/manifests/v1", 1),
+            Intercept::Pass
+        ));
+    }
+
+    #[test]
+    fn the_token_handshake_runs_once_and_the_token_is_reused_until_it_expires() {
+        let mut rig = Rig::new("");
+        let first = pending(rig.intercept("GET /v2/mirror/library/alpine/manifests/latest", 1));
+        let (exchange, _, request) = rig.sent();
+        assert!(!request.contains("Authorization"), "anonymous first: {request}");
+        let challenge = r#"Bearer realm="http://10.0.0.9/token",service="registry.example",scope="repository:library/alpine:pull""#;
+        rig.answer(exchange, 401, &[("www-authenticate", challenge)], b"");
+        let (token_exchange, host, request) = rig.sent();
+        assert_eq!(host, "10.0.0.9:80");
+        assert!(
+            request.starts_with(
+                "GET /token?service=registry.example&scope=repository%3Alibrary%2Falpine%3Apull HTTP/1.1"
+            ),
+            "{request}"
+        );
+        assert!(
+            request.contains("Authorization: Basic dTpw\r\n"),
+            "the upstream's credentials: {request}"
+        );
+        rig.answer(token_exchange, 200, &[], br#"{"token":"T1","expires_in":300}"#);
+        let (exchange, _, request) = rig.sent();
+        assert!(request.contains("Authorization: Bearer T1\r\n"), "{request}");
+        let body = image_manifest();
+        rig.answer(exchange, 200, &[MANIFEST_TYPE], &body);
+        assert!(matches!(first.verdict(), Some(Verdict::Local)));
+        // Another image: the known challenge fetches its token first.
+        let _second = pending(rig.intercept("GET /v2/mirror/library/busybox/manifests/latest", 2));
+        let (token_exchange, _, request) = rig.sent();
+        assert!(
+            request.contains("scope=repository%3Alibrary%2Fbusybox%3Apull"),
+            "{request}"
+        );
+        rig.answer(token_exchange, 200, &[], br#"{"token":"T2"}"#);
+        let (_, _, request) = rig.sent();
+        assert!(request.contains("Authorization: Bearer T2\r\n"), "{request}");
+        // The cached tag's check reuses T1 while it lives, not after.
+        rig.now += 200_000;
+        let _check = pending(rig.intercept("GET /v2/mirror/library/alpine/manifests/latest", 3));
+        let (_, _, request) = rig.sent();
+        assert!(request.starts_with("HEAD "), "{request}");
+        assert!(request.contains("Authorization: Bearer T1\r\n"), "{request}");
+    }
+
+    #[test]
+    fn redirects_are_followed_without_credentials_to_another_origin_and_bounded() {
+        let mut rig = Rig::new("");
+        let pending = pending(rig.intercept("GET /v2/mirror/library/alpine/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000", 1));
+        let (exchange, _, _) = rig.sent();
+        rig.answer(exchange, 401, &[("www-authenticate", "Basic realm=\"r\"")], b"");
+        let (exchange, _, request) = rig.sent();
+        assert!(request.contains("Authorization: Basic dTpw\r\n"), "{request}");
+        rig.answer(exchange, 307, &[("location", "/v2/elsewhere/blob")], b"");
+        let (exchange, host, request) = rig.sent();
+        assert_eq!(host, "10.0.0.1:5000");
+        assert!(request.starts_with("GET /v2/elsewhere/blob "), "{request}");
+        assert!(
+            request.contains("Authorization: Basic"),
+            "same origin keeps credentials: {request}"
+        );
+        rig.answer(
+            exchange,
+            302,
+            &[("location", "http://10.0.0.7:9000/bucket/blob?sig=x")],
+            b"",
+        );
+        let (exchange, host, request) = rig.sent();
+        assert_eq!(host, "10.0.0.7:9000");
+        assert!(request.starts_with("GET /bucket/blob?sig=x "), "{request}");
+        assert!(
+            !request.contains("Authorization"),
+            "credentials never leave the upstream's origin: {request}"
+        );
+        // Back to the upstream's origin after another host: still none.
+        rig.answer(
+            exchange,
+            307,
+            &[("location", "http://10.0.0.1:5000/v2/again")],
+            b"",
+        );
+        let (exchange, _, request) = rig.sent();
+        assert!(!request.contains("Authorization"), "{request}");
+        // Five redirects at most (three so far): the sixth moves on to the
+        // next upstream.
+        rig.answer(exchange, 307, &[("location", "/loop")], b"");
+        let mut last = rig.sent();
+        for _ in 0..2 {
+            rig.answer(last.0, 307, &[("location", "/loop")], b"");
+            last = rig.sent();
+        }
+        assert_eq!(
+            last.1, "10.0.0.2:80",
+            "after max_redirect the fallback upstream is tried"
+        );
+        assert!(
+            last.2.starts_with("GET /v2/team/library/alpine/blobs/"),
+            "{}",
+            last.2
+        );
+        rig.fail(last.0);
+        match pending.verdict() {
+            Some(Verdict::Unavailable(reason)) => {
+                assert!(reason.contains("more than 5 redirects"), "{reason}");
+                assert!(reason.contains("connection refused"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_cached_tag_is_checked_then_served_offline_when_every_upstream_fails() {
+        let mut rig = Rig::new("");
+        let _ = pending(rig.intercept("GET /v2/mirror/app/manifests/v1", 1));
+        let (exchange, _, _) = rig.sent();
+        let body = image_manifest();
+        let digest = Digest::sha256_of(&body);
+        rig.answer(exchange, 200, &[MANIFEST_TYPE], &body);
+        // Same digest upstream: served from the store.
+        let check = pending(rig.intercept("GET /v2/mirror/app/manifests/v1", 2));
+        let (exchange, _, request) = rig.sent();
+        assert!(request.starts_with("HEAD /v2/app/manifests/v1 "), "{request}");
+        rig.answer(
+            exchange,
+            200,
+            &[("docker-content-digest", &digest.to_string())],
+            b"",
+        );
+        assert!(matches!(check.verdict(), Some(Verdict::Local)));
+        // Both upstreams down (one refuses, one times out on a hand-driven clock).
+        let offline = pending(rig.intercept("GET /v2/mirror/app/manifests/v1", 3));
+        let (exchange, _, _) = rig.sent();
+        rig.fail(exchange);
+        let (_, host, _) = rig.sent();
+        assert_eq!(host, "10.0.0.2:80");
+        let deadline = rig.mirror.poll_timeout().unwrap();
+        assert_eq!(
+            deadline,
+            rig.now + 3_000,
+            "connect + read timeout of the second upstream"
+        );
+        rig.now = deadline - 1;
+        rig.mirror
+            .handle_timeout(&mut rig.registry, &mut rig.metrics, rig.now);
+        assert!(offline.verdict().is_none(), "not before its deadline");
+        rig.now = deadline;
+        rig.mirror
+            .handle_timeout(&mut rig.registry, &mut rig.metrics, rig.now);
+        match offline.verdict() {
+            Some(Verdict::Offline(reason)) => assert!(reason.contains("timed out"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        let status = rig.mirror.status_json();
+        assert_eq!(status["upstreams"][0]["state"], "down");
+        assert_eq!(status["upstreams"][1]["state"], "down");
+    }
+
+    #[test]
+    fn a_moved_tag_is_fetched_again_and_immutable_tags_are_not_checked() {
+        let mut rig = Rig::new("immutable_tags = true\nimmutable_tags_exclusions = [\"^latest$\"]");
+        for tag in ["latest", "1.0"] {
+            let _ = pending(rig.intercept(&format!("GET /v2/mirror/app/manifests/{tag}"), 1));
+            let (exchange, _, _) = rig.sent();
+            rig.answer(exchange, 200, &[MANIFEST_TYPE], &image_manifest());
+        }
+        assert!(matches!(
+            rig.intercept("GET /v2/mirror/app/manifests/1.0", 2),
+            Intercept::Pass
+        ));
+        let moved = pending(rig.intercept("GET /v2/mirror/app/manifests/latest", 2));
+        let (exchange, _, _) = rig.sent();
+        let other = format!("sha256:{}", "1".repeat(64));
+        rig.answer(exchange, 200, &[("docker-content-digest", &other)], b"");
+        let (exchange, _, request) = rig.sent();
+        assert!(request.starts_with("GET /v2/app/manifests/latest "), "{request}");
+        let mut body = image_manifest();
+        body.extend_from_slice(b"\n");
+        rig.answer(exchange, 200, &[MANIFEST_TYPE], &body);
+        assert!(matches!(moved.verdict(), Some(Verdict::Local)));
+        let storage = rig.registry.storage();
+        assert_eq!(
+            storage.tag("mirror/app", "latest").unwrap(),
+            Some(Digest::sha256_of(&body))
+        );
+    }
+
+    #[test]
+    fn a_blob_fill_is_shared_streamed_and_verified_before_it_is_visible() {
+        let mut rig = Rig::new("");
+        let data = vec![7u8; 100_000];
+        let digest = Digest::sha256_of(&data);
+        let path = format!("GET /v2/mirror/app/blobs/{digest}");
+        let first = pending(rig.intercept(&path, 1));
+        let second = pending(rig.intercept(&path, 2));
+        let (exchange, _, _) = rig.sent();
+        assert!(
+            rig.mirror.poll_outgoing().is_none(),
+            "one upstream fetch for both"
+        );
+        let head = ResponseHead {
+            status: 200,
+            fields: Vec::new(),
+            content_length: Some(data.len() as u64),
+        };
+        rig.mirror.handle_answer(
+            exchange,
+            Answer::Head(head),
+            &mut rig.registry,
+            &mut rig.metrics,
+            rig.now,
+        );
+        let Some(Verdict::Streaming(fill)) = first.verdict() else {
+            panic!("streams once the upstream answered");
+        };
+        assert!(matches!(second.verdict(), Some(Verdict::Streaming(_))));
+        assert_eq!(rig.mirror.take_woken(), vec![(1, 1), (2, 1)]);
+        crate::http::output::Growing::wait(&*fill, 1, 1);
+        rig.mirror.handle_answer(
+            exchange,
+            Answer::Body(data[..60_000].to_vec()),
+            &mut rig.registry,
+            &mut rig.metrics,
+            rig.now,
+        );
+        assert_eq!(fill.written(), 60_000);
+        assert_eq!(rig.mirror.take_readers(), vec![(1, 1)]);
+        assert_eq!(
+            rig.registry.storage().blob_size("mirror/app", &digest).unwrap(),
+            None,
+            "not visible yet"
+        );
+        rig.mirror.handle_answer(
+            exchange,
+            Answer::Body(data[60_000..].to_vec()),
+            &mut rig.registry,
+            &mut rig.metrics,
+            rig.now,
+        );
+        rig.mirror.handle_answer(
+            exchange,
+            Answer::End,
+            &mut rig.registry,
+            &mut rig.metrics,
+            rig.now,
+        );
+        assert_eq!(
+            rig.registry.storage().blob_size("mirror/app", &digest).unwrap(),
+            Some(100_000)
+        );
+        assert!(matches!(rig.intercept(&path, 3), Intercept::Pass));
+    }
+
+    #[test]
+    fn wrong_bytes_from_the_upstream_are_never_stored() {
+        let mut rig = Rig::new("");
+        let digest = Digest::sha256_of(b"the real bytes");
+        let path = format!("GET /v2/mirror/app/blobs/{digest}");
+        let waiting = pending(rig.intercept(&path, 1));
+        let (exchange, _, _) = rig.sent();
+        rig.answer(exchange, 200, &[], b"other bytes!!!");
+        let Some(Verdict::Streaming(fill)) = waiting.verdict() else {
+            panic!("it streamed");
+        };
+        assert!(
+            crate::http::output::Growing::failed(&*fill),
+            "readers are cut short"
+        );
+        assert_eq!(
+            rig.registry.storage().blob_size("mirror/app", &digest).unwrap(),
+            None
+        );
+        assert_eq!(rig.registry.storage().upload_sessions(), 0, "the session is gone");
+        // The next request fetches again.
+        assert!(matches!(rig.intercept(&path, 2), Intercept::Wait(_)));
+    }
+
+    #[test]
+    fn an_upstream_404_is_not_found_after_every_upstream() {
+        let mut rig = Rig::new("");
+        let waiting = pending(rig.intercept("GET /v2/mirror/app/manifests/none", 1));
+        let (exchange, _, _) = rig.sent();
+        rig.answer(exchange, 404, &[], b"");
+        let (exchange, host, _) = rig.sent();
+        assert_eq!(host, "10.0.0.2:80");
+        rig.answer(exchange, 404, &[], b"");
+        assert!(matches!(waiting.verdict(), Some(Verdict::NotFound)));
+    }
+}

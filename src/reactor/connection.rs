@@ -73,6 +73,7 @@ impl Connection {
                 // The fill of the blob being sent wakes us when it wrote more.
                 Flush::Starved(growing) => {
                     growing.wait(app.waiter.slot, app.waiter.generation);
+                    self.machine.handle_starved(now_ms);
                     break;
                 }
                 Flush::Budget => {
