@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub use auth::{AccessLists, AuthConfig, IdentityConfig};
 pub use lifecycle::{ImmutableTags, TagImmutability};
+pub use upstream::MirrorConfig;
+use webhook::parse_client_identity;
 pub use webhook::{
     ClientIdentity, Format, Policy, RepositoryConfig, Scheme, SigningSecret, WebhookConfig, WebhookUrl,
 };

@@ -5,8 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::webhook::{Scheme, WebhookUrl};
-use super::{ConfigError, Section};
+use super::{ConfigError, Scheme, Section, WebhookUrl};
 use crate::tls::ClientIdentity;
 
 /// Upstreams one repository may list: fallbacks, not a pool.
@@ -156,7 +155,7 @@ fn parse_upstream(section: &mut Section) -> Result<UpstreamConfig, ConfigError> 
         }
         crate::tls::load_certificates(path).map_err(|why| section.error("server_ca_bundle", why))?;
     }
-    let client_identity = super::webhook::parse_client_identity(section, &url)?;
+    let client_identity = super::parse_client_identity(section, &url)?;
     let connect_timeout_secs = section
         .integer("connect_timeout_secs", 1, 3600)?
         .unwrap_or(CONNECT_TIMEOUT_SECS_DEFAULT);

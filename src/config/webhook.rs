@@ -341,7 +341,7 @@ pub struct RepositoryConfig {
     /// `[repository."X".retention_policy] rules`, in addition to the global ones.
     pub retention_rules: Vec<crate::retention::rule::Rule>,
     /// `[[repository."X".upstream]]` and its companions: a pull-through cache.
-    pub mirror: super::upstream::MirrorConfig,
+    pub mirror: super::MirrorConfig,
 }
 
 /// Where a name list came from, to name the file and key in errors found
