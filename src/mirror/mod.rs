@@ -230,6 +230,8 @@ struct Attempt {
 /// A blob being written.
 struct Filling {
     upload: String,
+    /// Handed to the file thread to sync (`sync_to_disk`).
+    synced: bool,
     /// `None` once handed to the registry to commit.
     writer: Option<UploadWriter>,
     fill: Rc<Fill>,
@@ -306,6 +308,8 @@ pub struct Mirror {
     outgoing: VecDeque<Outgoing>,
     /// Held requests to continue.
     woken: Vec<(usize, u64)>,
+    /// Fill data files to sync before their commit (fetch, path).
+    syncs: Vec<(u64, PathBuf)>,
     /// Streaming readers to run again.
     readers: Vec<(usize, u64)>,
     /// Fetches whose change waits for the notifier (staged), by id.
@@ -359,6 +363,7 @@ impl Mirror {
             next_id: 1,
             outgoing: VecDeque::new(),
             woken: Vec::new(),
+            syncs: Vec::new(),
             readers: Vec::new(),
             staged: VecDeque::new(),
             fills_running: 0,
@@ -622,6 +627,7 @@ impl Mirror {
             || !self.woken.is_empty()
             || !self.readers.is_empty()
             || !self.staged.is_empty()
+            || !self.syncs.is_empty()
     }
 
     /// Exchanges past their deadline fail (and their connections close).
@@ -1161,6 +1167,7 @@ impl Mirror {
                         let fill = Rc::new(Fill::new(file, size));
                         fetch.filling = Some(Filling {
                             upload,
+                            synced: false,
                             writer: Some(writer),
                             fill: fill.clone(),
                         });
@@ -1306,7 +1313,6 @@ impl Mirror {
                 }
             }
             Kind::Blob(digest) => {
-                let name = fetch.name.clone();
                 let Some(filling) = fetch.filling.as_mut() else {
                     return;
                 };
@@ -1314,27 +1320,61 @@ impl Mirror {
                     self.upstream_failed(id, "the blob ended early".into(), true, metrics);
                     return self.finish(id, None, registry, metrics);
                 }
-                let Some(writer) = filling.writer.take() else {
+                // With sync_to_disk the bytes reach the disk before the blob
+                // is visible, synced by the file thread (its cost grows with
+                // the size: never on the loop); `synced` continues here.
+                if !filling.synced
+                    && let Some(path) = registry.storage().upload_to_sync(&filling.upload, Some(&digest))
+                {
+                    filling.synced = true;
+                    self.syncs.push((id, path));
                     return;
-                };
-                let upload = std::mem::take(&mut filling.upload);
-                let fill = filling.fill.clone();
-                match registry.commit_fill(&name, &upload, writer, &digest) {
-                    Ok(outcome) => {
-                        if outcome.staged.is_some() {
-                            self.staged.push_back((id, outcome));
-                        } else {
-                            self.finish(id, Some(Verdict::Local), registry, metrics);
-                        }
-                    }
-                    Err(reason) => {
-                        fill.fail();
-                        self.readers.extend(fill.take_waiters());
-                        log::warn!(target: "angos::mirror", "not caching {name}@{digest}: {reason}");
-                        self.upstream_failed(id, reason, false, metrics);
-                        self.finish(id, None, registry, metrics);
-                    }
                 }
+                self.commit_blob(id, registry, metrics);
+            }
+        }
+    }
+
+    /// The file thread synced a fill's bytes: commit it.
+    pub fn synced(&mut self, id: u64, registry: &mut Registry, metrics: &mut Metrics) {
+        self.commit_blob(id, registry, metrics);
+    }
+
+    /// Fills whose bytes must be synced before they commit, each with its fetch.
+    pub fn take_syncs(&mut self) -> Vec<(u64, PathBuf)> {
+        std::mem::take(&mut self.syncs)
+    }
+
+    fn commit_blob(&mut self, id: u64, registry: &mut Registry, metrics: &mut Metrics) {
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        let Kind::Blob(digest) = fetch.kind.clone() else {
+            return;
+        };
+        let name = fetch.name.clone();
+        let Some(filling) = fetch.filling.as_mut() else {
+            return;
+        };
+        let Some(writer) = filling.writer.take() else {
+            return;
+        };
+        let upload = std::mem::take(&mut filling.upload);
+        let fill = filling.fill.clone();
+        match registry.commit_fill(&name, &upload, writer, &digest) {
+            Ok(outcome) => {
+                if outcome.staged.is_some() {
+                    self.staged.push_back((id, outcome));
+                } else {
+                    self.finish(id, Some(Verdict::Local), registry, metrics);
+                }
+            }
+            Err(reason) => {
+                fill.fail();
+                self.readers.extend(fill.take_waiters());
+                log::warn!(target: "angos::mirror", "not caching {name}@{digest}: {reason}");
+                self.upstream_failed(id, reason, false, metrics);
+                self.finish(id, None, registry, metrics);
             }
         }
     }

@@ -429,6 +429,13 @@ impl<C: Clock> Reactor<C> {
                     connection.continue_held(app, buffer, now)
                 });
             }
+            for (fetch, path) in self.mirror.take_syncs() {
+                progressed = true;
+                self.file_worker.sync(path, Waiter::cache(fetch));
+            }
+            if self.file_worker.has_synced_inline() {
+                self.continue_synced();
+            }
             for (slot, generation) in self.mirror.take_readers() {
                 progressed = true;
                 self.step(slot, Some(generation), |connection, app, buffer, now| {
@@ -794,6 +801,11 @@ impl<C: Clock> Reactor<C> {
     /// Continues the requests whose files the worker has synced.
     fn continue_synced(&mut self) {
         while let Some(waiter) = self.file_worker.poll_synced() {
+            if let Some(fetch) = waiter.cache_fetch() {
+                self.mirror
+                    .synced(fetch, &mut self.registry, self.telemetry.metrics());
+                continue;
+            }
             // A client that left is not answered; its upload was released.
             self.step(
                 waiter.slot,
