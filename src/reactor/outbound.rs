@@ -150,7 +150,7 @@ impl Outbound {
             tls_configs: BTreeMap::new(),
             results: VecDeque::new(),
             exchange_events: VecDeque::new(),
-            buffer: vec![0; 16 * 1024],
+            buffer: vec![0; 64 * 1024],
             again: Vec::new(),
         }
     }
