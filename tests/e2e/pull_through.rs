@@ -2,7 +2,8 @@
 //! a second `angos` with identities (the token handshake, over HTTPS with a test CA),
 //! Debian's `docker-registry` (distribution) with htpasswd (plain, and over HTTPS
 //! with a CA of its own), and a small registry that redirects blob GETs to another
-//! port (`common::upstreams::RedirectingUpstream`). Real clients pull through the
+//! port (`common::upstreams::RedirectingUpstream`; over HTTPS with a third CA, behind
+//! `socat`). Real clients pull through the
 //! mirror and get the upstream's digests: skopeo, oras-py, and containerd's `ctr`
 //! with a `hosts.toml` mirror (`?ns=docker.io`). Then the cache's behaviour: offline
 //! service of what was pulled, a moved tag, twenty concurrent pulls of one uncached
@@ -332,6 +333,36 @@ fn distribution_over_https_with_its_own_ca_fills_the_mirror() {
 }
 
 #[test]
+fn the_redirecting_upstream_over_https_with_its_own_ca_fills_the_mirror() {
+    let ca = TestCa::generate();
+    let upstream = RedirectingUpstream::start_with(Some(("tls-user", "tls-secret")));
+    let image = small_image("redirecting over https", 500_000);
+    upstream.put_image("library/app", Some("v1"), &image);
+    let tls = TlsTerminator::start(upstream.front(), &ca.server_cert, &ca.server_key);
+    let server = mirror(&[MirrorRepo::new(
+        "mirror",
+        vec![
+            UpstreamEntry::new(&tls.url())
+                .credentials("tls-user", "tls-secret")
+                .ca_bundle(&ca.ca_pem),
+        ],
+    )]);
+    assert_manifest(&server, "mirror/library/app", "v1", &image);
+    assert_blobs(&server, "mirror/library/app", &image);
+    // The layer came by the redirect to the plain back port, without the credentials.
+    assert_eq!(upstream.blob_fetches(&digest(&image.layers[0])), 1);
+    for seen in upstream.seen() {
+        match seen.side {
+            Side::Front => assert!(seen.authorization.is_some(), "{seen:?}"),
+            Side::Back => assert!(
+                seen.authorization.is_none(),
+                "credentials followed a redirect: {seen:?}"
+            ),
+        }
+    }
+}
+
+#[test]
 fn ctr_pulls_through_a_hosts_toml_mirror_with_ns() {
     let containerd = match Containerd::start() {
         Ok(containerd) => containerd,
@@ -506,19 +537,16 @@ const CONCURRENT_PULLS: usize = 20;
 #[test]
 fn twenty_concurrent_pulls_of_one_uncached_blob_share_one_upstream_fetch() {
     let upstream = RedirectingUpstream::start();
-    let layer = pseudo_random_bytes(0x256, LARGE_BLOB_BYTES);
+    let layer_digest = upstream.put_blob(pseudo_random_bytes(0x256, LARGE_BLOB_BYTES));
     let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}".to_vec();
     let manifest = ManifestSpec::oci(
         descriptor(OCI_CONFIG, &config),
         vec![format!(
-            "{{\"mediaType\":\"{OCI_LAYER}\",\"digest\":\"{}\",\"size\":{}}}",
-            sha256sum(&layer),
-            layer.len()
+            "{{\"mediaType\":\"{OCI_LAYER}\",\"digest\":\"{layer_digest}\",\"size\":{LARGE_BLOB_BYTES}}}"
         )],
     )
     .to_json()
     .into_bytes();
-    let layer_digest = upstream.put_blob(layer);
     upstream.put_blob(config);
     upstream.put_manifest("library/big", Some("v1"), OCI_MANIFEST, manifest);
     upstream.set_rate(LARGE_BLOB_RATE);
@@ -1133,6 +1161,32 @@ fn helper_redirecting_upstream_serves_redirects_counts_and_breaks_on_demand() {
     upstream.stop();
     assert!(std::net::TcpStream::connect(upstream.front()).is_err());
     assert!(std::net::TcpStream::connect(upstream.back()).is_err());
+}
+
+#[test]
+fn helper_redirecting_upstream_behind_socat_answers_over_https_with_the_test_ca() {
+    let ca = TestCa::generate();
+    let upstream = RedirectingUpstream::start_with(Some(("u", "p")));
+    let image = small_image("helper socat", 10_000);
+    upstream.put_image("library/app", Some("v1"), &image);
+    let tls = TlsTerminator::start(upstream.front(), &ca.server_cert, &ca.server_key);
+    let certs = TempDir::new("helper-socat-certs");
+    std::fs::copy(&ca.ca_pem, certs.path().join("ca.crt")).unwrap();
+    let cert_dir = certs.path().display().to_string();
+    let inspected = skopeo(
+        &[
+            "inspect",
+            "--raw",
+            "--cert-dir",
+            &cert_dir,
+            "--creds",
+            "u:p",
+            &format!("docker://{}/library/app:v1", tls.addr),
+        ],
+        certs.path(),
+    );
+    let raw = expect_success(&inspected, "skopeo inspect --raw over socat's TLS");
+    assert_eq!(raw.as_bytes(), image.manifest.as_slice());
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! (`tests/e2e/pull_through.rs`) and bench (`benches/pull_through.rs`): Debian's
 //! `docker-registry` (distribution) with an htpasswd user, a second `angos` with
 //! identities (the token handshake), a small std-thread registry that redirects blob
-//! GETs to another port and counts what it serves, a `containerd` of the test's own
-//! for `ctr` with a `hosts.toml` mirror, the mirror's configuration, and a client
-//! that streams a large body into coreutils' `sha256sum` instead of memory. Std
+//! GETs to another port and counts what it serves (behind `socat` for HTTPS), a
+//! `containerd` of the test's own for `ctr` with a `hosts.toml` mirror, the mirror's
+//! configuration, and a client that streams a large body into coreutils' `sha256sum`
+//! instead of memory. Std
 //! only, like the rest of `common` (its header says why); the test CA is the webhook
 //! tests' `TestCa` (`webhook_support::python`), whose certificate and key paths are
 //! passed in here, so the benches, which include `common` alone, still compile.
@@ -1649,6 +1650,90 @@ fn serve_blob(
         }
     }
     (200, !matches!(fault, Some(BlobFault::CloseAfter(_))))
+}
+
+/// `socat` terminating TLS with a test CA's server pair on a loopback port of its own and
+/// forwarding the plaintext to `target`: the redirecting upstream over HTTPS (its
+/// redirects still point at its plain back port: another origin, as an object store's
+/// would be). One process per connection (`fork`), all in one process group, killed
+/// together on drop.
+pub struct TlsTerminator {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+}
+
+impl TlsTerminator {
+    pub fn start(target: SocketAddr, certificate: &Path, key: &Path) -> TlsTerminator {
+        require_program("socat", "-V", "socat");
+        let mut last = String::new();
+        // socat cannot listen on port 0 and say which port it got: a clash with another
+        // test's ephemeral port is retried.
+        for _attempt in 0..5 {
+            let port = free_loopback_port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut command = Command::new("socat");
+            command
+                .arg(format!(
+                    "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                    certificate.display(),
+                    key.display()
+                ))
+                .arg(format!("TCP:{target}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+            let mut child = command.spawn().expect("start socat");
+            let deadline = Instant::now() + UPSTREAM_START_TIMEOUT;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = pipe.read_to_string(&mut stderr);
+                    }
+                    last = format!("socat exited ({status}): {stderr}");
+                    break;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return TlsTerminator {
+                        child: Some(child),
+                        addr,
+                    };
+                }
+                if Instant::now() > deadline {
+                    last = "socat did not listen in time".to_string();
+                    kill_group(&mut child);
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start socat: {last}");
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&mut child);
+        }
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// SIGKILL to `child`'s process group (it leads one: `process_group(0)`), and reap it.
+fn kill_group(child: &mut Child) {
+    // SAFETY: signalling our own child's process group.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
 }
 
 // ---------------------------------------------------------------------------
