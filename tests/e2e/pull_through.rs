@@ -7,7 +7,8 @@
 //! mirror and get the upstream's digests: skopeo, oras-py, and containerd's `ctr`
 //! with a `hosts.toml` mirror (`?ns=docker.io`). Then the cache's behaviour: offline
 //! service of what was pulled, a moved tag, twenty concurrent pulls of one uncached
-//! 256 MiB blob sharing one upstream fetch, a corrupt or short upstream blob never
+//! 256 MiB blob sharing one upstream fetch, a stalled client that neither slows a fill
+//! nor makes the mirror hold it in memory, a corrupt or short upstream blob never
 //! stored, redirects followed without credentials, pushes refused, access lists,
 //! events, metrics and the admin API's upstream health. The `helper_` tests check the
 //! upstreams themselves, with no mirror involved: they pass before the cache exists.
@@ -600,6 +601,44 @@ fn twenty_concurrent_pulls_of_one_uncached_blob_share_one_upstream_fetch() {
     // Later pulls come from the disk.
     assert!(download(server.addr, &path, &[], true).is_valid(&layer_digest));
     assert_eq!(upstream.blob_fetches(&layer_digest), 1);
+}
+
+/// The slow-client test's blob: large against the mirror's own memory.
+const SLOW_CLIENT_BLOB_BYTES: usize = 128 << 20;
+/// What the mirror's peak RSS may grow by while a stalled client's fill completes: far
+/// below the blob, so the fill is not held in memory for the client.
+const SLOW_CLIENT_RSS_GROWTH_MAX: u64 = 48 << 20;
+
+#[test]
+fn a_stalled_client_does_not_hold_the_fill_in_memory_nor_slow_it() {
+    let upstream = RedirectingUpstream::start();
+    let layer_digest = upstream.put_blob(pseudo_random_bytes(0x51, SLOW_CLIENT_BLOB_BYTES));
+    let server = mirror(&[MirrorRepo::new(
+        "mirror",
+        vec![UpstreamEntry::new(&upstream.url())],
+    )]);
+    server.get("/v2/").assert_status(200);
+    let rss_before = hostile::peak_rss_bytes(&server);
+    let path = format!("/v2/mirror/library/app/blobs/{layer_digest}");
+    let mut rss_after = 0;
+    let got = download_after(server.addr, &path, &[], true, || {
+        // The client reads nothing until the upstream has sent the whole blob: the fill
+        // goes at the upstream's pace, to disk.
+        let sent = poll_until(Duration::from_secs(60), || {
+            (upstream.served_bytes() >= SLOW_CLIENT_BLOB_BYTES as u64).then_some(())
+        });
+        assert!(
+            sent.is_some(),
+            "the fill waited for the stalled client: {} of {SLOW_CLIENT_BLOB_BYTES} bytes fetched",
+            upstream.served_bytes()
+        );
+        rss_after = hostile::peak_rss_bytes(&server);
+    });
+    assert!(got.is_valid(&layer_digest), "{got:?}");
+    assert!(
+        rss_after < rss_before + SLOW_CLIENT_RSS_GROWTH_MAX,
+        "the mirror's peak RSS grew from {rss_before} to {rss_after} bytes during a {SLOW_CLIENT_BLOB_BYTES}-byte fill"
+    );
 }
 
 /// True when some regular file under `root` holds exactly `bytes`.

@@ -419,6 +419,18 @@ const ERROR_BODY_MAX: usize = 64 * 1024;
 /// 256 MiB blob hold no body in memory. Never panics on a short body: that is what
 /// some tests look for.
 pub fn download(addr: SocketAddr, path: &str, headers: &[(&str, &str)], hash: bool) -> Download {
+    download_after(addr, path, headers, hash, || {})
+}
+
+/// `download`, with `before_reading` run once the request is sent and before a byte
+/// of the answer is read: a client that stalls (the slow-client test).
+pub fn download_after(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    hash: bool,
+    before_reading: impl FnOnce(),
+) -> Download {
     let started = Instant::now();
     let mut outcome = Download {
         status: 0,
@@ -446,6 +458,7 @@ pub fn download(addr: SocketAddr, path: &str, headers: &[(&str, &str)], hash: bo
         outcome.error = Some(format!("send: {e}"));
         return outcome;
     }
+    before_reading();
     let mut reader = BufReader::with_capacity(256 * 1024, stream);
     match read_head(&mut reader) {
         Ok((status, headers)) => {
@@ -1730,10 +1743,22 @@ impl Drop for TlsTerminator {
 }
 
 /// SIGKILL to `child`'s process group (it leads one: `process_group(0)`), and reap it.
+/// By procps' `kill`, as std signals a process, never a group; then std's own kill,
+/// should that command be missing.
 fn kill_group(child: &mut Child) {
-    // SAFETY: signalling our own child's process group.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
     let _ = child.wait();
+}
+
+/// True when this process runs as root: `/proc/self` belongs to the effective user.
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 // ---------------------------------------------------------------------------
@@ -1755,8 +1780,7 @@ impl Containerd {
         if !program_runs("containerd", "--version") || !program_runs("ctr", "--version") {
             return Err("containerd is not installed (scripts/test.sh installs Debian's containerd)".into());
         }
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !running_as_root() {
             return Err("containerd needs root (its content store and snapshots are root's)".into());
         }
         static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -1857,9 +1881,12 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        // SIGTERM first: containerd closes its metadata database cleanly.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
