@@ -261,6 +261,18 @@ fn skopeo_pulls_through_a_token_authenticated_angos_upstream_over_https() {
     );
     expect_success(&copied, "skopeo copy by digest through the mirror");
     assert_eq!(layout_manifest_digest(&layout), upstream_digest);
+
+    // The mirror answered the upstream's Bearer challenge at its token endpoint, and
+    // reused the token: one per pull would be a token request for every blob.
+    let metrics = scrape(&upstream.server);
+    let tokens = metric_sum(
+        &metrics,
+        "http_requests_total",
+        &[("route", "token"), ("status", "200")],
+    );
+    // One scope (`repository:library/app:pull`) for the manifest, its tag checks and
+    // both blobs: one token, well within its lifetime.
+    assert_eq!(tokens, 1.0, "tokens issued to the mirror:\n{metrics}");
 }
 
 /// The oras-py driver. Arguments: mirror host:port, repository, tag, work directory.
