@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the end-to-end tests need when it is missing (skopeo from Debian's
-# packages, the oras Python library and the webhook receivers' libraries from PyPI,
-# the Adaptive Cards library from npm), then runs the whole test suite.
+# Installs what the end-to-end tests need when it is missing (skopeo, distribution's
+# docker-registry, containerd, htpasswd and socat from Debian's packages, the oras Python
+# library and the webhook receivers' libraries from PyPI, the Adaptive Cards library
+# from npm), then runs the whole test suite.
 # Safe to run again: nothing is installed twice. An install that fails stops here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,12 +32,21 @@ apt_install() {
 # docker (Debian's docker.io: dockerd and the client) and podman are the
 # clients whose refused pushes must fail at once (tests/e2e/refusals.rs starts a
 # dockerd of its own and skips, saying why, where none can run).
+# The pull-through cache's upstreams and clients (tests/e2e/pull_through.rs):
+# docker-registry is distribution's registry (binary `docker-registry`), with
+# htpasswd users made by apache2-utils' `htpasswd -B` (bcrypt, the only hash it
+# takes); containerd gives `containerd` and `ctr`, the client that mirrors with
+# hosts.toml and `?ns=`; socat puts the tests' redirecting upstream behind TLS.
 missing=()
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
 command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+{ command -v containerd && command -v ctr; } >/dev/null 2>&1 || missing+=(containerd)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi

@@ -35,6 +35,7 @@ mod garbage_collection;
 mod hostile_peers;
 mod http_protocol;
 mod immutable_tags;
+mod pull_through;
 mod refusals;
 mod registry_api;
 mod registry_manifests;

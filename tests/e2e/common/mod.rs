@@ -8,6 +8,7 @@
 pub mod hostile;
 pub mod maintenance;
 pub mod rng;
+pub mod upstreams;
 
 use std::collections::hash_map::RandomState;
 use std::fmt::Write as _;
