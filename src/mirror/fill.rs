@@ -16,6 +16,8 @@ pub struct Fill {
     /// The upstream's announced length.
     pub size: u64,
     written: Cell<u64>,
+    /// The digest checked out: the last byte may go too.
+    verified: Cell<bool>,
     failed: Cell<bool>,
     /// Connections (slot, generation) that sent everything written so far.
     waiters: RefCell<Vec<(usize, u64)>>,
@@ -27,6 +29,7 @@ impl Fill {
             file,
             size,
             written: Cell::new(0),
+            verified: Cell::new(false),
             failed: Cell::new(false),
             waiters: RefCell::new(Vec::new()),
         }
@@ -46,6 +49,11 @@ impl Fill {
         self.failed.set(true);
     }
 
+    /// Every byte is in and hashes to the digest.
+    pub fn verify(&self) {
+        self.verified.set(true);
+    }
+
     pub fn written(&self) -> u64 {
         self.written.get()
     }
@@ -57,8 +65,15 @@ impl Fill {
 }
 
 impl Growing for Fill {
+    /// What readers may send: all of it once verified, else all but the
+    /// last byte, so a client never receives a whole body of wrong bytes
+    /// (its answer is cut one byte short when the digest fails).
     fn available(&self) -> u64 {
-        self.written.get()
+        if self.verified.get() {
+            self.written.get()
+        } else {
+            self.written.get().min(self.size.saturating_sub(1))
+        }
     }
 
     fn failed(&self) -> bool {
@@ -88,6 +103,10 @@ mod tests {
         fill.wait(3, 1);
         fill.advance(4);
         assert_eq!(fill.available(), 4);
+        fill.advance(6);
+        assert_eq!(fill.available(), 9, "the last byte waits for the digest");
+        fill.verify();
+        assert_eq!(fill.available(), 10);
         assert_eq!(fill.take_waiters(), vec![(3, 1)]);
         assert!(fill.take_waiters().is_empty());
         assert!(!Growing::failed(&fill));

@@ -1363,6 +1363,8 @@ impl Mirror {
         let fill = filling.fill.clone();
         match registry.commit_fill(&name, &upload, writer, &digest) {
             Ok(outcome) => {
+                fill.verify();
+                self.readers.extend(fill.take_waiters());
                 if outcome.staged.is_some() {
                     self.staged.push_back((id, outcome));
                 } else {
@@ -2047,6 +2049,11 @@ mod tests {
         assert!(
             crate::http::output::Growing::failed(&*fill),
             "readers are cut short"
+        );
+        assert_eq!(
+            crate::http::output::Growing::available(&*fill),
+            13,
+            "the last byte was never readable"
         );
         assert_eq!(
             rig.registry.storage().blob_size("mirror/app", &digest).unwrap(),
