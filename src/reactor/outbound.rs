@@ -602,7 +602,11 @@ impl Outbound {
         }
         match step {
             Step::Wait => {}
-            Step::Again => self.again.push(slot),
+            // Listed once: a connection run both by its event and from this
+            // list must not be listed twice, or the list (and so one turn)
+            // grows with every turn (a cache fill reads on every turn).
+            Step::Again if !self.again.contains(&slot) => self.again.push(slot),
+            Step::Again => {}
             Step::Done(done) => {
                 match connection.owner.take() {
                     Some(owner @ Owner::Delivery(delivery)) => {
