@@ -242,6 +242,8 @@ struct Fetch {
     name: String,
     /// `X`, the repository key.
     repository: String,
+    /// Its configuration when the fetch started.
+    mirror: Rc<MirrorConfig>,
     kind: Kind,
     accept: String,
     upstream: usize,
@@ -296,8 +298,9 @@ struct Families {
 }
 
 pub struct Mirror {
-    /// Repositories that mirror, by key.
-    repositories: BTreeMap<String, MirrorConfig>,
+    /// Repositories that mirror, by key; a fetch keeps the one it started
+    /// with, so a reload never strands it.
+    repositories: BTreeMap<String, Rc<MirrorConfig>>,
     /// `namespace` values (containerd's `?ns=`) to repository keys.
     namespaces: HashMap<String, String>,
     fill_slots: usize,
@@ -387,7 +390,7 @@ impl Mirror {
             .repositories
             .iter()
             .filter(|(_, repository)| repository.mirror.is_mirror())
-            .map(|(key, repository)| (key.clone(), repository.mirror.clone()))
+            .map(|(key, repository)| (key.clone(), Rc::new(repository.mirror.clone())))
             .collect();
         self.namespaces = self
             .repositories
@@ -433,7 +436,7 @@ impl Mirror {
     }
 
     /// The mirroring repository owning `name`: its key and configuration.
-    fn repository_of(&self, name: &str) -> Option<(&String, &MirrorConfig)> {
+    fn repository_of(&self, name: &str) -> Option<(&String, &Rc<MirrorConfig>)> {
         self.repositories.iter().find(|(key, _)| {
             name.len() > key.len() && name.starts_with(key.as_str()) && name.as_bytes()[key.len()] == b'/'
                 || name == key.as_str()
@@ -463,10 +466,10 @@ impl Mirror {
             | Route::Upload { name, .. } => name,
             _ => return Intercept::Pass,
         };
-        let Some((repository, _)) = self.repository_of(name) else {
+        let Some((repository, mirror)) = self.repository_of(name) else {
             return Intercept::Pass;
         };
-        let repository = repository.clone();
+        let (repository, mirror) = (repository.clone(), mirror.clone());
         let reading = matches!(head.method, Method::Get | Method::Head);
         if !reading || matches!(route, Route::UploadStart { .. } | Route::Upload { .. }) {
             return Intercept::Refuse(read_only(&repository));
@@ -488,7 +491,7 @@ impl Mirror {
                     },
                     Reference::Tag(tag) => match storage.tag(name, tag) {
                         Ok(Some(local)) => {
-                            let fresh = self.repositories[&repository].freshness_secs * 1000;
+                            let fresh = mirror.freshness_secs * 1000;
                             let recent = self
                                 .checked
                                 .get(&(name.clone(), tag.clone()))
@@ -553,6 +556,7 @@ impl Mirror {
         let fetch = Fetch {
             name: name.clone(),
             repository,
+            mirror,
             kind,
             accept,
             upstream: 0,
@@ -662,8 +666,10 @@ impl Mirror {
             self.exchanges.remove(&exchange);
             return;
         };
-        let read_timeout = self
-            .upstream_config(&fetch.repository, fetch.upstream)
+        let read_timeout = fetch
+            .mirror
+            .upstreams
+            .get(fetch.upstream)
             .map_or(30_000, |config| config.read_timeout_ms);
         if let Some(entry) = self.exchanges.get_mut(&exchange) {
             entry.deadline_ms = now_ms + read_timeout;
@@ -704,8 +710,10 @@ impl Mirror {
 
     // ---- one fetch ---------------------------------------------------------
 
-    fn upstream_config(&self, repository: &str, index: usize) -> Option<&UpstreamConfig> {
-        self.repositories.get(repository)?.upstreams.get(index)
+    /// The upstream fetch `id` is at.
+    fn upstream_config(&self, id: u64) -> Option<&UpstreamConfig> {
+        let fetch = self.fetches.get(&id)?;
+        fetch.mirror.upstreams.get(fetch.upstream)
     }
 
     /// The upstream's name for local `name` of `repository`.
@@ -726,7 +734,7 @@ impl Mirror {
         let Some(fetch) = self.fetches.get(&id) else {
             return;
         };
-        let Some(config) = self.upstream_config(&fetch.repository, fetch.upstream) else {
+        let Some(config) = fetch.mirror.upstreams.get(fetch.upstream) else {
             return;
         };
         let upstream_name = Self::upstream_name(config, &fetch.repository, &fetch.name);
@@ -787,7 +795,7 @@ impl Mirror {
         let Some(fetch) = self.fetches.get(&id) else {
             return;
         };
-        let Some(config) = self.upstream_config(&fetch.repository, fetch.upstream) else {
+        let Some(config) = fetch.mirror.upstreams.get(fetch.upstream) else {
             return;
         };
         let Some(attempt) = &fetch.attempt else {
@@ -875,7 +883,7 @@ impl Mirror {
         let Some(fetch) = self.fetches.get(&id) else {
             return Ok(());
         };
-        let Some(config) = self.upstream_config(&fetch.repository, fetch.upstream) else {
+        let Some(config) = fetch.mirror.upstreams.get(fetch.upstream) else {
             return Ok(());
         };
         let token_key = format!("{}\u{0}{}\u{0}{scope}", fetch.repository, fetch.upstream);
@@ -1025,9 +1033,7 @@ impl Mirror {
                 self.upstream_failed(id, format!("{status} without a Location"), false, metrics);
                 return self.next_upstream(id, registry, metrics, now_ms);
             };
-            let max = self
-                .upstream_config(&key.0, key.1)
-                .map_or(0, |config| config.max_redirect);
+            let max = self.upstream_config(id).map_or(0, |config| config.max_redirect);
             let Some(attempt) = self.fetches.get_mut(&id).and_then(|fetch| fetch.attempt.as_mut()) else {
                 return;
             };
@@ -1054,7 +1060,7 @@ impl Mirror {
         if status == 401 {
             self.abandon(exchange);
             let challenge = challenge::parse_challenges(head.fields_named("www-authenticate"));
-            let config = self.upstream_config(&key.0, key.1).cloned();
+            let config = self.upstream_config(id).cloned();
             let Some(fetch) = self.fetches.get_mut(&id) else {
                 return;
             };
@@ -1408,10 +1414,10 @@ impl Mirror {
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
         };
-        let url = self
-            .repositories
-            .get(&fetch.repository)
-            .and_then(|mirror| mirror.upstreams.get(fetch.upstream))
+        let url = fetch
+            .mirror
+            .upstreams
+            .get(fetch.upstream)
             .map(|config| config.url.text.clone())
             .unwrap_or_default();
         log::warn!(
@@ -1449,10 +1455,7 @@ impl Mirror {
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
         };
-        let count = self
-            .repositories
-            .get(&fetch.repository)
-            .map_or(0, |mirror| mirror.upstreams.len());
+        let count = fetch.mirror.upstreams.len();
         // A tag check that moved on to fetching starts over as a check.
         if fetch.upstream + 1 < count {
             fetch.upstream += 1;
@@ -1466,7 +1469,9 @@ impl Mirror {
             }
             _ => false,
         };
-        let verdict = if cached {
+        let verdict = if cached && fetch.errors.is_empty() {
+            Verdict::Offline("no upstream has it any more".into())
+        } else if cached {
             Verdict::Offline(fetch.errors.join("; "))
         } else if fetch.errors.is_empty() {
             Verdict::NotFound
@@ -1505,7 +1510,7 @@ impl Mirror {
         if let Verdict::Offline(reason) = &verdict {
             log::warn!(
                 target: "angos::mirror",
-                "offline: no upstream answered for {} ({reason}); serving the cached manifest",
+                "offline: serving the cached manifest of {} unchecked: {reason}",
                 fetch.name
             );
         }

@@ -1038,6 +1038,64 @@ fn an_upstream_url_with_a_path_prefixes_the_name_and_its_404_is_manifest_unknown
 }
 
 #[test]
+fn retention_and_garbage_collection_apply_to_cached_content() {
+    let upstream = RedirectingUpstream::start();
+    let keep = small_image("retention-keep", 20_000);
+    let drop = small_image("retention-drop", 30_000);
+    upstream.put_image("library/app", Some("keep"), &keep);
+    upstream.put_image("library/app", Some("drop"), &drop);
+    let options = Options::default()
+        .global_line("gc_grace_secs = 3600")
+        .table("[repository.\"mirror\".retention_policy]\nrules = ['image.tag == \"keep\"']\n");
+    let server = mirror_with(
+        options,
+        &[MirrorRepo::new(
+            "mirror",
+            vec![UpstreamEntry::new(&upstream.url())],
+        )],
+    );
+    for (tag, image) in [("keep", &keep), ("drop", &drop)] {
+        assert_manifest(&server, "mirror/library/app", tag, image);
+        assert_blobs(&server, "mirror/library/app", image);
+    }
+    let layer = |image: &Image| digest(&image.layers[0]);
+    assert_eq!(upstream.blob_fetches(&layer(&drop)), 1);
+
+    // Retention removes the tag it does not keep (and the manifest left
+    // untagged); a collection then removes the blobs nothing references,
+    // once older than the grace period (the store is aged two hours).
+    common::maintenance::age_store(&server.root, Duration::from_secs(2 * 3600));
+    let pruned = common::maintenance::run_job(&server, "prune", "");
+    assert!(
+        json_at(&pruned, &["tags_removed"]).as_u64() >= Some(1),
+        "{pruned:?}"
+    );
+    let collected = common::maintenance::run_job(&server, "gc", "");
+    assert!(
+        json_at(&collected, &["report", "contents_removed"]).as_u64() >= Some(2),
+        "the dropped image's layer and config: {collected:?}"
+    );
+
+    // What was kept is still served from the cache, with no upstream fetch.
+    assert_blobs(&server, "mirror/library/app", &keep);
+    assert_eq!(
+        upstream.blob_fetches(&layer(&keep)),
+        1,
+        "kept content stays cached"
+    );
+    // What was removed is a miss again: fetched from the upstream anew.
+    assert_eq!(upstream.count(Side::Front, "GET", "/manifests/drop"), 1);
+    assert_manifest(&server, "mirror/library/app", "drop", &drop);
+    assert_eq!(upstream.count(Side::Front, "GET", "/manifests/drop"), 2);
+    assert_blobs(&server, "mirror/library/app", &drop);
+    assert_eq!(
+        upstream.blob_fetches(&layer(&drop)),
+        2,
+        "the collected layer is fetched again"
+    );
+}
+
+#[test]
 fn access_lists_apply_to_mirrored_content() {
     let upstream = RedirectingUpstream::start();
     let image = small_image("private mirror", 0);
