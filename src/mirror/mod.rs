@@ -841,8 +841,11 @@ impl Mirror {
             scheme: location.scheme,
             host: location.host.clone(),
             port: location.port,
-            // Another host (an object store) is trusted as the system trusts it.
-            ca_bundle: config.ca_bundle.clone().filter(|_| same_origin),
+            // The bundle only adds trust anchors (to the public roots), so
+            // another host (an object store, a token service) on the same
+            // private CA is reached too; the client certificate is an
+            // identity and stays with the upstream's origin.
+            ca_bundle: config.ca_bundle.clone(),
             client_identity: config.client_identity.clone().filter(|_| same_origin),
         }
     }
