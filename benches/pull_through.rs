@@ -34,19 +34,16 @@ mod probe;
 
 use angos::digest::{Digest, Hasher};
 use common::upstreams::{MirrorRepo, UpstreamEntry};
-use common::{
-    Conn, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Options, Server, TempDir, pseudo_random_bytes, url_path,
-    with_query,
-};
+use common::{Conn, OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Options, Server, TempDir, url_path, with_query};
 use probe::{Probe, percentile};
 use shared::{
-    Space, connect, cpu_model, env_number, free_space, load_average, median_of, progress, settle, sink_body,
+    Source, Space, connect, cpu_model, env_number, free_space, load_average, median_of, progress, settle,
+    sink_body,
 };
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -400,37 +397,6 @@ fn pull(addr: SocketAddr, path: &str, bytes: u64) -> Result<Pulled, String> {
 // ---------------------------------------------------------------------------
 // The upstream's content
 // ---------------------------------------------------------------------------
-
-/// The blob: a page-cached file of pseudo-random bytes.
-struct Source {
-    path: PathBuf,
-    bytes: u64,
-    digest: Digest,
-}
-
-impl Source {
-    /// Writes `bytes` pseudo-random bytes to `path` in 1 MiB pieces, hashing them as it goes.
-    fn write(path: &Path, bytes: u64) -> Result<Source, String> {
-        const PIECE: u64 = 1 << 20;
-        let fail = |e: io::Error| format!("{}: {e}", path.display());
-        let mut file = File::create(path).map_err(fail)?;
-        let mut hasher = Hasher::sha256();
-        let mut written = 0;
-        while written < bytes {
-            let piece = pseudo_random_bytes(written / PIECE + 1, PIECE.min(bytes - written) as usize);
-            file.write_all(&piece).map_err(fail)?;
-            hasher.update(&piece);
-            written += piece.len() as u64;
-        }
-        drop(file);
-        settle()?;
-        Ok(Source {
-            path: path.to_path_buf(),
-            bytes,
-            digest: hasher.digest(),
-        })
-    }
-}
 
 /// Pushes the blob (one session, one `PUT ?digest=` streamed from the file), a small
 /// config, and an OCI manifest over them tagged `v1`: what a client of the mirror would

@@ -30,21 +30,18 @@ mod shared;
 #[allow(dead_code)]
 mod probe;
 
-use angos::digest::{Digest, Hasher};
-use common::{
-    Conn, Options, Response, START_TIMEOUT, Server, TempDir, pseudo_random_bytes, url_path, with_query,
-};
+use common::{Conn, Options, Response, START_TIMEOUT, Server, TempDir, url_path, with_query};
 use probe::{Probe, percentile};
 use python::TestCa;
 use shared::{
-    Space, connect, cpu_model, env_number, free_space, load_average, median_of, progress, settle, sink_body,
+    Source, Space, connect, cpu_model, env_number, free_space, load_average, median_of, progress, settle,
+    sink_body,
 };
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -493,42 +490,6 @@ fn measure(server: &Server, transfer: impl FnOnce() -> Result<Transfer, String>)
 // ---------------------------------------------------------------------------
 // The transfers (the tests' std-only client on plain HTTP)
 // ---------------------------------------------------------------------------
-
-/// The blob every case moves: a page-cached file of pseudo-random bytes.
-struct Source {
-    path: PathBuf,
-    bytes: u64,
-    digest: Digest,
-}
-
-impl Source {
-    /// Writes `bytes` pseudo-random bytes to `path` in 1 MiB pieces, hashing them as it
-    /// goes; the file stays in the page cache.
-    fn write(path: &Path, bytes: u64) -> Result<Source, String> {
-        const PIECE: u64 = 1 << 20;
-        let fail = |e: io::Error| format!("{}: {e}", path.display());
-        let mut file = File::create(path).map_err(fail)?;
-        let mut hasher = Hasher::sha256();
-        let mut written = 0;
-        while written < bytes {
-            let piece = pseudo_random_bytes(written / PIECE + 1, PIECE.min(bytes - written) as usize);
-            file.write_all(&piece).map_err(fail)?;
-            hasher.update(&piece);
-            written += piece.len() as u64;
-        }
-        drop(file);
-        settle()?;
-        Ok(Source {
-            path: path.to_path_buf(),
-            bytes,
-            digest: hasher.digest(),
-        })
-    }
-
-    fn open(&self) -> Result<File, String> {
-        File::open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))
-    }
-}
 
 /// One request without a body on `client`; an error unless the answer has `status`.
 fn exchange(client: &mut Conn, method: &str, path: &str, status: u16) -> Result<Response, String> {

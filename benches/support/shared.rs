@@ -1,16 +1,20 @@
 //! Small pieces the registry, transfer and gc benches share: settings from the
 //! environment, progress lines, the machine's description (its temporary
 //! directory's free space and file system too), `sync`, medians, a connection
-//! that reports failure as the bench's error, and a counting sink for bodies.
+//! that reports failure as the bench's error, a counting sink for bodies, and
+//! the page-cached blob the transfer and pull-through benches move (`Source`).
 //! Included by `#[path]` next to the tests' support, whose `common` module
 //! must sit at the crate root.
 
-use std::io::{self, ErrorKind, Read};
+use std::fs::File;
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::Conn;
+use angos::digest::{Digest, Hasher};
+
+use crate::common::{Conn, pseudo_random_bytes};
 
 /// `name` from the environment, `default` when unset, refused outside `min..=max`.
 pub fn env_number(name: &str, default: u64, min: u64, max: u64) -> Result<u64, String> {
@@ -119,4 +123,40 @@ pub fn median_of(mut values: Vec<f64>) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     Some(values[(values.len() - 1) / 2])
+}
+
+/// The blob a transfer or pull bench moves: a page-cached file of pseudo-random bytes.
+pub struct Source {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub digest: Digest,
+}
+
+impl Source {
+    /// Writes `bytes` pseudo-random bytes to `path` in 1 MiB pieces, hashing them as it
+    /// goes; the file stays in the page cache.
+    pub fn write(path: &Path, bytes: u64) -> Result<Source, String> {
+        const PIECE: u64 = 1 << 20;
+        let fail = |e: io::Error| format!("{}: {e}", path.display());
+        let mut file = File::create(path).map_err(fail)?;
+        let mut hasher = Hasher::sha256();
+        let mut written = 0;
+        while written < bytes {
+            let piece = pseudo_random_bytes(written / PIECE + 1, PIECE.min(bytes - written) as usize);
+            file.write_all(&piece).map_err(fail)?;
+            hasher.update(&piece);
+            written += piece.len() as u64;
+        }
+        drop(file);
+        settle()?;
+        Ok(Source {
+            path: path.to_path_buf(),
+            bytes,
+            digest: hasher.digest(),
+        })
+    }
+
+    pub fn open(&self) -> Result<File, String> {
+        File::open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))
+    }
 }

@@ -486,8 +486,7 @@ impl Application<'_> {
                         principal,
                         pending,
                     };
-                    let state = RequestState::Mirroring(Box::new(wait));
-                    return Reply::Resume(Request { info, state });
+                    return hold_for_mirror(wait, info);
                 }
             }
         }
@@ -518,23 +517,16 @@ impl Application<'_> {
 
     /// A request held for the pull-through cache: its fetch is decided.
     fn mirrored(&mut self, wait: MirrorWait, info: RequestInfo, now_ms: u64) -> Reply<Request> {
+        let Some(verdict) = wait.pending.verdict() else {
+            // Woken early (cannot happen): keep waiting.
+            return hold_for_mirror(wait, info);
+        };
         let MirrorWait {
             head,
             route,
             principal,
-            pending,
+            ..
         } = wait;
-        let Some(verdict) = pending.verdict() else {
-            // Woken early (cannot happen): keep waiting.
-            let wait = MirrorWait {
-                head,
-                route,
-                principal,
-                pending,
-            };
-            let state = RequestState::Mirroring(Box::new(wait));
-            return Reply::Resume(Request { info, state });
-        };
         use crate::mirror::Verdict;
         let (is_manifest, name, target) = match &route {
             Route::Manifest { name, reference } => (true, name.clone(), reference.clone()),
@@ -628,6 +620,12 @@ pub fn release(registry: &mut Registry, request: Request) {
     if let RequestState::Receiving(exchange) | RequestState::Syncing(exchange) = request.state {
         registry.abort(*exchange);
     }
+}
+
+/// Holds a request until the cache's fetch wakes it.
+fn hold_for_mirror(wait: MirrorWait, info: RequestInfo) -> Reply<Request> {
+    let state = RequestState::Mirroring(Box::new(wait));
+    Reply::Resume(Request { info, state })
 }
 
 fn settled(info: RequestInfo) -> Request {
