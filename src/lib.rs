@@ -16,6 +16,7 @@ pub mod dns;
 #[allow(unsafe_code)]
 pub mod entropy;
 pub mod event_webhook;
+pub mod hmac;
 pub mod http;
 pub mod logger;
 pub mod maintenance;

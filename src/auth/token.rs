@@ -14,7 +14,7 @@
 
 use super::password::constant_time_eq;
 use crate::digest::to_lower_hex as hex;
-use crate::event_webhook::signature::hmac_sha256;
+use crate::hmac::hmac_sha256;
 
 /// How long a token is good for (what `expires_in` says).
 pub const TOKEN_LIFETIME_SECS: u64 = 300;
