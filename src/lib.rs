@@ -27,6 +27,7 @@ pub mod pattern;
 pub mod reactor;
 pub mod registry;
 pub mod retention;
+pub mod s3;
 pub mod storage;
 pub mod timer;
 pub mod tls;
