@@ -3,3 +3,4 @@
 //! client carries its requests.
 
 pub mod sigv4;
+pub mod xml;
