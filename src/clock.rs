@@ -146,6 +146,16 @@ fn civil_from_days(days: u64) -> (u64, u32, u32) {
     (year, month as u32, day as u32)
 }
 
+/// The `x-amz-date` form of Unix seconds (ISO 8601 basic, UTC):
+/// `20260115T103000Z`.
+pub fn amz_date(unix_secs: u64) -> String {
+    let c = Civil::from_unix_secs(unix_secs);
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
 /// Formats Unix microseconds as RFC 3339 UTC with microseconds:
 /// `2026-01-15T10:30:00.123456Z`.
 pub fn rfc3339_utc(unix_micros: u64) -> String {

@@ -26,13 +26,27 @@ pub fn write_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) {
+    out.reserve(128 + body.len());
+    write_request_head(out, method, path_and_query, host, headers, body.len() as u64);
+    out.extend_from_slice(body);
+}
+
+/// Appends a request head like `write_request` does, announcing a body of
+/// `content_length` bytes that the caller sends after it (a streamed upload).
+pub fn write_request_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    path_and_query: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    content_length: u64,
+) {
     debug_assert!(is_token(method), "method {method:?} is not a token");
     debug_assert!(
         path_and_query.starts_with('/') && !path_and_query.bytes().any(|b| b.is_ascii_whitespace()),
         "request target {path_and_query:?} is not an origin-form path"
     );
     debug_assert!(is_field_value(host), "Host {host:?} contains CR, LF or NUL");
-    out.reserve(128 + body.len());
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(path_and_query.as_bytes());
@@ -60,9 +74,8 @@ pub fn write_request(
     // Always sent, even for an empty body: a POST without a length is a
     // request some servers wait on (or answer 411).
     out.extend_from_slice(b"Content-Length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(content_length.to_string().as_bytes());
     out.extend_from_slice(b"\r\nConnection: keep-alive\r\n\r\n");
-    out.extend_from_slice(body);
 }
 
 /// No CR, LF or NUL: the bytes that would end or corrupt the field line

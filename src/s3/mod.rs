@@ -2,5 +2,6 @@
 //! `sigv4`). The S3 storage backend builds on it; the reactor's outbound
 //! client carries its requests.
 
+pub mod api;
 pub mod sigv4;
 pub mod xml;
