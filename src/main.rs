@@ -126,6 +126,15 @@ fn load(files: &[PathBuf]) -> Option<config::Config> {
             for warning in &loaded.warnings {
                 log::warn!("{warning}");
             }
+            if loaded.config.storage.s3.is_some() {
+                // Refused rather than served from `root_dir`: content the
+                // operator meant for the bucket must not land on local disk.
+                log::error!(
+                    "invalid configuration: [blob_store.s3] is read and checked, but this build stores \
+                     content on the filesystem only (the S3 backend is in progress); use [blob_store.fs]"
+                );
+                return None;
+            }
             Some(loaded.config)
         }
         Err(error) => {

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod lifecycle;
+pub mod s3;
 pub mod upstream;
 pub mod webhook;
 
@@ -83,6 +84,9 @@ pub struct StorageConfig {
     /// Free space pushes must leave on the disk under `root_dir`; below it
     /// they are refused with 507 (`storage::space`).
     pub min_free_space: crate::storage::MinFreeSpace,
+    /// `[blob_store.s3]`: content in S3-compatible object storage instead
+    /// of under `root_dir`.
+    pub s3: Option<s3::S3Config>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +162,7 @@ impl Default for Config {
                 manifest_cache_size: 4 << 20,
                 listing_index_size: 16 << 20,
                 min_free_space: crate::storage::MinFreeSpace::DEFAULT,
+                s3: None,
             },
             global: GlobalConfig {
                 max_manifest_size: 5 * 1024 * 1024,
@@ -411,8 +416,17 @@ impl Builder {
         }
         if let Some(blob_store) = root.table("blob_store")? {
             let mut section = Section::new(file, "blob_store", blob_store);
-            if let Some(fs) = section.table("fs")? {
+            let fs = section.table("fs")?;
+            if let Some(fs) = fs {
                 self.apply_storage(file, fs)?;
+            }
+            if let Some(table) = section.table("s3")? {
+                if fs.is_some() {
+                    return Err(section.error("", "choose one backend: [blob_store.fs] or [blob_store.s3]"));
+                }
+                let mut s3 = Section::new(file, "blob_store.s3", table);
+                self.config.storage.s3 = Some(s3::parse_s3(&mut s3)?);
+                s3.finish(&mut self.warnings);
             }
             section.finish(&mut self.warnings);
         }
