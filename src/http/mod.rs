@@ -3,6 +3,7 @@
 
 pub mod chunked;
 pub mod client;
+pub mod exchange;
 pub mod fields;
 pub mod forwarded;
 pub mod oci_error;

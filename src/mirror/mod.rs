@@ -33,16 +33,13 @@ use crate::config::upstream::{MirrorConfig, UpstreamConfig};
 use crate::config::{Config, Scheme, WebhookUrl};
 use crate::digest::{Digest, Hasher};
 use crate::http::client::ResponseHead;
+pub use crate::http::exchange::{Answer, ExchangeId, Outgoing, Target};
 use crate::http::{Method, RequestHead, Response};
 use crate::metrics::{FamilyId, Metrics};
 use crate::registry::Registry;
 use crate::registry::reference::Reference;
 use crate::registry::route::Route;
 use crate::storage::UploadWriter;
-use crate::tls::ClientIdentity;
-
-/// One exchange with an upstream (or a token endpoint).
-pub type ExchangeId = u64;
 
 /// Manifest media types asked for when the client named none.
 const ACCEPT_DEFAULT: &str = "application/vnd.oci.image.index.v1+json, \
@@ -55,39 +52,6 @@ const TOKEN_BODY_MAX: usize = 64 * 1024;
 const CHECKED_TAGS_MAX: usize = 100_000;
 /// Errors kept per fetch for its final message.
 const ERRORS_KEPT: usize = 4;
-
-/// Where an exchange goes: a host and the TLS files for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub scheme: Scheme,
-    pub host: String,
-    pub port: u16,
-    pub ca_bundle: Option<PathBuf>,
-    pub client_identity: Option<ClientIdentity>,
-}
-
-/// What the reactor's outbound client is asked to do.
-#[derive(Debug)]
-pub enum Outgoing {
-    Send {
-        exchange: ExchangeId,
-        target: Target,
-        request: Vec<u8>,
-        head_request: bool,
-    },
-    /// Nobody wants the rest of this answer: close its connection.
-    Cancel { exchange: ExchangeId },
-}
-
-/// A piece of an exchange's answer, in order: `Head`, `Body`s, `End`; or
-/// `Failed` at any point.
-#[derive(Debug)]
-pub enum Answer {
-    Head(ResponseHead),
-    Body(Vec<u8>),
-    End,
-    Failed(String),
-}
 
 /// What a held request learns once its fetch is decided.
 #[derive(Debug, Clone)]

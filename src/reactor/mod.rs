@@ -365,7 +365,7 @@ impl<C: Clock> Reactor<C> {
             while let Some(outgoing) = self.mirror.poll_outgoing() {
                 progressed = true;
                 match outgoing {
-                    crate::mirror::Outgoing::Send {
+                    crate::http::exchange::Outgoing::Send {
                         exchange,
                         target,
                         request,
@@ -378,7 +378,7 @@ impl<C: Clock> Reactor<C> {
                         head_request,
                         now,
                     ),
-                    crate::mirror::Outgoing::Cancel { exchange } => {
+                    crate::http::exchange::Outgoing::Cancel { exchange } => {
                         self.outbound.cancel_exchange(self.poll.registry(), exchange)
                     }
                 }

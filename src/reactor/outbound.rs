@@ -24,7 +24,7 @@ use crate::config::{ClientIdentity, Scheme, WebhookConfig};
 use crate::dns::{LookupId, Resolver};
 use crate::event_webhook::dispatcher::{Action, AttemptResult, DeliveryId, Dispatcher};
 use crate::http::client::{ResponseDecoder, ResponseDone};
-use crate::mirror::{Answer as ExchangeEvent, ExchangeId, Target};
+use crate::http::exchange::{Answer as ExchangeEvent, ExchangeId, Target};
 
 /// Outbound connections at once, idle ones included; beyond it attempts fail.
 const CONNECTIONS_MAX: usize = 1024;
