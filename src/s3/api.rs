@@ -466,7 +466,7 @@ pub fn parse_upload_id(body: &[u8]) -> Result<String, String> {
 pub fn parse_complete(status: u16, body: &[u8]) -> Result<(), S3Error> {
     match xml::parse(body) {
         Ok(root) if status == 200 && root.name == "CompleteMultipartUploadResult" => Ok(()),
-        _ if status == 200 => Err(error_of(500, body)),
+        _ if status == 200 => Err(error_of(200, body)),
         _ => Err(error_of(status, body)),
     }
 }

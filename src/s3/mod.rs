@@ -3,5 +3,6 @@
 //! client carries its requests.
 
 pub mod api;
+pub mod client;
 pub mod sigv4;
 pub mod xml;
