@@ -18,6 +18,7 @@ const USAGE: &str = "usage: angos [-c FILE]... server
        angos [-c FILE]... webhook test NAME
        angos [-c FILE]... scrub [--commit]
        angos [-c FILE]... prune [--dry-run]
+       angos [-c FILE]... storage check
        angos webhook secret
        angos hash-password < PASSWORD_FILE
 
@@ -29,6 +30,10 @@ const USAGE: &str = "usage: angos [-c FILE]... server
   prune [--dry-run]   retention: remove the tags and manifests no rule of
                       retention_policy keeps (--dry-run lists them); also
                       `scrub --retention` and `policy --retention` (upstream's)
+  storage check       try what the registry needs of the [blob_store.s3] bucket
+                      (signed writes and reads, If-None-Match, ranges, listings,
+                      multipart, copies, presigned URLs) under a scratch prefix,
+                      and say what works
   webhook secret      print a new Standard Webhooks secret (whsec_...) for
                       [event_webhook.NAME] signing_secrets
   hash-password       read a password (first line of standard input) and print
@@ -88,6 +93,8 @@ fn main() -> ExitCode {
         ["scrub"] => scrub(&files, &flags),
         ["prune"] => prune(&files, &flags),
         ["webhook", "test", name] => test_webhook(&files, name),
+        ["storage", "check"] if flags.is_empty() => check_storage(&files),
+        ["storage", ..] => usage_error("the storage command is: angos [-c FILE]... storage check"),
         ["webhook", ..] => usage_error(
             "the webhook commands are: angos [-c FILE]... webhook test NAME, angos webhook secret",
         ),
@@ -121,19 +128,25 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn load(files: &[PathBuf]) -> Option<config::Config> {
+    let config = load_with_s3(files)?;
+    if config.storage.s3.is_some() {
+        // Refused rather than served from `root_dir`: content the
+        // operator meant for the bucket must not land on local disk.
+        log::error!(
+            "invalid configuration: [blob_store.s3] is read and checked, but this build stores \
+                     content on the filesystem only (the S3 backend is in progress); use [blob_store.fs]"
+        );
+        return None;
+    }
+    Some(config)
+}
+
+/// The configuration, `[blob_store.s3]` included (for `storage check`).
+fn load_with_s3(files: &[PathBuf]) -> Option<config::Config> {
     match config::load_files(files) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 log::warn!("{warning}");
-            }
-            if loaded.config.storage.s3.is_some() {
-                // Refused rather than served from `root_dir`: content the
-                // operator meant for the bucket must not land on local disk.
-                log::error!(
-                    "invalid configuration: [blob_store.s3] is read and checked, but this build stores \
-                     content on the filesystem only (the S3 backend is in progress); use [blob_store.fs]"
-                );
-                return None;
             }
             Some(loaded.config)
         }
@@ -141,6 +154,47 @@ fn load(files: &[PathBuf]) -> Option<config::Config> {
             log::error!("invalid configuration: {error}");
             None
         }
+    }
+}
+
+/// `angos storage check`: runs the bucket check and prints a line per step.
+fn check_storage(files: &[PathBuf]) -> ExitCode {
+    let Some(config) = load_with_s3(files) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(s3) = &config.storage.s3 else {
+        log::error!("no [blob_store.s3] is configured: there is no bucket to check");
+        return ExitCode::FAILURE;
+    };
+    println!(
+        "checking bucket {:?} at {} (region {:?})",
+        s3.bucket, s3.endpoint.text, s3.region
+    );
+    let reports = match angos::reactor::check_storage(s3, &SystemClock::new()) {
+        Ok(reports) => reports,
+        Err(error) => {
+            log::error!("storage check: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut passed = 0;
+    for report in &reports {
+        let mark = if report.ok { "ok  " } else { "FAIL" };
+        if report.ok {
+            passed += 1;
+        }
+        if report.detail.is_empty() {
+            println!("{mark} {}", report.name);
+        } else {
+            println!("{mark} {}: {}", report.name, report.detail);
+        }
+    }
+    let failed = reports.len() - passed;
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 && passed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

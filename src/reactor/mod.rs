@@ -12,6 +12,7 @@ mod output;
 mod ping;
 mod reload;
 mod signals;
+mod storage_check;
 mod transport;
 
 use std::io;
@@ -37,6 +38,7 @@ use crate::timer::{TimerKey, TimerWheel};
 use connection::{Connection, Next};
 pub use disk_space::disk_space;
 pub use ping::ping;
+pub use storage_check::check as check_storage;
 use transport::Transport;
 
 const LISTENER: Token = Token(0);

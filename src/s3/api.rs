@@ -85,6 +85,12 @@ pub enum Operation {
         key: String,
         upload_id: String,
     },
+    /// A GET by presigned URL (no credentials on the request itself), as a
+    /// client redirected to it sends: to check that such URLs work.
+    PresignedGet {
+        key: String,
+        expires_secs: u64,
+    },
 }
 
 /// A request ready to send: the head (and, for the operations whose body
@@ -127,6 +133,17 @@ impl Bucket {
 
     /// Signs `operation` at `unix_secs` into the bytes to send.
     pub fn prepare(&self, operation: &Operation, unix_secs: u64) -> Prepared {
+        if let Operation::PresignedGet { key, expires_secs } = operation {
+            let query = self.presigned_query(key, unix_secs, *expires_secs);
+            let target = format!("{}?{query}", self.path(key));
+            let mut bytes = Vec::new();
+            crate::http::client::write_request_head(&mut bytes, "GET", &target, &self.host_header(), &[], 0);
+            return Prepared {
+                bytes,
+                streamed_body: 0,
+                head_request: false,
+            };
+        }
         let amz_date = crate::clock::amz_date(unix_secs);
         let bucket_path = format!("/{}", sigv4::uri_encode(&self.name, false));
         let mut extra: Vec<(&str, String)> = Vec::new();
@@ -220,6 +237,7 @@ impl Bucket {
                 query.push(("uploadId", upload_id.clone()));
                 ("DELETE", self.path(key))
             }
+            Operation::PresignedGet { .. } => unreachable!("answered above"),
         };
         let host = self.host_header();
         let mut signed: Vec<(&str, &str)> = vec![
@@ -283,22 +301,24 @@ impl Bucket {
     /// A presigned GET of `key` valid `expires_secs` from `unix_secs`: the
     /// URL a client may be redirected to.
     pub fn presigned_get(&self, key: &str, unix_secs: u64, expires_secs: u64) -> String {
-        let path = self.path(key);
-        let host = self.host_header();
-        let query = sigv4::presigned_query(
-            &self.credentials,
-            "GET",
-            &host,
-            &path,
-            &[],
-            &crate::clock::amz_date(unix_secs),
-            expires_secs,
-        );
         let scheme = match self.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
         };
-        format!("{scheme}://{host}{path}?{query}")
+        let query = self.presigned_query(key, unix_secs, expires_secs);
+        format!("{scheme}://{}{}?{query}", self.host_header(), self.path(key))
+    }
+
+    fn presigned_query(&self, key: &str, unix_secs: u64, expires_secs: u64) -> String {
+        sigv4::presigned_query(
+            &self.credentials,
+            "GET",
+            &self.host_header(),
+            &self.path(key),
+            &[],
+            &crate::clock::amz_date(unix_secs),
+            expires_secs,
+        )
     }
 
     /// A listed key without the `key_prefix`.

@@ -3,6 +3,7 @@
 //! client carries its requests.
 
 pub mod api;
+pub mod check;
 pub mod client;
 pub mod sigv4;
 pub mod xml;
