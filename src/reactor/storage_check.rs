@@ -25,7 +25,7 @@ pub fn check(config: &S3Config, clock: &impl Clock) -> io::Result<Vec<StepReport
     let scratch = format!("_angos-check/{}/", crate::storage::random_hex(8));
     let mut check = Check::new(scratch);
     let unix_secs = || clock.unix_micros() / 1_000_000;
-    let Some((operation, body)) = check.next() else {
+    let Some((operation, body)) = check.next_operation() else {
         return Ok(check.reports);
     };
     client.submit(operation, body, clock.now_ms(), unix_secs());
@@ -53,7 +53,7 @@ pub fn check(config: &S3Config, clock: &impl Clock) -> io::Result<Vec<StepReport
             while let Some((_, outcome)) = client.poll_done() {
                 moved = true;
                 check.judge(client.bucket(), outcome);
-                match check.next() {
+                match check.next_operation() {
                     Some((operation, body)) => {
                         client.submit(operation, body, now, unix_secs());
                     }

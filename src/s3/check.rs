@@ -19,7 +19,7 @@ pub struct StepReport {
     pub detail: String,
 }
 
-/// The sequence; `next` gives the operation to run, `judge` its verdict.
+/// The sequence; `next_operation` gives the operation to run, `judge` its verdict.
 pub struct Check {
     scratch: String,
     step: usize,
@@ -69,7 +69,7 @@ impl Check {
     }
 
     /// The next operation and its body; `None` when every step and the clean-up ran.
-    pub fn next(&mut self) -> Option<(Operation, Vec<u8>)> {
+    pub fn next_operation(&mut self) -> Option<(Operation, Vec<u8>)> {
         if self.step >= STEPS.len() {
             // Clean-up: an upload left open, then every key written.
             if !self.upload_id.is_empty() {
@@ -157,7 +157,7 @@ impl Check {
         Some((operation, Vec::new()))
     }
 
-    /// Judges the outcome of what `next` gave last.
+    /// Judges the outcome of what `next_operation` gave last.
     pub fn judge(&mut self, bucket: &Bucket, outcome: Outcome) {
         if self.step >= STEPS.len() {
             if let (Some(key), Outcome::Failed(failure)) = (self.cleaning.last(), &outcome) {
