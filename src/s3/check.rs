@@ -271,3 +271,145 @@ impl Check {
         self.reports.len() >= STEPS.len() && self.reports.iter().all(|report| report.ok)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::client::ResponseHead;
+    use crate::s3::api::S3Error;
+
+    fn bucket() -> Bucket {
+        Bucket {
+            scheme: crate::config::Scheme::Http,
+            host: "h".into(),
+            port: 80,
+            name: "b".into(),
+            key_prefix: String::new(),
+            credentials: crate::s3::sigv4::Credentials {
+                access_key_id: "a".into(),
+                secret_key: "s".into(),
+                region: "r".into(),
+            },
+        }
+    }
+
+    fn done(status: u16, fields: &[(&str, &str)], length: Option<u64>, body: &[u8]) -> Outcome {
+        Outcome::Done {
+            head: ResponseHead {
+                status,
+                fields: fields
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                content_length: length,
+            },
+            body: body.to_vec(),
+        }
+    }
+
+    fn failed(status: u16, code: &str) -> Outcome {
+        Outcome::Failed(Failure::S3(S3Error {
+            status,
+            code: code.into(),
+            message: String::new(),
+        }))
+    }
+
+    /// The answer a conforming server gives to each step.
+    fn good_answer(step: usize) -> Outcome {
+        let listing = |key: &str, next: Option<&str>| {
+            let next = next.map_or(String::new(), |token| {
+                format!("<NextContinuationToken>{token}</NextContinuationToken>")
+            });
+            format!(
+                "<ListBucketResult><IsTruncated>{}</IsTruncated><Contents><Key>s/{key}</Key><Size>1</Size></Contents>{next}</ListBucketResult>",
+                !next.is_empty()
+            )
+        };
+        match step {
+            1 => failed(412, "PreconditionFailed"),
+            2 => done(200, &[], Some(3), b""),
+            3 => done(206, &[], Some(1), b"b"),
+            5 => done(200, &[], None, listing("a", Some("t")).as_bytes()),
+            6 => done(200, &[], None, listing("b", None).as_bytes()),
+            7 => done(
+                200,
+                &[],
+                None,
+                b"<InitiateMultipartUploadResult><UploadId>u</UploadId></InitiateMultipartUploadResult>",
+            ),
+            8 | 9 => done(200, &[("etag", "\"e\"")], Some(0), b""),
+            11 => done(200, &[], Some(PART_BYTES as u64 + 1), b""),
+            13 => done(200, &[], Some(3), b"abc"),
+            _ => done(200, &[], Some(0), b""),
+        }
+    }
+
+    #[test]
+    fn a_conforming_server_passes_every_step_and_everything_written_is_deleted() {
+        let mut check = Check::new("s/".into());
+        let mut step = 0;
+        let mut deleted = Vec::new();
+        while let Some((operation, _)) = check.next_operation() {
+            if let Operation::Delete { key } = &operation {
+                deleted.push(key.clone());
+                check.judge(&bucket(), done(204, &[], Some(0), b""));
+                continue;
+            }
+            check.judge(&bucket(), good_answer(step));
+            step += 1;
+        }
+        assert!(check.passed(), "{:?}", check.reports);
+        deleted.sort();
+        assert_eq!(deleted, ["s/a", "s/b", "s/big", "s/copy"]);
+    }
+
+    #[test]
+    fn a_server_without_conditional_writes_fails_that_step_only() {
+        let mut check = Check::new("s/".into());
+        let mut step = 0;
+        while let Some((operation, _)) = check.next_operation() {
+            let answer = match (&operation, step) {
+                (Operation::Delete { .. }, _) => done(204, &[], Some(0), b""),
+                (_, 1) => done(200, &[], Some(0), b""),
+                _ => good_answer(step),
+            };
+            if !matches!(operation, Operation::Delete { .. }) {
+                step += 1;
+            }
+            check.judge(&bucket(), answer);
+        }
+        let failed: Vec<&str> = check.reports.iter().filter(|r| !r.ok).map(|r| r.name).collect();
+        assert_eq!(failed, [STEPS[1]]);
+        assert!(!check.passed());
+    }
+
+    #[test]
+    fn a_failure_mid_upload_stops_and_aborts_the_upload_then_deletes() {
+        let mut check = Check::new("s/".into());
+        let mut step = 0;
+        let mut cleanup = Vec::new();
+        while let Some((operation, _)) = check.next_operation() {
+            if step > 8
+                || matches!(
+                    operation,
+                    Operation::Delete { .. } | Operation::AbortMultipart { .. }
+                )
+            {
+                cleanup.push(operation);
+                check.judge(&bucket(), done(204, &[], Some(0), b""));
+                continue;
+            }
+            let answer = if step == 8 {
+                failed(500, "InternalError")
+            } else {
+                good_answer(step)
+            };
+            check.judge(&bucket(), answer);
+            step += 1;
+        }
+        assert!(matches!(&cleanup[0], Operation::AbortMultipart { upload_id, .. } if upload_id == "u"));
+        assert_eq!(cleanup.len(), 3, "abort, then delete a and b: {cleanup:?}");
+        assert_eq!(check.reports.last().map(|r| r.ok), Some(false));
+    }
+}
