@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need when it is missing (skopeo, distribution's
-# docker-registry, containerd, htpasswd and socat from Debian's packages, the oras Python
-# library and the webhook receivers' libraries from PyPI, the Adaptive Cards library
-# from npm), then runs the whole test suite.
+# docker-registry, containerd, htpasswd, socat and curl from Debian's packages, the oras
+# Python library and the webhook receivers' libraries from PyPI, the Adaptive Cards
+# library from npm, the Garage S3 server from crates.io), then runs the whole test suite.
 # Safe to run again: nothing is installed twice. An install that fails stops here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +37,7 @@ apt_install() {
 # htpasswd users made by apache2-utils' `htpasswd -B` (bcrypt, the only hash it
 # takes); containerd gives `containerd` and `ctr`, the client that mirrors with
 # hosts.toml and `?ns=`; socat puts the tests' redirecting upstream behind TLS.
+# curl: scripts/s3-server.sh waits on the S3 server's health endpoint with it.
 missing=()
 command -v skopeo >/dev/null 2>&1 || missing+=(skopeo)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
@@ -47,6 +48,7 @@ command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 { command -v containerd && command -v ctr; } >/dev/null 2>&1 || missing+=(containerd)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
@@ -76,6 +78,12 @@ fi
 if ! npm ls --prefix tests/e2e/node >/dev/null 2>&1; then
     npm ci --prefix tests/e2e/node --no-audit --no-fund
 fi
+
+# The S3-compatible server the S3 backend's tests run against (issue 16): Garage,
+# built from crates.io into ~/.cargo/bin by its first run (minutes) and reused after
+# (nothing is built when the pinned version is there). The tests start their own
+# servers with `scripts/s3-server.sh start DIR`.
+scripts/s3-server.sh install
 
 # tests/e2e/slow_clients.rs holds 1,000 idle connections open on both ends.
 if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then

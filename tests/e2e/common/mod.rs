@@ -8,6 +8,7 @@
 pub mod hostile;
 pub mod maintenance;
 pub mod rng;
+pub mod s3;
 pub mod upstreams;
 
 use std::collections::hash_map::RandomState;
