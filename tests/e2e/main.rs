@@ -43,6 +43,7 @@ mod retention;
 mod s3_server;
 mod scrub;
 mod slow_clients;
+mod storage_check;
 mod tls_inbound;
 mod webhook_formats;
 mod webhook_simulation;
