@@ -19,6 +19,7 @@ pub use upstream::MirrorConfig;
 use webhook::parse_client_identity;
 pub use webhook::{
     ClientIdentity, Format, Policy, RepositoryConfig, Scheme, SigningSecret, WebhookConfig, WebhookUrl,
+    host_header,
 };
 
 /// The validated configuration the server runs on.

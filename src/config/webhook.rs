@@ -117,20 +117,26 @@ impl WebhookUrl {
 
     /// The `Host` header value: the port only when it is not the default.
     pub fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let default_port = match self.scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        };
-        if self.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        host_header(self.scheme, &self.host, self.port)
+    }
+}
+
+/// A `Host` header value: IPv6 literals bracketed, the port only when it is
+/// not the scheme's default.
+pub fn host_header(scheme: Scheme, host: &str, port: u16) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let default_port = match scheme {
+        Scheme::Http => 80,
+        Scheme::Https => 443,
+    };
+    if port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
     }
 }
 

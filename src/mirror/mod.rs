@@ -137,20 +137,7 @@ struct Location {
 
 impl Location {
     fn host_header(&self) -> String {
-        let default = match self.scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        crate::config::host_header(self.scheme, &self.host, self.port)
     }
 
     fn same_origin(&self, other: &Location) -> bool {

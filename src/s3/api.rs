@@ -106,20 +106,7 @@ pub struct Prepared {
 impl Bucket {
     /// The `Host` header: the port only when not the scheme's default.
     pub fn host_header(&self) -> String {
-        let default = match self.scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        crate::config::host_header(self.scheme, &self.host, self.port)
     }
 
     /// The path of `key`: `/<bucket>/<prefix><key>`, percent-encoded.
