@@ -7,3 +7,6 @@ pub mod check;
 pub mod client;
 pub mod sigv4;
 pub mod xml;
+
+#[cfg(test)]
+pub mod fake;
