@@ -22,6 +22,7 @@
 //! ```
 
 mod atomic;
+pub mod bucket;
 mod cache;
 pub mod listing;
 mod manifests;

@@ -1,0 +1,756 @@
+//! The bucket's objects as the registry's operations see them: reads that
+//! either answer from what was fetched or say "not yet" (and start the
+//! fetch), and writes recorded per request so that running the request
+//! again finds them done. This is how a registry operation waits on the
+//! network without being rewritten as a state machine: it runs on what is
+//! known, stops at the first read or write that must wait (`Pending`), and
+//! is run again, whole, when what it waited for has come (`take_woken`).
+//! Each run reads more from memory and goes further, until it answers.
+//!
+//! Freshness: content (keys named by digest) never changes once written,
+//! so what was read of it serves every later request. Anything else (tags,
+//! links, listings) serves a request only if its fetch was sent no earlier
+//! than `max_age_ms` before the request arrived: with 0, each request reads
+//! what the bucket held when it arrived or later, whichever replica wrote
+//! it. A request's own writes are visible to its next run at once.
+//!
+//! Sans-IO: the S3 client inside takes answers and time from the caller.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+
+use crate::http::exchange::{Answer, ExchangeId, Outgoing};
+use crate::s3::api::{Listed, Operation, parse_listing};
+use crate::s3::client::{Client, Failure, OpId, Outcome};
+
+/// A request that runs on the bucket: a connection's slot and generation,
+/// or an internal job's pair (the caller's numbering).
+pub type Holder = (usize, u64);
+
+/// Why a read or write could not answer now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// What it needs is being fetched or written: run the request again
+    /// when its holder is woken.
+    Pending,
+    /// The bucket failed this request (after the client's retries).
+    Unavailable(String),
+}
+
+/// Listing pages one listing may collect (1,000 keys each): a bound on the
+/// memory one listing takes.
+pub const LISTING_PAGES_MAX: usize = 100;
+
+/// What is known of one key or prefix.
+#[derive(Debug, Clone)]
+enum Known {
+    Object(Rc<[u8]>),
+    /// A `HEAD`: the object's size.
+    Size(u64),
+    Absent,
+    Listing(Rc<Vec<Listed>>),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    known: Known,
+    /// When the request that learnt it was sent (monotonic ms).
+    sent_ms: u64,
+}
+
+/// What a fetch asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Want {
+    Object(String),
+    Size(String),
+    List(String),
+}
+
+struct Fetch {
+    want: Want,
+    sent_ms: u64,
+    holders: Vec<Holder>,
+    /// A listing's pages so far.
+    listed: Vec<Listed>,
+    pages: usize,
+}
+
+/// A write one holder asked for, by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Written {
+    InFlight,
+    Done,
+    /// `true`: a create-once put found the object already there.
+    Exists,
+    Failed(String),
+}
+
+struct Write {
+    holder: Holder,
+    key: String,
+    /// What is written (for the cache), `None` for a delete.
+    bytes: Option<Rc<[u8]>>,
+    if_absent: bool,
+}
+
+enum Job {
+    Fetch(Fetch),
+    Write(Write),
+}
+
+/// Mutable state behind `&self` reads (the registry reads through shared
+/// references).
+struct State {
+    client: Client,
+    now_ms: u64,
+    unix_secs: u64,
+    max_age_ms: u64,
+    /// Known objects, listings and sizes.
+    entries: HashMap<Want, Entry>,
+    /// Bytes held by `Known::Object` entries and listings, and their bound.
+    held_bytes: usize,
+    budget_bytes: usize,
+    /// Order of insertion, for eviction (oldest first).
+    order: VecDeque<Want>,
+    jobs: HashMap<OpId, Job>,
+    /// The fetch in flight for each want, to join.
+    fetching: HashMap<Want, OpId>,
+    /// The request running now, and when it arrived.
+    current: Option<(Holder, u64)>,
+    /// Jobs each parked holder waits for.
+    waiting: HashMap<Holder, usize>,
+    /// Why a holder's fetch failed; its next run answers with it.
+    failures: HashMap<Holder, String>,
+    /// Writes each holder made, by key.
+    writes: HashMap<Holder, HashMap<String, Written>>,
+    woken: Vec<Holder>,
+}
+
+pub struct Objects {
+    state: RefCell<State>,
+}
+
+impl Objects {
+    /// `budget_bytes`: what known objects and listings may hold in memory.
+    pub fn new(client: Client, max_age_ms: u64, budget_bytes: usize) -> Objects {
+        Objects {
+            state: RefCell::new(State {
+                client,
+                now_ms: 0,
+                unix_secs: 0,
+                max_age_ms,
+                entries: HashMap::new(),
+                held_bytes: 0,
+                budget_bytes,
+                order: VecDeque::new(),
+                jobs: HashMap::new(),
+                fetching: HashMap::new(),
+                current: None,
+                waiting: HashMap::new(),
+                failures: HashMap::new(),
+                writes: HashMap::new(),
+                woken: Vec::new(),
+            }),
+        }
+    }
+
+    pub fn set_time(&self, now_ms: u64, unix_secs: u64) {
+        let mut state = self.state.borrow_mut();
+        state.now_ms = now_ms;
+        state.unix_secs = unix_secs;
+    }
+
+    /// The request that runs next, arrived at `arrived_ms`: its reads and
+    /// writes are charged to `holder` until `leave`.
+    pub fn enter(&self, holder: Holder, arrived_ms: u64) {
+        self.state.borrow_mut().current = Some((holder, arrived_ms));
+    }
+
+    /// The run is over: `true` when it waits (its holder will be woken).
+    pub fn leave(&self) -> bool {
+        let mut state = self.state.borrow_mut();
+        let Some((holder, _)) = state.current.take() else {
+            return false;
+        };
+        state.waiting.get(&holder).is_some_and(|&jobs| jobs > 0)
+    }
+
+    /// Forgets what `holder`'s runs recorded (its request answered).
+    pub fn release(&self, holder: Holder) {
+        let mut state = self.state.borrow_mut();
+        state.failures.remove(&holder);
+        state.writes.remove(&holder);
+        state.waiting.remove(&holder);
+        for job in state.jobs.values_mut() {
+            if let Job::Fetch(fetch) = job {
+                fetch.holders.retain(|waiting| *waiting != holder);
+            }
+        }
+    }
+
+    /// Holders whose every job ended: run their requests again.
+    pub fn take_woken(&self) -> Vec<Holder> {
+        std::mem::take(&mut self.state.borrow_mut().woken)
+    }
+
+    // ---- reads ----------------------------------------------------------
+
+    /// The object's bytes, `None` when absent. `immutable`: named by its
+    /// digest, so any earlier read of it stands.
+    pub fn get(&self, key: &str, immutable: bool) -> Result<Option<Rc<[u8]>>, Wait> {
+        match self.read(Want::Object(key.to_string()), immutable)? {
+            Known::Object(bytes) => Ok(Some(bytes)),
+            Known::Absent => Ok(None),
+            Known::Size(_) | Known::Listing(_) => Err(Wait::Unavailable("not an object".into())),
+        }
+    }
+
+    /// The object's size (a `HEAD`), `None` when absent.
+    pub fn size(&self, key: &str, immutable: bool) -> Result<Option<u64>, Wait> {
+        let want_object = Want::Object(key.to_string());
+        // A known body answers too.
+        if let Some(known) = self.fresh(&want_object, immutable) {
+            match known {
+                Known::Object(bytes) => return Ok(Some(bytes.len() as u64)),
+                Known::Absent => return Ok(None),
+                _ => {}
+            }
+        }
+        match self.read(Want::Size(key.to_string()), immutable)? {
+            Known::Size(size) => Ok(Some(size)),
+            Known::Absent => Ok(None),
+            Known::Object(bytes) => Ok(Some(bytes.len() as u64)),
+            Known::Listing(_) => Err(Wait::Unavailable("not an object".into())),
+        }
+    }
+
+    /// Every object under `prefix`, in key order (every page).
+    pub fn list(&self, prefix: &str) -> Result<Rc<Vec<Listed>>, Wait> {
+        match self.read(Want::List(prefix.to_string()), false)? {
+            Known::Listing(listed) => Ok(listed),
+            _ => Err(Wait::Unavailable("not a listing".into())),
+        }
+    }
+
+    fn fresh(&self, want: &Want, immutable: bool) -> Option<Known> {
+        let state = self.state.borrow();
+        let arrived_ms = state.current.map_or(0, |(_, arrived)| arrived);
+        let entry = state.entries.get(want)?;
+        let stands = match entry.known {
+            // An absence is never final: the content may be written since.
+            Known::Absent => false,
+            _ => immutable,
+        };
+        (stands || entry.sent_ms.saturating_add(state.max_age_ms) >= arrived_ms).then(|| entry.known.clone())
+    }
+
+    fn read(&self, want: Want, immutable: bool) -> Result<Known, Wait> {
+        if let Some(known) = self.fresh(&want, immutable) {
+            return Ok(known);
+        }
+        let mut state = self.state.borrow_mut();
+        let Some((holder, arrived_ms)) = state.current else {
+            return Err(Wait::Unavailable("a bucket read outside a request".into()));
+        };
+        if let Some(reason) = state.failures.get(&holder) {
+            return Err(Wait::Unavailable(reason.clone()));
+        }
+        // Join a fetch sent recently enough, or send one.
+        let joinable = state.fetching.get(&want).copied().filter(|op| {
+            matches!(state.jobs.get(op), Some(Job::Fetch(fetch))
+                if fetch.sent_ms.saturating_add(state.max_age_ms) >= arrived_ms || immutable)
+        });
+        let op = match joinable {
+            Some(op) => op,
+            None => {
+                let op = state.send(&want);
+                state.fetching.insert(want.clone(), op);
+                op
+            }
+        };
+        if let Some(Job::Fetch(fetch)) = state.jobs.get_mut(&op)
+            && !fetch.holders.contains(&holder)
+        {
+            fetch.holders.push(holder);
+            *state.waiting.entry(holder).or_insert(0) += 1;
+        }
+        Err(Wait::Pending)
+    }
+
+    // ---- writes ---------------------------------------------------------
+
+    /// Writes `bytes` at `key`; with `if_absent`, only if nothing is there
+    /// (`Ok(false)`: something was). Done once per request: its next runs
+    /// find the result.
+    pub fn put(&self, key: &str, bytes: Rc<[u8]>, if_absent: bool) -> Result<bool, Wait> {
+        self.write(key, Some(bytes), if_absent)
+            .map(|written| written != Written::Exists)
+    }
+
+    /// Removes `key` (absent already is fine).
+    pub fn delete(&self, key: &str) -> Result<(), Wait> {
+        self.write(key, None, false).map(|_| ())
+    }
+
+    fn write(&self, key: &str, bytes: Option<Rc<[u8]>>, if_absent: bool) -> Result<Written, Wait> {
+        let mut state = self.state.borrow_mut();
+        let Some((holder, _)) = state.current else {
+            return Err(Wait::Unavailable("a bucket write outside a request".into()));
+        };
+        match state.writes.get(&holder).and_then(|writes| writes.get(key)) {
+            Some(Written::InFlight) => return Err(Wait::Pending),
+            Some(Written::Failed(reason)) => return Err(Wait::Unavailable(reason.clone())),
+            Some(done) => return Ok(done.clone()),
+            None => {}
+        }
+        let (now_ms, unix_secs) = (state.now_ms, state.unix_secs);
+        let operation = match &bytes {
+            Some(bytes) => Operation::Put {
+                key: key.to_string(),
+                length: bytes.len() as u64,
+                sha256: Some(crate::digest::Digest::sha256_of(bytes).hex().to_string()),
+                if_absent,
+            },
+            None => Operation::Delete { key: key.to_string() },
+        };
+        let body = bytes.as_deref().map(<[u8]>::to_vec).unwrap_or_default();
+        let op = state.client.submit(operation, body, now_ms, unix_secs);
+        state.jobs.insert(
+            op,
+            Job::Write(Write {
+                holder,
+                key: key.to_string(),
+                bytes,
+                if_absent,
+            }),
+        );
+        state
+            .writes
+            .entry(holder)
+            .or_default()
+            .insert(key.to_string(), Written::InFlight);
+        *state.waiting.entry(holder).or_insert(0) += 1;
+        Err(Wait::Pending)
+    }
+
+    // ---- the client's side ------------------------------------------------
+
+    pub fn poll_outgoing(&self) -> Option<Outgoing> {
+        self.state.borrow_mut().client.poll_outgoing()
+    }
+
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.state.borrow().client.poll_timeout()
+    }
+
+    pub fn has_work(&self) -> bool {
+        let state = self.state.borrow();
+        state.client.has_work() || !state.woken.is_empty()
+    }
+
+    pub fn handle_answer(&self, exchange: ExchangeId, answer: Answer) {
+        let mut state = self.state.borrow_mut();
+        let now_ms = state.now_ms;
+        state.client.handle_answer(exchange, answer, now_ms);
+        state.settle();
+    }
+
+    pub fn handle_timeout(&self) {
+        let mut state = self.state.borrow_mut();
+        let (now_ms, unix_secs) = (state.now_ms, state.unix_secs);
+        state.client.handle_timeout(now_ms, unix_secs);
+        state.settle();
+    }
+}
+
+impl State {
+    fn send(&mut self, want: &Want) -> OpId {
+        let operation = match want {
+            Want::Object(key) => Operation::Get {
+                key: key.clone(),
+                range: None,
+            },
+            Want::Size(key) => Operation::Head { key: key.clone() },
+            Want::List(prefix) => list_page(prefix, None),
+        };
+        let op = self
+            .client
+            .submit(operation, Vec::new(), self.now_ms, self.unix_secs);
+        self.jobs.insert(
+            op,
+            Job::Fetch(Fetch {
+                want: want.clone(),
+                sent_ms: self.now_ms,
+                holders: Vec::new(),
+                listed: Vec::new(),
+                pages: 0,
+            }),
+        );
+        op
+    }
+
+    /// Takes the client's finished operations into entries and writes, and
+    /// wakes the holders they were the last wait of.
+    fn settle(&mut self) {
+        while let Some((op, outcome)) = self.client.poll_done() {
+            let Some(job) = self.jobs.remove(&op) else {
+                continue;
+            };
+            match job {
+                Job::Fetch(fetch) => self.fetched(op, fetch, outcome),
+                Job::Write(write) => self.written(write, outcome),
+            }
+        }
+    }
+
+    fn fetched(&mut self, op: OpId, mut fetch: Fetch, outcome: Outcome) {
+        let known = match outcome {
+            Outcome::Done { head, body } => match &fetch.want {
+                Want::Object(_) => Ok(Known::Object(body.into())),
+                Want::Size(_) => head
+                    .content_length
+                    .map(Known::Size)
+                    .ok_or_else(|| "S3 answered a HEAD without Content-Length".to_string()),
+                Want::List(prefix) => match parse_listing(self.client.bucket(), &body) {
+                    Ok(page) => {
+                        fetch.listed.extend(page.objects);
+                        fetch.pages += 1;
+                        match page.next {
+                            Some(_) if fetch.pages >= LISTING_PAGES_MAX => Err(format!(
+                                "more than {} keys under {prefix}",
+                                LISTING_PAGES_MAX * crate::s3::api::LIST_PAGE_MAX as usize
+                            )),
+                            Some(next) => {
+                                // The next page: the same fetch goes on.
+                                let operation = list_page(prefix, Some(next));
+                                let next_op =
+                                    self.client
+                                        .submit(operation, Vec::new(), self.now_ms, self.unix_secs);
+                                let want = fetch.want.clone();
+                                self.jobs.insert(next_op, Job::Fetch(fetch));
+                                if self.fetching.get(&want) == Some(&op) {
+                                    self.fetching.insert(want, next_op);
+                                }
+                                return;
+                            }
+                            None => Ok(Known::Listing(Rc::new(std::mem::take(&mut fetch.listed)))),
+                        }
+                    }
+                    Err(why) => Err(format!("S3 listing of {prefix}: {why}")),
+                },
+            },
+            Outcome::Failed(Failure::S3(error)) if error.is_not_found() => Ok(Known::Absent),
+            Outcome::Failed(failure) => Err(failure.to_string()),
+        };
+        if self.fetching.get(&fetch.want) == Some(&op) {
+            self.fetching.remove(&fetch.want);
+        }
+        match known {
+            Ok(known) => self.remember(fetch.want.clone(), known, fetch.sent_ms),
+            Err(reason) => {
+                for holder in &fetch.holders {
+                    self.failures.insert(*holder, reason.clone());
+                }
+            }
+        }
+        for holder in fetch.holders {
+            self.done_waiting(holder);
+        }
+    }
+
+    fn written(&mut self, write: Write, outcome: Outcome) {
+        let result = match outcome {
+            Outcome::Done { .. } => Written::Done,
+            Outcome::Failed(Failure::S3(error)) if write.if_absent && error.is_precondition_failed() => {
+                Written::Exists
+            }
+            // Removing what is not there is done.
+            Outcome::Failed(Failure::S3(error)) if write.bytes.is_none() && error.is_not_found() => {
+                Written::Done
+            }
+            Outcome::Failed(failure) => Written::Failed(failure.to_string()),
+        };
+        if result == Written::Done {
+            // What this replica wrote is what its next reads see.
+            let known = match &write.bytes {
+                Some(bytes) => Known::Object(bytes.clone()),
+                None => Known::Absent,
+            };
+            self.forget_listings_above(&write.key);
+            self.entries.remove(&Want::Size(write.key.clone()));
+            self.remember(Want::Object(write.key.clone()), known, self.now_ms);
+        }
+        if let Some(writes) = self.writes.get_mut(&write.holder) {
+            writes.insert(write.key, result);
+            self.done_waiting(write.holder);
+        }
+    }
+
+    /// Listings that hold `key` are out of date once it is written.
+    fn forget_listings_above(&mut self, key: &str) {
+        self.entries
+            .retain(|want, _| !matches!(want, Want::List(prefix) if key.starts_with(prefix.as_str())));
+    }
+
+    fn done_waiting(&mut self, holder: Holder) {
+        if let Some(jobs) = self.waiting.get_mut(&holder) {
+            *jobs = jobs.saturating_sub(1);
+            if *jobs == 0 {
+                self.waiting.remove(&holder);
+                self.woken.push(holder);
+            }
+        }
+    }
+
+    fn remember(&mut self, want: Want, known: Known, sent_ms: u64) {
+        let bytes = weight(&known);
+        if let Some(old) = self.entries.remove(&want) {
+            self.held_bytes -= weight(&old.known);
+        } else {
+            self.order.push_back(want.clone());
+        }
+        self.held_bytes += bytes;
+        self.entries.insert(want, Entry { known, sent_ms });
+        self.evict();
+    }
+
+    /// Oldest first, until the budget holds; what waiting requests need
+    /// again is fetched again (slower, never wrong).
+    fn evict(&mut self) {
+        while self.held_bytes > self.budget_bytes {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(entry) = self.entries.remove(&oldest) {
+                self.held_bytes -= weight(&entry.known);
+            }
+        }
+        // Keys removed by `forget_listings_above` leave stale order entries.
+        if self.order.len() > 2 * self.entries.len() + 64 {
+            let entries = &self.entries;
+            self.order.retain(|want| entries.contains_key(want));
+        }
+    }
+}
+
+/// Memory an entry holds, roughly: its bytes and its keys.
+fn weight(known: &Known) -> usize {
+    const ENTRY_OVERHEAD: usize = 64;
+    ENTRY_OVERHEAD
+        + match known {
+            Known::Object(bytes) => bytes.len(),
+            Known::Listing(listed) => listed.iter().map(|item| item.key.len() + 48).sum(),
+            Known::Size(_) | Known::Absent => 0,
+        }
+}
+
+fn list_page(prefix: &str, continuation: Option<String>) -> Operation {
+    Operation::List {
+        prefix: prefix.to_string(),
+        delimiter: None,
+        continuation,
+        start_after: None,
+        max_keys: crate::s3::api::LIST_PAGE_MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Rig, UNIX_SECS, client};
+    use super::*;
+    use crate::s3::fake::Faults;
+
+    const A: Holder = (1, 1);
+    const B: Holder = (2, 1);
+
+    fn objects(max_age_ms: u64) -> Objects {
+        Objects::new(client(3, 1), max_age_ms, 1 << 20)
+    }
+
+    /// Runs `read` as `holder` arrived at `arrived_ms` until it stops
+    /// waiting, pumping the fake in between.
+    fn settle<T>(
+        rig: &mut Rig,
+        objects: &Objects,
+        holder: Holder,
+        arrived_ms: u64,
+        read: impl Fn() -> Result<T, Wait>,
+    ) -> Result<T, Wait> {
+        for _ in 0..50 {
+            objects.set_time(rig.now_ms, UNIX_SECS);
+            objects.enter(holder, arrived_ms);
+            let result = read();
+            let waits = objects.leave();
+            match result {
+                Err(Wait::Pending) => {
+                    assert!(waits, "a pending read parks its holder");
+                    rig.pump(objects);
+                    assert!(objects.take_woken().contains(&holder));
+                }
+                other => return other,
+            }
+        }
+        panic!("never settled");
+    }
+
+    #[test]
+    fn a_read_waits_once_then_answers_and_a_write_is_seen_by_the_next_read() {
+        let mut rig = Rig::new(Faults::default(), 1);
+        let objects = objects(0);
+        let got = settle(&mut rig, &objects, A, 1_000, || objects.get("k", false));
+        assert_eq!(got, Ok(None));
+        let bytes: Rc<[u8]> = Rc::from(&b"v1\n"[..]);
+        let put = settle(&mut rig, &objects, A, 1_000, || {
+            objects.put("k", bytes.clone(), false)
+        });
+        assert_eq!(put, Ok(true));
+        assert_eq!(rig.fake.objects.get("k").map(Vec::as_slice), Some(&b"v1\n"[..]));
+        // The same request reads its write without asking the bucket.
+        let requests = rig.fake.requests;
+        objects.enter(A, 1_000);
+        assert_eq!(objects.get("k", false), Ok(Some(bytes.clone())));
+        assert!(!objects.leave());
+        assert_eq!(rig.fake.requests, requests);
+    }
+
+    #[test]
+    fn mutable_keys_are_read_again_for_a_later_request_unless_young_enough() {
+        let mut rig = Rig::new(Faults::default(), 1);
+        rig.fake.objects.insert("tag".into(), b"one".to_vec());
+        let strict = objects(0);
+        assert_eq!(
+            settle(&mut rig, &strict, A, 1_000, || strict.get("tag", false)),
+            Ok(Some(Rc::from(&b"one"[..])))
+        );
+        // Another replica moves the tag.
+        rig.fake.objects.insert("tag".into(), b"two".to_vec());
+        rig.now_ms += 10;
+        let later = rig.now_ms;
+        assert_eq!(
+            settle(&mut rig, &strict, B, later, || strict.get("tag", false)),
+            Ok(Some(Rc::from(&b"two"[..])))
+        );
+        // With a 5 s bound, a request within it is served what was read.
+        let lenient = objects(5_000);
+        rig.fake.objects.insert("tag".into(), b"one".to_vec());
+        let now = rig.now_ms;
+        settle(&mut rig, &lenient, A, now, || lenient.get("tag", false)).unwrap();
+        rig.fake.objects.insert("tag".into(), b"two".to_vec());
+        let soon = rig.now_ms + 4_000;
+        objects_serve(&lenient, B, soon, "tag", b"one");
+        let late = rig.now_ms + 6_000;
+        lenient.enter(B, late);
+        assert_eq!(lenient.get("tag", false), Err(Wait::Pending));
+        lenient.leave();
+    }
+
+    fn objects_serve(objects: &Objects, holder: Holder, arrived_ms: u64, key: &str, bytes: &[u8]) {
+        objects.enter(holder, arrived_ms);
+        assert_eq!(objects.get(key, false), Ok(Some(Rc::from(bytes))));
+        assert!(!objects.leave());
+    }
+
+    #[test]
+    fn content_read_once_stands_and_an_absence_never_does() {
+        let mut rig = Rig::new(Faults::default(), 1);
+        let objects = objects(0);
+        assert_eq!(
+            settle(&mut rig, &objects, A, 1_000, || objects.get("blob", true)),
+            Ok(None)
+        );
+        rig.fake.objects.insert("blob".into(), b"content".to_vec());
+        let later = rig.now_ms + 60_000;
+        assert_eq!(
+            settle(&mut rig, &objects, B, later, || objects.get("blob", true)),
+            Ok(Some(Rc::from(&b"content"[..])))
+        );
+        let requests = rig.fake.requests;
+        objects.enter(A, later + 600_000);
+        assert_eq!(objects.get("blob", true), Ok(Some(Rc::from(&b"content"[..]))));
+        assert!(!objects.leave());
+        let size = settle(&mut rig, &objects, A, later + 600_000, || {
+            objects.size("blob", true)
+        });
+        assert_eq!(size, Ok(Some(7)));
+        assert_eq!(rig.fake.requests, requests, "content is not asked for again");
+    }
+
+    #[test]
+    fn requests_for_one_key_share_one_fetch() {
+        let mut rig = Rig::new(Faults::default(), 1);
+        rig.fake.objects.insert("k".into(), b"v".to_vec());
+        let objects = objects(0);
+        objects.set_time(1_000, UNIX_SECS);
+        for holder in [A, B] {
+            objects.enter(holder, 1_000);
+            assert_eq!(objects.get("k", false), Err(Wait::Pending));
+            assert!(objects.leave());
+        }
+        rig.pump(&objects);
+        assert_eq!(rig.fake.requests, 1);
+        let mut woken = objects.take_woken();
+        woken.sort();
+        assert_eq!(woken, vec![A, B]);
+        objects_serve(&objects, B, 1_000, "k", b"v");
+    }
+
+    #[test]
+    fn a_listing_collects_every_page_in_key_order_and_a_write_beneath_it_is_listed_next_time() {
+        let mut rig = Rig::new(Faults::default(), 1);
+        for index in 0..2_500 {
+            rig.fake.objects.insert(format!("p/{index:05}"), Vec::new());
+        }
+        rig.fake.objects.insert("q/other".into(), Vec::new());
+        let objects = objects(60_000);
+        let listed = settle(&mut rig, &objects, A, 1_000, || objects.list("p/")).unwrap();
+        assert_eq!(listed.len(), 2_500);
+        assert!(listed.windows(2).all(|pair| pair[0].key < pair[1].key));
+        assert_eq!(rig.fake.requests, 3);
+        settle(&mut rig, &objects, A, 1_000, || {
+            objects.put("p/new", Rc::from(&b""[..]), false)
+        })
+        .unwrap();
+        let listed = settle(&mut rig, &objects, B, 1_000, || objects.list("p/")).unwrap();
+        assert_eq!(listed.len(), 2_501);
+    }
+
+    #[test]
+    fn a_failed_fetch_fails_its_request_and_only_its_request() {
+        let mut rig = Rig::new(
+            Faults {
+                throttled: 1000,
+                lost: 0,
+            },
+            1,
+        );
+        let objects = objects(0);
+        let got = settle(&mut rig, &objects, A, 1_000, || objects.get("k", false));
+        let Err(Wait::Unavailable(reason)) = got else {
+            panic!("{got:?}");
+        };
+        assert!(reason.contains("SlowDown"), "{reason}");
+        objects.release(A);
+        objects.enter(A, rig.now_ms);
+        assert_eq!(
+            objects.get("k", false),
+            Err(Wait::Pending),
+            "a new request tries again"
+        );
+        objects.leave();
+    }
+
+    #[test]
+    fn a_create_once_put_reports_an_object_already_there() {
+        let mut rig = Rig::new(Faults::default(), 1);
+        rig.fake.objects.insert("lease".into(), b"theirs".to_vec());
+        let objects = objects(0);
+        let put = settle(&mut rig, &objects, A, 1_000, || {
+            objects.put("lease", Rc::from(&b"mine"[..]), true)
+        });
+        assert_eq!(put, Ok(false));
+        assert_eq!(rig.fake.objects["lease"], b"theirs");
+        let deleted = settle(&mut rig, &objects, A, 1_000, || objects.delete("gone"));
+        assert_eq!(deleted, Ok(()), "removing what is absent is done");
+    }
+}
