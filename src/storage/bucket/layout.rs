@@ -14,6 +14,8 @@
 //! _uploads/<id>/state                              an upload session (`session.rs`)
 //! _uploads/<id>/tail                               bytes received past the last whole part
 //! _uploads/<id>/data                               the multipart upload's object
+//! _catalog/<ns>                                    the namespace exists (empty; bucket only:
+//!                                                  one listing answers `_catalog`)
 //! _leases/maintenance                              who runs collections (`lease.rs`)
 //! ```
 
@@ -90,6 +92,16 @@ pub fn upload_tail(id: &str) -> String {
 
 pub fn upload_data(id: &str) -> String {
     format!("{UPLOADS}{id}/data")
+}
+
+pub const CATALOG: &str = "_catalog/";
+
+pub fn catalog_entry(namespace: &str) -> String {
+    format!("{CATALOG}{namespace}")
+}
+
+pub fn namespace_of_catalog_entry(key: &str) -> Option<&str> {
+    key.strip_prefix(CATALOG).filter(|name| !name.is_empty())
 }
 
 pub const MAINTENANCE_LEASE: &str = "_leases/maintenance";

@@ -12,7 +12,11 @@
 //! links, listings) serves a request only if its fetch was sent no earlier
 //! than `max_age_ms` before the request arrived: with 0, each request reads
 //! what the bucket held when it arrived or later, whichever replica wrote
-//! it. A request's own writes are visible to its next run at once.
+//! it. A request's own writes are visible to later requests at once.
+//!
+//! Repeatable: every run of one request reads what its first read of each
+//! key gave, its own writes included (a check-then-write must take the same
+//! path on the run after its write, to find that write done).
 //!
 //! Sans-IO: the S3 client inside takes answers and time from the caller.
 
@@ -124,6 +128,8 @@ struct State {
     failures: HashMap<Holder, String>,
     /// Writes each holder made, by key.
     writes: HashMap<Holder, HashMap<String, Written>>,
+    /// What each holder read, so its next runs read the same.
+    reads: HashMap<Holder, HashMap<Want, Known>>,
     woken: Vec<Holder>,
 }
 
@@ -150,6 +156,7 @@ impl Objects {
                 waiting: HashMap::new(),
                 failures: HashMap::new(),
                 writes: HashMap::new(),
+                reads: HashMap::new(),
                 woken: Vec::new(),
             }),
         }
@@ -181,6 +188,7 @@ impl Objects {
         let mut state = self.state.borrow_mut();
         state.failures.remove(&holder);
         state.writes.remove(&holder);
+        state.reads.remove(&holder);
         state.waiting.remove(&holder);
         for job in state.jobs.values_mut() {
             if let Job::Fetch(fetch) = job {
@@ -208,16 +216,20 @@ impl Objects {
 
     /// The object's size (a `HEAD`), `None` when absent.
     pub fn size(&self, key: &str, immutable: bool) -> Result<Option<u64>, Wait> {
-        let want_object = Want::Object(key.to_string());
-        // A known body answers too.
-        if let Some(known) = self.fresh(&want_object, immutable) {
-            match known {
-                Known::Object(bytes) => return Ok(Some(bytes.len() as u64)),
-                Known::Absent => return Ok(None),
-                _ => {}
+        let want = Want::Size(key.to_string());
+        if self.recalled(&want).is_none() {
+            // A known body answers too.
+            if let Some(known @ (Known::Object(_) | Known::Absent)) =
+                self.fresh(&Want::Object(key.to_string()), immutable)
+            {
+                let known = match known {
+                    Known::Object(bytes) => Known::Size(bytes.len() as u64),
+                    other => other,
+                };
+                self.record(&want, &known);
             }
         }
-        match self.read(Want::Size(key.to_string()), immutable)? {
+        match self.read(want, immutable)? {
             Known::Size(size) => Ok(Some(size)),
             Known::Absent => Ok(None),
             Known::Object(bytes) => Ok(Some(bytes.len() as u64)),
@@ -245,8 +257,30 @@ impl Objects {
         (stands || entry.sent_ms.saturating_add(state.max_age_ms) >= arrived_ms).then(|| entry.known.clone())
     }
 
+    /// What the running request read of `want` before.
+    fn recalled(&self, want: &Want) -> Option<Known> {
+        let state = self.state.borrow();
+        let (holder, _) = state.current?;
+        state.reads.get(&holder)?.get(want).cloned()
+    }
+
+    fn record(&self, want: &Want, known: &Known) {
+        let mut state = self.state.borrow_mut();
+        if let Some((holder, _)) = state.current {
+            state
+                .reads
+                .entry(holder)
+                .or_default()
+                .insert(want.clone(), known.clone());
+        }
+    }
+
     fn read(&self, want: Want, immutable: bool) -> Result<Known, Wait> {
+        if let Some(known) = self.recalled(&want) {
+            return Ok(known);
+        }
         if let Some(known) = self.fresh(&want, immutable) {
+            self.record(&want, &known);
             return Ok(known);
         }
         let mut state = self.state.borrow_mut();
@@ -588,7 +622,10 @@ mod tests {
                     rig.pump(objects);
                     assert!(objects.take_woken().contains(&holder));
                 }
-                other => return other,
+                other => {
+                    objects.release(holder);
+                    return other;
+                }
             }
         }
         panic!("never settled");
@@ -606,9 +643,10 @@ mod tests {
         });
         assert_eq!(put, Ok(true));
         assert_eq!(rig.fake.objects.get("k").map(Vec::as_slice), Some(&b"v1\n"[..]));
-        // The same request reads its write without asking the bucket.
+        // A request arriving once it is written reads it without asking
+        // the bucket; the writer's own runs kept reading what they first read.
         let requests = rig.fake.requests;
-        objects.enter(A, 1_000);
+        objects.enter(B, rig.now_ms);
         assert_eq!(objects.get("k", false), Ok(Some(bytes.clone())));
         assert!(!objects.leave());
         assert_eq!(rig.fake.requests, requests);
@@ -649,6 +687,7 @@ mod tests {
         objects.enter(holder, arrived_ms);
         assert_eq!(objects.get(key, false), Ok(Some(Rc::from(bytes))));
         assert!(!objects.leave());
+        objects.release(holder);
     }
 
     #[test]
@@ -669,6 +708,7 @@ mod tests {
         objects.enter(A, later + 600_000);
         assert_eq!(objects.get("blob", true), Ok(Some(Rc::from(&b"content"[..]))));
         assert!(!objects.leave());
+        objects.release(A);
         let size = settle(&mut rig, &objects, A, later + 600_000, || {
             objects.size("blob", true)
         });
