@@ -20,7 +20,7 @@ use crate::http::forwarded::IpNetwork;
 use crate::http::server::{Answered, Ending, Reply, Service};
 use crate::http::{Body, Method, RequestHead, Response};
 use crate::registry::route::Route;
-use crate::registry::{Begin, Commit, Exchange, Outcome, Registry};
+use crate::registry::{Begin, Commit, Exchange, Finished, Outcome, Registry};
 use admin::AdminAnswer;
 use telemetry::Telemetry;
 
@@ -97,6 +97,17 @@ enum RequestState {
     Authenticating(Box<LoginWait>),
     /// The pull-through cache fetches what the request asks for.
     Mirroring(Box<MirrorWait>),
+    /// The registry waits on its object storage to answer the head; it
+    /// runs the request again when woken (`Registry::take_woken`).
+    Storing(Box<StoreWait>),
+    /// The same, for a request whose body is in.
+    Finishing(Box<Exchange>),
+}
+
+struct StoreWait {
+    head: Box<RequestHead>,
+    route: Route,
+    principal: Principal,
 }
 
 struct MirrorWait {
@@ -147,6 +158,9 @@ impl Service for Application<'_> {
     type Request = Request;
 
     fn head(&mut self, mut head: Box<RequestHead>, now_ms: u64) -> Reply<Request> {
+        // The connection's previous request is over: what it read of the
+        // object storage is not this one's.
+        self.registry.release(self.holder());
         // Before routing: `?ns=` names the repository the request is for.
         self.mirror.rewrite_namespace(&mut head);
         let client = self.client_address(&head);
@@ -215,8 +229,7 @@ impl Service for Application<'_> {
                     let state = RequestState::Syncing(exchange);
                     return Ending::Resume(Request { info, state });
                 }
-                let outcome = self.registry.finish(*exchange);
-                self.conclude(outcome, info, now_ms)
+                self.finish(exchange, info, now_ms)
             }
             // Only a request that reads its body ends here.
             state => Ending::Resume(Request { info, state }),
@@ -230,12 +243,19 @@ impl Service for Application<'_> {
         if let RequestState::Mirroring(wait) = state {
             return self.mirrored(*wait, info, now_ms);
         }
-        if let RequestState::Syncing(exchange) = state {
-            let outcome = self.registry.finish(*exchange);
-            return match self.conclude(outcome, info, now_ms) {
+        if let RequestState::Syncing(exchange) | RequestState::Finishing(exchange) = state {
+            return match self.finish(exchange, info, now_ms) {
                 Ending::Respond(request, response) => Reply::Respond(request, response),
                 Ending::Resume(request) => Reply::Resume(request),
             };
+        }
+        if let RequestState::Storing(wait) = state {
+            let StoreWait {
+                head,
+                route,
+                principal,
+            } = *wait;
+            return self.route_to_registry(head, route, info, principal, now_ms);
         }
         let RequestState::Authenticating(mut wait) = state else {
             return Reply::Resume(Request { info, state });
@@ -271,16 +291,20 @@ impl Service for Application<'_> {
 
     fn abort(&mut self, request: Request) {
         release(self.registry, request);
+        self.registry.release(self.holder());
     }
 
     fn answered(&mut self, request: Answered<'_, Request>, response: &Response, now_ms: u64) {
         let (method, route, path, started_ms) = match request {
-            Answered::Request(request) => (
-                request.info.method,
-                request.info.route,
-                request.info.path.as_str(),
-                request.info.started_ms,
-            ),
+            Answered::Request(request) => {
+                self.registry.release(self.holder());
+                (
+                    request.info.method,
+                    request.info.route,
+                    request.info.path.as_str(),
+                    request.info.started_ms,
+                )
+            }
             Answered::Malformed => ("OTHER", "malformed", "", now_ms),
             Answered::TimedOut => ("OTHER", "timeout", "", now_ms),
         };
@@ -490,12 +514,42 @@ impl Application<'_> {
                 }
             }
         }
-        self.route_to_registry(&head, route, info, principal, now_ms)
+        self.route_to_registry(head, route, info, principal, now_ms)
+    }
+
+    /// The registry's numbering of this connection's request.
+    fn holder(&self) -> crate::registry::Holder {
+        (self.waiter.slot, self.waiter.generation)
+    }
+
+    /// Finishes a request whose body is in, or holds it while the registry
+    /// waits on its object storage.
+    fn finish(&mut self, exchange: Box<Exchange>, info: RequestInfo, now_ms: u64) -> Ending<Request> {
+        self.registry.enter(self.holder(), info.started_ms);
+        let finished = self.registry.finish(*exchange);
+        let waits = self.registry.leave();
+        match finished {
+            Finished::Answer(outcome) if !waits => self.conclude(outcome, info, now_ms),
+            Finished::Answer(_) => {
+                // Only a manifest or upload body waits, and those come back.
+                log::error!("a finished request waits on the bucket without its exchange");
+                let response = crate::http::oci_error::RegistryError::new(
+                    crate::http::oci_error::ErrorCode::Unknown,
+                    "storage error",
+                )
+                .into_response();
+                Ending::Respond(settled(info), response)
+            }
+            Finished::Wait(exchange) => Ending::Resume(Request {
+                info,
+                state: RequestState::Finishing(Box::new(exchange)),
+            }),
+        }
     }
 
     fn route_to_registry(
         &mut self,
-        head: &RequestHead,
+        head: Box<RequestHead>,
         route: Route,
         info: RequestInfo,
         principal: Principal,
@@ -503,7 +557,21 @@ impl Application<'_> {
     ) -> Reply<Request> {
         let policy = self.auth.policy();
         let readable = |namespace: &str| policy.allows(principal, crate::auth::Action::Pull, namespace);
-        match self.registry.begin_routed(head, route, &readable) {
+        self.registry.enter(self.holder(), info.started_ms);
+        let begun = self.registry.begin_routed(&head, route.clone(), &readable);
+        if self.registry.leave() {
+            // Run again, whole, once the object storage answered.
+            let wait = StoreWait {
+                head,
+                route,
+                principal,
+            };
+            return Reply::Resume(Request {
+                info,
+                state: RequestState::Storing(Box::new(wait)),
+            });
+        }
+        match begun {
             Begin::Answer(outcome) => match self.conclude(outcome, info, now_ms) {
                 Ending::Respond(request, response) => Reply::Respond(request, response),
                 Ending::Resume(request) => Reply::Resume(request),
@@ -546,7 +614,7 @@ impl Application<'_> {
         };
         match verdict {
             Verdict::Local | Verdict::Offline(_) => {
-                self.route_to_registry(&head, route, info, principal, now_ms)
+                self.route_to_registry(head, route, info, principal, now_ms)
             }
             Verdict::NotFound => Reply::Respond(
                 settled(info),
@@ -571,7 +639,7 @@ impl Application<'_> {
             }
             Verdict::Streaming(fill) => {
                 let Ok(digest) = crate::digest::Digest::parse(&target) else {
-                    return self.route_to_registry(&head, route, info, principal, now_ms);
+                    return self.route_to_registry(head, route, info, principal, now_ms);
                 };
                 let file = match fill.reader() {
                     Ok(file) => file,

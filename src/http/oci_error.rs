@@ -27,6 +27,9 @@ pub enum ErrorCode {
     Denied,
     /// A failure of ours (storage I/O); the client may retry.
     Unknown,
+    /// Distribution's code for `503`: the object storage behind the
+    /// registry does not answer; the client may retry later.
+    Unavailable,
     /// Not in the OCI list: upstream Angos's code for a push that would move
     /// an immutable tag (doc/how-to/protect-tags-immutability.md), kept so
     /// its clients and scripts read the same answer.
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::Denied => "DENIED",
             ErrorCode::Unknown => "UNKNOWN",
+            ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Conflict => "CONFLICT",
         }
     }
@@ -68,6 +72,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Denied => 403,
             ErrorCode::Unknown => 500,
+            ErrorCode::Unavailable => 503,
             ErrorCode::Conflict => 409,
             _ => 400,
         }
@@ -106,7 +111,25 @@ impl RegistryError {
     /// Storage failures are logged with their cause and answered 500 without
     /// it, except a full disk (or quota), which the client is told plainly:
     /// it is the operator's to fix, and retrying at once will not help.
+    ///
+    /// The object storage backend's errors: a wait (never sent: the
+    /// request runs again once what it waits for is in), the bucket not
+    /// answering (`503 UNAVAILABLE`, the reason logged), corrupt objects.
     pub fn storage(error: std::io::Error) -> RegistryError {
+        use crate::storage::bucket::BucketError;
+        match BucketError::of_io(&error) {
+            Some(BucketError::Pending) => {
+                return RegistryError::new(ErrorCode::Unavailable, "waiting on object storage");
+            }
+            Some(BucketError::Unavailable(reason)) => {
+                log::warn!("object storage: {reason}");
+                return RegistryError::new(
+                    ErrorCode::Unavailable,
+                    "the registry's object storage is not answering; retry later",
+                );
+            }
+            Some(BucketError::Corrupt { .. }) | None => {}
+        }
         if crate::storage::space::is_storage_full(&error) {
             log::warn!("storage full: {error}");
             return RegistryError::storage_full(

@@ -48,6 +48,10 @@ const TLS_LISTENER: Token = Token(3);
 /// The file worker's wake-up: a sync it ran is done.
 const FILE_WORKER: Token = Token(FIRST_OUTBOUND - 1);
 /// Inbound connection tokens start here; token = slot index + this.
+/// Marks the outbound exchanges of the object storage's client, whose ids
+/// are numbered apart from the pull-through cache's (both small counters).
+const BUCKET_EXCHANGE: u64 = 1 << 62;
+
 const FIRST_CONNECTION: usize = 4;
 /// Outbound (webhook) connection tokens start here.
 const FIRST_OUTBOUND: usize = 1 << 40;
@@ -238,6 +242,7 @@ impl<C: Clock> Reactor<C> {
                 || self.outbound.has_work()
                 || self.maintenance.has_work()
                 || self.mirror.has_work()
+                || self.bucket_has_work()
             {
                 Some(Duration::ZERO)
             } else {
@@ -247,6 +252,10 @@ impl<C: Clock> Reactor<C> {
                     self.notifier.dispatcher().poll_timeout(),
                     self.outbound.poll_timeout(),
                     self.mirror.poll_timeout(),
+                    self.registry
+                        .storage()
+                        .bucket()
+                        .and_then(|bucket| bucket.objects().poll_timeout()),
                     Some(self.watcher.next_check_ms),
                     Some(self.webhook_tls_watcher.next_check_ms),
                     Some(self.next_upload_sweep_ms),
@@ -302,6 +311,10 @@ impl<C: Clock> Reactor<C> {
             self.mirror.set_time(now, self.clock.unix_micros() / 1_000_000);
             self.mirror
                 .handle_timeout(&mut self.registry, self.telemetry.metrics(), now);
+            self.registry.set_clock(now, self.clock.unix_micros() / 1_000_000);
+            if let Some(bucket) = self.registry.storage().bucket() {
+                bucket.objects().handle_timeout();
+            }
             self.pump_webhooks();
             self.pump_mirror();
             if self.watcher.check(now) {
@@ -357,13 +370,48 @@ impl<C: Clock> Reactor<C> {
         self.notifier.record_completed(self.telemetry.metrics());
     }
 
-    /// Moves the pull-through cache's work until it settles: requests to
-    /// the outbound client, answers back, staged changes to the notifier,
-    /// and held requests and streaming readers to their connections.
+    fn bucket_has_work(&self) -> bool {
+        self.registry
+            .storage()
+            .bucket()
+            .is_some_and(|bucket| bucket.objects().has_work())
+    }
+
+    /// Moves the pull-through cache's and the object storage's work until
+    /// it settles: requests to the outbound client, answers back, staged
+    /// changes to the notifier, and held requests and streaming readers to
+    /// their connections.
     fn pump_mirror(&mut self) {
         loop {
             let now = self.clock.now_ms();
             let mut progressed = false;
+            self.registry.set_clock(now, self.clock.unix_micros() / 1_000_000);
+            while let Some(outgoing) = self
+                .registry
+                .storage()
+                .bucket()
+                .and_then(|bucket| bucket.objects().poll_outgoing())
+            {
+                progressed = true;
+                match outgoing {
+                    crate::http::exchange::Outgoing::Send {
+                        exchange,
+                        target,
+                        request,
+                        head_request,
+                    } => self.outbound.exchange(
+                        self.poll.registry(),
+                        exchange | BUCKET_EXCHANGE,
+                        &target,
+                        request,
+                        head_request,
+                        now,
+                    ),
+                    crate::http::exchange::Outgoing::Cancel { exchange } => self
+                        .outbound
+                        .cancel_exchange(self.poll.registry(), exchange | BUCKET_EXCHANGE),
+                }
+            }
             while let Some(outgoing) = self.mirror.poll_outgoing() {
                 progressed = true;
                 match outgoing {
@@ -387,6 +435,14 @@ impl<C: Clock> Reactor<C> {
             }
             while let Some((exchange, answer)) = self.outbound.poll_exchange_event() {
                 progressed = true;
+                if exchange & BUCKET_EXCHANGE != 0 {
+                    if let Some(bucket) = self.registry.storage().bucket() {
+                        bucket
+                            .objects()
+                            .handle_answer(exchange & !BUCKET_EXCHANGE, answer);
+                    }
+                    continue;
+                }
                 self.mirror.handle_answer(
                     exchange,
                     answer,
@@ -424,6 +480,12 @@ impl<C: Clock> Reactor<C> {
                         self.telemetry.metrics(),
                     );
                 }
+            }
+            for (slot, generation) in self.registry.take_woken() {
+                progressed = true;
+                self.step(slot, Some(generation), |connection, app, buffer, now| {
+                    connection.continue_held(app, buffer, now)
+                });
             }
             for (slot, generation) in self.mirror.take_woken() {
                 progressed = true;

@@ -121,6 +121,18 @@ impl Drop for ManifestBody {
     }
 }
 
+/// A request that runs on the bucket (`storage::bucket`): the caller's
+/// numbering of it (a connection's slot and generation).
+pub type Holder = crate::storage::bucket::objects::Holder;
+
+/// What `finish` made of a request whose body is in.
+pub enum Finished {
+    Answer(Outcome),
+    /// The object storage is being waited on: `finish` it again once the
+    /// request's holder is woken.
+    Wait(Exchange),
+}
+
 /// What to do with a request once its head is known.
 pub enum Begin {
     /// Answer now; any body the request carries is not wanted (the caller
@@ -352,6 +364,55 @@ impl Registry {
         &self.storage
     }
 
+    // ---- requests that wait on object storage ----------------------------
+    //
+    // On a bucket, a request's reads and writes may have to wait. Such a
+    // request is run again, whole, once what it waited for is in: the
+    // caller brackets each run with `enter` and `leave`, holds the request
+    // when `leave` says it waits, runs it again when `take_woken` names it,
+    // and `release`s it once answered. On the filesystem nothing waits.
+
+    /// The clock of the runs that follow (for the bucket's requests).
+    pub fn set_clock(&self, now_ms: u64, unix_secs: u64) {
+        if let Some(bucket) = self.storage.bucket() {
+            bucket.objects().set_time(now_ms, unix_secs);
+        }
+    }
+
+    pub fn enter(&self, holder: Holder, arrived_ms: u64) {
+        if let Some(bucket) = self.storage.bucket() {
+            bucket.objects().enter(holder, arrived_ms);
+        }
+    }
+
+    /// The run is over: `true` when the request waits (discard its answer).
+    pub fn leave(&self) -> bool {
+        self.storage
+            .bucket()
+            .is_some_and(|bucket| bucket.objects().leave())
+    }
+
+    /// Whether the running request already waits on something.
+    fn waits(&self) -> bool {
+        self.storage
+            .bucket()
+            .is_some_and(|bucket| bucket.objects().waits())
+    }
+
+    pub fn release(&self, holder: Holder) {
+        if let Some(bucket) = self.storage.bucket() {
+            bucket.objects().release(holder);
+        }
+    }
+
+    /// Requests whose waits are over: run them again.
+    pub fn take_woken(&self) -> Vec<Holder> {
+        self.storage
+            .bucket()
+            .map(|bucket| bucket.objects().take_woken())
+            .unwrap_or_default()
+    }
+
     /// For the maintenance jobs, which walk and trim the store.
     pub fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
@@ -461,9 +522,35 @@ impl Registry {
     }
 
     /// Completes a request whose body was read entirely.
-    pub fn finish(&mut self, exchange: Exchange) -> Outcome {
+    pub fn finish(&mut self, exchange: Exchange) -> Finished {
+        let route_label = exchange.route_label;
         let result = match exchange.state {
             ExchangeState::Ready(outcome) => Ok(outcome),
+            ExchangeState::Manifest {
+                name,
+                reference,
+                content_type,
+                tags,
+                body,
+            } if self.storage.bucket().is_some() => {
+                // This run may wait on the bucket: the body stays with the
+                // exchange for the next, and the run checks a copy.
+                let result =
+                    self.put_manifest(&name, &reference, &content_type, &tags, body.bytes.clone(), false);
+                if self.waits() {
+                    return Finished::Wait(Exchange {
+                        route_label,
+                        state: ExchangeState::Manifest {
+                            name,
+                            reference,
+                            content_type,
+                            tags,
+                            body,
+                        },
+                    });
+                }
+                result
+            }
             ExchangeState::Manifest {
                 name,
                 reference,
@@ -496,7 +583,7 @@ impl Registry {
                 }
             }
         };
-        result.unwrap_or_else(|error| error.into_response().into())
+        Finished::Answer(result.unwrap_or_else(|error| error.into_response().into()))
     }
 
     /// The connection ended before the body did. An upload keeps what it
@@ -774,9 +861,17 @@ mod tests {
         match registry.begin(&head) {
             Begin::ReadBody(mut exchange) => {
                 registry.body(&mut exchange, body).unwrap();
-                registry.finish(exchange)
+                finished(registry.finish(exchange))
             }
             Begin::Answer(outcome) => outcome,
+        }
+    }
+
+    /// On the filesystem, `finish` answers at once.
+    fn finished(finished: Finished) -> Outcome {
+        match finished {
+            Finished::Answer(outcome) => outcome,
+            Finished::Wait(_) => panic!("the filesystem never waits"),
         }
     }
 
@@ -903,7 +998,7 @@ mod tests {
         match registry.begin(head) {
             Begin::Answer(outcome) => outcome.response,
             Begin::ReadBody(mut exchange) => match registry.body(&mut exchange, body) {
-                Ok(()) => registry.finish(exchange).response,
+                Ok(()) => finished(registry.finish(exchange)).response,
                 Err(response) => response,
             },
         }

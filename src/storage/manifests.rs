@@ -83,6 +83,11 @@ impl Storage {
         tags: &[String],
         referrer: Option<(&Digest, &serde_json::Value)>,
     ) -> io::Result<()> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .put_manifest(namespace, digest, media_type, body, tags, referrer)
+                .map_err(bucket::BucketError::into_io);
+        }
         if media_type.contains(['\n', '\r']) {
             // It would split the revision link into more lines than it has.
             return Err(io::Error::new(
@@ -148,6 +153,11 @@ impl Storage {
             }
             written.insert(key, unix_secs);
         }
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .record_pull(namespace, digest, unix_secs)
+                .map_err(bucket::BucketError::into_io);
+        }
         self.write_atomic(
             &self.pull_path(namespace, digest),
             format!("{unix_secs}\n").as_bytes(),
@@ -157,6 +167,11 @@ impl Storage {
     /// When `digest` was last pulled from `namespace` (0: never, or not
     /// recorded), to a minute.
     pub fn pulled_at(&self, namespace: &str, digest: &Digest) -> io::Result<u64> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .pulled_at(namespace, digest)
+                .map_err(bucket::BucketError::into_io);
+        }
         let Some(text) = not_found_as_none(fs::read_to_string(self.pull_path(namespace, digest)))? else {
             return Ok(0);
         };
@@ -165,11 +180,21 @@ impl Storage {
 
     /// Whether `namespace` has manifest `digest` (its revision link).
     pub fn has_manifest(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .has_manifest(namespace, digest)
+                .map_err(bucket::BucketError::into_io);
+        }
         exists(&self.revision_path(namespace, digest))
     }
 
     /// The manifest `digest` if `namespace` has it.
     pub fn manifest(&self, namespace: &str, digest: &Digest) -> io::Result<Option<StoredManifest>> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .manifest(namespace, digest)
+                .map_err(bucket::BucketError::into_io);
+        }
         if let Some(cached) = self.cache.borrow().manifest(namespace, digest) {
             return Ok(Some(cached.clone()));
         }
@@ -212,6 +237,14 @@ impl Storage {
         namespace: &str,
         digest: &Digest,
     ) -> io::Result<Option<(String, ManifestBytes)>> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .manifest(namespace, digest)
+                .map(|found| {
+                    found.map(|manifest| (manifest.media_type, ManifestBytes::Shared(manifest.body)))
+                })
+                .map_err(bucket::BucketError::into_io);
+        }
         if let Some(cached) = self.cache.borrow().manifest(namespace, digest) {
             return Ok(Some((
                 cached.media_type.clone(),
@@ -247,6 +280,9 @@ impl Storage {
 
     /// The digest a tag points to.
     pub fn tag(&self, namespace: &str, tag: &str) -> io::Result<Option<Digest>> {
+        if let Some(bucket) = self.bucket() {
+            return bucket.tag(namespace, tag).map_err(bucket::BucketError::into_io);
+        }
         if let Some(cached) = self.cache.borrow().tag(namespace, tag) {
             return Ok(Some(cached.clone()));
         }
@@ -261,6 +297,11 @@ impl Storage {
     /// pointing to it, and its referrer entry. Returns the removed tags
     /// (sorted), `None` when the namespace did not have the manifest.
     pub fn delete_manifest(&self, namespace: &str, digest: &Digest) -> io::Result<Option<Vec<String>>> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .delete_manifest(namespace, digest)
+                .map_err(bucket::BucketError::into_io);
+        }
         self.cache.borrow_mut().invalidate(namespace);
         let Some(revision) = self.revision(namespace, digest)? else {
             return Ok(None);
@@ -298,6 +339,11 @@ impl Storage {
 
     /// Deletes a tag (not the manifest); returns the digest it pointed to.
     pub fn delete_tag(&self, namespace: &str, tag: &str) -> io::Result<Option<Digest>> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .delete_tag(namespace, tag)
+                .map_err(bucket::BucketError::into_io);
+        }
         self.cache.borrow_mut().invalidate(namespace);
         let path = self.tag_path(namespace, tag);
         let Some(digest) = read_tag(&path)? else {
@@ -326,6 +372,11 @@ impl Storage {
         after: Option<&str>,
         limit: Option<usize>,
     ) -> io::Result<Option<listing::Page>> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .tags_page(namespace, after, limit)
+                .map_err(bucket::BucketError::into_io);
+        }
         let all = |_: &str| true;
         if let Some(tags) = self.listing.borrow().tags(namespace) {
             return Ok(Some(listing::Page::of(tags, after, limit, &all)));
@@ -379,6 +430,11 @@ impl Storage {
         after: Option<&str>,
         limit: Option<usize>,
     ) -> io::Result<(Vec<serde_json::Value>, Option<String>)> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .referrers_page(namespace, subject, after, limit)
+                .map_err(bucket::BucketError::into_io);
+        }
         let key = format!("{namespace}\n{subject}");
         let all = |_: &str| true;
         let cached = self
@@ -450,6 +506,11 @@ impl Storage {
         limit: Option<usize>,
         accept: &dyn Fn(&str) -> bool,
     ) -> io::Result<listing::Page> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .catalog_page(after, limit, accept)
+                .map_err(bucket::BucketError::into_io);
+        }
         if let Some(namespaces) = self.listing.borrow().namespaces() {
             return Ok(listing::Page::of(namespaces, after, limit, accept));
         }
@@ -473,6 +534,12 @@ impl Storage {
         accept: &dyn Fn(&str) -> bool,
         directories_max: usize,
     ) -> io::Result<Option<String>> {
+        // On a bucket, finding a holder would list every repository: a mount
+        // without a source (or from one the client may not read) is an
+        // upload there, which the spec allows.
+        if self.bucket().is_some() {
+            return Ok(None);
+        }
         // Most blobs a client offers to mount are new: one stat answers that.
         if !exists(&self.blob_path(digest))? {
             return Ok(None);

@@ -115,6 +115,10 @@ pub struct Storage {
     content_bytes: Cell<Option<u64>>,
     /// What a collection would free, once the collector said.
     reclaimable_bytes: Cell<Option<u64>>,
+    /// The S3 backend, when the content lives in a bucket: the operations
+    /// below then go there (and may wait: `bucket::BucketError::Pending`),
+    /// and `root` is unused.
+    bucket: Option<Box<bucket::BucketStore>>,
 }
 
 impl Storage {
@@ -155,7 +159,37 @@ impl Storage {
             space: space::SpaceGuard::off(),
             content_bytes: Cell::new(None),
             reclaimable_bytes: Cell::new(None),
+            bucket: None,
         })
+    }
+
+    /// A store whose content lives in a bucket (`[blob_store.s3]`); nothing
+    /// is written to the local disk.
+    pub fn on_bucket(store: bucket::BucketStore, upload_sessions_max: usize) -> Storage {
+        Storage {
+            root: PathBuf::new(),
+            sync_to_disk: false,
+            sessions: HashMap::new(),
+            upload_sessions_max,
+            upload_sessions_per_namespace_max: upload_sessions_max,
+            sessions_per_namespace: HashMap::new(),
+            cache: RefCell::new(cache::ManifestCache::new(0)),
+            listing: RefCell::new(listing::ListingIndex::new(0)),
+            discarded: Vec::new(),
+            discard_batch: None,
+            watch: RefCell::new(None),
+            epochs: RefCell::new(watch::Epochs::default()),
+            pulls_written: RefCell::new(HashMap::new()),
+            space: space::SpaceGuard::off(),
+            content_bytes: Cell::new(None),
+            reclaimable_bytes: Cell::new(None),
+            bucket: Some(Box::new(store)),
+        }
+    }
+
+    /// The S3 backend, when the content lives in a bucket.
+    pub fn bucket(&self) -> Option<&bucket::BucketStore> {
+        self.bucket.as_deref()
     }
 
     /// Takes `path` out of the layout at once, by a rename into `_trash`
@@ -379,6 +413,11 @@ impl Storage {
     pub fn blob_size(&self, namespace: &str, digest: &Digest) -> io::Result<Option<u64>> {
         // A client that checks a blob may reference it in its next manifest.
         self.touch_link(namespace, digest);
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .blob_size(namespace, digest)
+                .map_err(bucket::BucketError::into_io);
+        }
         if !exists(&self.layer_link_path(namespace, digest))? {
             return Ok(None);
         }
@@ -407,6 +446,11 @@ impl Storage {
     /// Lets `namespace` read an existing blob (cross-repository mount). `false`
     /// when the blob content does not exist at all.
     pub fn link_blob(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .link_blob(namespace, digest)
+                .map_err(bucket::BucketError::into_io);
+        }
         if !exists(&self.blob_path(digest))? {
             return Ok(false);
         }
@@ -416,6 +460,11 @@ impl Storage {
 
     /// Removes `namespace`'s access to `digest`; `false` when it had none.
     pub fn delete_blob(&self, namespace: &str, digest: &Digest) -> io::Result<bool> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .delete_blob(namespace, digest)
+                .map_err(bucket::BucketError::into_io);
+        }
         // The content stays: other namespaces may link it, and reclaiming
         // unreferenced content is garbage collection, not a request's job.
         atomic::remove_file(&self.layer_link_path(namespace, digest), self.sync_to_disk)

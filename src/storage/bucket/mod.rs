@@ -51,6 +51,25 @@ impl std::fmt::Display for BucketError {
     }
 }
 
+impl std::error::Error for BucketError {}
+
+impl BucketError {
+    /// As the `io::Error` the storage interface returns: a wait is
+    /// `WouldBlock`, the rest `Other`; `of_io` finds it again.
+    pub fn into_io(self) -> std::io::Error {
+        let kind = match self {
+            BucketError::Pending => std::io::ErrorKind::WouldBlock,
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, self)
+    }
+
+    /// The bucket's error inside a storage `io::Error`, if it is one.
+    pub fn of_io(error: &std::io::Error) -> Option<&BucketError> {
+        error.get_ref()?.downcast_ref::<BucketError>()
+    }
+}
+
 type Result<T> = std::result::Result<T, BucketError>;
 
 /// A revision link's content.
@@ -62,6 +81,12 @@ pub struct Revision {
 
 pub struct BucketStore {
     objects: Objects,
+}
+
+impl std::fmt::Debug for BucketStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BucketStore").finish_non_exhaustive()
+    }
 }
 
 /// Runs `each` over `items` without stopping at the first that waits, so
@@ -241,6 +266,28 @@ impl BucketStore {
         self.objects.delete(&layout::revision(namespace, digest))?;
         self.objects.delete(&layout::pull(namespace, digest))?;
         Ok(Some(pointing))
+    }
+
+    /// Records that `digest` was pulled from `namespace` at `unix_secs`
+    /// (the caller writes it at most once a minute per manifest).
+    pub fn record_pull(&self, namespace: &str, digest: &Digest, unix_secs: u64) -> Result<()> {
+        self.objects.put(
+            &layout::pull(namespace, digest),
+            Rc::from(format!("{unix_secs}\n").as_bytes()),
+            false,
+        )?;
+        Ok(())
+    }
+
+    /// When `digest` was last pulled from `namespace` (0: never recorded).
+    pub fn pulled_at(&self, namespace: &str, digest: &Digest) -> Result<u64> {
+        let Some(bytes) = self.objects.get(&layout::pull(namespace, digest), false)? else {
+            return Ok(0);
+        };
+        Ok(std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0))
     }
 
     /// Every tag of `namespace`, sorted.

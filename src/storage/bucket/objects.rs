@@ -183,6 +183,14 @@ impl Objects {
         state.waiting.get(&holder).is_some_and(|&jobs| jobs > 0)
     }
 
+    /// Whether the running request waits on something already.
+    pub fn waits(&self) -> bool {
+        let state = self.state.borrow();
+        state
+            .current
+            .is_some_and(|(holder, _)| state.waiting.get(&holder).is_some_and(|&jobs| jobs > 0))
+    }
+
     /// Forgets what `holder`'s runs recorded (its request answered).
     pub fn release(&self, holder: Holder) {
         let mut state = self.state.borrow_mut();
