@@ -96,6 +96,13 @@ pub trait Service {
     /// Body bytes of a request `head` chose to read; `Err` ends the request
     /// with that answer (and the connection after it).
     fn body(&mut self, request: &mut Self::Request, data: &[u8]) -> Result<(), Response>;
+    /// Whether the request takes no more body for now (what it holds is
+    /// being written elsewhere): the connection stops reading, and the
+    /// body's time limits stop counting, until `ServerConnection::
+    /// continue_held` finds it taking bytes again.
+    fn body_paused(&mut self, _request: &mut Self::Request) -> bool {
+        false
+    }
     fn end(&mut self, request: Self::Request, now_ms: u64) -> Ending<Self::Request>;
     /// A request held with `Reply::WakeAt` is due.
     fn wake(&mut self, request: Self::Request, now_ms: u64) -> Reply<Self::Request>;
@@ -148,6 +155,9 @@ pub struct ServerConnection<R> {
     output: OutputQueue,
     /// No more requests are read: after `Connection: close`, an error, or a timeout.
     closing: bool,
+    /// The request being received takes no more body for now
+    /// (`Service::body_paused`).
+    body_paused: bool,
     /// Close once the output had its chance, without lingering (timeouts).
     abandon: bool,
     peer_closed: bool,
@@ -175,6 +185,7 @@ impl<R> ServerConnection<R> {
             current: Current::None,
             output: OutputQueue::default(),
             closing: false,
+            body_paused: false,
             abandon: false,
             peer_closed: false,
             lingered: 0,
@@ -232,6 +243,7 @@ impl<R> ServerConnection<R> {
     pub fn wants_input(&self) -> bool {
         !self.closing
             && !self.is_waiting()
+            && !self.body_paused
             && !self.peer_closed
             && self.phase != Phase::Lingering
             && !self.input_budget_spent()
@@ -280,7 +292,11 @@ impl<R> ServerConnection<R> {
         let mut progressed = false;
         // Decoding continues on empty input too: an `End` may be due without more bytes.
         loop {
-            if self.closing || self.is_waiting() || (self.output.is_backlogged() && self.decoder.is_idle()) {
+            if self.closing
+                || self.is_waiting()
+                || self.body_paused
+                || (self.output.is_backlogged() && self.decoder.is_idle())
+            {
                 break;
             }
             let (consumed, event) = match self.decoder.decode(&self.pending[at..]) {
@@ -309,15 +325,23 @@ impl<R> ServerConnection<R> {
                     self.on_reply(reply, meta, service, now_ms);
                 }
                 RequestEvent::Body(data) => {
-                    if let Current::Receiving(request, _) = &mut self.current
-                        && let Err(response) = service.body(request, data)
-                    {
-                        let Current::Receiving(request, meta) =
-                            std::mem::replace(&mut self.current, Current::None)
-                        else {
-                            unreachable!("matched above");
-                        };
-                        self.send(&request, meta, response.with_close(), service, now_ms);
+                    if let Current::Receiving(request, _) = &mut self.current {
+                        match service.body(request, data) {
+                            Err(response) => {
+                                let Current::Receiving(request, meta) =
+                                    std::mem::replace(&mut self.current, Current::None)
+                                else {
+                                    unreachable!("matched above");
+                                };
+                                self.send(&request, meta, response.with_close(), service, now_ms);
+                            }
+                            Ok(()) if service.body_paused(request) => {
+                                self.body_paused = true;
+                                self.phase = Phase::Waiting;
+                                self.deadline_ms = u64::MAX;
+                            }
+                            Ok(()) => {}
+                        }
                     }
                 }
                 RequestEvent::End => {
@@ -394,6 +418,19 @@ impl<R> ServerConnection<R> {
     /// The outside work a request held for `resume` waited on is done (a
     /// file synced off the loop): the service continues it through `wake`.
     pub fn continue_held<S: Service<Request = R>>(&mut self, service: &mut S, now_ms: u64) {
+        if self.body_paused {
+            if let Current::Receiving(request, _) = &mut self.current
+                && !service.body_paused(request)
+            {
+                // Reading resumes with a fresh window: the pause was ours.
+                self.body_paused = false;
+                self.phase = Phase::Body;
+                self.deadline_ms = now_ms + self.timeouts.body_ms;
+                self.window_started_ms = now_ms;
+                self.window_bytes = 0;
+            }
+            return;
+        }
         if !matches!(self.current, Current::Waiting(_, _, None)) {
             return;
         }
@@ -508,6 +545,10 @@ impl<R> ServerConnection<R> {
     }
 
     fn update_phase(&mut self, now_ms: u64) {
+        if self.body_paused {
+            // Set when the body paused; nothing counts against the client.
+            return;
+        }
         let phase = match self.current {
             Current::Receiving(..) => Phase::Body,
             // Set when the request was held; its deadline is the wake time.

@@ -9,6 +9,7 @@
 
 pub mod layout;
 pub mod objects;
+pub mod uploads;
 
 #[cfg(test)]
 mod testing;
@@ -81,6 +82,8 @@ pub struct Revision {
 
 pub struct BucketStore {
     objects: Objects,
+    /// `multipart_part_size`: what an upload sends at once.
+    part_size: usize,
 }
 
 impl std::fmt::Debug for BucketStore {
@@ -112,8 +115,11 @@ where
 }
 
 impl BucketStore {
-    pub fn new(objects: Objects) -> BucketStore {
-        BucketStore { objects }
+    pub fn new(objects: Objects, part_size: u64) -> BucketStore {
+        BucketStore {
+            objects,
+            part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
+        }
     }
 
     pub fn objects(&self) -> &Objects {
@@ -436,8 +442,11 @@ mod tests {
     use super::*;
     use crate::s3::fake::Faults;
 
+    /// A small part, so tests cross part boundaries with little data.
+    pub const PART: u64 = 64;
+
     fn replica(seed: u64) -> BucketStore {
-        BucketStore::new(Objects::new(client(20, seed), 0, 1 << 20))
+        BucketStore::new(Objects::new(client(20, seed), 0, 1 << 20), PART)
     }
 
     /// Runs `operation` as a request of `holder` on `store`, again each time

@@ -84,17 +84,36 @@ struct Fetch {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Written {
     InFlight,
-    Done,
-    /// `true`: a create-once put found the object already there.
+    Done(Rc<Performed>),
+    /// A create-once put found the object already there.
     Exists,
     Failed(String),
+}
+
+/// What a finished write answered: the `ETag` (a part's) and the body (a
+/// created multipart upload's id is in it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Performed {
+    pub etag: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// What a write does to what this replica knows.
+enum Effect {
+    /// The object now holds these bytes.
+    Put(Rc<[u8]>),
+    Delete,
+    /// The object at this key changed in a way not known here (a copy or
+    /// a completed multipart upload): read it again.
+    Changed(String),
+    /// Nothing readable changes (a part, a new multipart upload).
+    Nothing,
 }
 
 struct Write {
     holder: Holder,
     key: String,
-    /// What is written (for the cache), `None` for a delete.
-    bytes: Option<Rc<[u8]>>,
+    effect: Effect,
     if_absent: bool,
 }
 
@@ -326,44 +345,88 @@ impl Objects {
     /// (`Ok(false)`: something was). Done once per request: its next runs
     /// find the result.
     pub fn put(&self, key: &str, bytes: Rc<[u8]>, if_absent: bool) -> Result<bool, Wait> {
-        self.write(key, Some(bytes), if_absent)
+        let operation = Operation::Put {
+            key: key.to_string(),
+            length: bytes.len() as u64,
+            sha256: Some(crate::digest::Digest::sha256_of(&bytes).hex().to_string()),
+            if_absent,
+        };
+        let body = bytes.to_vec();
+        self.write(key, operation, body, Effect::Put(bytes), if_absent)
             .map(|written| written != Written::Exists)
     }
 
-    /// Removes `key` (absent already is fine).
+    /// Removes `key` (absent already is fine). Not sent while the run waits
+    /// on anything else: a run that waits goes on with made-up answers, and
+    /// a removal must not be one of its consequences.
     pub fn delete(&self, key: &str) -> Result<(), Wait> {
-        self.write(key, None, false).map(|_| ())
+        if self.waits() {
+            return Err(Wait::Pending);
+        }
+        let operation = Operation::Delete { key: key.to_string() };
+        self.write(key, operation, Vec::new(), Effect::Delete, false)
+            .map(|_| ())
     }
 
-    fn write(&self, key: &str, bytes: Option<Rc<[u8]>>, if_absent: bool) -> Result<Written, Wait> {
+    /// Any other write (`label` names it within the request: a part's
+    /// number, say), done once per request like `put`. `changes`: the key
+    /// whose object it replaces, if any.
+    pub fn perform(
+        &self,
+        label: &str,
+        operation: Operation,
+        body: Vec<u8>,
+        changes: Option<&str>,
+    ) -> Result<Rc<Performed>, Wait> {
+        let effect = match changes {
+            Some(key) => Effect::Changed(key.to_string()),
+            None => Effect::Nothing,
+        };
+        match self.write(label, operation, body, effect, false)? {
+            Written::Done(performed) => Ok(performed),
+            _ => Err(Wait::Unavailable(format!("{label}: not written"))),
+        }
+    }
+
+    /// What the running request's write `label` came to, if it made one:
+    /// `Err(Pending)` while in flight.
+    pub fn recall(&self, label: &str) -> Option<Result<Rc<Performed>, Wait>> {
+        let state = self.state.borrow();
+        let (holder, _) = state.current?;
+        Some(match state.writes.get(&holder)?.get(label)? {
+            Written::InFlight => Err(Wait::Pending),
+            Written::Done(performed) => Ok(performed.clone()),
+            Written::Exists => Ok(Rc::default()),
+            Written::Failed(reason) => Err(Wait::Unavailable(reason.clone())),
+        })
+    }
+
+    fn write(
+        &self,
+        label: &str,
+        operation: Operation,
+        body: Vec<u8>,
+        effect: Effect,
+        if_absent: bool,
+    ) -> Result<Written, Wait> {
         let mut state = self.state.borrow_mut();
         let Some((holder, _)) = state.current else {
             return Err(Wait::Unavailable("a bucket write outside a request".into()));
         };
-        match state.writes.get(&holder).and_then(|writes| writes.get(key)) {
+        match state.writes.get(&holder).and_then(|writes| writes.get(label)) {
             Some(Written::InFlight) => return Err(Wait::Pending),
             Some(Written::Failed(reason)) => return Err(Wait::Unavailable(reason.clone())),
             Some(done) => return Ok(done.clone()),
             None => {}
         }
         let (now_ms, unix_secs) = (state.now_ms, state.unix_secs);
-        let operation = match &bytes {
-            Some(bytes) => Operation::Put {
-                key: key.to_string(),
-                length: bytes.len() as u64,
-                sha256: Some(crate::digest::Digest::sha256_of(bytes).hex().to_string()),
-                if_absent,
-            },
-            None => Operation::Delete { key: key.to_string() },
-        };
-        let body = bytes.as_deref().map(<[u8]>::to_vec).unwrap_or_default();
         let op = state.client.submit(operation, body, now_ms, unix_secs);
         state.jobs.insert(
             op,
             Job::Write(Write {
                 holder,
-                key: key.to_string(),
-                bytes,
+                key: label.to_string(),
+                effect,
                 if_absent,
             }),
         );
@@ -371,7 +434,7 @@ impl Objects {
             .writes
             .entry(holder)
             .or_default()
-            .insert(key.to_string(), Written::InFlight);
+            .insert(label.to_string(), Written::InFlight);
         *state.waiting.entry(holder).or_insert(0) += 1;
         Err(Wait::Pending)
     }
@@ -502,26 +565,39 @@ impl State {
     }
 
     fn written(&mut self, write: Write, outcome: Outcome) {
+        let deleting = matches!(write.effect, Effect::Delete);
         let result = match outcome {
-            Outcome::Done { .. } => Written::Done,
+            Outcome::Done { head, body } => Written::Done(Rc::new(Performed {
+                etag: head.field("etag").map(str::to_string),
+                body,
+            })),
             Outcome::Failed(Failure::S3(error)) if write.if_absent && error.is_precondition_failed() => {
                 Written::Exists
             }
             // Removing what is not there is done.
-            Outcome::Failed(Failure::S3(error)) if write.bytes.is_none() && error.is_not_found() => {
-                Written::Done
+            Outcome::Failed(Failure::S3(error)) if deleting && error.is_not_found() => {
+                Written::Done(Rc::default())
             }
             Outcome::Failed(failure) => Written::Failed(failure.to_string()),
         };
-        if result == Written::Done {
+        if matches!(result, Written::Done(_)) {
             // What this replica wrote is what its next reads see.
-            let known = match &write.bytes {
-                Some(bytes) => Known::Object(bytes.clone()),
-                None => Known::Absent,
+            let known = match &write.effect {
+                Effect::Put(bytes) => Some((write.key.clone(), Some(Known::Object(bytes.clone())))),
+                Effect::Delete => Some((write.key.clone(), Some(Known::Absent))),
+                Effect::Changed(key) => Some((key.clone(), None)),
+                Effect::Nothing => None,
             };
-            self.forget_listings_above(&write.key);
-            self.entries.remove(&Want::Size(write.key.clone()));
-            self.remember(Want::Object(write.key.clone()), known, self.now_ms);
+            if let Some((key, known)) = known {
+                self.forget_listings_above(&key);
+                self.entries.remove(&Want::Size(key.clone()));
+                match known {
+                    Some(known) => self.remember(Want::Object(key), known, self.now_ms),
+                    None => {
+                        self.entries.remove(&Want::Object(key));
+                    }
+                }
+            }
         }
         if let Some(writes) = self.writes.get_mut(&write.holder) {
             writes.insert(write.key, result);
