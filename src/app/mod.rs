@@ -215,8 +215,26 @@ impl Service for Application<'_> {
 
     fn body(&mut self, request: &mut Request, data: &[u8]) -> Result<(), Response> {
         match &mut request.state {
-            RequestState::Receiving(exchange) => self.registry.body(exchange, data),
+            RequestState::Receiving(exchange) => {
+                // An upload's parts on a bucket are this request's writes.
+                self.registry.enter(self.holder(), request.info.started_ms);
+                let result = self.registry.body(exchange, data);
+                self.registry.leave();
+                result
+            }
             _ => Ok(()),
+        }
+    }
+
+    fn body_paused(&mut self, request: &mut Request) -> bool {
+        match &mut request.state {
+            RequestState::Receiving(exchange) => {
+                self.registry.enter(self.holder(), request.info.started_ms);
+                let paused = self.registry.body_paused(exchange);
+                self.registry.leave();
+                paused
+            }
+            _ => false,
         }
     }
 

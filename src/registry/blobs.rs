@@ -212,6 +212,11 @@ impl Registry {
     /// and the session id headers.
     pub(super) fn upload_progress(&self, name: &str, id: &str, status: u16) -> Response {
         let size = self.storage.upload_size(name, id).unwrap_or(0);
+        self.upload_progress_of(name, id, status, size)
+    }
+
+    /// The same, for a session known to hold `size` bytes.
+    pub(super) fn upload_progress_of(&self, name: &str, id: &str, status: u16, size: u64) -> Response {
         // The spec's inclusive range; an empty session reports "0-0" as
         // distribution does, since "0--1" is not a range.
         let end = size.saturating_sub(1);

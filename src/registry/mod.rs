@@ -159,6 +159,14 @@ enum ExchangeState {
         tags: Vec<String>,
         body: ManifestBody,
     },
+    /// On a bucket: an upload body whose session is saved
+    /// (`UploadWriter::settle`), finishing (it may wait and run again).
+    Settled {
+        name: String,
+        id: String,
+        then: AfterUpload,
+        size: u64,
+    },
     /// Bytes streaming into an upload session.
     Upload {
         name: String,
@@ -481,7 +489,7 @@ impl Registry {
     pub fn body(&mut self, exchange: &mut Exchange, data: &[u8]) -> Result<(), Response> {
         let limits = self.limits;
         match &mut exchange.state {
-            ExchangeState::Ready(_) => Ok(()),
+            ExchangeState::Ready(_) | ExchangeState::Settled { .. } => Ok(()),
             ExchangeState::Manifest { body, .. } => {
                 if (body.bytes.len() + data.len()) as u64 > limits.max_manifest_size {
                     return Err(manifest_too_large(limits.max_manifest_size).into_response());
@@ -566,6 +574,62 @@ impl Registry {
             ExchangeState::Upload {
                 name,
                 id,
+                mut writer,
+                then,
+                expected_bytes,
+                received,
+            } if self.storage.bucket().is_some() => {
+                if expected_bytes.is_some_and(|expected| expected != received) {
+                    let _ = self.storage.cancel_upload(&name, &id);
+                    Err(range_mismatch())
+                } else {
+                    let settled = writer.settle();
+                    if self.waits() {
+                        return Finished::Wait(Exchange {
+                            route_label,
+                            state: ExchangeState::Upload {
+                                name,
+                                id,
+                                writer,
+                                then,
+                                expected_bytes,
+                                received,
+                            },
+                        });
+                    }
+                    match settled {
+                        Ok(()) => {
+                            // What the request read before its body (the
+                            // session as it was) is out of date now.
+                            if let Some(bucket) = self.storage.bucket() {
+                                bucket.objects().forget_reads();
+                            }
+                            let size = writer.size();
+                            return self.finish(Exchange {
+                                route_label,
+                                state: ExchangeState::Settled { name, id, then, size },
+                            });
+                        }
+                        Err(error) => Err(RegistryError::storage(error)),
+                    }
+                }
+            }
+            ExchangeState::Settled { name, id, then, size } => {
+                let result = match &then {
+                    AfterUpload::Progress => Ok(self.upload_progress_of(&name, &id, 202, size).into()),
+                    AfterUpload::Commit(digest) => self.commit_upload(&name, &id, digest),
+                };
+                if self.waits() {
+                    return Finished::Wait(Exchange {
+                        route_label,
+                        state: ExchangeState::Settled { name, id, then, size },
+                    });
+                }
+                result
+            }
+            ExchangeState::Upload {
+                name,
+                id,
                 writer,
                 then,
                 expected_bytes,
@@ -584,6 +648,15 @@ impl Registry {
             }
         };
         Finished::Answer(result.unwrap_or_else(|error| error.into_response().into()))
+    }
+
+    /// Whether the upload body being received takes no more bytes for now
+    /// (its bucket part is being sent); its holder is woken when it does.
+    pub fn body_paused(&mut self, exchange: &mut Exchange) -> bool {
+        match &mut exchange.state {
+            ExchangeState::Upload { writer, .. } => writer.paused(),
+            _ => false,
+        }
     }
 
     /// The connection ended before the body did. An upload keeps what it
@@ -665,7 +738,12 @@ impl Registry {
             }
             (Route::Upload { name, id }, method) => {
                 let name = valid_name(name)?;
-                if !is_upload_id(&id) || self.storage.upload_size(&name, &id).is_none() {
+                if !is_upload_id(&id)
+                    || !self
+                        .storage
+                        .upload_known(&name, &id)
+                        .map_err(RegistryError::storage)?
+                {
                     return Err(RegistryError::new(ErrorCode::BlobUploadUnknown, "upload unknown"));
                 }
                 match method {

@@ -33,28 +33,71 @@ pub(super) struct UploadSession {
 pub struct UploadWriter {
     /// The session this writer belongs to, checked on release.
     id: String,
-    file: File,
-    hasher: Hasher,
-    size: u64,
+    sink: Sink,
+}
+
+#[derive(Debug)]
+enum Sink {
+    File {
+        file: File,
+        hasher: Box<Hasher>,
+        size: u64,
+    },
+    /// On a bucket: parts of a multipart upload (`bucket::uploads`).
+    Bucket(Box<bucket::uploads::PartWriter>),
 }
 
 impl UploadWriter {
-    /// Writes all of `bytes` to the session file and feeds the hasher.
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if let Err(error) = self.file.write_all(bytes) {
-            // A partial write would leave bytes in the file that the hasher
-            // and size never saw; cut them off so the session stays
-            // consistent and the client can resume from `size()`.
-            let _ = self.file.set_len(self.size);
-            return Err(error);
+    pub(super) fn on_bucket(id: &str, writer: bucket::uploads::PartWriter) -> UploadWriter {
+        UploadWriter {
+            id: id.to_owned(),
+            sink: Sink::Bucket(Box::new(writer)),
         }
-        self.hasher.update(bytes);
-        self.size += bytes.len() as u64;
-        Ok(())
     }
+
+    /// Writes all of `bytes` to the session and feeds the hasher.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.sink {
+            Sink::File { file, hasher, size } => {
+                if let Err(error) = file.write_all(bytes) {
+                    // A partial write would leave bytes in the file that the
+                    // hasher and size never saw; cut them off so the session
+                    // stays consistent and the client can resume from `size()`.
+                    let _ = file.set_len(*size);
+                    return Err(error);
+                }
+                hasher.update(bytes);
+                *size += bytes.len() as u64;
+                Ok(())
+            }
+            Sink::Bucket(writer) => writer.write(bytes).map_err(bucket::BucketError::into_io),
+        }
+    }
+
     /// Bytes in the session so far.
     pub fn size(&self) -> u64 {
-        self.size
+        match &self.sink {
+            Sink::File { size, .. } => *size,
+            Sink::Bucket(writer) => writer.size(),
+        }
+    }
+
+    /// Whether no more bytes are taken for now (a bucket's part is being
+    /// sent and the next is full); the holder is woken when they are.
+    pub fn paused(&mut self) -> bool {
+        match &mut self.sink {
+            Sink::File { .. } => false,
+            Sink::Bucket(writer) => writer.paused(),
+        }
+    }
+
+    /// The body is in: on a bucket, what remains is written and the session
+    /// saved (this may wait: run again). On the filesystem, nothing to do.
+    pub fn settle(&mut self) -> io::Result<()> {
+        match &mut self.sink {
+            Sink::File { .. } => Ok(()),
+            Sink::Bucket(writer) => writer.settle().map_err(bucket::BucketError::into_io),
+        }
     }
 }
 
@@ -156,6 +199,13 @@ impl Storage {
     /// lowercase hex characters, from `getrandom`).
     pub fn start_upload(&mut self, namespace: &str) -> Result<String, UploadError> {
         debug_assert_namespace(namespace);
+        if let Some(bucket) = self.bucket() {
+            let id = bucket.objects().memo("upload id", || random_hex(RANDOM_ID_BYTES));
+            bucket
+                .start_upload(namespace, &id)
+                .map_err(|error| UploadError::Io(error.into_io()))?;
+            return Ok(id);
+        }
         if self.sessions.len() >= self.upload_sessions_max {
             return Err(UploadError::TooManySessions);
         }
@@ -197,9 +247,28 @@ impl Storage {
 
     /// Bytes received so far by a session, `None` when unknown for `namespace`.
     pub fn upload_size(&self, namespace: &str, id: &str) -> Option<u64> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .upload(namespace, id)
+                .ok()
+                .flatten()
+                .map(|session| session.size);
+        }
         match self.sessions.get(id) {
             Some(session) if session.namespace == namespace => Some(session.size),
             _ => None,
+        }
+    }
+
+    /// Whether session `id` is `namespace`'s: like `upload_size`, with the
+    /// bucket's errors (a wait, a bucket that does not answer) told apart.
+    pub fn upload_known(&self, namespace: &str, id: &str) -> io::Result<bool> {
+        match self.bucket() {
+            Some(bucket) => bucket
+                .upload(namespace, id)
+                .map(|session| session.is_some())
+                .map_err(bucket::BucketError::into_io),
+            None => Ok(self.upload_size(namespace, id).is_some()),
         }
     }
 
@@ -207,6 +276,13 @@ impl Storage {
     /// still exists but a second `upload_writer` for it returns `Unknown`
     /// (one writer at a time).
     pub fn upload_writer(&mut self, namespace: &str, id: &str) -> Result<UploadWriter, UploadError> {
+        if let Some(bucket) = self.bucket() {
+            return match bucket.upload_writer(namespace, id) {
+                Ok(Some(writer)) => Ok(UploadWriter::on_bucket(id, writer)),
+                Ok(None) => Err(UploadError::Unknown),
+                Err(error) => Err(UploadError::Io(error.into_io())),
+            };
+        }
         let data = self.session_dir(id).join(SESSION_DATA_FILE);
         let session = self.session_mut(namespace, id)?;
         if session.hasher.is_none() {
@@ -220,9 +296,11 @@ impl Storage {
         session.verified = None;
         Ok(UploadWriter {
             id: id.to_owned(),
-            file,
-            hasher,
-            size: session.size,
+            sink: Sink::File {
+                file,
+                hasher: Box::new(hasher),
+                size: session.size,
+            },
         })
     }
 
@@ -234,12 +312,16 @@ impl Storage {
         }
         // The session may have been cancelled meanwhile; the writer's file
         // is then already unlinked and dropping it is all there is to do.
+        let Sink::File { hasher, size, .. } = writer.sink else {
+            // A bucket's session is saved by `settle`.
+            return;
+        };
         if let Some(session) = self.sessions.get_mut(id)
             && session.namespace == namespace
             && session.hasher.is_none()
         {
-            session.size = writer.size;
-            session.hasher = Some(writer.hasher);
+            session.size = size;
+            session.hasher = Some(*hasher);
             session.touched = true;
         }
     }
@@ -253,6 +335,14 @@ impl Storage {
         id: &str,
         expected: &Digest,
     ) -> Result<u64, UploadError> {
+        if let Some(bucket) = self.bucket() {
+            return match bucket.verify_upload(namespace, id, expected) {
+                Ok(Some(Some(size))) => Ok(size),
+                Ok(Some(None)) => Err(UploadError::DigestMismatch),
+                Ok(None) => Err(UploadError::Unknown),
+                Err(error) => Err(UploadError::Io(error.into_io())),
+            };
+        }
         let data = self.session_dir(id).join(SESSION_DATA_FILE);
         let session = self.session_mut(namespace, id)?;
         let Some(hasher) = &session.hasher else {
@@ -277,6 +367,13 @@ impl Storage {
     /// uploads of one blob end in one correct blob), links it into
     /// `namespace`, and removes the session.
     pub fn commit_upload(&mut self, namespace: &str, id: &str, digest: &Digest) -> Result<(), UploadError> {
+        if let Some(bucket) = self.bucket() {
+            return match bucket.commit_upload(namespace, id, digest) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(UploadError::Unknown),
+                Err(error) => Err(UploadError::Io(error.into_io())),
+            };
+        }
         let session = self.session_mut(namespace, id)?;
         if session.verified.as_ref() != Some(digest) {
             // Never let unverified bytes into the content-addressed store:
@@ -322,6 +419,9 @@ impl Storage {
     /// `None` too when the upload will commit as `digest` and the store
     /// holds it already: those bytes are discarded, never needed on disk.
     pub fn upload_to_sync(&self, id: &str, digest: Option<&Digest>) -> Option<PathBuf> {
+        if self.bucket().is_some() {
+            return None;
+        }
         if !self.sync_to_disk || !self.sessions.contains_key(id) {
             return None;
         }
@@ -334,11 +434,20 @@ impl Storage {
     /// The session's data file opened for reading: a cache fill's readers
     /// stream it while it is written.
     pub fn upload_data_file(&self, id: &str) -> io::Result<File> {
+        if self.bucket().is_some() {
+            // The pull-through cache streams fills from this file.
+            return Err(io::Error::other("a bucket's upload session has no local file"));
+        }
         File::open(self.session_dir(id).join(SESSION_DATA_FILE))
     }
 
     /// Removes a session; `false` when unknown.
     pub fn cancel_upload(&mut self, namespace: &str, id: &str) -> io::Result<bool> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .cancel_upload(namespace, id)
+                .map_err(bucket::BucketError::into_io);
+        }
         if self.session_mut(namespace, id).is_err() {
             return Ok(false);
         }

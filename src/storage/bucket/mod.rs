@@ -81,7 +81,8 @@ pub struct Revision {
 }
 
 pub struct BucketStore {
-    objects: Objects,
+    /// Shared with the upload writers, which send parts as bodies stream.
+    objects: Rc<Objects>,
     /// `multipart_part_size`: what an upload sends at once.
     part_size: usize,
 }
@@ -117,7 +118,7 @@ where
 impl BucketStore {
     pub fn new(objects: Objects, part_size: u64) -> BucketStore {
         BucketStore {
-            objects,
+            objects: Rc::new(objects),
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
         }
     }

@@ -149,11 +149,19 @@ struct State {
     writes: HashMap<Holder, HashMap<String, Written>>,
     /// What each holder read, so its next runs read the same.
     reads: HashMap<Holder, HashMap<Want, Known>>,
+    /// Values each holder made up (a new upload's id), the same every run.
+    memos: HashMap<Holder, HashMap<&'static str, String>>,
     woken: Vec<Holder>,
 }
 
 pub struct Objects {
     state: RefCell<State>,
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects").finish_non_exhaustive()
+    }
 }
 
 impl Objects {
@@ -176,6 +184,7 @@ impl Objects {
                 failures: HashMap::new(),
                 writes: HashMap::new(),
                 reads: HashMap::new(),
+                memos: HashMap::new(),
                 woken: Vec::new(),
             }),
         }
@@ -202,6 +211,31 @@ impl Objects {
         state.waiting.get(&holder).is_some_and(|&jobs| jobs > 0)
     }
 
+    /// The value `name` had in the running request's first run (`make`
+    /// makes it then): a random name must stay one name across runs.
+    pub fn memo(&self, name: &'static str, make: impl FnOnce() -> String) -> String {
+        let mut state = self.state.borrow_mut();
+        let Some((holder, _)) = state.current else {
+            return make();
+        };
+        state
+            .memos
+            .entry(holder)
+            .or_default()
+            .entry(name)
+            .or_insert_with(make)
+            .clone()
+    }
+
+    /// Forgets what the running request read so far: its next reads see
+    /// the bucket anew (a body it received changed what it read before).
+    pub fn forget_reads(&self) {
+        let mut state = self.state.borrow_mut();
+        if let Some((holder, _)) = state.current {
+            state.reads.remove(&holder);
+        }
+    }
+
     /// Whether the running request waits on something already.
     pub fn waits(&self) -> bool {
         let state = self.state.borrow();
@@ -216,6 +250,7 @@ impl Objects {
         state.failures.remove(&holder);
         state.writes.remove(&holder);
         state.reads.remove(&holder);
+        state.memos.remove(&holder);
         state.waiting.remove(&holder);
         for job in state.jobs.values_mut() {
             if let Job::Fetch(fetch) = job {

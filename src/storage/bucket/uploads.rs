@@ -103,6 +103,7 @@ impl Session {
 /// fill, the rest is the new tail when the body ends (`settle`).
 #[derive(Debug)]
 pub struct PartWriter {
+    objects: Rc<Objects>,
     id: String,
     session: Session,
     hasher: Hasher,
@@ -125,14 +126,14 @@ impl PartWriter {
     }
 
     /// Takes `bytes` into the session; parts go out as they fill.
-    pub fn write(&mut self, objects: &Objects, bytes: &[u8]) -> Result<()> {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if let Some(reason) = &self.failed {
             return Err(BucketError::Unavailable(reason.clone()));
         }
         self.hasher.update(bytes);
         self.session.size += bytes.len() as u64;
         self.buffer.extend_from_slice(bytes);
-        self.pump(objects);
+        self.pump();
         match &self.failed {
             Some(reason) => Err(BucketError::Unavailable(reason.clone())),
             None => Ok(()),
@@ -141,16 +142,17 @@ impl PartWriter {
 
     /// Whether the body must wait: a whole part is in and cannot go yet (the
     /// one before is being sent, or the multipart upload being created).
-    pub fn paused(&mut self, objects: &Objects) -> bool {
-        self.pump(objects);
+    pub fn paused(&mut self) -> bool {
+        self.pump();
         self.failed.is_none() && self.buffer.len() >= self.part_size
     }
 
     /// Notes a finished part, and sends the next when one is full.
-    fn pump(&mut self, objects: &Objects) {
+    fn pump(&mut self) {
         if self.failed.is_some() {
             return;
         }
+        let objects = self.objects.clone();
         if let Some((number, size)) = self.sending {
             match objects.recall(&part_label(number)) {
                 Some(Ok(performed)) => {
@@ -217,8 +219,9 @@ impl PartWriter {
 
     /// The body is in: once the part in flight is done, the rest becomes
     /// the tail and the session is written. Run again until it answers.
-    pub fn settle(&mut self, objects: &Objects) -> Result<()> {
-        self.pump(objects);
+    pub fn settle(&mut self) -> Result<()> {
+        self.pump();
+        let objects = self.objects.clone();
         if let Some(reason) = &self.failed {
             return Err(BucketError::Unavailable(reason.clone()));
         }
@@ -278,6 +281,7 @@ impl BucketStore {
         }
         let hasher = Hasher::restore(&session.hash).ok_or(corrupt)?;
         Ok(Some(PartWriter {
+            objects: self.objects.clone(),
             id: id.to_string(),
             buffer: tail.to_vec(),
             session,
@@ -462,18 +466,18 @@ mod tests {
         for piece in bytes.chunks(50) {
             store.objects().set_time(rig.now_ms, UNIX_SECS);
             store.objects().enter(holder, rig.now_ms);
-            writer.write(store.objects(), piece)?;
-            let mut paused = writer.paused(store.objects());
+            writer.write(piece)?;
+            let mut paused = writer.paused();
             store.objects().leave();
             while paused {
                 rig.pump(store.objects());
                 store.objects().take_woken();
                 store.objects().enter(holder, rig.now_ms);
-                paused = writer.paused(store.objects());
+                paused = writer.paused();
                 store.objects().leave();
             }
         }
-        run(rig, store, holder, |s| writer.settle(s.objects()))?;
+        run(rig, store, holder, |_| writer.settle())?;
         store.objects().release(holder);
         Ok(())
     }
