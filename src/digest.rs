@@ -207,6 +207,12 @@ impl Hasher {
         }
     }
 
+    /// The digest of `bytes` fed after what was fed so far.
+    pub fn digest_of(mut self, bytes: &[u8]) -> Digest {
+        self.update(bytes);
+        self.digest()
+    }
+
     /// The digest of everything fed so far (does not consume the state).
     pub fn digest(&self) -> Digest {
         // `finalize` consumes the hasher; finalize a copy so an upload can

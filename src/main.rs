@@ -127,14 +127,13 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The configuration for the commands that work on the filesystem layout
+/// (`scrub`, `prune`): they refuse a bucket rather than look at `root_dir`.
 fn load(files: &[PathBuf]) -> Option<config::Config> {
     let config = load_with_s3(files)?;
     if config.storage.s3.is_some() {
-        // Refused rather than served from `root_dir`: content the
-        // operator meant for the bucket must not land on local disk.
         log::error!(
-            "invalid configuration: [blob_store.s3] is read and checked, but this build stores \
-                     content on the filesystem only (the S3 backend is in progress); use [blob_store.fs]"
+            "this command works on [blob_store.fs] only; with [blob_store.s3] ask the running server (its admin API)"
         );
         return None;
     }
@@ -155,6 +154,27 @@ fn load_with_s3(files: &[PathBuf]) -> Option<config::Config> {
             None
         }
     }
+}
+
+/// The storage of a server whose content is in `s3`'s bucket (`root_dir`
+/// keeps this replica's own state: its event journal and lock).
+fn on_bucket(s3: &config::s3::S3Config, config: &config::Config) -> Storage {
+    use angos::storage::bucket::{BucketStore, objects::Objects};
+    log::info!(
+        "content in bucket {} at {} (region {}, key prefix {:?}); this replica's journal in {}",
+        s3.bucket,
+        s3.endpoint.text,
+        s3.region,
+        s3.key_prefix,
+        config.storage.root_dir.display()
+    );
+    log::warn!("garbage collection, retention and scrubs do not run on object storage yet");
+    let client = angos::s3::client::Client::new(s3, Box::new(angos::entropy::OsEntropy));
+    let objects = Objects::new(client, s3.metadata_max_age_ms, config.storage.manifest_cache_size);
+    Storage::on_bucket(
+        BucketStore::new(objects, s3.multipart_part_size),
+        config.storage.max_upload_sessions,
+    )
 }
 
 /// `angos storage check`: runs the bucket check and prints a line per step.
@@ -503,7 +523,7 @@ fn report_space(storage: &Storage) {
 }
 
 fn serve(files: Vec<PathBuf>) -> ExitCode {
-    let Some(config) = load(&files) else {
+    let Some(config) = load_with_s3(&files) else {
         return ExitCode::FAILURE;
     };
     // Held until the process exits.
@@ -521,11 +541,16 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let storage = match Storage::open(
-        &config.storage.root_dir,
-        config.storage.sync_to_disk,
-        config.storage.max_upload_sessions,
-    ) {
+    let storage = match &config.storage.s3 {
+        Some(s3) => Ok(on_bucket(s3, &config)),
+        None => Storage::open(
+            &config.storage.root_dir,
+            config.storage.sync_to_disk,
+            config.storage.max_upload_sessions,
+        ),
+    };
+    let storage = match storage {
+        Ok(storage) if storage.bucket().is_some() => storage,
         Ok(storage) => storage
             .with_manifest_cache(config.storage.manifest_cache_size)
             .with_listing_index(config.storage.listing_index_size)
@@ -542,7 +567,9 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    report_space(&storage);
+    if storage.bucket().is_none() {
+        report_space(&storage);
+    }
     let mut registry = Registry::new(storage, Limits::of(&config.global));
     registry.set_tag_immutability(config::TagImmutability::of(&config));
     let journal_dir = config.storage.root_dir.join("_journal");

@@ -426,6 +426,14 @@ impl Builder {
                     return Err(section.error("", "choose one backend: [blob_store.fs] or [blob_store.s3]"));
                 }
                 let mut s3 = Section::new(file, "blob_store.s3", table);
+                // Ours: where this replica keeps its own state (its webhook
+                // journal and lock), the content being in the bucket.
+                if let Some(dir) = s3.string("local_dir")? {
+                    if dir.is_empty() {
+                        return Err(s3.error("local_dir", "must not be empty"));
+                    }
+                    self.config.storage.root_dir = PathBuf::from(dir);
+                }
                 self.config.storage.s3 = Some(s3::parse_s3(&mut s3)?);
                 s3.finish(&mut self.warnings);
             }

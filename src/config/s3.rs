@@ -27,6 +27,10 @@ pub struct S3Config {
     pub operation_timeout_secs: u64,
     /// One attempt (default 300 s).
     pub operation_attempt_timeout_secs: u64,
+    /// Ours: how long a replica may answer from a tag, link or listing it
+    /// read for an earlier request (default 0: each request reads them
+    /// anew, so a push through one replica is seen at once through all).
+    pub metadata_max_age_ms: u64,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -39,6 +43,7 @@ impl std::fmt::Debug for S3Config {
             .field("access_key_id", &self.access_key_id)
             .field("key_prefix", &self.key_prefix)
             .field("multipart_part_size", &self.multipart_part_size)
+            .field("metadata_max_age_ms", &self.metadata_max_age_ms)
             .finish_non_exhaustive()
     }
 }
@@ -108,7 +113,9 @@ pub(super) fn parse_s3(section: &mut Section) -> Result<S3Config, ConfigError> {
             "must not exceed operation_timeout_secs",
         ));
     }
+    let metadata_max_age_ms = section.integer("metadata_max_age_ms", 0, 3_600_000)?.unwrap_or(0);
     Ok(S3Config {
+        metadata_max_age_ms,
         endpoint,
         bucket,
         region,

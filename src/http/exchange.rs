@@ -34,6 +34,10 @@ pub enum Outgoing {
     },
     /// Nobody wants the rest of this answer: close its connection.
     Cancel { exchange: ExchangeId },
+    /// Whoever streams this answer is full: stop reading it for now.
+    Pause { exchange: ExchangeId },
+    /// Read it again.
+    Resume { exchange: ExchangeId },
 }
 
 /// A piece of an exchange's answer, in order: `Head`, `Body`s, `End`; or

@@ -27,20 +27,41 @@ impl Data {
 
 /// A file still being written while it is sent (a pull-through cache
 /// fill): only what is written so far may go out.
-pub trait Growing: std::fmt::Debug {
+/// Its `Awaited::wait` wakes the reader when more is written or the fill
+/// ends.
+pub trait Growing: Awaited {
     /// Bytes of the file written so far.
     fn available(&self) -> u64;
     /// The file will never reach its announced length: end the answer.
     fn failed(&self) -> bool;
+}
+
+/// Something that may make a connection wait for more of its answer.
+pub trait Awaited: std::fmt::Debug {
     /// Remembers to run the connection `slot` (of `generation`) again when
-    /// more is written or the fill ends.
+    /// more is there or the answer's source ends.
     fn wait(&self, slot: usize, generation: u64);
+}
+
+/// An answer body arriving in pieces from elsewhere (a blob read from
+/// object storage): taken a piece at a time as the socket takes them.
+pub trait Feed: Awaited {
+    /// The next piece, if one is in; `Err` when the source failed (the
+    /// answer can never be whole).
+    fn next_piece(&self) -> Result<Option<Vec<u8>>, String>;
 }
 
 enum Item {
     Bytes {
         data: Data,
         sent: usize,
+    },
+    /// `remaining` bytes of a feed; `piece` is being written.
+    Fed {
+        feed: Rc<dyn Feed>,
+        piece: Vec<u8>,
+        sent: usize,
+        remaining: u64,
     },
     File {
         file: File,
@@ -53,6 +74,8 @@ enum Item {
 /// What goes out next.
 pub enum Front<'a> {
     Bytes(&'a [u8]),
+    /// A feed whose current piece is written: take the next (`refill`).
+    Feed(&'a Rc<dyn Feed>),
     /// `remaining` bytes of `file` from `offset`.
     File {
         file: &'a File,
@@ -76,7 +99,11 @@ impl OutputQueue {
     /// In-memory bytes not yet written, plus whether a file is queued: the
     /// connection stops decoding requests while either is large.
     pub fn is_backlogged(&self) -> bool {
-        self.queued_bytes > BACKLOG_BYTES || self.items.iter().any(|item| matches!(item, Item::File { .. }))
+        self.queued_bytes > BACKLOG_BYTES
+            || self
+                .items
+                .iter()
+                .any(|item| matches!(item, Item::File { .. } | Item::Fed { .. }))
     }
 
     /// Appends bytes, coalescing with a queued byte item so pipelined small
@@ -143,6 +170,34 @@ impl OutputQueue {
         }
     }
 
+    /// `len` bytes `feed` hands over piece by piece.
+    pub fn push_feed(&mut self, feed: Rc<dyn Feed>, len: u64) {
+        if len > 0 {
+            self.items.push_back(Item::Fed {
+                feed,
+                piece: Vec::new(),
+                sent: 0,
+                remaining: len,
+            });
+        }
+    }
+
+    /// The front feed's next piece (`Front::Feed`): at most what the
+    /// answer still lacks goes out.
+    pub fn refill(&mut self, mut piece: Vec<u8>) {
+        if let Some(Item::Fed {
+            piece: current,
+            sent,
+            remaining,
+            ..
+        }) = self.items.front_mut()
+        {
+            piece.truncate(usize::try_from(*remaining).unwrap_or(usize::MAX));
+            *current = piece;
+            *sent = 0;
+        }
+    }
+
     /// Like `push_file`, for a file `growing` is still writing.
     pub fn push_growing_file(&mut self, file: File, len: u64, growing: Rc<dyn Growing>) {
         if len > 0 {
@@ -159,6 +214,8 @@ impl OutputQueue {
     pub fn front(&self) -> Option<Front<'_>> {
         Some(match self.items.front()? {
             Item::Bytes { data, sent } => Front::Bytes(&data.as_slice()[*sent..]),
+            Item::Fed { piece, sent, .. } if *sent < piece.len() => Front::Bytes(&piece[*sent..]),
+            Item::Fed { feed, .. } => Front::Feed(feed),
             Item::File {
                 file,
                 offset,
@@ -191,6 +248,21 @@ impl OutputQueue {
                 let n = (n as u64).min(*remaining);
                 *offset += n;
                 *remaining -= n;
+                *remaining == 0
+            }
+            Item::Fed {
+                piece,
+                sent,
+                remaining,
+                ..
+            } => {
+                let n = n.min(piece.len() - *sent);
+                *sent += n;
+                *remaining -= n as u64;
+                if *sent == piece.len() {
+                    *piece = Vec::new();
+                    *sent = 0;
+                }
                 *remaining == 0
             }
         };

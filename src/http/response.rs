@@ -24,6 +24,12 @@ pub enum Body {
         len: u64,
         growing: std::rc::Rc<dyn super::output::Growing>,
     },
+    /// `len` bytes arriving from elsewhere as they are sent (a blob read
+    /// from object storage).
+    Fed {
+        feed: std::rc::Rc<dyn super::output::Feed>,
+        len: u64,
+    },
     /// The length a GET would send, for HEAD answers that never open the content.
     Length(u64),
 }
@@ -34,7 +40,10 @@ impl Body {
             Body::Empty => 0,
             Body::Bytes(bytes) => bytes.len() as u64,
             Body::Shared(bytes) => bytes.len() as u64,
-            Body::File { len, .. } | Body::Growing { len, .. } | Body::Length(len) => *len,
+            Body::File { len, .. }
+            | Body::Growing { len, .. }
+            | Body::Fed { len, .. }
+            | Body::Length(len) => *len,
         }
     }
 

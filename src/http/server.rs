@@ -504,6 +504,10 @@ impl<R> ServerConnection<R> {
                 self.output.push_vec(head);
                 self.output.push_growing_file(file, len, growing);
             }
+            Body::Fed { feed, len } if !head_only => {
+                self.output.push_vec(head);
+                self.output.push_feed(feed, len);
+            }
             _ => self.output.push_vec(head),
         }
         if !keep_alive {

@@ -451,6 +451,20 @@ impl Maintenance {
         now_ms: u64,
         unix_secs: u64,
     ) -> Work {
+        if registry.storage().bucket().is_some() {
+            // The jobs walk the filesystem layout; their bucket versions
+            // are not built yet. Requests are dropped, said once each.
+            if self.requested.take().is_some()
+                | self.scrub_requested.take().is_some()
+                | self.prune_requested.take().is_some()
+            {
+                log::warn!(
+                    target: "angos::maintenance",
+                    "garbage collection, retention and scrubs do not run on object storage yet; the request is dropped"
+                );
+            }
+            return Work::default();
+        }
         Work {
             checks: self.run_scrub(registry, metrics, now_ms, unix_secs),
             deletions: self.run_collection(registry, metrics, now_ms, unix_secs),

@@ -79,7 +79,9 @@ impl Growing for Fill {
     fn failed(&self) -> bool {
         self.failed.get()
     }
+}
 
+impl crate::http::output::Awaited for Fill {
     fn wait(&self, slot: usize, generation: u64) {
         let mut waiters = self.waiters.borrow_mut();
         if !waiters.contains(&(slot, generation)) {
@@ -91,6 +93,7 @@ impl Growing for Fill {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::output::Awaited;
 
     #[test]
     fn readers_see_what_is_written_and_wait_once() {

@@ -1614,7 +1614,7 @@ mod tests {
                             String::from_utf8(request).unwrap(),
                         );
                     }
-                    Outgoing::Cancel { .. } => continue,
+                    Outgoing::Cancel { .. } | Outgoing::Pause { .. } | Outgoing::Resume { .. } => continue,
                 }
             }
         }
@@ -1958,7 +1958,7 @@ mod tests {
         };
         assert!(matches!(second.verdict(), Some(Verdict::Streaming(_))));
         assert_eq!(rig.mirror.take_woken(), vec![(1, 1), (2, 1)]);
-        crate::http::output::Growing::wait(&*fill, 1, 1);
+        crate::http::output::Awaited::wait(&*fill, 1, 1);
         rig.mirror.handle_answer(
             exchange,
             Answer::Body(data[..60_000].to_vec()),

@@ -393,45 +393,12 @@ impl<C: Clock> Reactor<C> {
                 .and_then(|bucket| bucket.objects().poll_outgoing())
             {
                 progressed = true;
-                match outgoing {
-                    crate::http::exchange::Outgoing::Send {
-                        exchange,
-                        target,
-                        request,
-                        head_request,
-                    } => self.outbound.exchange(
-                        self.poll.registry(),
-                        exchange | BUCKET_EXCHANGE,
-                        &target,
-                        request,
-                        head_request,
-                        now,
-                    ),
-                    crate::http::exchange::Outgoing::Cancel { exchange } => self
-                        .outbound
-                        .cancel_exchange(self.poll.registry(), exchange | BUCKET_EXCHANGE),
-                }
+                self.outbound
+                    .carry(self.poll.registry(), outgoing, BUCKET_EXCHANGE, now);
             }
             while let Some(outgoing) = self.mirror.poll_outgoing() {
                 progressed = true;
-                match outgoing {
-                    crate::http::exchange::Outgoing::Send {
-                        exchange,
-                        target,
-                        request,
-                        head_request,
-                    } => self.outbound.exchange(
-                        self.poll.registry(),
-                        exchange,
-                        &target,
-                        request,
-                        head_request,
-                        now,
-                    ),
-                    crate::http::exchange::Outgoing::Cancel { exchange } => {
-                        self.outbound.cancel_exchange(self.poll.registry(), exchange)
-                    }
-                }
+                self.outbound.carry(self.poll.registry(), outgoing, 0, now);
             }
             while let Some((exchange, answer)) = self.outbound.poll_exchange_event() {
                 progressed = true;
@@ -485,6 +452,18 @@ impl<C: Clock> Reactor<C> {
                 progressed = true;
                 self.step(slot, Some(generation), |connection, app, buffer, now| {
                     connection.continue_held(app, buffer, now)
+                });
+            }
+            let readers = self
+                .registry
+                .storage()
+                .bucket()
+                .map(|bucket| bucket.objects().take_readers())
+                .unwrap_or_default();
+            for (slot, generation) in readers {
+                progressed = true;
+                self.step(slot, Some(generation), |connection, app, buffer, now| {
+                    connection.run(app, buffer, now)
                 });
             }
             for (slot, generation) in self.mirror.take_woken() {

@@ -111,6 +111,8 @@ struct Connection {
     /// The attempt runs on a connection reused from the idle pool; if it dies
     /// before any response byte, the attempt moves to a fresh connection.
     reused: bool,
+    /// Its answer is not read for now: whoever streams it is full.
+    paused: bool,
 }
 
 pub struct Outbound {
@@ -200,6 +202,53 @@ impl Outbound {
     /// the answer): its connection is closed (its state is unknown).
     pub fn cancel_exchange(&mut self, registry: &Registry, exchange: ExchangeId) {
         self.drop_owner(registry, Owner::Exchange(exchange));
+    }
+
+    /// Does what a sans-IO machine asked of the outbound client; `tag` is
+    /// or-ed into its exchange ids (machines number theirs apart).
+    pub fn carry(
+        &mut self,
+        registry: &Registry,
+        outgoing: crate::http::exchange::Outgoing,
+        tag: u64,
+        now_ms: u64,
+    ) {
+        use crate::http::exchange::Outgoing;
+        match outgoing {
+            Outgoing::Send {
+                exchange,
+                target,
+                request,
+                head_request,
+            } => self.exchange(registry, exchange | tag, &target, request, head_request, now_ms),
+            Outgoing::Cancel { exchange } => self.cancel_exchange(registry, exchange | tag),
+            Outgoing::Pause { exchange } => self.pause_exchange(exchange | tag),
+            Outgoing::Resume { exchange } => self.resume_exchange(exchange | tag),
+        }
+    }
+
+    /// Stops reading an exchange's answer until `resume_exchange`: what
+    /// streams it has all it can hold (the peer waits, TCP holds the rest).
+    pub fn pause_exchange(&mut self, exchange: ExchangeId) {
+        if let Some(&slot) = self.by_owner.get(&Owner::Exchange(exchange))
+            && let Some(Some(connection)) = self.connections.get_mut(slot)
+        {
+            connection.paused = true;
+        }
+    }
+
+    /// Reads an exchange's answer again (from the next turn: the socket
+    /// may hold bytes no readiness event will announce).
+    pub fn resume_exchange(&mut self, exchange: ExchangeId) {
+        if let Some(&slot) = self.by_owner.get(&Owner::Exchange(exchange))
+            && let Some(Some(connection)) = self.connections.get_mut(slot)
+            && connection.paused
+        {
+            connection.paused = false;
+            if !self.again.contains(&slot) {
+                self.again.push(slot);
+            }
+        }
     }
 
     /// The resolver's next deadline.
@@ -325,6 +374,7 @@ impl Outbound {
             written: 0,
             reader: ResponseReader::new(None),
             reused: false,
+            paused: false,
         };
         connection.begin_attempt(owner, request, head_request, false);
         let slot = self.free.pop().unwrap_or_else(|| {
@@ -753,6 +803,7 @@ impl Connection {
             Owner::Exchange(_) => Some(head_request),
         });
         self.reused = reused;
+        self.paused = false;
         if reused {
             self.phase = Phase::Exchanging;
         }
@@ -780,6 +831,9 @@ impl Connection {
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
                 Err(error) => return Err(io_failure("send failed", &error)),
             }
+        }
+        if self.paused {
+            return Ok(Step::Wait);
         }
         let mut eof = false;
         let mut budget = READ_BUDGET_BYTES;

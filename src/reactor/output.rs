@@ -6,7 +6,7 @@ use std::io;
 use std::rc::Rc;
 
 use super::transport::Transport;
-use crate::http::output::{Front, Growing, OutputQueue};
+use crate::http::output::{Awaited, Front, OutputQueue};
 
 /// Largest single sendfile call, so one connection cannot monopolise a wake-up.
 const SENDFILE_BYTES_MAX: usize = 4 << 20;
@@ -24,8 +24,8 @@ pub enum Flush {
     /// This wake-up's budget is used; continue on the next loop turn.
     Budget,
     /// The front is a file still being written, sent as far as it is
-    /// written: wait for the writer (`Growing::wait`).
-    Starved(Rc<dyn Growing>),
+    /// written, or a feed with no piece in: wait for more (`Awaited::wait`).
+    Starved(Rc<dyn Awaited>),
 }
 
 /// File bytes on their way into TLS (no sendfile there); allocated only
@@ -51,6 +51,17 @@ pub fn flush(
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 result => result,
             },
+            Front::Feed(feed) => match feed.next_piece() {
+                Ok(Some(piece)) => {
+                    queue.refill(piece);
+                    continue;
+                }
+                Ok(None) => {
+                    let waiting: Rc<dyn Awaited> = feed.clone();
+                    return Ok((Flush::Starved(waiting), written));
+                }
+                Err(reason) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, reason)),
+            },
             Front::File {
                 file,
                 offset,
@@ -67,7 +78,8 @@ pub fn flush(
                                 "the upstream fetch of this blob failed",
                             ));
                         }
-                        return Ok((Flush::Starved(growing.clone()), written));
+                        let waiting: Rc<dyn Awaited> = growing.clone();
+                        return Ok((Flush::Starved(waiting), written));
                     }
                     remaining = ready;
                 }

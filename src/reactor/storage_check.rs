@@ -12,7 +12,6 @@ use super::outbound::Outbound;
 use super::{DNS, FIRST_OUTBOUND};
 use crate::clock::Clock;
 use crate::config::s3::S3Config;
-use crate::http::exchange::Outgoing;
 use crate::s3::check::{Check, StepReport};
 use crate::s3::client::Client;
 
@@ -36,15 +35,7 @@ pub fn check(config: &S3Config, clock: &impl Clock) -> io::Result<Vec<StepReport
             moved = false;
             while let Some(outgoing) = client.poll_outgoing() {
                 moved = true;
-                match outgoing {
-                    Outgoing::Send {
-                        exchange,
-                        target,
-                        request,
-                        head_request,
-                    } => outbound.exchange(poll.registry(), exchange, &target, request, head_request, now),
-                    Outgoing::Cancel { exchange } => outbound.cancel_exchange(poll.registry(), exchange),
-                }
+                outbound.carry(poll.registry(), outgoing, 0, now);
             }
             while let Some((exchange, answer)) = outbound.poll_exchange_event() {
                 moved = true;

@@ -43,11 +43,16 @@ impl Registry {
         } else {
             Vec::new()
         };
-        let (file, size) = self
+        let (source, size) = self
             .storage
-            .open_blob(name, digest)
+            .blob_source(name, digest)
             .map_err(RegistryError::storage)?
             .ok_or_else(blob_unknown)?;
+        if self.waits() {
+            // Run again: the body is opened (on a bucket, its read started)
+            // by the run that answers.
+            return Ok(Response::new(503).into());
+        }
         if let Some(value) = head.header("range") {
             match range::parse_range(value, size) {
                 Ok(range) => {
@@ -57,11 +62,7 @@ impl Registry {
                             "Content-Range",
                             format!("bytes {}-{}/{size}", range.start, range.end),
                         )
-                        .body(Body::File {
-                            file,
-                            offset: range.start,
-                            len,
-                        });
+                        .body(self.storage.body_of_blob(source, range.start, len));
                     return self.outcome(response, events, Commit::Nothing);
                 }
                 Err(RangeError::Unsatisfiable) => {
@@ -73,11 +74,7 @@ impl Registry {
                 Err(RangeError::Unsupported) => {}
             }
         }
-        let response = base(200).body(Body::File {
-            file,
-            offset: 0,
-            len: size,
-        });
+        let response = base(200).body(self.storage.body_of_blob(source, 0, size));
         self.outcome(response, events, Commit::Nothing)
     }
 

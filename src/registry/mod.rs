@@ -401,7 +401,7 @@ impl Registry {
     }
 
     /// Whether the running request already waits on something.
-    fn waits(&self) -> bool {
+    pub(super) fn waits(&self) -> bool {
         self.storage
             .bucket()
             .is_some_and(|bucket| bucket.objects().waits())

@@ -5,8 +5,9 @@
 //! `5xx`, throttling, a lost connection, an attempt past
 //! `operation_attempt_timeout_secs`) are tried again after a jittered,
 //! growing pause, up to `max_attempts` and within `operation_timeout_secs`.
-//! Answers are read whole up to a bound: this is the client for the small
-//! objects and control requests; blob bodies stream elsewhere.
+//! Answers are read whole up to a bound, except a streamed `GET`'s
+//! (`submit_streamed`): its body comes out piece by piece as it arrives,
+//! for a blob download, and once its head is in it is not tried again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -67,6 +68,18 @@ struct Op {
     head: Option<ResponseHead>,
     answer: Vec<u8>,
     last_failure: Option<Failure>,
+    /// The body goes out as `Piece`s (`submit_streamed`).
+    streamed: bool,
+    /// A streamed answer's `2xx` head came out: no other attempt now.
+    streaming: bool,
+}
+
+/// A piece of a streamed operation's answer: its `2xx` head, then its
+/// body in pieces; its end, or failure, is the operation's `Outcome`.
+#[derive(Debug)]
+pub enum Piece {
+    Head(ResponseHead),
+    Body(Vec<u8>),
 }
 
 pub struct Client {
@@ -79,6 +92,7 @@ pub struct Client {
     exchanges: HashMap<ExchangeId, OpId>,
     outgoing: VecDeque<Outgoing>,
     done: VecDeque<(OpId, Outcome)>,
+    pieces: VecDeque<(OpId, Piece)>,
     next_id: u64,
     entropy: Box<dyn Entropy>,
 }
@@ -114,6 +128,7 @@ impl Client {
             exchanges: HashMap::new(),
             outgoing: VecDeque::new(),
             done: VecDeque::new(),
+            pieces: VecDeque::new(),
             next_id: 1,
             entropy,
         }
@@ -126,6 +141,52 @@ impl Client {
     /// Starts `operation` (with `body` after its head, for a put or a part:
     /// its length must be the operation's).
     pub fn submit(&mut self, operation: Operation, body: Vec<u8>, now_ms: u64, unix_secs: u64) -> OpId {
+        self.start(operation, body, false, now_ms, unix_secs)
+    }
+
+    /// Starts a `GET` whose body comes out in pieces (`poll_piece`) as it
+    /// arrives; its attempts are timed until the head only (the body then
+    /// goes at the reader's pace, which `pause` and `resume` follow).
+    pub fn submit_streamed(&mut self, operation: Operation, now_ms: u64, unix_secs: u64) -> OpId {
+        self.start(operation, Vec::new(), true, now_ms, unix_secs)
+    }
+
+    pub fn poll_piece(&mut self) -> Option<(OpId, Piece)> {
+        self.pieces.pop_front()
+    }
+
+    /// Stops reading a streamed answer for now.
+    pub fn pause(&mut self, id: OpId) {
+        if let Some((exchange, _)) = self.ops.get(&id).and_then(|op| op.exchange) {
+            self.outgoing.push_back(Outgoing::Pause { exchange });
+        }
+    }
+
+    pub fn resume(&mut self, id: OpId) {
+        if let Some((exchange, _)) = self.ops.get(&id).and_then(|op| op.exchange) {
+            self.outgoing.push_back(Outgoing::Resume { exchange });
+        }
+    }
+
+    /// Nobody wants the operation's answer any more: it ends without an
+    /// `Outcome`, its connection closed.
+    pub fn cancel(&mut self, id: OpId) {
+        if let Some(op) = self.ops.remove(&id)
+            && let Some((exchange, _)) = op.exchange
+        {
+            self.exchanges.remove(&exchange);
+            self.outgoing.push_back(Outgoing::Cancel { exchange });
+        }
+    }
+
+    fn start(
+        &mut self,
+        operation: Operation,
+        body: Vec<u8>,
+        streamed: bool,
+        now_ms: u64,
+        unix_secs: u64,
+    ) -> OpId {
         let id = self.next_id;
         self.next_id += 1;
         self.ops.insert(
@@ -140,6 +201,8 @@ impl Client {
                 head: None,
                 answer: Vec::new(),
                 last_failure: None,
+                streamed,
+                streaming: false,
             },
         );
         self.attempt(id, now_ms, unix_secs);
@@ -205,7 +268,21 @@ impl Client {
             return;
         };
         match answer {
+            Answer::Head(head) if op.streamed && (200..300).contains(&head.status) => {
+                // The body is the reader's now: no deadline, no retry.
+                op.streaming = true;
+                op.exchange = Some((exchange, u64::MAX));
+                op.deadline_ms = u64::MAX;
+                op.head = Some(head.clone());
+                self.pieces.push_back((id, Piece::Head(head)));
+            }
             Answer::Head(head) => op.head = Some(head),
+            Answer::Body(data) if op.streaming => self.pieces.push_back((id, Piece::Body(data))),
+            Answer::Failed(reason) if op.streaming => {
+                self.exchanges.remove(&exchange);
+                op.exchange = None;
+                self.finish(id, Outcome::Failed(Failure::Unreachable(reason)));
+            }
             Answer::Body(data) => {
                 if op.answer.len() + data.len() > ANSWER_BYTES_MAX {
                     self.exchanges.remove(&exchange);
@@ -339,7 +416,7 @@ mod tests {
                 } => {
                     return (exchange, String::from_utf8_lossy(&request).into_owned());
                 }
-                Outgoing::Cancel { .. } => continue,
+                Outgoing::Cancel { .. } | Outgoing::Pause { .. } | Outgoing::Resume { .. } => continue,
             }
         }
     }

@@ -82,6 +82,14 @@ const REFERRERS_DIR: &str = "_referrers";
 const SESSION_DATA_FILE: &str = "data";
 const SESSION_NAMESPACE_FILE: &str = "namespace";
 
+/// Where a blob's bytes are read from.
+#[derive(Debug)]
+pub enum BlobSource {
+    File(File),
+    /// Its object in the bucket.
+    Bucket(Digest),
+}
+
 #[derive(Debug)]
 pub struct Storage {
     root: PathBuf,
@@ -425,6 +433,37 @@ impl Storage {
             Ok(metadata) => Ok(Some(metadata.len())),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
+        }
+    }
+
+    /// Where blob `digest` is read from, if `namespace` may read it, and
+    /// its size: its file, or (on a bucket) its object, streamed when the
+    /// answer is built (`body_of_blob`).
+    pub fn blob_source(&self, namespace: &str, digest: &Digest) -> io::Result<Option<(BlobSource, u64)>> {
+        if let Some(bucket) = self.bucket() {
+            self.touch_link(namespace, digest);
+            let size = bucket
+                .blob_size(namespace, digest)
+                .map_err(bucket::BucketError::into_io)?;
+            return Ok(size.map(|size| (BlobSource::Bucket(digest.clone()), size)));
+        }
+        Ok(self
+            .open_blob(namespace, digest)?
+            .map(|(file, size)| (BlobSource::File(file), size)))
+    }
+
+    /// The answer body for `len` bytes of a blob from `offset`.
+    pub fn body_of_blob(&self, source: BlobSource, offset: u64, len: u64) -> crate::http::Body {
+        match source {
+            BlobSource::File(file) => crate::http::Body::File { file, offset, len },
+            BlobSource::Bucket(_) if len == 0 => crate::http::Body::Empty,
+            BlobSource::Bucket(digest) => match self.bucket() {
+                Some(bucket) => crate::http::Body::Fed {
+                    feed: bucket.open_blob(&digest, offset, offset + len - 1),
+                    len,
+                },
+                None => crate::http::Body::Empty,
+            },
         }
     }
 

@@ -7,6 +7,7 @@
 //! content before the links that name it, a manifest before its tags, tags
 //! removed before the manifest they point to.
 
+pub mod feed;
 pub mod layout;
 pub mod objects;
 pub mod uploads;
@@ -125,6 +126,12 @@ impl BucketStore {
 
     pub fn objects(&self) -> &Objects {
         &self.objects
+    }
+
+    /// Streams bytes `first..=last` of blob `digest` as an answer body.
+    pub fn open_blob(&self, digest: &Digest, first: u64, last: u64) -> Rc<feed::BlobFeed> {
+        self.objects
+            .open_stream(&layout::blob(digest), Some((first, last)))
     }
 
     // ---- manifests and tags ---------------------------------------------

@@ -112,6 +112,9 @@ enum Effect {
 
 struct Write {
     holder: Holder,
+    /// What the request calls it (`recall`).
+    label: String,
+    /// The object it writes.
     key: String,
     effect: Effect,
     if_absent: bool,
@@ -141,6 +144,10 @@ struct State {
     fetching: HashMap<Want, OpId>,
     /// The request running now, and when it arrived.
     current: Option<(Holder, u64)>,
+    /// Streamed reads, to their feeds.
+    streams: HashMap<OpId, std::rc::Weak<super::feed::BlobFeed>>,
+    /// Connections whose streamed read moved on: run them again.
+    readers: Vec<(usize, u64)>,
     /// Jobs each parked holder waits for.
     waiting: HashMap<Holder, usize>,
     /// Why a holder's fetch failed; its next run answers with it.
@@ -156,6 +163,9 @@ struct State {
 
 pub struct Objects {
     state: RefCell<State>,
+    /// Streamed reads whose feed was dropped (kept apart from `state`: a
+    /// feed may be dropped while `state` is borrowed).
+    dropped: RefCell<Vec<OpId>>,
 }
 
 impl std::fmt::Debug for Objects {
@@ -168,6 +178,7 @@ impl Objects {
     /// `budget_bytes`: what known objects and listings may hold in memory.
     pub fn new(client: Client, max_age_ms: u64, budget_bytes: usize) -> Objects {
         Objects {
+            dropped: RefCell::new(Vec::new()),
             state: RefCell::new(State {
                 client,
                 now_ms: 0,
@@ -180,6 +191,8 @@ impl Objects {
                 jobs: HashMap::new(),
                 fetching: HashMap::new(),
                 current: None,
+                streams: HashMap::new(),
+                readers: Vec::new(),
                 waiting: HashMap::new(),
                 failures: HashMap::new(),
                 writes: HashMap::new(),
@@ -380,14 +393,18 @@ impl Objects {
     /// (`Ok(false)`: something was). Done once per request: its next runs
     /// find the result.
     pub fn put(&self, key: &str, bytes: Rc<[u8]>, if_absent: bool) -> Result<bool, Wait> {
+        let sha256 = crate::digest::Digest::sha256_of(&bytes).hex().to_string();
+        // One request may write a key twice (an upload session's state):
+        // each content is its own write.
+        let label = format!("put {key} {sha256}");
         let operation = Operation::Put {
             key: key.to_string(),
             length: bytes.len() as u64,
-            sha256: Some(crate::digest::Digest::sha256_of(&bytes).hex().to_string()),
+            sha256: Some(sha256),
             if_absent,
         };
         let body = bytes.to_vec();
-        self.write(key, operation, body, Effect::Put(bytes), if_absent)
+        self.write(&label, key, operation, body, Effect::Put(bytes), if_absent)
             .map(|written| written != Written::Exists)
     }
 
@@ -399,8 +416,15 @@ impl Objects {
             return Err(Wait::Pending);
         }
         let operation = Operation::Delete { key: key.to_string() };
-        self.write(key, operation, Vec::new(), Effect::Delete, false)
-            .map(|_| ())
+        self.write(
+            &format!("delete {key}"),
+            key,
+            operation,
+            Vec::new(),
+            Effect::Delete,
+            false,
+        )
+        .map(|_| ())
     }
 
     /// Any other write (`label` names it within the request: a part's
@@ -417,7 +441,8 @@ impl Objects {
             Some(key) => Effect::Changed(key.to_string()),
             None => Effect::Nothing,
         };
-        match self.write(label, operation, body, effect, false)? {
+        let key = changes.unwrap_or_default().to_string();
+        match self.write(label, &key, operation, body, effect, false)? {
             Written::Done(performed) => Ok(performed),
             _ => Err(Wait::Unavailable(format!("{label}: not written"))),
         }
@@ -439,6 +464,7 @@ impl Objects {
     fn write(
         &self,
         label: &str,
+        key: &str,
         operation: Operation,
         body: Vec<u8>,
         effect: Effect,
@@ -460,7 +486,8 @@ impl Objects {
             op,
             Job::Write(Write {
                 holder,
-                key: label.to_string(),
+                label: label.to_string(),
+                key: key.to_string(),
                 effect,
                 if_absent,
             }),
@@ -474,10 +501,46 @@ impl Objects {
         Err(Wait::Pending)
     }
 
+    // ---- streamed reads ----------------------------------------------------
+
+    /// Starts reading `key` (bytes `range`, inclusive, when given) as a feed
+    /// for an answer body.
+    pub fn open_stream(self: &Rc<Self>, key: &str, range: Option<(u64, u64)>) -> Rc<super::feed::BlobFeed> {
+        let mut state = self.state.borrow_mut();
+        let (now_ms, unix_secs) = (state.now_ms, state.unix_secs);
+        let operation = Operation::Get {
+            key: key.to_string(),
+            range,
+        };
+        let op = state.client.submit_streamed(operation, now_ms, unix_secs);
+        let feed = Rc::new(super::feed::BlobFeed::new(self.clone(), op));
+        state.streams.insert(op, Rc::downgrade(&feed));
+        feed
+    }
+
+    pub(super) fn resume_stream(&self, op: OpId) {
+        self.state.borrow_mut().client.resume(op);
+    }
+
+    pub(super) fn stream_dropped(&self, op: OpId) {
+        self.dropped.borrow_mut().push(op);
+    }
+
+    /// Connections whose streamed read has more for them.
+    pub fn take_readers(&self) -> Vec<(usize, u64)> {
+        std::mem::take(&mut self.state.borrow_mut().readers)
+    }
+
     // ---- the client's side ------------------------------------------------
 
     pub fn poll_outgoing(&self) -> Option<Outgoing> {
-        self.state.borrow_mut().client.poll_outgoing()
+        let dropped = std::mem::take(&mut *self.dropped.borrow_mut());
+        let mut state = self.state.borrow_mut();
+        for op in dropped {
+            state.streams.remove(&op);
+            state.client.cancel(op);
+        }
+        state.client.poll_outgoing()
     }
 
     pub fn poll_timeout(&self) -> Option<u64> {
@@ -486,7 +549,10 @@ impl Objects {
 
     pub fn has_work(&self) -> bool {
         let state = self.state.borrow();
-        state.client.has_work() || !state.woken.is_empty()
+        state.client.has_work()
+            || !state.woken.is_empty()
+            || !state.readers.is_empty()
+            || !self.dropped.borrow().is_empty()
     }
 
     pub fn handle_answer(&self, exchange: ExchangeId, answer: Answer) {
@@ -533,7 +599,28 @@ impl State {
     /// Takes the client's finished operations into entries and writes, and
     /// wakes the holders they were the last wait of.
     fn settle(&mut self) {
+        while let Some((op, piece)) = self.client.poll_piece() {
+            let Some(feed) = self.streams.get(&op).and_then(std::rc::Weak::upgrade) else {
+                continue;
+            };
+            if let crate::s3::client::Piece::Body(data) = piece
+                && feed.push(data)
+            {
+                self.client.pause(op);
+            }
+            self.readers.extend(feed.take_reader());
+        }
         while let Some((op, outcome)) = self.client.poll_done() {
+            if let Some(feed) = self.streams.remove(&op) {
+                if let Some(feed) = feed.upgrade() {
+                    feed.end(match outcome {
+                        Outcome::Done { .. } => None,
+                        Outcome::Failed(failure) => Some(failure.to_string()),
+                    });
+                    self.readers.extend(feed.take_reader());
+                }
+                continue;
+            }
             let Some(job) = self.jobs.remove(&op) else {
                 continue;
             };
@@ -635,7 +722,7 @@ impl State {
             }
         }
         if let Some(writes) = self.writes.get_mut(&write.holder) {
-            writes.insert(write.key, result);
+            writes.insert(write.label, result);
             self.done_waiting(write.holder);
         }
     }
