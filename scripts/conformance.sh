@@ -4,7 +4,9 @@
 # and the main-branch suite at OCI_VERSION=1.1+dev with the sparse data sets.
 # Each run gets a fresh server on a free loopback port and an empty data
 # directory, with the built-in defaults (only the listener and root_dir are
-# set). Prints one result line per run and exits 1 when any test failed.
+# set). Then the same three on the S3 backend (issue 16): a Garage server on
+# loopback (scripts/s3-server.sh), each run under a key prefix of its own.
+# Prints one result line per run and exits 1 when any test failed.
 #
 # usage: scripts/conformance.sh [RUNNERS_DIR]
 #   RUNNERS_DIR (or OCI_CONFORMANCE_DIR) holds run.sh and run-main.sh, as in
@@ -30,15 +32,20 @@ cleanup() {
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
     fi
+    if [ -d "$work/garage" ]; then
+        scripts/s3-server.sh stop "$work/garage" || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
 
+backend=fs
 # Starts a server in a fresh directory; sets server_pid and server_url.
 start_server() {
     local dir="$work/$1"
     mkdir -p "$dir"
-    cat >"$dir/config.toml" <<EOF
+    if [ "$backend" = fs ]; then
+        cat >"$dir/config.toml" <<EOF
 [server]
 bind_address = "127.0.0.1"
 port = 0
@@ -46,6 +53,22 @@ port = 0
 [blob_store.fs]
 root_dir = "$dir/data"
 EOF
+    else
+        cat >"$dir/config.toml" <<EOF
+[server]
+bind_address = "127.0.0.1"
+port = 0
+
+[blob_store.s3]
+endpoint = "$S3_ENDPOINT"
+bucket = "$S3_BUCKET"
+region = "$S3_REGION"
+access_key_id = "$S3_ACCESS_KEY_ID"
+secret_key = "$S3_SECRET_KEY"
+key_prefix = "$1"
+local_dir = "$dir/data"
+EOF
+    fi
     RUST_LOG=info "$binary" -c "$dir/config.toml" server >"$dir/server.log" 2>&1 &
     server_pid=$!
     local address=""
@@ -92,4 +115,11 @@ run_suite() {
 run_suite "v1.1.1" "$runners/run.sh"
 run_suite "main, OCI_VERSION=1.1" env OCI_VERSION=1.1 "$runners/run-main.sh"
 run_suite "main, 1.1+dev, sparse" env OCI_VERSION=1.1+dev OCI_DATA_SPARSE=1 "$runners/run-main.sh"
+
+backend=s3
+scripts/s3-server.sh install
+eval "$(scripts/s3-server.sh start "$work/garage")"
+run_suite "s3-v1.1.1" "$runners/run.sh"
+run_suite "s3-main-1.1" env OCI_VERSION=1.1 "$runners/run-main.sh"
+run_suite "s3-main-1.1-dev-sparse" env OCI_VERSION=1.1+dev OCI_DATA_SPARSE=1 "$runners/run-main.sh"
 exit "$failed"

@@ -12,7 +12,8 @@ works under a fresh random key prefix, and prints one line per feature:
 
 `--require-conditional-put` makes an ignored `If-None-Match: *` on PUT a failure.
 `s3_check.py put KEY TEXT` and `s3_check.py get KEY` (the body on stdout, exit
-status 1 unless 200) store and read one object, for a test's own checks.
+status 1 unless 200) store and read one object, and `s3_check.py list PREFIX` prints
+every key under a prefix, a line each, for a test's own checks.
 Path-style addressing (http://host:port/bucket/key), since loopback has no DNS for
 virtual-hosted buckets.
 """
@@ -378,6 +379,23 @@ def main():
             return 1
         sys.stdout.buffer.write(data)
         return 0
+    if args[:1] == ["list"] and len(args) == 2:
+        # Every key under a prefix, a line each (the tests look into the bucket).
+        token = None
+        while True:
+            params = {"list-type": "2", "prefix": args[1]}
+            if token:
+                params["continuation-token"] = token
+            st, _, data = s3.request("GET", params=params)
+            if st != 200:
+                print(st, data.decode(errors="replace"), file=sys.stderr)
+                return 1
+            root = xml(data)
+            for contents in root.findall("Contents"):
+                print(contents.findtext("Key"))
+            token = root.findtext("NextContinuationToken")
+            if root.findtext("IsTruncated") != "true":
+                return 0
     checker = Checker(s3, f"s3-check-{secrets.token_hex(4)}/")
     checker.objects()
     checker.listing()

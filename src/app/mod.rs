@@ -30,10 +30,16 @@ const LOGIN_SLICE_ITERATIONS: u32 = 4096;
 
 /// Identifies a connection across its life: slot and generation, so an
 /// answer for a closed connection never reaches the slot's next owner.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Waiter {
     pub slot: usize,
     pub generation: u64,
+}
+
+impl crate::event_webhook::notifier::Waits for Waiter {
+    fn holder(&self) -> (usize, u64) {
+        (self.slot, self.generation)
+    }
 }
 
 impl Waiter {

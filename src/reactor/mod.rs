@@ -450,6 +450,16 @@ impl<C: Clock> Reactor<C> {
             }
             for (slot, generation) in self.registry.take_woken() {
                 progressed = true;
+                let waiter = Waiter { slot, generation };
+                if self.notifier.is_applying(&waiter) {
+                    // A staged change (after its webhooks) waited on the bucket.
+                    if let Some((waiter, response)) =
+                        self.notifier.resume_apply(waiter, &mut self.registry, now)
+                    {
+                        self.resume(waiter, response);
+                    }
+                    continue;
+                }
                 self.step(slot, Some(generation), |connection, app, buffer, now| {
                     connection.continue_held(app, buffer, now)
                 });
@@ -794,6 +804,7 @@ impl<C: Clock> Reactor<C> {
         let now = self.clock.now_ms();
         let unix_micros = self.clock.unix_micros();
         self.notifier.set_time(now, unix_micros);
+        self.registry.set_clock(now, unix_micros / 1_000_000);
         let Some(Some(entry)) = self.slots.get_mut(slot) else {
             return;
         };

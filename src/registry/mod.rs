@@ -890,8 +890,30 @@ fn range_mismatch() -> RegistryError {
 }
 
 impl crate::event_webhook::notifier::Apply<Commit> for Registry {
-    fn apply(&mut self, commit: Commit) -> std::result::Result<(), Response> {
-        Registry::apply(self, commit)
+    fn apply(
+        &mut self,
+        holder: Holder,
+        commit: Commit,
+        again: bool,
+    ) -> crate::event_webhook::notifier::Applied<Commit> {
+        use crate::event_webhook::notifier::Applied;
+        let Some(bucket) = self.storage.bucket() else {
+            return Applied::Done(Registry::apply(self, commit));
+        };
+        let objects = bucket.objects();
+        objects.enter(holder, objects.now_ms());
+        if !again {
+            // What the request read before its webhooks were asked may be
+            // out of date: the change is checked against the bucket now.
+            objects.forget_reads();
+        }
+        let result = Registry::apply(self, commit.clone());
+        if self.leave() {
+            return Applied::Waiting(commit);
+        }
+        // Made: the holder's record of it is of no more use.
+        self.release(holder);
+        Applied::Done(result)
     }
 
     fn discard(&mut self, commit: Commit) {

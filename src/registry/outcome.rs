@@ -7,7 +7,7 @@ pub use crate::event_webhook::event::EventDraft;
 use crate::http::Response;
 
 /// A change prepared and validated but not yet made.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Commit {
     /// Reads change nothing.
     Nothing,

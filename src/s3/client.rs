@@ -17,7 +17,8 @@ use crate::entropy::Entropy;
 use crate::http::client::ResponseHead;
 use crate::http::exchange::{Answer, ExchangeId, Outgoing, Target};
 
-/// Largest answer body kept (listings of 1000 keys are about 300 KiB).
+/// Largest answer body kept (listings of 1000 keys are about 300 KiB),
+/// unless an upload's tail may be larger (`multipart_part_size`).
 const ANSWER_BYTES_MAX: usize = 4 << 20;
 /// The first pause before another attempt; it doubles per attempt.
 const RETRY_BASE_MS: u64 = 100;
@@ -93,6 +94,8 @@ pub struct Client {
     outgoing: VecDeque<Outgoing>,
     done: VecDeque<(OpId, Outcome)>,
     pieces: VecDeque<(OpId, Piece)>,
+    /// An answer body read whole is at most this long.
+    answer_bytes_max: usize,
     next_id: u64,
     entropy: Box<dyn Entropy>,
 }
@@ -129,6 +132,8 @@ impl Client {
             outgoing: VecDeque::new(),
             done: VecDeque::new(),
             pieces: VecDeque::new(),
+            answer_bytes_max: ANSWER_BYTES_MAX
+                .max(usize::try_from(config.multipart_part_size).unwrap_or(usize::MAX)),
             next_id: 1,
             entropy,
         }
@@ -284,11 +289,13 @@ impl Client {
                 self.finish(id, Outcome::Failed(Failure::Unreachable(reason)));
             }
             Answer::Body(data) => {
-                if op.answer.len() + data.len() > ANSWER_BYTES_MAX {
+                if op.answer.len() + data.len() > self.answer_bytes_max {
                     self.exchanges.remove(&exchange);
                     self.outgoing.push_back(Outgoing::Cancel { exchange });
-                    let failure =
-                        Failure::Unreachable(format!("an answer larger than {ANSWER_BYTES_MAX} bytes"));
+                    let failure = Failure::Unreachable(format!(
+                        "an answer larger than {} bytes",
+                        self.answer_bytes_max
+                    ));
                     self.finish(id, Outcome::Failed(failure));
                     return;
                 }

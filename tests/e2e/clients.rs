@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------
 
 #[track_caller]
-fn require_skopeo() {
+pub(crate) fn require_skopeo() {
     let ok = Command::new("skopeo")
         .arg("--version")
         .output()
@@ -37,7 +37,7 @@ fn require_skopeo() {
 }
 
 #[track_caller]
-fn require_python_oras() {
+pub(crate) fn require_python_oras() {
     let ok = Command::new("python3")
         .args(["-c", "import oras.client"])
         .output()
@@ -52,7 +52,7 @@ fn require_python_oras() {
 
 /// Runs a command to completion within `limit`, panicking with its output (and the
 /// server's) on failure or timeout.
-fn run(server: &Server, command: &mut Command, limit: Duration) -> String {
+pub(crate) fn run(server: &Server, command: &mut Command, limit: Duration) -> String {
     let description = format!("{command:?}");
     let mut child = command
         .stdin(Stdio::null())
@@ -173,7 +173,7 @@ fn write_blob(layout: &Path, content: &[u8]) -> String {
 
 /// An image of three layers (two gzip, one plain tar) and its config, written into
 /// `layout`; returns (manifest bytes, every blob).
-fn write_image(layout: &Path, arch: &str) -> (Vec<u8>, Vec<Vec<u8>>) {
+pub(crate) fn write_image(layout: &Path, arch: &str) -> (Vec<u8>, Vec<Vec<u8>>) {
     let tars: Vec<Vec<u8>> = (0..3)
         .map(|i| {
             tar_with_file(
@@ -210,7 +210,7 @@ fn write_image(layout: &Path, arch: &str) -> (Vec<u8>, Vec<Vec<u8>>) {
     (manifest, blobs)
 }
 
-fn write_layout_index(layout: &Path, media_type: &str, top: &[u8], tag: &str) {
+pub(crate) fn write_layout_index(layout: &Path, media_type: &str, top: &[u8], tag: &str) {
     std::fs::write(layout.join("oci-layout"), "{\"imageLayoutVersion\":\"1.0.0\"}").unwrap();
     let index = format!(
         "{{\"schemaVersion\":2,\"mediaType\":\"{OCI_INDEX}\",\"manifests\":[{}]}}",
@@ -227,7 +227,7 @@ fn write_layout_index(layout: &Path, media_type: &str, top: &[u8], tag: &str) {
 }
 
 /// The digest that a layout's index.json names for `tag`.
-fn layout_digest(layout: &Path, tag: &str) -> String {
+pub(crate) fn layout_digest(layout: &Path, tag: &str) -> String {
     let text = std::fs::read_to_string(layout.join("index.json"))
         .unwrap_or_else(|e| panic!("no index.json in {}: {e}", layout.display()));
     let index = Json::parse(&text).unwrap();
@@ -246,7 +246,7 @@ fn layout_digest(layout: &Path, tag: &str) -> String {
 }
 
 #[track_caller]
-fn assert_layout_has(layout: &Path, content: &[u8]) {
+pub(crate) fn assert_layout_has(layout: &Path, content: &[u8]) {
     let d = digest(content);
     let path = layout.join("blobs").join("sha256").join(&d["sha256:".len()..]);
     let stored = std::fs::read(&path)
@@ -254,7 +254,7 @@ fn assert_layout_has(layout: &Path, content: &[u8]) {
     assert!(stored == content, "blob {d} differs in the pulled layout");
 }
 
-fn skopeo(server: &Server, args: &[&str]) -> String {
+pub(crate) fn skopeo(server: &Server, args: &[&str]) -> String {
     let mut command = Command::new("skopeo");
     command.arg("--insecure-policy").args(args);
     run(server, &mut command, Duration::from_secs(300))

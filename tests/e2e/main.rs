@@ -40,6 +40,7 @@ mod refusals;
 mod registry_api;
 mod registry_manifests;
 mod retention;
+mod s3_backend;
 mod s3_server;
 mod scrub;
 mod slow_clients;

@@ -101,32 +101,3 @@ fn storage_check_with_a_wrong_secret_says_what_s3_refused() {
     assert!(text.contains("FAIL put an object: S3 answered 403"), "{text}");
     assert!(text.contains("0 passed, 1 failed"), "{text}");
 }
-
-#[test]
-fn a_server_configured_for_s3_refuses_to_start_rather_than_write_locally() {
-    let dir = TempDir::new("s3-refused");
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        "[server]\nbind_address = \"127.0.0.1\"\nport = 0\n[blob_store.s3]\nendpoint = \"http://127.0.0.1:9\"\n\
-             bucket = \"registry\"\nregion = \"r\"\naccess_key_id = \"a\"\nsecret_key = \"s\"\n",
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_angos"))
-        .current_dir(dir.path())
-        .arg("-c")
-        .arg(&path)
-        .arg("server")
-        .output()
-        .expect("run angos server");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("[blob_store.s3]") && stderr.contains("use [blob_store.fs]"),
-        "{stderr}"
-    );
-    assert!(
-        !dir.path().join("data").exists(),
-        "nothing was written to the default root_dir"
-    );
-}

@@ -397,13 +397,18 @@ struct FakeRegistry {
 }
 
 impl Apply<Commit> for FakeRegistry {
-    fn apply(&mut self, (op, fails): Commit) -> Result<(), Response> {
+    fn apply(
+        &mut self,
+        _: (usize, u64),
+        (op, fails): Commit,
+        _: bool,
+    ) -> angos::event_webhook::notifier::Applied<Commit> {
         self.log.push(Applied::Apply(op));
-        if fails {
+        angos::event_webhook::notifier::Applied::Done(if fails {
             Err(Response::new(409).header("X-Op", op.to_string()))
         } else {
             Ok(())
-        }
+        })
     }
 
     fn discard(&mut self, (op, _): Commit) {

@@ -24,8 +24,35 @@ use crate::metrics::{FamilyId, LATENCY_BUCKETS_SECONDS, Metrics};
 
 /// Makes or drops a staged change; the registry implements it.
 pub trait Apply<C> {
-    fn apply(&mut self, commit: C) -> Result<(), Response>;
+    /// Makes `commit` for the request `holder` (the registry's numbering,
+    /// `Waits::holder`); `again`: a call after `Applied::Waiting`.
+    fn apply(&mut self, holder: (usize, u64), commit: C, again: bool) -> Applied<C>;
     fn discard(&mut self, commit: C);
+}
+
+/// What `Apply::apply` did.
+pub enum Applied<C> {
+    Done(Result<(), Response>),
+    /// The change waits on the registry's object storage: `apply` it again
+    /// when the registry wakes the holder (`Notifier::resume_apply`).
+    Waiting(C),
+}
+
+/// A request that waits on the notifier, as the registry numbers it.
+pub trait Waits: Copy + Eq + std::hash::Hash {
+    fn holder(&self) -> (usize, u64);
+}
+
+impl Waits for u32 {
+    fn holder(&self) -> (usize, u64) {
+        (0, u64::from(*self))
+    }
+}
+
+impl Waits for u64 {
+    fn holder(&self) -> (usize, u64) {
+        (0, *self)
+    }
 }
 
 /// A staged operation handed to `submit`: its events, who caused them, the
@@ -69,6 +96,15 @@ struct Parked<W, C> {
     stage: Stage<C>,
 }
 
+/// A change being made on object storage (`Applied::Waiting`), and what
+/// comes after it.
+struct Applying<C> {
+    commit: C,
+    response: Response,
+    optional: Deliveries,
+    asynchronous: Deliveries,
+}
+
 struct Families {
     deliveries: FamilyId,
     duration: FamilyId,
@@ -83,6 +119,8 @@ pub struct Notifier<W, C> {
     routing: Routing,
     dispatcher: Dispatcher,
     parked: HashMap<GateId, Parked<W, C>>,
+    /// Changes waiting on object storage, by who waits for them.
+    applying: HashMap<W, Applying<C>>,
     families: Families,
     /// Webhooks whose queue-depth gauge exists, to zero or remove it.
     gauged: Vec<String>,
@@ -101,7 +139,7 @@ pub struct Notifier<W, C> {
     entropy: Box<dyn Entropy>,
 }
 
-impl<W, C> Notifier<W, C> {
+impl<W: Waits, C> Notifier<W, C> {
     pub fn new(config: &Config, metrics: &mut Metrics, now_ms: u64) -> Notifier<W, C> {
         let families = Families {
             deliveries: metrics.counter(
@@ -150,6 +188,7 @@ impl<W, C> Notifier<W, C> {
             routing,
             dispatcher,
             parked: HashMap::new(),
+            applying: HashMap::new(),
             families,
             gauged: Vec::new(),
             drops: Vec::new(),
@@ -265,13 +304,65 @@ impl<W, C> Notifier<W, C> {
             self.parked.insert(gate, Parked { waiter, stage });
             return Submitted::Parked;
         }
-        if let Err(error) = registry.apply(commit) {
-            return Submitted::Respond(error);
-        }
-        match self.after_commit(waiter, response, optional, asynchronous, now_ms) {
+        let applying = Applying {
+            commit,
+            response,
+            optional,
+            asynchronous,
+        };
+        match self.make(waiter, applying, registry, false, now_ms) {
             Some((_, response)) => Submitted::Respond(response),
             None => Submitted::Parked,
         }
+    }
+
+    /// Makes a change, then goes on as `after_commit`; `None` while it
+    /// waits on object storage (kept in `applying`) or on optional webhooks.
+    fn make(
+        &mut self,
+        waiter: W,
+        applying: Applying<C>,
+        registry: &mut impl Apply<C>,
+        again: bool,
+        now_ms: u64,
+    ) -> Option<(W, Response)> {
+        let Applying {
+            commit,
+            response,
+            optional,
+            asynchronous,
+        } = applying;
+        match registry.apply(waiter.holder(), commit, again) {
+            Applied::Done(Err(error)) => Some((waiter, error)),
+            Applied::Done(Ok(())) => self.after_commit(waiter, response, optional, asynchronous, now_ms),
+            Applied::Waiting(commit) => {
+                let applying = Applying {
+                    commit,
+                    response,
+                    optional,
+                    asynchronous,
+                };
+                self.applying.insert(waiter, applying);
+                None
+            }
+        }
+    }
+
+    /// The registry woke `waiter`: a change of its that waited on object
+    /// storage is tried again. `None` when it has none, or waits still.
+    pub fn resume_apply(
+        &mut self,
+        waiter: W,
+        registry: &mut impl Apply<C>,
+        now_ms: u64,
+    ) -> Option<(W, Response)> {
+        let applying = self.applying.remove(&waiter)?;
+        self.make(waiter, applying, registry, true, now_ms)
+    }
+
+    /// Whether `waiter` waits for a change on object storage.
+    pub fn is_applying(&self, waiter: &W) -> bool {
+        self.applying.contains_key(waiter)
     }
 
     /// The change is visible: queue async deliveries, then wait for optional
@@ -375,12 +466,13 @@ impl<W, C> Notifier<W, C> {
                     },
                     GateOutcome::Passed,
                 ) => {
-                    if let Err(error) = registry.apply(commit) {
-                        return Some((parked.waiter, error));
-                    }
-                    if let Some(ready) =
-                        self.after_commit(parked.waiter, response, optional, asynchronous, now_ms)
-                    {
+                    let applying = Applying {
+                        commit,
+                        response,
+                        optional,
+                        asynchronous,
+                    };
+                    if let Some(ready) = self.make(parked.waiter, applying, registry, false, now_ms) {
                         return Some(ready);
                     }
                 }
@@ -571,9 +663,9 @@ mod tests {
     struct Commits(Vec<&'static str>);
 
     impl Apply<&'static str> for Commits {
-        fn apply(&mut self, commit: &'static str) -> Result<(), Response> {
+        fn apply(&mut self, _: (usize, u64), commit: &'static str, _: bool) -> Applied<&'static str> {
             self.0.push(commit);
-            Ok(())
+            Applied::Done(Ok(()))
         }
 
         fn discard(&mut self, _: &'static str) {}

@@ -203,6 +203,11 @@ impl Objects {
         }
     }
 
+    /// The clock's monotonic milliseconds (`set_time`).
+    pub fn now_ms(&self) -> u64 {
+        self.state.borrow().now_ms
+    }
+
     pub fn set_time(&self, now_ms: u64, unix_secs: u64) {
         let mut state = self.state.borrow_mut();
         state.now_ms = now_ms;
@@ -674,7 +679,17 @@ impl State {
             self.fetching.remove(&fetch.want);
         }
         match known {
-            Ok(known) => self.remember(fetch.want.clone(), known, fetch.sent_ms),
+            Ok(known) => {
+                // The waiting requests read it now, whatever the budget
+                // keeps of it for others (a tail larger than the budget).
+                for holder in &fetch.holders {
+                    self.reads
+                        .entry(*holder)
+                        .or_default()
+                        .insert(fetch.want.clone(), known.clone());
+                }
+                self.remember(fetch.want.clone(), known, fetch.sent_ms)
+            }
             Err(reason) => {
                 for holder in &fetch.holders {
                     self.failures.insert(*holder, reason.clone());
@@ -920,6 +935,19 @@ mod tests {
         });
         assert_eq!(size, Ok(Some(7)));
         assert_eq!(rig.fake.requests, requests, "content is not asked for again");
+    }
+
+    /// Found by a 64 MiB push whose 4 MiB tail filled the whole budget:
+    /// the fetched object was evicted before the run it was for, fetched
+    /// again, evicted again, and the request never answered.
+    #[test]
+    fn an_object_larger_than_the_budget_reaches_the_request_that_waited() {
+        let mut rig = Rig::new(Faults::default(), 1);
+        rig.fake.objects.insert("big".into(), vec![7; 4096]);
+        let objects = Objects::new(client(3, 1), 0, 1024);
+        let got = settle(&mut rig, &objects, A, 1_000, || objects.get("big", false));
+        assert_eq!(got.unwrap().map(|bytes| bytes.len()), Some(4096));
+        assert_eq!(rig.fake.requests, 1);
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub struct Options {
     /// Further configuration files, given as `-c FILE` after the generated one
     /// (a document's example kept verbatim in a file of its own).
     pub config_files: Vec<PathBuf>,
+    /// `[blob_store.s3]` lines: the content goes to that bucket instead of
+    /// `[blob_store.fs]` (the data directory keeps the journal and lock).
+    pub bucket: Vec<String>,
 }
 
 impl Options {
@@ -154,6 +157,26 @@ impl Options {
 
     pub fn sync(mut self) -> Options {
         self.sync_to_disk = true;
+        self
+    }
+
+    /// Content in `s3`'s bucket, under `prefix` (several servers given the
+    /// same prefix are replicas of one registry).
+    pub fn on_bucket(mut self, s3: &s3::S3Server, prefix: &str) -> Options {
+        self.bucket = vec![
+            format!("endpoint = \"{}\"", s3.endpoint),
+            format!("bucket = \"{}\"", s3.bucket),
+            format!("region = \"{}\"", s3.region),
+            format!("access_key_id = \"{}\"", s3.access_key_id),
+            format!("secret_key = \"{}\"", s3.secret_key),
+            format!("key_prefix = \"{prefix}\""),
+        ];
+        self
+    }
+
+    /// Another `[blob_store.s3]` line (after `on_bucket`).
+    pub fn bucket_line(mut self, line: &str) -> Options {
+        self.bucket.push(line.to_string());
         self
     }
 }
@@ -192,12 +215,20 @@ impl Server {
             config.push_str(line);
             config.push('\n');
         }
-        let _ = writeln!(
-            config,
-            "\n[blob_store.fs]\nroot_dir = \"{}\"\nsync_to_disk = {}\n",
-            root.display(),
-            options.sync_to_disk
-        );
+        if options.bucket.is_empty() {
+            let _ = writeln!(
+                config,
+                "\n[blob_store.fs]\nroot_dir = \"{}\"\nsync_to_disk = {}\n",
+                root.display(),
+                options.sync_to_disk
+            );
+        } else {
+            let _ = writeln!(config, "\n[blob_store.s3]\nlocal_dir = \"{}\"", root.display());
+            for line in &options.bucket {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
         for line in &options.storage {
             config.push_str(line);
             config.push('\n');

@@ -1,0 +1,461 @@
+//! The S3 backend against a real S3-compatible server (Garage on loopback,
+//! `common::s3`): two replicas of one registry on one bucket, real clients
+//! through both, chunked uploads spread over both, and the bucket going away
+//! and coming back. The OCI conformance suites run on the bucket from
+//! `scripts/conformance.sh`.
+// End-to-end tests time the real binary from outside: wall-clock reads are
+// the point here, not a way around the driven clock (clippy.toml).
+#![allow(clippy::disallowed_methods)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::clients::{
+    assert_layout_has, layout_digest, require_python_oras, require_skopeo, run, skopeo, write_image,
+    write_layout_index,
+};
+use crate::common;
+use common::s3::S3Server;
+use common::*;
+
+/// Part size of the tests' uploads: S3's smallest, so a few MiB cross parts.
+const PART: usize = 5 << 20;
+
+fn replica(s3: &S3Server, prefix: &str) -> Server {
+    Server::start_with(
+        &Options::default()
+            .on_bucket(s3, prefix)
+            .bucket_line("multipart_part_size = \"5MiB\""),
+    )
+}
+
+/// Keys the bucket holds under `prefix`, listed with the server's own tool.
+fn keys(s3: &S3Server, prefix: &str) -> Vec<String> {
+    let output = s3.run(
+        "python3",
+        &[
+            common::s3::script("s3_check.py").to_str().unwrap(),
+            "list",
+            prefix,
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "listing the bucket: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn skopeo_pushes_through_one_replica_and_pulls_identical_digests_through_another() {
+    require_skopeo();
+    let s3 = S3Server::start();
+    let (a, b) = (replica(&s3, "two"), replica(&s3, "two"));
+    let work = TempDir::new("s3-skopeo");
+    let source = work.path().join("source");
+    let (manifest, blobs) = write_image(&source, "amd64");
+    write_layout_index(&source, OCI_MANIFEST, &manifest, "v1");
+    let manifest_digest = digest(&manifest);
+    skopeo(
+        &a,
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+            &format!("oci:{}:v1", source.display()),
+            &format!("docker://127.0.0.1:{}/team/image:v1", a.addr.port()),
+        ],
+    );
+    let dest = work.path().join("pulled");
+    skopeo(
+        &b,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+            &format!("docker://127.0.0.1:{}/team/image:v1", b.addr.port()),
+            &format!("oci:{}:v1", dest.display()),
+        ],
+    );
+    assert_eq!(layout_digest(&dest, "v1"), manifest_digest);
+    assert_layout_has(&dest, &manifest);
+    for blob in &blobs {
+        assert_layout_has(&dest, blob);
+    }
+    // Nothing of the content is on either replica's disk.
+    for server in [&a, &b] {
+        let local: Vec<_> = std::fs::read_dir(&server.root)
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            local.iter().all(|name| name == "_journal" || name == ".lock"),
+            "{local:?}"
+        );
+    }
+}
+
+const ORAS_PUSH_PULL: &str = r#"
+import hashlib, os, sys
+import oras.client
+push_host, pull_host, work = sys.argv[1:4]
+path = os.path.join(work, "payload.bin")
+with open(path, "wb") as f:
+    f.write(os.urandom(7 * 1024 * 1024 + 123))
+pusher = oras.client.OrasClient(hostname=push_host, insecure=True)
+response = pusher.push(files=[path], target=f"{push_host}/team/artifact:v1", disable_path_validation=True)
+print(f"push_status={response.status_code}")
+puller = oras.client.OrasClient(hostname=pull_host, insecure=True)
+files = puller.pull(target=f"{pull_host}/team/artifact:v1", outdir=os.path.join(work, "pulled"))
+with open(path, "rb") as f:
+    print("pushed=sha256:" + hashlib.sha256(f.read()).hexdigest())
+for pulled in files:
+    with open(pulled, "rb") as f:
+        print("pulled=sha256:" + hashlib.sha256(f.read()).hexdigest())
+print("done=yes")
+"#;
+
+#[test]
+fn oras_pushes_a_multipart_artifact_through_one_replica_and_pulls_it_through_another() {
+    require_python_oras();
+    let s3 = S3Server::start();
+    let (a, b) = (replica(&s3, "oras"), replica(&s3, "oras"));
+    let work = TempDir::new("s3-oras");
+    let script = work.path().join("push_pull.py");
+    std::fs::write(&script, ORAS_PUSH_PULL).unwrap();
+    let output = run(
+        &a,
+        Command::new("python3")
+            .arg(&script)
+            .arg(format!("127.0.0.1:{}", a.addr.port()))
+            .arg(format!("127.0.0.1:{}", b.addr.port()))
+            .arg(work.path()),
+        Duration::from_secs(120),
+    );
+    let field = |key: &str| -> Vec<String> {
+        output
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(field("done"), ["yes"], "{output}");
+    assert_eq!(field("push_status"), ["201"], "{output}");
+    assert_eq!(field("pulled"), field("pushed"), "{output}");
+}
+
+#[test]
+fn chunks_of_one_upload_through_alternating_replicas_make_one_verified_blob() {
+    let s3 = S3Server::start();
+    let (a, b) = (replica(&s3, "chunks"), replica(&s3, "chunks"));
+    let blob = pseudo_random_bytes(16, 2 * PART + PART / 2 + 17);
+    let started = a.request("POST", "/v2/team/big/blobs/uploads/", &[], b"");
+    started.assert_status(202);
+    let mut location = url_path(started.expect_header("location"));
+    let chunk = PART / 2 + 1000;
+    let mut sent = 0;
+    for (index, piece) in blob.chunks(chunk).enumerate() {
+        let server = if index % 2 == 0 { &a } else { &b };
+        let range = format!("{}-{}", sent, sent + piece.len() - 1);
+        let length = piece.len().to_string();
+        let response = server.request(
+            "PATCH",
+            &location,
+            &[
+                ("Content-Range", &range),
+                ("Content-Length", &length),
+                ("Content-Type", "application/octet-stream"),
+            ],
+            piece,
+        );
+        response.assert_status(202);
+        sent += piece.len();
+        assert_eq!(response.header("range"), Some(format!("0-{}", sent - 1).as_str()));
+        location = url_path(response.expect_header("location"));
+    }
+    // The status through the other replica says what both received.
+    let status = b.get(&location);
+    status.assert_status(204);
+    assert_eq!(
+        status.header("range"),
+        Some(format!("0-{}", blob.len() - 1).as_str())
+    );
+    let d = digest(&blob);
+    let put = a.request("PUT", &with_query(&location, "digest", &d), &[], b"");
+    put.assert_status(201);
+    for server in [&a, &b] {
+        let got = server.get(&format!("/v2/team/big/blobs/{d}"));
+        got.assert_status(200);
+        assert!(got.body == blob, "the blob read back differs");
+    }
+    // A range through the bucket.
+    let ranged = b.request(
+        "GET",
+        &format!("/v2/team/big/blobs/{d}"),
+        &[("Range", "bytes=100-199")],
+        b"",
+    );
+    ranged.assert_status(206);
+    assert!(ranged.body == blob[100..200]);
+    // The session is gone from the bucket; the content is where it belongs.
+    let left = keys(&s3, "chunks/_uploads/");
+    assert!(left.is_empty(), "{left:?}");
+
+    // Wrong bytes for a digest store nothing.
+    let started = b.request("POST", "/v2/team/big/blobs/uploads/", &[], b"");
+    let location = url_path(started.expect_header("location"));
+    let other = pseudo_random_bytes(17, PART + 10);
+    b.request(
+        "PATCH",
+        &location,
+        &[("Content-Type", "application/octet-stream")],
+        &other,
+    )
+    .assert_status(202);
+    let claimed = digest(b"not these bytes");
+    a.request("PUT", &with_query(&location, "digest", &claimed), &[], b"")
+        .assert_error(400, "DIGEST_INVALID");
+    a.get(&format!("/v2/team/big/blobs/{claimed}")).assert_status(404);
+    assert!(keys(&s3, "chunks/_uploads/").is_empty());
+}
+
+/// Pushes a one-layer manifest under `tag` through `server`; its digest.
+fn push_tagged(server: &Server, repo: &str, tag: &str, seed: u64) -> String {
+    let layer = pseudo_random_bytes(seed, 1000);
+    let config = b"{}".to_vec();
+    for blob in [&layer, &config] {
+        let d = digest(blob);
+        server
+            .request(
+                "POST",
+                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+                &[("Content-Type", "application/octet-stream")],
+                blob,
+            )
+            .assert_status(201);
+    }
+    let manifest = ManifestSpec::oci(
+        descriptor(OCI_EMPTY, &config),
+        vec![descriptor(OCI_LAYER, &layer)],
+    )
+    .to_json()
+    .into_bytes();
+    server
+        .request(
+            "PUT",
+            &format!("/v2/{repo}/manifests/{tag}"),
+            &[("Content-Type", OCI_MANIFEST)],
+            &manifest,
+        )
+        .assert_status(201);
+    digest(&manifest)
+}
+
+#[test]
+fn a_tag_moved_through_one_replica_is_read_through_the_other_at_once() {
+    let s3 = S3Server::start();
+    let (a, b) = (replica(&s3, "tags"), replica(&s3, "tags"));
+    for round in 0..5 {
+        let pushed = push_tagged(&a, "team/app", "latest", round);
+        let seen = b.head("/v2/team/app/manifests/latest");
+        seen.assert_status(200);
+        assert_eq!(
+            seen.header("docker-content-digest"),
+            Some(pushed.as_str()),
+            "round {round}"
+        );
+        let listed = b.get("/v2/team/app/tags/list");
+        assert_eq!(listed.json().get("tags").unwrap().as_array().unwrap().len(), 1);
+    }
+    // Deleted through B: gone through A.
+    let current = b.head("/v2/team/app/manifests/latest");
+    let d = current.expect_header("docker-content-digest").to_string();
+    b.delete(&format!("/v2/team/app/manifests/{d}"))
+        .assert_status(202);
+    a.get("/v2/team/app/manifests/latest").assert_status(404);
+    let catalog = a.get("/v2/_catalog");
+    assert!(catalog.text().contains("team/app"), "{}", catalog.describe());
+}
+
+#[test]
+fn two_replicas_pushing_one_tag_at_once_end_with_one_whole_manifest() {
+    let s3 = S3Server::start();
+    let (a, b) = (replica(&s3, "race"), replica(&s3, "race"));
+    for round in 0..5u64 {
+        let (one, two) = std::thread::scope(|scope| {
+            let one = scope.spawn(|| push_tagged(&a, "team/race", "v1", 100 + round));
+            let two = scope.spawn(|| push_tagged(&b, "team/race", "v1", 200 + round));
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        for server in [&a, &b] {
+            let got = server.request(
+                "GET",
+                "/v2/team/race/manifests/v1",
+                &[("Accept", OCI_MANIFEST)],
+                b"",
+            );
+            got.assert_status(200);
+            let d = digest(&got.body);
+            assert!(
+                d == one || d == two,
+                "round {round}: {d} is neither pushed manifest"
+            );
+            assert_eq!(got.header("docker-content-digest"), Some(d.as_str()));
+        }
+    }
+}
+
+#[test]
+fn with_the_bucket_down_requests_fail_with_503_and_service_resumes_by_itself() {
+    let mut s3 = S3Server::start();
+    let server = Server::start_with(
+        &Options::default()
+            .on_bucket(&s3, "down")
+            .bucket_line("max_attempts = 2")
+            .bucket_line("operation_attempt_timeout_secs = 2")
+            .bucket_line("operation_timeout_secs = 5"),
+    );
+    let pushed = push_tagged(&server, "team/app", "v1", 1);
+    s3.stop();
+    let started = Instant::now();
+    let failed = server.get("/v2/team/app/manifests/v1");
+    failed.assert_error(503, "UNAVAILABLE");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a clear error, not a hang"
+    );
+    let upload = server.request("POST", "/v2/team/app/blobs/uploads/", &[], b"");
+    upload.assert_error(503, "UNAVAILABLE");
+    // What does not need the bucket answers on.
+    server.get("/v2/").assert_status(200);
+    server.get("/metrics").assert_status(200);
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("object storage"), "{logs}");
+    s3.restart();
+    let back = server.head("/v2/team/app/manifests/v1");
+    back.assert_status(200);
+    assert_eq!(back.header("docker-content-digest"), Some(pushed.as_str()));
+    push_tagged(&server, "team/app", "v2", 2);
+}
+
+#[test]
+fn webhooks_gate_and_hear_of_pushes_on_the_bucket() {
+    use crate::webhook_support::{Receiver, Setup, Webhook};
+    let s3 = S3Server::start();
+    let gate = Receiver::ok();
+    let audit = Receiver::ok();
+    let setup = Setup::new()
+        .hook(Webhook::new(
+            "gate",
+            &gate.url("/gate"),
+            "required",
+            &["manifest.push"],
+        ))
+        .hook(Webhook::new(
+            "audit",
+            &audit.url("/audit"),
+            "async",
+            &["manifest.push", "blob.push"],
+        ));
+    let server = Server::start_with(&setup.options().on_bucket(&s3, "hooks"));
+    let pushed = push_tagged(&server, "team/app", "v1", 3);
+    let gated = gate
+        .wait_for(1, Duration::from_secs(10))
+        .expect("the required webhook was asked");
+    assert_eq!(gated[0].kind(), "manifest.push");
+    let heard = audit
+        .wait_for(3, Duration::from_secs(10))
+        .expect("the async webhook heard of the pushes");
+    assert!(heard.iter().any(|r| r.kind() == "manifest.push"));
+    let got = server.head("/v2/team/app/manifests/v1");
+    got.assert_status(200);
+    assert_eq!(got.header("docker-content-digest"), Some(pushed.as_str()));
+
+    // A required webhook that refuses: nothing becomes visible.
+    gate.set_reply(crate::webhook_support::Reply::status(500));
+    let layer = pseudo_random_bytes(9, 100);
+    let config = b"{}".to_vec();
+    for blob in [&layer, &config] {
+        server
+            .request(
+                "POST",
+                &format!("/v2/team/app/blobs/uploads/?digest={}", digest(blob)),
+                &[],
+                blob,
+            )
+            .assert_status(201);
+    }
+    let manifest = ManifestSpec::oci(
+        descriptor(OCI_EMPTY, &config),
+        vec![descriptor(OCI_LAYER, &layer)],
+    )
+    .to_json()
+    .into_bytes();
+    let refused = server.request(
+        "PUT",
+        "/v2/team/app/manifests/v2",
+        &[("Content-Type", OCI_MANIFEST)],
+        &manifest,
+    );
+    assert!(refused.status >= 500, "{}", refused.describe());
+    server.get("/v2/team/app/manifests/v2").assert_status(404);
+}
+
+#[test]
+fn a_replica_killed_mid_push_leaves_no_visible_blob_and_the_other_serves_and_takes_the_retry() {
+    let s3 = S3Server::start();
+    let dir = TempDir::new("s3-kill");
+    let options = Options::default()
+        .on_bucket(&s3, "kill")
+        .bucket_line("multipart_part_size = \"5MiB\"");
+    let mut a = Server::start_in(dir.path(), &options);
+    let b = replica(&s3, "kill");
+    let before = push_tagged(&b, "team/app", "v1", 4);
+    let blob = pseudo_random_bytes(21, 64 << 20);
+    let d = digest(&blob);
+    // A monolithic push to A, cut by SIGKILL once parts went out.
+    let started = a.request("POST", "/v2/team/app/blobs/uploads/", &[], b"");
+    let location = url_path(started.expect_header("location"));
+    let mut conn = a.connect();
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+        with_query(&location, "digest", &d),
+        blob.len()
+    );
+    conn.send(head.as_bytes());
+    conn.send(&blob[..40 << 20]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while keys(&s3, "kill/_uploads/").len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.kill();
+    drop(conn);
+    // B serves on; the blob is not there.
+    let got = b.head("/v2/team/app/manifests/v1");
+    got.assert_status(200);
+    assert_eq!(got.header("docker-content-digest"), Some(before.as_str()));
+    b.head(&format!("/v2/team/app/blobs/{d}")).assert_status(404);
+    assert!(keys(&s3, &format!("kill/blobs/sha256/{}/", &d[7..9])).is_empty());
+    // The retried push, through B, completes.
+    b.request(
+        "POST",
+        &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+        &[],
+        &blob,
+    )
+    .assert_status(201);
+    let read = a_fresh_read(&b, &d);
+    assert!(read == blob);
+    // A restarts on the same local directory and serves the blob too.
+    let a = Server::start_in(dir.path(), &options);
+    assert!(a_fresh_read(&a, &d) == blob);
+}
+
+fn a_fresh_read(server: &Server, d: &str) -> Vec<u8> {
+    let got = server.get(&format!("/v2/team/app/blobs/{d}"));
+    got.assert_status(200);
+    got.body
+}
