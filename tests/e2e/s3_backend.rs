@@ -459,3 +459,44 @@ fn a_fresh_read(server: &Server, d: &str) -> Vec<u8> {
     got.assert_status(200);
     got.body
 }
+
+#[test]
+fn a_killed_replicas_acknowledged_async_events_arrive_after_it_restarts() {
+    use crate::webhook_support::{Receiver, Reply, Setup, Webhook};
+    let s3 = S3Server::start();
+    let receiver = Receiver::start(Reply::status(503));
+    let setup = Setup::new()
+        .hook(Webhook::new("audit", &receiver.url("/audit"), "async", &["manifest.push"]).max_retries(16));
+    let dir = TempDir::new("s3-journal");
+    let options = setup.options().on_bucket(&s3, "journal");
+    let mut a = Server::start_in(dir.path(), &options);
+    let pushed = push_tagged(&a, "team/app", "v1", 5);
+    receiver
+        .wait_for(1, Duration::from_secs(10))
+        .expect("the first attempt went out (and was refused)");
+    a.kill();
+    receiver.set_reply(Reply::ok());
+    let _a = Server::start_in(dir.path(), &options);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let delivered = loop {
+        let replied: Vec<_> = receiver
+            .requests()
+            .into_iter()
+            .skip(1)
+            .filter(|r| r.kind() == "manifest.push")
+            .collect();
+        if !replied.is_empty() || Instant::now() > deadline {
+            break replied;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !delivered.is_empty(),
+        "the journaled event was not delivered after the restart"
+    );
+    assert!(
+        delivered[0].text().contains(&pushed),
+        "{}",
+        delivered[0].describe()
+    );
+}
