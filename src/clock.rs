@@ -266,6 +266,33 @@ pub fn parse_http_date(text: &str) -> Option<u64> {
 }
 
 /// A run of ASCII digits (at most four: every HTTP-date field is shorter).
+/// Seconds since the epoch of an RFC 3339 UTC time as S3 writes them
+/// (`2026-12-03T02:44:09.515Z`; fractions are dropped).
+pub fn parse_rfc3339_utc(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (date, time) = text.split_once('T')?;
+    let mut date_parts = date.split('-');
+    let year = digits(date_parts.next()?)?;
+    let month = u32::try_from(digits(date_parts.next()?)?).ok()?;
+    let day = u32::try_from(digits(date_parts.next()?)?).ok()?;
+    let time = time.strip_suffix('Z')?;
+    let time = time.split('.').next()?;
+    let mut time_parts = time.split(':');
+    let hour = digits(time_parts.next()?)?;
+    let minute = digits(time_parts.next()?)?;
+    let second = digits(time_parts.next()?)?;
+    if date_parts.next().is_some() || time_parts.next().is_some() {
+        return None;
+    }
+    if year < 1970 || !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * SECS_PER_DAY + hour * 3600 + minute * 60 + second)
+}
+
 fn digits(text: &str) -> Option<u64> {
     if text.is_empty() || text.len() > 4 || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -302,6 +329,16 @@ pub fn http_date(unix_secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_times_parse_to_unix_seconds() {
+        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(parse_rfc3339_utc("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+        assert_eq!(parse_rfc3339_utc("2024-02-29T12:00:00.5Z"), Some(1_709_208_000));
+        assert_eq!(parse_rfc3339_utc("2023-02-29T12:00:00Z"), None);
+        assert_eq!(parse_rfc3339_utc("2023-11-14 22:13:20Z"), None);
+        assert_eq!(parse_rfc3339_utc("2023-11-14T22:13:20+01:00"), None);
+    }
 
     fn is_leap(year: u64) -> bool {
         (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)

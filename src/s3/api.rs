@@ -404,6 +404,8 @@ pub struct Listed {
     pub key: String,
     pub size: u64,
     pub etag: String,
+    /// `LastModified`, in seconds since the epoch (0 when absent).
+    pub modified: u64,
 }
 
 /// A page of ListObjectsV2.
@@ -437,6 +439,10 @@ pub fn parse_listing(bucket: &Bucket, body: &[u8]) -> Result<Listing, String> {
             key: bucket.strip_prefix(key).to_string(),
             size,
             etag: contents.child_text("ETag").unwrap_or_default().to_string(),
+            modified: contents
+                .child_text("LastModified")
+                .and_then(crate::clock::parse_rfc3339_utc)
+                .unwrap_or(0),
         });
     }
     for prefixes in root.children_named("CommonPrefixes") {

@@ -28,6 +28,10 @@ pub struct FakeS3 {
     uploads: HashMap<String, (String, BTreeMap<u32, Vec<u8>>)>,
     next_upload: u64,
     pub conditional_writes: bool,
+    /// When each object was last written (seconds), for `LastModified`.
+    pub modified: HashMap<String, u64>,
+    /// The fake's clock, in seconds since the epoch.
+    pub now_secs: u64,
     faults: Faults,
     state: u64,
     /// Requests seen, and those that were faulted.
@@ -43,6 +47,8 @@ impl FakeS3 {
             uploads: HashMap::new(),
             next_upload: 1,
             conditional_writes: true,
+            modified: HashMap::new(),
+            now_secs: 1_700_000_000,
             faults,
             state: seed | 1,
             requests: 0,
@@ -107,6 +113,7 @@ impl FakeS3 {
                     .to_string();
                 match self.objects.get(&source_key).cloned() {
                     Some(bytes) => {
+                        self.modified.insert(key.clone(), self.now_secs);
                         self.objects.insert(key, bytes);
                         answer(
                             200,
@@ -132,6 +139,7 @@ impl FakeS3 {
                 if create_once && self.conditional_writes && self.objects.contains_key(&key) {
                     return error(412, "PreconditionFailed");
                 }
+                self.modified.insert(key.clone(), self.now_secs);
                 self.objects.insert(key, body.to_vec());
                 answer(200, &[("etag", "\"e\"".into())], Vec::new())
             }
@@ -150,6 +158,7 @@ impl FakeS3 {
                 match self.uploads.remove(&id) {
                     Some((upload_key, parts)) if upload_key == key => {
                         let assembled: Vec<u8> = parts.into_values().flatten().collect();
+                        self.modified.insert(key.clone(), self.now_secs);
                         self.objects.insert(key, assembled);
                         answer(
                             200,
@@ -191,10 +200,14 @@ impl FakeS3 {
                 }
                 if method == "HEAD" {
                     let length = bytes.len() as u64;
+                    let modified = self.modified.get(&key).copied().unwrap_or(self.now_secs);
                     return vec![
                         Answer::Head(ResponseHead {
                             status,
-                            fields: vec![("etag".into(), "\"e\"".into())],
+                            fields: vec![
+                                ("etag".into(), "\"e\"".into()),
+                                ("last-modified".into(), crate::clock::http_date(modified)),
+                            ],
                             content_length: Some(length),
                         }),
                         Answer::End,
@@ -226,8 +239,10 @@ impl FakeS3 {
         let more = keys.next().is_some();
         let mut xml = format!("<ListBucketResult><IsTruncated>{more}</IsTruncated>");
         for (key, size) in &page {
+            let modified = self.modified.get(key).copied().unwrap_or(self.now_secs);
+            let modified = crate::clock::rfc3339_utc(modified * 1_000_000);
             xml.push_str(&format!(
-                "<Contents><Key>{key}</Key><Size>{size}</Size><ETag>\"e\"</ETag></Contents>"
+                "<Contents><Key>{key}</Key><Size>{size}</Size><ETag>\"e\"</ETag><LastModified>{modified}</LastModified></Contents>"
             ));
         }
         if more && let Some((last, _)) = page.last() {

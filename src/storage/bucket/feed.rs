@@ -9,7 +9,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-use super::objects::Objects;
 use crate::http::output::{Awaited, Feed};
 use crate::s3::client::OpId;
 
@@ -18,8 +17,36 @@ pub const FEED_HIGH_BYTES: usize = 1 << 20;
 /// Bytes left waiting when it reads again.
 pub const FEED_LOW_BYTES: usize = 256 << 10;
 
+/// What feeds ask of the reads behind them, taken by `objects.rs` when it
+/// next talks to the client (a feed is used from the answer's side, where
+/// the client is not at hand).
+#[derive(Debug, Default)]
+pub struct Signals(RefCell<Vec<Signal>>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Read the S3 answer again: the client took enough.
+    Resume(OpId),
+    /// Nobody reads it any more (the client went): stop the `GET`.
+    Dropped(OpId),
+}
+
+impl Signals {
+    fn push(&self, signal: Signal) {
+        self.0.borrow_mut().push(signal);
+    }
+
+    pub fn take(&self) -> Vec<Signal> {
+        std::mem::take(&mut *self.0.borrow_mut())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.borrow().is_empty()
+    }
+}
+
 pub struct BlobFeed {
-    objects: Rc<Objects>,
+    signals: Rc<Signals>,
     op: OpId,
     pieces: RefCell<VecDeque<Vec<u8>>>,
     buffered: Cell<usize>,
@@ -40,9 +67,9 @@ impl std::fmt::Debug for BlobFeed {
 }
 
 impl BlobFeed {
-    pub(super) fn new(objects: Rc<Objects>, op: OpId) -> BlobFeed {
+    pub(super) fn new(signals: Rc<Signals>, op: OpId) -> BlobFeed {
         BlobFeed {
-            objects,
+            signals,
             op,
             pieces: RefCell::new(VecDeque::new()),
             buffered: Cell::new(0),
@@ -89,7 +116,7 @@ impl Feed for BlobFeed {
                 self.buffered.set(self.buffered.get() - piece.len());
                 if self.paused.get() && self.buffered.get() <= FEED_LOW_BYTES {
                     self.paused.set(false);
-                    self.objects.resume_stream(self.op);
+                    self.signals.push(Signal::Resume(self.op));
                 }
                 Ok(Some(piece))
             }
@@ -107,7 +134,7 @@ impl Drop for BlobFeed {
     fn drop(&mut self) {
         if !self.ended.get() {
             // Nobody reads it any more (the client went): stop the GET.
-            self.objects.stream_dropped(self.op);
+            self.signals.push(Signal::Dropped(self.op));
         }
     }
 }

@@ -7,6 +7,7 @@
 //! content before the links that name it, a manifest before its tags, tags
 //! removed before the manifest they point to.
 
+pub mod collect;
 pub mod feed;
 pub mod layout;
 pub mod objects;
@@ -203,8 +204,10 @@ impl BucketStore {
                 why: "a media type with a line break",
             });
         }
-        // Content is named by its digest: if it is there, it is this.
-        self.objects.put(&layout::blob(digest), Rc::from(body), true)?;
+        // Written even when there (the same bytes): its time is what keeps
+        // a collection running on another replica from removing it before
+        // the revision below names it (`collect.rs`).
+        self.objects.put(&layout::blob(digest), Rc::from(body), false)?;
         let subject = referrer
             .map(|(subject, _)| subject.to_string())
             .unwrap_or_default();
@@ -214,6 +217,19 @@ impl BucketStore {
             Rc::from(revision.as_bytes()),
             false,
         )?;
+        // A collection that listed the content before it was written again
+        // may have removed it since (`collect.rs`): written once more.
+        let content = layout::blob(digest);
+        if !self.objects.exists_again(&content, "the content, still there?")? {
+            let operation = crate::s3::api::Operation::Put {
+                key: content.clone(),
+                length: body.len() as u64,
+                sha256: Some(digest.hex().to_string()).filter(|_| digest.algorithm() == "sha256"),
+                if_absent: false,
+            };
+            self.objects
+                .perform("the content again", operation, body.to_vec(), Some(&content))?;
+        }
         if let Some((subject, descriptor)) = referrer {
             let json = serde_json::to_vec(descriptor).map_err(|_| BucketError::Corrupt {
                 key: layout::referrer(namespace, subject, digest),

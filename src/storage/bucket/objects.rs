@@ -52,6 +52,8 @@ enum Known {
     Object(Rc<[u8]>),
     /// A `HEAD`: the object's size.
     Size(u64),
+    /// A `HEAD`: the object's size and when it was last written.
+    Stat(u64, u64),
     Absent,
     Listing(Rc<Vec<Listed>>),
 }
@@ -68,6 +70,12 @@ struct Entry {
 enum Want {
     Object(String),
     Size(String),
+    Stat(String),
+    /// The object again, read apart from the request's first read of it
+    /// and from anything known of it (after a write of its own whose
+    /// outcome was unclear, or another replica may have undone): key,
+    /// label, and whether only its size is wanted (a `HEAD`).
+    Again(String, &'static str, bool),
     List(String),
 }
 
@@ -163,9 +171,9 @@ struct State {
 
 pub struct Objects {
     state: RefCell<State>,
-    /// Streamed reads whose feed was dropped (kept apart from `state`: a
+    /// What the feeds of streamed reads ask (kept apart from `state`: a
     /// feed may be dropped while `state` is borrowed).
-    dropped: RefCell<Vec<OpId>>,
+    signals: Rc<super::feed::Signals>,
 }
 
 impl std::fmt::Debug for Objects {
@@ -178,7 +186,7 @@ impl Objects {
     /// `budget_bytes`: what known objects and listings may hold in memory.
     pub fn new(client: Client, max_age_ms: u64, budget_bytes: usize) -> Objects {
         Objects {
-            dropped: RefCell::new(Vec::new()),
+            signals: Rc::default(),
             state: RefCell::new(State {
                 client,
                 now_ms: 0,
@@ -290,7 +298,9 @@ impl Objects {
         match self.read(Want::Object(key.to_string()), immutable)? {
             Known::Object(bytes) => Ok(Some(bytes)),
             Known::Absent => Ok(None),
-            Known::Size(_) | Known::Listing(_) => Err(Wait::Unavailable("not an object".into())),
+            Known::Size(_) | Known::Stat(..) | Known::Listing(_) => {
+                Err(Wait::Unavailable("not an object".into()))
+            }
         }
     }
 
@@ -313,7 +323,37 @@ impl Objects {
             Known::Size(size) => Ok(Some(size)),
             Known::Absent => Ok(None),
             Known::Object(bytes) => Ok(Some(bytes.len() as u64)),
+            Known::Stat(size, _) => Ok(Some(size)),
             Known::Listing(_) => Err(Wait::Unavailable("not an object".into())),
+        }
+    }
+
+    /// The object's bytes read anew (apart from what this request read of
+    /// it before, under `label`): to learn what its own write did.
+    pub fn get_again(&self, key: &str, label: &'static str) -> Result<Option<Rc<[u8]>>, Wait> {
+        match self.read(Want::Again(key.to_string(), label, false), false)? {
+            Known::Object(bytes) => Ok(Some(bytes)),
+            Known::Absent => Ok(None),
+            _ => Err(Wait::Unavailable("not an object".into())),
+        }
+    }
+
+    /// Whether the object is there, asked of the bucket now (a `HEAD`),
+    /// whatever this replica knows of it.
+    pub fn exists_again(&self, key: &str, label: &'static str) -> Result<bool, Wait> {
+        match self.read(Want::Again(key.to_string(), label, true), false)? {
+            Known::Absent => Ok(false),
+            _ => Ok(true),
+        }
+    }
+
+    /// The object's size and when it was last written (unix seconds), by a
+    /// `HEAD` of its own (never from a body known): `None` when absent.
+    pub fn stat(&self, key: &str) -> Result<Option<(u64, u64)>, Wait> {
+        match self.read(Want::Stat(key.to_string()), false)? {
+            Known::Stat(size, modified) => Ok(Some((size, modified))),
+            Known::Absent => Ok(None),
+            _ => Err(Wait::Unavailable("not an object".into())),
         }
     }
 
@@ -359,7 +399,8 @@ impl Objects {
         if let Some(known) = self.recalled(&want) {
             return Ok(known);
         }
-        if let Some(known) = self.fresh(&want, immutable) {
+        let again = matches!(want, Want::Again(..));
+        if !again && let Some(known) = self.fresh(&want, immutable) {
             self.record(&want, &known);
             return Ok(known);
         }
@@ -371,10 +412,15 @@ impl Objects {
             return Err(Wait::Unavailable(reason.clone()));
         }
         // Join a fetch sent recently enough, or send one.
-        let joinable = state.fetching.get(&want).copied().filter(|op| {
-            matches!(state.jobs.get(op), Some(Job::Fetch(fetch))
+        let joinable = state
+            .fetching
+            .get(&want)
+            .copied()
+            .filter(|_| !again)
+            .filter(|op| {
+                matches!(state.jobs.get(op), Some(Job::Fetch(fetch))
                 if fetch.sent_ms.saturating_add(state.max_age_ms) >= arrived_ms || immutable)
-        });
+            });
         let op = match joinable {
             Some(op) => op,
             None => {
@@ -510,7 +556,7 @@ impl Objects {
 
     /// Starts reading `key` (bytes `range`, inclusive, when given) as a feed
     /// for an answer body.
-    pub fn open_stream(self: &Rc<Self>, key: &str, range: Option<(u64, u64)>) -> Rc<super::feed::BlobFeed> {
+    pub fn open_stream(&self, key: &str, range: Option<(u64, u64)>) -> Rc<super::feed::BlobFeed> {
         let mut state = self.state.borrow_mut();
         let (now_ms, unix_secs) = (state.now_ms, state.unix_secs);
         let operation = Operation::Get {
@@ -518,17 +564,9 @@ impl Objects {
             range,
         };
         let op = state.client.submit_streamed(operation, now_ms, unix_secs);
-        let feed = Rc::new(super::feed::BlobFeed::new(self.clone(), op));
+        let feed = Rc::new(super::feed::BlobFeed::new(self.signals.clone(), op));
         state.streams.insert(op, Rc::downgrade(&feed));
         feed
-    }
-
-    pub(super) fn resume_stream(&self, op: OpId) {
-        self.state.borrow_mut().client.resume(op);
-    }
-
-    pub(super) fn stream_dropped(&self, op: OpId) {
-        self.dropped.borrow_mut().push(op);
     }
 
     /// Connections whose streamed read has more for them.
@@ -539,11 +577,16 @@ impl Objects {
     // ---- the client's side ------------------------------------------------
 
     pub fn poll_outgoing(&self) -> Option<Outgoing> {
-        let dropped = std::mem::take(&mut *self.dropped.borrow_mut());
+        let signals = self.signals.take();
         let mut state = self.state.borrow_mut();
-        for op in dropped {
-            state.streams.remove(&op);
-            state.client.cancel(op);
+        for signal in signals {
+            match signal {
+                super::feed::Signal::Resume(op) => state.client.resume(op),
+                super::feed::Signal::Dropped(op) => {
+                    state.streams.remove(&op);
+                    state.client.cancel(op);
+                }
+            }
         }
         state.client.poll_outgoing()
     }
@@ -557,7 +600,7 @@ impl Objects {
         state.client.has_work()
             || !state.woken.is_empty()
             || !state.readers.is_empty()
-            || !self.dropped.borrow().is_empty()
+            || !self.signals.is_empty()
     }
 
     pub fn handle_answer(&self, exchange: ExchangeId, answer: Answer) {
@@ -578,11 +621,12 @@ impl Objects {
 impl State {
     fn send(&mut self, want: &Want) -> OpId {
         let operation = match want {
-            Want::Object(key) => Operation::Get {
+            Want::Object(key) | Want::Again(key, _, false) => Operation::Get {
                 key: key.clone(),
                 range: None,
             },
-            Want::Size(key) => Operation::Head { key: key.clone() },
+            Want::Again(key, _, true) => Operation::Head { key: key.clone() },
+            Want::Size(key) | Want::Stat(key) => Operation::Head { key: key.clone() },
             Want::List(prefix) => list_page(prefix, None),
         };
         let op = self
@@ -639,10 +683,21 @@ impl State {
     fn fetched(&mut self, op: OpId, mut fetch: Fetch, outcome: Outcome) {
         let known = match outcome {
             Outcome::Done { head, body } => match &fetch.want {
-                Want::Object(_) => Ok(Known::Object(body.into())),
+                Want::Object(_) | Want::Again(_, _, false) => Ok(Known::Object(body.into())),
+                Want::Again(_, _, true) => Ok(Known::Size(head.content_length.unwrap_or(0))),
                 Want::Size(_) => head
                     .content_length
                     .map(Known::Size)
+                    .ok_or_else(|| "S3 answered a HEAD without Content-Length".to_string()),
+                Want::Stat(_) => head
+                    .content_length
+                    .map(|size| {
+                        let modified = head
+                            .field("last-modified")
+                            .and_then(crate::clock::parse_http_date)
+                            .unwrap_or(0);
+                        Known::Stat(size, modified)
+                    })
                     .ok_or_else(|| "S3 answered a HEAD without Content-Length".to_string()),
                 Want::List(prefix) => match parse_listing(self.client.bucket(), &body) {
                     Ok(page) => {
@@ -728,6 +783,7 @@ impl State {
             if let Some((key, known)) = known {
                 self.forget_listings_above(&key);
                 self.entries.remove(&Want::Size(key.clone()));
+                self.entries.remove(&Want::Stat(key.clone()));
                 match known {
                     Some(known) => self.remember(Want::Object(key), known, self.now_ms),
                     None => {
@@ -796,7 +852,7 @@ fn weight(known: &Known) -> usize {
         + match known {
             Known::Object(bytes) => bytes.len(),
             Known::Listing(listed) => listed.iter().map(|item| item.key.len() + 48).sum(),
-            Known::Size(_) | Known::Absent => 0,
+            Known::Size(_) | Known::Stat(..) | Known::Absent => 0,
         }
 }
 

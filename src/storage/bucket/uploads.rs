@@ -332,18 +332,19 @@ impl BucketStore {
     pub fn commit_upload(&self, namespace: &str, id: &str, digest: &Digest) -> Result<bool> {
         let session = self.upload(namespace, id);
         let tail = self.objects.get(&layout::upload_tail(id), false);
-        let exists = self.objects.size(&layout::blob(digest), true);
-        let (Some(mut session), tail, exists) = (session?, tail?, exists?) else {
+        let (Some(mut session), tail) = (session?, tail?) else {
             return Ok(false);
         };
         let tail = tail.unwrap_or_else(|| Rc::from(&b""[..]));
         let blob = layout::blob(digest);
-        if exists.is_none() {
+        // Written even when the content is there (the same bytes): its new
+        // time keeps a collection on another replica, which may have looked
+        // before the link below exists, from removing it (`collect.rs`).
+        {
             match &session.upload_id {
                 None => {
-                    // Smaller than a part: the tail is the blob. Content is
-                    // named by its digest, so one already there is this.
-                    self.objects.put(&blob, tail, true)?;
+                    // Smaller than a part: the tail is the blob.
+                    self.objects.put(&blob, tail, false)?;
                 }
                 Some(upload_id) => {
                     let data = layout::upload_data(id);
@@ -401,6 +402,14 @@ impl BucketStore {
         }
         self.objects
             .put(&layout::layer_link(namespace, digest), Rc::from(&b""[..]), false)?;
+        // A collection that listed the content before it was written again
+        // may have removed it since: then the push fails (the client pushes
+        // again) rather than answer for a blob that is not there.
+        if !self.objects.exists_again(&blob, "the content, still there?")? {
+            return Err(BucketError::Unavailable(format!(
+                "{digest} was removed by a garbage collection while it was pushed; push it again"
+            )));
+        }
         self.add_to_catalog(namespace)?;
         self.remove_session(id, None)?;
         Ok(true)
@@ -417,7 +426,7 @@ impl BucketStore {
 
     /// The session's objects, the state last (what finds the state finds
     /// the rest), after aborting its multipart upload when still open.
-    fn remove_session(&self, id: &str, open_upload: Option<&str>) -> Result<()> {
+    pub(super) fn remove_session(&self, id: &str, open_upload: Option<&str>) -> Result<()> {
         if let Some(upload_id) = open_upload {
             let operation = Operation::AbortMultipart {
                 key: layout::upload_data(id),
