@@ -159,6 +159,25 @@ mod tests {
     "#;
 
     #[test]
+    fn ours_local_dir_and_metadata_age_and_no_mirror_on_a_bucket() {
+        let text = format!("{UPSTREAM_EXAMPLE}\nlocal_dir = \"/var/lib/angos\"\nmetadata_max_age_ms = 500\n");
+        let config = load(&text).unwrap();
+        assert_eq!(
+            config.storage.root_dir,
+            std::path::PathBuf::from("/var/lib/angos")
+        );
+        assert_eq!(config.storage.s3.unwrap().metadata_max_age_ms, 500);
+        let mirrored = format!(
+            "{UPSTREAM_EXAMPLE}\n[[repository.\"hub\".upstream]]\nurl = \"https://registry-1.docker.io\"\n"
+        );
+        let error = load(&mirrored).unwrap_err().to_string();
+        assert!(
+            error.contains("repository.\"hub\".upstream") && error.contains("[blob_store.s3]"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn upstream_angos_s3_configurations_load() {
         let config = load(UPSTREAM_EXAMPLE).unwrap();
         let s3 = config.storage.s3.as_ref().expect("an S3 backend");

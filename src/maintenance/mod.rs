@@ -161,7 +161,27 @@ pub struct Maintenance {
     prune_refused: u64,
     last_prune: Option<PruneRun>,
     families: Families,
+    /// On a bucket: the collection running (`storage::bucket::collect`).
+    bucket: BucketCollections,
 }
+
+/// Collections on the bucket: the one running (its request number), whether
+/// it was woken, this replica's name on the lease, and the last outcome.
+#[derive(Default)]
+struct BucketCollections {
+    running: Option<(u64, bool)>,
+    runs: u64,
+    woken: bool,
+    me: String,
+    last: Option<Value>,
+}
+
+/// What a bucket collection does at most per run, and how long its lease holds.
+const BUCKET_REMOVALS_PER_RUN: usize = 1000;
+const BUCKET_LEASE_SECS: u64 = 600;
+
+/// The request number space of the bucket's collections (`Registry::enter`).
+pub const BUCKET_COLLECTION_SLOT: usize = usize::MAX - 2;
 
 impl Maintenance {
     pub fn new(config: &Config, metrics: &mut Metrics, now_ms: u64) -> Maintenance {
@@ -229,6 +249,7 @@ impl Maintenance {
             prune_removed: 0,
             prune_refused: 0,
             last_prune: None,
+            bucket: BucketCollections::default(),
             families,
         };
         maintenance.reconfigure(config, now_ms);
@@ -290,7 +311,8 @@ impl Maintenance {
     /// Whether a slice should run this turn (the loop must not sleep). A
     /// scrub waiting on the file thread needs none: its verdicts wake the loop.
     pub fn has_work(&self) -> bool {
-        self.active.is_some()
+        self.bucket.woken
+            || self.active.is_some()
             || self.requested.is_some()
             || self.scrub_requested.is_some()
             || self.prune.is_some()
@@ -452,15 +474,13 @@ impl Maintenance {
         unix_secs: u64,
     ) -> Work {
         if registry.storage().bucket().is_some() {
-            // The jobs walk the filesystem layout; their bucket versions
-            // are not built yet. Requests are dropped, said once each.
-            if self.requested.take().is_some()
-                | self.scrub_requested.take().is_some()
-                | self.prune_requested.take().is_some()
-            {
+            self.run_bucket_collection(registry, now_ms, unix_secs);
+            // Scrubs and retention walk the filesystem layout; their bucket
+            // versions are not built yet. Requests are dropped, said once each.
+            if self.scrub_requested.take().is_some() | self.prune_requested.take().is_some() {
                 log::warn!(
                     target: "angos::maintenance",
-                    "garbage collection, retention and scrubs do not run on object storage yet; the request is dropped"
+                    "retention and scrubs do not run on object storage yet; the request is dropped"
                 );
             }
             return Work::default();
@@ -470,6 +490,84 @@ impl Maintenance {
             deletions: self.run_collection(registry, metrics, now_ms, unix_secs),
             prunings: self.run_prune(registry, config, now_ms, unix_secs),
         }
+    }
+
+    /// The registry woke a bucket collection's request.
+    pub fn bucket_woken(&mut self, run: u64) {
+        if self.bucket.running.is_some_and(|(running, _)| running == run) {
+            self.bucket.woken = true;
+        }
+    }
+
+    /// A slice of a collection on the bucket: one run of its request when
+    /// one starts or was woken (`storage::bucket::collect`).
+    fn run_bucket_collection(&mut self, registry: &mut Registry, now_ms: u64, unix_secs: u64) {
+        if self.bucket.me.is_empty() {
+            self.bucket.me = crate::entropy::uuid_v4(&mut crate::entropy::OsEntropy);
+        }
+        let due = self.next_scheduled_ms.is_some_and(|next| now_ms >= next);
+        if self.bucket.running.is_none() && (self.requested.is_some() || due) {
+            self.requested = None;
+            self.bucket.runs += 1;
+            self.bucket.running = Some((self.bucket.runs, true));
+            self.bucket.woken = true;
+            if self.interval_ms > 0 {
+                self.next_scheduled_ms = Some(now_ms + self.interval_ms);
+            }
+        }
+        let Some((run, _)) = self.bucket.running else {
+            return;
+        };
+        if !std::mem::take(&mut self.bucket.woken) {
+            return;
+        }
+        let holder = (BUCKET_COLLECTION_SLOT, run);
+        let me = self.bucket.me.clone();
+        let grace = self.grace_secs;
+        let Some(outcome) = registry.run_on_bucket(holder, now_ms, |bucket| {
+            bucket.collect(&me, unix_secs, grace, BUCKET_LEASE_SECS, BUCKET_REMOVALS_PER_RUN)
+        }) else {
+            return;
+        };
+        self.bucket.running = None;
+        use crate::storage::bucket::collect::Collection;
+        let last = match outcome {
+            Ok(Collection::Done(collected)) => {
+                log::info!(
+                    target: "angos::maintenance",
+                    "garbage collection on the bucket: {} of {} contents removed ({} bytes), {} idle upload sessions removed, {} bytes unreferenced within the grace period{}",
+                    collected.contents_removed,
+                    collected.contents,
+                    collected.bytes_removed,
+                    collected.sessions_removed,
+                    collected.bytes_reclaimable,
+                    if collected.more { "; more next time" } else { "" }
+                );
+                json!({
+                    "outcome": "done",
+                    "finished_unix_secs": unix_secs,
+                    "namespaces": collected.namespaces,
+                    "contents": collected.contents,
+                    "contents_removed": collected.contents_removed,
+                    "bytes_removed": collected.bytes_removed,
+                    "bytes_reclaimable": collected.bytes_reclaimable,
+                    "sessions_removed": collected.sessions_removed,
+                    "more": collected.more,
+                })
+            }
+            Ok(Collection::Elsewhere { owner, expires }) => {
+                log::info!(
+                    target: "angos::maintenance",
+                    "garbage collection on the bucket: replica {owner} holds the lease until {expires}; this one waits for its next turn"
+                );
+                json!({ "outcome": "waiting", "lease_owner": owner, "lease_expires_unix_secs": expires, "finished_unix_secs": unix_secs })
+            }
+            Err(error) => {
+                log::warn!(target: "angos::maintenance", "garbage collection on the bucket failed: {error}");
+                json!({ "outcome": "failed", "error": error.to_string(), "finished_unix_secs": unix_secs })
+            }
+        };
+        self.bucket.last = Some(last);
     }
 
     /// Asks for a retention run (`report_only`: one that lists what would go
@@ -772,6 +870,11 @@ impl Maintenance {
             "grace_secs": self.grace_secs,
             "interval_secs": self.interval_ms / 1000,
             "last": self.last.as_ref().map(run_json),
+            "bucket": {
+                "running": self.bucket.running.is_some(),
+                "replica": self.bucket.me,
+                "last": self.bucket.last,
+            },
         })
     }
 

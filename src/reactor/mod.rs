@@ -451,6 +451,10 @@ impl<C: Clock> Reactor<C> {
             for (slot, generation) in self.registry.take_woken() {
                 progressed = true;
                 let waiter = Waiter { slot, generation };
+                if slot == crate::maintenance::BUCKET_COLLECTION_SLOT {
+                    self.maintenance.bucket_woken(generation);
+                    continue;
+                }
                 if self.notifier.is_applying(&waiter) {
                     // A staged change (after its webhooks) waited on the bucket.
                     if let Some((waiter, response)) =

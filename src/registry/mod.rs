@@ -413,6 +413,27 @@ impl Registry {
         }
     }
 
+    /// One run of `operation` on the bucket as request `holder` (a job of
+    /// the registry's own): its answer, or `None` while it waits (run it
+    /// again when `take_woken` names it). `None` without a bucket too.
+    pub fn run_on_bucket<T>(
+        &self,
+        holder: Holder,
+        arrived_ms: u64,
+        operation: impl FnOnce(
+            &crate::storage::bucket::BucketStore,
+        ) -> std::result::Result<T, crate::storage::bucket::BucketError>,
+    ) -> Option<std::result::Result<T, crate::storage::bucket::BucketError>> {
+        let bucket = self.storage.bucket()?;
+        bucket.objects().enter(holder, arrived_ms);
+        let result = operation(bucket);
+        if bucket.objects().leave() {
+            return None;
+        }
+        bucket.objects().release(holder);
+        Some(result)
+    }
+
     /// Requests whose waits are over: run them again.
     pub fn take_woken(&self) -> Vec<Holder> {
         self.storage

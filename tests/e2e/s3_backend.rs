@@ -500,3 +500,135 @@ fn a_killed_replicas_acknowledged_async_events_arrive_after_it_restarts() {
         delivered[0].describe()
     );
 }
+
+/// Starts a collection on `server` and waits for its outcome (the admin
+/// API's `bucket.last`, newer than `after`).
+fn collect(server: &Server, after: u64) -> Json {
+    server
+        .request("POST", "/v2/_angos/gc", &[], b"")
+        .assert_status(202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = server.get("/v2/_angos/gc").json();
+        let bucket = status.get("bucket").expect("a bucket section").clone();
+        let finished = bucket
+            .get("last")
+            .and_then(|last| last.get("finished_unix_secs"))
+            .and_then(Json::as_u64);
+        let running = matches!(bucket.get("running"), Some(Json::Bool(true)));
+        if !running && finished.is_some_and(|f| f >= after) {
+            return bucket.get("last").unwrap().clone();
+        }
+        assert!(Instant::now() < deadline, "no collection outcome: {status:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn collections_on_the_bucket_take_turns_under_the_lease_and_remove_only_orphans() {
+    let s3 = S3Server::start();
+    let options = Options::default()
+        .on_bucket(&s3, "gc")
+        .global_line("gc_grace_secs = 0")
+        .global_line("gc_interval_secs = 0");
+    let (a, b) = (Server::start_with(&options), Server::start_with(&options));
+    let kept = push_tagged(&a, "team/app", "v1", 6);
+    let orphan = pseudo_random_bytes(33, 5000);
+    let orphan_digest = digest(&orphan);
+    a.request(
+        "POST",
+        &format!("/v2/team/app/blobs/uploads/?digest={orphan_digest}"),
+        &[],
+        &orphan,
+    )
+    .assert_status(201);
+    b.delete(&format!("/v2/team/app/blobs/{orphan_digest}"))
+        .assert_status(202);
+
+    // Another replica holds the lease: this one waits and removes nothing.
+    let lease = "gc/_leases/maintenance";
+    let held = format!("{{\"owner\":\"replica-c\",\"expires\":{}}}", unix_now() + 3600);
+    let put = s3.run(
+        "python3",
+        &[
+            common::s3::script("s3_check.py").to_str().unwrap(),
+            "put",
+            lease,
+            &held,
+        ],
+    );
+    assert!(put.status.success(), "{}", String::from_utf8_lossy(&put.stderr));
+    let started = unix_now();
+    let waited = collect(&b, started);
+    assert_eq!(
+        waited.get("outcome").and_then(Json::as_str),
+        Some("waiting"),
+        "{waited:?}"
+    );
+    assert_eq!(
+        waited.get("lease_owner").and_then(Json::as_str),
+        Some("replica-c")
+    );
+    let orphan_key = format!("gc/blobs/sha256/{}/{}", &orphan_digest[7..9], &orphan_digest[7..]);
+    assert_eq!(keys(&s3, &orphan_key), vec![orphan_key.clone()]);
+
+    // The lease gone, one replica collects: the orphan goes, the image stays.
+    let expired = format!("{{\"owner\":\"replica-c\",\"expires\":{}}}", unix_now() - 1);
+    s3.run(
+        "python3",
+        &[
+            common::s3::script("s3_check.py").to_str().unwrap(),
+            "put",
+            lease,
+            &expired,
+        ],
+    );
+    let done = collect(&a, unix_now());
+    assert_eq!(
+        done.get("outcome").and_then(Json::as_str),
+        Some("done"),
+        "{done:?}"
+    );
+    assert_eq!(
+        done.get("contents_removed").and_then(Json::as_u64),
+        Some(1),
+        "{done:?}"
+    );
+    assert!(keys(&s3, &orphan_key).is_empty());
+    assert!(keys(&s3, lease).is_empty(), "the lease is given back");
+    for server in [&a, &b] {
+        let got = server.request(
+            "GET",
+            "/v2/team/app/manifests/v1",
+            &[("Accept", OCI_MANIFEST)],
+            b"",
+        );
+        got.assert_status(200);
+        assert_eq!(digest(&got.body), kept);
+        let manifest = got.json();
+        for layer in manifest.get("layers").unwrap().as_array().unwrap() {
+            let d = layer.get("digest").and_then(Json::as_str).unwrap();
+            server.get(&format!("/v2/team/app/blobs/{d}")).assert_status(200);
+        }
+    }
+    // Both at once: each one runs or waits, and what is referenced stays.
+    let (one, two) = std::thread::scope(|scope| {
+        let now = unix_now();
+        let (a, b) = (&a, &b);
+        let one = scope.spawn(move || collect(a, now));
+        let two = scope.spawn(move || collect(b, now));
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    for outcome in [&one, &two] {
+        let said = outcome.get("outcome").and_then(Json::as_str);
+        assert!(matches!(said, Some("done" | "waiting")), "{outcome:?}");
+    }
+    a.head("/v2/team/app/manifests/v1").assert_status(200);
+}
