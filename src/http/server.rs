@@ -389,12 +389,10 @@ impl<R> ServerConnection<R> {
                 }
                 self.send(&request, meta, response, service, now_ms);
             }
-            Reply::Resume(request) => {
-                if unwanted_body {
-                    meta.keep_alive = false;
-                }
-                self.hold(request, meta, None);
-            }
+            // A body left unread is judged when the answer comes (`resume`,
+            // or the reply of `wake`): a request held for storage may read
+            // it then.
+            Reply::Resume(request) => self.hold(request, meta, None),
             Reply::WakeAt(request, at) => self.hold(request, meta, Some(at)),
             Reply::ReadBody(request) => {
                 if meta.expect_continue {
@@ -446,9 +444,14 @@ impl<R> ServerConnection<R> {
         if !matches!(self.current, Current::Waiting(_, _, None)) {
             return;
         }
-        let Current::Waiting(request, meta, _) = std::mem::replace(&mut self.current, Current::None) else {
+        let Current::Waiting(request, mut meta, _) = std::mem::replace(&mut self.current, Current::None)
+        else {
             unreachable!("matched above");
         };
+        if self.decoder.in_body() {
+            // Its body was never read: the connection ends with the answer.
+            meta.keep_alive = false;
+        }
         self.send(&request, meta, response, service, now_ms);
     }
 

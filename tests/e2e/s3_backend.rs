@@ -258,6 +258,19 @@ fn push_tagged(server: &Server, repo: &str, tag: &str, seed: u64) -> String {
 fn a_tag_moved_through_one_replica_is_read_through_the_other_at_once() {
     let s3 = S3Server::start();
     let (a, b) = (replica(&s3, "tags"), replica(&s3, "tags"));
+    // Requests that wait on the bucket before their body is read keep the
+    // connection: three monolithic pushes on one.
+    let mut conn = a.connect();
+    for seed in 0..3 {
+        let blob = pseudo_random_bytes(40 + seed, 300);
+        let response = conn.request(
+            "POST",
+            &format!("/v2/team/app/blobs/uploads/?digest={}", digest(&blob)),
+            &[("Content-Type", "application/octet-stream")],
+            &blob,
+        );
+        response.assert_status(201);
+    }
     for round in 0..5 {
         let pushed = push_tagged(&a, "team/app", "latest", round);
         let seen = b.head("/v2/team/app/manifests/latest");
