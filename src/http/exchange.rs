@@ -29,7 +29,10 @@ pub enum Outgoing {
     Send {
         exchange: ExchangeId,
         target: Target,
+        /// The head (and, for the pull-through cache, the whole request).
         request: Vec<u8>,
+        /// A body written after it, shared with later attempts.
+        body: std::rc::Rc<Vec<u8>>,
         head_request: bool,
     },
     /// Nobody wants the rest of this answer: close its connection.

@@ -780,6 +780,7 @@ impl Mirror {
             attempt.answered = false;
         }
         self.outgoing.push_back(Outgoing::Send {
+            body: std::rc::Rc::default(),
             exchange,
             target,
             request,
@@ -893,6 +894,7 @@ impl Mirror {
             attempt.tried_token = true;
         }
         self.outgoing.push_back(Outgoing::Send {
+            body: std::rc::Rc::default(),
             exchange,
             target,
             request,

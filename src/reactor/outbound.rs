@@ -96,6 +96,28 @@ enum Phase {
     Idle,
 }
 
+/// What an attempt writes: a request head, and a body shared with whoever
+/// may send it again (an S3 part is not copied per attempt).
+#[derive(Clone, Default)]
+struct Payload {
+    head: Rc<Vec<u8>>,
+    body: Rc<Vec<u8>>,
+}
+
+impl Payload {
+    fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// The bytes from `at` on, up to the end of the part they are in.
+    fn from(&self, at: usize) -> &[u8] {
+        match at.checked_sub(self.head.len()) {
+            None => &self.head[at..],
+            Some(in_body) => &self.body[in_body..],
+        }
+    }
+}
+
 struct Connection {
     endpoint: Endpoint,
     phase: Phase,
@@ -104,7 +126,7 @@ struct Connection {
     addresses: Vec<IpAddr>,
     next_address: usize,
     owner: Option<Owner>,
-    request: Rc<Vec<u8>>,
+    request: Payload,
     written: usize,
     /// The response being read.
     reader: ResponseReader,
@@ -179,6 +201,7 @@ impl Outbound {
         exchange: ExchangeId,
         target: &Target,
         request: Vec<u8>,
+        body: Rc<Vec<u8>>,
         head_request: bool,
         now_ms: u64,
     ) {
@@ -192,7 +215,10 @@ impl Outbound {
             registry,
             endpoint,
             Owner::Exchange(exchange),
-            Rc::new(request),
+            Payload {
+                head: Rc::new(request),
+                body,
+            },
             head_request,
             now_ms,
         );
@@ -219,8 +245,17 @@ impl Outbound {
                 exchange,
                 target,
                 request,
+                body,
                 head_request,
-            } => self.exchange(registry, exchange | tag, &target, request, head_request, now_ms),
+            } => self.exchange(
+                registry,
+                exchange | tag,
+                &target,
+                request,
+                body,
+                head_request,
+                now_ms,
+            ),
             Outgoing::Cancel { exchange } => self.cancel_exchange(registry, exchange | tag),
             Outgoing::Pause { exchange } => self.pause_exchange(exchange | tag),
             Outgoing::Resume { exchange } => self.resume_exchange(exchange | tag),
@@ -302,7 +337,10 @@ impl Outbound {
             registry,
             endpoint,
             Owner::Delivery(delivery),
-            request,
+            Payload {
+                head: request,
+                body: Rc::default(),
+            },
             false,
             now_ms,
         );
@@ -315,7 +353,7 @@ impl Outbound {
         registry: &Registry,
         endpoint: Endpoint,
         owner: Owner,
-        request: Rc<Vec<u8>>,
+        request: Payload,
         head_request: bool,
         now_ms: u64,
     ) {
@@ -343,7 +381,7 @@ impl Outbound {
         registry: &Registry,
         endpoint: Endpoint,
         owner: Owner,
-        request: Rc<Vec<u8>>,
+        request: Payload,
         head_request: bool,
         now_ms: u64,
     ) {
@@ -370,7 +408,7 @@ impl Outbound {
             addresses,
             next_address: 0,
             owner: None,
-            request: Rc::new(Vec::new()),
+            request: Payload::default(),
             written: 0,
             reader: ResponseReader::new(None),
             reused: false,
@@ -794,7 +832,7 @@ impl Connection {
         self.written >= self.request.len()
     }
 
-    fn begin_attempt(&mut self, owner: Owner, request: Rc<Vec<u8>>, head_request: bool, reused: bool) {
+    fn begin_attempt(&mut self, owner: Owner, request: Payload, head_request: bool, reused: bool) {
         self.owner = Some(owner);
         self.request = request;
         self.written = 0;
@@ -824,7 +862,7 @@ impl Connection {
         // Through TLS, plaintext is buffered until the handshake is done
         // (within the transport's buffer limit).
         while self.written < self.request.len() {
-            match transport.write(&self.request[self.written..]) {
+            match transport.write(self.request.from(self.written)) {
                 Ok(0) => return Err("connection closed while sending".into()),
                 Ok(n) => self.written += n,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,

@@ -58,8 +58,9 @@ impl std::fmt::Display for Failure {
 
 struct Op {
     operation: Operation,
-    /// Bytes sent after the head (a small object's or part's body).
-    body: Vec<u8>,
+    /// Bytes sent after the head (a small object's or part's body), shared
+    /// with the attempt in flight rather than copied into it.
+    body: std::rc::Rc<Vec<u8>>,
     attempts: u32,
     deadline_ms: u64,
     /// The attempt in flight and when it is abandoned.
@@ -198,7 +199,7 @@ impl Client {
             id,
             Op {
                 operation,
-                body,
+                body: std::rc::Rc::new(body),
                 attempts: 0,
                 deadline_ms: now_ms + self.operation_timeout_ms,
                 exchange: None,
@@ -248,8 +249,6 @@ impl Client {
         op.head = None;
         op.answer.clear();
         let prepared = self.bucket.prepare(&op.operation, unix_secs);
-        let mut request = prepared.bytes;
-        request.extend_from_slice(&op.body);
         let exchange = self.next_id;
         self.next_id += 1;
         let attempt_deadline = (now_ms + self.attempt_timeout_ms).min(op.deadline_ms);
@@ -258,7 +257,8 @@ impl Client {
         self.outgoing.push_back(Outgoing::Send {
             exchange,
             target: self.target.clone(),
-            request,
+            request: prepared.bytes,
+            body: op.body.clone(),
             head_request: prepared.head_request,
         });
     }
@@ -419,8 +419,12 @@ mod tests {
         loop {
             match client.poll_outgoing().expect("a request") {
                 Outgoing::Send {
-                    exchange, request, ..
+                    exchange,
+                    mut request,
+                    body,
+                    ..
                 } => {
+                    request.extend_from_slice(&body);
                     return (exchange, String::from_utf8_lossy(&request).into_owned());
                 }
                 Outgoing::Cancel { .. } | Outgoing::Pause { .. } | Outgoing::Resume { .. } => continue,

@@ -309,9 +309,13 @@ mod tests {
         loop {
             while let Some(outgoing) = client.poll_outgoing() {
                 if let Outgoing::Send {
-                    exchange, request, ..
+                    exchange,
+                    mut request,
+                    body,
+                    ..
                 } = outgoing
                 {
+                    request.extend_from_slice(&body);
                     for piece in fake.handle(&request) {
                         client.handle_answer(exchange, piece, now);
                     }

@@ -51,10 +51,14 @@ impl Rig {
             let mut sent = false;
             while let Some(outgoing) = objects.poll_outgoing() {
                 if let Outgoing::Send {
-                    exchange, request, ..
+                    exchange,
+                    mut request,
+                    body,
+                    ..
                 } = outgoing
                 {
                     sent = true;
+                    request.extend_from_slice(&body);
                     for piece in self.fake.handle(&request) {
                         objects.handle_answer(exchange, piece);
                     }

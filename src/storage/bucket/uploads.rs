@@ -203,7 +203,14 @@ impl PartWriter {
             ));
             return;
         }
-        let part: Vec<u8> = self.buffer.drain(..self.part_size).collect();
+        // The whole part moves out of the buffer as it is (no copy); what
+        // came after it starts the next.
+        let rest = self.buffer.split_off(self.part_size);
+        let part = std::mem::replace(&mut self.buffer, rest);
+        // The next part fills exactly (a doubling Vec would reach 64 MiB
+        // for a 50 MiB part).
+        self.buffer
+            .reserve_exact(self.part_size.saturating_sub(self.buffer.len()));
         let size = part.len() as u64;
         let operation = Operation::UploadPart {
             key,
