@@ -192,38 +192,6 @@ impl Outbound {
         self.exchange_events.pop_front()
     }
 
-    /// Starts an exchange for the pull-through cache: `request` (a whole
-    /// request, no body) to `target`; its answer comes back through
-    /// `poll_exchange_event`. `head_request`: the request is a HEAD.
-    pub fn exchange(
-        &mut self,
-        registry: &Registry,
-        exchange: ExchangeId,
-        target: &Target,
-        request: Vec<u8>,
-        body: Rc<Vec<u8>>,
-        head_request: bool,
-        now_ms: u64,
-    ) {
-        let endpoint = Endpoint {
-            scheme: target.scheme,
-            host: target.host.clone(),
-            port: target.port,
-            tls: TlsFiles::of_target(target),
-        };
-        self.start(
-            registry,
-            endpoint,
-            Owner::Exchange(exchange),
-            Payload {
-                head: Rc::new(request),
-                body,
-            },
-            head_request,
-            now_ms,
-        );
-    }
-
     /// The cache gave up on an exchange (its time ran out, or nobody wants
     /// the answer): its connection is closed (its state is unknown).
     pub fn cancel_exchange(&mut self, registry: &Registry, exchange: ExchangeId) {
@@ -241,21 +209,27 @@ impl Outbound {
     ) {
         use crate::http::exchange::Outgoing;
         match outgoing {
+            // An exchange: its answer comes back through `poll_exchange_event`.
             Outgoing::Send {
                 exchange,
                 target,
                 request,
                 body,
                 head_request,
-            } => self.exchange(
-                registry,
-                exchange | tag,
-                &target,
-                request,
-                body,
-                head_request,
-                now_ms,
-            ),
+            } => {
+                let endpoint = Endpoint {
+                    scheme: target.scheme,
+                    host: target.host.clone(),
+                    port: target.port,
+                    tls: TlsFiles::of_target(&target),
+                };
+                let payload = Payload {
+                    head: Rc::new(request),
+                    body,
+                };
+                let owner = Owner::Exchange(exchange | tag);
+                self.start(registry, endpoint, owner, payload, head_request, now_ms);
+            }
             Outgoing::Cancel { exchange } => self.cancel_exchange(registry, exchange | tag),
             Outgoing::Pause { exchange } => self.pause_exchange(exchange | tag),
             Outgoing::Resume { exchange } => self.resume_exchange(exchange | tag),
