@@ -171,10 +171,11 @@ fn on_bucket(s3: &config::s3::S3Config, config: &config::Config) -> Storage {
     log::warn!("retention and scrubs do not run on object storage yet");
     let client = angos::s3::client::Client::new(s3, Box::new(angos::entropy::OsEntropy));
     let objects = Objects::new(client, s3.metadata_max_age_ms, config.storage.manifest_cache_size);
-    Storage::on_bucket(
-        BucketStore::new(objects, s3.multipart_part_size),
-        config.storage.max_upload_sessions,
-    )
+    let mut store = BucketStore::new(objects, s3.multipart_part_size);
+    if s3.redirect_downloads {
+        store = store.with_redirects(s3.redirect_expires_secs);
+    }
+    Storage::on_bucket(store, config.storage.max_upload_sessions)
 }
 
 /// `angos storage check`: runs the bucket check and prints a line per step.

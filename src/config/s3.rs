@@ -31,6 +31,11 @@ pub struct S3Config {
     /// read for an earlier request (default 0: each request reads them
     /// anew, so a push through one replica is seen at once through all).
     pub metadata_max_age_ms: u64,
+    /// Ours: a blob `GET` is answered `307` to a presigned URL of its object
+    /// (the client downloads from the bucket), instead of streamed through.
+    pub redirect_downloads: bool,
+    /// Ours: how long such a URL is valid (default 600 s).
+    pub redirect_expires_secs: u64,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -114,8 +119,14 @@ pub(super) fn parse_s3(section: &mut Section) -> Result<S3Config, ConfigError> {
         ));
     }
     let metadata_max_age_ms = section.integer("metadata_max_age_ms", 0, 3_600_000)?.unwrap_or(0);
+    let redirect_downloads = section.boolean("redirect_downloads")?.unwrap_or(false);
+    let redirect_expires_secs = section
+        .integer("redirect_expires_secs", 1, 7 * 24 * 3600)?
+        .unwrap_or(600);
     Ok(S3Config {
         metadata_max_age_ms,
+        redirect_downloads,
+        redirect_expires_secs,
         endpoint,
         bucket,
         region,

@@ -53,6 +53,14 @@ impl Registry {
             // by the run that answers.
             return Ok(Response::new(503).into());
         }
+        if let Some(url) = self.storage.blob_redirect(&source) {
+            // The client fetches it from the bucket (a Range it sends goes
+            // there too); the pull is the same event.
+            let response = Response::new(307)
+                .header("Location", url)
+                .header("Docker-Content-Digest", digest.to_string());
+            return self.outcome(response, events, Commit::Nothing);
+        }
         if let Some(value) = head.header("range") {
             match range::parse_range(value, size) {
                 Ok(range) => {

@@ -452,6 +452,15 @@ impl Storage {
             .map(|(file, size)| (BlobSource::File(file), size)))
     }
 
+    /// A URL to send a blob's `GET` to (`307`), when a bucket's downloads
+    /// are redirected (`redirect_downloads`).
+    pub fn blob_redirect(&self, source: &BlobSource) -> Option<String> {
+        match source {
+            BlobSource::Bucket(digest) => self.bucket()?.blob_redirect(digest),
+            BlobSource::File(_) => None,
+        }
+    }
+
     /// The answer body for `len` bytes of a blob from `offset`.
     pub fn body_of_blob(&self, source: BlobSource, offset: u64, len: u64) -> crate::http::Body {
         match source {

@@ -645,3 +645,82 @@ fn collections_on_the_bucket_take_turns_under_the_lease_and_remove_only_orphans(
     }
     a.head("/v2/team/app/manifests/v1").assert_status(200);
 }
+
+/// `GET` of an absolute `http://` URL with a plain socket; the response.
+fn get_url(url: &str) -> common::Response {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (authority, path) = rest.split_at(rest.find('/').expect("a path"));
+    let addr: std::net::SocketAddr = authority.parse().expect("an address and port");
+    let mut conn = Conn::open(addr);
+    conn.request("GET", path, &[("Host", authority)], b"")
+}
+
+#[test]
+fn with_redirect_downloads_a_blob_get_is_a_307_to_a_presigned_url_clients_follow() {
+    require_skopeo();
+    let s3 = S3Server::start();
+    let writer = replica(&s3, "redirect");
+    let redirecting = Server::start_with(
+        &Options::default()
+            .on_bucket(&s3, "redirect")
+            .bucket_line("redirect_downloads = true")
+            .bucket_line("redirect_expires_secs = 120"),
+    );
+    let blob = pseudo_random_bytes(44, 300_000);
+    let d = digest(&blob);
+    writer
+        .request(
+            "POST",
+            &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+            &[],
+            &blob,
+        )
+        .assert_status(201);
+    let answer = redirecting.get(&format!("/v2/team/app/blobs/{d}"));
+    answer.assert_status(307);
+    assert_eq!(answer.header("docker-content-digest"), Some(d.as_str()));
+    let location = answer.expect_header("location").to_string();
+    assert!(location.starts_with(&s3.endpoint), "{location}");
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    let fetched = get_url(&location);
+    fetched.assert_status(200);
+    assert!(fetched.body == blob, "the presigned URL serves the blob");
+    // HEAD answers itself; a blob the repository may not read is not redirected.
+    redirecting
+        .head(&format!("/v2/team/app/blobs/{d}"))
+        .assert_status(200);
+    redirecting
+        .get(&format!("/v2/other/app/blobs/{d}"))
+        .assert_status(404);
+
+    // A real client follows it.
+    let work = TempDir::new("s3-redirect");
+    let source = work.path().join("source");
+    let (manifest, blobs) = write_image(&source, "arm64");
+    write_layout_index(&source, OCI_MANIFEST, &manifest, "v1");
+    skopeo(
+        &writer,
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+            &format!("oci:{}:v1", source.display()),
+            &format!("docker://127.0.0.1:{}/team/image:v1", writer.addr.port()),
+        ],
+    );
+    let dest = work.path().join("pulled");
+    skopeo(
+        &redirecting,
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+            &format!("docker://127.0.0.1:{}/team/image:v1", redirecting.addr.port()),
+            &format!("oci:{}:v1", dest.display()),
+        ],
+    );
+    assert_eq!(layout_digest(&dest, "v1"), digest(&manifest));
+    for blob in &blobs {
+        assert_layout_has(&dest, blob);
+    }
+}

@@ -87,6 +87,9 @@ pub struct BucketStore {
     objects: Rc<Objects>,
     /// `multipart_part_size`: what an upload sends at once.
     part_size: usize,
+    /// `redirect_expires_secs` when blob downloads are redirected to the
+    /// bucket (`redirect_downloads`).
+    redirect: Option<u64>,
 }
 
 impl std::fmt::Debug for BucketStore {
@@ -122,7 +125,21 @@ impl BucketStore {
         BucketStore {
             objects: Rc::new(objects),
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
+            redirect: None,
         }
+    }
+
+    /// Blob downloads answered `307` to presigned URLs valid `expires_secs`.
+    pub fn with_redirects(mut self, expires_secs: u64) -> BucketStore {
+        self.redirect = Some(expires_secs);
+        self
+    }
+
+    /// Where a client downloads blob `digest` itself, when downloads are
+    /// redirected.
+    pub fn blob_redirect(&self, digest: &Digest) -> Option<String> {
+        let expires_secs = self.redirect?;
+        Some(self.objects.presigned_get(&layout::blob(digest), expires_secs))
     }
 
     pub fn objects(&self) -> &Objects {

@@ -211,6 +211,16 @@ impl Objects {
         }
     }
 
+    /// A URL that lets its holder `GET` `key` for `expires_secs` without
+    /// credentials (signed now).
+    pub fn presigned_get(&self, key: &str, expires_secs: u64) -> String {
+        let state = self.state.borrow();
+        state
+            .client
+            .bucket()
+            .presigned_get(key, state.unix_secs, expires_secs)
+    }
+
     /// The clock's monotonic milliseconds (`set_time`).
     pub fn now_ms(&self) -> u64 {
         self.state.borrow().now_ms
