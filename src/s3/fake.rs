@@ -277,6 +277,21 @@ fn error(status: u16, code: &str) -> Vec<Answer> {
     )
 }
 
+/// A configuration of the fake's bucket (`reg`) with `max_attempts`.
+pub fn config(max_attempts: u32) -> crate::config::s3::S3Config {
+    let text = format!(
+        "[blob_store.s3]\nendpoint = \"http://10.0.0.5:3900\"\nbucket = \"reg\"\nregion = \"r\"\n\
+         access_key_id = \"AK\"\nsecret_key = \"SK\"\nmax_attempts = {max_attempts}\n\
+         operation_timeout_secs = 600\noperation_attempt_timeout_secs = 5\n"
+    );
+    crate::config::load_sources(&[("t.toml".into(), text)])
+        .unwrap()
+        .config
+        .storage
+        .s3
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,20 +299,6 @@ mod tests {
     use crate::http::exchange::Outgoing;
     use crate::s3::check::Check;
     use crate::s3::client::Client;
-
-    fn config(max_attempts: u32) -> crate::config::s3::S3Config {
-        let text = format!(
-            "[blob_store.s3]\nendpoint = \"http://10.0.0.5:3900\"\nbucket = \"reg\"\nregion = \"r\"\n\
-             access_key_id = \"AK\"\nsecret_key = \"SK\"\nmax_attempts = {max_attempts}\n\
-             operation_timeout_secs = 600\noperation_attempt_timeout_secs = 5\n"
-        );
-        crate::config::load_sources(&[("t.toml".into(), text)])
-            .unwrap()
-            .config
-            .storage
-            .s3
-            .unwrap()
-    }
 
     /// Runs the bucket check against `fake` on a hand-driven clock.
     fn run_check(fake: &mut FakeS3, max_attempts: u32, seed: u64) -> Check {

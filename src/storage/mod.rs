@@ -150,8 +150,23 @@ impl Storage {
         for dir in [TMP_DIR, UPLOADS_DIR, TRASH_DIR] {
             remove_dir_contents(&root.join(dir))?;
         }
-        Ok(Storage {
-            root: root.to_path_buf(),
+        Ok(Storage::empty(
+            root.to_path_buf(),
+            sync_to_disk,
+            upload_sessions_max,
+            None,
+        ))
+    }
+
+    /// A store with nothing open or counted yet: on `root`, or on a bucket.
+    fn empty(
+        root: PathBuf,
+        sync_to_disk: bool,
+        upload_sessions_max: usize,
+        bucket: Option<Box<bucket::BucketStore>>,
+    ) -> Storage {
+        Storage {
+            root,
             sync_to_disk,
             sessions: HashMap::new(),
             upload_sessions_max,
@@ -167,32 +182,17 @@ impl Storage {
             space: space::SpaceGuard::off(),
             content_bytes: Cell::new(None),
             reclaimable_bytes: Cell::new(None),
-            bucket: None,
-        })
+            bucket,
+        }
     }
 
     /// A store whose content lives in a bucket (`[blob_store.s3]`); nothing
     /// is written to the local disk.
     pub fn on_bucket(store: bucket::BucketStore, upload_sessions_max: usize) -> Storage {
-        Storage {
-            root: PathBuf::new(),
-            sync_to_disk: false,
-            sessions: HashMap::new(),
-            upload_sessions_max,
-            upload_sessions_per_namespace_max: upload_sessions_max,
-            sessions_per_namespace: HashMap::new(),
-            cache: RefCell::new(cache::ManifestCache::new(0)),
-            listing: RefCell::new(listing::ListingIndex::new(0)),
-            discarded: Vec::new(),
-            discard_batch: None,
-            watch: RefCell::new(None),
-            epochs: RefCell::new(watch::Epochs::default()),
-            pulls_written: RefCell::new(HashMap::new()),
-            space: space::SpaceGuard::off(),
-            content_bytes: Cell::new(None),
-            reclaimable_bytes: Cell::new(None),
-            bucket: Some(Box::new(store)),
-        }
+        // The bucket keeps no local caches of its own layout: `objects.rs` does.
+        Storage::empty(PathBuf::new(), false, upload_sessions_max, Some(Box::new(store)))
+            .with_manifest_cache(0)
+            .with_listing_index(0)
     }
 
     /// The S3 backend, when the content lives in a bucket.

@@ -50,42 +50,46 @@ fn keys(s3: &S3Server, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// skopeo pushes an image (`arch`) from an OCI layout through `from` and
+/// pulls it through `to` into another; the digests are the same.
+fn skopeo_push_and_pull(from: &Server, to: &Server, arch: &str) {
+    let work = TempDir::new("s3-skopeo");
+    let source = work.path().join("source");
+    let (manifest, blobs) = write_image(&source, arch);
+    write_layout_index(&source, OCI_MANIFEST, &manifest, "v1");
+    let copy = |server: &Server, direction: &str, source: String, destination: String| {
+        skopeo(
+            server,
+            &["copy", direction, "--preserve-digests", &source, &destination],
+        );
+    };
+    let remote = |server: &Server| format!("docker://127.0.0.1:{}/team/image:v1", server.addr.port());
+    copy(
+        from,
+        "--dest-tls-verify=false",
+        format!("oci:{}:v1", source.display()),
+        remote(from),
+    );
+    let dest = work.path().join("pulled");
+    copy(
+        to,
+        "--src-tls-verify=false",
+        remote(to),
+        format!("oci:{}:v1", dest.display()),
+    );
+    assert_eq!(layout_digest(&dest, "v1"), digest(&manifest));
+    assert_layout_has(&dest, &manifest);
+    for blob in &blobs {
+        assert_layout_has(&dest, blob);
+    }
+}
+
 #[test]
 fn skopeo_pushes_through_one_replica_and_pulls_identical_digests_through_another() {
     require_skopeo();
     let s3 = S3Server::start();
     let (a, b) = (replica(&s3, "two"), replica(&s3, "two"));
-    let work = TempDir::new("s3-skopeo");
-    let source = work.path().join("source");
-    let (manifest, blobs) = write_image(&source, "amd64");
-    write_layout_index(&source, OCI_MANIFEST, &manifest, "v1");
-    let manifest_digest = digest(&manifest);
-    skopeo(
-        &a,
-        &[
-            "copy",
-            "--dest-tls-verify=false",
-            "--preserve-digests",
-            &format!("oci:{}:v1", source.display()),
-            &format!("docker://127.0.0.1:{}/team/image:v1", a.addr.port()),
-        ],
-    );
-    let dest = work.path().join("pulled");
-    skopeo(
-        &b,
-        &[
-            "copy",
-            "--src-tls-verify=false",
-            "--preserve-digests",
-            &format!("docker://127.0.0.1:{}/team/image:v1", b.addr.port()),
-            &format!("oci:{}:v1", dest.display()),
-        ],
-    );
-    assert_eq!(layout_digest(&dest, "v1"), manifest_digest);
-    assert_layout_has(&dest, &manifest);
-    for blob in &blobs {
-        assert_layout_has(&dest, blob);
-    }
+    skopeo_push_and_pull(&a, &b, "amd64");
     // Nothing of the content is on either replica's disk.
     for server in [&a, &b] {
         let local: Vec<_> = std::fs::read_dir(&server.root)
@@ -222,35 +226,42 @@ fn chunks_of_one_upload_through_alternating_replicas_make_one_verified_blob() {
     assert!(keys(&s3, "chunks/_uploads/").is_empty());
 }
 
-/// Pushes a one-layer manifest under `tag` through `server`; its digest.
-fn push_tagged(server: &Server, repo: &str, tag: &str, seed: u64) -> String {
+/// Pushes the blobs of a one-layer image (`seed`) through `server`; the
+/// image's manifest.
+fn push_image_blobs(server: &Server, repo: &str, seed: u64) -> Vec<u8> {
     let layer = pseudo_random_bytes(seed, 1000);
     let config = b"{}".to_vec();
     for blob in [&layer, &config] {
-        let d = digest(blob);
         server
             .request(
                 "POST",
-                &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+                &format!("/v2/{repo}/blobs/uploads/?digest={}", digest(blob)),
                 &[("Content-Type", "application/octet-stream")],
                 blob,
             )
             .assert_status(201);
     }
-    let manifest = ManifestSpec::oci(
+    ManifestSpec::oci(
         descriptor(OCI_EMPTY, &config),
         vec![descriptor(OCI_LAYER, &layer)],
     )
     .to_json()
-    .into_bytes();
-    server
-        .request(
-            "PUT",
-            &format!("/v2/{repo}/manifests/{tag}"),
-            &[("Content-Type", OCI_MANIFEST)],
-            &manifest,
-        )
-        .assert_status(201);
+    .into_bytes()
+}
+
+fn put_manifest(server: &Server, repo: &str, tag: &str, manifest: &[u8]) -> common::Response {
+    server.request(
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", OCI_MANIFEST)],
+        manifest,
+    )
+}
+
+/// Pushes a one-layer manifest under `tag` through `server`; its digest.
+fn push_tagged(server: &Server, repo: &str, tag: &str, seed: u64) -> String {
+    let manifest = push_image_blobs(server, repo, seed);
+    put_manifest(server, repo, tag, &manifest).assert_status(201);
     digest(&manifest)
 }
 
@@ -389,30 +400,8 @@ fn webhooks_gate_and_hear_of_pushes_on_the_bucket() {
 
     // A required webhook that refuses: nothing becomes visible.
     gate.set_reply(crate::webhook_support::Reply::status(500));
-    let layer = pseudo_random_bytes(9, 100);
-    let config = b"{}".to_vec();
-    for blob in [&layer, &config] {
-        server
-            .request(
-                "POST",
-                &format!("/v2/team/app/blobs/uploads/?digest={}", digest(blob)),
-                &[],
-                blob,
-            )
-            .assert_status(201);
-    }
-    let manifest = ManifestSpec::oci(
-        descriptor(OCI_EMPTY, &config),
-        vec![descriptor(OCI_LAYER, &layer)],
-    )
-    .to_json()
-    .into_bytes();
-    let refused = server.request(
-        "PUT",
-        "/v2/team/app/manifests/v2",
-        &[("Content-Type", OCI_MANIFEST)],
-        &manifest,
-    );
+    let manifest = push_image_blobs(&server, "team/app", 9);
+    let refused = put_manifest(&server, "team/app", "v2", &manifest);
     assert!(refused.status >= 500, "{}", refused.describe());
     server.get("/v2/team/app/manifests/v2").assert_status(404);
 }
@@ -712,33 +701,5 @@ fn with_redirect_downloads_a_blob_get_is_a_307_to_a_presigned_url_clients_follow
         .assert_status(404);
 
     // A real client follows it.
-    let work = TempDir::new("s3-redirect");
-    let source = work.path().join("source");
-    let (manifest, blobs) = write_image(&source, "arm64");
-    write_layout_index(&source, OCI_MANIFEST, &manifest, "v1");
-    skopeo(
-        &writer,
-        &[
-            "copy",
-            "--dest-tls-verify=false",
-            "--preserve-digests",
-            &format!("oci:{}:v1", source.display()),
-            &format!("docker://127.0.0.1:{}/team/image:v1", writer.addr.port()),
-        ],
-    );
-    let dest = work.path().join("pulled");
-    skopeo(
-        &redirecting,
-        &[
-            "copy",
-            "--src-tls-verify=false",
-            "--preserve-digests",
-            &format!("docker://127.0.0.1:{}/team/image:v1", redirecting.addr.port()),
-            &format!("oci:{}:v1", dest.display()),
-        ],
-    );
-    assert_eq!(layout_digest(&dest, "v1"), digest(&manifest));
-    for blob in &blobs {
-        assert_layout_has(&dest, blob);
-    }
+    skopeo_push_and_pull(&writer, &redirecting, "arm64");
 }

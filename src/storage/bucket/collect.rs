@@ -222,39 +222,15 @@ impl BucketStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::objects::{Holder, Objects};
-    use super::super::testing::{Rig, UNIX_SECS, client};
+    use super::super::objects::Holder;
+    use super::super::testing::{Rig, UNIX_SECS, run};
     use super::*;
     use crate::s3::fake::Faults;
 
     const GRACE: u64 = 3600;
 
     fn replica(seed: u64) -> BucketStore {
-        BucketStore::new(Objects::new(client(20, seed), 0, 1 << 20), 5 << 20)
-    }
-
-    fn run<T>(
-        rig: &mut Rig,
-        store: &BucketStore,
-        holder: Holder,
-        operation: impl Fn(&BucketStore) -> Result<T>,
-    ) -> Result<T> {
-        rig.now_ms += 1;
-        let arrived = rig.now_ms;
-        for _ in 0..10_000 {
-            store.objects().set_time(rig.now_ms, UNIX_SECS);
-            store.objects().enter(holder, arrived);
-            let result = operation(store);
-            let waits = store.objects().leave();
-            if !matches!(result, Err(BucketError::Pending)) {
-                store.objects().release(holder);
-                return result;
-            }
-            assert!(waits);
-            rig.pump(store.objects());
-            store.objects().take_woken();
-        }
-        panic!("never answered");
+        super::super::testing::replica(seed, 5 << 20)
     }
 
     fn put(

@@ -478,8 +478,7 @@ fn parse_revision(bytes: &[u8]) -> Option<Revision> {
 
 #[cfg(test)]
 mod tests {
-    use super::objects::Holder;
-    use super::testing::{Rig, UNIX_SECS, client};
+    use super::testing::{Rig, run};
     use super::*;
     use crate::s3::fake::Faults;
 
@@ -487,34 +486,7 @@ mod tests {
     pub const PART: u64 = 64;
 
     fn replica(seed: u64) -> BucketStore {
-        BucketStore::new(Objects::new(client(20, seed), 0, 1 << 20), PART)
-    }
-
-    /// Runs `operation` as a request of `holder` on `store`, again each time
-    /// it waited, until it answers (the app's loop, by hand).
-    fn run<T>(
-        rig: &mut Rig,
-        store: &BucketStore,
-        holder: Holder,
-        operation: impl Fn(&BucketStore) -> Result<T>,
-    ) -> Result<T> {
-        // Each request arrives after the one before.
-        rig.now_ms += 1;
-        let arrived_ms = rig.now_ms;
-        for _ in 0..100 {
-            store.objects().set_time(rig.now_ms, UNIX_SECS);
-            store.objects().enter(holder, arrived_ms);
-            let result = operation(store);
-            let waits = store.objects().leave();
-            if !matches!(result, Err(BucketError::Pending)) {
-                store.objects().release(holder);
-                return result;
-            }
-            assert!(waits);
-            rig.pump(store.objects());
-            assert!(store.objects().take_woken().contains(&holder));
-        }
-        panic!("never answered");
+        super::testing::replica(seed, PART)
     }
 
     fn digest(text: &str) -> Digest {

@@ -7,26 +7,48 @@ use crate::http::exchange::Outgoing;
 use crate::s3::client::Client;
 use crate::s3::fake::{FakeS3, Faults};
 
-use super::objects::Objects;
+use super::objects::{Holder, Objects};
+use super::{BucketError, BucketStore};
 
 pub const UNIX_SECS: u64 = 1_700_000_000;
 
-pub fn config(max_attempts: u32) -> crate::config::s3::S3Config {
-    let text = format!(
-        "[blob_store.s3]\nendpoint = \"http://10.0.0.5:3900\"\nbucket = \"reg\"\nregion = \"r\"\n\
-         access_key_id = \"AK\"\nsecret_key = \"SK\"\nmax_attempts = {max_attempts}\n\
-         operation_timeout_secs = 600\noperation_attempt_timeout_secs = 5\n"
-    );
-    crate::config::load_sources(&[("t.toml".into(), text)])
-        .unwrap()
-        .config
-        .storage
-        .s3
-        .unwrap()
+pub fn client(max_attempts: u32, seed: u64) -> Client {
+    Client::new(
+        &crate::s3::fake::config(max_attempts),
+        Box::new(SeededEntropy::new(seed)),
+    )
 }
 
-pub fn client(max_attempts: u32, seed: u64) -> Client {
-    Client::new(&config(max_attempts), Box::new(SeededEntropy::new(seed)))
+/// A replica of the bucket with parts of `part_size` bytes.
+pub fn replica(seed: u64, part_size: u64) -> BucketStore {
+    BucketStore::new(Objects::new(client(20, seed), 0, 1 << 20), part_size)
+}
+
+/// Runs `operation` as a request of `holder` on `store`, again each time
+/// it waited, until it answers (the app's loop, by hand); the request
+/// arrives after the one before.
+pub fn run<T>(
+    rig: &mut Rig,
+    store: &BucketStore,
+    holder: Holder,
+    operation: impl Fn(&BucketStore) -> Result<T, BucketError>,
+) -> Result<T, BucketError> {
+    rig.now_ms += 1;
+    let arrived_ms = rig.now_ms;
+    for _ in 0..10_000 {
+        store.objects().set_time(rig.now_ms, UNIX_SECS);
+        store.objects().enter(holder, arrived_ms);
+        let result = operation(store);
+        let waits = store.objects().leave();
+        if !matches!(result, Err(BucketError::Pending)) {
+            store.objects().release(holder);
+            return result;
+        }
+        assert!(waits, "a pending run waits on something");
+        rig.pump(store.objects());
+        assert!(store.objects().take_woken().contains(&holder));
+    }
+    panic!("never answered");
 }
 
 pub struct Rig {

@@ -459,14 +459,14 @@ impl BucketStore {
 #[cfg(test)]
 mod tests {
     use super::super::objects::Holder;
-    use super::super::testing::{Rig, UNIX_SECS, client};
+    use super::super::testing::{Rig, UNIX_SECS};
     use super::*;
     use crate::s3::fake::Faults;
 
     const PART: u64 = 64;
 
     fn replica(seed: u64) -> BucketStore {
-        BucketStore::new(Objects::new(client(20, seed), 0, 1 << 20), PART)
+        super::super::testing::replica(seed, PART)
     }
 
     /// Runs `operation` as `holder`'s request until it answers, keeping
