@@ -552,34 +552,11 @@ impl Registry {
 
     /// Completes a request whose body was read entirely.
     pub fn finish(&mut self, exchange: Exchange) -> Finished {
-        let route_label = exchange.route_label;
+        if self.storage.bucket().is_some() {
+            return self.finish_on_bucket(exchange);
+        }
         let result = match exchange.state {
             ExchangeState::Ready(outcome) => Ok(outcome),
-            ExchangeState::Manifest {
-                name,
-                reference,
-                content_type,
-                tags,
-                body,
-            } if self.storage.bucket().is_some() => {
-                // This run may wait on the bucket: the body stays with the
-                // exchange for the next, and the run checks a copy.
-                let result =
-                    self.put_manifest(&name, &reference, &content_type, &tags, body.bytes.clone(), false);
-                if self.waits() {
-                    return Finished::Wait(Exchange {
-                        route_label,
-                        state: ExchangeState::Manifest {
-                            name,
-                            reference,
-                            content_type,
-                            tags,
-                            body,
-                        },
-                    });
-                }
-                result
-            }
             ExchangeState::Manifest {
                 name,
                 reference,
@@ -592,62 +569,8 @@ impl Registry {
                 let body = body.into_bytes();
                 self.put_manifest(&name, &reference, &content_type, &tags, body, false)
             }
-            ExchangeState::Upload {
-                name,
-                id,
-                mut writer,
-                then,
-                expected_bytes,
-                received,
-            } if self.storage.bucket().is_some() => {
-                if expected_bytes.is_some_and(|expected| expected != received) {
-                    let _ = self.storage.cancel_upload(&name, &id);
-                    Err(range_mismatch())
-                } else {
-                    let settled = writer.settle();
-                    if self.waits() {
-                        return Finished::Wait(Exchange {
-                            route_label,
-                            state: ExchangeState::Upload {
-                                name,
-                                id,
-                                writer,
-                                then,
-                                expected_bytes,
-                                received,
-                            },
-                        });
-                    }
-                    match settled {
-                        Ok(()) => {
-                            // What the request read before its body (the
-                            // session as it was) is out of date now.
-                            if let Some(bucket) = self.storage.bucket() {
-                                bucket.objects().forget_reads();
-                            }
-                            let size = writer.size();
-                            return self.finish(Exchange {
-                                route_label,
-                                state: ExchangeState::Settled { name, id, then, size },
-                            });
-                        }
-                        Err(error) => Err(RegistryError::storage(error)),
-                    }
-                }
-            }
-            ExchangeState::Settled { name, id, then, size } => {
-                let result = match &then {
-                    AfterUpload::Progress => Ok(self.upload_progress_of(&name, &id, 202, size).into()),
-                    AfterUpload::Commit(digest) => self.commit_upload(&name, &id, digest),
-                };
-                if self.waits() {
-                    return Finished::Wait(Exchange {
-                        route_label,
-                        state: ExchangeState::Settled { name, id, then, size },
-                    });
-                }
-                result
-            }
+            // Only on a bucket (`finish_on_bucket`).
+            ExchangeState::Settled { .. } => Ok(Response::new(500).into()),
             ExchangeState::Upload {
                 name,
                 id,
@@ -668,6 +591,70 @@ impl Registry {
                 }
             }
         };
+        Finished::Answer(result.unwrap_or_else(|error| error.into_response().into()))
+    }
+
+    /// `finish` on a bucket, where a run may wait: then the exchange, as
+    /// it is, is kept for the next run.
+    fn finish_on_bucket(&mut self, mut exchange: Exchange) -> Finished {
+        let result = match &mut exchange.state {
+            ExchangeState::Ready(_) => {
+                let ExchangeState::Ready(outcome) = exchange.state else {
+                    unreachable!("matched above");
+                };
+                return Finished::Answer(outcome);
+            }
+            // The body stays with the exchange; the run checks a copy.
+            ExchangeState::Manifest {
+                name,
+                reference,
+                content_type,
+                tags,
+                body,
+            } => self.put_manifest(name, reference, content_type, tags, body.bytes.clone(), false),
+            ExchangeState::Upload {
+                name,
+                id,
+                expected_bytes,
+                received,
+                ..
+            } if expected_bytes.is_some_and(|expected| expected != *received) => {
+                let _ = self.storage.cancel_upload(name, id);
+                Err(range_mismatch())
+            }
+            ExchangeState::Upload {
+                name,
+                id,
+                writer,
+                then,
+                ..
+            } => match writer.settle() {
+                Ok(()) if !self.waits() => {
+                    // What the request read before its body (the session
+                    // as it was) is out of date now.
+                    if let Some(bucket) = self.storage.bucket() {
+                        bucket.objects().forget_reads();
+                    }
+                    let settled = ExchangeState::Settled {
+                        name: std::mem::take(name),
+                        id: std::mem::take(id),
+                        then: std::mem::replace(then, AfterUpload::Progress),
+                        size: writer.size(),
+                    };
+                    exchange.state = settled;
+                    return self.finish_on_bucket(exchange);
+                }
+                Ok(()) => Ok(Response::new(503).into()),
+                Err(error) => Err(RegistryError::storage(error)),
+            },
+            ExchangeState::Settled { name, id, then, size } => match then {
+                AfterUpload::Progress => Ok(self.upload_progress_of(name, id, 202, *size).into()),
+                AfterUpload::Commit(digest) => self.commit_upload(name, id, digest),
+            },
+        };
+        if self.waits() {
+            return Finished::Wait(exchange);
+        }
         Finished::Answer(result.unwrap_or_else(|error| error.into_response().into()))
     }
 

@@ -39,6 +39,13 @@ pub(super) struct Revision {
     pub(super) subject: Option<Digest>,
 }
 
+/// A revision link's content: "<media type>\n<subject digest or empty>\n"
+/// (both backends write it).
+pub(super) fn revision_text(media_type: &str, subject: Option<&Digest>) -> String {
+    let subject = subject.map(Digest::to_string).unwrap_or_default();
+    format!("{media_type}\n{subject}\n")
+}
+
 /// Parses "<media type>\n<subject digest or empty>\n".
 pub(super) fn parse_revision(text: &str) -> Option<Revision> {
     let rest = text.strip_suffix('\n')?;
@@ -83,17 +90,17 @@ impl Storage {
         tags: &[String],
         referrer: Option<(&Digest, &serde_json::Value)>,
     ) -> io::Result<()> {
-        if let Some(bucket) = self.bucket() {
-            return bucket
-                .put_manifest(namespace, digest, media_type, body, tags, referrer)
-                .map_err(bucket::BucketError::into_io);
-        }
         if media_type.contains(['\n', '\r']) {
             // It would split the revision link into more lines than it has.
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "media type contains a line break",
             ));
+        }
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .put_manifest(namespace, digest, media_type, body, tags, referrer)
+                .map_err(bucket::BucketError::into_io);
         }
         for tag in tags {
             debug_assert_tag(tag);
@@ -106,10 +113,7 @@ impl Storage {
             self.write_atomic(&blob, body)?;
             self.content_added(body.len() as u64);
         }
-        let subject = referrer
-            .map(|(subject, _)| subject.to_string())
-            .unwrap_or_default();
-        let revision = format!("{media_type}\n{subject}\n");
+        let revision = revision_text(media_type, referrer.map(|(subject, _)| subject));
         self.write_atomic(&self.revision_path(namespace, digest), revision.as_bytes())?;
         if let Some((subject, descriptor)) = referrer {
             let json = serde_json::to_vec(descriptor).map_err(io::Error::other)?;

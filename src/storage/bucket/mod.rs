@@ -21,6 +21,7 @@ use std::rc::Rc;
 
 use super::StoredManifest;
 use super::listing::Page;
+use super::manifests::{Revision, parse_revision, revision_text};
 use crate::digest::Digest;
 use objects::{Objects, Wait};
 
@@ -74,13 +75,6 @@ impl BucketError {
 }
 
 type Result<T> = std::result::Result<T, BucketError>;
-
-/// A revision link's content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revision {
-    pub media_type: String,
-    pub subject: Option<Digest>,
-}
 
 pub struct BucketStore {
     /// Shared with the upload writers, which send parts as bodies stream.
@@ -171,15 +165,19 @@ impl BucketStore {
             })
     }
 
-    pub fn revision(&self, namespace: &str, digest: &Digest) -> Result<Option<Revision>> {
+    pub(super) fn revision(&self, namespace: &str, digest: &Digest) -> Result<Option<Revision>> {
         let key = layout::revision(namespace, digest);
         let Some(bytes) = self.objects.get(&key, false)? else {
             return Ok(None);
         };
-        parse_revision(&bytes).map(Some).ok_or(BucketError::Corrupt {
-            key,
-            why: "corrupt revision link",
-        })
+        std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(parse_revision)
+            .map(Some)
+            .ok_or(BucketError::Corrupt {
+                key,
+                why: "corrupt revision link",
+            })
     }
 
     pub fn has_manifest(&self, namespace: &str, digest: &Digest) -> Result<bool> {
@@ -215,20 +213,11 @@ impl BucketStore {
         tags: &[String],
         referrer: Option<(&Digest, &serde_json::Value)>,
     ) -> Result<()> {
-        if media_type.contains(['\n', '\r']) {
-            return Err(BucketError::Corrupt {
-                key: layout::revision(namespace, digest),
-                why: "a media type with a line break",
-            });
-        }
         // Written even when there (the same bytes): its time is what keeps
         // a collection running on another replica from removing it before
         // the revision below names it (`collect.rs`).
         self.objects.put(&layout::blob(digest), Rc::from(body), false)?;
-        let subject = referrer
-            .map(|(subject, _)| subject.to_string())
-            .unwrap_or_default();
-        let revision = format!("{media_type}\n{subject}\n");
+        let revision = revision_text(media_type, referrer.map(|(subject, _)| subject));
         self.objects.put(
             &layout::revision(namespace, digest),
             Rc::from(revision.as_bytes()),
@@ -457,23 +446,6 @@ impl BucketStore {
         self.objects.delete(&key)?;
         Ok(true)
     }
-}
-
-/// Parses "<media type>\n<subject digest or empty>\n".
-fn parse_revision(bytes: &[u8]) -> Option<Revision> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let (media_type, subject) = text.strip_suffix('\n')?.split_once('\n')?;
-    if subject.contains('\n') {
-        return None;
-    }
-    let subject = match subject {
-        "" => None,
-        text => Some(Digest::parse(text).ok()?),
-    };
-    Some(Revision {
-        media_type: media_type.to_string(),
-        subject,
-    })
 }
 
 #[cfg(test)]
