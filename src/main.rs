@@ -168,7 +168,6 @@ fn on_bucket(s3: &config::s3::S3Config, config: &config::Config) -> Storage {
         s3.key_prefix,
         config.storage.root_dir.display()
     );
-    log::warn!("retention and scrubs do not run on object storage yet");
     let client = angos::s3::client::Client::new(s3, Box::new(angos::entropy::OsEntropy));
     let objects = Objects::new(client, s3.metadata_max_age_ms, config.storage.manifest_cache_size);
     let mut store = BucketStore::new(objects, s3.multipart_part_size);

@@ -43,13 +43,14 @@ impl crate::event_webhook::notifier::Waits for Waiter {
 }
 
 impl Waiter {
-    /// Not a connection: one of the registry's own maintenance jobs
-    /// (`job`: `maintenance::Job` as a number), whose removals go through
-    /// the notifier like a client's.
-    pub const fn maintenance(job: u64) -> Waiter {
+    /// Not a connection: removal `removal` of one of the registry's own
+    /// maintenance jobs (`job`: `maintenance::Job` as a number, below 2),
+    /// which goes through the notifier like a client's. Each removal is its
+    /// own waiter: on a bucket each is a request of its own.
+    pub const fn maintenance(job: u64, removal: u64) -> Waiter {
         Waiter {
             slot: usize::MAX,
-            generation: job,
+            generation: removal.wrapping_mul(2).wrapping_add(job),
         }
     }
 
@@ -69,7 +70,7 @@ impl Waiter {
 
     /// The maintenance job this waiter stands for, if it is one.
     pub fn maintenance_job(&self) -> Option<u64> {
-        (self.slot == usize::MAX).then_some(self.generation)
+        (self.slot == usize::MAX).then_some(self.generation % 2)
     }
 }
 

@@ -336,79 +336,17 @@ impl Collector {
             scan.keep_all = true;
             return;
         }
-        let mut live: HashSet<Digest> = HashSet::new();
-        let mut pending: Vec<Digest> = Vec::new();
-        for revision in &scan.revisions {
-            let digest = &revision.digest;
-            let young = revision.modified_secs >= self.cutoff_secs;
-            let has_referrers = scan.referrers.get(digest).is_some_and(|list| !list.is_empty());
-            if young || has_referrers || scan.tagged.contains(digest) {
-                pending.push(digest.clone());
-            }
-        }
-        while let Some(digest) = pending.pop() {
-            if !live.insert(digest.clone()) {
+        for (digest, parents) in unreachable_manifests(scan, self.cutoff_secs) {
+            self.report.manifests_unreachable += 1;
+            if self.report_only {
                 continue;
             }
-            for next in scan
-                .children
-                .get(&digest)
-                .into_iter()
-                .chain(scan.referrers.get(&digest))
-                .flatten()
-            {
-                if !live.contains(next) {
-                    pending.push(next.clone());
-                }
-            }
-        }
-        // Parents first: an index goes before its children, so no index is
-        // ever left without one; a child's removal waits for its parents'
-        // (`Removal::Manifest::parents`), since a webhook may keep a parent.
-        let dead: Vec<&Digest> = scan
-            .revisions
-            .iter()
-            .map(|revision| &revision.digest)
-            .filter(|digest| !live.contains(*digest))
-            .collect();
-        let mut parents: HashMap<&Digest, Vec<Digest>> = HashMap::new();
-        for parent in &dead {
-            for child in scan.children.get(*parent).into_iter().flatten() {
-                if !live.contains(child) {
-                    parents.entry(child).or_default().push((*parent).clone());
-                }
-            }
-        }
-        let mut emitted: HashSet<&Digest> = HashSet::new();
-        while emitted.len() < dead.len() {
-            let before = emitted.len();
-            for digest in &dead {
-                if emitted.contains(*digest) {
-                    continue;
-                }
-                let waiting = parents
-                    .get(*digest)
-                    .is_some_and(|list| list.iter().any(|parent| !emitted.contains(parent)));
-                if waiting {
-                    continue;
-                }
-                emitted.insert(digest);
-                self.report.manifests_unreachable += 1;
-                if self.report_only {
-                    continue;
-                }
-                self.deletions.push(Deletion {
-                    namespace: scan.name.clone(),
-                    digest: (*digest).clone(),
-                    parents: parents.get(*digest).cloned().unwrap_or_default(),
-                    epoch: scan.epoch,
-                });
-            }
-            if emitted.len() == before {
-                // Content addressing rules out cycles; if a corrupt store had
-                // one, its manifests simply stay.
-                break;
-            }
+            self.deletions.push(Deletion {
+                namespace: scan.name.clone(),
+                digest,
+                parents,
+                epoch: scan.epoch,
+            });
         }
     }
 
@@ -475,4 +413,82 @@ impl Collector {
             }
         }
     }
+}
+
+/// The namespace's unreachable manifests, each with the unreachable indexes
+/// listing it, in the order they may go. Live: the tagged ones, those
+/// written at or after `cutoff_secs`, those with referrers, and
+/// (transitively) the children of live indexes and the referrers of live
+/// manifests.
+pub fn unreachable_manifests(scan: &NamespaceScan, cutoff_secs: u64) -> Vec<(Digest, Vec<Digest>)> {
+    let mut live: HashSet<Digest> = HashSet::new();
+    let mut pending: Vec<Digest> = Vec::new();
+    for revision in &scan.revisions {
+        let digest = &revision.digest;
+        let young = revision.modified_secs >= cutoff_secs;
+        let has_referrers = scan.referrers.get(digest).is_some_and(|list| !list.is_empty());
+        if young || has_referrers || scan.tagged.contains(digest) {
+            pending.push(digest.clone());
+        }
+    }
+    while let Some(digest) = pending.pop() {
+        if !live.insert(digest.clone()) {
+            continue;
+        }
+        for next in scan
+            .children
+            .get(&digest)
+            .into_iter()
+            .chain(scan.referrers.get(&digest))
+            .flatten()
+        {
+            if !live.contains(next) {
+                pending.push(next.clone());
+            }
+        }
+    }
+    // Parents first: an index goes before its children, so no index is
+    // ever left without one; a child's removal waits for its parents'
+    // (`Removal::Manifest::parents`), since a webhook may keep a parent.
+    let dead: Vec<&Digest> = scan
+        .revisions
+        .iter()
+        .map(|revision| &revision.digest)
+        .filter(|digest| !live.contains(*digest))
+        .collect();
+    let mut parents: HashMap<&Digest, Vec<Digest>> = HashMap::new();
+    for parent in &dead {
+        for child in scan.children.get(*parent).into_iter().flatten() {
+            if !live.contains(child) {
+                parents.entry(child).or_default().push((*parent).clone());
+            }
+        }
+    }
+    let mut emitted: HashSet<&Digest> = HashSet::new();
+    let mut order = Vec::new();
+    while emitted.len() < dead.len() {
+        let before = emitted.len();
+        for digest in &dead {
+            if emitted.contains(*digest) {
+                continue;
+            }
+            let waiting = parents
+                .get(*digest)
+                .is_some_and(|list| list.iter().any(|parent| !emitted.contains(parent)));
+            if waiting {
+                continue;
+            }
+            emitted.insert(digest);
+            order.push((
+                (*digest).clone(),
+                parents.get(*digest).cloned().unwrap_or_default(),
+            ));
+        }
+        if emitted.len() == before {
+            // Content addressing rules out cycles; if a corrupt store had
+            // one, its manifests simply stay.
+            break;
+        }
+    }
+    order
 }

@@ -6,11 +6,14 @@
 //! removals webhooks must hear of, which the reactor submits through the
 //! notifier, and files to check, which the file thread hashes.
 
+pub mod bucket;
 pub mod collector;
 pub mod offline;
 pub mod prune;
 mod scan;
 pub mod scrub;
+
+use std::collections::VecDeque;
 
 use serde_json::{Value, json};
 
@@ -161,24 +164,34 @@ pub struct Maintenance {
     prune_refused: u64,
     last_prune: Option<PruneRun>,
     families: Families,
-    /// On a bucket: the collection running (`storage::bucket::collect`).
-    bucket: BucketCollections,
+    /// On a bucket: its garbage collections and retention runs.
+    bucket: BucketJobs,
 }
 
-/// Collections on the bucket: the one running (its request number), whether
-/// it was woken, this replica's name on the lease, and the last outcome.
+/// Maintenance on the bucket (`bucket.rs`): the job running, the request
+/// number of its current run, whether that run was woken, this replica's
+/// name on the lease, and how the last job ended.
 #[derive(Default)]
-struct BucketCollections {
-    running: Option<(u64, bool)>,
-    runs: u64,
+struct BucketJobs {
+    /// Removals decided and not handed out yet: on a bucket a removal that
+    /// depends on earlier ones (a manifest on its tags', a child on its
+    /// index's) waits for their answers, since each runs as a request of its
+    /// own and would otherwise see them not yet made.
+    held_deletions: VecDeque<Deletion>,
+    held_prunings: VecDeque<Pruning>,
+    on: bool,
+    job: Option<bucket::BucketJob>,
+    run: u64,
     woken: bool,
     me: String,
     last: Option<Value>,
 }
 
-/// What a bucket collection does at most per run, and how long its lease holds.
-const BUCKET_REMOVALS_PER_RUN: usize = 1000;
-const BUCKET_LEASE_SECS: u64 = 600;
+impl BucketJobs {
+    fn runs(&self, kind: bucket::Kind) -> bool {
+        self.job.as_ref().is_some_and(|job| job.kind == kind)
+    }
+}
 
 /// The request number space of the bucket's collections (`Registry::enter`).
 pub const BUCKET_COLLECTION_SLOT: usize = usize::MAX - 2;
@@ -249,7 +262,7 @@ impl Maintenance {
             prune_removed: 0,
             prune_refused: 0,
             last_prune: None,
-            bucket: BucketCollections::default(),
+            bucket: BucketJobs::default(),
             families,
         };
         maintenance.reconfigure(config, now_ms);
@@ -283,7 +296,7 @@ impl Maintenance {
     /// Asks for a collection (`report_only`: one that removes nothing);
     /// `false` when one is running already.
     pub fn request(&mut self, trigger: Trigger, report_only: bool) -> bool {
-        if self.active.is_some() {
+        if self.active.is_some() || self.bucket.runs(bucket::Kind::Collect) {
             return false;
         }
         self.requested.get_or_insert((trigger, report_only));
@@ -311,8 +324,13 @@ impl Maintenance {
     /// Whether a slice should run this turn (the loop must not sleep). A
     /// scrub waiting on the file thread needs none: its verdicts wake the loop.
     pub fn has_work(&self) -> bool {
-        self.bucket.woken
-            || self.active.is_some()
+        if self.bucket.on {
+            // A job waiting on the bucket is woken by its answers.
+            return self.bucket.woken
+                || (self.bucket.job.is_none()
+                    && (self.requested.is_some() || self.prune_requested.is_some()));
+        }
+        self.active.is_some()
             || self.requested.is_some()
             || self.scrub_requested.is_some()
             || self.prune.is_some()
@@ -474,16 +492,7 @@ impl Maintenance {
         unix_secs: u64,
     ) -> Work {
         if registry.storage().bucket().is_some() {
-            self.run_bucket_collection(registry, now_ms, unix_secs);
-            // Scrubs and retention walk the filesystem layout; their bucket
-            // versions are not built yet. Requests are dropped, said once each.
-            if self.scrub_requested.take().is_some() | self.prune_requested.take().is_some() {
-                log::warn!(
-                    target: "angos::maintenance",
-                    "retention and scrubs do not run on object storage yet; the request is dropped"
-                );
-            }
-            return Work::default();
+            return self.run_on_bucket(registry, config, metrics, now_ms, unix_secs);
         }
         Work {
             checks: self.run_scrub(registry, metrics, now_ms, unix_secs),
@@ -492,89 +501,214 @@ impl Maintenance {
         }
     }
 
-    /// The registry woke a bucket collection's request.
+    /// The registry woke the request of a bucket job's run.
     pub fn bucket_woken(&mut self, run: u64) {
-        if self.bucket.running.is_some_and(|(running, _)| running == run) {
+        if self.bucket.job.is_some() && self.bucket.run == run {
             self.bucket.woken = true;
         }
     }
 
-    /// A slice of a collection on the bucket: one run of its request when
-    /// one starts or was woken (`storage::bucket::collect`).
-    fn run_bucket_collection(&mut self, registry: &mut Registry, now_ms: u64, unix_secs: u64) {
-        if self.bucket.me.is_empty() {
+    /// This turn's maintenance on a bucket: starts a requested or due job
+    /// (a collection first), and runs the running one on when woken.
+    fn run_on_bucket(
+        &mut self,
+        registry: &mut Registry,
+        config: &Config,
+        metrics: &mut Metrics,
+        now_ms: u64,
+        unix_secs: u64,
+    ) -> Work {
+        if !self.bucket.on {
+            self.bucket.on = true;
             self.bucket.me = crate::entropy::uuid_v4(&mut crate::entropy::OsEntropy);
         }
-        let due = self.next_scheduled_ms.is_some_and(|next| now_ms >= next);
-        if self.bucket.running.is_none() && (self.requested.is_some() || due) {
-            self.requested = None;
-            self.bucket.runs += 1;
-            self.bucket.running = Some((self.bucket.runs, true));
-            self.bucket.woken = true;
+        if self.scrub_requested.take().is_some() || self.next_scrub_ms.take().is_some() {
+            // A scrub reads local files back; the object store keeps its
+            // own objects sound (and Content-MD5/SHA-256 checked each write).
+            log::warn!(
+                target: "angos::scrub",
+                "scrubs check files on a local disk; on object storage the store checks its own objects, so no scrub runs"
+            );
+        }
+        if self.bucket.job.is_none() {
+            self.start_on_bucket(config, now_ms, unix_secs);
+        }
+        if let Some(job) = &mut self.bucket.job
+            && std::mem::take(&mut self.bucket.woken)
+        {
+            let turn = bucket::Turn {
+                me: &self.bucket.me,
+                now_ms,
+                unix_secs,
+            };
+            let stepped = job.step(registry, config, &turn, &mut self.bucket.run);
+            self.bucket.held_deletions.extend(job.take_deletions());
+            self.bucket.held_prunings.extend(job.take_prunings());
+            match stepped {
+                Ok(more) => self.bucket.woken = more,
+                Err(ended) => self.end_on_bucket(ended, registry.storage(), metrics, now_ms, unix_secs),
+            }
+        }
+        self.release_held()
+    }
+
+    /// Hands out the held removals that depend on nothing unanswered.
+    fn release_held(&mut self) -> Work {
+        let mut work = Work::default();
+        while let Some(next) = self.bucket.held_deletions.front() {
+            // A child goes only once its indexes' removals were answered.
+            if !next.parents.is_empty() && (self.removals_pending > 0 || !work.deletions.is_empty()) {
+                break;
+            }
+            self.removals_pending += 1;
+            work.deletions.extend(self.bucket.held_deletions.pop_front());
+        }
+        let mut after_tags = false;
+        while let Some(next) = self.bucket.held_prunings.front() {
+            // A manifest goes once the tag removals before it were answered.
+            let manifest = matches!(next.removal, Removal::Manifest { .. });
+            if manifest && (after_tags || (self.prune_pending > 0 && work.prunings.is_empty())) {
+                break;
+            }
+            after_tags = !manifest;
+            self.prune_pending += 1;
+            work.prunings.extend(self.bucket.held_prunings.pop_front());
+        }
+        work
+    }
+
+    fn start_on_bucket(&mut self, config: &Config, now_ms: u64, unix_secs: u64) {
+        if self.next_scheduled_ms.is_some_and(|due| now_ms >= due) {
+            self.requested.get_or_insert((Trigger::Schedule, false));
+        }
+        self.schedule_prune(config, now_ms);
+        let job = if let Some((trigger, report_only)) = self.requested.take() {
+            log::info!(
+                target: "angos::gc",
+                "garbage collection on the bucket started ({}{}; grace {} s)",
+                trigger.as_str(),
+                if report_only { ", report only" } else { "" },
+                self.grace_secs
+            );
+            self.deletes_since = 0;
+            self.removals_done = 0;
+            self.removals_refused = 0;
             if self.interval_ms > 0 {
-                self.next_scheduled_ms = Some(now_ms + self.interval_ms);
+                self.next_scheduled_ms = Some(now_ms.saturating_add(self.interval_ms));
             }
-        }
-        let Some((run, _)) = self.bucket.running else {
+            bucket::BucketJob::new(
+                bucket::Kind::Collect,
+                trigger,
+                report_only,
+                self.grace_secs,
+                now_ms,
+                unix_secs,
+            )
+        } else if let Some((trigger, report_only)) = self.prune_requested.take() {
+            log::info!(
+                target: "angos::prune",
+                "retention run on the bucket started ({}{})",
+                trigger.as_str(),
+                if report_only { ", dry run" } else { "" }
+            );
+            self.prune_removed = 0;
+            self.prune_refused = 0;
+            bucket::BucketJob::new(
+                bucket::Kind::Prune,
+                trigger,
+                report_only,
+                self.grace_secs,
+                now_ms,
+                unix_secs,
+            )
+        } else {
             return;
         };
-        if !std::mem::take(&mut self.bucket.woken) {
-            return;
-        }
-        let holder = (BUCKET_COLLECTION_SLOT, run);
-        let me = self.bucket.me.clone();
-        let grace = self.grace_secs;
-        let Some(outcome) = registry.run_on_bucket(holder, now_ms, |bucket| {
-            bucket.collect(&me, unix_secs, grace, BUCKET_LEASE_SECS, BUCKET_REMOVALS_PER_RUN)
-        }) else {
+        self.bucket.job = Some(job);
+        self.bucket.woken = true;
+    }
+
+    fn end_on_bucket(
+        &mut self,
+        ended: bucket::Ended,
+        storage: &crate::storage::Storage,
+        metrics: &mut Metrics,
+        now_ms: u64,
+        unix_secs: u64,
+    ) {
+        let Some(job) = self.bucket.job.take() else {
             return;
         };
-        self.bucket.running = None;
-        use crate::storage::bucket::collect::Collection;
-        let last = match outcome {
-            Ok(Collection::Done(collected)) => {
+        let what = match job.kind {
+            bucket::Kind::Collect => "garbage collection",
+            bucket::Kind::Prune => "retention run",
+        };
+        let outcome = match ended {
+            bucket::Ended::Done => json!({ "outcome": "done" }),
+            bucket::Ended::Elsewhere { owner, expires } => {
                 log::info!(
                     target: "angos::maintenance",
-                    "garbage collection on the bucket: {} of {} contents removed ({} bytes), {} idle upload sessions removed, {} bytes unreferenced within the grace period{}",
-                    collected.contents_removed,
-                    collected.contents,
-                    collected.bytes_removed,
-                    collected.sessions_removed,
-                    collected.bytes_reclaimable,
-                    if collected.more { "; more next time" } else { "" }
+                    "{what} on the bucket: replica {owner} holds the lease until {expires}; this one waits for its next turn"
                 );
-                json!({
-                    "outcome": "done",
-                    "finished_unix_secs": unix_secs,
-                    "namespaces": collected.namespaces,
-                    "contents": collected.contents,
-                    "contents_removed": collected.contents_removed,
-                    "bytes_removed": collected.bytes_removed,
-                    "bytes_reclaimable": collected.bytes_reclaimable,
-                    "sessions_removed": collected.sessions_removed,
-                    "more": collected.more,
-                })
+                json!({ "outcome": "waiting", "lease_owner": owner, "lease_expires_unix_secs": expires })
             }
-            Ok(Collection::Elsewhere { owner, expires }) => {
-                log::info!(
-                    target: "angos::maintenance",
-                    "garbage collection on the bucket: replica {owner} holds the lease until {expires}; this one waits for its next turn"
-                );
-                json!({ "outcome": "waiting", "lease_owner": owner, "lease_expires_unix_secs": expires, "finished_unix_secs": unix_secs })
-            }
-            Err(error) => {
-                log::warn!(target: "angos::maintenance", "garbage collection on the bucket failed: {error}");
-                json!({ "outcome": "failed", "error": error.to_string(), "finished_unix_secs": unix_secs })
+            bucket::Ended::Failed(error) => {
+                log::warn!(target: "angos::maintenance", "{what} on the bucket failed: {error}");
+                json!({ "outcome": "failed", "error": error })
             }
         };
+        let done = outcome["outcome"] == "done";
+        let mut last = json!({
+            "job": job.kind.as_str(),
+            "trigger": job.trigger.as_str(),
+            "finished_unix_secs": unix_secs,
+        });
+        last.as_object_mut()
+            .expect("an object")
+            .extend(outcome.as_object().cloned().unwrap_or_default());
+        if let Some(collected) = &job.collected {
+            last["sessions_removed"] = json!(collected.sessions_removed);
+            last["more"] = json!(collected.more);
+        }
         self.bucket.last = Some(last);
+        if !done {
+            return;
+        }
+        let duration_ms = now_ms.saturating_sub(job.started_ms);
+        match job.kind {
+            bucket::Kind::Collect => {
+                let run = Run {
+                    trigger: job.trigger,
+                    report_only: job.report_only,
+                    started_unix_secs: job.started_unix_secs,
+                    duration_ms,
+                    report: job.report.clone(),
+                    manifests_removed: self.removals_done,
+                    manifests_kept: self.removals_refused,
+                };
+                self.record_run(run, storage, metrics);
+            }
+            bucket::Kind::Prune => {
+                let run = PruneRun {
+                    trigger: job.trigger,
+                    report_only: job.report_only,
+                    started_unix_secs: job.started_unix_secs,
+                    duration_ms,
+                    report: job.judge.report.clone(),
+                    removed: self.prune_removed,
+                    refused: self.prune_refused,
+                };
+                log_prune_run(&run);
+                self.last_prune = Some(run);
+            }
+        }
     }
 
     /// Asks for a retention run (`report_only`: one that lists what would go
     /// and removes nothing); an error when one runs, or when its rules read
     /// pull times that are not recorded.
     pub fn request_prune(&mut self, trigger: Trigger, report_only: bool) -> Result<(), String> {
-        if self.prune.is_some() || self.prune_requested.is_some() {
+        if self.prune.is_some() || self.prune_requested.is_some() || self.bucket.runs(bucket::Kind::Prune) {
             return Err("a retention run is already under way".into());
         }
         if let Some(why) = &self.prune_refusal {
@@ -582,6 +716,24 @@ impl Maintenance {
         }
         self.prune_requested = Some((trigger, report_only));
         Ok(())
+    }
+
+    /// Asks for the scheduled retention run when it is due.
+    fn schedule_prune(&mut self, config: &Config, now_ms: u64) {
+        if self.next_prune_ms.is_none_or(|due| now_ms < due) {
+            return;
+        }
+        self.next_prune_ms = Some(now_ms.saturating_add(self.prune_interval_ms));
+        if has_retention_rules(config) {
+            match prune::check_pull_times(config) {
+                Ok(()) => {
+                    self.prune_requested.get_or_insert((Trigger::Schedule, false));
+                }
+                Err(why) => {
+                    log::error!(target: "angos::prune", "scheduled retention run refused: {why}")
+                }
+            }
+        }
     }
 
     fn run_prune(
@@ -592,19 +744,7 @@ impl Maintenance {
         unix_secs: u64,
     ) -> Vec<Pruning> {
         if self.prune.is_none() {
-            if self.next_prune_ms.is_some_and(|due| now_ms >= due) {
-                self.next_prune_ms = Some(now_ms.saturating_add(self.prune_interval_ms));
-                if has_retention_rules(config) {
-                    match prune::check_pull_times(config) {
-                        Ok(()) => {
-                            self.prune_requested.get_or_insert((Trigger::Schedule, false));
-                        }
-                        Err(why) => {
-                            log::error!(target: "angos::prune", "scheduled retention run refused: {why}")
-                        }
-                    }
-                }
-            }
+            self.schedule_prune(config, now_ms);
             let Some((trigger, report_only)) = self.prune_requested.take() else {
                 return Vec::new();
             };
@@ -633,32 +773,17 @@ impl Maintenance {
         self.prune_pending += prunings.len() as u64;
         if progress == Progress::Done {
             let active = self.prune.take().expect("a retention run is under way");
-            let report = active.pruner.report().clone();
-            let dry = active.pruner.is_report_only();
-            let verb = if dry { "would go" } else { "removed" };
-            log::info!(
-                target: "angos::prune",
-                "retention run finished ({}{}): {} namespaces with rules, {} tags ({} {verb}), \
-                 {} manifests ({} {verb}), {} protected, {} rule errors",
-                active.trigger.as_str(),
-                if dry { ", dry run" } else { "" },
-                report.namespaces,
-                report.tags,
-                report.tags_removed,
-                report.manifests,
-                report.manifests_removed,
-                report.protected,
-                report.rule_errors,
-            );
-            self.last_prune = Some(PruneRun {
+            let run = PruneRun {
                 trigger: active.trigger,
-                report_only: dry,
+                report_only: active.pruner.is_report_only(),
                 started_unix_secs: active.started_unix_secs,
                 duration_ms: now_ms.saturating_sub(active.started_ms),
-                report,
+                report: active.pruner.report().clone(),
                 removed: self.prune_removed,
                 refused: self.prune_refused,
-            });
+            };
+            log_prune_run(&run);
+            self.last_prune = Some(run);
         }
         prunings
     }
@@ -666,8 +791,8 @@ impl Maintenance {
     /// The admin API's view of retention.
     pub fn prune_status(&self) -> Value {
         json!({
-            "running": self.prune.is_some() || self.prune_requested.is_some(),
-            "removals_pending": self.prune_pending,
+            "running": self.prune.is_some() || self.prune_requested.is_some() || self.bucket.runs(bucket::Kind::Prune),
+            "removals_pending": self.prune_pending + self.bucket.held_prunings.len() as u64,
             "interval_secs": self.prune_interval_ms / 1000,
             "last": self.last_prune.as_ref().map(|run| json!({
                 "trigger": run.trigger.as_str(),
@@ -767,6 +892,11 @@ impl Maintenance {
             manifests_removed: self.removals_done,
             manifests_kept: self.removals_refused,
         };
+        self.record_run(run, storage, metrics);
+    }
+
+    /// Logs a finished collection, counts it, and keeps it as the last.
+    fn record_run(&mut self, run: Run, storage: &crate::storage::Storage, metrics: &mut Metrics) {
         let report = &run.report;
         log::info!(
             target: "angos::gc",
@@ -863,15 +993,15 @@ impl Maintenance {
         json!({
             // A requested run starts on the next turn; it counts as running
             // already, so a client polling after its POST waits for it.
-            "running": self.active.is_some() || self.requested.is_some(),
+            "running": self.active.is_some() || self.requested.is_some() || self.bucket.runs(bucket::Kind::Collect),
             "running_since": self.active.as_ref().map(|active| active.started_unix_secs),
             "progress": self.active.as_ref().map(|active| report_json(active.collector.report())),
-            "removals_pending": self.removals_pending,
+            "removals_pending": self.removals_pending + self.bucket.held_deletions.len() as u64,
             "grace_secs": self.grace_secs,
             "interval_secs": self.interval_ms / 1000,
             "last": self.last.as_ref().map(run_json),
             "bucket": {
-                "running": self.bucket.running.is_some(),
+                "running": self.bucket.job.as_ref().map(bucket::BucketJob::progress),
                 "replica": self.bucket.me,
                 "last": self.bucket.last,
             },
@@ -936,6 +1066,25 @@ impl Job {
             .into_iter()
             .find(|job| job.number() == number)
     }
+}
+
+fn log_prune_run(run: &PruneRun) {
+    let report = &run.report;
+    let verb = if run.report_only { "would go" } else { "removed" };
+    log::info!(
+        target: "angos::prune",
+        "retention run finished ({}{}): {} namespaces with rules, {} tags ({} {verb}), \
+         {} manifests ({} {verb}), {} protected, {} rule errors",
+        run.trigger.as_str(),
+        if run.report_only { ", dry run" } else { "" },
+        report.namespaces,
+        report.tags,
+        report.tags_removed,
+        report.manifests,
+        report.manifests_removed,
+        report.protected,
+        report.rule_errors,
+    );
 }
 
 fn has_retention_rules(config: &Config) -> bool {
@@ -1060,6 +1209,72 @@ mod tests {
             !text.contains("gc_runs_total{trigger=\"demand\"}"),
             "report-only runs are not counted: {text}"
         );
+    }
+
+    #[test]
+    fn on_a_bucket_a_removal_waits_for_the_answers_of_those_it_depends_on() {
+        let config = Config::default();
+        let (_dir, _registry, mut metrics, mut maintenance) = setup(&config);
+        let digest = |seed: &[u8]| crate::digest::Digest::sha256_of(seed);
+        let tag = |name: &str| Pruning {
+            namespace: "n".into(),
+            removal: Removal::Tag {
+                tag: name.into(),
+                digest: digest(b"m"),
+            },
+            epoch: 0,
+        };
+        let manifest = |seed: &[u8]| Pruning {
+            namespace: "n".into(),
+            removal: Removal::Manifest {
+                digest: digest(seed),
+                parents: Vec::new(),
+                former_tags: Vec::new(),
+            },
+            epoch: 0,
+        };
+        maintenance.bucket.held_prunings.extend([
+            tag("a"),
+            tag("b"),
+            manifest(b"m"),
+            manifest(b"o"),
+            tag("c"),
+        ]);
+        let first = maintenance.release_held();
+        assert_eq!(first.prunings, [tag("a"), tag("b")]);
+        assert!(
+            maintenance.release_held().prunings.is_empty(),
+            "the tags are not answered yet"
+        );
+        maintenance.answered(Job::Prune, true, &mut metrics);
+        assert!(
+            maintenance.release_held().prunings.is_empty(),
+            "one tag is not answered yet"
+        );
+        maintenance.answered(Job::Prune, true, &mut metrics);
+        let second = maintenance.release_held();
+        assert_eq!(second.prunings, [manifest(b"m"), manifest(b"o"), tag("c")]);
+
+        let deletion = |seed: &[u8], parents: Vec<crate::digest::Digest>| Deletion {
+            namespace: "n".into(),
+            digest: digest(seed),
+            parents,
+            epoch: 0,
+        };
+        maintenance.bucket.held_deletions.extend([
+            deletion(b"index", Vec::new()),
+            deletion(b"child", vec![digest(b"index")]),
+        ]);
+        assert_eq!(
+            maintenance.release_held().deletions,
+            [deletion(b"index", Vec::new())]
+        );
+        assert!(
+            maintenance.release_held().deletions.is_empty(),
+            "the index is not answered yet"
+        );
+        maintenance.answered(Job::Gc, true, &mut metrics);
+        assert_eq!(maintenance.release_held().deletions.len(), 1);
     }
 
     #[test]

@@ -64,39 +64,33 @@ pub struct PruneReport {
 }
 
 pub struct Pruner {
-    report_only: bool,
-    now_secs: u64,
     walk: NamespaceWalk,
     queue: VecDeque<String>,
     scan: Option<Box<NamespaceScan>>,
-    report: PruneReport,
-    prunings: Vec<Pruning>,
+    judge: Judge,
 }
 
 impl Pruner {
     pub fn new(storage: &Storage, now_secs: u64, report_only: bool) -> Pruner {
         Pruner {
-            report_only,
-            now_secs,
             walk: storage.namespace_walk(),
             queue: VecDeque::new(),
             scan: None,
-            report: PruneReport::default(),
-            prunings: Vec::new(),
+            judge: Judge::new(now_secs, report_only),
         }
     }
 
     pub fn is_report_only(&self) -> bool {
-        self.report_only
+        self.judge.report_only
     }
 
     pub fn report(&self) -> &PruneReport {
-        &self.report
+        &self.judge.report
     }
 
     /// Removals decided since the last call (none in a report-only run).
     pub fn take_prunings(&mut self) -> Vec<Pruning> {
-        std::mem::take(&mut self.prunings)
+        self.judge.take_prunings()
     }
 
     /// Runs about `budget` file-system operations under `config`'s rules.
@@ -108,14 +102,15 @@ impl Pruner {
                     continue;
                 }
                 let scan = self.scan.take().expect("a scan is under way");
-                self.decide(storage, config, &scan);
+                let pulls = read_pulls(storage, config, &scan);
+                self.judge.decide(config, &scan, &pulls);
                 continue;
             }
             if let Some(name) = self.queue.pop_front() {
                 if config.retention_rules(&name).is_empty() {
                     continue;
                 }
-                self.report.namespaces += 1;
+                self.judge.report.namespaces += 1;
                 self.scan = Some(NamespaceScan::new(storage, name));
                 continue;
             }
@@ -128,7 +123,7 @@ impl Pruner {
                 Ok(found) => self.queue.extend(found),
                 Err(error) => {
                     log::warn!(target: "angos::prune", "reading namespaces: {error}");
-                    self.report.errors += 1;
+                    self.judge.report.errors += 1;
                 }
             }
         }
@@ -138,8 +133,59 @@ impl Pruner {
             Progress::Working
         }
     }
+}
 
-    fn decide(&mut self, storage: &Storage, config: &Config, scan: &NamespaceScan) {
+/// One read per manifest of the namespace (none when pulls are not recorded).
+fn read_pulls(storage: &Storage, config: &Config, scan: &NamespaceScan) -> HashMap<Digest, u64> {
+    let mut pulls = HashMap::new();
+    if !config.global.update_pull_time {
+        return pulls;
+    }
+    let digests = scan
+        .revisions
+        .iter()
+        .map(|revision| &revision.digest)
+        .chain(scan.tags.iter().map(|(_, digest)| digest));
+    for digest in digests {
+        if !pulls.contains_key(digest) {
+            pulls.insert(digest.clone(), storage.pulled_at(&scan.name, digest).unwrap_or(0));
+        }
+    }
+    pulls
+}
+
+/// Retention's decisions on namespaces read whole, and the run's report:
+/// the same for a walk of the filesystem (`Pruner`) and for the bucket's
+/// runs (`maintenance::bucket`).
+pub struct Judge {
+    report_only: bool,
+    now_secs: u64,
+    pub report: PruneReport,
+    prunings: Vec<Pruning>,
+}
+
+impl Judge {
+    pub fn new(now_secs: u64, report_only: bool) -> Judge {
+        Judge {
+            report_only,
+            now_secs,
+            report: PruneReport::default(),
+            prunings: Vec::new(),
+        }
+    }
+
+    pub fn is_report_only(&self) -> bool {
+        self.report_only
+    }
+
+    /// Removals decided since the last call (none in a report-only run).
+    pub fn take_prunings(&mut self) -> Vec<Pruning> {
+        std::mem::take(&mut self.prunings)
+    }
+
+    /// Decides `scan`'s namespace under `config`'s rules, `pulls` giving
+    /// each manifest's last pull (absent: never).
+    pub fn decide(&mut self, config: &Config, scan: &NamespaceScan, pulls: &HashMap<Digest, u64>) {
         self.report.errors += scan.errors;
         self.report.tags += scan.tags.len() as u64;
         self.report.manifests += scan.revisions.len() as u64;
@@ -156,19 +202,6 @@ impl Pruner {
             if present.contains(subject) {
                 protected.insert(subject);
                 protected.extend(referrers.iter());
-            }
-        }
-        // One read per manifest (0 when pulls are not recorded).
-        let mut pulls: HashMap<&Digest, u64> = HashMap::new();
-        if config.global.update_pull_time {
-            for digest in present
-                .iter()
-                .copied()
-                .chain(scan.tags.iter().map(|(_, digest)| digest))
-            {
-                if !pulls.contains_key(digest) {
-                    pulls.insert(digest, storage.pulled_at(&scan.name, digest).unwrap_or(0));
-                }
             }
         }
         let pulled_at = |digest: &Digest| pulls.get(digest).copied().unwrap_or(0);

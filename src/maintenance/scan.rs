@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use crate::digest::Digest;
 use crate::registry::manifest;
 use crate::storage::Storage;
+use crate::storage::bucket::scan::NamespaceContents;
 use crate::storage::walk::{DigestFile, DigestWalk, TagFile, TagWalk};
 
 pub struct NamespaceScan {
@@ -58,6 +59,37 @@ impl NamespaceScan {
             unparseable: false,
             errors: 0,
         })
+    }
+
+    /// A namespace read whole from the bucket (`storage::bucket::scan`).
+    pub fn of_bucket(name: String, epoch: u64, contents: NamespaceContents) -> Box<NamespaceScan> {
+        let mut scan = Box::new(NamespaceScan {
+            name,
+            epoch,
+            stage: Stage::Done,
+            revisions: Vec::with_capacity(contents.revisions.len()),
+            next_body: 0,
+            tagged: contents.tags.iter().map(|(_, digest)| digest.clone()).collect(),
+            tags: contents.tags,
+            children: HashMap::new(),
+            referrers: HashMap::new(),
+            kept: HashSet::new(),
+            keep_all: false,
+            unparseable: false,
+            errors: 0,
+        });
+        for found in contents.revisions {
+            let digest = found.file.digest.clone();
+            scan.revisions.push(found.file);
+            scan.note_body(
+                &digest,
+                found.body.map(|(media_type, body)| (media_type, body.to_vec())),
+            );
+            if scan.keep_all {
+                break;
+            }
+        }
+        scan
     }
 
     /// Reads on, spending `left` (directory entries and files read);
@@ -126,13 +158,22 @@ impl NamespaceScan {
 
     /// Reads one revision's body: what it references, its children and subject.
     fn read_body(&mut self, storage: &Storage, digest: &Digest) {
+        match storage.revision_body(&self.name, digest) {
+            Ok(found) => self.note_body(digest, found),
+            Err(error) => {
+                self.kept.insert(crate::storage::watch_content_key(digest));
+                self.fail("reading a manifest", &error)
+            }
+        }
+    }
+
+    /// What one revision's body keeps: its content, what it references,
+    /// its children and subject. `None`: removed since the listing, or its
+    /// body is quarantined: nothing to keep for it beyond itself.
+    fn note_body(&mut self, digest: &Digest, found: Option<(String, Vec<u8>)>) {
         self.kept.insert(crate::storage::watch_content_key(digest));
-        let (media_type, body) = match storage.revision_body(&self.name, digest) {
-            Ok(Some(found)) => found,
-            // Removed since the walk, or its body is quarantined: nothing to
-            // keep for it.
-            Ok(None) => return,
-            Err(error) => return self.fail("reading a manifest", &error),
+        let Some((media_type, body)) = found else {
+            return;
         };
         let parsed = match manifest::parse(&media_type, &body) {
             Ok(parsed) => parsed,

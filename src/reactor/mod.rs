@@ -79,6 +79,8 @@ struct Deadline {
 
 pub struct Reactor<C: Clock> {
     poll: Poll,
+    /// Maintenance removals submitted so far: each is its own waiter.
+    maintenance_removals: u64,
     listener: Option<TcpListener>,
     /// The HTTPS listener when `[server.tls] port` is set.
     tls_listener: Option<TcpListener>,
@@ -182,6 +184,7 @@ impl<C: Clock> Reactor<C> {
         let mirror = crate::mirror::Mirror::new(&config, telemetry.metrics());
         Ok(Reactor {
             poll,
+            maintenance_removals: 0,
             listener: Some(listener),
             tls_listener,
             listener_tls,
@@ -543,9 +546,10 @@ impl<C: Clock> Reactor<C> {
                     .map(|pruning| (pruning.namespace, pruning.removal, pruning.epoch, Job::Prune)),
             );
         for (namespace, removal, epoch, job) in removals {
+            self.maintenance_removals += 1;
             let submission = crate::maintenance::removal_submission(namespace, removal, epoch, job);
             let submitted = self.notifier.submit(
-                Waiter::maintenance(job.number()),
+                Waiter::maintenance(job.number(), self.maintenance_removals),
                 submission,
                 &mut self.registry,
                 now,

@@ -279,7 +279,8 @@ impl Registry {
                                 .map(|(subject, descriptor)| (subject, descriptor)),
                         )
                         .map_err(RegistryError::storage)
-                }),
+                })
+                .and_then(|()| self.confirm_children(&name, &digest, &media_type, &body)),
             Commit::Upload { name, id, digest } => self
                 .storage
                 .commit_upload(&name, &id, &digest)
@@ -313,6 +314,47 @@ impl Registry {
         result.map_err(RegistryError::into_response)
     }
 
+    /// On a bucket, after an index is written: its children read anew. A
+    /// removal on another replica may have taken one between this push's
+    /// check and its write (`bucket/scan.rs`); the index then goes again
+    /// and the push fails as if the child had never been there.
+    fn confirm_children(
+        &mut self,
+        name: &str,
+        digest: &crate::digest::Digest,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<()> {
+        let Some(bucket) = self.storage.bucket() else {
+            return Ok(());
+        };
+        let Ok(parsed) = manifest::parse(media_type, body) else {
+            return Ok(());
+        };
+        let children: Vec<crate::digest::Digest> = parsed
+            .manifests
+            .iter()
+            .map(|child| child.digest.clone())
+            .collect();
+        if children.is_empty() {
+            return Ok(());
+        }
+        let missing = bucket
+            .confirm_manifests(name, &children)
+            .map_err(|error| RegistryError::storage(error.into_io()))?;
+        let Some(first) = missing.first() else {
+            return Ok(());
+        };
+        self.storage
+            .delete_manifest(name, digest)
+            .map_err(RegistryError::storage)?;
+        Err(RegistryError::new(
+            ErrorCode::ManifestBlobUnknown,
+            "a child manifest was removed while this index was pushed",
+        )
+        .detail(serde_json::json!({ "digest": first.to_string() })))
+    }
+
     /// A registry-decided removal, unless `name` changed since it was decided.
     fn remove(&mut self, name: &str, target: Removal, epoch: u64) -> Result<()> {
         if self.storage.manifest_epoch(name) != epoch {
@@ -326,6 +368,14 @@ impl Registry {
                 Ok(_) => Ok(false),
                 Err(error) => Err(error),
             },
+            Removal::Manifest { digest, .. } if self.storage.bucket().is_some() => {
+                // Another replica's writes move no epoch: the bucket looks for
+                // references itself, before and after (`bucket/scan.rs`).
+                let bucket = self.storage.bucket().expect("on a bucket");
+                bucket
+                    .remove_unreferenced_manifest(name, &digest)
+                    .map_err(crate::storage::bucket::BucketError::into_io)
+            }
             Removal::Manifest {
                 digest,
                 parents,

@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 
+use super::scan::trailing_digest;
 use super::{BucketError, BucketStore, Result, all, layout};
 use crate::digest::Digest;
 
@@ -39,6 +40,8 @@ pub struct Collected {
     pub bytes_removed: u64,
     /// Unreferenced content still within the grace period.
     pub bytes_reclaimable: u64,
+    /// Content left after the run (or that would be, reporting only).
+    pub bytes_kept: u64,
     pub sessions_removed: u64,
     /// Removals left for the next collection (at most `removals_max` a run).
     pub more: bool,
@@ -71,13 +74,6 @@ fn content_digest(key: &str) -> Option<Digest> {
     Digest::parse(&format!("{algorithm}:{hex}")).ok()
 }
 
-/// The digest of a key ending in `<alg>/<hex>` (links and revisions).
-fn trailing_digest(key: &str) -> Option<Digest> {
-    let mut parts = key.rsplit('/');
-    let (hex, algorithm) = (parts.next()?, parts.next()?);
-    Digest::parse(&format!("{algorithm}:{hex}")).ok()
-}
-
 impl BucketStore {
     /// One collection as replica `me` at `now` (unix seconds): a run of a
     /// request (it waits and runs again like the others). `lease_secs`:
@@ -90,16 +86,25 @@ impl BucketStore {
         lease_secs: u64,
         removals_max: usize,
     ) -> Result<Collection> {
+        if let Some((owner, expires)) = self.take_lease(me, now, lease_secs)? {
+            return Ok(Collection::Elsewhere { owner, expires });
+        }
+        let collected = self.sweep(now, grace_secs, removals_max, false, &|_| false)?;
+        self.give_back_lease()?;
+        Ok(Collection::Done(collected))
+    }
+
+    /// Takes (or renews) the maintenance lease for replica `me` until
+    /// `now + lease_secs`; `Some((owner, expires))` when another replica
+    /// holds it.
+    pub fn take_lease(&self, me: &str, now: u64, lease_secs: u64) -> Result<Option<(String, u64)>> {
         let lease = self.objects.get(layout::MAINTENANCE_LEASE, false)?;
         let held = lease.as_deref().and_then(parse_lease);
         if let Some((owner, expires)) = &held
             && owner != me
             && *expires > now
         {
-            return Ok(Collection::Elsewhere {
-                owner: owner.clone(),
-                expires: *expires,
-            });
+            return Ok(Some((owner.clone(), *expires)));
         }
         let taken = self.objects.put(
             layout::MAINTENANCE_LEASE,
@@ -114,21 +119,33 @@ impl BucketStore {
                 .get_again(layout::MAINTENANCE_LEASE, "the lease, taken?")?;
             match again.as_deref().and_then(parse_lease) {
                 Some((owner, _)) if owner == me => {}
-                Some((owner, expires)) => return Ok(Collection::Elsewhere { owner, expires }),
-                None => {
-                    return Ok(Collection::Elsewhere {
-                        owner: "another replica".into(),
-                        expires: now + lease_secs,
-                    });
-                }
+                Some((owner, expires)) => return Ok(Some((owner, expires))),
+                None => return Ok(Some(("another replica".into(), now + lease_secs))),
             }
         }
-        let collected = self.sweep(now, grace_secs, removals_max)?;
-        self.objects.delete(layout::MAINTENANCE_LEASE)?;
-        Ok(Collection::Done(collected))
+        Ok(None)
     }
 
-    fn sweep(&self, now: u64, grace_secs: u64, removals_max: usize) -> Result<Collected> {
+    /// Gives the maintenance lease back (the holder's work is done).
+    pub fn give_back_lease(&self) -> Result<()> {
+        self.objects.delete(layout::MAINTENANCE_LEASE)?;
+        Ok(())
+    }
+
+    /// Removes content nothing references and idle upload sessions (at most
+    /// `removals_max`), under the lease; `report_only`: counts them instead.
+    /// `kept`: content the caller keeps besides what links and revisions
+    /// name (what manifests reference, and content whose link this
+    /// collection removed: it goes next time, once a push that raced the
+    /// removal has put its link back).
+    pub fn sweep(
+        &self,
+        now: u64,
+        grace_secs: u64,
+        removals_max: usize,
+        report_only: bool,
+        kept: &dyn Fn(&Digest) -> bool,
+    ) -> Result<Collected> {
         let mut collected = Collected::default();
         let catalog = self.objects.list(layout::CATALOG)?;
         let namespaces: Vec<&str> = catalog
@@ -163,10 +180,12 @@ impl BucketStore {
             let Some(digest) = content_digest(&object.key) else {
                 continue;
             };
-            if referenced.contains(&digest) {
+            if referenced.contains(&digest) || kept(&digest) {
+                collected.bytes_kept += object.size;
                 continue;
             }
             if !old_enough(object.modified) {
+                collected.bytes_kept += object.size;
                 collected.bytes_reclaimable += object.size;
                 continue;
             }
@@ -196,12 +215,21 @@ impl BucketStore {
             .map(|(id, _)| id)
             .take(removals_max.saturating_sub(removals.len()))
             .collect();
+        if report_only {
+            collected.contents_removed = removals.len() as u64;
+            collected.bytes_removed = removals.iter().map(|(_, size, _)| size).sum();
+            collected.sessions_removed = abandoned.len() as u64;
+            return Ok(collected);
+        }
         for (key, size, listed_modified) in &removals {
             // Looked at again just before: a push may have written the same
             // content since the listing (and be about to link it).
             match self.objects.stat(key)? {
                 Some((_, modified)) if modified == *listed_modified => {}
-                _ => continue,
+                _ => {
+                    collected.bytes_kept += size;
+                    continue;
+                }
             }
             self.objects.delete(key)?;
             collected.contents_removed += 1;

@@ -11,10 +11,11 @@ pub mod collect;
 pub mod feed;
 pub mod layout;
 pub mod objects;
+pub mod scan;
 pub mod uploads;
 
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -223,6 +224,30 @@ impl BucketStore {
             Rc::from(revision.as_bytes()),
             false,
         )?;
+        // A collection on another replica may have removed a link this
+        // manifest names between the check of the request and the write
+        // above (`scan.rs`): read after it, a link that was there is put back.
+        let blobs = scan::blobs_of(body);
+        let links: Vec<String> = blobs
+            .iter()
+            .map(|blob| layout::layer_link(namespace, blob))
+            .collect();
+        all(&links, |key| {
+            if self.objects.get(key, false)?.is_none() {
+                return Ok(());
+            }
+            if !self.objects.exists_again(key, "a link, still there?")? {
+                let operation = crate::s3::api::Operation::Put {
+                    key: key.clone(),
+                    length: 0,
+                    sha256: Some(Digest::sha256_of(b"").hex().to_string()),
+                    if_absent: false,
+                };
+                self.objects
+                    .perform(&format!("the link again {key}"), operation, Vec::new(), Some(key))?;
+            }
+            Ok(())
+        })?;
         // A collection that listed the content before it was written again
         // may have removed it since (`collect.rs`): written once more.
         let content = layout::blob(digest);
@@ -254,6 +279,20 @@ impl BucketStore {
                 .put(&layout::tag(namespace, tag), content.clone(), false)
                 .map_err(BucketError::from)
         })?;
+        // A collection or retention run on another replica may have removed
+        // the revision (untagged until now) between the two writes; read
+        // after ours, it is written back (`scan.rs`).
+        let key = layout::revision(namespace, digest);
+        if !tags.is_empty() && !self.objects.exists_again(&key, "the revision, still there?")? {
+            let operation = crate::s3::api::Operation::Put {
+                key: key.clone(),
+                length: revision.len() as u64,
+                sha256: Some(Digest::sha256_of(revision.as_bytes()).hex().to_string()),
+                if_absent: false,
+            };
+            self.objects
+                .perform("the revision again", operation, revision.into_bytes(), Some(&key))?;
+        }
         Ok(())
     }
 

@@ -77,6 +77,8 @@ enum Want {
     /// label, and whether only its size is wanted (a `HEAD`).
     Again(String, &'static str, bool),
     List(String),
+    /// A listing read anew, like `Again`: prefix and label.
+    ListAgain(String, &'static str),
 }
 
 struct Fetch {
@@ -375,6 +377,16 @@ impl Objects {
         }
     }
 
+    /// The objects under `prefix` listed anew (apart from what this request
+    /// listed before, under `label`): to see what another replica did
+    /// after a write of this request's.
+    pub fn list_again(&self, prefix: &str, label: &'static str) -> Result<Rc<Vec<Listed>>, Wait> {
+        match self.read(Want::ListAgain(prefix.to_string(), label), false)? {
+            Known::Listing(listed) => Ok(listed),
+            _ => Err(Wait::Unavailable("not a listing".into())),
+        }
+    }
+
     fn fresh(&self, want: &Want, immutable: bool) -> Option<Known> {
         let state = self.state.borrow();
         let arrived_ms = state.current.map_or(0, |(_, arrived)| arrived);
@@ -409,7 +421,7 @@ impl Objects {
         if let Some(known) = self.recalled(&want) {
             return Ok(known);
         }
-        let again = matches!(want, Want::Again(..));
+        let again = matches!(want, Want::Again(..) | Want::ListAgain(..));
         if !again && let Some(known) = self.fresh(&want, immutable) {
             self.record(&want, &known);
             return Ok(known);
@@ -637,7 +649,7 @@ impl State {
             },
             Want::Again(key, _, true) => Operation::Head { key: key.clone() },
             Want::Size(key) | Want::Stat(key) => Operation::Head { key: key.clone() },
-            Want::List(prefix) => list_page(prefix, None),
+            Want::List(prefix) | Want::ListAgain(prefix, _) => list_page(prefix, None),
         };
         let op = self
             .client
@@ -709,33 +721,38 @@ impl State {
                         Known::Stat(size, modified)
                     })
                     .ok_or_else(|| "S3 answered a HEAD without Content-Length".to_string()),
-                Want::List(prefix) => match parse_listing(self.client.bucket(), &body) {
-                    Ok(page) => {
-                        fetch.listed.extend(page.objects);
-                        fetch.pages += 1;
-                        match page.next {
-                            Some(_) if fetch.pages >= LISTING_PAGES_MAX => Err(format!(
-                                "more than {} keys under {prefix}",
-                                LISTING_PAGES_MAX * crate::s3::api::LIST_PAGE_MAX as usize
-                            )),
-                            Some(next) => {
-                                // The next page: the same fetch goes on.
-                                let operation = list_page(prefix, Some(next));
-                                let next_op =
-                                    self.client
-                                        .submit(operation, Vec::new(), self.now_ms, self.unix_secs);
-                                let want = fetch.want.clone();
-                                self.jobs.insert(next_op, Job::Fetch(fetch));
-                                if self.fetching.get(&want) == Some(&op) {
-                                    self.fetching.insert(want, next_op);
+                Want::List(prefix) | Want::ListAgain(prefix, _) => {
+                    match parse_listing(self.client.bucket(), &body) {
+                        Ok(page) => {
+                            fetch.listed.extend(page.objects);
+                            fetch.pages += 1;
+                            match page.next {
+                                Some(_) if fetch.pages >= LISTING_PAGES_MAX => Err(format!(
+                                    "more than {} keys under {prefix}",
+                                    LISTING_PAGES_MAX * crate::s3::api::LIST_PAGE_MAX as usize
+                                )),
+                                Some(next) => {
+                                    // The next page: the same fetch goes on.
+                                    let operation = list_page(prefix, Some(next));
+                                    let next_op = self.client.submit(
+                                        operation,
+                                        Vec::new(),
+                                        self.now_ms,
+                                        self.unix_secs,
+                                    );
+                                    let want = fetch.want.clone();
+                                    self.jobs.insert(next_op, Job::Fetch(fetch));
+                                    if self.fetching.get(&want) == Some(&op) {
+                                        self.fetching.insert(want, next_op);
+                                    }
+                                    return;
                                 }
-                                return;
+                                None => Ok(Known::Listing(Rc::new(std::mem::take(&mut fetch.listed)))),
                             }
-                            None => Ok(Known::Listing(Rc::new(std::mem::take(&mut fetch.listed)))),
                         }
+                        Err(why) => Err(format!("S3 listing of {prefix}: {why}")),
                     }
-                    Err(why) => Err(format!("S3 listing of {prefix}: {why}")),
-                },
+                }
             },
             Outcome::Failed(Failure::S3(error)) if error.is_not_found() => Ok(Known::Absent),
             Outcome::Failed(failure) => Err(failure.to_string()),

@@ -1,0 +1,580 @@
+//! Garbage collection and retention on the bucket: the filesystem's
+//! decisions (`collector::unreachable_manifests`, `prune::Judge`) on
+//! namespaces read whole from the bucket, by one replica at a time.
+//!
+//! A job is a sequence of runs, each a request on the bucket
+//! (`Registry::run_on_bucket`) that waits and runs again like a client's:
+//! take the lease (`_leases/maintenance`), list the catalog, read each
+//! namespace (one run each, so what a run holds is one namespace), then,
+//! for a collection, sweep the content and idle sessions, and give the
+//! lease back. The lease is renewed while namespaces are read, so a long
+//! job keeps it. Removals of manifests and tags go out as data, through
+//! the notifier like the filesystem's (webhooks hear of each); on the
+//! bucket each is guarded against pushes on other replicas
+//! (`storage::bucket::scan`).
+//!
+//! A collection also removes a namespace's blob links that no manifest
+//! names, older than the grace period; their content goes in a later
+//! collection, once any push that raced the removal has put its link back.
+//! Unreachable content is therefore gone within three collections here
+//! (manifest, then link, then content), where the filesystem needs two.
+
+use std::collections::{HashSet, VecDeque};
+
+use serde_json::{Value, json};
+
+use super::collector::{Deletion, Report, unreachable_manifests};
+use super::prune::{Judge, Pruning};
+use super::scan::NamespaceScan;
+use super::{BUCKET_COLLECTION_SLOT, Trigger};
+use crate::config::Config;
+use crate::digest::Digest;
+use crate::registry::Registry;
+use crate::storage::bucket::BucketError;
+use crate::storage::bucket::collect::Collected;
+use crate::storage::bucket::objects::Holder;
+use crate::storage::watch_content_key;
+
+/// Content and session removals a collection makes at most per run.
+pub const REMOVALS_PER_RUN: usize = 1000;
+/// How long the lease holds; it is renewed at half of it.
+pub const LEASE_SECS: u64 = 600;
+/// Runs a job makes per loop turn at most (each is one request's worth).
+const RUNS_PER_TURN: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Collect,
+    Prune,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Collect => "gc",
+            Kind::Prune => "prune",
+        }
+    }
+}
+
+enum Stage {
+    Lease,
+    Catalog,
+    Namespace(String),
+    /// A collection's link removals in one namespace: the links (with
+    /// their listed times) and the manifests its scan saw.
+    Links {
+        namespace: String,
+        candidates: Vec<(Digest, u64)>,
+        scanned: HashSet<Digest>,
+    },
+    Sweep,
+    Release,
+}
+
+/// How a job ended.
+pub enum Ended {
+    Done,
+    /// Another replica holds the lease.
+    Elsewhere {
+        owner: String,
+        expires: u64,
+    },
+    Failed(String),
+}
+
+/// What a job's turn is told: this replica's name on the lease and the clock.
+pub struct Turn<'a> {
+    pub me: &'a str,
+    pub now_ms: u64,
+    pub unix_secs: u64,
+}
+
+pub struct BucketJob {
+    pub kind: Kind,
+    pub trigger: Trigger,
+    pub report_only: bool,
+    pub started_ms: u64,
+    pub started_unix_secs: u64,
+    stage: Stage,
+    /// The catalog was read: what is left of it.
+    namespaces: Option<VecDeque<String>>,
+    cutoff_secs: u64,
+    grace_secs: u64,
+    renew_at_secs: u64,
+    now_secs: u64,
+    /// Content kept beyond what links and revisions name (`watch_content_key`).
+    kept: HashSet<u64>,
+    pub report: Report,
+    pub collected: Option<Collected>,
+    pub judge: Judge,
+    deletions: Vec<Deletion>,
+}
+
+impl BucketJob {
+    pub fn new(
+        kind: Kind,
+        trigger: Trigger,
+        report_only: bool,
+        grace_secs: u64,
+        now_ms: u64,
+        unix_secs: u64,
+    ) -> BucketJob {
+        BucketJob {
+            kind,
+            trigger,
+            report_only,
+            started_ms: now_ms,
+            started_unix_secs: unix_secs,
+            stage: Stage::Lease,
+            namespaces: None,
+            cutoff_secs: unix_secs.saturating_sub(grace_secs),
+            grace_secs,
+            renew_at_secs: 0,
+            now_secs: unix_secs,
+            kept: HashSet::new(),
+            report: Report::default(),
+            collected: None,
+            judge: Judge::new(unix_secs, report_only),
+            deletions: Vec::new(),
+        }
+    }
+
+    pub fn take_deletions(&mut self) -> Vec<Deletion> {
+        std::mem::take(&mut self.deletions)
+    }
+
+    pub fn take_prunings(&mut self) -> Vec<Pruning> {
+        self.judge.take_prunings()
+    }
+
+    /// Runs the job on from where it is: `*run` numbers each run's request
+    /// (a new one per run). `Ok(true)` when it stopped with more to do at
+    /// once (call again next turn), `Ok(false)` when it waits on the bucket
+    /// (its request is woken), `Err` once it ended.
+    pub fn step(
+        &mut self,
+        registry: &Registry,
+        config: &Config,
+        turn: &Turn,
+        run: &mut u64,
+    ) -> Result<bool, Ended> {
+        for _ in 0..RUNS_PER_TURN {
+            self.now_secs = turn.unix_secs;
+            let holder = (BUCKET_COLLECTION_SLOT, *run);
+            let Some(next) = self.run_stage(registry, config, turn, holder) else {
+                return Ok(false);
+            };
+            *run += 1;
+            self.stage = next?;
+        }
+        Ok(true)
+    }
+
+    /// One run of the current stage: `None` while it waits, else the next
+    /// stage or how the job ended.
+    fn run_stage(
+        &mut self,
+        registry: &Registry,
+        config: &Config,
+        turn: &Turn,
+        holder: Holder,
+    ) -> Option<Result<Stage, Ended>> {
+        let failed = |error: BucketError| Err(Ended::Failed(error.to_string()));
+        let now = turn.unix_secs;
+        Some(match &self.stage {
+            Stage::Lease => {
+                match registry.run_on_bucket(holder, turn.now_ms, |bucket| {
+                    bucket.take_lease(turn.me, now, LEASE_SECS)
+                })? {
+                    Ok(None) => {
+                        self.renew_at_secs = now + LEASE_SECS / 2;
+                        Ok(self.after_namespace())
+                    }
+                    Ok(Some((owner, expires))) => Err(Ended::Elsewhere { owner, expires }),
+                    Err(error) => failed(error),
+                }
+            }
+            Stage::Catalog => match registry.run_on_bucket(holder, turn.now_ms, |bucket| {
+                bucket.catalog_page(None, None, &|_| true)
+            })? {
+                Ok(page) => {
+                    let wanted = page.items.into_iter().filter(|name| {
+                        self.kind == Kind::Collect || !config.retention_rules(name).is_empty()
+                    });
+                    self.namespaces = Some(wanted.collect());
+                    Ok(self.after_namespace())
+                }
+                Err(error) => failed(error),
+            },
+            Stage::Namespace(name) => {
+                let with_pulls = self.kind == Kind::Prune && config.global.update_pull_time;
+                let read = registry.run_on_bucket(holder, turn.now_ms, |bucket| {
+                    bucket.namespace_contents(name, with_pulls)
+                })?;
+                let name = name.clone();
+                match read {
+                    Ok(contents) => Ok(self.decide(config, name, contents, registry)),
+                    Err(BucketError::Corrupt { key, why }) => {
+                        // What it keeps is unknown: nothing is removed there,
+                        // and no content anywhere.
+                        log::warn!(target: "angos::maintenance", "{name}: {key}: {why}; nothing is removed there");
+                        self.report.errors += 1;
+                        self.report.namespaces_skipped += 1;
+                        self.report.content_sweep_skipped = true;
+                        Ok(self.after_namespace())
+                    }
+                    Err(error) => failed(error),
+                }
+            }
+            Stage::Links {
+                namespace,
+                candidates,
+                scanned,
+            } => match registry.run_on_bucket(holder, turn.now_ms, |bucket| {
+                bucket.remove_links(namespace, candidates, scanned)
+            })? {
+                Ok(removed) => {
+                    self.report.links_removed += removed.len() as u64;
+                    for digest in &removed {
+                        log::debug!(target: "angos::gc", "removed link {namespace}@{digest}");
+                    }
+                    Ok(self.after_namespace())
+                }
+                Err(error) => failed(error),
+            },
+            Stage::Sweep => {
+                let kept = &self.kept;
+                let swept = registry.run_on_bucket(holder, turn.now_ms, |bucket| {
+                    bucket.sweep(
+                        now,
+                        self.grace_secs,
+                        REMOVALS_PER_RUN,
+                        self.report_only,
+                        &|digest| kept.contains(&watch_content_key(digest)),
+                    )
+                })?;
+                match swept {
+                    Ok(collected) => {
+                        self.report.contents = collected.contents;
+                        self.report.contents_removed = collected.contents_removed;
+                        self.report.bytes_removed = collected.bytes_removed;
+                        self.report.bytes_kept = collected.bytes_kept;
+                        self.report.bytes_reclaimable = collected.bytes_reclaimable;
+                        self.collected = Some(collected);
+                        Ok(Stage::Release)
+                    }
+                    Err(error) => failed(error),
+                }
+            }
+            Stage::Release => {
+                match registry.run_on_bucket(holder, turn.now_ms, |bucket| bucket.give_back_lease())? {
+                    Ok(()) => Err(Ended::Done),
+                    Err(error) => failed(error),
+                }
+            }
+        })
+    }
+
+    /// The stage after a namespace (or the lease, or the catalog): the
+    /// lease renewed when due, the next namespace, or the end.
+    fn after_namespace(&mut self) -> Stage {
+        let Some(queue) = &mut self.namespaces else {
+            return Stage::Catalog;
+        };
+        if self.now_secs >= self.renew_at_secs {
+            return Stage::Lease;
+        }
+        let Some(name) = queue.pop_front() else {
+            return match self.kind {
+                Kind::Collect if !self.report.content_sweep_skipped => Stage::Sweep,
+                _ => Stage::Release,
+            };
+        };
+        if self.kind == Kind::Prune {
+            self.judge.report.namespaces += 1;
+        } else {
+            self.report.namespaces += 1;
+        }
+        Stage::Namespace(name)
+    }
+
+    /// Decides a namespace read whole; a collection goes on to its links.
+    fn decide(
+        &mut self,
+        config: &Config,
+        name: String,
+        contents: crate::storage::bucket::scan::NamespaceContents,
+        registry: &Registry,
+    ) -> Stage {
+        let epoch = registry.storage().manifest_epoch(&name);
+        let pulls = contents.pulls.clone();
+        let links = contents.links.clone();
+        let scan = NamespaceScan::of_bucket(name, epoch, contents);
+        if self.kind == Kind::Prune {
+            self.judge.decide(config, &scan, &pulls);
+            return self.after_namespace();
+        }
+        self.report.manifests += scan.revisions.len() as u64;
+        self.report.errors += scan.errors;
+        self.kept.extend(scan.kept.iter().copied());
+        if scan.keep_all {
+            self.report.namespaces_skipped += 1;
+            if scan.unparseable {
+                self.report.content_sweep_skipped = true;
+            }
+            return self.after_namespace();
+        }
+        for (digest, parents) in unreachable_manifests(&scan, self.cutoff_secs) {
+            self.report.manifests_unreachable += 1;
+            if !self.report_only {
+                self.deletions.push(Deletion {
+                    namespace: scan.name.clone(),
+                    digest,
+                    parents,
+                    epoch,
+                });
+            }
+        }
+        self.report.links += links.len() as u64;
+        let candidates: Vec<(Digest, u64)> = links
+            .into_iter()
+            .filter(|link| {
+                link.modified_secs < self.cutoff_secs && !scan.kept.contains(&watch_content_key(&link.digest))
+            })
+            .map(|link| (link.digest, link.modified_secs))
+            .collect();
+        // Their content stays this time, whatever happens to them.
+        self.kept
+            .extend(candidates.iter().map(|(digest, _)| watch_content_key(digest)));
+        if candidates.is_empty() {
+            return self.after_namespace();
+        }
+        if self.report_only {
+            self.report.links_removed += candidates.len() as u64;
+            return self.after_namespace();
+        }
+        Stage::Links {
+            namespace: scan.name.clone(),
+            candidates,
+            scanned: scan
+                .revisions
+                .iter()
+                .map(|revision| revision.digest.clone())
+                .collect(),
+        }
+    }
+
+    /// The admin API's view of a run in progress.
+    pub fn progress(&self) -> Value {
+        json!({
+            "job": self.kind.as_str(),
+            "trigger": self.trigger.as_str(),
+            "report_only": self.report_only,
+            "namespaces": self.report.namespaces.max(self.judge.report.namespaces),
+            "left": self.namespaces.as_ref().map(VecDeque::len),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Limits;
+    use crate::s3::fake::Faults;
+    use crate::storage::Storage;
+    use crate::storage::bucket::layout;
+    use crate::storage::bucket::testing::{Rig, UNIX_SECS, replica, run};
+
+    const GRACE: u64 = 3600;
+
+    struct Bench {
+        rig: Rig,
+        registry: Registry,
+        config: Config,
+        holders: u64,
+    }
+
+    impl Bench {
+        fn new(seed: u64) -> Bench {
+            let config = Config::default();
+            let storage = Storage::on_bucket(replica(seed, 5 << 20), 8);
+            Bench {
+                rig: Rig::new(Faults::default(), seed),
+                registry: Registry::new(storage, Limits::of(&config.global)),
+                config,
+                holders: 0,
+            }
+        }
+
+        fn on_bucket<T>(
+            &mut self,
+            operation: impl Fn(&crate::storage::bucket::BucketStore) -> Result<T, BucketError>,
+        ) -> T {
+            self.holders += 1;
+            let holder = (1, self.holders);
+            let store = self.registry.storage().bucket().unwrap();
+            run(&mut self.rig, store, holder, operation).unwrap()
+        }
+
+        /// Content at its digest, written now (the fake's clock).
+        fn content(&mut self, bytes: &[u8]) -> Digest {
+            let digest = Digest::sha256_of(bytes);
+            self.rig
+                .fake
+                .objects
+                .insert(layout::blob(&digest), bytes.to_vec());
+            self.rig
+                .fake
+                .modified
+                .insert(layout::blob(&digest), self.rig.fake.now_secs);
+            digest
+        }
+
+        fn manifest(&mut self, namespace: &str, layers: &[&Digest], tags: &[&str]) -> Digest {
+            let layers: Vec<serde_json::Value> = layers
+                .iter()
+                .map(|digest| json!({ "mediaType": "l", "digest": digest.to_string(), "size": 1 }))
+                .collect();
+            let body =
+                serde_json::to_vec(&json!({ "schemaVersion": 2, "layers": layers, "n": self.holders }))
+                    .unwrap();
+            let digest = Digest::sha256_of(&body);
+            let tags: Vec<String> = tags.iter().map(|tag| tag.to_string()).collect();
+            self.on_bucket(|s| s.put_manifest(namespace, &digest, "m", &body, &tags, None));
+            digest
+        }
+
+        fn link(&mut self, namespace: &str, digest: &Digest) {
+            self.on_bucket(|s| s.link_blob(namespace, digest));
+        }
+
+        /// Runs `job` to its end at `unix_secs`, the bucket answering as it goes.
+        fn finish(&mut self, job: &mut BucketJob, unix_secs: u64) -> Ended {
+            let mut next = 1_000;
+            for _ in 0..10_000 {
+                self.rig.now_ms += 1;
+                let turn = Turn {
+                    me: "me",
+                    now_ms: self.rig.now_ms,
+                    unix_secs,
+                };
+                let bucket = self.registry.storage().bucket().unwrap();
+                bucket.objects().set_time(self.rig.now_ms, UNIX_SECS);
+                match job.step(&self.registry, &self.config, &turn, &mut next) {
+                    Err(ended) => return ended,
+                    Ok(_) => {
+                        let bucket = self.registry.storage().bucket().unwrap();
+                        self.rig.pump(bucket.objects());
+                        bucket.objects().take_woken();
+                    }
+                }
+            }
+            panic!("the job never ended");
+        }
+
+        fn has(&self, key: &str) -> bool {
+            self.rig.fake.objects.contains_key(key)
+        }
+    }
+
+    #[test]
+    fn a_collection_hands_out_unreachable_manifests_and_frees_links_then_content() {
+        let mut bench = Bench::new(1);
+        let kept_layer = bench.content(b"kept layer");
+        let old_layer = bench.content(b"old layer");
+        bench.link("n", &kept_layer);
+        bench.link("n", &old_layer);
+        let tagged = bench.manifest("n", &[&kept_layer], &["v1"]);
+        let untagged = bench.manifest("n", &[&old_layer], &[]);
+        // Long after: a young untagged manifest and a young unreferenced link.
+        bench.rig.fake.now_secs += 2 * GRACE;
+        let young_layer = bench.content(b"young layer");
+        bench.link("n", &young_layer);
+        let young = bench.manifest("n", &[], &[]);
+        let now = bench.rig.fake.now_secs;
+
+        let mut job = BucketJob::new(Kind::Collect, Trigger::Demand, false, GRACE, 0, now);
+        assert!(matches!(bench.finish(&mut job, now), Ended::Done));
+        let deletions = job.take_deletions();
+        let handed: Vec<&Digest> = deletions.iter().map(|deletion| &deletion.digest).collect();
+        assert_eq!(handed, [&untagged], "only the old untagged one goes");
+        assert!(!handed.contains(&&tagged) && !handed.contains(&&young));
+        // The old layer is still named by the manifest handed out: kept.
+        assert!(bench.has(&layout::layer_link("n", &old_layer)));
+        assert!(!bench.has(layout::MAINTENANCE_LEASE), "the lease is given back");
+
+        // The manifest removed, the next collection takes its link, keeping
+        // the content once; the one after frees the content.
+        let removed = bench.on_bucket(|s| s.remove_unreferenced_manifest("n", &untagged));
+        assert!(removed);
+        let mut job = BucketJob::new(Kind::Collect, Trigger::Demand, false, GRACE, 0, now);
+        assert!(matches!(bench.finish(&mut job, now), Ended::Done));
+        assert_eq!(job.report.links_removed, 1, "{:?}", job.report);
+        assert!(!bench.has(&layout::layer_link("n", &old_layer)));
+        assert!(
+            bench.has(&layout::blob(&old_layer)),
+            "content of a link just removed stays"
+        );
+        let mut job = BucketJob::new(Kind::Collect, Trigger::Demand, false, GRACE, 0, now);
+        assert!(matches!(bench.finish(&mut job, now), Ended::Done));
+        assert!(!bench.has(&layout::blob(&old_layer)));
+        for digest in [&kept_layer, &young_layer] {
+            assert!(bench.has(&layout::layer_link("n", digest)));
+            assert!(bench.has(&layout::blob(digest)));
+        }
+    }
+
+    #[test]
+    fn a_report_only_collection_counts_and_removes_nothing() {
+        let mut bench = Bench::new(2);
+        let layer = bench.content(b"layer");
+        bench.link("n", &layer);
+        bench.manifest("n", &[], &[]);
+        bench.rig.fake.now_secs += 2 * GRACE;
+        let now = bench.rig.fake.now_secs;
+        let before = bench.rig.fake.objects.len();
+        let mut job = BucketJob::new(Kind::Collect, Trigger::Demand, true, GRACE, 0, now);
+        assert!(matches!(bench.finish(&mut job, now), Ended::Done));
+        assert!(job.take_deletions().is_empty());
+        assert_eq!(job.report.manifests_unreachable, 1);
+        assert_eq!(job.report.links_removed, 1);
+        assert_eq!(bench.rig.fake.objects.len(), before);
+    }
+
+    #[test]
+    fn a_retention_run_judges_tags_by_the_namespace_rules() {
+        let mut bench = Bench::new(3);
+        bench.config.global.retention_rules =
+            vec![crate::retention::rule::Rule::parse("top_pushed(2)").unwrap()];
+        for (i, tag) in ["a", "b", "c"].into_iter().enumerate() {
+            bench.rig.fake.now_secs += 10 * (i as u64 + 1);
+            bench.manifest("n", &[], &[tag]);
+        }
+        let now = bench.rig.fake.now_secs;
+        let mut job = BucketJob::new(Kind::Prune, Trigger::Demand, false, GRACE, 0, now);
+        assert!(matches!(bench.finish(&mut job, now), Ended::Done));
+        let prunings: Vec<String> = job.take_prunings().iter().map(Pruning::describe).collect();
+        assert_eq!(prunings.len(), 2, "{prunings:?}");
+        assert!(prunings[0].starts_with("n:a "), "{prunings:?}");
+        assert!(prunings[1].starts_with("n@"), "{prunings:?}");
+        assert_eq!(job.judge.report.namespaces, 1);
+    }
+
+    #[test]
+    fn a_job_waits_while_another_replica_holds_the_lease() {
+        let mut bench = Bench::new(4);
+        let now = bench.rig.fake.now_secs;
+        let held = serde_json::to_vec(&json!({ "owner": "other", "expires": now + 60 })).unwrap();
+        bench
+            .rig
+            .fake
+            .objects
+            .insert(layout::MAINTENANCE_LEASE.into(), held);
+        let mut job = BucketJob::new(Kind::Prune, Trigger::Demand, false, GRACE, 0, now);
+        match bench.finish(&mut job, now) {
+            Ended::Elsewhere { owner, expires } => assert_eq!((owner.as_str(), expires), ("other", now + 60)),
+            _ => panic!("not told of the other replica"),
+        }
+    }
+}
