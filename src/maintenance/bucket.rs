@@ -578,3 +578,269 @@ mod tests {
         }
     }
 }
+
+/// A seeded simulation of two replicas on one bucket, at the storage
+/// interface: pushes of tagged and untagged manifests naming shared
+/// layers (checked first, as the registry does), layer uploads, tag moves,
+/// manifest deletes, and collections made of the job's own steps (a
+/// namespace read and decided, each unreachable manifest removed as a
+/// request of its own, the links no manifest names removed, the content
+/// swept keeping what the decisions kept), all interleaved run by run,
+/// with throttling and lost answers. Whenever nothing is in flight, every
+/// tag names a manifest that is there, and every tagged manifest's layers
+/// are linked and their content is there.
+#[cfg(test)]
+mod simulation {
+    use std::cell::RefCell;
+    use std::collections::HashSet;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::s3::fake::Faults;
+    use crate::storage::bucket::testing::{Rig, UNIX_SECS, replica};
+    use crate::storage::bucket::{BucketStore, layout};
+
+    const GRACE: u64 = 600;
+    const LAYERS: u64 = 5;
+
+    type Operation = Box<dyn Fn(&BucketStore) -> Result<(), BucketError>>;
+
+    fn layer(n: u64) -> (Digest, Vec<u8>) {
+        let bytes = format!("layer {n}").into_bytes();
+        (Digest::sha256_of(&bytes), bytes)
+    }
+
+    fn manifest_of(layers: &[u64], salt: u64) -> (Digest, Vec<u8>) {
+        let layers: Vec<Value> = layers
+            .iter()
+            .map(|n| json!({ "mediaType": "l", "digest": layer(*n).0.to_string(), "size": 7 }))
+            .collect();
+        let body =
+            serde_json::to_vec(&json!({ "schemaVersion": 2, "layers": layers, "salt": salt })).unwrap();
+        (Digest::sha256_of(&body), body)
+    }
+
+    /// A push as the registry makes it: its layers checked, then stored.
+    fn push(namespace: String, layers: Vec<u64>, salt: u64, tag: Option<String>) -> Operation {
+        Box::new(move |s| {
+            let (digest, body) = manifest_of(&layers, salt);
+            for n in &layers {
+                if s.blob_size(&namespace, &layer(*n).0)?.is_none() {
+                    return Err(BucketError::Unavailable("MANIFEST_BLOB_UNKNOWN".into()));
+                }
+            }
+            let tags: Vec<String> = tag.iter().cloned().collect();
+            s.put_manifest(&namespace, &digest, "m", &body, &tags, None)
+        })
+    }
+
+    fn upload(namespace: String, n: u64) -> Operation {
+        Box::new(move |s| {
+            let (digest, bytes) = layer(n);
+            s.objects()
+                .put(&layout::blob(&digest), Rc::from(&bytes[..]), false)?;
+            s.link_blob(&namespace, &digest)?;
+            if !s.objects().exists_again(&layout::blob(&digest), "there?")? {
+                return Err(BucketError::Unavailable("removed meanwhile".into()));
+            }
+            Ok(())
+        })
+    }
+
+    /// What a collection's namespace step hands on: removals to make as
+    /// requests of their own, and content to keep at its sweep.
+    #[derive(Default)]
+    struct Decided {
+        manifests: Vec<(String, Digest)>,
+        links: Vec<(String, Vec<(Digest, u64)>, HashSet<Digest>)>,
+        kept: HashSet<u64>,
+    }
+
+    fn decide(namespace: String, now: u64, out: Rc<RefCell<Decided>>) -> Operation {
+        Box::new(move |s| {
+            let contents = s.namespace_contents(&namespace, false)?;
+            let links = contents.links.clone();
+            let scan = NamespaceScan::of_bucket(namespace.clone(), 0, contents);
+            let cutoff = now.saturating_sub(GRACE);
+            let mut out = out.borrow_mut();
+            out.kept.extend(scan.kept.iter().copied());
+            for (digest, _) in unreachable_manifests(&scan, cutoff) {
+                out.manifests.push((namespace.clone(), digest));
+            }
+            let candidates: Vec<(Digest, u64)> = links
+                .into_iter()
+                .filter(|link| {
+                    link.modified_secs < cutoff && !scan.kept.contains(&watch_content_key(&link.digest))
+                })
+                .map(|link| (link.digest, link.modified_secs))
+                .collect();
+            out.kept
+                .extend(candidates.iter().map(|(digest, _)| watch_content_key(digest)));
+            let scanned = scan
+                .revisions
+                .iter()
+                .map(|revision| revision.digest.clone())
+                .collect();
+            out.links.push((namespace.clone(), candidates, scanned));
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn collections_racing_pushes_on_two_replicas_never_lose_what_a_tag_reaches() {
+        for seed in 1..30u64 {
+            let mut rig = Rig::new(
+                Faults {
+                    throttled: 100,
+                    lost: 80,
+                },
+                seed,
+            );
+            let replicas = [replica(seed, 5 << 20), replica(seed + 100, 5 << 20)];
+            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            // (replica, holder, operation) in flight; a collection's later
+            // steps wait in `queued` until its earlier ones answered.
+            let mut active: Vec<(usize, Holder, Operation)> = Vec::new();
+            let mut queued: Vec<Operation> = Vec::new();
+            let mut collection: Option<(Rc<RefCell<Decided>>, u64, usize)> = None;
+            let mut started = 0u64;
+            for step in 0..600u64 {
+                let collecting = active.iter().any(|(_, holder, _)| holder.0 == 2);
+                if collection.is_some() && !collecting {
+                    // The collection's next step: removals, then the sweep.
+                    let (decided, now, stage) = collection.take().unwrap();
+                    let mut ops: Vec<Operation> = Vec::new();
+                    match stage {
+                        0 => {
+                            for (namespace, digest) in decided.borrow().manifests.clone() {
+                                ops.push(Box::new(move |s| {
+                                    s.remove_unreferenced_manifest(&namespace, &digest).map(|_| ())
+                                }));
+                            }
+                            for (namespace, candidates, scanned) in decided.borrow().links.clone() {
+                                ops.push(Box::new(move |s| {
+                                    s.remove_links(&namespace, &candidates, &scanned).map(|_| ())
+                                }));
+                            }
+                            collection = Some((decided, now, 1));
+                        }
+                        _ => {
+                            let kept = decided.borrow().kept.clone();
+                            ops.push(Box::new(move |s| {
+                                s.sweep(now, GRACE, 1000, false, &|digest| {
+                                    kept.contains(&watch_content_key(digest))
+                                })
+                                .map(|_| ())
+                            }));
+                        }
+                    }
+                    queued.extend(ops);
+                }
+                for operation in queued.drain(..) {
+                    started += 1;
+                    active.push((next(2) as usize, (2, started), operation));
+                }
+                if active.len() < 4 && started < 200 && next(2) == 0 {
+                    started += 1;
+                    let namespace = format!("ns{}", next(2));
+                    let operation: Operation = match next(7) {
+                        0 | 1 => {
+                            let count = 1 + next(2);
+                            let layers = (0..count).map(|_| next(LAYERS)).collect();
+                            let tag = (next(3) > 0).then(|| format!("t{}", next(3)));
+                            push(namespace, layers, next(3), tag)
+                        }
+                        2 | 3 => upload(namespace, next(LAYERS)),
+                        4 => {
+                            let tag = format!("t{}", next(3));
+                            Box::new(move |s: &BucketStore| s.delete_tag(&namespace, &tag).map(|_| ()))
+                        }
+                        5 => {
+                            let count = 1 + next(2);
+                            let layers: Vec<u64> = (0..count).map(|_| next(LAYERS)).collect();
+                            let digest = manifest_of(&layers, next(3)).0;
+                            Box::new(move |s: &BucketStore| {
+                                s.delete_manifest(&namespace, &digest).map(|_| ())
+                            })
+                        }
+                        _ if collection.is_none() => {
+                            let decided = Rc::new(RefCell::new(Decided::default()));
+                            let now = rig.fake.now_secs;
+                            collection = Some((decided.clone(), now, 0));
+                            for n in 0..2 {
+                                queued.push(decide(format!("ns{n}"), now, decided.clone()));
+                            }
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    active.push((next(2) as usize, (1, started), operation));
+                }
+                for operation in queued.drain(..) {
+                    started += 1;
+                    active.push((next(2) as usize, (2, started), operation));
+                }
+                active.retain(|(r, holder, operation)| {
+                    let store = &replicas[*r];
+                    store.objects().set_time(rig.now_ms, UNIX_SECS);
+                    store.objects().enter(*holder, rig.now_ms);
+                    let result = operation(store);
+                    if store.objects().leave() {
+                        return true;
+                    }
+                    store.objects().release(*holder);
+                    match result {
+                        Ok(()) | Err(BucketError::Unavailable(_)) => false,
+                        Err(other) => panic!("seed {seed} step {step}: {other}"),
+                    }
+                });
+                for store in &replicas {
+                    rig.pump(store.objects());
+                    store.objects().take_woken();
+                }
+                rig.now_ms += 1;
+                rig.fake.now_secs += next(GRACE / 10);
+                if active.is_empty() {
+                    check(&rig, seed, step);
+                }
+            }
+            assert!(active.is_empty(), "seed {seed}: requests never answered");
+        }
+    }
+
+    fn check(rig: &Rig, seed: u64, step: u64) {
+        let objects = &rig.fake.objects;
+        for (key, value) in objects {
+            if !key.contains("/_manifests/tags/") {
+                continue;
+            }
+            let namespace = layout::namespace_of(key).unwrap();
+            let target = Digest::parse(std::str::from_utf8(value).unwrap().trim()).unwrap();
+            assert!(
+                objects.contains_key(&layout::revision(namespace, &target)),
+                "seed {seed} step {step}: {key} names a manifest that is gone"
+            );
+            let body = objects
+                .get(&layout::blob(&target))
+                .expect("the manifest's content");
+            let parsed: Value = serde_json::from_slice(body).unwrap();
+            for descriptor in parsed["layers"].as_array().unwrap() {
+                let digest = Digest::parse(descriptor["digest"].as_str().unwrap()).unwrap();
+                assert!(
+                    objects.contains_key(&layout::layer_link(namespace, &digest)),
+                    "seed {seed} step {step}: {key} reaches layer {digest}, unlinked"
+                );
+                assert!(
+                    objects.contains_key(&layout::blob(&digest)),
+                    "seed {seed} step {step}: {key} reaches layer {digest}, whose content is gone"
+                );
+            }
+        }
+    }
+}
