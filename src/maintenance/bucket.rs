@@ -647,12 +647,16 @@ mod simulation {
         })
     }
 
+    /// A namespace's link removals: the links with their listed times, and
+    /// the manifests its scan saw.
+    type LinkRemovals = (String, Vec<(Digest, u64)>, HashSet<Digest>);
+
     /// What a collection's namespace step hands on: removals to make as
     /// requests of their own, and content to keep at its sweep.
     #[derive(Default)]
     struct Decided {
         manifests: Vec<(String, Digest)>,
-        links: Vec<(String, Vec<(Digest, u64)>, HashSet<Digest>)>,
+        links: Vec<LinkRemovals>,
         kept: HashSet<u64>,
     }
 
