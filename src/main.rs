@@ -159,7 +159,7 @@ fn load_with_s3(files: &[PathBuf]) -> Option<config::Config> {
 /// The storage of a server whose content is in `s3`'s bucket (`root_dir`
 /// keeps this replica's own state: its event journal and lock).
 fn on_bucket(s3: &config::s3::S3Config, config: &config::Config) -> Storage {
-    use angos::storage::bucket::{BucketStore, objects::Objects};
+    use angos::storage::bucket::{BucketStore, CopyPlan, objects::Objects};
     log::info!(
         "content in bucket {} at {} (region {}, key prefix {:?}); this replica's journal in {}",
         s3.bucket,
@@ -170,7 +170,11 @@ fn on_bucket(s3: &config::s3::S3Config, config: &config::Config) -> Storage {
     );
     let client = angos::s3::client::Client::new(s3, Box::new(angos::entropy::OsEntropy));
     let objects = Objects::new(client, s3.metadata_max_age_ms, config.storage.manifest_cache_size);
-    let mut store = BucketStore::new(objects, s3.multipart_part_size);
+    let mut store = BucketStore::new(objects, s3.multipart_part_size).with_copy_plan(CopyPlan {
+        threshold: s3.multipart_copy_threshold,
+        chunk: s3.multipart_copy_chunk_size,
+        jobs: s3.multipart_copy_jobs,
+    });
     if s3.redirect_downloads {
         store = store.with_redirects(s3.redirect_expires_secs);
     }

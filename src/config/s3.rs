@@ -1,7 +1,6 @@
 //! `[blob_store.s3]`: S3-compatible object storage (upstream Angos's keys
-//! and defaults). Keys of upstream's that this build does not use
-//! (`multipart_copy_*`, `multipart_uniform_parts`) are accepted with the
-//! unknown-key warning.
+//! and defaults). A key of upstream's that this build does not use
+//! (`multipart_uniform_parts`) is accepted with the unknown-key warning.
 
 use super::{ConfigError, Section, WebhookUrl};
 
@@ -21,6 +20,13 @@ pub struct S3Config {
     pub key_prefix: String,
     /// `multipart_part_size` (default 50MiB): the part an upload buffers at most.
     pub multipart_part_size: u64,
+    /// `multipart_copy_threshold` (default 5GB): content larger than this
+    /// is copied to its key in parts (S3's single copy stops at 5 GiB).
+    pub multipart_copy_threshold: u64,
+    /// `multipart_copy_chunk_size` (default 100MB): one such part.
+    pub multipart_copy_chunk_size: u64,
+    /// `multipart_copy_jobs` (default 4): parts copied at once.
+    pub multipart_copy_jobs: usize,
     /// Attempts per operation, the first included (default 3).
     pub max_attempts: u32,
     /// One operation, every attempt included (default 900 s).
@@ -105,6 +111,21 @@ pub(super) fn parse_s3(section: &mut Section) -> Result<S3Config, ConfigError> {
             "must be between 5MiB and 5GiB (S3's limits on a part)",
         ));
     }
+    let multipart_copy_threshold = section.size("multipart_copy_threshold")?.unwrap_or(5_000_000_000);
+    if multipart_copy_threshold > PART_BYTES_MAX {
+        return Err(section.error(
+            "multipart_copy_threshold",
+            "must be at most 5GiB (S3's largest single copy)",
+        ));
+    }
+    let multipart_copy_chunk_size = section.size("multipart_copy_chunk_size")?.unwrap_or(100_000_000);
+    if !(PART_BYTES_MIN..=PART_BYTES_MAX).contains(&multipart_copy_chunk_size) {
+        return Err(section.error(
+            "multipart_copy_chunk_size",
+            "must be between 5MiB and 5GiB (S3's limits on a part)",
+        ));
+    }
+    let multipart_copy_jobs = section.integer("multipart_copy_jobs", 1, 64)?.unwrap_or(4) as usize;
     let max_attempts = section.integer("max_attempts", 1, 20)?.unwrap_or(3) as u32;
     let operation_timeout_secs = section
         .integer("operation_timeout_secs", 1, 86_400)?
@@ -134,6 +155,9 @@ pub(super) fn parse_s3(section: &mut Section) -> Result<S3Config, ConfigError> {
         secret_key,
         key_prefix,
         multipart_part_size,
+        multipart_copy_threshold,
+        multipart_copy_chunk_size,
+        multipart_copy_jobs,
         max_attempts,
         operation_timeout_secs,
         operation_attempt_timeout_secs,
@@ -198,6 +222,14 @@ mod tests {
         assert_eq!(s3.multipart_part_size, 50 << 20);
         assert_eq!(
             (
+                s3.multipart_copy_threshold,
+                s3.multipart_copy_chunk_size,
+                s3.multipart_copy_jobs
+            ),
+            (5_000_000_000, 100_000_000, 4)
+        );
+        assert_eq!(
+            (
                 s3.max_attempts,
                 s3.operation_timeout_secs,
                 s3.operation_attempt_timeout_secs
@@ -221,6 +253,15 @@ mod tests {
                 "blob_store.s3.multipart_part_size",
             ),
             ("max_attempts = 0", "blob_store.s3.max_attempts"),
+            (
+                "multipart_copy_chunk_size = \"1MiB\"",
+                "blob_store.s3.multipart_copy_chunk_size",
+            ),
+            (
+                "multipart_copy_threshold = \"6GiB\"",
+                "blob_store.s3.multipart_copy_threshold",
+            ),
+            ("multipart_copy_jobs = 0", "blob_store.s3.multipart_copy_jobs"),
             (
                 "operation_attempt_timeout_secs = 1000",
                 "blob_store.s3.operation_attempt_timeout_secs",

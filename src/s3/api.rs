@@ -67,6 +67,16 @@ pub enum Operation {
     CreateMultipart {
         key: String,
     },
+    /// Bytes `first..=last` of `source` (a key of the same bucket) as part
+    /// `part` of multipart upload `upload_id` of `key`, copied on the server.
+    UploadPartCopy {
+        key: String,
+        upload_id: String,
+        part: u32,
+        source: String,
+        first: u64,
+        last: u64,
+    },
     /// A part of `length` bytes follows the head.
     UploadPart {
         key: String,
@@ -104,6 +114,15 @@ pub struct Prepared {
 }
 
 impl Bucket {
+    /// `x-amz-copy-source` for `source`, a key of this bucket.
+    fn copy_source(&self, source: &str) -> String {
+        format!(
+            "/{}/{}",
+            self.name,
+            sigv4::uri_encode(&format!("{}{source}", self.key_prefix), true)
+        )
+    }
+
     /// The `Host` header: the port only when not the scheme's default.
     pub fn host_header(&self) -> String {
         crate::config::host_header(self.scheme, &self.host, self.port)
@@ -182,17 +201,26 @@ impl Bucket {
                 ("GET", bucket_path)
             }
             Operation::Copy { key, source } => {
-                let source = format!(
-                    "/{}/{}",
-                    self.name,
-                    sigv4::uri_encode(&format!("{}{source}", self.key_prefix), true)
-                );
-                extra.push(("x-amz-copy-source", source));
+                extra.push(("x-amz-copy-source", self.copy_source(source)));
                 ("PUT", self.path(key))
             }
             Operation::CreateMultipart { key } => {
                 query.push(("uploads", String::new()));
                 ("POST", self.path(key))
+            }
+            Operation::UploadPartCopy {
+                key,
+                upload_id,
+                part,
+                source,
+                first,
+                last,
+            } => {
+                extra.push(("x-amz-copy-source", self.copy_source(source)));
+                extra.push(("x-amz-copy-source-range", format!("bytes={first}-{last}")));
+                query.push(("partNumber", part.to_string()));
+                query.push(("uploadId", upload_id.clone()));
+                ("PUT", self.path(key))
             }
             Operation::UploadPart {
                 key,
@@ -474,14 +502,30 @@ pub fn parse_upload_id(body: &[u8]) -> Result<String, String> {
         .ok_or_else(|| "CreateMultipartUpload answered without an UploadId".into())
 }
 
-/// A CompleteMultipartUpload answer: S3 may answer `200` and still report an
-/// error in the body, so a 200 is only success with a result element.
-pub fn parse_complete(status: u16, body: &[u8]) -> Result<(), S3Error> {
+/// The element a successful answer to `operation` is, for the operations
+/// S3 may answer `200` while reporting an error in the body (completing a
+/// multipart upload and copies).
+pub fn result_element(operation: &Operation) -> Option<&'static str> {
+    match operation {
+        Operation::CompleteMultipart { .. } => Some("CompleteMultipartUploadResult"),
+        Operation::Copy { .. } => Some("CopyObjectResult"),
+        Operation::UploadPartCopy { .. } => Some("CopyPartResult"),
+        _ => None,
+    }
+}
+
+/// Such an answer: a `200` is only success with the result element `root`.
+pub fn parse_result(status: u16, body: &[u8], root: &str) -> Result<(), S3Error> {
     match xml::parse(body) {
-        Ok(root) if status == 200 && root.name == "CompleteMultipartUploadResult" => Ok(()),
-        _ if status == 200 => Err(error_of(200, body)),
+        Ok(parsed) if status == 200 && parsed.name == root => Ok(()),
         _ => Err(error_of(status, body)),
     }
+}
+
+/// The ETag of a copied part (`CopyPartResult`), which comes in the body.
+pub fn copied_part_etag(body: &[u8]) -> Option<String> {
+    let root = xml::parse(body).ok()?;
+    root.child_text("ETag").map(str::to_string)
 }
 
 #[cfg(test)]
@@ -634,13 +678,33 @@ mod tests {
         assert!(error_of(412, b"").is_precondition_failed());
         assert_eq!(error_of(500, b"not xml").to_string(), "S3 answered 500");
         // A 200 that reports an error in its body is an error.
-        assert!(parse_complete(200, b"<Error><Code>InternalError</Code></Error>").is_err());
         assert!(
-            parse_complete(
+            parse_result(
                 200,
-                b"<CompleteMultipartUploadResult><ETag>e</ETag></CompleteMultipartUploadResult>"
+                b"<Error><Code>InternalError</Code></Error>",
+                "CompleteMultipartUploadResult"
+            )
+            .is_err()
+        );
+        assert!(
+            parse_result(
+                200,
+                b"<CompleteMultipartUploadResult><ETag>e</ETag></CompleteMultipartUploadResult>",
+                "CompleteMultipartUploadResult"
             )
             .is_ok()
+        );
+        assert!(
+            parse_result(
+                200,
+                b"<Error><Code>InternalError</Code></Error>",
+                "CopyPartResult"
+            )
+            .is_err()
+        );
+        assert_eq!(
+            copied_part_etag(b"<CopyPartResult><ETag>&quot;p1&quot;</ETag></CopyPartResult>"),
+            Some("\"p1\"".into())
         );
         assert_eq!(
             parse_upload_id(

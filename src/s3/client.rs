@@ -310,9 +310,10 @@ impl Client {
                     content_length: None,
                 });
                 let body = std::mem::take(&mut op.answer);
-                let complete = matches!(op.operation, Operation::CompleteMultipart { .. });
-                let result = if complete && head.status == 200 {
-                    api::parse_complete(200, &body).map(|()| (head, body))
+                let result = if let Some(root) = api::result_element(&op.operation)
+                    && head.status == 200
+                {
+                    api::parse_result(200, &body, root).map(|()| (head, body))
                 } else if (200..300).contains(&head.status) {
                     Ok((head, body))
                 } else {

@@ -104,6 +104,43 @@ impl FakeS3 {
         };
         match (method.as_str(), key.is_empty()) {
             ("GET", true) if query("list-type").as_deref() == Some("2") => self.list(head),
+            ("PUT", false) if head.header("x-amz-copy-source").is_some() && has("uploadId") => {
+                // A part copied from a range of another object.
+                let source = head.header("x-amz-copy-source").unwrap_or_default();
+                let source = crate::http::request::percent_decode(source.trim_start_matches('/'), false);
+                let source_key = source
+                    .strip_prefix(&format!("{}/", self.bucket))
+                    .unwrap_or(&source)
+                    .to_string();
+                let range = head
+                    .header("x-amz-copy-source-range")
+                    .and_then(|range| range.strip_prefix("bytes="))
+                    .and_then(|range| range.split_once('-'))
+                    .and_then(|(first, last)| {
+                        Some((first.parse::<usize>().ok()?, last.parse::<usize>().ok()?))
+                    });
+                let part: u32 = query("partNumber").and_then(|n| n.parse().ok()).unwrap_or(0);
+                let bytes = self.objects.get(&source_key).cloned();
+                match (
+                    bytes,
+                    range,
+                    self.uploads.get_mut(&query("uploadId").unwrap_or_default()),
+                ) {
+                    (_, _, None) => error(404, "NoSuchUpload"),
+                    (None, _, _) => error(404, "NoSuchKey"),
+                    (Some(bytes), Some((first, last)), Some((_, parts)))
+                        if first <= last && last < bytes.len() =>
+                    {
+                        parts.insert(part, bytes[first..=last].to_vec());
+                        answer(
+                            200,
+                            &[],
+                            format!("<CopyPartResult><ETag>\"c{part}\"</ETag></CopyPartResult>").into_bytes(),
+                        )
+                    }
+                    _ => error(416, "InvalidRange"),
+                }
+            }
             ("PUT", false) if head.header("x-amz-copy-source").is_some() => {
                 let source = head.header("x-amz-copy-source").unwrap_or_default();
                 let source = crate::http::request::percent_decode(source.trim_start_matches('/'), false);

@@ -767,6 +767,36 @@ fn retention_and_collections_on_the_bucket_reclaim_what_is_no_longer_kept() {
     }
 }
 
+/// Content above `multipart_copy_threshold` reaches its key as a copy in
+/// parts (`UploadPartCopy`) on the real server, and reads back whole.
+#[test]
+fn content_above_the_copy_threshold_is_copied_in_parts_and_reads_back_whole() {
+    let s3 = S3Server::start();
+    let server = Server::start_with(
+        &Options::default()
+            .on_bucket(&s3, "copies")
+            .bucket_line("multipart_part_size = \"5MiB\"")
+            .bucket_line("multipart_copy_threshold = \"5MiB\"")
+            .bucket_line("multipart_copy_chunk_size = \"5MiB\"")
+            .bucket_line("multipart_copy_jobs = 2"),
+    );
+    let blob = pseudo_random_bytes(91, 12 * 1024 * 1024 + 333);
+    let d = digest(&blob);
+    server
+        .request(
+            "POST",
+            &format!("/v2/team/app/blobs/uploads/?digest={d}"),
+            &[("Content-Type", "application/octet-stream")],
+            &blob,
+        )
+        .assert_status(201);
+    let got = server.get(&format!("/v2/team/app/blobs/{d}"));
+    got.assert_status(200);
+    assert_eq!(got.body.len(), blob.len());
+    assert_eq!(digest(&got.body), d);
+    assert!(keys(&s3, "copies/_uploads/").is_empty(), "the session is gone");
+}
+
 /// `GET` of an absolute `http://` URL with a plain socket; the response.
 fn get_url(url: &str) -> common::Response {
     let rest = url.strip_prefix("http://").expect("an http URL");

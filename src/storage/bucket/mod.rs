@@ -85,6 +85,29 @@ pub struct BucketStore {
     /// `redirect_expires_secs` when blob downloads are redirected to the
     /// bucket (`redirect_downloads`).
     redirect: Option<u64>,
+    /// How content larger than one copy moves to its key.
+    copy: CopyPlan,
+}
+
+/// `multipart_copy_threshold`, `multipart_copy_chunk_size` and
+/// `multipart_copy_jobs`: content larger than `threshold` is copied to its
+/// key in parts of `chunk` bytes, `jobs` at a time (S3 copies at most
+/// 5 GiB at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyPlan {
+    pub threshold: u64,
+    pub chunk: u64,
+    pub jobs: usize,
+}
+
+impl Default for CopyPlan {
+    fn default() -> CopyPlan {
+        CopyPlan {
+            threshold: 5_000_000_000,
+            chunk: 100_000_000,
+            jobs: 4,
+        }
+    }
 }
 
 impl std::fmt::Debug for BucketStore {
@@ -121,7 +144,14 @@ impl BucketStore {
             objects: Rc::new(objects),
             part_size: usize::try_from(part_size).unwrap_or(usize::MAX),
             redirect: None,
+            copy: CopyPlan::default(),
         }
+    }
+
+    /// Content larger than `plan.threshold` is copied to its key in parts.
+    pub fn with_copy_plan(mut self, plan: CopyPlan) -> BucketStore {
+        self.copy = plan;
+        self
     }
 
     /// Blob downloads answered `307` to presigned URLs valid `expires_secs`.

@@ -17,7 +17,7 @@
 use std::rc::Rc;
 
 use super::objects::{Objects, Wait};
-use super::{BucketError, BucketStore, Result, layout};
+use super::{BucketError, BucketStore, Result, all, layout};
 use crate::base64::{Alphabet, Padding};
 use crate::digest::{Digest, Hasher};
 use crate::s3::api::{Operation, PARTS_MAX, parse_upload_id};
@@ -398,12 +398,7 @@ impl BucketStore {
                         }
                         Err(wait) => return Err(wait.into()),
                     }
-                    let operation = Operation::Copy {
-                        key: blob.clone(),
-                        source: data,
-                    };
-                    self.objects
-                        .perform("copy to the content key", operation, Vec::new(), Some(&blob))?;
+                    self.copy_to(&data, &blob, session.size)?;
                 }
             }
         }
@@ -420,6 +415,78 @@ impl BucketStore {
         self.add_to_catalog(namespace)?;
         self.remove_session(id, None)?;
         Ok(true)
+    }
+
+    /// Copies object `source` of `size` bytes to `key` on the server: at
+    /// once up to `multipart_copy_threshold`, else as a multipart upload of
+    /// ranges, `multipart_copy_jobs` in flight at a time.
+    fn copy_to(&self, source: &str, key: &str, size: u64) -> Result<()> {
+        let plan = self.copy;
+        if size <= plan.threshold {
+            let operation = Operation::Copy {
+                key: key.to_string(),
+                source: source.to_string(),
+            };
+            self.objects
+                .perform("copy to the content key", operation, Vec::new(), Some(key))?;
+            return Ok(());
+        }
+        let created = self.objects.perform(
+            "start the copy in parts",
+            Operation::CreateMultipart { key: key.to_string() },
+            Vec::new(),
+            None,
+        )?;
+        let upload_id = parse_upload_id(&created.body).map_err(BucketError::Unavailable)?;
+        let chunk = plan.chunk.max(1);
+        let ranges: Vec<(u32, u64, u64)> = (0..size.div_ceil(chunk))
+            .map(|index| {
+                let first = index * chunk;
+                (index as u32 + 1, first, (first + chunk).min(size) - 1)
+            })
+            .collect();
+        let mut parts = Vec::with_capacity(ranges.len());
+        // A window at a time: the next goes out once this one is in.
+        for window in ranges.chunks(plan.jobs.max(1)) {
+            let copied = all(window, |(part, first, last)| {
+                let operation = Operation::UploadPartCopy {
+                    key: key.to_string(),
+                    upload_id: upload_id.clone(),
+                    part: *part,
+                    source: source.to_string(),
+                    first: *first,
+                    last: *last,
+                };
+                let performed =
+                    self.objects
+                        .perform(&format!("copy part {part}"), operation, Vec::new(), None)?;
+                let etag = crate::s3::api::copied_part_etag(&performed.body).ok_or_else(|| {
+                    BucketError::Unavailable(format!("part {part} of a copy answered without an ETag"))
+                })?;
+                Ok((*part, etag))
+            })?;
+            parts.extend(copied);
+        }
+        let operation = Operation::CompleteMultipart {
+            key: key.to_string(),
+            upload_id,
+            parts,
+            if_absent: false,
+        };
+        match self
+            .objects
+            .perform("complete the copy in parts", operation, Vec::new(), Some(key))
+        {
+            Ok(_) => Ok(()),
+            // An attempt whose answer was lost completed it.
+            Err(Wait::Unavailable(reason)) if reason.contains("NoSuchUpload") => {
+                match self.objects.size(key, false)? {
+                    Some(copied) if copied == size => Ok(()),
+                    _ => Err(BucketError::Unavailable(reason)),
+                }
+            }
+            Err(wait) => Err(wait.into()),
+        }
     }
 
     /// Removes session `id` of `namespace`; `false` when there is none.
@@ -597,6 +664,34 @@ mod tests {
             run(&mut rig, &a, (1, 9), |s| s.blob_size("n", &digest)),
             Ok(Some(1000))
         );
+    }
+
+    /// Content above `multipart_copy_threshold` reaches its key as a copy
+    /// in ranges, a window of `multipart_copy_jobs` at a time, through
+    /// throttling and lost answers.
+    #[test]
+    fn content_above_the_copy_threshold_is_copied_in_parts() {
+        for seed in 1..6 {
+            let mut rig = Rig::new(
+                Faults {
+                    throttled: 80,
+                    lost: 60,
+                },
+                seed,
+            );
+            let a = replica(seed).with_copy_plan(super::super::CopyPlan {
+                threshold: 300,
+                chunk: 128,
+                jobs: 2,
+            });
+            let data = bytes(1000, 9);
+            let digest = Digest::sha256_of(&data);
+            run(&mut rig, &a, (1, 1), |s| s.start_upload("n", "big")).unwrap();
+            send(&mut rig, &a, (1, 2), "big", &data).unwrap();
+            assert_eq!(commit(&mut rig, &a, (1, 3), "big", &digest), Ok(Some(Some(1000))));
+            assert_eq!(rig.fake.objects[&layout::blob(&digest)], data, "seed {seed}");
+            assert!(uploads_left(&rig).is_empty(), "{:?}", uploads_left(&rig));
+        }
     }
 
     #[test]
