@@ -538,11 +538,10 @@ impl Storage {
         accept: &dyn Fn(&str) -> bool,
         directories_max: usize,
     ) -> io::Result<Option<String>> {
-        // On a bucket, finding a holder would list every repository: a mount
-        // without a source (or from one the client may not read) is an
-        // upload there, which the spec allows.
-        if self.bucket().is_some() {
-            return Ok(None);
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .find_blob_holder(digest, accept, directories_max)
+                .map_err(bucket::BucketError::into_io);
         }
         // Most blobs a client offers to mount are new: one stat answers that.
         if !exists(&self.blob_path(digest))? {

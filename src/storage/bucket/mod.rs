@@ -500,10 +500,54 @@ impl BucketStore {
         if self.objects.size(&layout::blob(digest), true)?.is_none() {
             return Ok(false);
         }
-        self.objects
-            .put(&layout::layer_link(namespace, digest), Rc::from(&b""[..]), false)?;
+        let link = layout::layer_link(namespace, digest);
+        self.objects.put(&link, Rc::from(&b""[..]), false)?;
+        // The content, known from before, may have been collected since (on
+        // another replica): read after the link, it is there or the mount
+        // does not happen.
+        if !self
+            .objects
+            .exists_again(&layout::blob(digest), "the content, still there?")?
+        {
+            self.objects.delete(&link)?;
+            return Ok(false);
+        }
         self.add_to_catalog(namespace)?;
         Ok(true)
+    }
+
+    /// A namespace `accept` takes that may read `digest`, among the first
+    /// `namespaces_max` of the catalog (automatic cross-repository mount):
+    /// its links are looked at a window of namespaces at a time.
+    pub fn find_blob_holder(
+        &self,
+        digest: &Digest,
+        accept: &dyn Fn(&str) -> bool,
+        namespaces_max: usize,
+    ) -> Result<Option<String>> {
+        const WINDOW: usize = 32;
+        // Most blobs a client offers to mount are new: one HEAD answers that.
+        if self.objects.size(&layout::blob(digest), true)?.is_none() {
+            return Ok(None);
+        }
+        let catalog = self.objects.list(layout::CATALOG)?;
+        let candidates: Vec<&str> = catalog
+            .iter()
+            .filter_map(|object| layout::namespace_of_catalog_entry(&object.key))
+            .filter(|namespace| accept(namespace))
+            .take(namespaces_max)
+            .collect();
+        for window in candidates.chunks(WINDOW) {
+            let linked = all(window, |namespace| {
+                self.objects
+                    .get(&layout::layer_link(namespace, digest), false)
+                    .map_err(BucketError::from)
+            })?;
+            if let Some((namespace, _)) = window.iter().zip(linked).find(|(_, link)| link.is_some()) {
+                return Ok(Some(namespace.to_string()));
+            }
+        }
+        Ok(None)
     }
 
     /// Removes `namespace`'s access to `digest`; `false` when it had none.
@@ -646,6 +690,47 @@ mod tests {
         assert_eq!(run(&mut rig, &a, (1, 7), |s| s.blob_size("n", &blob)), Ok(None));
         let catalog = run(&mut rig, &a, (1, 8), |s| s.catalog_page(None, None, &|_| true)).unwrap();
         assert_eq!(catalog.items, vec!["n"]);
+    }
+
+    #[test]
+    fn an_automatic_mount_finds_a_namespace_the_client_may_read_that_links_the_blob() {
+        let mut rig = Rig::new(Faults::default(), 3);
+        let a = replica(1);
+        let blob = digest("layer");
+        rig.fake.objects.insert(layout::blob(&blob), b"layer".to_vec());
+        // Namespaces enough for several windows; the blob linked in two.
+        for n in 0..70 {
+            let namespace = format!("ns{n:02}");
+            run(&mut rig, &a, (1, n), |s| s.add_to_catalog(&namespace)).unwrap();
+        }
+        for namespace in ["ns05", "ns64"] {
+            run(&mut rig, &a, (2, 1), |s| s.link_blob(namespace, &blob)).unwrap();
+        }
+        let found = |rig: &mut Rig, accept: &dyn Fn(&str) -> bool, max: usize| {
+            rig.now_ms += 1;
+            run(rig, &a, (3, 1), |s| s.find_blob_holder(&blob, accept, max)).unwrap()
+        };
+        assert_eq!(found(&mut rig, &|_| true, 100).as_deref(), Some("ns05"));
+        assert_eq!(
+            found(&mut rig, &|name| name != "ns05", 100).as_deref(),
+            Some("ns64"),
+            "only where the client may read"
+        );
+        assert_eq!(
+            found(&mut rig, &|name| name != "ns05", 40),
+            None,
+            "the search is bounded"
+        );
+        let unknown = digest("unknown");
+        rig.now_ms += 1;
+        assert_eq!(
+            run(&mut rig, &a, (3, 2), |s| s.find_blob_holder(
+                &unknown,
+                &|_| true,
+                100
+            )),
+            Ok(None)
+        );
     }
 
     /// Throttling and lost answers on every seed: pushes complete (a lost
