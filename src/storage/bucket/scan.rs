@@ -505,7 +505,7 @@ mod tests {
         };
         assert_eq!(gone, Ok(vec![child.clone()]));
         let none = run(&mut rig, &a, (2, 2), |s| {
-            s.confirm_manifests("n", &[never.clone()])
+            s.confirm_manifests("n", std::slice::from_ref(&never))
         });
         assert_eq!(none, Ok(Vec::new()), "never there: not reported");
     }
