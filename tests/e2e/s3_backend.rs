@@ -797,6 +797,43 @@ fn content_above_the_copy_threshold_is_copied_in_parts_and_reads_back_whole() {
     assert!(keys(&s3, "copies/_uploads/").is_empty(), "the session is gone");
 }
 
+/// A chunked upload of several parts finished with a `sha512` digest (the
+/// running digest is SHA-256): the parts are put together and read back
+/// through SHA-512 before the content exists; wrong bytes store nothing.
+#[test]
+fn a_sha512_digest_for_an_upload_of_several_parts_is_checked_by_reading_it_back() {
+    let s3 = S3Server::start();
+    let server = replica(&s3, "sha512");
+    let blob = pseudo_random_bytes(93, 2 * PART + 4321);
+    let d = common::sha512_digest(&blob);
+    for (bytes, claimed, expect_ok) in [
+        (&blob[..], d.clone(), true),
+        (&blob[..PART + 9], d.clone(), false),
+    ] {
+        let started = server.request("POST", "/v2/team/wide/blobs/uploads/", &[], b"");
+        started.assert_status(202);
+        let location = url_path(started.expect_header("location"));
+        let patched = server.request(
+            "PATCH",
+            &location,
+            &[("Content-Type", "application/octet-stream")],
+            bytes,
+        );
+        patched.assert_status(202);
+        let location = url_path(patched.expect_header("location"));
+        let put = server.request("PUT", &with_query(&location, "digest", &claimed), &[], b"");
+        if expect_ok {
+            put.assert_status(201);
+            let got = server.get(&format!("/v2/team/wide/blobs/{d}"));
+            got.assert_status(200);
+            assert!(got.body == blob, "the blob read back differs");
+        } else {
+            put.assert_error(400, "DIGEST_INVALID");
+        }
+        assert!(keys(&s3, "sha512/_uploads/").is_empty(), "the session is gone");
+    }
+}
+
 /// `GET` of an absolute `http://` URL with a plain socket; the response.
 fn get_url(url: &str) -> common::Response {
     let rest = url.strip_prefix("http://").expect("an http URL");

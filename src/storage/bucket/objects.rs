@@ -79,6 +79,9 @@ enum Want {
     List(String),
     /// A listing read anew, like `Again`: prefix and label.
     ListAgain(String, &'static str),
+    /// The object's digest under an algorithm, hashed as its bytes stream
+    /// in (never held whole): key and algorithm.
+    Digest(String, &'static str),
 }
 
 struct Fetch {
@@ -156,6 +159,8 @@ struct State {
     current: Option<(Holder, u64)>,
     /// Streamed reads, to their feeds.
     streams: HashMap<OpId, std::rc::Weak<super::feed::BlobFeed>>,
+    /// Streamed reads hashed as they come (`Want::Digest`).
+    hashing: HashMap<OpId, crate::digest::Hasher>,
     /// Connections whose streamed read moved on: run them again.
     readers: Vec<(usize, u64)>,
     /// Jobs each parked holder waits for.
@@ -202,6 +207,7 @@ impl Objects {
                 fetching: HashMap::new(),
                 current: None,
                 streams: HashMap::new(),
+                hashing: HashMap::new(),
                 readers: Vec::new(),
                 waiting: HashMap::new(),
                 failures: HashMap::new(),
@@ -374,6 +380,24 @@ impl Objects {
         match self.read(Want::List(prefix.to_string()), false)? {
             Known::Listing(listed) => Ok(listed),
             _ => Err(Wait::Unavailable("not a listing".into())),
+        }
+    }
+
+    /// The digest of object `key` under `algorithm` (`sha256`, `sha512`),
+    /// its bytes hashed as they stream in (never held whole); `None` when
+    /// absent. To check content stored under another algorithm than the
+    /// one that ran while it was written.
+    pub fn digest_of(
+        &self,
+        key: &str,
+        algorithm: &'static str,
+    ) -> Result<Option<crate::digest::Digest>, Wait> {
+        match self.read(Want::Digest(key.to_string(), algorithm), false)? {
+            Known::Object(text) => Ok(std::str::from_utf8(&text)
+                .ok()
+                .and_then(|text| crate::digest::Digest::parse(text).ok())),
+            Known::Absent => Ok(None),
+            _ => Err(Wait::Unavailable("not a digest".into())),
         }
     }
 
@@ -650,10 +674,25 @@ impl State {
             Want::Again(key, _, true) => Operation::Head { key: key.clone() },
             Want::Size(key) | Want::Stat(key) => Operation::Head { key: key.clone() },
             Want::List(prefix) | Want::ListAgain(prefix, _) => list_page(prefix, None),
+            Want::Digest(key, _) => Operation::Get {
+                key: key.clone(),
+                range: None,
+            },
         };
-        let op = self
-            .client
-            .submit(operation, Vec::new(), self.now_ms, self.unix_secs);
+        let op = match want {
+            Want::Digest(_, algorithm) => {
+                let op = self
+                    .client
+                    .submit_streamed(operation, self.now_ms, self.unix_secs);
+                let hasher = crate::digest::Hasher::for_algorithm(algorithm)
+                    .unwrap_or_else(crate::digest::Hasher::sha256);
+                self.hashing.insert(op, hasher);
+                op
+            }
+            _ => self
+                .client
+                .submit(operation, Vec::new(), self.now_ms, self.unix_secs),
+        };
         self.jobs.insert(
             op,
             Job::Fetch(Fetch {
@@ -671,6 +710,12 @@ impl State {
     /// wakes the holders they were the last wait of.
     fn settle(&mut self) {
         while let Some((op, piece)) = self.client.poll_piece() {
+            if let Some(hasher) = self.hashing.get_mut(&op) {
+                if let crate::s3::client::Piece::Body(data) = &piece {
+                    hasher.update(data);
+                }
+                continue;
+            }
             let Some(feed) = self.streams.get(&op).and_then(std::rc::Weak::upgrade) else {
                 continue;
             };
@@ -695,6 +740,14 @@ impl State {
             let Some(job) = self.jobs.remove(&op) else {
                 continue;
             };
+            // A hashed read's outcome is its digest, as text.
+            let outcome = match (self.hashing.remove(&op), outcome) {
+                (Some(hasher), Outcome::Done { head, .. }) => Outcome::Done {
+                    head,
+                    body: hasher.digest().to_string().into_bytes(),
+                },
+                (_, outcome) => outcome,
+            };
             match job {
                 Job::Fetch(fetch) => self.fetched(op, fetch, outcome),
                 Job::Write(write) => self.written(write, outcome),
@@ -705,7 +758,9 @@ impl State {
     fn fetched(&mut self, op: OpId, mut fetch: Fetch, outcome: Outcome) {
         let known = match outcome {
             Outcome::Done { head, body } => match &fetch.want {
-                Want::Object(_) | Want::Again(_, _, false) => Ok(Known::Object(body.into())),
+                Want::Object(_) | Want::Again(_, _, false) | Want::Digest(..) => {
+                    Ok(Known::Object(body.into()))
+                }
                 Want::Again(_, _, true) => Ok(Known::Size(head.content_length.unwrap_or(0))),
                 Want::Size(_) => head
                     .content_length

@@ -318,11 +318,20 @@ impl BucketStore {
                     .unwrap_or_else(|| Rc::from(&b""[..]));
                 Some(Hasher::for_digest(expected).digest_of(&tail))
             }
+            // Over more than one part: the parts are put together (as the
+            // commit would) and read back through that algorithm, streamed.
             _ => {
-                return Err(BucketError::Unavailable(format!(
-                    "a {} digest for an upload of more than one part (multipart_part_size): this build checks those as sha256 only",
-                    expected.algorithm()
-                )));
+                let tail = self
+                    .objects
+                    .get(&layout::upload_tail(id), false)?
+                    .unwrap_or_else(|| Rc::from(&b""[..]));
+                let mut session = session.clone();
+                let data = self.assemble(id, &mut session, &tail)?;
+                let algorithm = match expected.algorithm() {
+                    "sha512" => "sha512",
+                    _ => "sha256",
+                };
+                self.objects.digest_of(&data, algorithm)?
             }
         };
         if actual.as_ref() != Some(expected) {
@@ -353,51 +362,8 @@ impl BucketStore {
                     // Smaller than a part: the tail is the blob.
                     self.objects.put(&blob, tail, false)?;
                 }
-                Some(upload_id) => {
-                    let data = layout::upload_data(id);
-                    if !tail.is_empty() {
-                        let number = session.parts.len() as u32 + 1;
-                        let operation = Operation::UploadPart {
-                            key: data.clone(),
-                            upload_id: upload_id.clone(),
-                            part: number,
-                            length: tail.len() as u64,
-                        };
-                        let performed =
-                            self.objects
-                                .perform("the last part", operation, tail.to_vec(), None)?;
-                        session.parts.push(Part {
-                            number,
-                            etag: performed.etag.clone().unwrap_or_default(),
-                            size: tail.len() as u64,
-                        });
-                    }
-                    let operation = Operation::CompleteMultipart {
-                        key: data.clone(),
-                        upload_id: upload_id.clone(),
-                        parts: session
-                            .parts
-                            .iter()
-                            .map(|part| (part.number, part.etag.clone()))
-                            .collect(),
-                        if_absent: false,
-                    };
-                    match self.objects.perform(
-                        "complete the multipart upload",
-                        operation,
-                        Vec::new(),
-                        Some(&data),
-                    ) {
-                        Ok(_) => {}
-                        // An attempt whose answer was lost completed it: the
-                        // retry finds the upload gone and the object there.
-                        Err(Wait::Unavailable(reason)) if reason.contains("NoSuchUpload") => {
-                            if self.objects.size(&data, false)?.is_none() {
-                                return Err(BucketError::Unavailable(reason));
-                            }
-                        }
-                        Err(wait) => return Err(wait.into()),
-                    }
+                Some(_) => {
+                    let data = self.assemble(id, &mut session, &tail)?;
                     self.copy_to(&data, &blob, session.size)?;
                 }
             }
@@ -415,6 +381,74 @@ impl BucketStore {
         self.add_to_catalog(namespace)?;
         self.remove_session(id, None)?;
         Ok(true)
+    }
+
+    /// Puts session `id`'s multipart upload together into its data object
+    /// (`_uploads/<id>/data`): the tail as the last part, then completed.
+    /// The same labels in a verification and a commit of one request: the
+    /// second finds the first's writes made.
+    fn assemble(&self, id: &str, session: &mut Session, tail: &[u8]) -> Result<String> {
+        let data = layout::upload_data(id);
+        let Some(upload_id) = session.upload_id.clone() else {
+            return Ok(data);
+        };
+        if !tail.is_empty() {
+            let number = session.parts.len() as u32 + 1;
+            let operation = Operation::UploadPart {
+                key: data.clone(),
+                upload_id: upload_id.clone(),
+                part: number,
+                length: tail.len() as u64,
+            };
+            let performed = match self
+                .objects
+                .perform("the last part", operation, tail.to_vec(), None)
+            {
+                Ok(performed) => performed,
+                // Completed already, by an earlier verification.
+                Err(Wait::Unavailable(reason)) if reason.contains("NoSuchUpload") => {
+                    return self.assembled(&data, session.size, reason);
+                }
+                Err(wait) => return Err(wait.into()),
+            };
+            session.parts.push(Part {
+                number,
+                etag: performed.etag.clone().unwrap_or_default(),
+                size: tail.len() as u64,
+            });
+        }
+        let operation = Operation::CompleteMultipart {
+            key: data.clone(),
+            upload_id,
+            parts: session
+                .parts
+                .iter()
+                .map(|part| (part.number, part.etag.clone()))
+                .collect(),
+            if_absent: false,
+        };
+        match self.objects.perform(
+            "complete the multipart upload",
+            operation,
+            Vec::new(),
+            Some(&data),
+        ) {
+            Ok(_) => Ok(data),
+            // An attempt whose answer was lost (or an earlier verification)
+            // completed it: the upload is gone and the object there.
+            Err(Wait::Unavailable(reason)) if reason.contains("NoSuchUpload") => {
+                self.assembled(&data, session.size, reason)
+            }
+            Err(wait) => Err(wait.into()),
+        }
+    }
+
+    /// The multipart upload is gone: fine when its object is there, whole.
+    fn assembled(&self, data: &str, size: u64, reason: String) -> Result<String> {
+        match self.objects.size(data, false)? {
+            Some(found) if found == size => Ok(data.to_string()),
+            _ => Err(BucketError::Unavailable(reason)),
+        }
     }
 
     /// Copies object `source` of `size` bytes to `key` on the server: at
@@ -690,6 +724,46 @@ mod tests {
             send(&mut rig, &a, (1, 2), "big", &data).unwrap();
             assert_eq!(commit(&mut rig, &a, (1, 3), "big", &digest), Ok(Some(Some(1000))));
             assert_eq!(rig.fake.objects[&layout::blob(&digest)], data, "seed {seed}");
+            assert!(uploads_left(&rig).is_empty(), "{:?}", uploads_left(&rig));
+        }
+    }
+
+    /// A sha512 digest for an upload of several parts: the parts are put
+    /// together and read back through SHA-512 (streamed), in one request
+    /// (as the registry verifies and commits) or two, through throttling
+    /// and lost answers; wrong bytes store nothing.
+    #[test]
+    fn a_sha512_upload_of_several_parts_is_read_back_and_checked() {
+        for seed in 1..8 {
+            let mut rig = Rig::new(
+                Faults {
+                    throttled: 60,
+                    lost: 40,
+                },
+                seed,
+            );
+            let (a, b) = (replica(seed), replica(seed + 50));
+            let data = bytes(1000, seed as u8);
+            let digest = Hasher::for_algorithm("sha512").unwrap().digest_of(&data);
+            run(&mut rig, &a, (1, 1), |s| s.start_upload("n", "u")).unwrap();
+            send(&mut rig, &a, (1, 2), "u", &data[..600]).unwrap();
+            send(&mut rig, &b, (2, 1), "u", &data[600..]).unwrap();
+            if seed % 2 == 0 {
+                assert_eq!(commit(&mut rig, &b, (2, 2), "u", &digest), Ok(Some(Some(1000))));
+            } else {
+                rig.now_ms += 1;
+                let both = run(&mut rig, &b, (2, 2), |s| {
+                    let verified = s.verify_upload("n", "u", &digest)?;
+                    Ok((verified, s.commit_upload("n", "u", &digest)?))
+                });
+                assert_eq!(both, Ok((Some(Some(1000)), true)), "seed {seed}");
+            }
+            assert_eq!(rig.fake.objects[&layout::blob(&digest)], data, "seed {seed}");
+            assert!(uploads_left(&rig).is_empty(), "{:?}", uploads_left(&rig));
+
+            run(&mut rig, &a, (1, 3), |s| s.start_upload("n", "wrong")).unwrap();
+            send(&mut rig, &a, (1, 4), "wrong", &data[..900]).unwrap();
+            assert_eq!(commit(&mut rig, &a, (1, 5), "wrong", &digest), Ok(Some(None)));
             assert!(uploads_left(&rig).is_empty(), "{:?}", uploads_left(&rig));
         }
     }
