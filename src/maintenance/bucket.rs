@@ -596,8 +596,7 @@ mod simulation {
     use std::rc::Rc;
 
     use super::*;
-    use crate::s3::fake::Faults;
-    use crate::storage::bucket::testing::{Rig, UNIX_SECS, replica};
+    use crate::storage::bucket::testing::{Rig, UNIX_SECS, replica, seeded};
     use crate::storage::bucket::{BucketStore, layout};
 
     const GRACE: u64 = 600;
@@ -693,21 +692,9 @@ mod simulation {
     #[test]
     fn collections_racing_pushes_on_two_replicas_never_lose_what_a_tag_reaches() {
         for seed in 1..30u64 {
-            let mut rig = Rig::new(
-                Faults {
-                    throttled: 100,
-                    lost: 80,
-                },
-                seed,
-            );
+            let mut rig = Rig::faulty(100, 80, seed);
             let replicas = [replica(seed, 5 << 20), replica(seed + 100, 5 << 20)];
-            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let mut next = move |n: u64| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % n
-            };
+            let mut next = seeded(seed);
             // (replica, holder, operation) in flight; a collection's later
             // steps wait in `queued` until its earlier ones answered.
             let mut active: Vec<(usize, Holder, Operation)> = Vec::new();

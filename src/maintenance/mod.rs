@@ -583,16 +583,7 @@ impl Maintenance {
         }
         self.schedule_prune(config, now_ms);
         let job = if let Some((trigger, report_only)) = self.requested.take() {
-            log::info!(
-                target: "angos::gc",
-                "garbage collection on the bucket started ({}{}; grace {} s)",
-                trigger.as_str(),
-                if report_only { ", report only" } else { "" },
-                self.grace_secs
-            );
-            self.deletes_since = 0;
-            self.removals_done = 0;
-            self.removals_refused = 0;
+            self.collection_starting(trigger, report_only, " on the bucket");
             if self.interval_ms > 0 {
                 self.next_scheduled_ms = Some(now_ms.saturating_add(self.interval_ms));
             }
@@ -605,14 +596,7 @@ impl Maintenance {
                 unix_secs,
             )
         } else if let Some((trigger, report_only)) = self.prune_requested.take() {
-            log::info!(
-                target: "angos::prune",
-                "retention run on the bucket started ({}{})",
-                trigger.as_str(),
-                if report_only { ", dry run" } else { "" }
-            );
-            self.prune_removed = 0;
-            self.prune_refused = 0;
+            self.prune_starting(trigger, report_only, " on the bucket");
             bucket::BucketJob::new(
                 bucket::Kind::Prune,
                 trigger,
@@ -718,6 +702,32 @@ impl Maintenance {
         Ok(())
     }
 
+    /// A collection starts (`place`: where, for the log): its counters reset.
+    fn collection_starting(&mut self, trigger: Trigger, report_only: bool, place: &str) {
+        log::info!(
+            target: "angos::gc",
+            "garbage collection{place} started ({}{}; grace {} s)",
+            trigger.as_str(),
+            if report_only { ", report only" } else { "" },
+            self.grace_secs
+        );
+        self.deletes_since = 0;
+        self.removals_done = 0;
+        self.removals_refused = 0;
+    }
+
+    /// A retention run starts (`place`: where, for the log): its counters reset.
+    fn prune_starting(&mut self, trigger: Trigger, report_only: bool, place: &str) {
+        log::info!(
+            target: "angos::prune",
+            "retention run{place} started ({}{})",
+            trigger.as_str(),
+            if report_only { ", dry run" } else { "" }
+        );
+        self.prune_removed = 0;
+        self.prune_refused = 0;
+    }
+
     /// Asks for the scheduled retention run when it is due.
     fn schedule_prune(&mut self, config: &Config, now_ms: u64) {
         if self.next_prune_ms.is_none_or(|due| now_ms < due) {
@@ -748,14 +758,7 @@ impl Maintenance {
             let Some((trigger, report_only)) = self.prune_requested.take() else {
                 return Vec::new();
             };
-            log::info!(
-                target: "angos::prune",
-                "retention run started ({}{})",
-                trigger.as_str(),
-                if report_only { ", dry run" } else { "" }
-            );
-            self.prune_removed = 0;
-            self.prune_refused = 0;
+            self.prune_starting(trigger, report_only, "");
             self.prune = Some(ActivePrune {
                 pruner: Pruner::new(registry.storage(), unix_secs, report_only),
                 trigger,
@@ -853,20 +856,11 @@ impl Maintenance {
         now_ms: u64,
         unix_secs: u64,
     ) {
-        log::info!(
-            target: "angos::gc",
-            "garbage collection started ({}{}; grace {} s)",
-            trigger.as_str(),
-            if report_only { ", report only" } else { "" },
-            self.grace_secs
-        );
+        self.collection_starting(trigger, report_only, "");
         let mut collector = Collector::new(registry.storage_mut(), unix_secs, self.grace_secs);
         if report_only {
             collector = collector.report_only();
         }
-        self.deletes_since = 0;
-        self.removals_done = 0;
-        self.removals_refused = 0;
         self.active = Some(Active {
             collector,
             trigger,

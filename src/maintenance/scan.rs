@@ -44,9 +44,15 @@ enum Stage {
 
 impl NamespaceScan {
     pub fn new(storage: &Storage, name: String) -> Box<NamespaceScan> {
+        let epoch = storage.manifest_epoch(&name);
+        let stage = Stage::Revisions(storage.revision_walk(&name));
+        NamespaceScan::starting(name, epoch, stage)
+    }
+
+    fn starting(name: String, epoch: u64, stage: Stage) -> Box<NamespaceScan> {
         Box::new(NamespaceScan {
-            epoch: storage.manifest_epoch(&name),
-            stage: Stage::Revisions(storage.revision_walk(&name)),
+            epoch,
+            stage,
             name,
             revisions: Vec::new(),
             next_body: 0,
@@ -63,21 +69,9 @@ impl NamespaceScan {
 
     /// A namespace read whole from the bucket (`storage::bucket::scan`).
     pub fn of_bucket(name: String, epoch: u64, contents: NamespaceContents) -> Box<NamespaceScan> {
-        let mut scan = Box::new(NamespaceScan {
-            name,
-            epoch,
-            stage: Stage::Done,
-            revisions: Vec::with_capacity(contents.revisions.len()),
-            next_body: 0,
-            tagged: contents.tags.iter().map(|(_, digest)| digest.clone()).collect(),
-            tags: contents.tags,
-            children: HashMap::new(),
-            referrers: HashMap::new(),
-            kept: HashSet::new(),
-            keep_all: false,
-            unparseable: false,
-            errors: 0,
-        });
+        let mut scan = NamespaceScan::starting(name, epoch, Stage::Done);
+        scan.tagged = contents.tags.iter().map(|(_, digest)| digest.clone()).collect();
+        scan.tags = contents.tags;
         for found in contents.revisions {
             let digest = found.file.digest.clone();
             scan.revisions.push(found.file);

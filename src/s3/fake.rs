@@ -40,6 +40,16 @@ pub struct FakeS3 {
 }
 
 impl FakeS3 {
+    /// The key `x-amz-copy-source` names (`/bucket/key`, percent-encoded).
+    fn copy_source(&self, head: &RequestHead) -> String {
+        let source = head.header("x-amz-copy-source").unwrap_or_default();
+        let source = crate::http::request::percent_decode(source.trim_start_matches('/'), false);
+        source
+            .strip_prefix(&format!("{}/", self.bucket))
+            .unwrap_or(&source)
+            .to_string()
+    }
+
     pub fn new(bucket: &str, faults: Faults, seed: u64) -> FakeS3 {
         FakeS3 {
             bucket: bucket.to_string(),
@@ -106,12 +116,7 @@ impl FakeS3 {
             ("GET", true) if query("list-type").as_deref() == Some("2") => self.list(head),
             ("PUT", false) if head.header("x-amz-copy-source").is_some() && has("uploadId") => {
                 // A part copied from a range of another object.
-                let source = head.header("x-amz-copy-source").unwrap_or_default();
-                let source = crate::http::request::percent_decode(source.trim_start_matches('/'), false);
-                let source_key = source
-                    .strip_prefix(&format!("{}/", self.bucket))
-                    .unwrap_or(&source)
-                    .to_string();
+                let source_key = self.copy_source(head);
                 let range = head
                     .header("x-amz-copy-source-range")
                     .and_then(|range| range.strip_prefix("bytes="))
@@ -142,12 +147,7 @@ impl FakeS3 {
                 }
             }
             ("PUT", false) if head.header("x-amz-copy-source").is_some() => {
-                let source = head.header("x-amz-copy-source").unwrap_or_default();
-                let source = crate::http::request::percent_decode(source.trim_start_matches('/'), false);
-                let source_key = source
-                    .strip_prefix(&format!("{}/", self.bucket))
-                    .unwrap_or(&source)
-                    .to_string();
+                let source_key = self.copy_source(head);
                 match self.objects.get(&source_key).cloned() {
                     Some(bytes) => {
                         self.modified.insert(key.clone(), self.now_secs);

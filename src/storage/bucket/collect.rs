@@ -251,7 +251,7 @@ impl BucketStore {
 #[cfg(test)]
 mod tests {
     use super::super::objects::Holder;
-    use super::super::testing::{Rig, UNIX_SECS, run};
+    use super::super::testing::{Rig, UNIX_SECS, run, seeded};
     use super::*;
     use crate::s3::fake::Faults;
 
@@ -360,21 +360,9 @@ mod tests {
     fn two_replicas_pushing_and_collecting_interleaved_never_lose_what_is_referenced() {
         type Operation = Box<dyn Fn(&BucketStore) -> Result<()>>;
         for seed in 1..24u64 {
-            let mut rig = Rig::new(
-                Faults {
-                    throttled: 100,
-                    lost: 80,
-                },
-                seed,
-            );
+            let mut rig = Rig::faulty(100, 80, seed);
             let replicas = [replica(seed), replica(seed + 100)];
-            let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-            let mut next = move |n: u64| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % n
-            };
+            let mut next = seeded(seed);
             // (replica, holder, arrived, operation) in flight.
             let mut active: Vec<(usize, Holder, u64, Operation)> = Vec::new();
             let mut started = 0u64;

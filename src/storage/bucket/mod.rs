@@ -739,13 +739,7 @@ mod tests {
     #[test]
     fn pushes_complete_through_throttling_and_lost_answers() {
         for seed in 1..30 {
-            let mut rig = Rig::new(
-                Faults {
-                    throttled: 200,
-                    lost: 150,
-                },
-                seed,
-            );
+            let mut rig = Rig::faulty(200, 150, seed);
             let (a, b) = (replica(seed), replica(seed + 100));
             for index in 0..5u64 {
                 let body = format!("manifest {index}");

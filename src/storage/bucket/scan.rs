@@ -373,7 +373,7 @@ struct References {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Rig, run};
+    use super::super::testing::{Rig, run, seeded};
     use super::*;
     use crate::s3::fake::Faults;
 
@@ -519,13 +519,8 @@ mod tests {
         first: impl Fn(&BucketStore) -> Result<A>,
         second: impl Fn(&BucketStore) -> Result<B>,
     ) -> (Result<A>, Result<B>) {
-        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut flip = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng.is_multiple_of(2)
-        };
+        let mut next = seeded(seed);
+        let mut flip = move || next(2) == 0;
         let (mut one, mut two) = (None, None);
         for _ in 0..2000 {
             if one.is_none() && flip() {
@@ -561,13 +556,7 @@ mod tests {
     #[test]
     fn a_link_removal_racing_a_push_that_names_it_never_leaves_the_manifest_without_it() {
         for seed in 1..40u64 {
-            let mut rig = Rig::new(
-                Faults {
-                    throttled: 80,
-                    lost: 60,
-                },
-                seed,
-            );
+            let mut rig = Rig::faulty(80, 60, seed);
             let (a, b) = (replica(seed), replica(seed + 100));
             let layer = b"layer".to_vec();
             let layer_digest = Digest::sha256_of(&layer);
@@ -613,13 +602,7 @@ mod tests {
     #[test]
     fn a_removal_racing_a_tag_push_never_leaves_the_tag_without_its_manifest() {
         for seed in 1..40u64 {
-            let mut rig = Rig::new(
-                Faults {
-                    throttled: 80,
-                    lost: 60,
-                },
-                seed,
-            );
+            let mut rig = Rig::faulty(80, 60, seed);
             let (a, b) = (replica(seed), replica(seed + 100));
             let body = b"manifest".to_vec();
             let digest = Digest::sha256_of(&body);

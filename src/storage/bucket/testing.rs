@@ -51,12 +51,28 @@ pub fn run<T>(
     panic!("never answered");
 }
 
+/// A seeded xorshift: `next(n)` is below `n`, the same for a seed each run.
+pub fn seeded(seed: u64) -> impl FnMut(u64) -> u64 {
+    let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
+}
+
 pub struct Rig {
     pub fake: FakeS3,
     pub now_ms: u64,
 }
 
 impl Rig {
+    /// A rig whose bucket throttles and loses answers (per mille each).
+    pub fn faulty(throttled: u32, lost: u32, seed: u64) -> Rig {
+        Rig::new(Faults { throttled, lost }, seed)
+    }
+
     pub fn new(faults: Faults, seed: u64) -> Rig {
         Rig {
             fake: FakeS3::new("reg", faults, seed),

@@ -706,13 +706,7 @@ mod tests {
     #[test]
     fn content_above_the_copy_threshold_is_copied_in_parts() {
         for seed in 1..6 {
-            let mut rig = Rig::new(
-                Faults {
-                    throttled: 80,
-                    lost: 60,
-                },
-                seed,
-            );
+            let mut rig = Rig::faulty(80, 60, seed);
             let a = replica(seed).with_copy_plan(super::super::CopyPlan {
                 threshold: 300,
                 chunk: 128,
@@ -735,13 +729,7 @@ mod tests {
     #[test]
     fn a_sha512_upload_of_several_parts_is_read_back_and_checked() {
         for seed in 1..8 {
-            let mut rig = Rig::new(
-                Faults {
-                    throttled: 60,
-                    lost: 40,
-                },
-                seed,
-            );
+            let mut rig = Rig::faulty(60, 40, seed);
             let (a, b) = (replica(seed), replica(seed + 50));
             let data = bytes(1000, seed as u8);
             let digest = Hasher::for_algorithm("sha512").unwrap().digest_of(&data);
@@ -814,13 +802,7 @@ mod tests {
     #[test]
     fn uploads_survive_throttling_and_lost_answers() {
         for seed in 1..25 {
-            let mut rig = Rig::new(
-                Faults {
-                    throttled: 150,
-                    lost: 100,
-                },
-                seed,
-            );
+            let mut rig = Rig::faulty(150, 100, seed);
             let (a, b) = (replica(seed), replica(seed + 50));
             let data = bytes(700, seed as u8);
             let digest = Digest::sha256_of(&data);
