@@ -103,6 +103,8 @@ pub struct BucketJob {
     grace_secs: u64,
     renew_at_secs: u64,
     now_secs: u64,
+    /// When the current run started (its writes depend on it).
+    run_secs: u64,
     /// Content kept beyond what links and revisions name (`watch_content_key`).
     kept: HashSet<u64>,
     pub report: Report,
@@ -132,6 +134,7 @@ impl BucketJob {
             grace_secs,
             renew_at_secs: 0,
             now_secs: unix_secs,
+            run_secs: unix_secs,
             kept: HashSet::new(),
             report: Report::default(),
             collected: None,
@@ -166,6 +169,9 @@ impl BucketJob {
                 return Ok(false);
             };
             *run += 1;
+            // A run keeps the second it started in: run again in a later
+            // one, it must write what it wrote the first time.
+            self.run_secs = turn.unix_secs;
             self.stage = next?;
         }
         Ok(true)
@@ -181,7 +187,7 @@ impl BucketJob {
         holder: Holder,
     ) -> Option<Result<Stage, Ended>> {
         let failed = |error: BucketError| Err(Ended::Failed(error.to_string()));
-        let now = turn.unix_secs;
+        let now = self.run_secs;
         Some(match &self.stage {
             Stage::Lease => {
                 match registry.run_on_bucket(holder, turn.now_ms, |bucket| {
@@ -559,6 +565,57 @@ mod tests {
         assert!(prunings[0].starts_with("n:a "), "{prunings:?}");
         assert!(prunings[1].starts_with("n@"), "{prunings:?}");
         assert_eq!(job.judge.report.namespaces, 1);
+    }
+
+    #[test]
+    fn a_long_job_renews_its_lease_and_gives_it_back() {
+        let mut bench = Bench::new(5);
+        for n in 0..6 {
+            bench.manifest(&format!("ns{n}"), &[], &["t"]);
+        }
+        let start = bench.rig.fake.now_secs;
+        let mut job = BucketJob::new(Kind::Collect, Trigger::Demand, false, GRACE, 0, start);
+        let (mut next, mut expiries) = (1_000, Vec::new());
+        let mut ended = None;
+        for round in 0..10_000u64 {
+            // A minute passes each round: the job outlives one lease.
+            let unix_secs = start + round * 60;
+            bench.rig.now_ms += 1;
+            let turn = Turn {
+                me: "me",
+                now_ms: bench.rig.now_ms,
+                unix_secs,
+            };
+            let bucket = bench.registry.storage().bucket().unwrap();
+            bucket.objects().set_time(bench.rig.now_ms, UNIX_SECS);
+            match job.step(&bench.registry, &bench.config, &turn, &mut next) {
+                Err(end) => {
+                    ended = Some(end);
+                    break;
+                }
+                Ok(_) => {
+                    let bucket = bench.registry.storage().bucket().unwrap();
+                    bench.rig.pump(bucket.objects());
+                    bucket.objects().take_woken();
+                }
+            }
+            if let Some(lease) = bench.rig.fake.objects.get(layout::MAINTENANCE_LEASE) {
+                let lease: Value = serde_json::from_slice(lease).unwrap();
+                let expires = lease["expires"].as_u64().unwrap();
+                if expiries.last() != Some(&expires) {
+                    expiries.push(expires);
+                }
+            }
+        }
+        match &ended {
+            Some(Ended::Done) => {}
+            Some(Ended::Failed(why)) => panic!("failed: {why}"),
+            Some(Ended::Elsewhere { owner, .. }) => panic!("elsewhere: {owner}"),
+            None => panic!("never ended: {expiries:?}"),
+        }
+        assert!(expiries.len() >= 2, "renewed: {expiries:?}");
+        assert!(expiries.windows(2).all(|pair| pair[0] < pair[1]), "{expiries:?}");
+        assert!(!bench.has(layout::MAINTENANCE_LEASE), "given back");
     }
 
     #[test]

@@ -57,7 +57,11 @@ impl Registry {
         // A GET (not a HEAD) is a pull.
         if !head_only && self.limits.update_pull_time {
             // A pull must not fail for want of its record (a full disk, say).
-            if let Err(error) = self.storage.record_pull(name, &digest, self.now_secs) {
+            // (On a bucket the record's write may wait: the request runs
+            // again once it is made, which is no failure.)
+            if let Err(error) = self.storage.record_pull(name, &digest, self.now_secs)
+                && error.kind() != std::io::ErrorKind::WouldBlock
+            {
                 log::warn!("recording a pull of {name}@{digest}: {error}");
             }
         }
