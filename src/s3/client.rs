@@ -23,6 +23,10 @@ const ANSWER_BYTES_MAX: usize = 4 << 20;
 /// The first pause before another attempt; it doubles per attempt.
 const RETRY_BASE_MS: u64 = 100;
 const RETRY_CAP_MS: u64 = 10_000;
+/// Attempts on the wire at once, streamed answers aside: a maintenance run
+/// reading a large namespace submits thousands of reads, and they must
+/// neither open as many connections nor crowd out the requests' own.
+pub const SENDING_MAX: usize = 64;
 
 /// One submitted operation.
 pub type OpId = u64;
@@ -97,6 +101,11 @@ pub struct Client {
     pieces: VecDeque<(OpId, Piece)>,
     /// An answer body read whole is at most this long.
     answer_bytes_max: usize,
+    /// Attempts waiting for one of the `SENDING_MAX` places, in order.
+    queued: VecDeque<OpId>,
+    /// The clocks last seen, to start (and sign) attempts from the queue.
+    now_ms: u64,
+    unix_secs: u64,
     next_id: u64,
     entropy: Box<dyn Entropy>,
 }
@@ -135,6 +144,9 @@ impl Client {
             pieces: VecDeque::new(),
             answer_bytes_max: ANSWER_BYTES_MAX
                 .max(usize::try_from(config.multipart_part_size).unwrap_or(usize::MAX)),
+            queued: VecDeque::new(),
+            now_ms: 0,
+            unix_secs: 0,
             next_id: 1,
             entropy,
         }
@@ -182,6 +194,7 @@ impl Client {
         {
             self.exchanges.remove(&exchange);
             self.outgoing.push_back(Outgoing::Cancel { exchange });
+            self.start_queued(self.now_ms);
         }
     }
 
@@ -240,7 +253,35 @@ impl Client {
         self.ops.len()
     }
 
+    /// Attempts on the wire whose answer is not streaming.
+    fn sending(&self) -> usize {
+        self.exchanges
+            .values()
+            .filter(|id| self.ops.get(id).is_some_and(|op| !op.streaming))
+            .count()
+    }
+
+    /// Starts queued attempts while places are free.
+    fn start_queued(&mut self, now_ms: u64) {
+        while self.sending() < SENDING_MAX {
+            let Some(id) = self.queued.pop_front() else {
+                return;
+            };
+            let unix_secs = self.unix_secs;
+            self.attempt(id, now_ms, unix_secs);
+        }
+    }
+
     fn attempt(&mut self, id: OpId, now_ms: u64, unix_secs: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.unix_secs = self.unix_secs.max(unix_secs);
+        if !self.ops.contains_key(&id) {
+            return;
+        }
+        if self.sending() >= SENDING_MAX {
+            self.queued.push_back(id);
+            return;
+        }
         let Some(op) = self.ops.get_mut(&id) else {
             return;
         };
@@ -265,6 +306,12 @@ impl Client {
 
     /// A piece of an attempt's answer.
     pub fn handle_answer(&mut self, exchange: ExchangeId, answer: Answer, now_ms: u64) {
+        self.take_answer(exchange, answer, now_ms);
+        // An attempt that ended (or went on streaming) frees its place.
+        self.start_queued(now_ms);
+    }
+
+    fn take_answer(&mut self, exchange: ExchangeId, answer: Answer, now_ms: u64) {
         let Some(&id) = self.exchanges.get(&exchange) else {
             return;
         };
@@ -358,6 +405,7 @@ impl Client {
                 None => self.attempt(id, now_ms, unix_secs),
             }
         }
+        self.start_queued(now_ms);
     }
 
     /// Another attempt after a pause, or the end when none is left.
@@ -444,6 +492,61 @@ mod tests {
             client.handle_answer(exchange, Answer::Body(body.to_vec()), now);
         }
         client.handle_answer(exchange, Answer::End, now);
+    }
+
+    /// Thousands of reads submitted at once go out `SENDING_MAX` at a time,
+    /// a streaming answer not counting, and each ends.
+    #[test]
+    fn attempts_on_the_wire_are_bounded_and_the_rest_wait_their_turn() {
+        let mut client = client();
+        let stream = client.submit_streamed(
+            Operation::Get {
+                key: "big".into(),
+                range: None,
+            },
+            0,
+            1_700_000_000,
+        );
+        let (streamed, _) = sent(&mut client);
+        client.handle_answer(
+            streamed,
+            Answer::Head(ResponseHead {
+                status: 200,
+                fields: Vec::new(),
+                content_length: Some(10),
+            }),
+            0,
+        );
+        let ops: Vec<OpId> = (0..1000)
+            .map(|n| {
+                client.submit(
+                    Operation::Head { key: format!("k{n}") },
+                    Vec::new(),
+                    0,
+                    1_700_000_000,
+                )
+            })
+            .collect();
+        let mut done = 0;
+        let mut most = 0;
+        while done < ops.len() {
+            let mut wire = Vec::new();
+            while let Some(Outgoing::Send { exchange, .. }) = client.poll_outgoing() {
+                wire.push(exchange);
+            }
+            most = most.max(wire.len());
+            assert!(!wire.is_empty(), "queued reads never went out");
+            for exchange in wire {
+                answer(&mut client, exchange, 200, b"", 1);
+            }
+            while let Some((id, outcome)) = client.poll_done() {
+                assert!(matches!(outcome, Outcome::Done { .. }), "{id}: {outcome:?}");
+                done += 1;
+            }
+        }
+        assert_eq!(most, SENDING_MAX, "the streaming answer takes no place");
+        assert_eq!(client.in_flight(), 1, "the stream goes on");
+        client.cancel(stream);
     }
 
     #[test]
