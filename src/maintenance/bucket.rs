@@ -457,24 +457,34 @@ mod tests {
 
         /// Runs `job` to its end at `unix_secs`, the bucket answering as it goes.
         fn finish(&mut self, job: &mut BucketJob, unix_secs: u64) -> Ended {
+            self.drive(job, |_| unix_secs, |_| {})
+        }
+
+        /// Runs `job` to its end, round `n` at `clock(n)`, showing the
+        /// bucket to `observe` after each round.
+        fn drive(
+            &mut self,
+            job: &mut BucketJob,
+            clock: impl Fn(u64) -> u64,
+            mut observe: impl FnMut(&Rig),
+        ) -> Ended {
             let mut next = 1_000;
-            for _ in 0..10_000 {
+            for round in 0..10_000 {
                 self.rig.now_ms += 1;
                 let turn = Turn {
                     me: "me",
                     now_ms: self.rig.now_ms,
-                    unix_secs,
+                    unix_secs: clock(round),
                 };
                 let bucket = self.registry.storage().bucket().unwrap();
                 bucket.objects().set_time(self.rig.now_ms, UNIX_SECS);
-                match job.step(&self.registry, &self.config, &turn, &mut next) {
-                    Err(ended) => return ended,
-                    Ok(_) => {
-                        let bucket = self.registry.storage().bucket().unwrap();
-                        self.rig.pump(bucket.objects());
-                        bucket.objects().take_woken();
-                    }
+                if let Err(ended) = job.step(&self.registry, &self.config, &turn, &mut next) {
+                    return ended;
                 }
+                let bucket = self.registry.storage().bucket().unwrap();
+                self.rig.pump(bucket.objects());
+                bucket.objects().take_woken();
+                observe(&self.rig);
             }
             panic!("the job never ended");
         }
@@ -575,43 +585,25 @@ mod tests {
         }
         let start = bench.rig.fake.now_secs;
         let mut job = BucketJob::new(Kind::Collect, Trigger::Demand, false, GRACE, 0, start);
-        let (mut next, mut expiries) = (1_000, Vec::new());
-        let mut ended = None;
-        for round in 0..10_000u64 {
-            // A minute passes each round: the job outlives one lease.
-            let unix_secs = start + round * 60;
-            bench.rig.now_ms += 1;
-            let turn = Turn {
-                me: "me",
-                now_ms: bench.rig.now_ms,
-                unix_secs,
-            };
-            let bucket = bench.registry.storage().bucket().unwrap();
-            bucket.objects().set_time(bench.rig.now_ms, UNIX_SECS);
-            match job.step(&bench.registry, &bench.config, &turn, &mut next) {
-                Err(end) => {
-                    ended = Some(end);
-                    break;
+        let mut expiries: Vec<u64> = Vec::new();
+        // A minute passes each round: the job outlives one lease.
+        let ended = bench.drive(
+            &mut job,
+            |round| start + round * 60,
+            |rig| {
+                if let Some(lease) = rig.fake.objects.get(layout::MAINTENANCE_LEASE) {
+                    let lease: Value = serde_json::from_slice(lease).unwrap();
+                    let expires = lease["expires"].as_u64().unwrap();
+                    if expiries.last() != Some(&expires) {
+                        expiries.push(expires);
+                    }
                 }
-                Ok(_) => {
-                    let bucket = bench.registry.storage().bucket().unwrap();
-                    bench.rig.pump(bucket.objects());
-                    bucket.objects().take_woken();
-                }
-            }
-            if let Some(lease) = bench.rig.fake.objects.get(layout::MAINTENANCE_LEASE) {
-                let lease: Value = serde_json::from_slice(lease).unwrap();
-                let expires = lease["expires"].as_u64().unwrap();
-                if expiries.last() != Some(&expires) {
-                    expiries.push(expires);
-                }
-            }
-        }
+            },
+        );
         match &ended {
-            Some(Ended::Done) => {}
-            Some(Ended::Failed(why)) => panic!("failed: {why}"),
-            Some(Ended::Elsewhere { owner, .. }) => panic!("elsewhere: {owner}"),
-            None => panic!("never ended: {expiries:?}"),
+            Ended::Done => {}
+            Ended::Failed(why) => panic!("failed: {why}"),
+            Ended::Elsewhere { owner, .. } => panic!("elsewhere: {owner}"),
         }
         assert!(expiries.len() >= 2, "renewed: {expiries:?}");
         assert!(expiries.windows(2).all(|pair| pair[0] < pair[1]), "{expiries:?}");
