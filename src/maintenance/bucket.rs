@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::digest::Digest;
 use crate::registry::Registry;
 use crate::storage::bucket::BucketError;
-use crate::storage::bucket::collect::Collected;
+use crate::storage::bucket::collect::{Collected, SweepRules};
 use crate::storage::bucket::objects::Holder;
 use crate::storage::watch_content_key;
 
@@ -68,7 +68,11 @@ enum Stage {
         candidates: Vec<(Digest, u64)>,
         scanned: HashSet<Digest>,
     },
+    /// The content sweep: what every repository names, then the content a
+    /// stretch at a time (after a key), then idle upload sessions.
     Sweep,
+    SweepContent(Option<String>),
+    SweepSessions,
     Release,
 }
 
@@ -250,24 +254,64 @@ impl BucketJob {
                 Err(error) => failed(error),
             },
             Stage::Sweep => {
+                match registry.run_on_bucket(holder, turn.now_ms, |bucket| bucket.referenced_content())? {
+                    Ok((_, referenced)) => {
+                        // Named now, named for the rest of the collection.
+                        self.kept.extend(referenced.iter().map(watch_content_key));
+                        self.collected = Some(Collected::default());
+                        Ok(Stage::SweepContent(None))
+                    }
+                    Err(error) => failed(error),
+                }
+            }
+            Stage::SweepContent(after) => {
+                let rules = self.sweep_rules(now);
                 let kept = &self.kept;
+                let done = self
+                    .collected
+                    .as_ref()
+                    .map_or(0, |collected| collected.contents_removed);
+                let left = REMOVALS_PER_RUN.saturating_sub(done as usize);
                 let swept = registry.run_on_bucket(holder, turn.now_ms, |bucket| {
-                    bucket.sweep(
-                        now,
-                        self.grace_secs,
-                        REMOVALS_PER_RUN,
-                        self.report_only,
+                    bucket.sweep_content(
+                        &rules,
                         &|digest| kept.contains(&watch_content_key(digest)),
+                        after.as_deref(),
+                        left,
                     )
                 })?;
                 match swept {
-                    Ok(collected) => {
-                        self.report.contents = collected.contents;
-                        self.report.contents_removed = collected.contents_removed;
-                        self.report.bytes_removed = collected.bytes_removed;
-                        self.report.bytes_kept = collected.bytes_kept;
-                        self.report.bytes_reclaimable = collected.bytes_reclaimable;
-                        self.collected = Some(collected);
+                    Ok((stretch, next)) => {
+                        let collected = self.collected.get_or_insert_with(Collected::default);
+                        collected.add(&stretch);
+                        let report = &mut self.report;
+                        report.contents = collected.contents;
+                        report.contents_removed = collected.contents_removed;
+                        report.bytes_removed = collected.bytes_removed;
+                        report.bytes_kept = collected.bytes_kept;
+                        report.bytes_reclaimable = collected.bytes_reclaimable;
+                        Ok(match next {
+                            Some(next) if !stretch.more => Stage::SweepContent(Some(next)),
+                            _ => Stage::SweepSessions,
+                        })
+                    }
+                    Err(error) => failed(error),
+                }
+            }
+            Stage::SweepSessions => {
+                let rules = self.sweep_rules(now);
+                let done = self
+                    .collected
+                    .as_ref()
+                    .map_or(0, |collected| collected.contents_removed);
+                let left = REMOVALS_PER_RUN.saturating_sub(done as usize);
+                match registry
+                    .run_on_bucket(holder, turn.now_ms, |bucket| bucket.sweep_sessions(&rules, left))?
+                {
+                    Ok(removed) => {
+                        if let Some(collected) = &mut self.collected {
+                            collected.sessions_removed = removed;
+                        }
                         Ok(Stage::Release)
                     }
                     Err(error) => failed(error),
@@ -368,6 +412,14 @@ impl BucketJob {
                 .iter()
                 .map(|revision| revision.digest.clone())
                 .collect(),
+        }
+    }
+
+    fn sweep_rules(&self, now: u64) -> SweepRules {
+        SweepRules {
+            now,
+            grace_secs: self.grace_secs,
+            report_only: self.report_only,
         }
     }
 
@@ -539,6 +591,29 @@ mod tests {
             assert!(bench.has(&layout::layer_link("n", digest)));
             assert!(bench.has(&layout::blob(digest)));
         }
+    }
+
+    /// More content than one request lists: the sweep goes a stretch at a
+    /// time and finds the old orphans wherever they are.
+    #[test]
+    fn the_content_is_swept_a_stretch_at_a_time() {
+        let mut bench = Bench::new(6);
+        let young = bench.rig.fake.now_secs + 2 * GRACE;
+        for n in 0..25_000u32 {
+            let digest = Digest::sha256_of(&n.to_le_bytes());
+            bench.rig.fake.objects.insert(layout::blob(&digest), vec![1]);
+            bench.rig.fake.modified.insert(layout::blob(&digest), young);
+        }
+        let orphans: Vec<Digest> = (0..3).map(|n: u8| bench.content(&[b'o', n])).collect();
+        bench.rig.fake.now_secs = young;
+        let mut job = BucketJob::new(Kind::Collect, Trigger::Demand, false, GRACE, 0, young);
+        assert!(matches!(bench.finish(&mut job, young), Ended::Done));
+        assert_eq!(job.report.contents, 25_003, "{:?}", job.report);
+        assert_eq!(job.report.contents_removed, 3, "{:?}", job.report);
+        for orphan in &orphans {
+            assert!(!bench.has(&layout::blob(orphan)));
+        }
+        assert_eq!(job.report.bytes_reclaimable, 25_000);
     }
 
     #[test]

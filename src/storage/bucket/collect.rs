@@ -47,6 +47,36 @@ pub struct Collected {
     pub more: bool,
 }
 
+impl Collected {
+    /// Adds a stretch's counts (`namespaces` and sessions aside).
+    pub fn add(&mut self, stretch: &Collected) {
+        self.contents += stretch.contents;
+        self.contents_removed += stretch.contents_removed;
+        self.bytes_removed += stretch.bytes_removed;
+        self.bytes_reclaimable += stretch.bytes_reclaimable;
+        self.bytes_kept += stretch.bytes_kept;
+        self.more |= stretch.more;
+    }
+}
+
+/// Pages of `blobs/` (1,000 keys each) one sweep request reads.
+pub const CONTENT_PAGES_PER_RUN: usize = 10;
+
+/// How a sweep judges what it lists: at `now` (unix seconds), what is older
+/// than the grace period may go; `report_only` counts instead of removing.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepRules {
+    pub now: u64,
+    pub grace_secs: u64,
+    pub report_only: bool,
+}
+
+impl SweepRules {
+    fn old_enough(&self, modified: u64) -> bool {
+        modified.saturating_add(self.grace_secs) <= self.now
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Collection {
     Done(Collected),
@@ -137,7 +167,8 @@ impl BucketStore {
     /// `kept`: content the caller keeps besides what links and revisions
     /// name (what manifests reference, and content whose link this
     /// collection removed: it goes next time, once a push that raced the
-    /// removal has put its link back).
+    /// removal has put its link back). One request; a job spreads the same
+    /// steps over several (`maintenance::bucket`).
     pub fn sweep(
         &self,
         now: u64,
@@ -146,13 +177,42 @@ impl BucketStore {
         report_only: bool,
         kept: &dyn Fn(&Digest) -> bool,
     ) -> Result<Collected> {
-        let mut collected = Collected::default();
+        let rules = SweepRules {
+            now,
+            grace_secs,
+            report_only,
+        };
+        let (namespaces, referenced) = self.referenced_content()?;
+        let keeps = |digest: &Digest| referenced.contains(digest) || kept(digest);
+        let mut collected = Collected {
+            namespaces,
+            ..Collected::default()
+        };
+        let mut after: Option<String> = None;
+        loop {
+            let left = removals_max.saturating_sub(collected.contents_removed as usize);
+            let (stretch, next) = self.sweep_content(&rules, &keeps, after.as_deref(), left)?;
+            collected.add(&stretch);
+            match next {
+                Some(next) if !stretch.more => after = Some(next),
+                _ => break,
+            }
+        }
+        let left = removals_max.saturating_sub(collected.contents_removed as usize);
+        collected.sessions_removed = self.sweep_sessions(&rules, left)?;
+        Ok(collected)
+    }
+
+    /// What every repository links or holds as a manifest, and how many
+    /// repositories there are. Content named here when it is listed stays
+    /// named while a collection runs: a new reference to old content needs
+    /// one already there (a mount), and new content is young.
+    pub fn referenced_content(&self) -> Result<(u64, HashSet<Digest>)> {
         let catalog = self.objects.list(layout::CATALOG)?;
         let namespaces: Vec<&str> = catalog
             .iter()
             .filter_map(|object| layout::namespace_of_catalog_entry(&object.key))
             .collect();
-        collected.namespaces = namespaces.len() as u64;
         // Every link and every manifest of every repository, read together.
         let prefixes: Vec<String> = namespaces
             .iter()
@@ -167,24 +227,41 @@ impl BucketStore {
         let listings = all(&prefixes, |prefix| {
             self.objects.list(prefix).map_err(BucketError::from)
         })?;
-        let referenced: HashSet<Digest> = listings
+        let referenced = listings
             .iter()
             .flat_map(|listing| listing.iter())
             .filter_map(|object| trailing_digest(&object.key))
             .collect();
-        let contents = self.objects.list("blobs/")?;
-        let old_enough = |modified: u64| modified.saturating_add(grace_secs) <= now;
+        Ok((namespaces.len() as u64, referenced))
+    }
+
+    /// One stretch of the content (`CONTENT_PAGES_PER_RUN` pages) after key
+    /// `after`: removes what nothing `keeps` and `rules` let go, at most
+    /// `removals_max`. Returns its counts and the key to go on after (`None`
+    /// at the end; `more` set when it stopped at `removals_max`).
+    pub fn sweep_content(
+        &self,
+        rules: &SweepRules,
+        keeps: &dyn Fn(&Digest) -> bool,
+        after: Option<&str>,
+        removals_max: usize,
+    ) -> Result<(Collected, Option<String>)> {
+        let mut collected = Collected::default();
+        let (contents, more) = self.objects.list_from("blobs/", after, CONTENT_PAGES_PER_RUN)?;
+        let next = more
+            .then(|| contents.last().map(|object| object.key.clone()))
+            .flatten();
         let mut removals = Vec::new();
         for object in contents.iter() {
             collected.contents += 1;
             let Some(digest) = content_digest(&object.key) else {
                 continue;
             };
-            if referenced.contains(&digest) || kept(&digest) {
+            if keeps(&digest) {
                 collected.bytes_kept += object.size;
                 continue;
             }
-            if !old_enough(object.modified) {
+            if !rules.old_enough(object.modified) {
                 collected.bytes_kept += object.size;
                 collected.bytes_reclaimable += object.size;
                 continue;
@@ -195,31 +272,10 @@ impl BucketStore {
             }
             removals.push((object.key.clone(), object.size, object.modified));
         }
-        // Sessions: every object of one untouched for the grace period.
-        let uploads = self.objects.list(layout::UPLOADS)?;
-        let mut sessions: BTreeMap<&str, bool> = BTreeMap::new();
-        for object in uploads.iter() {
-            let Some(id) = object
-                .key
-                .strip_prefix(layout::UPLOADS)
-                .and_then(|rest| rest.split('/').next())
-            else {
-                continue;
-            };
-            let idle = sessions.entry(id).or_insert(true);
-            *idle &= old_enough(object.modified);
-        }
-        let abandoned: Vec<&str> = sessions
-            .into_iter()
-            .filter(|(_, idle)| *idle)
-            .map(|(id, _)| id)
-            .take(removals_max.saturating_sub(removals.len()))
-            .collect();
-        if report_only {
+        if rules.report_only {
             collected.contents_removed = removals.len() as u64;
             collected.bytes_removed = removals.iter().map(|(_, size, _)| size).sum();
-            collected.sessions_removed = abandoned.len() as u64;
-            return Ok(collected);
+            return Ok((collected, next));
         }
         for (key, size, listed_modified) in &removals {
             // Looked at again just before: a push may have written the same
@@ -235,16 +291,43 @@ impl BucketStore {
             collected.contents_removed += 1;
             collected.bytes_removed += size;
         }
-        for id in abandoned {
+        Ok((collected, next))
+    }
+
+    /// Removes upload sessions every object of which is untouched for the
+    /// grace period (at most `removals_max`); how many (or would be).
+    pub fn sweep_sessions(&self, rules: &SweepRules, removals_max: usize) -> Result<u64> {
+        let uploads = self.objects.list(layout::UPLOADS)?;
+        let mut sessions: BTreeMap<&str, bool> = BTreeMap::new();
+        for object in uploads.iter() {
+            let Some(id) = object
+                .key
+                .strip_prefix(layout::UPLOADS)
+                .and_then(|rest| rest.split('/').next())
+            else {
+                continue;
+            };
+            let idle = sessions.entry(id).or_insert(true);
+            *idle &= rules.old_enough(object.modified);
+        }
+        let abandoned: Vec<&str> = sessions
+            .into_iter()
+            .filter(|(_, idle)| *idle)
+            .map(|(id, _)| id)
+            .take(removals_max)
+            .collect();
+        if rules.report_only {
+            return Ok(abandoned.len() as u64);
+        }
+        for id in &abandoned {
             let open = self
                 .objects
                 .get(&layout::upload_state(id), false)?
                 .and_then(|bytes| super::uploads::Session::decode(&bytes))
                 .and_then(|session| session.upload_id);
             self.remove_session(id, open.as_deref())?;
-            collected.sessions_removed += 1;
         }
-        Ok(collected)
+        Ok(abandoned.len() as u64)
     }
 }
 

@@ -82,6 +82,9 @@ enum Want {
     /// The object's digest under an algorithm, hashed as its bytes stream
     /// in (never held whole): key and algorithm.
     Digest(String, &'static str),
+    /// A stretch of a listing: prefix, the key to start after, and at most
+    /// how many pages.
+    ListFrom(String, Option<String>, usize),
 }
 
 struct Fetch {
@@ -401,6 +404,26 @@ impl Objects {
         }
     }
 
+    /// Up to `pages` pages (1,000 keys each) of the objects under `prefix`
+    /// after key `after`, and whether more may follow: a listing too long to
+    /// hold at once, taken a stretch per request.
+    pub fn list_from(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        pages: usize,
+    ) -> Result<(Rc<Vec<Listed>>, bool), Wait> {
+        let pages = pages.clamp(1, LISTING_PAGES_MAX);
+        let want = Want::ListFrom(prefix.to_string(), after.map(str::to_string), pages);
+        match self.read(want, false)? {
+            Known::Listing(listed) => {
+                let more = listed.len() >= pages * crate::s3::api::LIST_PAGE_MAX as usize;
+                Ok((listed, more))
+            }
+            _ => Err(Wait::Unavailable("not a listing".into())),
+        }
+    }
+
     /// The objects under `prefix` listed anew (apart from what this request
     /// listed before, under `label`): to see what another replica did
     /// after a write of this request's.
@@ -674,6 +697,13 @@ impl State {
             Want::Again(key, _, true) => Operation::Head { key: key.clone() },
             Want::Size(key) | Want::Stat(key) => Operation::Head { key: key.clone() },
             Want::List(prefix) | Want::ListAgain(prefix, _) => list_page(prefix, None),
+            Want::ListFrom(prefix, after, _) => Operation::List {
+                prefix: prefix.clone(),
+                delimiter: None,
+                continuation: None,
+                start_after: after.clone(),
+                max_keys: crate::s3::api::LIST_PAGE_MAX,
+            },
             Want::Digest(key, _) => Operation::Get {
                 key: key.clone(),
                 range: None,
@@ -776,12 +806,20 @@ impl State {
                         Known::Stat(size, modified)
                     })
                     .ok_or_else(|| "S3 answered a HEAD without Content-Length".to_string()),
-                Want::List(prefix) | Want::ListAgain(prefix, _) => {
+                Want::List(prefix) | Want::ListAgain(prefix, _) | Want::ListFrom(prefix, ..) => {
                     match parse_listing(self.client.bucket(), &body) {
                         Ok(page) => {
                             fetch.listed.extend(page.objects);
                             fetch.pages += 1;
+                            let stretch = match &fetch.want {
+                                Want::ListFrom(_, _, pages) => Some(*pages),
+                                _ => None,
+                            };
                             match page.next {
+                                // A stretch ends at its last page.
+                                Some(_) if stretch.is_some_and(|pages| fetch.pages >= pages) => {
+                                    Ok(Known::Listing(Rc::new(std::mem::take(&mut fetch.listed))))
+                                }
                                 Some(_) if fetch.pages >= LISTING_PAGES_MAX => Err(format!(
                                     "more than {} keys under {prefix}",
                                     LISTING_PAGES_MAX * crate::s3::api::LIST_PAGE_MAX as usize
