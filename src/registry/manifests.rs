@@ -225,6 +225,11 @@ impl Registry {
         if let Some(subject) = &parsed.subject {
             response = response.header("OCI-Subject", subject.digest.to_string());
         }
+        let children = parsed
+            .manifests
+            .iter()
+            .map(|child| child.digest.clone())
+            .collect();
         let commit = Commit::PutManifest {
             name: name.to_string(),
             digest,
@@ -233,6 +238,7 @@ impl Registry {
             tags: tags.to_vec(),
             referrer,
             recheck,
+            children,
         };
         self.outcome(response, events, commit)
     }

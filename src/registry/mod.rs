@@ -260,6 +260,7 @@ impl Registry {
                 tags,
                 referrer,
                 recheck,
+                children,
             } => self
                 // Again here: a required webhook's wait can last seconds, and
                 // another push may have set the tag in between (or a reload
@@ -280,7 +281,7 @@ impl Registry {
                         )
                         .map_err(RegistryError::storage)
                 })
-                .and_then(|()| self.confirm_children(&name, &digest, &media_type, &body)),
+                .and_then(|()| self.confirm_children(&name, &digest, &children)),
             Commit::Upload { name, id, digest } => self
                 .storage
                 .commit_upload(&name, &id, &digest)
@@ -322,25 +323,16 @@ impl Registry {
         &mut self,
         name: &str,
         digest: &crate::digest::Digest,
-        media_type: &str,
-        body: &[u8],
+        children: &[crate::digest::Digest],
     ) -> Result<()> {
         let Some(bucket) = self.storage.bucket() else {
             return Ok(());
         };
-        let Ok(parsed) = manifest::parse(media_type, body) else {
-            return Ok(());
-        };
-        let children: Vec<crate::digest::Digest> = parsed
-            .manifests
-            .iter()
-            .map(|child| child.digest.clone())
-            .collect();
         if children.is_empty() {
             return Ok(());
         }
         let missing = bucket
-            .confirm_manifests(name, &children)
+            .confirm_manifests(name, children)
             .map_err(|error| RegistryError::storage(error.into_io()))?;
         let Some(first) = missing.first() else {
             return Ok(());

@@ -24,6 +24,9 @@ pub enum Commit {
         /// seconds, and a delete may come in between. Empty when missing
         /// references are allowed.
         recheck: Vec<Referenced>,
+        /// The child manifests an index lists: on a bucket they are read
+        /// again after the write (`Registry::confirm_children`).
+        children: Vec<Digest>,
     },
     /// A verified upload session to move into the blob store.
     Upload {

@@ -185,15 +185,7 @@ impl BucketStore {
         let Some(bytes) = self.objects.get(&key, false)? else {
             return Ok(None);
         };
-        std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|text| text.strip_suffix('\n'))
-            .and_then(|text| Digest::parse(text).ok())
-            .map(Some)
-            .ok_or(BucketError::Corrupt {
-                key,
-                why: "corrupt tag",
-            })
+        scan::parse_tag(&key, &bytes).map(Some)
     }
 
     pub(super) fn revision(&self, namespace: &str, digest: &Digest) -> Result<Option<Revision>> {
@@ -267,14 +259,8 @@ impl BucketStore {
                 return Ok(());
             }
             if !self.objects.exists_again(key, "a link, still there?")? {
-                let operation = crate::s3::api::Operation::Put {
-                    key: key.clone(),
-                    length: 0,
-                    sha256: Some(Digest::sha256_of(b"").hex().to_string()),
-                    if_absent: false,
-                };
                 self.objects
-                    .perform(&format!("the link again {key}"), operation, Vec::new(), Some(key))?;
+                    .put_again(key, Rc::from(&b""[..]), "the link again")?;
             }
             Ok(())
         })?;
@@ -282,14 +268,8 @@ impl BucketStore {
         // may have removed it since (`collect.rs`): written once more.
         let content = layout::blob(digest);
         if !self.objects.exists_again(&content, "the content, still there?")? {
-            let operation = crate::s3::api::Operation::Put {
-                key: content.clone(),
-                length: body.len() as u64,
-                sha256: Some(digest.hex().to_string()).filter(|_| digest.algorithm() == "sha256"),
-                if_absent: false,
-            };
             self.objects
-                .perform("the content again", operation, body.to_vec(), Some(&content))?;
+                .put_again(&content, Rc::from(body), "the content again")?;
         }
         if let Some((subject, descriptor)) = referrer {
             let json = serde_json::to_vec(descriptor).map_err(|_| BucketError::Corrupt {
@@ -314,14 +294,8 @@ impl BucketStore {
         // after ours, it is written back (`scan.rs`).
         let key = layout::revision(namespace, digest);
         if !tags.is_empty() && !self.objects.exists_again(&key, "the revision, still there?")? {
-            let operation = crate::s3::api::Operation::Put {
-                key: key.clone(),
-                length: revision.len() as u64,
-                sha256: Some(Digest::sha256_of(revision.as_bytes()).hex().to_string()),
-                if_absent: false,
-            };
             self.objects
-                .perform("the revision again", operation, revision.into_bytes(), Some(&key))?;
+                .put_again(&key, Rc::from(revision.as_bytes()), "the revision again")?;
         }
         Ok(())
     }

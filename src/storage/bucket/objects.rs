@@ -528,6 +528,28 @@ impl Objects {
             .map(|written| written != Written::Exists)
     }
 
+    /// Writes `bytes` at `key` once more, apart from this request's earlier
+    /// write of the same bytes (`label` names it within the request): to
+    /// put back what another replica removed after that write.
+    pub fn put_again(&self, key: &str, bytes: Rc<[u8]>, label: &str) -> Result<(), Wait> {
+        let operation = Operation::Put {
+            key: key.to_string(),
+            length: bytes.len() as u64,
+            sha256: Some(crate::digest::Digest::sha256_of(&bytes).hex().to_string()),
+            if_absent: false,
+        };
+        let body = bytes.to_vec();
+        self.write(
+            &format!("{label} {key}"),
+            key,
+            operation,
+            body,
+            Effect::Put(bytes),
+            false,
+        )
+        .map(|_| ())
+    }
+
     /// Removes `key` (absent already is fine). Not sent while the run waits
     /// on anything else: a run that waits goes on with made-up answers, and
     /// a removal must not be one of its consequences.

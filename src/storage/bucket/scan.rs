@@ -86,7 +86,8 @@ pub(super) fn blobs_of(body: &[u8]) -> Vec<Digest> {
         .collect()
 }
 
-fn parse_tag(key: &str, bytes: &[u8]) -> Result<Digest> {
+/// A tag object's target (`"<digest>\n"`).
+pub(super) fn parse_tag(key: &str, bytes: &[u8]) -> Result<Digest> {
     std::str::from_utf8(bytes)
         .ok()
         .and_then(|text| text.strip_suffix('\n'))
