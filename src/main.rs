@@ -546,7 +546,7 @@ fn serve(files: Vec<PathBuf>) -> ExitCode {
         }
     };
     let storage = match &config.storage.s3 {
-        Some(s3) => Ok(on_bucket(s3, &config)),
+        Some(s3) => on_bucket(s3, &config).with_spool_dir(&config.storage.root_dir),
         None => Storage::open(
             &config.storage.root_dir,
             config.storage.sync_to_disk,

@@ -58,14 +58,14 @@ impl Waiter {
     /// stored manifests and blobs go through the notifier like a push.
     pub const fn cache(fetch: u64) -> Waiter {
         Waiter {
-            slot: usize::MAX - 1,
+            slot: crate::mirror::CACHE_SLOT,
             generation: fetch,
         }
     }
 
     /// The cache fetch this waiter stands for, if it is one.
     pub fn cache_fetch(&self) -> Option<u64> {
-        (self.slot == usize::MAX - 1).then_some(self.generation)
+        (self.slot == crate::mirror::CACHE_SLOT).then_some(self.generation)
     }
 
     /// The maintenance job this waiter stands for, if it is one.
@@ -115,6 +115,8 @@ struct StoreWait {
     head: Box<RequestHead>,
     route: Route,
     principal: Principal,
+    /// The pull-through cache's look at the store waited: it looks again.
+    intercept: bool,
 }
 
 struct MirrorWait {
@@ -279,7 +281,11 @@ impl Service for Application<'_> {
                 head,
                 route,
                 principal,
+                intercept,
             } = *wait;
+            if intercept {
+                return self.intercept(head, route, info, principal, now_ms);
+            }
             return self.route_to_registry(head, route, info, principal, now_ms);
         }
         let RequestState::Authenticating(mut wait) = state else {
@@ -514,32 +520,62 @@ impl Application<'_> {
         }
         self.registry.set_time(self.unix_micros / 1_000_000);
         if self.mirror.is_enabled() {
-            let config = self.config;
-            let immutable = |name: &str, tag: &str| config.tag_is_immutable(name, tag);
-            let intercept = self.mirror.intercept(
-                &head,
-                &route,
-                self.registry,
-                &immutable,
-                (self.waiter.slot, self.waiter.generation),
-                self.telemetry.metrics(),
-                now_ms,
-            );
-            match intercept {
-                crate::mirror::Intercept::Pass => {}
-                crate::mirror::Intercept::Refuse(response) => return Reply::Respond(settled(info), response),
-                crate::mirror::Intercept::Wait(pending) => {
-                    let wait = MirrorWait {
-                        head,
-                        route,
-                        principal,
-                        pending,
-                    };
-                    return hold_for_mirror(wait, info);
-                }
-            }
+            return self.intercept(head, route, info, principal, now_ms);
         }
         self.route_to_registry(head, route, info, principal, now_ms)
+    }
+
+    /// The pull-through cache looks first: what it holds goes on to the
+    /// registry, a miss waits for its fetch. On a bucket its look may wait
+    /// for the store to answer; the request then runs it again.
+    fn intercept(
+        &mut self,
+        head: Box<RequestHead>,
+        route: Route,
+        info: RequestInfo,
+        principal: Principal,
+        now_ms: u64,
+    ) -> Reply<Request> {
+        let config = self.config;
+        let immutable = |name: &str, tag: &str| config.tag_is_immutable(name, tag);
+        self.registry.enter(self.holder(), info.started_ms);
+        let intercept = self.mirror.intercept(
+            &head,
+            &route,
+            self.registry,
+            &immutable,
+            (self.waiter.slot, self.waiter.generation),
+            self.telemetry.metrics(),
+            now_ms,
+        );
+        if self.registry.leave() {
+            let wait = StoreWait {
+                head,
+                route,
+                principal,
+                intercept: true,
+            };
+            return Reply::Resume(Request {
+                info,
+                state: RequestState::Storing(Box::new(wait)),
+            });
+        }
+        // What the look read is not what the registry reads next: a fetch
+        // may store the very manifest or blob it found missing.
+        self.registry.release(self.holder());
+        match intercept {
+            crate::mirror::Intercept::Pass => self.route_to_registry(head, route, info, principal, now_ms),
+            crate::mirror::Intercept::Refuse(response) => Reply::Respond(settled(info), response),
+            crate::mirror::Intercept::Wait(pending) => {
+                let wait = MirrorWait {
+                    head,
+                    route,
+                    principal,
+                    pending,
+                };
+                hold_for_mirror(wait, info)
+            }
+        }
     }
 
     /// The registry's numbering of this connection's request.
@@ -590,6 +626,7 @@ impl Application<'_> {
                 head,
                 route,
                 principal,
+                intercept: false,
             };
             return Reply::Resume(Request {
                 info,

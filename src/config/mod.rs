@@ -261,21 +261,6 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Loaded, ConfigError>
     );
     webhook::check_references(&builder.config.webhooks, &lists, &builder.repositories)?;
     auth::check_auth(&builder.config.auth, &builder.auth_origins)?;
-    if builder.config.storage.s3.is_some()
-        && let Some((key, (origin, _))) = builder
-            .repositories
-            .iter()
-            .find(|(_, (_, repository))| !repository.mirror.upstreams.is_empty())
-    {
-        // Refused rather than failing each fill at run time.
-        return Err(ConfigError {
-            file: origin.file.clone(),
-            key: format!("repository.\"{key}\".upstream"),
-            message:
-                "the pull-through cache does not run on [blob_store.s3] yet; use [blob_store.fs] for a mirror"
-                    .into(),
-        });
-    }
     builder.config.repositories = builder
         .repositories
         .into_iter()

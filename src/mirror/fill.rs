@@ -54,6 +54,10 @@ impl Fill {
         self.verified.set(true);
     }
 
+    pub fn is_verified(&self) -> bool {
+        self.verified.get()
+    }
+
     pub fn written(&self) -> u64 {
         self.written.get()
     }

@@ -20,6 +20,7 @@
 
 pub mod challenge;
 pub mod fill;
+mod spool;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -52,6 +53,10 @@ const TOKEN_BODY_MAX: usize = 64 * 1024;
 const CHECKED_TAGS_MAX: usize = 100_000;
 /// Errors kept per fetch for its final message.
 const ERRORS_KEPT: usize = 4;
+/// The slot of a fetch's own holder on the bucket, `(CACHE_SLOT, fetch)`:
+/// not a connection (those number from 0), so the reactor hands its wake-ups
+/// to `Mirror::bucket_woken`.
+pub const CACHE_SLOT: usize = usize::MAX - 1;
 
 /// What a held request learns once its fetch is decided.
 #[derive(Debug, Clone)]
@@ -180,12 +185,31 @@ struct Attempt {
 
 /// A blob being written.
 struct Filling {
-    upload: String,
-    /// Handed to the file thread to sync (`sync_to_disk`).
-    synced: bool,
-    /// `None` once handed to the registry to commit.
-    writer: Option<UploadWriter>,
+    sink: Sink,
     fill: Rc<Fill>,
+}
+
+/// Where a fill's bytes go.
+enum Sink {
+    /// On the filesystem: an upload session, committed once verified.
+    Session {
+        upload: String,
+        /// Handed to the file thread to sync (`sync_to_disk`).
+        synced: bool,
+        /// `None` once handed to the registry to commit.
+        writer: Option<UploadWriter>,
+    },
+    /// On a bucket: a local spool, pushed into the bucket once verified.
+    Spool(Box<spool::Spool>),
+}
+
+/// A fetched manifest being stored (on a bucket, over several runs).
+struct Storing {
+    reference: Reference,
+    media_type: String,
+    body: Vec<u8>,
+    /// When the first run began (`spool::Spool`'s `arrived_ms`).
+    arrived_ms: u64,
 }
 
 struct Fetch {
@@ -208,6 +232,10 @@ struct Fetch {
     media_type: String,
     upstream_digest: Option<Digest>,
     filling: Option<Filling>,
+    storing: Option<Storing>,
+    /// The tag was cached when the fetch began (a `Check` that found it
+    /// moved): with every upstream down, that copy is served.
+    cached_tag: bool,
     /// The fill's answer is streaming: failures can no longer fall back.
     streaming: bool,
     /// Waiting for a fill slot (`max_concurrent_cache_jobs`).
@@ -268,6 +296,8 @@ pub struct Mirror {
     readers: Vec<(usize, u64)>,
     /// Fetches whose change waits for the notifier (staged), by id.
     staged: VecDeque<(u64, crate::registry::Outcome)>,
+    /// Fills pushing a spool into the bucket with more to push next turn.
+    pushing: Vec<u64>,
     /// Blob fills running, and those waiting for a slot.
     fills_running: usize,
     fill_queue: VecDeque<u64>,
@@ -320,6 +350,7 @@ impl Mirror {
             syncs: Vec::new(),
             readers: Vec::new(),
             staged: VecDeque::new(),
+            pushing: Vec::new(),
             fills_running: 0,
             fill_queue: VecDeque::new(),
             tokens: HashMap::new(),
@@ -504,6 +535,7 @@ impl Mirror {
         let id = self.next_id;
         self.next_id += 1;
         let pending = Rc::new(Pending::default());
+        let cached_tag = matches!(kind, Kind::Check { .. });
         let fetch = Fetch {
             name: name.clone(),
             repository,
@@ -520,6 +552,8 @@ impl Mirror {
             media_type: String::new(),
             upstream_digest: None,
             filling: None,
+            storing: None,
+            cached_tag,
             streaming: false,
             queued: false,
         };
@@ -579,6 +613,7 @@ impl Mirror {
 
     pub fn has_work(&self) -> bool {
         !self.outgoing.is_empty()
+            || !self.pushing.is_empty()
             || !self.woken.is_empty()
             || !self.readers.is_empty()
             || !self.staged.is_empty()
@@ -1124,13 +1159,31 @@ impl Mirror {
                     self.upstream_failed(id, reason, false, metrics);
                     return self.next_upstream(id, registry, metrics, now_ms);
                 }
-                match registry.start_fill(&fetch.name, size) {
-                    Ok((upload, writer, file)) => {
+                let started = if registry.storage().bucket().is_some() {
+                    registry.start_spool(size).and_then(|file| {
+                        let reader = file
+                            .try_clone()
+                            .map_err(|error| format!("opening the spool for readers: {error}"))?;
+                        let spool = spool::Spool::new(file, size, &digest);
+                        Ok((Sink::Spool(Box::new(spool)), reader))
+                    })
+                } else {
+                    registry
+                        .start_fill(&fetch.name, size)
+                        .map(|(upload, writer, file)| {
+                            let sink = Sink::Session {
+                                upload,
+                                synced: false,
+                                writer: Some(writer),
+                            };
+                            (sink, file)
+                        })
+                };
+                match started {
+                    Ok((sink, file)) => {
                         let fill = Rc::new(Fill::new(file, size));
                         fetch.filling = Some(Filling {
-                            upload,
-                            synced: false,
-                            writer: Some(writer),
+                            sink,
                             fill: fill.clone(),
                         });
                         fetch.streaming = true;
@@ -1182,10 +1235,14 @@ impl Mirror {
                 let Some(filling) = fetch.filling.as_mut() else {
                     return;
                 };
-                let Some(writer) = filling.writer.as_mut() else {
-                    return;
+                let written = match &mut filling.sink {
+                    Sink::Session {
+                        writer: Some(writer), ..
+                    } => writer.write(data),
+                    Sink::Session { writer: None, .. } => return,
+                    Sink::Spool(spool) => spool.write(data),
                 };
-                if let Err(error) = writer.write(data) {
+                if let Err(error) = written {
                     log::warn!(target: "angos::mirror", "writing the fill of {}: {error}", fetch.name);
                     self.abandon(exchange);
                     self.finish(id, None, registry, metrics);
@@ -1254,25 +1311,13 @@ impl Mirror {
                     self.upstream_failed(id, reason, false, metrics);
                     return self.next_upstream(id, registry, metrics, now_ms);
                 }
-                let name = fetch.name.clone();
-                let media_type = fetch.media_type.clone();
-                match registry.cache_manifest(&name, &reference, &media_type, body) {
-                    Ok(outcome) if outcome.staged.is_some() => self.staged.push_back((id, outcome)),
-                    Ok(outcome) if outcome.response.status < 300 => {
-                        self.finish(id, Some(Verdict::Local), registry, metrics)
-                    }
-                    Ok(outcome) => {
-                        let reason = format!("storing it failed ({})", outcome.response.status);
-                        self.finish(id, Some(Verdict::Unavailable(reason)), registry, metrics);
-                    }
-                    Err(reason) => {
-                        self.upstream_failed(id, reason, false, metrics);
-                        self.next_upstream(id, registry, metrics, now_ms);
-                    }
-                }
-                if let Reference::Tag(tag) = reference {
-                    self.remember_checked((name, tag), now_ms);
-                }
+                fetch.storing = Some(Storing {
+                    reference,
+                    media_type: fetch.media_type.clone(),
+                    body,
+                    arrived_ms: now_ms,
+                });
+                self.store_manifest(id, registry, metrics, now_ms);
             }
             Kind::Blob(digest) => {
                 let Some(filling) = fetch.filling.as_mut() else {
@@ -1282,18 +1327,144 @@ impl Mirror {
                     self.upstream_failed(id, "the blob ended early".into(), true, metrics);
                     return self.finish(id, None, registry, metrics);
                 }
+                let (upload, synced) = match &mut filling.sink {
+                    Sink::Session { upload, synced, .. } => (upload, synced),
+                    Sink::Spool(spool) => {
+                        if let Err(reason) = spool.verify(&digest, now_ms) {
+                            let name = fetch.name.clone();
+                            log::warn!(target: "angos::mirror", "not caching {name}@{digest}: {reason}");
+                            self.upstream_failed(id, reason, false, metrics);
+                            return self.finish(id, None, registry, metrics);
+                        }
+                        // Readers may have the last byte now; the bucket
+                        // gets the spool behind them.
+                        filling.fill.verify();
+                        self.readers.extend(filling.fill.take_waiters());
+                        return self.push_spool(id, registry, metrics, now_ms);
+                    }
+                };
                 // With sync_to_disk the bytes reach the disk before the blob
                 // is visible, synced by the file thread (its cost grows with
                 // the size: never on the loop); `synced` continues here.
-                if !filling.synced
-                    && let Some(path) = registry.storage().upload_to_sync(&filling.upload, Some(&digest))
-                {
-                    filling.synced = true;
+                if !*synced && let Some(path) = registry.storage().upload_to_sync(upload, Some(&digest)) {
+                    *synced = true;
                     self.syncs.push((id, path));
                     return;
                 }
                 self.commit_blob(id, registry, metrics);
             }
+        }
+    }
+
+    /// Stores a fetched manifest as the fetch's own holder; on a bucket a run
+    /// may wait, and `bucket_woken` runs it again.
+    fn store_manifest(&mut self, id: u64, registry: &mut Registry, metrics: &mut Metrics, now_ms: u64) {
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        let Some(storing) = &fetch.storing else {
+            return;
+        };
+        let name = fetch.name.clone();
+        let holder = (CACHE_SLOT, id);
+        registry.enter(holder, storing.arrived_ms);
+        let stored = registry.cache_manifest(
+            &name,
+            &storing.reference,
+            &storing.media_type,
+            storing.body.clone(),
+        );
+        if registry.leave() {
+            return;
+        }
+        registry.release(holder);
+        let Some(Storing { reference, .. }) = fetch.storing.take() else {
+            return;
+        };
+        match stored {
+            Ok(outcome) if outcome.staged.is_some() => self.staged.push_back((id, outcome)),
+            Ok(outcome) if outcome.response.status < 300 => {
+                self.finish(id, Some(Verdict::Local), registry, metrics)
+            }
+            Ok(outcome) => {
+                let reason = format!("storing it failed ({})", outcome.response.status);
+                self.finish(id, Some(Verdict::Unavailable(reason)), registry, metrics);
+            }
+            Err(reason) => {
+                self.upstream_failed(id, reason, false, metrics);
+                self.next_upstream(id, registry, metrics, now_ms);
+            }
+        }
+        if let Reference::Tag(tag) = reference {
+            self.remember_checked((name, tag), now_ms);
+        }
+    }
+
+    /// Pushes a verified spool into the bucket as far as it goes this turn.
+    fn push_spool(&mut self, id: u64, registry: &mut Registry, metrics: &mut Metrics, now_ms: u64) {
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        let Kind::Blob(digest) = &fetch.kind else {
+            return;
+        };
+        let Some(Filling {
+            sink: Sink::Spool(spool),
+            ..
+        }) = &mut fetch.filling
+        else {
+            return;
+        };
+        match spool.step(registry, &fetch.name, digest, (CACHE_SLOT, id), now_ms) {
+            spool::Step::Wait => {}
+            spool::Step::Again => {
+                if !self.pushing.contains(&id) {
+                    self.pushing.push(id);
+                }
+            }
+            spool::Step::Done(outcome) if outcome.staged.is_some() => self.staged.push_back((id, *outcome)),
+            spool::Step::Done(outcome) if outcome.response.status < 300 => {
+                self.finish(id, Some(Verdict::Local), registry, metrics)
+            }
+            spool::Step::Done(outcome) => {
+                let reason = format!("the bucket did not take it ({})", outcome.response.status);
+                self.fill_not_stored(id, reason, registry, metrics);
+            }
+            spool::Step::Failed(reason) => self.fill_not_stored(id, reason, registry, metrics),
+        }
+    }
+
+    fn fill_not_stored(&mut self, id: u64, reason: String, registry: &mut Registry, metrics: &mut Metrics) {
+        if let Some(fetch) = self.fetches.get(&id) {
+            log::warn!(target: "angos::mirror", "not caching a blob of {}: {reason}", fetch.name);
+        }
+        self.upstream_failed(id, reason, false, metrics);
+        self.finish(id, None, registry, metrics);
+    }
+
+    /// The bucket answered what fetch `id`'s own holder waited for: its
+    /// store or push goes on.
+    pub fn bucket_woken(&mut self, id: u64, registry: &mut Registry, metrics: &mut Metrics, now_ms: u64) {
+        let Some(fetch) = self.fetches.get(&id) else {
+            return;
+        };
+        if fetch.storing.is_some() {
+            self.store_manifest(id, registry, metrics, now_ms);
+        } else if matches!(
+            &fetch.filling,
+            Some(Filling {
+                sink: Sink::Spool(_),
+                ..
+            })
+        ) {
+            self.push_spool(id, registry, metrics, now_ms);
+        }
+    }
+
+    /// One turn's share of every spool push with more to send.
+    pub fn push_fills(&mut self, registry: &mut Registry, metrics: &mut Metrics, now_ms: u64) {
+        for id in std::mem::take(&mut self.pushing) {
+            self.push_spool(id, registry, metrics, now_ms);
         }
     }
 
@@ -1318,10 +1489,13 @@ impl Mirror {
         let Some(filling) = fetch.filling.as_mut() else {
             return;
         };
-        let Some(writer) = filling.writer.take() else {
+        let Sink::Session { upload, writer, .. } = &mut filling.sink else {
             return;
         };
-        let upload = std::mem::take(&mut filling.upload);
+        let Some(writer) = writer.take() else {
+            return;
+        };
+        let upload = std::mem::take(upload);
         let fill = filling.fill.clone();
         match registry.commit_fill(&name, &upload, writer, &digest) {
             Ok(outcome) => {
@@ -1418,13 +1592,9 @@ impl Mirror {
             fetch.manifest.clear();
             return self.begin_upstream(id, now_ms);
         }
-        let cached = match &fetch.kind {
-            Kind::Check { .. } => true,
-            Kind::Manifest(Reference::Tag(tag)) => {
-                registry.storage().tag(&fetch.name, tag).ok().flatten().is_some()
-            }
-            _ => false,
-        };
+        // Known since the fetch began: a read here would be outside any
+        // request on a bucket.
+        let cached = fetch.cached_tag;
         let verdict = if cached && fetch.errors.is_empty() {
             Verdict::Offline("no upstream has it any more".into())
         } else if cached {
@@ -1455,13 +1625,26 @@ impl Mirror {
         if let Some(filling) = fetch.filling.take() {
             let ok = matches!(verdict, Some(Verdict::Local));
             if !ok {
-                filling.fill.fail();
-                if !filling.upload.is_empty() {
-                    registry.cancel_fill(&fetch.name, &filling.upload, filling.writer);
+                // A verified spool stays whole for its readers even when the
+                // bucket did not take it.
+                if !filling.fill.is_verified() {
+                    filling.fill.fail();
+                }
+                match filling.sink {
+                    Sink::Session { upload, writer, .. } if !upload.is_empty() => {
+                        registry.cancel_fill(&fetch.name, &upload, writer)
+                    }
+                    Sink::Session { .. } => {}
+                    Sink::Spool(mut spool) => spool.abandon(registry, (CACHE_SLOT, id), self.now_ms),
                 }
             }
             self.readers.extend(filling.fill.take_waiters());
         }
+        if fetch.storing.is_some() {
+            // A manifest's store that waited on the bucket is given up.
+            registry.release((CACHE_SLOT, id));
+        }
+        self.pushing.retain(|pushing| *pushing != id);
         let verdict = verdict.unwrap_or_else(|| Verdict::Unavailable(fetch.errors.join("; ")));
         if let Verdict::Offline(reason) = &verdict {
             log::warn!(

@@ -319,6 +319,9 @@ impl<C: Clock> Reactor<C> {
                 bucket.objects().handle_timeout();
             }
             self.pump_webhooks();
+            // A turn's share of each cache fill being pushed into the bucket.
+            self.mirror
+                .push_fills(&mut self.registry, self.telemetry.metrics(), now);
             self.pump_mirror();
             if self.watcher.check(now) {
                 self.reload();
@@ -465,6 +468,11 @@ impl<C: Clock> Reactor<C> {
                     {
                         self.resume(waiter, response);
                     }
+                    continue;
+                }
+                if let Some(fetch) = waiter.cache_fetch() {
+                    self.mirror
+                        .bucket_woken(fetch, &mut self.registry, self.telemetry.metrics(), now);
                     continue;
                 }
                 self.step(slot, Some(generation), |connection, app, buffer, now| {

@@ -8,7 +8,7 @@ use std::fs::File;
 use std::rc::Rc;
 
 use super::reference::Reference;
-use super::{Commit, EventDraft, Limits, Outcome, Registry};
+use super::{AfterUpload, Commit, EventDraft, Exchange, ExchangeState, Limits, Outcome, Registry};
 use crate::digest::Digest;
 use crate::event_webhook::event::EventKind;
 use crate::http::{Body, Response};
@@ -65,6 +65,44 @@ impl Registry {
                 Err(reason)
             }
         }
+    }
+
+    /// On a bucket: a local file for a blob of `size` bytes coming from an
+    /// upstream, which its readers stream while it is written
+    /// (`Storage::open_spool`); the bucket gets it once verified.
+    pub fn start_spool(&mut self, size: u64) -> Result<File, String> {
+        self.storage
+            .check_space_to_start(Some(size))
+            .map_err(|full| full.to_string())?;
+        self.storage
+            .open_spool()
+            .map_err(|error| format!("opening a spool for the fill: {error}"))
+    }
+
+    /// On a bucket: a verified spool's bytes become the blob as a monolithic
+    /// upload would (`POST ?digest=`): this opens its session; the bytes go
+    /// in with `body` and it ends with `finish`, like a client's request
+    /// (each of them may wait: run it again when the holder is woken).
+    pub fn begin_fill_upload(&mut self, name: &str, digest: &Digest) -> Result<Exchange, String> {
+        let id = self
+            .storage
+            .start_upload(name)
+            .map_err(|error| super::blobs::upload_error(error).to_string())?;
+        let writer = self
+            .storage
+            .upload_writer(name, &id)
+            .map_err(|error| super::blobs::upload_error(error).to_string())?;
+        Ok(Exchange {
+            route_label: "cache",
+            state: ExchangeState::Upload {
+                name: name.to_string(),
+                id,
+                writer: Box::new(writer),
+                then: AfterUpload::Commit(digest.clone()),
+                expected_bytes: None,
+                received: 0,
+            },
+        })
     }
 
     /// The fill wrote every byte: checks the digest and stages the commit

@@ -74,6 +74,8 @@ const UPLOADS_DIR: &str = "_uploads";
 const TRASH_DIR: &str = "_trash";
 /// Content found corrupt by a scrub, kept for an operator to look at.
 const QUARANTINE_DIR: &str = "_quarantine";
+/// Under a bucket replica's `local_dir`: blobs the cache is fetching.
+const SPOOL_DIR: &str = "_spool";
 const BLOBS_DIR: &str = "blobs";
 const REPOSITORIES_DIR: &str = "repositories";
 const LAYERS_DIR: &str = "_layers";
@@ -127,6 +129,9 @@ pub struct Storage {
     /// below then go there (and may wait: `bucket::BucketError::Pending`),
     /// and `root` is unused.
     bucket: Option<Box<bucket::BucketStore>>,
+    /// On a bucket: the local directory where the pull-through cache spools
+    /// a blob while it is fetched (`open_spool`), for its readers.
+    spool_dir: Option<PathBuf>,
 }
 
 impl Storage {
@@ -183,16 +188,47 @@ impl Storage {
             content_bytes: Cell::new(None),
             reclaimable_bytes: Cell::new(None),
             bucket,
+            spool_dir: None,
         }
     }
 
     /// A store whose content lives in a bucket (`[blob_store.s3]`); nothing
-    /// is written to the local disk.
+    /// is written to the local disk but the spools of `with_spool_dir`.
     pub fn on_bucket(store: bucket::BucketStore, upload_sessions_max: usize) -> Storage {
         // The bucket keeps no local caches of its own layout: `objects.rs` does.
         Storage::empty(PathBuf::new(), false, upload_sessions_max, Some(Box::new(store)))
             .with_manifest_cache(0)
             .with_listing_index(0)
+    }
+
+    /// On a bucket, where blobs being fetched by the pull-through cache are
+    /// spooled: `dir/_spool`, emptied of a previous run's, made at the
+    /// first fill (a replica without a mirror keeps nothing there).
+    pub fn with_spool_dir(mut self, dir: &Path) -> io::Result<Storage> {
+        let spool = dir.join(SPOOL_DIR);
+        unlink_if_symlink(&spool)?;
+        if spool.is_dir() {
+            remove_dir_contents(&spool)?;
+        }
+        self.spool_dir = Some(spool);
+        Ok(self)
+    }
+
+    /// A new spool file, opened to write and read, and already unlinked: it
+    /// lives as long as its handles do, so no crash leaves it behind.
+    pub fn open_spool(&self) -> io::Result<File> {
+        let Some(dir) = &self.spool_dir else {
+            return Err(io::Error::other("no spool directory on this storage"));
+        };
+        fs::create_dir_all(dir)?;
+        let path = dir.join(random_hex(RANDOM_ID_BYTES));
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        fs::remove_file(&path)?;
+        Ok(file)
     }
 
     /// The S3 backend, when the content lives in a bucket.

@@ -32,6 +32,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::maintenance::json_at;
+use common::s3::S3Server;
 use common::upstreams::*;
 use common::*;
 use webhook_support::{TestCa, metric_sum, poll_until, scrape, wait_for_metrics};
@@ -729,6 +730,152 @@ fn a_corrupt_or_short_upstream_blob_is_never_stored_or_served_as_valid() {
     assert!(download(server.addr, &path, &[], true).is_valid(&other_digest));
 }
 
+// ---------------------------------------------------------------------------
+// On a bucket
+// ---------------------------------------------------------------------------
+
+/// A mirror replica whose content is in `s3`'s bucket under `prefix`, parts of 5 MiB.
+fn mirror_on_bucket(s3: &S3Server, prefix: &str, repo: &MirrorRepo) -> Server {
+    let options = Options::default()
+        .on_bucket(s3, prefix)
+        .bucket_line("multipart_part_size = \"5MiB\"");
+    mirror_with(options, std::slice::from_ref(repo))
+}
+
+/// The bucket key of `digest`'s content under `prefix`.
+fn content_key(prefix: &str, digest: &str) -> String {
+    let hex = digest.trim_start_matches("sha256:");
+    format!("{prefix}/blobs/sha256/{}/{hex}", &hex[..2])
+}
+
+/// Waits until the bucket holds the content of every blob of `image` (a fill
+/// reaches the bucket just after its readers have the last byte).
+#[track_caller]
+fn wait_for_content_in_bucket(s3: &S3Server, prefix: &str, image: &Image) {
+    let wanted: Vec<String> = image
+        .layers
+        .iter()
+        .chain([&image.config])
+        .map(|blob| content_key(prefix, &digest(blob)))
+        .collect();
+    let held = poll_until(SOON, || {
+        let keys = s3.keys(prefix);
+        wanted.iter().all(|key| keys.contains(key)).then_some(())
+    });
+    assert!(
+        held.is_some(),
+        "the bucket lacks some of {wanted:?}: {:?}",
+        s3.keys(prefix)
+    );
+}
+
+#[test]
+fn skopeo_pulls_through_a_mirror_on_a_bucket_and_another_replica_serves_it_offline() {
+    let s3 = S3Server::start();
+    let mut upstream = RedirectingUpstream::start();
+    // A layer of several parts, and the config of one.
+    let image = small_image("mirror on a bucket", 12 << 20);
+    upstream.put_image("library/app", Some("v1"), &image);
+    let repo = MirrorRepo::new("mirror", vec![UpstreamEntry::new(&upstream.url())]).freshness_secs(0);
+    let a = mirror_on_bucket(&s3, "cache", &repo);
+
+    let work = TempDir::new("skopeo-bucket-mirror");
+    let copy = |server: &Server, layout: &Path| {
+        let source = format!("docker://{}/mirror/library/app:v1", host_of(server));
+        let copied = skopeo(
+            &[
+                "copy",
+                "--src-tls-verify=false",
+                "--preserve-digests",
+                "--dest-oci-accept-uncompressed-layers",
+                &source,
+                &format!("oci:{}:v1", layout.display()),
+            ],
+            work.path(),
+        );
+        expect_success(&copied, "skopeo copy through the mirror on the bucket");
+        assert_eq!(layout_manifest_digest(layout), image.digest);
+        let layer_file = layout
+            .join("blobs/sha256")
+            .join(digest(&image.layers[0]).trim_start_matches("sha256:"));
+        assert!(std::fs::read(&layer_file).unwrap() == image.layers[0]);
+    };
+    copy(&a, &work.path().join("through-a"));
+    wait_for_content_in_bucket(&s3, "cache", &image);
+    let keys = s3.keys("cache");
+    assert!(
+        keys.iter().any(|key| key.ends_with("/_manifests/tags/v1")),
+        "the tag is in the bucket: {keys:?}"
+    );
+    // The fill's spool is gone once pushed: nothing of the layer stays on local disk.
+    assert!(
+        poll_until(SOON, || (!stored_anywhere(&a.root, &image.layers[0]))
+            .then_some(()))
+        .is_some(),
+        "a spool of the layer stays under {}",
+        a.root.display()
+    );
+
+    // The upstream goes: replica B, which never fetched anything, serves the
+    // cached tag from the bucket (offline), and A keeps serving it.
+    upstream.stop();
+    let b = mirror_on_bucket(&s3, "cache", &repo);
+    assert_manifest(&b, "mirror/library/app", "v1", &image);
+    assert_blobs(&b, "mirror/library/app", &image);
+    copy(&b, &work.path().join("through-b"));
+    copy(&a, &work.path().join("through-a-offline"));
+    wait_for_log_words(&b, &["offline"]);
+    // Never pulled: a clear error, the bucket being fine.
+    get_manifest(&b, "mirror/library/app", "never-pulled").assert_error(502, "MANIFEST_UNKNOWN");
+}
+
+#[test]
+fn wrong_bytes_from_the_upstream_never_reach_the_bucket() {
+    let s3 = S3Server::start();
+    let upstream = RedirectingUpstream::start();
+    let image = small_image("corrupt on a bucket", 7 << 20);
+    upstream.put_image("library/app", Some("v1"), &image);
+    let layer = &image.layers[0];
+    let layer_digest = digest(layer);
+    let mut wrong = layer.clone();
+    let middle = wrong.len() / 2;
+    wrong[middle] ^= 0xff;
+    let repo = MirrorRepo::new("mirror", vec![UpstreamEntry::new(&upstream.url())]);
+    let server = mirror_on_bucket(&s3, "corrupt", &repo);
+    assert_manifest(&server, "mirror/library/app", "v1", &image);
+    let path = format!("/v2/mirror/library/app/blobs/{layer_digest}");
+
+    upstream.set_fault(&layer_digest, Some(BlobFault::WrongBytes));
+    for attempt in 0..2 {
+        let got = download(server.addr, &path, &[], true);
+        assert!(
+            !(got.status == 200 && got.complete),
+            "attempt {attempt}: the client got a whole 200 of wrong bytes: {got:?}"
+        );
+    }
+    let key = content_key("corrupt", &layer_digest);
+    assert!(!s3.keys("corrupt").contains(&key), "wrong bytes became {key}");
+    let uploads: Vec<String> = s3
+        .keys("corrupt")
+        .into_iter()
+        .filter(|key| key.contains("/_uploads/"))
+        .collect();
+    assert!(uploads.is_empty(), "a wrong fill opened an upload: {uploads:?}");
+    assert!(
+        !stored_anywhere(&server.root, &wrong),
+        "the wrong bytes stay on local disk"
+    );
+
+    upstream.set_fault(&layer_digest, None);
+    let got = download(server.addr, &path, &[], true);
+    assert!(got.is_valid(&layer_digest), "after the fault: {got:?}");
+    let held = poll_until(SOON, || s3.keys("corrupt").contains(&key).then_some(()));
+    assert!(held.is_some(), "the right bytes never reached the bucket");
+    // Served from the bucket now, whole.
+    let again = download(server.addr, &path, &[], true);
+    assert!(again.is_valid(&layer_digest), "{again:?}");
+}
+
 #[test]
 fn redirects_are_followed_without_forwarding_credentials_up_to_max_redirect() {
     let upstream = RedirectingUpstream::start_with(Some(("redirect-user", "redirect-secret")));
@@ -860,8 +1007,25 @@ fn pushes_and_deletes_to_a_mirrored_namespace_are_refused_with_401() {
 
 #[test]
 fn cache_fills_fire_events_with_the_cache_actor_and_client_pulls_fire_pull_events() {
+    cache_events_arrive(Options::default());
+}
+
+#[test]
+fn cache_fills_on_a_bucket_fire_events_with_the_cache_actor() {
+    let s3 = S3Server::start();
+    // A layer of two parts: the push into the bucket waits on its parts.
+    cache_events_arrive(
+        Options::default()
+            .on_bucket(&s3, "events")
+            .bucket_line("multipart_part_size = \"5MiB\""),
+    );
+}
+
+/// Every cache fill is heard as a push by `actor.internal = "cache"`, every
+/// client's pull as a pull.
+fn cache_events_arrive(options: Options) {
     let receiver = webhook_support::Receiver::ok();
-    let options = Options::default()
+    let options = options
         .table(&format!(
             "[event_webhook.audit]\nurl = {}\npolicy = \"async\"\n\
              events = [\"manifest.push\", \"tag.create\", \"blob.push\", \"manifest.pull\", \"blob.pull\"]\n",
@@ -869,7 +1033,7 @@ fn cache_fills_fire_events_with_the_cache_actor_and_client_pulls_fire_pull_event
         ))
         .global_line("event_webhooks = [\"audit\"]");
     let upstream = RedirectingUpstream::start();
-    let image = small_image("events", 10_000);
+    let image = small_image("events", 6 << 20);
     upstream.put_image("library/app", Some("v1"), &image);
     let server = mirror_with(
         options,

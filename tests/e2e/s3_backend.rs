@@ -30,25 +30,9 @@ fn replica(s3: &S3Server, prefix: &str) -> Server {
     )
 }
 
-/// Keys the bucket holds under `prefix`, listed with the server's own tool.
+/// Keys the bucket holds under `prefix`.
 fn keys(s3: &S3Server, prefix: &str) -> Vec<String> {
-    let output = s3.run(
-        "python3",
-        &[
-            common::s3::script("s3_check.py").to_str().unwrap(),
-            "list",
-            prefix,
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "listing the bucket: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    s3.keys(prefix)
 }
 
 /// skopeo pushes an image (`arch`) from an OCI layout through `from` and

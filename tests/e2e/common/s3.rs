@@ -116,6 +116,23 @@ impl S3Server {
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
     }
 
+    /// Keys the bucket holds under `prefix`, listed with the server's own tool.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let output = self.run(
+            "python3",
+            &[script("s3_check.py").to_str().unwrap(), "list", prefix],
+        );
+        assert!(
+            output.status.success(),
+            "listing the bucket: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The server's log so far (for a failing test's message).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir().join("garage.log")).unwrap_or_default()
