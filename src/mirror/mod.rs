@@ -14,7 +14,10 @@
 //! - A blob miss is written into an upload session as the upstream sends
 //!   it, and streamed to every client asking for it from that file
 //!   (`fill::Fill`): one upstream fetch however many clients, no memory per
-//!   reader. The digest is checked before the blob becomes visible.
+//!   reader. The digest is checked before the blob becomes visible. On a
+//!   bucket the file is a local spool, pushed into the bucket once verified
+//!   (`spool`); what waits on the bucket runs as the fetch's own holder,
+//!   `(CACHE_SLOT, fetch)`, again when `bucket_woken` says so.
 //! - Upstream authentication: anonymous, Basic, and the token handshake
 //!   (`challenge`), tokens cached for their lifetime.
 
