@@ -41,6 +41,9 @@ pub const REMOVALS_PER_RUN: usize = 1000;
 pub const LEASE_SECS: u64 = 600;
 /// Runs a job makes per loop turn at most (each is one request's worth).
 const RUNS_PER_TURN: usize = 8;
+/// Manifest bodies a job parses per loop turn at most: a namespace of tens
+/// of thousands of manifests is decided over many turns, not in one.
+const BODIES_PER_TURN: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -61,6 +64,13 @@ enum Stage {
     Lease,
     Catalog,
     Namespace(String),
+    /// A namespace read, its bodies being parsed a share per turn; then
+    /// decided from the scan, its links and its pull times.
+    Parse {
+        scan: Box<NamespaceScan>,
+        links: Vec<crate::storage::walk::DigestFile>,
+        pulls: std::collections::HashMap<Digest, u64>,
+    },
     /// A collection's link removals in one namespace: the links (with
     /// their listed times) and the manifests its scan saw.
     Links {
@@ -168,6 +178,18 @@ impl BucketJob {
     ) -> Result<bool, Ended> {
         for _ in 0..RUNS_PER_TURN {
             self.now_secs = turn.unix_secs;
+            if let Stage::Parse { scan, .. } = &mut self.stage {
+                // Not a run on the bucket: the turn's share of parsing.
+                if !scan.parse_bodies(BODIES_PER_TURN) {
+                    return Ok(true);
+                }
+                let Stage::Parse { scan, links, pulls } = std::mem::replace(&mut self.stage, Stage::Release)
+                else {
+                    unreachable!("matched above");
+                };
+                self.stage = self.decide(config, scan, links, pulls);
+                return Ok(true);
+            }
             let holder = (BUCKET_COLLECTION_SLOT, *run);
             let Some(next) = self.run_stage(registry, config, turn, holder) else {
                 return Ok(false);
@@ -224,7 +246,13 @@ impl BucketJob {
                 })?;
                 let name = name.clone();
                 match read {
-                    Ok(contents) => Ok(self.decide(config, name, contents, registry)),
+                    Ok(mut contents) => {
+                        let epoch = registry.storage().manifest_epoch(&name);
+                        let links = std::mem::take(&mut contents.links);
+                        let pulls = std::mem::take(&mut contents.pulls);
+                        let scan = NamespaceScan::reading_bucket(name, epoch, contents);
+                        Ok(Stage::Parse { scan, links, pulls })
+                    }
                     Err(BucketError::Corrupt { key, why }) => {
                         // What it keeps is unknown: nothing is removed there,
                         // and no content anywhere.
@@ -237,6 +265,8 @@ impl BucketJob {
                     Err(error) => failed(error),
                 }
             }
+            // Parsed in `step`, a share per turn, never as a run.
+            Stage::Parse { .. } => unreachable!("a parse is no run on the bucket"),
             Stage::Links {
                 namespace,
                 candidates,
@@ -349,18 +379,16 @@ impl BucketJob {
         Stage::Namespace(name)
     }
 
-    /// Decides a namespace read whole; a collection goes on to its links.
+    /// Decides a namespace read whole and parsed; a collection goes on to
+    /// its links.
     fn decide(
         &mut self,
         config: &Config,
-        name: String,
-        contents: crate::storage::bucket::scan::NamespaceContents,
-        registry: &Registry,
+        scan: Box<NamespaceScan>,
+        links: Vec<crate::storage::walk::DigestFile>,
+        pulls: std::collections::HashMap<Digest, u64>,
     ) -> Stage {
-        let epoch = registry.storage().manifest_epoch(&name);
-        let pulls = contents.pulls.clone();
-        let links = contents.links.clone();
-        let scan = NamespaceScan::of_bucket(name, epoch, contents);
+        let epoch = scan.epoch;
         if self.kind == Kind::Prune {
             self.judge.decide(config, &scan, &pulls);
             return self.after_namespace();
@@ -591,6 +619,54 @@ mod tests {
             assert!(bench.has(&layout::layer_link("n", digest)));
             assert!(bench.has(&layout::blob(digest)));
         }
+    }
+
+    /// A namespace of more manifests than a turn parses is decided over
+    /// several turns, whole: every old untagged manifest is handed out.
+    #[test]
+    fn a_large_namespace_is_decided_over_several_turns() {
+        let mut bench = Bench::new(8);
+        let manifests = 2 * BODIES_PER_TURN + 10;
+        let untagged: HashSet<Digest> = (0..manifests).map(|_| bench.manifest("n", &[], &[])).collect();
+        let tagged = bench.manifest("n", &[], &["v1"]);
+        let now = bench.rig.fake.now_secs + 2 * GRACE;
+        let mut job = BucketJob::new(Kind::Collect, Trigger::Demand, false, GRACE, 0, now);
+        let mut parsing_turns = 0;
+        let mut next = 1_000;
+        let ended = loop {
+            bench.rig.now_ms += 1;
+            let turn = Turn {
+                me: "me",
+                now_ms: bench.rig.now_ms,
+                unix_secs: now,
+            };
+            let bucket = bench.registry.storage().bucket().unwrap();
+            bucket.objects().set_time(bench.rig.now_ms, UNIX_SECS);
+            if matches!(job.stage, Stage::Parse { .. }) {
+                parsing_turns += 1;
+            }
+            match job.step(&bench.registry, &bench.config, &turn, &mut next) {
+                Err(ended) => break ended,
+                Ok(_) => {
+                    let bucket = bench.registry.storage().bucket().unwrap();
+                    bench.rig.pump(bucket.objects());
+                    bucket.objects().take_woken();
+                }
+            }
+        };
+        assert!(matches!(ended, Ended::Done));
+        // Three shares: one in the turn the read ended, two more turns.
+        assert_eq!(
+            parsing_turns, 2,
+            "{manifests} bodies at most {BODIES_PER_TURN} a turn"
+        );
+        let handed: HashSet<Digest> = job
+            .take_deletions()
+            .into_iter()
+            .map(|deletion| deletion.digest)
+            .collect();
+        assert_eq!(handed, untagged);
+        assert!(!handed.contains(&tagged));
     }
 
     /// More content than one request lists: the sweep goes a stretch at a

@@ -3,12 +3,12 @@
 //! manifest body what it references, its children (an index's manifests)
 //! and its subject. Garbage collection and retention both decide from this.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use crate::digest::Digest;
 use crate::registry::manifest;
 use crate::storage::Storage;
-use crate::storage::bucket::scan::NamespaceContents;
+use crate::storage::bucket::scan::{FoundManifest, NamespaceContents};
 use crate::storage::walk::{DigestFile, DigestWalk, TagFile, TagWalk};
 
 pub struct NamespaceScan {
@@ -20,6 +20,8 @@ pub struct NamespaceScan {
     pub revisions: Vec<DigestFile>,
     /// Index into `revisions` of the next body to read.
     next_body: usize,
+    /// On a bucket: manifests read and not parsed yet (`parse_bodies`).
+    unparsed: VecDeque<FoundManifest>,
     pub tags: Vec<(TagFile, Digest)>,
     pub tagged: HashSet<Digest>,
     /// Per revision: the child manifests of an index.
@@ -56,6 +58,7 @@ impl NamespaceScan {
             name,
             revisions: Vec::new(),
             next_body: 0,
+            unparsed: VecDeque::new(),
             tags: Vec::new(),
             tagged: HashSet::new(),
             children: HashMap::new(),
@@ -67,23 +70,45 @@ impl NamespaceScan {
         })
     }
 
-    /// A namespace read whole from the bucket (`storage::bucket::scan`).
+    /// A namespace read whole from the bucket (`storage::bucket::scan`),
+    /// its bodies parsed.
     pub fn of_bucket(name: String, epoch: u64, contents: NamespaceContents) -> Box<NamespaceScan> {
+        let mut scan = NamespaceScan::reading_bucket(name, epoch, contents);
+        scan.parse_bodies(usize::MAX);
+        scan
+    }
+
+    /// The same with its bodies still to parse, a share at a time
+    /// (`parse_bodies`), so a large namespace does not hold the loop.
+    pub fn reading_bucket(name: String, epoch: u64, contents: NamespaceContents) -> Box<NamespaceScan> {
         let mut scan = NamespaceScan::starting(name, epoch, Stage::Done);
         scan.tagged = contents.tags.iter().map(|(_, digest)| digest.clone()).collect();
         scan.tags = contents.tags;
-        for found in contents.revisions {
+        scan.unparsed = contents.revisions.into();
+        scan
+    }
+
+    /// Parses at most `left` of the bodies read from the bucket: `true`
+    /// once none is left (or one made the namespace unjudgeable).
+    pub fn parse_bodies(&mut self, left: usize) -> bool {
+        for _ in 0..left {
+            if self.keep_all {
+                self.unparsed.clear();
+            }
+            let Some(found) = self.unparsed.pop_front() else {
+                return true;
+            };
             let digest = found.file.digest.clone();
-            scan.revisions.push(found.file);
-            scan.note_body(
+            self.revisions.push(found.file);
+            self.note_body(
                 &digest,
                 found.body.map(|(media_type, body)| (media_type, body.to_vec())),
             );
-            if scan.keep_all {
-                break;
-            }
         }
-        scan
+        if self.keep_all {
+            self.unparsed.clear();
+        }
+        self.unparsed.is_empty()
     }
 
     /// Reads on, spending `left` (directory entries and files read);
@@ -196,5 +221,64 @@ impl NamespaceScan {
                 .push(digest.clone());
         }
         self.children.insert(digest.clone(), children);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(n: u32, body: &[u8]) -> FoundManifest {
+        FoundManifest {
+            file: DigestFile {
+                digest: Digest::sha256_of(&n.to_le_bytes()),
+                modified_secs: 1,
+                size: body.len() as u64,
+            },
+            body: Some((
+                "application/vnd.oci.image.manifest.v1+json".to_string(),
+                body.into(),
+            )),
+        }
+    }
+
+    fn manifest(layer: u32) -> Vec<u8> {
+        let layer = Digest::sha256_of(&layer.to_be_bytes());
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{layer}","size":1}},"layers":[]}}"#
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn a_bucket_namespace_is_parsed_a_share_at_a_time() {
+        let contents = NamespaceContents {
+            revisions: (0..10).map(|n| found(n, &manifest(n))).collect(),
+            ..NamespaceContents::default()
+        };
+        let mut scan = NamespaceScan::reading_bucket("n".into(), 0, contents);
+        assert!(!scan.parse_bodies(4));
+        assert_eq!(scan.revisions.len(), 4);
+        assert!(!scan.parse_bodies(4));
+        assert_eq!(scan.revisions.len(), 8);
+        assert!(scan.parse_bodies(4), "the last share ends it");
+        assert_eq!(scan.revisions.len(), 10);
+        let config = Digest::sha256_of(&9u32.to_be_bytes());
+        assert!(scan.kept.contains(&crate::storage::watch_content_key(&config)));
+    }
+
+    #[test]
+    fn an_unparseable_body_stops_the_parse_and_keeps_everything() {
+        let mut revisions: Vec<FoundManifest> = (0..3).map(|n| found(n, &manifest(n))).collect();
+        revisions.insert(1, found(99, b"not json"));
+        let contents = NamespaceContents {
+            revisions,
+            ..NamespaceContents::default()
+        };
+        let mut scan = NamespaceScan::reading_bucket("n".into(), 0, contents);
+        assert!(scan.parse_bodies(2), "nothing more is judged here");
+        assert!(scan.keep_all && scan.unparseable);
+        assert!(scan.parse_bodies(2));
+        assert_eq!(scan.revisions.len(), 2);
     }
 }
