@@ -555,10 +555,7 @@ impl Application<'_> {
                 principal,
                 intercept: true,
             };
-            return Reply::Resume(Request {
-                info,
-                state: RequestState::Storing(Box::new(wait)),
-            });
+            return hold_for_store(wait, info);
         }
         // What the look read is not what the registry reads next: a fetch
         // may store the very manifest or blob it found missing.
@@ -628,10 +625,7 @@ impl Application<'_> {
                 principal,
                 intercept: false,
             };
-            return Reply::Resume(Request {
-                info,
-                state: RequestState::Storing(Box::new(wait)),
-            });
+            return hold_for_store(wait, info);
         }
         match begun {
             Begin::Answer(outcome) => match self.conclude(outcome, info, now_ms) {
@@ -750,6 +744,12 @@ pub fn release(registry: &mut Registry, request: Request) {
     if let RequestState::Receiving(exchange) | RequestState::Syncing(exchange) = request.state {
         registry.abort(*exchange);
     }
+}
+
+/// Holds a request until its object storage answers (`Registry::take_woken`).
+fn hold_for_store(wait: StoreWait, info: RequestInfo) -> Reply<Request> {
+    let state = RequestState::Storing(Box::new(wait));
+    Reply::Resume(Request { info, state })
 }
 
 /// Holds a request until the cache's fetch wakes it.

@@ -127,6 +127,33 @@ fn layout_manifest_digest(layout: &Path) -> String {
         .to_string()
 }
 
+/// skopeo copies `source` into an OCI layout at `layout`, keeping digests.
+#[track_caller]
+fn skopeo_pull(source: &str, layout: &Path, work: &Path, what: &str) {
+    let copied = skopeo(
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--preserve-digests",
+            "--dest-oci-accept-uncompressed-layers",
+            source,
+            &format!("oci:{}:v1", layout.display()),
+        ],
+        work,
+    );
+    expect_success(&copied, what);
+}
+
+/// The layout holds `image`: its manifest digest and its first layer's bytes.
+#[track_caller]
+fn assert_pulled(layout: &Path, image: &Image) {
+    assert_eq!(layout_manifest_digest(layout), image.digest);
+    let layer_file = layout
+        .join("blobs/sha256")
+        .join(digest(&image.layers[0]).trim_start_matches("sha256:"));
+    assert!(std::fs::read(&layer_file).unwrap() == image.layers[0]);
+}
+
 /// Waits for a server log line containing every one of `words`.
 #[track_caller]
 fn wait_for_log_words(server: &Server, words: &[&str]) -> String {
@@ -224,24 +251,13 @@ fn skopeo_pulls_through_a_token_authenticated_angos_upstream_over_https() {
     assert_eq!(inspected.trim(), upstream_digest);
 
     let layout = work.path().join("by-tag");
-    let destination = format!("oci:{}:v1", layout.display());
-    let copied = skopeo(
-        &[
-            "copy",
-            "--src-tls-verify=false",
-            "--preserve-digests",
-            "--dest-oci-accept-uncompressed-layers",
-            &source,
-            &destination,
-        ],
+    skopeo_pull(
+        &source,
+        &layout,
         work.path(),
+        "skopeo copy by tag through the mirror",
     );
-    expect_success(&copied, "skopeo copy by tag through the mirror");
-    assert_eq!(layout_manifest_digest(&layout), upstream_digest);
-    let layer_file = layout
-        .join("blobs/sha256")
-        .join(digest(&image.layers[0]).trim_start_matches("sha256:"));
-    assert!(std::fs::read(&layer_file).unwrap() == image.layers[0]);
+    assert_pulled(&layout, &image);
 
     // By digest, now a local hit.
     let by_digest = format!(
@@ -249,18 +265,12 @@ fn skopeo_pulls_through_a_token_authenticated_angos_upstream_over_https() {
         host_of(&server)
     );
     let layout = work.path().join("by-digest");
-    let copied = skopeo(
-        &[
-            "copy",
-            "--src-tls-verify=false",
-            "--preserve-digests",
-            "--dest-oci-accept-uncompressed-layers",
-            &by_digest,
-            &format!("oci:{}:v1", layout.display()),
-        ],
+    skopeo_pull(
+        &by_digest,
+        &layout,
         work.path(),
+        "skopeo copy by digest through the mirror",
     );
-    expect_success(&copied, "skopeo copy by digest through the mirror");
     assert_eq!(layout_manifest_digest(&layout), upstream_digest);
 
     // The mirror answered the upstream's Bearer challenge at its token endpoint, and
@@ -675,32 +685,48 @@ fn stored_anywhere(root: &Path, bytes: &[u8]) -> bool {
     false
 }
 
+/// The first layer's digest, and its bytes with one flipped in the middle.
+fn corrupted_layer(image: &Image) -> (String, Vec<u8>) {
+    let layer = &image.layers[0];
+    let mut wrong = layer.clone();
+    let middle = wrong.len() / 2;
+    wrong[middle] ^= 0xff;
+    (digest(layer), wrong)
+}
+
+/// The upstream sends wrong bytes for `layer_digest` from now on: twice, no
+/// client gets a whole 200 of them.
+#[track_caller]
+fn assert_wrong_bytes_never_served(
+    server: &Server,
+    upstream: &RedirectingUpstream,
+    path: &str,
+    layer_digest: &str,
+) {
+    upstream.set_fault(layer_digest, Some(BlobFault::WrongBytes));
+    for attempt in 0..2 {
+        let got = download(server.addr, path, &[], true);
+        assert!(
+            !(got.status == 200 && got.complete),
+            "attempt {attempt}: the client got a whole 200 of wrong bytes: {got:?}"
+        );
+        assert!(!got.is_valid(layer_digest));
+    }
+}
+
 #[test]
 fn a_corrupt_or_short_upstream_blob_is_never_stored_or_served_as_valid() {
     let upstream = RedirectingUpstream::start();
     let image = small_image("corrupt", 4 << 20);
     upstream.put_image("library/app", Some("v1"), &image);
-    let layer = &image.layers[0];
-    let layer_digest = digest(layer);
-    let mut wrong = layer.clone();
-    let middle = wrong.len() / 2;
-    wrong[middle] ^= 0xff;
+    let (layer_digest, wrong) = corrupted_layer(&image);
     let server = mirror(&[MirrorRepo::new(
         "mirror",
         vec![UpstreamEntry::new(&upstream.url())],
     )]);
     assert_manifest(&server, "mirror/library/app", "v1", &image);
     let path = format!("/v2/mirror/library/app/blobs/{layer_digest}");
-
-    upstream.set_fault(&layer_digest, Some(BlobFault::WrongBytes));
-    for attempt in 0..2 {
-        let got = download(server.addr, &path, &[], true);
-        assert!(
-            !(got.status == 200 && got.complete),
-            "attempt {attempt}: the client got a whole 200 of wrong bytes: {got:?}"
-        );
-        assert!(!got.is_valid(&layer_digest));
-    }
+    assert_wrong_bytes_never_served(&server, &upstream, &path, &layer_digest);
     // Not even a leftover of the failed fill (polled: a temporary file may take a
     // moment to go).
     assert!(
@@ -782,23 +808,13 @@ fn skopeo_pulls_through_a_mirror_on_a_bucket_and_another_replica_serves_it_offli
     let work = TempDir::new("skopeo-bucket-mirror");
     let copy = |server: &Server, layout: &Path| {
         let source = format!("docker://{}/mirror/library/app:v1", host_of(server));
-        let copied = skopeo(
-            &[
-                "copy",
-                "--src-tls-verify=false",
-                "--preserve-digests",
-                "--dest-oci-accept-uncompressed-layers",
-                &source,
-                &format!("oci:{}:v1", layout.display()),
-            ],
+        skopeo_pull(
+            &source,
+            layout,
             work.path(),
+            "skopeo copy through the mirror on the bucket",
         );
-        expect_success(&copied, "skopeo copy through the mirror on the bucket");
-        assert_eq!(layout_manifest_digest(layout), image.digest);
-        let layer_file = layout
-            .join("blobs/sha256")
-            .join(digest(&image.layers[0]).trim_start_matches("sha256:"));
-        assert!(std::fs::read(&layer_file).unwrap() == image.layers[0]);
+        assert_pulled(layout, &image);
     };
     copy(&a, &work.path().join("through-a"));
     wait_for_content_in_bucket(&s3, "cache", &image);
@@ -835,24 +851,12 @@ fn wrong_bytes_from_the_upstream_never_reach_the_bucket() {
     let upstream = RedirectingUpstream::start();
     let image = small_image("corrupt on a bucket", 7 << 20);
     upstream.put_image("library/app", Some("v1"), &image);
-    let layer = &image.layers[0];
-    let layer_digest = digest(layer);
-    let mut wrong = layer.clone();
-    let middle = wrong.len() / 2;
-    wrong[middle] ^= 0xff;
+    let (layer_digest, wrong) = corrupted_layer(&image);
     let repo = MirrorRepo::new("mirror", vec![UpstreamEntry::new(&upstream.url())]);
     let server = mirror_on_bucket(&s3, "corrupt", &repo);
     assert_manifest(&server, "mirror/library/app", "v1", &image);
     let path = format!("/v2/mirror/library/app/blobs/{layer_digest}");
-
-    upstream.set_fault(&layer_digest, Some(BlobFault::WrongBytes));
-    for attempt in 0..2 {
-        let got = download(server.addr, &path, &[], true);
-        assert!(
-            !(got.status == 200 && got.complete),
-            "attempt {attempt}: the client got a whole 200 of wrong bytes: {got:?}"
-        );
-    }
+    assert_wrong_bytes_never_served(&server, &upstream, &path, &layer_digest);
     let key = content_key("corrupt", &layer_digest);
     assert!(!s3.keys("corrupt").contains(&key), "wrong bytes became {key}");
     let uploads: Vec<String> = s3
