@@ -31,6 +31,7 @@ pub mod s3;
 pub mod storage;
 pub mod timer;
 pub mod tls;
+pub mod ui;
 
 #[cfg(test)]
 mod test_support;

@@ -34,6 +34,7 @@ pub fn handle(
     notifier: &mut Notifier<Waiter, Commit>,
     maintenance: &mut Maintenance,
     mirror: &crate::mirror::Mirror,
+    space: &crate::storage::SpaceReport,
     waiter: Waiter,
     head: &crate::http::RequestHead,
     now_ms: u64,
@@ -45,7 +46,10 @@ pub fn handle(
         (Method::Get | Method::Head, ["webhooks"]) => list_webhooks(notifier, now_ms),
         (Method::Get | Method::Head, ["gc"]) => Response::json(200, &maintenance.status()),
         (Method::Get | Method::Head, ["upstreams"]) => Response::json(200, &mirror.status_json()),
-        (_, ["upstreams"]) => error(405, ErrorCode::Unsupported, "use GET"),
+        (Method::Get | Method::Head, ["storage"]) => {
+            Response::json(200, &storage_status(space, maintenance, mirror))
+        }
+        (_, ["upstreams"] | ["storage"]) => error(405, ErrorCode::Unsupported, "use GET"),
         (Method::Post, ["gc"]) => start_collection(maintenance, query),
         (Method::Get | Method::Head, ["scrub"]) => Response::json(200, &maintenance.scrub_status()),
         (Method::Post, ["scrub"]) => {
@@ -81,6 +85,28 @@ pub fn handle(
         _ => error(404, ErrorCode::Unsupported, "unknown admin endpoint"),
     };
     AdminAnswer::Respond(response)
+}
+
+/// `GET /v2/_angos/storage`: the space the store uses and has left, the
+/// last collection and retention runs, and the upstreams' health: what the
+/// operator page's storage view shows, in one answer.
+fn storage_status(
+    space: &crate::storage::SpaceReport,
+    maintenance: &Maintenance,
+    mirror: &crate::mirror::Mirror,
+) -> Value {
+    json!({
+        "disk": space.disk.map(|disk| json!({
+            "free_bytes": disk.free_bytes,
+            "total_bytes": disk.total_bytes,
+        })),
+        "min_free_bytes": space.min_free_bytes,
+        "content_bytes": space.content_bytes,
+        "reclaimable_bytes": space.reclaimable_bytes,
+        "gc": maintenance.status(),
+        "prune": maintenance.prune_status(),
+        "upstreams": mirror.status_json(),
+    })
 }
 
 /// `POST /v2/_angos/gc`: starts a collection now (202), or says one runs
@@ -144,6 +170,8 @@ fn list_webhooks(notifier: &Notifier<Waiter, Commit>, now_ms: u64) -> Response {
                 "queue_depth": summary.queue_depth,
                 "oldest_pending_age_seconds": summary.oldest_pending_secs,
                 "dead_letters": summary.dead_letters,
+                "succeeded": summary.succeeded,
+                "failed": summary.failed,
                 "last_success": summary.last_success_unix_micros.map(rfc3339_utc),
                 "last_error": summary.last_error.map(|(at, message)| json!({
                     "time": rfc3339_utc(*at),
@@ -156,6 +184,39 @@ fn list_webhooks(notifier: &Notifier<Waiter, Commit>, now_ms: u64) -> Response {
         })
         .collect();
     Response::json(200, &json!({ "webhooks": webhooks }))
+}
+
+/// A delivery's request as it went out: its request line, its headers
+/// (the values of credentials and signatures elided, and of any header
+/// whose name suggests a secret) and its body.
+fn request_as_sent(request: &[u8]) -> Value {
+    let split = request
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .unwrap_or(request.len());
+    let head = String::from_utf8_lossy(&request[..split]);
+    let body = request.get(split + 4..).unwrap_or_default();
+    let mut lines = head.split("\r\n");
+    let line = lines.next().unwrap_or_default().to_string();
+    let headers: Vec<Value> = lines
+        .filter_map(|field| field.split_once(':'))
+        .map(|(name, value)| {
+            let secret = [
+                "authorization",
+                "signature",
+                "secret",
+                "token",
+                "key",
+                "password",
+                "cookie",
+            ]
+            .iter()
+            .any(|word| name.to_ascii_lowercase().contains(word));
+            let value = if secret { "(elided)" } else { value.trim() };
+            json!([name, value])
+        })
+        .collect();
+    json!({ "line": line, "headers": headers, "body": String::from_utf8_lossy(body) })
 }
 
 /// The signature schemes a webhook's deliveries carry (never the secrets).
@@ -188,6 +249,7 @@ fn list_deliveries(notifier: &Notifier<Waiter, Commit>, name: &str) -> Response 
                 "http_status": record.status,
                 "error": record.error,
                 "finished": rfc3339_utc(record.finished_unix_micros),
+                "request": record.request.as_deref().map(|request| request_as_sent(request)),
             })
         })
         .collect();

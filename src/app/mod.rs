@@ -175,7 +175,11 @@ impl Service for Application<'_> {
         let client = self.client_address(&head);
         // Routed once: the label, the permission it needs and the handler
         // all come from this one match.
-        let route = crate::registry::route::route(&head.path);
+        let route = if crate::ui::owns(&self.config.ui, &head.path) {
+            Route::Ui
+        } else {
+            crate::registry::route::route(&head.path)
+        };
         let info = RequestInfo {
             method: method_label(&head.method),
             route: route.label(),
@@ -189,6 +193,16 @@ impl Service for Application<'_> {
             client,
             actor: Actor::default(),
         };
+        if is_cross_site_write(&head) {
+            // A form on another site posting here with the visitor's
+            // browser (and its remembered credentials): never a client's.
+            let refusal = crate::http::oci_error::RegistryError::new(
+                crate::http::oci_error::ErrorCode::Denied,
+                "a cross-origin request that changes something is refused",
+            )
+            .into_response();
+            return Reply::Respond(settled(info), refusal);
+        }
         let need = Need::of(&head, &route);
         if need == Need::Nothing {
             return self.serve(head, route, info, need, Principal::Anonymous, now_ms);
@@ -412,6 +426,9 @@ impl Application<'_> {
     /// the token endpoint, at the address the client reached us by, or Basic
     /// for the token endpoint itself (and where that address is unknown).
     fn challenge(&self, head: &RequestHead, need: &Need) -> String {
+        if head.header(PAGE_REQUEST_HEADER).is_some() {
+            return String::new();
+        }
         if *need == Need::Token {
             return self.auth.basic_challenge();
         }
@@ -505,11 +522,16 @@ impl Application<'_> {
                 });
             return Reply::Respond(settled(info), response);
         }
+        if route == Route::Ui {
+            return Reply::Respond(settled(info), crate::ui::answer(&self.config.ui, &head));
+        }
         if route == Route::Admin {
+            let space = self.registry.storage().space_report();
             return match admin::handle(
                 self.notifier,
                 self.maintenance,
                 self.mirror,
+                &space,
                 self.waiter,
                 &head,
                 now_ms,
@@ -762,6 +784,37 @@ fn settled(info: RequestInfo) -> Request {
     Request {
         info,
         state: RequestState::Settled,
+    }
+}
+
+/// Sent by the operator page with its requests: their refusals carry no
+/// challenge (see `auth::refusal`).
+const PAGE_REQUEST_HEADER: &str = "x-angos-page";
+
+/// A request that changes something and that a browser says comes from
+/// another origin: its `Sec-Fetch-Site` says so, or its `Origin` names
+/// another host than the one it was sent to (`null` included). Registry
+/// clients send neither header, and the operator page sends its own
+/// origin, so only a cross-site form or script is refused.
+fn is_cross_site_write(head: &RequestHead) -> bool {
+    if matches!(head.method, Method::Get | Method::Head | Method::Options) {
+        return false;
+    }
+    if head
+        .header("sec-fetch-site")
+        .is_some_and(|site| site.eq_ignore_ascii_case("cross-site") || site.eq_ignore_ascii_case("same-site"))
+    {
+        return true;
+    }
+    let Some(origin) = head.header("origin") else {
+        return false;
+    };
+    let authority = origin
+        .split_once("://")
+        .map(|(_, authority)| authority.trim_end_matches('/'));
+    match (authority, head.header("host")) {
+        (Some(authority), Some(host)) => !authority.eq_ignore_ascii_case(host),
+        _ => true,
     }
 }
 

@@ -50,10 +50,14 @@ impl Need {
             Route::Token if matches!(head.method, Method::Get | Method::Head) => return Need::Token,
             Route::Base => return Need::Base,
             Route::Catalog => return Need::Catalog,
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::Token | Route::NotFound => {
+            // The page's files hold no data: what it shows comes through
+            // the API, with the visitor's credentials.
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::Token | Route::Ui | Route::NotFound => {
                 return Need::Nothing;
             }
-            Route::Tags { name } | Route::Referrers { name, .. } => (name, Action::Pull),
+            Route::Tags { name } | Route::Referrers { name, .. } | Route::TagDetails { name } => {
+                (name, Action::Pull)
+            }
             // Cancelling or querying one's own upload is part of pushing.
             Route::UploadStart { name } | Route::Upload { name, .. } => (name, Action::Push),
             Route::Manifest { name, .. } | Route::Blob { name, .. } => {

@@ -93,7 +93,13 @@ pub fn refusal(refused: Refused, need: &Need, challenge: &str, username: Option<
         ),
         _ => challenge.to_string(),
     };
-    Response::json(status, &body).header("WWW-Authenticate", challenge)
+    let response = Response::json(status, &body);
+    if challenge.is_empty() {
+        // The operator page asks itself for credentials: a challenge would
+        // make the browser show its own login box over it.
+        return response;
+    }
+    response.header("WWW-Authenticate", challenge)
 }
 
 /// What was asked for, in words: "push to team/app".

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod lifecycle;
 pub mod s3;
+pub mod ui;
 pub mod upstream;
 pub mod webhook;
 
@@ -33,6 +34,8 @@ pub struct Config {
     /// `[event_webhook.NAME]` by name.
     pub webhooks: BTreeMap<String, WebhookConfig>,
     pub auth: AuthConfig,
+    /// `[ui]`: the operator page.
+    pub ui: ui::UiConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -189,6 +192,7 @@ impl Default for Config {
             repositories: BTreeMap::new(),
             webhooks: BTreeMap::new(),
             auth: AuthConfig::default(),
+            ui: ui::UiConfig::default(),
         }
     }
 }
@@ -497,6 +501,11 @@ impl Builder {
                 section.finish(&mut self.warnings);
                 self.config.webhooks.insert(name.clone(), webhook);
             }
+        }
+        if let Some(table) = root.table("ui")? {
+            let mut section = Section::new(file, "ui", table);
+            ui::parse_ui(&mut section, &mut self.config.ui)?;
+            section.finish(&mut self.warnings);
         }
         if let Some(table) = root.table("auth")? {
             auth::parse_auth(

@@ -155,6 +155,8 @@ pub struct Completed {
     /// It ended unattempted (`attempts` 0) or before its next retry because
     /// its webhook is disabled.
     pub disabled: bool,
+    /// The last attempt's request as it was sent, when one was.
+    pub request: Option<Rc<Vec<u8>>>,
 }
 
 /// How a delivery ends.
@@ -670,6 +672,8 @@ impl Dispatcher {
             },
             gone: false,
             disabled: true,
+
+            request: None,
         });
     }
 
@@ -816,6 +820,7 @@ impl Dispatcher {
             },
             gone: ending == Ending::Gone,
             disabled: ending == Ending::Disabled,
+            request: delivery.request.clone(),
         });
         match delivery.owner {
             Owner::Gate(gate_id) => self.gate_done(gate_id, &delivery.webhook.name, success, error),

@@ -46,10 +46,15 @@ pub struct DeliveryRecord {
     pub status: Option<u16>,
     pub error: Option<String>,
     pub finished_unix_micros: u64,
+    /// The last attempt's request as sent (shown with its secrets elided).
+    pub request: Option<Rc<Vec<u8>>>,
 }
 
 #[derive(Debug, Default)]
 pub struct WebhookStatus {
+    /// Deliveries that succeeded and that failed since the start.
+    pub succeeded: u64,
+    pub failed: u64,
     pub last_success_unix_micros: Option<u64>,
     pub last_error: Option<(u64, String)>,
     pub recent: VecDeque<DeliveryRecord>,
@@ -64,8 +69,12 @@ impl StatusBook {
     pub fn record(&mut self, webhook: &str, record: DeliveryRecord) {
         let status = self.webhooks.entry(webhook.to_string()).or_default();
         match record.state {
-            DeliveryState::Success => status.last_success_unix_micros = Some(record.finished_unix_micros),
+            DeliveryState::Success => {
+                status.succeeded += 1;
+                status.last_success_unix_micros = Some(record.finished_unix_micros);
+            }
             _ => {
+                status.failed += 1;
                 let error = record
                     .error
                     .clone()
@@ -132,6 +141,7 @@ mod tests {
             status: Some(200),
             error: (state != DeliveryState::Success).then(|| "HTTP status 500".into()),
             finished_unix_micros: at,
+            request: None,
         }
     }
 

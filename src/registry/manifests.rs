@@ -373,6 +373,55 @@ impl Registry {
         Ok(response)
     }
 
+    /// `GET /v2/<name>/_angos/tags` (ours, for the operator page): a page
+    /// of tags, each with its manifest's digest, media type, size, push
+    /// time and, for an index, its platforms. At most
+    /// `TAG_DETAILS_PAGE_MAX` tags, since each costs reads; `n` and `last`
+    /// as in `tags/list`. On a bucket every read of a run goes out at once.
+    pub(super) fn tag_details(&self, head: &RequestHead, name: String) -> Result<Response> {
+        let (limit, last) = page_request(head)?;
+        let limit = limit.map(|limit| limit.min(TAG_DETAILS_PAGE_MAX));
+        let Some(page) = self
+            .storage
+            .tags_page(&name, last.as_deref(), limit)
+            .map_err(RegistryError::storage)?
+        else {
+            return Err(
+                RegistryError::new(ErrorCode::NameUnknown, "repository name not known to registry")
+                    .detail(serde_json::json!({ "name": name })),
+            );
+        };
+        let mut digests = Vec::with_capacity(page.items.len());
+        for tag in &page.items {
+            digests.push(unless_waiting(self.storage.tag(&name, tag))?.flatten());
+        }
+        let mut details = Vec::with_capacity(page.items.len());
+        for (tag, digest) in page.items.iter().zip(&digests) {
+            let Some(digest) = digest else {
+                continue;
+            };
+            let manifest = unless_waiting(self.storage.manifest(&name, digest))?.flatten();
+            let pushed = unless_waiting(self.storage.pushed_at(&name, digest))?.flatten();
+            let Some(manifest) = manifest else {
+                continue;
+            };
+            details.push(serde_json::json!({
+                "tag": tag,
+                "digest": digest.to_string(),
+                "mediaType": manifest.media_type,
+                "size": manifest.body.len(),
+                "pushed": pushed.map(|secs| crate::clock::rfc3339_utc(secs.saturating_mul(1_000_000))),
+                "platforms": platforms_of(&manifest.body),
+            }));
+        }
+        let body = serde_json::json!({ "name": name, "tags": details });
+        let mut response = Response::json(200, &body);
+        if let Some(link) = next_link(&page, limit, &format!("/v2/{name}/_angos/tags")) {
+            response = response.header("Link", link);
+        }
+        Ok(response)
+    }
+
     pub(super) fn catalog(&self, head: &RequestHead, readable: &dyn Fn(&str) -> bool) -> Result<Response> {
         let (limit, last) = page_request(head)?;
         let page = self
@@ -445,6 +494,51 @@ fn page_request(head: &RequestHead) -> Result<(Option<usize>, Option<String>)> {
         None => LISTING_PAGE_MAX,
     };
     Ok((Some(limit.min(LISTING_PAGE_MAX)), head.query_value("last")))
+}
+
+/// Tags one `_angos/tags` answer describes at most.
+pub const TAG_DETAILS_PAGE_MAX: usize = 100;
+
+/// A read's value, or `None` when it waits on the bucket (the request runs
+/// again once it is answered): the other reads of the run go out meanwhile.
+fn unless_waiting<T>(result: std::io::Result<T>) -> Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error)
+            if matches!(
+                crate::storage::bucket::BucketError::of_io(&error),
+                Some(crate::storage::bucket::BucketError::Pending)
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(RegistryError::storage(error)),
+    }
+}
+
+/// The platforms an index lists (`os/architecture[/variant]`); none for
+/// anything else.
+fn platforms_of(body: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    let Some(manifests) = value.get("manifests").and_then(|list| list.as_array()) else {
+        return Vec::new();
+    };
+    manifests
+        .iter()
+        .filter_map(|child| {
+            let platform = child.get("platform")?;
+            let os = platform.get("os")?.as_str()?;
+            let architecture = platform.get("architecture")?.as_str()?;
+            Some(
+                match platform.get("variant").and_then(|variant| variant.as_str()) {
+                    Some(variant) => format!("{os}/{architecture}/{variant}"),
+                    None => format!("{os}/{architecture}"),
+                },
+            )
+        })
+        .collect()
 }
 
 /// The `Link` to the page after `page`, when more follow.

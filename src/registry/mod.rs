@@ -759,6 +759,9 @@ impl Registry {
             (Route::Tags { name }, Method::Get | Method::Head) => {
                 ready(self.list_tags(head, valid_name(name)?)?)
             }
+            (Route::TagDetails { name }, Method::Get | Method::Head) => {
+                ready(self.tag_details(head, valid_name(name)?)?)
+            }
             (Route::Manifest { name, reference }, method) => {
                 let name = valid_name(name)?;
                 match method {

@@ -17,12 +17,36 @@ pub enum Route {
     Healthz,
     Readyz,
     Catalog,
-    Tags { name: String },
-    Manifest { name: String, reference: String },
-    Blob { name: String, digest: String },
-    UploadStart { name: String },
-    Upload { name: String, id: String },
-    Referrers { name: String, digest: String },
+    Tags {
+        name: String,
+    },
+    Manifest {
+        name: String,
+        reference: String,
+    },
+    Blob {
+        name: String,
+        digest: String,
+    },
+    UploadStart {
+        name: String,
+    },
+    Upload {
+        name: String,
+        id: String,
+    },
+    Referrers {
+        name: String,
+        digest: String,
+    },
+    /// Ours, in the repository's extension namespace (a name's components
+    /// cannot start with `_`): a page of tags with what each points at.
+    TagDetails {
+        name: String,
+    },
+    /// The operator page (`crate::ui`); chosen by the app, which knows
+    /// where the page is configured, never by `route`.
+    Ui,
     Metrics,
     Token,
     Admin,
@@ -42,6 +66,8 @@ impl Route {
             Route::Blob { .. } => "blob",
             Route::UploadStart { .. } | Route::Upload { .. } => "upload",
             Route::Referrers { .. } => "referrers",
+            Route::TagDetails { .. } => "tag_details",
+            Route::Ui => "ui",
             Route::Metrics => "metrics",
             Route::Token => "token",
             Route::Admin => "admin",
@@ -73,6 +99,9 @@ pub fn route(path: &str) -> Route {
         let (third, second, last) = (segments[count - 3], segments[count - 2], segments[count - 1]);
         if second == "tags" && last == "list" {
             return Route::Tags { name: name_before(2) };
+        }
+        if second == "_angos" && last == "tags" {
+            return Route::TagDetails { name: name_before(2) };
         }
         if third == "blobs" && second == "uploads" && count >= 4 {
             if last.is_empty() {
@@ -130,6 +159,10 @@ mod tests {
         assert_eq!(route("/v2/"), Route::Base);
         assert_eq!(route("/v2/_catalog"), Route::Catalog);
         assert_eq!(route("/v2/a/b/tags/list"), Route::Tags { name: name("a/b") });
+        assert_eq!(
+            route("/v2/a/b/_angos/tags"),
+            Route::TagDetails { name: name("a/b") }
+        );
         assert_eq!(
             route("/v2/a/manifests/x/manifests/latest"),
             Route::Manifest {

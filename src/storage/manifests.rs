@@ -282,6 +282,26 @@ impl Storage {
             .ok_or_else(|| invalid_data(&path, "corrupt revision link"))
     }
 
+    /// When `digest` was last pushed to `namespace` (unix seconds): when
+    /// its revision was written; `None` when it is not there.
+    pub fn pushed_at(&self, namespace: &str, digest: &Digest) -> io::Result<Option<u64>> {
+        if let Some(bucket) = self.bucket() {
+            return bucket
+                .pushed_at(namespace, digest)
+                .map_err(bucket::BucketError::into_io);
+        }
+        let path = self.revision_path(namespace, digest);
+        let Some(metadata) = not_found_as_none(fs::metadata(&path))? else {
+            return Ok(None);
+        };
+        let modified = metadata.modified()?;
+        Ok(Some(
+            modified
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+        ))
+    }
+
     /// The digest a tag points to.
     pub fn tag(&self, namespace: &str, tag: &str) -> io::Result<Option<Digest>> {
         if let Some(bucket) = self.bucket() {

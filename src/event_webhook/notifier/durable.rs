@@ -267,6 +267,7 @@ impl<W, C> Notifier<W, C> {
                 status: done.status,
                 error: done.error.clone(),
                 finished_unix_micros: self.unix_micros,
+                request: done.request.clone(),
             },
         );
         if !is_async {

@@ -21,6 +21,9 @@ pub struct WebhookSummary<'a> {
     pub queue_depth: usize,
     pub oldest_pending_secs: Option<f64>,
     pub dead_letters: usize,
+    /// Deliveries that succeeded and failed since the start.
+    pub succeeded: u64,
+    pub failed: u64,
     pub last_success_unix_micros: Option<u64>,
     /// When (unix microseconds) and what.
     pub last_error: Option<&'a (u64, String)>,
@@ -116,6 +119,8 @@ impl<W, C> Notifier<W, C> {
                         .oldest_pending_ms(&webhook.name, now_ms)
                         .map(|ms| ms as f64 / 1000.0),
                     dead_letters: self.dead_letters(&webhook.name).len(),
+                    succeeded: status.map_or(0, |status| status.succeeded),
+                    failed: status.map_or(0, |status| status.failed),
                     last_success_unix_micros: status.and_then(|status| status.last_success_unix_micros),
                     last_error: status.and_then(|status| status.last_error.as_ref()),
                     disabled: self.dispatcher.disabled_for(webhook),

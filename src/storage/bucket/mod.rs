@@ -208,6 +208,13 @@ impl BucketStore {
     }
 
     /// The manifest `digest` if `namespace` has it.
+    /// When `digest` was last pushed to `namespace`: its revision's write
+    /// time (unix seconds), `None` when it is not there.
+    pub fn pushed_at(&self, namespace: &str, digest: &Digest) -> Result<Option<u64>> {
+        let stat = self.objects.stat(&layout::revision(namespace, digest))?;
+        Ok(stat.map(|(_, modified)| modified))
+    }
+
     pub fn manifest(&self, namespace: &str, digest: &Digest) -> Result<Option<StoredManifest>> {
         // Both reads go out together.
         let revision = self.revision(namespace, digest);
