@@ -2,7 +2,9 @@
 # Installs what the end-to-end tests need when it is missing (skopeo, distribution's
 # docker-registry, containerd, htpasswd, socat and curl from Debian's packages, the oras
 # Python library and the webhook receivers' libraries from PyPI, the Adaptive Cards
-# library from npm, the Garage S3 server from crates.io), then runs the whole test suite.
+# library from npm, the Garage S3 server from crates.io, Debian's Chromium with
+# playwright-core and the Standard Webhooks library from npm for the operator page's
+# browser tests), then runs the whole test suite and the browser tests.
 # Safe to run again: nothing is installed twice. An install that fails stops here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +51,9 @@ command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 { command -v containerd && command -v ctr; } >/dev/null 2>&1 || missing+=(containerd)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The operator page's browser tests (tests/ui): headless Chromium and its driver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
 fi
@@ -78,6 +83,10 @@ fi
 if ! npm ls --prefix tests/e2e/node >/dev/null 2>&1; then
     npm ci --prefix tests/e2e/node --no-audit --no-fund
 fi
+# playwright-core drives the Debian Chromium above (it downloads no browser).
+if ! npm ls --prefix tests/ui >/dev/null 2>&1; then
+    npm ci --prefix tests/ui --no-audit --no-fund
+fi
 
 # The S3-compatible server the S3 backend's tests run against (issue 16): Garage,
 # built from crates.io into ~/.cargo/bin by its first run (minutes) and reused after
@@ -91,4 +100,9 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 4096 ]; then
 fi
 
 # --no-fail-fast: one failing test binary must not hide the results of the others.
-exec cargo test --all-targets --no-fail-fast
+status=0
+cargo test --all-targets --no-fail-fast || status=$?
+# The operator page in a browser, on the binary the tests above built; its
+# screenshots go to target/ui-screenshots (CI keeps that folder).
+node --test tests/ui/ || status=$?
+exit "$status"

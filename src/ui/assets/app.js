@@ -26,7 +26,7 @@ function h(tag, attributes = {}, ...children) {
     else if (key === "on") for (const [event, handler] of Object.entries(value)) element.addEventListener(event, handler);
     else element.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     element.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -245,7 +245,9 @@ async function manifestDetails(name, tag) {
   if (manifest.status === 200 && manifest.body && typeof manifest.body === "object") {
     parts.push(annotationList("Annotations", manifest.body.annotations));
     if (Array.isArray(manifest.body.layers)) {
-      parts.push(h("p", { class: "muted", text: `${manifest.body.layers.length} layers, ${bytes(manifest.body.layers.reduce((sum, layer) => sum + (layer.size || 0), 0))}` }));
+      const count = manifest.body.layers.length;
+      const total = manifest.body.layers.reduce((sum, layer) => sum + (layer.size || 0), 0);
+      parts.push(h("p", { class: "muted", text: `${count} ${count === 1 ? "layer" : "layers"}, ${bytes(total)}` }));
     }
   }
   const referrers = await api("GET", `/v2/${encodeName(name)}/referrers/${tag.digest}`);
@@ -375,7 +377,7 @@ async function deliveriesView(webhook) {
         },
       });
     const rows = [];
-    for (const delivery of [...answer.body.deliveries].reverse()) {
+    for (const delivery of answer.body.deliveries) {
       const open = state.expanded.has(delivery.id + delivery.finished);
       const detail = h("tr", { class: "detail", hidden: !open }, h("td", { colspan: 9 }, requestView(delivery.request)));
       const toggle = h("button", {
