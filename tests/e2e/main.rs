@@ -35,6 +35,7 @@ mod garbage_collection;
 mod hostile_peers;
 mod http_protocol;
 mod immutable_tags;
+mod operator_page;
 mod pull_through;
 mod refusals;
 mod registry_api;
