@@ -63,6 +63,9 @@ pub fn handle(
         (Method::Post, ["prune"]) => start_prune(maintenance, query),
         (_, ["gc"] | ["scrub"] | ["prune"]) => error(405, ErrorCode::Unsupported, "use GET or POST"),
         (Method::Get | Method::Head, ["webhooks", name, "deliveries"]) => list_deliveries(notifier, name),
+        (Method::Get | Method::Head, ["webhooks", name, "deliveries", id]) => {
+            show_delivery(notifier, name, id)
+        }
         (Method::Post, ["webhooks", name, "deliveries", id, "redeliver"]) => {
             redeliver(notifier, name, id, now_ms)
         }
@@ -73,7 +76,7 @@ pub fn handle(
             }
             unknown_webhook(name)
         }
-        (_, ["webhooks"] | ["webhooks", _, "deliveries"]) => {
+        (_, ["webhooks"] | ["webhooks", _, "deliveries"] | ["webhooks", _, "deliveries", _]) => {
             error(405, ErrorCode::Unsupported, "method not allowed")
         }
         (
@@ -231,6 +234,39 @@ fn signing_schemes(webhook: &crate::config::WebhookConfig) -> Vec<&'static str> 
     schemes
 }
 
+/// A recent delivery as the admin API lists it.
+fn delivery_json(record: &crate::event_webhook::status::DeliveryRecord) -> Value {
+    json!({
+        "id": record.delivery_id,
+        "event_id": record.payload.event_id,
+        "kind": record.payload.kind.as_str(),
+        "status": record.state.as_str(),
+        "attempts": record.attempts,
+        "duration_ms": record.duration_ms,
+        "http_status": record.status,
+        "error": record.error,
+        "finished": rfc3339_utc(record.finished_unix_micros),
+    })
+}
+
+/// `GET /v2/_angos/webhooks/NAME/deliveries/ID`: the most recent delivery
+/// of that id, with its last attempt's `request` as sent. Apart from the
+/// list, so the list a page refreshes stays small.
+fn show_delivery(notifier: &Notifier<Waiter, Commit>, name: &str, id: &str) -> Response {
+    let Some(history) = notifier.delivery_history(name) else {
+        return unknown_webhook(name);
+    };
+    let Some(record) = history.recent.iter().find(|record| record.delivery_id == id) else {
+        return error(404, ErrorCode::Unsupported, "no recent delivery has that id");
+    };
+    let mut value = delivery_json(record);
+    value["request"] = record
+        .request
+        .as_deref()
+        .map_or(Value::Null, |request| request_as_sent(request));
+    Response::json(200, &value)
+}
+
 fn list_deliveries(notifier: &Notifier<Waiter, Commit>, name: &str) -> Response {
     let Some(history) = notifier.delivery_history(name) else {
         return unknown_webhook(name);
@@ -238,20 +274,7 @@ fn list_deliveries(notifier: &Notifier<Waiter, Commit>, name: &str) -> Response 
     let deliveries: Vec<Value> = history
         .recent
         .iter()
-        .map(|record| {
-            json!({
-                "id": record.delivery_id,
-                "event_id": record.payload.event_id,
-                "kind": record.payload.kind.as_str(),
-                "status": record.state.as_str(),
-                "attempts": record.attempts,
-                "duration_ms": record.duration_ms,
-                "http_status": record.status,
-                "error": record.error,
-                "finished": rfc3339_utc(record.finished_unix_micros),
-                "request": record.request.as_deref().map(|request| request_as_sent(request)),
-            })
-        })
+        .map(|record| delivery_json(record))
         .collect();
     let dead_letters: Vec<Value> = history
         .dead_letters

@@ -12,7 +12,7 @@ const MANIFEST_TYPES = [
   "application/vnd.docker.distribution.manifest.v2+json",
 ].join(", ");
 
-const state = { admin: false, refresh: null, expanded: new Set() };
+const state = { admin: false, refresh: null, expanded: new Set(), requests: new Map() };
 const main = document.getElementById("main");
 
 // ---- building the page -----------------------------------------------------
@@ -378,17 +378,32 @@ async function deliveriesView(webhook) {
       });
     const rows = [];
     for (const delivery of answer.body.deliveries) {
-      const open = state.expanded.has(delivery.id + delivery.finished);
-      const detail = h("tr", { class: "detail", hidden: !open }, h("td", { colspan: 9 }, requestView(delivery.request)));
+      const key = delivery.id + delivery.finished;
+      const cell = h("td", { colspan: 9 });
+      const detail = h("tr", { class: "detail", hidden: true }, cell);
+      // The request as sent, asked for when first opened (a record's never changes).
+      const open = async () => {
+        if (!state.requests.has(key)) {
+          const shown = await api("GET", `/v2/_angos/webhooks/${name}/deliveries/${encodeURIComponent(delivery.id)}`);
+          if (shown.status !== 200) return notice(`The request could not be read: ${problem(shown)}`);
+          state.requests.set(key, shown.body.request);
+        }
+        cell.replaceChildren(requestView(state.requests.get(key)));
+        detail.hidden = false;
+      };
+      if (state.expanded.has(key)) await open();
       const toggle = h("button", {
         type: "button",
         text: "Request",
         on: {
-          click: () => {
-            detail.hidden = !detail.hidden;
-            const key = delivery.id + delivery.finished;
-            if (detail.hidden) state.expanded.delete(key);
-            else state.expanded.add(key);
+          click: async () => {
+            if (detail.hidden) {
+              state.expanded.add(key);
+              await open();
+            } else {
+              state.expanded.delete(key);
+              detail.hidden = true;
+            }
           },
         },
       });
