@@ -1,4 +1,4 @@
-//! `[ui]`: the operator page the server itself serves (`crate::ui`).
+//! `[ui]`: the operator page the server itself serves (the `ui` module).
 //! Upstream Angos's keys `enabled` and `name`, and ours, `path`.
 
 use super::{ConfigError, Section};
