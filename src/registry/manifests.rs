@@ -354,18 +354,20 @@ impl Registry {
         self.outcome(Response::new(202), events, commit)
     }
 
+    /// A page of `name`'s tags, or `NAME_UNKNOWN`.
+    fn tags_page(&self, name: &str, last: Option<&str>, limit: Option<usize>) -> Result<Page> {
+        self.storage
+            .tags_page(name, last, limit)
+            .map_err(RegistryError::storage)?
+            .ok_or_else(|| {
+                RegistryError::new(ErrorCode::NameUnknown, "repository name not known to registry")
+                    .detail(serde_json::json!({ "name": name }))
+            })
+    }
+
     pub(super) fn list_tags(&self, head: &RequestHead, name: String) -> Result<Response> {
         let (limit, last) = page_request(head)?;
-        let Some(page) = self
-            .storage
-            .tags_page(&name, last.as_deref(), limit)
-            .map_err(RegistryError::storage)?
-        else {
-            return Err(
-                RegistryError::new(ErrorCode::NameUnknown, "repository name not known to registry")
-                    .detail(serde_json::json!({ "name": name })),
-            );
-        };
+        let page = self.tags_page(&name, last.as_deref(), limit)?;
         let mut response = Response::json(200, &serde_json::json!({ "name": name, "tags": page.items }));
         if let Some(link) = next_link(&page, limit, &format!("/v2/{name}/tags/list")) {
             response = response.header("Link", link);
@@ -381,16 +383,7 @@ impl Registry {
     pub(super) fn tag_details(&self, head: &RequestHead, name: String) -> Result<Response> {
         let (limit, last) = page_request(head)?;
         let limit = limit.map(|limit| limit.min(TAG_DETAILS_PAGE_MAX));
-        let Some(page) = self
-            .storage
-            .tags_page(&name, last.as_deref(), limit)
-            .map_err(RegistryError::storage)?
-        else {
-            return Err(
-                RegistryError::new(ErrorCode::NameUnknown, "repository name not known to registry")
-                    .detail(serde_json::json!({ "name": name })),
-            );
-        };
+        let page = self.tags_page(&name, last.as_deref(), limit)?;
         let mut digests = Vec::with_capacity(page.items.len());
         for tag in &page.items {
             digests.push(unless_waiting(self.storage.tag(&name, tag))?.flatten());

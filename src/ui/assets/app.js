@@ -95,7 +95,10 @@ async function api(method, path, { accept } = {}) {
   const type = response.headers.get("Content-Type") || "";
   const body = type.includes("json") ? await response.json().catch(() => null) : await response.text();
   if (response.status === 401 && token) {
+    // The token expired (or the server restarted with other keys): log in again.
     sessionStorage.removeItem(TOKEN_KEY);
+    clearTimeout(state.refresh);
+    loginView("Your session has ended; log in again.");
   }
   return { status: response.status, body, headers: response.headers };
 }
