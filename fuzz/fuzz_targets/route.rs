@@ -25,10 +25,13 @@ fuzz_target!(|input: &[u8]| {
         | Route::Blob { name, .. }
         | Route::UploadStart { name }
         | Route::Upload { name, .. }
-        | Route::Referrers { name, .. } => {
+        | Route::Referrers { name, .. }
+        | Route::TagDetails { name } => {
             // The name is the path between `/v2/` and the endpoint.
             assert!(path.starts_with(&format!("/v2/{name}/")));
         }
+        // The app picks the operator page by its configured path; `route` never does.
+        Route::Ui => panic!("route gave the page's route for {path:?}"),
         Route::Base
         | Route::Healthz
         | Route::Readyz
