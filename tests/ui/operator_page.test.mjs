@@ -30,7 +30,7 @@ const PASSWORDS = { admin: "admin-secret-1", dev: "dev-secret-2" };
 const MARKUP = `<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2">`;
 
 const secret = `whsec_${randomBytes(32).toString("base64")}`;
-let work, registry, base, receiver, receiverPort, received, browser;
+let work, registry, base, receiver, receiverPort, received, browser, gone;
 
 // ---- helpers ------------------------------------------------------------------
 
@@ -137,6 +137,12 @@ before(async () => {
   work = mkdtempSync(join(tmpdir(), "angos-ui-"));
   const port = await freePort();
   receiverPort = await freePort();
+  // A receiver that has moved away for good: its 410 disables its webhook.
+  gone = createServer((request, response) => {
+    request.resume();
+    request.on("end", () => response.writeHead(410).end());
+  });
+  await new Promise((done) => gone.listen(0, "127.0.0.1", done));
   base = `http://127.0.0.1:${port}`;
   writeFileSync(
     join(work, "config.toml"),
@@ -165,13 +171,20 @@ password = "${passwordHash(PASSWORDS.dev)}"
 [global]
 pull = ["authenticated"]
 push = ["admin"]
-event_webhooks = ["hooks"]
+event_webhooks = ["hooks", "retired"]
 
 [event_webhook.hooks]
 url = "http://127.0.0.1:${receiverPort}/hook"
 policy = "async"
 events = ["manifest.push"]
 signing_secrets = ["${secret}"]
+max_retries = 0
+timeout_ms = 2000
+
+[event_webhook.retired]
+url = "http://127.0.0.1:${gone.address().port}/old"
+policy = "async"
+events = ["manifest.push"]
 max_retries = 0
 timeout_ms = 2000
 `,
@@ -226,6 +239,7 @@ after(async () => {
   await browser?.close();
   registry?.kill("SIGKILL");
   receiver?.close();
+  gone?.close();
   rmSync(work, { recursive: true, force: true });
 });
 
@@ -305,6 +319,26 @@ test("a failed delivery to a dead receiver is redelivered from the page and veri
   assert.match(delivery.body, /manifest\.push/);
   await page.waitForSelector("tr.delivery.success");
   await shot(page, "redelivered");
+  assert.deepEqual(page.errors, []);
+  await context.close();
+});
+
+test("a webhook a 410 disabled is re-enabled from the page, and a test ping reports its answer", async () => {
+  const context = await browser.newContext();
+  const page = await newPage(context);
+  await logIn(page, "admin");
+  await page.click("#nav-webhooks");
+  const retired = page.locator('tr[data-webhook="retired"]');
+  await retired.locator("td.state", { hasText: /^disabled/ }).waitFor();
+  await shot(page, "webhooks-disabled");
+  await retired.locator("button.enable").click();
+  await page.waitForSelector("#notice >> text=retired is enabled again.");
+  await retired.locator("td.state", { hasText: /^enabled$/ }).waitFor();
+  assert.equal(await retired.locator("button.enable").count(), 0, "no re-enable button once enabled");
+  // The receiver of `hooks` is up since the redelivery test.
+  await page.click('tr[data-webhook="hooks"] button.ping');
+  await page.waitForSelector("#notice >> text=Ping to hooks: HTTP 204");
+  await shot(page, "webhooks-ping");
   assert.deepEqual(page.errors, []);
   await context.close();
 });

@@ -306,7 +306,7 @@ async function webhooksView() {
         h("td", {}, h("a", { href: `#/webhooks/${webhook.name}`, text: webhook.name })),
         h("td", { text: webhook.policy }),
         h("td", { text: webhook.format }),
-        h("td", { class: webhook.disabled ? "bad" : "good", text: webhook.disabled ? `disabled (${webhook.disabled_reason || "410 Gone"})` : "enabled" }),
+        h("td", { class: webhook.disabled ? "state bad" : "state good", text: webhook.disabled ? `disabled (${webhook.disabled_reason || "410 Gone"})` : "enabled" }),
         h("td", { class: "queue-depth", text: webhook.queue_depth }),
         h("td", { text: webhook.oldest_pending_age_seconds === null ? "" : `${webhook.oldest_pending_age_seconds.toFixed(1)} s` }),
         h("td", { class: "good", text: webhook.succeeded }),
