@@ -204,17 +204,7 @@ fn request_as_sent(request: &[u8]) -> Value {
     let headers: Vec<Value> = lines
         .filter_map(|field| field.split_once(':'))
         .map(|(name, value)| {
-            let secret = [
-                "authorization",
-                "signature",
-                "secret",
-                "token",
-                "key",
-                "password",
-                "cookie",
-            ]
-            .iter()
-            .any(|word| name.to_ascii_lowercase().contains(word));
+            let secret = crate::http::request::names_a_secret(name);
             let value = if secret { "(elided)" } else { value.trim() };
             json!([name, value])
         })

@@ -167,14 +167,6 @@ mod tests {
         }
     }
 
-    fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
-        response
-            .headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
     /// Distribution's client turns an error without `detail` whose message is
     /// the code's default into a bare code, which docker's push retries.
     fn assert_not_a_bare_code(response: &Response) {
@@ -195,7 +187,7 @@ mod tests {
         let response = refusal(Refused::NoCredentials, &push(), CHALLENGE, None);
         assert_eq!(response.status, 401);
         // RFC 6750 3.1: no error code when the request had no credentials.
-        assert_eq!(header(&response, "www-authenticate"), Some(CHALLENGE));
+        assert_eq!(response.header_value("www-authenticate"), Some(CHALLENGE));
         let error = &body(&response)["errors"][0];
         assert_eq!(error["code"], "UNAUTHORIZED");
         assert_eq!(
@@ -214,7 +206,7 @@ mod tests {
         let response = refusal(Refused::AnonymousToken, &push(), CHALLENGE, None);
         assert_eq!(response.status, 401);
         assert_eq!(
-            header(&response, "www-authenticate").unwrap(),
+            response.header_value("www-authenticate").unwrap(),
             format!(
                 "{CHALLENGE},error=\"insufficient_scope\",error_description=\"authentication required to push to team/app; log in first\""
             )
@@ -224,7 +216,7 @@ mod tests {
         let response = refusal(Refused::Denied, &push(), CHALLENGE, Some("alice"));
         assert_eq!(response.status, 403);
         assert!(
-            header(&response, "www-authenticate").unwrap().ends_with(
+            response.header_value("www-authenticate").unwrap().ends_with(
                 ",error=\"insufficient_scope\",error_description=\"alice may not push to team/app\""
             )
         );
@@ -244,7 +236,8 @@ mod tests {
         );
         assert_eq!(response.status, 401);
         assert!(
-            header(&response, "www-authenticate")
+            response
+                .header_value("www-authenticate")
                 .unwrap()
                 .contains("error=\"invalid_token\"")
         );
@@ -256,7 +249,7 @@ mod tests {
             CHALLENGE,
             None,
         );
-        assert_eq!(header(&response, "www-authenticate"), Some(CHALLENGE));
+        assert_eq!(response.header_value("www-authenticate"), Some(CHALLENGE));
         assert_eq!(
             body(&response)["errors"][0]["message"],
             "incorrect username or password"
@@ -271,7 +264,7 @@ mod tests {
             None,
         );
         assert_eq!(response.status, 401);
-        assert_eq!(header(&response, "www-authenticate"), Some(basic));
+        assert_eq!(response.header_value("www-authenticate"), Some(basic));
         let json = body(&response);
         assert_eq!(json["details"], "incorrect username or password");
         assert_eq!(json["errors"][0]["message"], "incorrect username or password");

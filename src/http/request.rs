@@ -116,7 +116,7 @@ impl RequestHead {
                 target.push('&');
             }
             match pair.split_once('=') {
-                Some((key, _)) if is_secret_parameter(key) => {
+                Some((key, _)) if names_a_secret(key) => {
                     target.push_str(key);
                     target.push_str("=REDACTED");
                 }
@@ -127,10 +127,20 @@ impl RequestHead {
     }
 }
 
-/// Query parameter names whose values are not logged: anything naming a
-/// token, password, secret, signature, credential or key.
-fn is_secret_parameter(key: &str) -> bool {
-    const SECRET_WORDS: [&str; 7] = ["token", "pass", "secret", "sig", "credential", "key", "auth"];
+/// Names (of query parameters, of headers) whose values are never shown:
+/// anything naming a token, password, secret, signature, credential, key,
+/// authorization or cookie.
+pub fn names_a_secret(key: &str) -> bool {
+    const SECRET_WORDS: [&str; 8] = [
+        "token",
+        "pass",
+        "secret",
+        "sig",
+        "credential",
+        "key",
+        "auth",
+        "cookie",
+    ];
     let key = key.to_ascii_lowercase();
     SECRET_WORDS.iter().any(|word| key.contains(word))
 }

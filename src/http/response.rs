@@ -77,6 +77,14 @@ impl Response {
         self
     }
 
+    /// The first value of header `name`, whatever its case.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
     pub fn body(mut self, body: Body) -> Response {
         self.body = body;
         self

@@ -83,14 +83,6 @@ mod tests {
             .1
     }
 
-    fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
-        response
-            .headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-
     fn on() -> UiConfig {
         UiConfig {
             enabled: true,
@@ -110,14 +102,14 @@ mod tests {
             let response = answer(&ui, &head("GET", path));
             assert_eq!(response.status, 200, "{path}");
             assert!(
-                header(&response, "content-type").unwrap().starts_with(kind),
+                response.header_value("content-type").unwrap().starts_with(kind),
                 "{path}"
             );
             assert_eq!(
-                header(&response, "content-security-policy"),
+                response.header_value("content-security-policy"),
                 Some(CONTENT_SECURITY_POLICY)
             );
-            assert_eq!(header(&response, "x-content-type-options"), Some("nosniff"));
+            assert_eq!(response.header_value("x-content-type-options"), Some("nosniff"));
         }
         let Body::Bytes(name) = answer(&ui, &head("GET", "/ui/config.json")).body else {
             panic!("a body");

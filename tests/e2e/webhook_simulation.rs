@@ -786,14 +786,6 @@ fn json_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
     Some(&body[start..start + length])
 }
 
-fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
-    response
-        .headers
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
-}
-
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = Rng(seed);
@@ -2174,7 +2166,7 @@ impl Sim {
         model.answered = true;
         self.unanswered.remove(&op);
         let model = &self.ops[&op];
-        let x_op = header(response, "X-Op");
+        let x_op = response.header_value("X-Op");
         if model.discarded {
             let body = match &response.body {
                 Body::Bytes(bytes) => String::from_utf8_lossy(bytes).to_string(),
